@@ -1,0 +1,44 @@
+# Development commands for falconeri. Run `just` to list them.
+
+# Pass recipe arguments to the shell as "$@", so they keep their quoting.
+set positional-arguments
+
+# List the recipes.
+default:
+    @just --list
+
+# Build every crate in the workspace.
+build:
+    cargo build --workspace --all-targets
+
+# Run every test, starting a throwaway PostgreSQL (see scripts/test).
+test *ARGS:
+    ./scripts/test "$@"
+
+# Format all the code.
+fmt:
+    cargo fmt --all
+
+# Check formatting without changing anything.
+fmt-check:
+    cargo fmt --all -- --check
+
+# Lint with clippy; warnings are errors.
+clippy:
+    cargo clippy --workspace --all-targets -- -D warnings
+
+# Check licenses, advisories, duplicate crates and sources (deny.toml).
+deny:
+    cargo deny check
+
+# Build the mdBook guide into guide/book.
+guide:
+    mdbook build guide
+
+# Everything to run before asking for a review.
+check: fmt-check clippy deny test
+
+# Run the word-frequencies example locally (results in examples/word-frequencies/output/).
+run-example:
+    rm -rf examples/word-frequencies/output
+    cargo run --release -p falconeri -- job run --local --wait examples/word-frequencies/word-frequencies.local.json

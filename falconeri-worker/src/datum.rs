@@ -1,0 +1,573 @@
+//! One reserved datum, from reservation to report: reset the work
+//! directories, download the inputs, run the command under a heartbeat and a
+//! timeout, upload the outputs, and tell falconerid how it went.
+//!
+//! The outputs are published only when falconerid accepts our `mark_done`;
+//! a datum we no longer own (the server answers 409 or 404) is abandoned
+//! without a report, because another worker or the babysitter now owns it.
+
+use std::{
+    os::unix::process::ExitStatusExt,
+    path::{Path, PathBuf},
+    process::ExitStatus,
+    time::Duration,
+};
+
+use anyhow::{Context, Result, anyhow, bail};
+use falconeri_common::{
+    api::{Claim, DoneRequest, ErrorRequest, NewOutputFile, Reservation},
+    client::{Client, ClientError},
+    storage::{download_inputs, upload_outputs},
+};
+use nix::sys::signal::Signal;
+use tokio_util::{sync::CancellationToken, task::AbortOnDropHandle};
+
+use crate::{
+    Worker,
+    process::{CommandSpec, DatumEnv, KILL_GRACE, RunningCommand, command_env},
+    retry::with_retries,
+};
+
+/// The shortest heartbeat period we accept, whatever the server says, so a
+/// zero from a misconfigured server cannot make us spin.
+const MIN_HEARTBEAT: Duration = Duration::from_millis(100);
+
+/// What the run loop should do after a datum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// Ask for the next datum.
+    Next,
+    /// The worker was told to stop.
+    Stopped,
+}
+
+/// How one attempt at a datum ended, before reporting it.
+#[derive(Debug)]
+enum Attempt {
+    Succeeded {
+        output: String,
+        output_files: Vec<NewOutputFile>,
+    },
+    Failed {
+        error: String,
+        output: String,
+    },
+    /// The worker itself cannot work (its directories are unusable): report
+    /// the datum failed, then stop rather than fail every other datum too.
+    Broken { error: String },
+    /// The server no longer considers the datum ours.
+    Lost,
+    /// The worker got SIGTERM or SIGINT.
+    Stopped { output: String },
+}
+
+/// Runs one reserved datum and reports it. Errors mean the worker should exit.
+#[tracing::instrument(skip_all, fields(datum_id = r.datum_id, attempt = r.claim.attempt))]
+pub(crate) async fn process(worker: &Worker, r: &Reservation) -> Result<Outcome> {
+    tracing::info!(cmd = ?r.cmd, inputs = r.input_files.len(), "reserved a datum");
+    // The lease covers downloads and uploads too, so heartbeat from now until
+    // the report is in.
+    let lost = CancellationToken::new();
+    let period = Duration::from_millis(r.heartbeat_interval_ms).max(MIN_HEARTBEAT);
+    let _heartbeat = AbortOnDropHandle::new(tokio::spawn(heartbeat(
+        worker.client.clone(),
+        r.datum_id,
+        r.claim.clone(),
+        period,
+        lost.clone(),
+    )));
+
+    let budget = worker.config.retry_budget;
+    match attempt(worker, r, &lost).await {
+        Attempt::Succeeded {
+            output,
+            output_files,
+        } => {
+            tracing::info!(files = output_files.len(), "datum succeeded");
+            let body = DoneRequest {
+                claim: r.claim.clone(),
+                output,
+                output_files,
+            };
+            let result = with_retries(budget, "reporting the datum done", || {
+                report_done(&worker.client, r.datum_id, &body)
+            })
+            .await;
+            accept_lost(result, "done")?;
+            Ok(Outcome::Next)
+        }
+        Attempt::Failed { error, output } => {
+            tracing::warn!(%error, "datum failed");
+            let body = error_request(r, error, output);
+            let result = with_retries(budget, "reporting the datum failed", || {
+                report_error(&worker.client, r.datum_id, &body)
+            })
+            .await;
+            accept_lost(result, "error")?;
+            Ok(Outcome::Next)
+        }
+        Attempt::Broken { error } => {
+            let body = error_request(r, error.clone(), String::new());
+            let result = with_retries(budget, "reporting the datum failed", || {
+                report_error(&worker.client, r.datum_id, &body)
+            })
+            .await;
+            accept_lost(result, "error")?;
+            bail!("{error}")
+        }
+        Attempt::Lost => {
+            tracing::warn!("the datum is no longer ours (expired or canceled); abandoned it");
+            Ok(Outcome::Next)
+        }
+        Attempt::Stopped { output } => {
+            tracing::info!("worker stopping; reporting the datum");
+            // One try only: whoever stops us (Kubernetes, a terminal) will not
+            // wait minutes, and an unreported datum is retried once its lease
+            // expires anyway.
+            let body = error_request(r, "worker was stopped".to_owned(), output);
+            match report_error(&worker.client, r.datum_id, &body).await {
+                Ok(_) => {}
+                Err(err) if err.is_conflict() || err.is_not_found() => {}
+                Err(err) => tracing::warn!(error = %err, "cannot report the stopped datum"),
+            }
+            Ok(Outcome::Stopped)
+        }
+    }
+}
+
+/// Everything between reservation and report.
+async fn attempt(worker: &Worker, r: &Reservation, lost: &CancellationToken) -> Attempt {
+    let config = &worker.config;
+    let shutdown = &worker.shutdown;
+    let pfs = config.pfs.as_path();
+    let out = pfs.join("out");
+
+    if let Err(err) = reset_work_dirs(pfs, &config.scratch).await {
+        return Attempt::Broken {
+            error: format!("cannot prepare the work directories: {err:#}"),
+        };
+    }
+
+    let downloaded = tokio::select! {
+        result = download_inputs(&r.input_files, pfs) => result,
+        () = lost.cancelled() => return Attempt::Lost,
+        () = shutdown.cancelled() => return Attempt::Stopped { output: String::new() },
+    };
+    match downloaded {
+        Ok(bytes) => tracing::info!(bytes, "downloaded inputs"),
+        Err(err) => {
+            return Attempt::Failed {
+                error: format!("cannot download inputs: {err:#}"),
+                output: String::new(),
+            };
+        }
+    }
+
+    let Some((program, args)) = r.cmd.split_first() else {
+        return Attempt::Failed {
+            error: "the job's command is empty".to_owned(),
+            output: String::new(),
+        };
+    };
+    let spec = CommandSpec {
+        program: program.clone(),
+        args: args.to_vec(),
+        env: command_env(
+            std::env::vars_os(),
+            &r.env,
+            DatumEnv {
+                pfs,
+                scratch: &config.scratch,
+                datum_id: r.datum_id,
+                job_id: r.job_id,
+            },
+        ),
+    };
+    let mut running = match RunningCommand::spawn(&spec, config.output_tail_bytes) {
+        Ok(running) => running,
+        Err(err) => {
+            return Attempt::Failed {
+                error: format!("{err:#}"),
+                output: String::new(),
+            };
+        }
+    };
+    let timeout = r.timeout_ms.map(Duration::from_millis);
+    let ending = supervise(&mut running, timeout, lost, shutdown).await;
+    let output = running.finish().await;
+    match ending {
+        Ending::Exited(Ok(status)) if status.success() => {}
+        Ending::Exited(Ok(status)) => {
+            return Attempt::Failed {
+                error: describe_failure(status),
+                output,
+            };
+        }
+        Ending::Exited(Err(err)) => {
+            return Attempt::Failed {
+                error: format!("cannot wait for the command: {err}"),
+                output,
+            };
+        }
+        Ending::TimedOut(limit) => {
+            return Attempt::Failed {
+                error: format!(
+                    "datum timed out after {}",
+                    humantime::format_duration(limit)
+                ),
+                output,
+            };
+        }
+        Ending::Lost => return Attempt::Lost,
+        Ending::Stopped => return Attempt::Stopped { output },
+    }
+
+    let work_root = work_root(pfs, &config.scratch);
+    let uploaded = tokio::select! {
+        result = upload_outputs(&out, &work_root, &r.egress_uri) => result,
+        () = lost.cancelled() => return Attempt::Lost,
+        () = shutdown.cancelled() => return Attempt::Stopped { output },
+    };
+    match uploaded {
+        Ok(output_files) => Attempt::Succeeded {
+            output,
+            output_files,
+        },
+        Err(err) => Attempt::Failed {
+            error: format!("cannot upload outputs: {err:#}"),
+            output,
+        },
+    }
+}
+
+/// Why a running command stopped.
+#[derive(Debug)]
+pub(crate) enum Ending {
+    /// It exited by itself (or we could not wait for it).
+    Exited(std::io::Result<ExitStatus>),
+    /// It ran past the datum's timeout and was killed.
+    TimedOut(Duration),
+    /// The datum stopped being ours and the command was killed.
+    Lost,
+    /// The worker was told to stop and the command was killed.
+    Stopped,
+}
+
+/// Waits for the command to exit, killing its process group first if the
+/// timeout passes, the lease is `lost`, or `shutdown` is cancelled.
+pub(crate) async fn supervise(
+    running: &mut RunningCommand,
+    timeout: Option<Duration>,
+    lost: &CancellationToken,
+    shutdown: &CancellationToken,
+) -> Ending {
+    let deadline = async {
+        match timeout {
+            Some(limit) => {
+                tokio::time::sleep(limit).await;
+                limit
+            }
+            None => std::future::pending().await,
+        }
+    };
+    let ending = tokio::select! {
+        status = running.wait() => return Ending::Exited(status),
+        limit = deadline => Ending::TimedOut(limit),
+        () = lost.cancelled() => Ending::Lost,
+        () = shutdown.cancelled() => Ending::Stopped,
+    };
+    tracing::info!(?ending, pgid = %running.pgid(), "killing the command");
+    if let Err(err) = running.kill_group(KILL_GRACE).await {
+        tracing::warn!(%err, "cannot reap the killed command");
+    }
+    ending
+}
+
+/// "command exited with status 3", or which signal killed it.
+fn describe_failure(status: ExitStatus) -> String {
+    if let Some(code) = status.code() {
+        format!("command exited with status {code}")
+    } else if let Some(number) = status.signal() {
+        match Signal::try_from(number) {
+            Ok(signal) => format!("command killed by signal {number} ({signal})"),
+            Err(_) => format!("command killed by signal {number}"),
+        }
+    } else {
+        format!("command failed: {status}")
+    }
+}
+
+/// Empties `pfs` and `scratch` (creating them if missing) and creates
+/// `pfs/out`. Only the contents go: either directory may be a mount point.
+async fn reset_work_dirs(pfs: &Path, scratch: &Path) -> Result<()> {
+    empty_dir(pfs).await?;
+    empty_dir(scratch).await?;
+    let out = pfs.join("out");
+    tokio::fs::create_dir_all(&out)
+        .await
+        .with_context(|| format!("cannot create {}", out.display()))
+}
+
+/// Removes everything inside `dir`, without following symlinks.
+async fn empty_dir(dir: &Path) -> Result<()> {
+    // A misconfigured `--pfs /` must not wipe the machine.
+    if dir.parent().is_none() {
+        bail!("refusing to empty {}", dir.display());
+    }
+    let mut entries = match tokio::fs::read_dir(dir).await {
+        Ok(entries) => entries,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            return tokio::fs::create_dir_all(dir)
+                .await
+                .with_context(|| format!("cannot create {}", dir.display()));
+        }
+        Err(err) => return Err(anyhow!(err).context(format!("cannot read {}", dir.display()))),
+    };
+    while let Some(entry) = entries
+        .next_entry()
+        .await
+        .with_context(|| format!("cannot read {}", dir.display()))?
+    {
+        let path = entry.path();
+        let file_type = entry
+            .file_type()
+            .await
+            .with_context(|| format!("cannot inspect {}", path.display()))?;
+        let removed = if file_type.is_dir() {
+            tokio::fs::remove_dir_all(&path).await
+        } else {
+            tokio::fs::remove_file(&path).await
+        };
+        removed.with_context(|| format!("cannot remove {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// The directory output symlinks may point into: the common parent of `pfs`
+/// and `scratch` (so an output may link to a file in scratch), or `pfs` alone
+/// when they share nothing but `/`, since allowing `/` would allow anything.
+fn work_root(pfs: &Path, scratch: &Path) -> PathBuf {
+    let common: PathBuf = pfs
+        .components()
+        .zip(scratch.components())
+        .take_while(|(a, b)| a == b)
+        .map(|(a, _)| a)
+        .collect();
+    if common.parent().is_none() {
+        pfs.to_owned()
+    } else {
+        common
+    }
+}
+
+fn error_request(r: &Reservation, error: String, output: String) -> ErrorRequest {
+    ErrorRequest {
+        claim: r.claim.clone(),
+        output,
+        error,
+    }
+}
+
+/// Treats "the datum is not ours any more" as a normal end: the server gave it
+/// to someone else, whose report counts instead of ours.
+fn accept_lost<T>(result: Result<T, ClientError>, what: &str) -> Result<()> {
+    match result {
+        Ok(_) => Ok(()),
+        Err(err) if err.is_conflict() || err.is_not_found() => {
+            tracing::warn!(error = %err, "the datum is no longer ours; our {what} report was refused");
+            Ok(())
+        }
+        Err(err) => Err(anyhow!(err).context(format!("cannot report the datum {what}"))),
+    }
+}
+
+/// Extends the lease every `period` until the task is dropped, cancelling
+/// `lost` if the server says the datum is no longer ours.
+#[tracing::instrument(skip(client, lost))]
+async fn heartbeat(
+    client: Client,
+    datum_id: i64,
+    claim: Claim,
+    period: Duration,
+    lost: CancellationToken,
+) {
+    let start = tokio::time::Instant::now() + period;
+    let mut ticks = tokio::time::interval_at(start, period);
+    // After a slow request, beat once and resume the rhythm; a burst of
+    // catch-up heartbeats would only load the server.
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        match client.heartbeat(datum_id, &claim).await {
+            Ok(answer) => tracing::debug!(lease_expires_at = answer.lease_expires_at, "heartbeat"),
+            Err(err) if err.is_conflict() || err.is_not_found() => {
+                tracing::warn!(error = %err, "heartbeat refused: the datum is no longer ours");
+                lost.cancel();
+                return;
+            }
+            // The lease outlasts several periods, so the next tick may still
+            // save it; if not, the server will answer 409 then.
+            Err(err) => tracing::warn!(error = %err, "heartbeat failed; retrying at the next tick"),
+        }
+    }
+}
+
+#[tracing::instrument(skip(client, body))]
+async fn report_done(
+    client: &Client,
+    datum_id: i64,
+    body: &DoneRequest,
+) -> Result<(), ClientError> {
+    client.mark_done(datum_id, body).await.map(drop)
+}
+
+#[tracing::instrument(skip(client, body), fields(error = %body.error))]
+async fn report_error(
+    client: &Client,
+    datum_id: i64,
+    body: &ErrorRequest,
+) -> Result<(), ClientError> {
+    client.mark_error(datum_id, body).await.map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::{collections::BTreeMap, ffi::OsString, time::Instant};
+
+    use super::*;
+
+    fn sh(script: &str) -> CommandSpec {
+        CommandSpec {
+            program: "sh".to_owned(),
+            args: vec!["-c".to_owned(), script.to_owned()],
+            env: std::env::vars_os()
+                .filter(|(name, _)| name == "PATH")
+                .collect::<BTreeMap<OsString, OsString>>(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_command_past_its_timeout_is_killed() {
+        let mut running = RunningCommand::spawn(&sh("echo started; sleep 100"), 1024).unwrap();
+        let started = Instant::now();
+        let ending = supervise(
+            &mut running,
+            Some(Duration::from_millis(300)),
+            &CancellationToken::new(),
+            &CancellationToken::new(),
+        )
+        .await;
+        assert!(
+            matches!(ending, Ending::TimedOut(limit) if limit == Duration::from_millis(300)),
+            "{ending:?}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert!(running.finish().await.contains("started"));
+    }
+
+    #[tokio::test]
+    async fn a_quick_command_beats_its_timeout() {
+        let mut running = RunningCommand::spawn(&sh("exit 4"), 1024).unwrap();
+        let ending = supervise(
+            &mut running,
+            Some(Duration::from_secs(30)),
+            &CancellationToken::new(),
+            &CancellationToken::new(),
+        )
+        .await;
+        match ending {
+            Ending::Exited(Ok(status)) => {
+                assert_eq!(describe_failure(status), "command exited with status 4");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn losing_the_lease_or_stopping_kills_the_command() {
+        for which in ["lost", "stopped"] {
+            let lost = CancellationToken::new();
+            let shutdown = CancellationToken::new();
+            let mut running = RunningCommand::spawn(&sh("sleep 100"), 1024).unwrap();
+            let token = if which == "lost" { &lost } else { &shutdown };
+            let cancel = token.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                cancel.cancel();
+            });
+            let ending = supervise(&mut running, None, &lost, &shutdown).await;
+            match (which, ending) {
+                ("lost", Ending::Lost) | ("stopped", Ending::Stopped) => {}
+                (which, other) => panic!("{which}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn failures_are_described() {
+        assert_eq!(
+            describe_failure(ExitStatus::from_raw(9)),
+            "command killed by signal 9 (SIGKILL)"
+        );
+        assert_eq!(
+            describe_failure(ExitStatus::from_raw(2 << 8)),
+            "command exited with status 2"
+        );
+    }
+
+    #[test]
+    fn work_root_is_the_common_parent_but_never_root() {
+        let check = |pfs: &str, scratch: &str, expected: &str| {
+            assert_eq!(
+                work_root(Path::new(pfs), Path::new(scratch)),
+                PathBuf::from(expected),
+                "{pfs} {scratch}"
+            );
+        };
+        check("/tmp/w/pfs", "/tmp/w/scratch", "/tmp/w");
+        check("/pfs", "/scratch", "/pfs");
+        check("/a/pfs", "/b/scratch", "/a/pfs");
+        check("/w/pfs", "/w/pfs/scratch", "/w/pfs");
+    }
+
+    #[tokio::test]
+    async fn work_dirs_are_emptied_not_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let pfs = dir.path().join("pfs");
+        let scratch = dir.path().join("scratch");
+        // Missing directories are created.
+        reset_work_dirs(&pfs, &scratch).await.unwrap();
+        assert!(pfs.join("out").is_dir() && scratch.is_dir());
+
+        std::fs::create_dir_all(pfs.join("repo/sub")).unwrap();
+        std::fs::write(pfs.join("repo/sub/x"), "x").unwrap();
+        std::fs::write(pfs.join("out/old"), "old").unwrap();
+        std::fs::write(scratch.join("tmp"), "tmp").unwrap();
+        // A symlink to a directory outside is removed, not followed.
+        let outside = dir.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        std::fs::write(outside.join("keep"), "keep").unwrap();
+        std::os::unix::fs::symlink(&outside, pfs.join("link")).unwrap();
+        // Remember the inode, standing in for a mount point that must stay.
+        let inode = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&pfs).unwrap());
+
+        reset_work_dirs(&pfs, &scratch).await.unwrap();
+        let names = |d: &Path| -> Vec<String> {
+            std::fs::read_dir(d)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect()
+        };
+        assert_eq!(names(&pfs), ["out"]);
+        assert!(names(&pfs.join("out")).is_empty());
+        assert!(names(&scratch).is_empty());
+        assert!(outside.join("keep").exists());
+        assert_eq!(
+            std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&pfs).unwrap()),
+            inode
+        );
+        assert!(empty_dir(Path::new("/")).await.is_err());
+    }
+}

@@ -1,0 +1,272 @@
+//! The falconeri worker: reserves datums of one job from falconerid, runs each
+//! one's command on its downloaded inputs, uploads the outputs and reports,
+//! until the job has no work left.
+//!
+//! The worker reaches the system only through the REST API
+//! ([`falconeri_common::client::Client`]). [`run`] is the whole worker; the
+//! `falconeri-worker` binary and the CLI's embedded worker both call it.
+//!
+//! - [`datum`]: one datum, from reservation to report.
+//! - [`process`]: the command's process group and its output.
+//! - [`retry`]: backoff while falconerid is unreachable.
+
+mod datum;
+mod process;
+mod retry;
+
+use std::{fmt, path::PathBuf, time::Duration};
+
+use anyhow::{Context, Result, anyhow};
+use falconeri_common::{api::ReserveResponse, client::Client};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::{sync::CancellationToken, task::AbortOnDropHandle};
+
+use crate::{datum::Outcome, retry::Backoff};
+
+/// Everything the worker needs to know, from flags or the environment.
+#[derive(clap::Args, Clone)]
+pub struct Config {
+    /// falconerid's URL, such as http://falconerid:8089.
+    #[arg(long, env = "FALCONERI_SERVER")]
+    pub server: String,
+
+    /// The job's worker token.
+    #[arg(long, env = "FALCONERI_TOKEN", hide_env_values = true)]
+    pub token: String,
+
+    /// The job whose datums to work on.
+    #[arg(long, env = "FALCONERI_JOB_ID")]
+    pub job_id: i64,
+
+    /// This worker's name, as shown on the datums it runs [default: $HOSTNAME
+    /// (the pod name in Kubernetes), or a random id].
+    #[arg(
+        long,
+        env = "FALCONERI_WORKER_ID",
+        default_value_t = default_worker_id(),
+        hide_default_value = true
+    )]
+    pub worker_id: String,
+
+    /// Where inputs are downloaded and outputs (under `out/`) are collected.
+    /// Its contents are deleted before every datum.
+    #[arg(long, env = "FALCONERI_PFS", default_value = "/pfs")]
+    pub pfs: PathBuf,
+
+    /// Scratch space for the command. Its contents are deleted before every
+    /// datum.
+    #[arg(long, env = "FALCONERI_SCRATCH", default_value = "/scratch")]
+    pub scratch: PathBuf,
+
+    /// How long one request for work waits on the server before asking again.
+    #[arg(
+        long,
+        env = "FALCONERI_RESERVE_WAIT",
+        default_value = "30s",
+        value_parser = humantime::parse_duration
+    )]
+    pub reserve_wait: Duration,
+
+    /// How long to keep retrying while falconerid is unreachable or answers
+    /// 5xx, with backoff from 100ms to 5s, before exiting with an error.
+    #[arg(
+        long = "retry-budget",
+        alias = "max-idle-errors",
+        env = "FALCONERI_RETRY_BUDGET",
+        default_value = "5m",
+        value_parser = humantime::parse_duration
+    )]
+    pub retry_budget: Duration,
+
+    /// How much of the command's stdout and stderr (the last bytes) to send
+    /// to falconerid with the datum's report.
+    #[arg(long, env = "FALCONERI_OUTPUT_TAIL_BYTES", default_value_t = 1024 * 1024)]
+    pub output_tail_bytes: usize,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Written out by hand so the token never reaches a log.
+        f.debug_struct("Config")
+            .field("server", &self.server)
+            .field("token", &"<redacted>")
+            .field("job_id", &self.job_id)
+            .field("worker_id", &self.worker_id)
+            .field("pfs", &self.pfs)
+            .field("scratch", &self.scratch)
+            .field("reserve_wait", &self.reserve_wait)
+            .field("retry_budget", &self.retry_budget)
+            .field("output_tail_bytes", &self.output_tail_bytes)
+            .finish()
+    }
+}
+
+/// `$HOSTNAME`, which Kubernetes sets to the pod name, or else a random id:
+/// worker ids must differ, since they are part of every datum claim.
+fn default_worker_id() -> String {
+    match std::env::var("HOSTNAME") {
+        Ok(host) if !host.trim().is_empty() => host.trim().to_owned(),
+        _ => format!("worker-{:016x}", rand::random::<u64>()),
+    }
+}
+
+/// The running worker's shared parts.
+pub(crate) struct Worker {
+    pub(crate) client: Client,
+    pub(crate) config: Config,
+    /// Cancelled on SIGTERM or SIGINT.
+    pub(crate) shutdown: CancellationToken,
+}
+
+/// Works on the job until it has no work left (Ok), SIGTERM or SIGINT
+/// arrives (Ok, after reporting the datum in hand as stopped), or falconerid
+/// stays unreachable past the retry budget (Err).
+pub async fn run(config: Config) -> Result<()> {
+    let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    let shutdown = CancellationToken::new();
+    let on_signal = shutdown.clone();
+    let _listener = AbortOnDropHandle::new(tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("got SIGTERM; stopping"),
+            _ = interrupt.recv() => tracing::info!("got SIGINT; stopping"),
+        }
+        on_signal.cancel();
+    }));
+    run_until(config, shutdown).await
+}
+
+/// [`run`], stopping when `shutdown` is cancelled instead of on signals, for
+/// embedding the worker and for tests.
+pub async fn run_until(mut config: Config, shutdown: CancellationToken) -> Result<()> {
+    // The command may change directory, so it gets absolute paths.
+    config.pfs = std::path::absolute(&config.pfs)
+        .with_context(|| format!("bad --pfs {}", config.pfs.display()))?;
+    config.scratch = std::path::absolute(&config.scratch)
+        .with_context(|| format!("bad --scratch {}", config.scratch.display()))?;
+    let client = Client::new(&config.server, Some(config.token.clone()))
+        .with_context(|| format!("cannot use falconerid at {:?}", config.server))?;
+    tracing::info!(?config, "worker starting");
+    let worker = Worker {
+        client,
+        config,
+        shutdown,
+    };
+
+    let mut backoff = Backoff::new(worker.config.retry_budget);
+    loop {
+        let answer = tokio::select! {
+            // A datum reserved by a request we drop here is retried when its
+            // lease expires; stopping promptly matters more.
+            () = worker.shutdown.cancelled() => return Ok(()),
+            answer = reserve(&worker) => answer,
+        };
+        match answer {
+            // The server already waited for us (long poll), so ask again now.
+            Ok(ReserveResponse::Wait) => backoff.reset(),
+            Ok(ReserveResponse::Finished) => {
+                tracing::info!("the job has no work left; exiting");
+                return Ok(());
+            }
+            Ok(ReserveResponse::Reserved(reservation)) => {
+                backoff.reset();
+                if datum::process(&worker, &reservation).await? == Outcome::Stopped {
+                    return Ok(());
+                }
+            }
+            Err(err) if err.is_transient() => {
+                let Some(delay) = backoff.next_delay() else {
+                    return Err(anyhow!(err)).context(format!(
+                        "giving up after {} of failed requests for work",
+                        humantime::format_duration(worker.config.retry_budget)
+                    ));
+                };
+                tracing::warn!(error = %err, ?delay, "cannot reserve a datum; retrying");
+                tokio::select! {
+                    () = worker.shutdown.cancelled() => return Ok(()),
+                    () = tokio::time::sleep(delay) => {}
+                }
+            }
+            Err(err) => return Err(anyhow!(err)).context("cannot reserve a datum"),
+        }
+    }
+}
+
+/// Asks falconerid for the job's next datum, waiting up to `reserve_wait`.
+#[tracing::instrument(skip_all, fields(job_id = worker.config.job_id))]
+async fn reserve(
+    worker: &Worker,
+) -> Result<ReserveResponse, falconeri_common::client::ClientError> {
+    let config = &worker.config;
+    worker
+        .client
+        .reserve(config.job_id, &config.worker_id, config.reserve_wait)
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        config: Config,
+    }
+
+    #[test]
+    fn config_defaults_and_token_is_hidden() {
+        let cli = Cli::try_parse_from([
+            "worker",
+            "--server",
+            "http://127.0.0.1:8089",
+            "--token",
+            "s3cret-token",
+            "--job-id",
+            "12",
+            "--worker-id",
+            "w1",
+        ])
+        .unwrap();
+        let config = cli.config;
+        assert_eq!(config.job_id, 12);
+        assert_eq!(config.worker_id, "w1");
+        assert_eq!(config.pfs, PathBuf::from("/pfs"));
+        assert_eq!(config.scratch, PathBuf::from("/scratch"));
+        assert_eq!(config.reserve_wait, Duration::from_secs(30));
+        assert_eq!(config.retry_budget, Duration::from_secs(300));
+        assert_eq!(config.output_tail_bytes, 1 << 20);
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("s3cret-token"), "{debug}");
+        assert!(debug.contains("http://127.0.0.1:8089"), "{debug}");
+    }
+
+    #[test]
+    fn durations_parse_and_the_old_flag_name_works() {
+        let cli = Cli::try_parse_from([
+            "worker",
+            "--server=http://x:1",
+            "--token=t",
+            "--job-id=1",
+            "--reserve-wait=2s",
+            "--max-idle-errors=1m",
+        ])
+        .unwrap();
+        assert_eq!(cli.config.reserve_wait, Duration::from_secs(2));
+        assert_eq!(cli.config.retry_budget, Duration::from_secs(60));
+        assert!(!cli.config.worker_id.is_empty());
+    }
+
+    #[test]
+    fn help_names_the_env_vars_and_the_budget_flag() {
+        let help = <Cli as clap::CommandFactory>::command()
+            .render_long_help()
+            .to_string();
+        assert!(help.contains("FALCONERI_TOKEN"));
+        assert!(help.contains("--retry-budget"));
+    }
+}

@@ -1,0 +1,35 @@
+//! The `falconeri-worker` binary: parses its configuration, sets up logging
+//! and runs the worker until the job has no work left.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use falconeri_worker::Config;
+use tracing_subscriber::EnvFilter;
+
+/// Reserve datums of a falconeri job, run them, upload and report.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(flatten)]
+    config: Config,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // Logs go to stderr, so stdout carries only the commands' own output.
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .init();
+    let result = tokio::runtime::Runtime::new()
+        .map_err(anyhow::Error::from)
+        .and_then(|runtime| runtime.block_on(falconeri_worker::run(cli.config)));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

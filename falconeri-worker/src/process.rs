@@ -1,0 +1,579 @@
+//! Running a datum's command: spawning it in its own process group, streaming
+//! its stdout and stderr through to ours while keeping a bounded tail of both,
+//! and killing the whole group when the datum must stop.
+//!
+//! Nothing here talks to falconerid; [`crate::datum`] decides *when* to kill.
+
+use std::{
+    collections::{BTreeMap, VecDeque},
+    ffi::OsString,
+    io,
+    path::Path,
+    process::{ExitStatus, Stdio},
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
+
+use anyhow::{Context, Result, bail};
+use nix::{
+    errno::Errno,
+    sys::signal::{Signal, killpg},
+    unistd::Pid,
+};
+use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
+    process::{Child, Command},
+    task::JoinHandle,
+};
+
+/// How long a killed command gets to exit after SIGTERM before SIGKILL.
+pub const KILL_GRACE: Duration = Duration::from_secs(5);
+
+/// How long to wait for the output pipes to close once the command is gone.
+/// A process that left our group (`setsid`) may hold them open forever, and
+/// we would rather lose its last words than hang the worker.
+const OUTPUT_DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The worker's token: it must never reach the user's command.
+const TOKEN_VAR: &str = "FALCONERI_TOKEN";
+
+/// The last `capacity` bytes of a stream, plus a count of what was cut off.
+#[derive(Debug)]
+pub struct TailBuffer {
+    bytes: VecDeque<u8>,
+    capacity: usize,
+    dropped: u64,
+}
+
+impl TailBuffer {
+    /// An empty buffer keeping at most `capacity` bytes.
+    pub fn new(capacity: usize) -> TailBuffer {
+        TailBuffer {
+            // Output is usually small; grow on demand rather than reserving
+            // the whole (1 MiB by default) capacity for every datum.
+            bytes: VecDeque::with_capacity(capacity.min(8 * 1024)),
+            capacity,
+            dropped: 0,
+        }
+    }
+
+    /// Appends `data`, dropping the oldest bytes beyond the capacity.
+    pub fn push(&mut self, data: &[u8]) {
+        if data.len() >= self.capacity {
+            self.dropped += (self.bytes.len() + data.len() - self.capacity) as u64;
+            self.bytes.clear();
+            self.bytes.extend(&data[data.len() - self.capacity..]);
+            return;
+        }
+        let overflow = (self.bytes.len() + data.len()).saturating_sub(self.capacity);
+        if overflow > 0 {
+            self.bytes.drain(..overflow);
+            self.dropped += overflow as u64;
+        }
+        self.bytes.extend(data);
+    }
+
+    /// The kept bytes as text. Invalid UTF-8 is replaced; when the front was
+    /// cut, a note says how much, and a character split by the cut is skipped
+    /// rather than shown as garbage.
+    pub fn to_text(&self) -> String {
+        let (front, back) = self.bytes.as_slices();
+        let mut bytes = Vec::with_capacity(self.bytes.len());
+        bytes.extend_from_slice(front);
+        bytes.extend_from_slice(back);
+        if self.dropped == 0 {
+            return String::from_utf8_lossy(&bytes).into_owned();
+        }
+        // UTF-8 continuation bytes look like 0b10xx_xxxx; a character has at
+        // most three of them.
+        let skip = bytes
+            .iter()
+            .take(3)
+            .take_while(|byte| (**byte & 0b1100_0000) == 0b1000_0000)
+            .count();
+        format!(
+            "[falconeri: {} earlier bytes of output were dropped]\n{}",
+            self.dropped + skip as u64,
+            String::from_utf8_lossy(&bytes[skip..])
+        )
+    }
+}
+
+/// What to run and with which environment.
+#[derive(Debug, Clone)]
+pub struct CommandSpec {
+    pub program: String,
+    pub args: Vec<String>,
+    /// The complete environment; nothing else is inherited.
+    pub env: BTreeMap<OsString, OsString>,
+}
+
+/// Where a datum's command finds its data, for [`command_env`].
+#[derive(Debug, Clone, Copy)]
+pub struct DatumEnv<'a> {
+    pub pfs: &'a Path,
+    pub scratch: &'a Path,
+    pub datum_id: i64,
+    pub job_id: i64,
+}
+
+/// The command's environment: `inherited` without the worker token, then the
+/// spec's `env`, then the `FALCONERI_*` variables describing this datum (which
+/// win, since they name the real directories).
+pub fn command_env(
+    inherited: impl IntoIterator<Item = (OsString, OsString)>,
+    spec_env: &BTreeMap<String, String>,
+    datum: DatumEnv<'_>,
+) -> BTreeMap<OsString, OsString> {
+    let mut env: BTreeMap<OsString, OsString> = inherited
+        .into_iter()
+        .filter(|(name, _)| name != TOKEN_VAR)
+        .collect();
+    env.extend(
+        spec_env
+            .iter()
+            .map(|(name, value)| (OsString::from(name), OsString::from(value))),
+    );
+    let ours = [
+        ("FALCONERI_PFS", datum.pfs.as_os_str().to_owned()),
+        ("FALCONERI_OUT", datum.pfs.join("out").into_os_string()),
+        ("FALCONERI_SCRATCH", datum.scratch.as_os_str().to_owned()),
+        ("FALCONERI_DATUM_ID", datum.datum_id.to_string().into()),
+        ("FALCONERI_JOB_ID", datum.job_id.to_string().into()),
+    ];
+    env.extend(ours.into_iter().map(|(name, value)| (name.into(), value)));
+    env
+}
+
+/// A command that is running, or has just exited and not yet been collected.
+#[derive(Debug)]
+pub struct RunningCommand {
+    child: Child,
+    /// The child's pid, which is also its process group id.
+    pgid: Pid,
+    tail: Arc<Mutex<TailBuffer>>,
+    pumps: Vec<JoinHandle<()>>,
+}
+
+impl RunningCommand {
+    /// Starts `spec` with stdin closed, in a new process group, with its
+    /// output streamed to the worker's stdout and stderr and captured into a
+    /// tail of `tail_bytes` bytes.
+    pub fn spawn(spec: &CommandSpec, tail_bytes: usize) -> Result<RunningCommand> {
+        let mut command = Command::new(&spec.program);
+        command
+            .args(&spec.args)
+            .env_clear()
+            .envs(&spec.env)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            // Its own group, so killing the group reaches everything the
+            // command started, and a Ctrl-C at the worker's terminal reaches
+            // only the worker, which then stops the command itself.
+            //.process_group(0)
+            // A last resort should the worker bail out between spawn and
+            // reaping: never leave the leader running unsupervised.
+            .kill_on_drop(true);
+        let mut child = command
+            .spawn()
+            .with_context(|| format!("cannot start {:?}", spec.program))?;
+        let pgid = match child.id().map(i32::try_from) {
+            Some(Ok(pid)) => Pid::from_raw(pid),
+            _ => bail!("{:?} started but has no usable process id", spec.program),
+        };
+        let tail = Arc::new(Mutex::new(TailBuffer::new(tail_bytes)));
+        let mut pumps = Vec::with_capacity(2);
+        if let Some(stdout) = child.stdout.take() {
+            pumps.push(tokio::spawn(pump(stdout, tokio::io::stdout(), tail.clone())));
+        }
+        if let Some(stderr) = child.stderr.take() {
+            pumps.push(tokio::spawn(pump(stderr, tokio::io::stderr(), tail.clone())));
+        }
+        Ok(RunningCommand {
+            child,
+            pgid,
+            tail,
+            pumps,
+        })
+    }
+
+    /// The process group id (the leader's pid).
+    pub fn pgid(&self) -> Pid {
+        self.pgid
+    }
+
+    /// Waits for the command to exit. Cancel-safe, so it can sit in a
+    /// `select!` next to timers.
+    pub async fn wait(&mut self) -> io::Result<ExitStatus> {
+        self.child.wait().await
+    }
+
+    /// Stops the whole group: SIGTERM, up to `grace` for the leader to exit,
+    /// then SIGKILL for whatever is left. Always reaps the leader.
+    pub async fn kill_group(&mut self, grace: Duration) -> io::Result<ExitStatus> {
+        signal_group(self.pgid, Signal::SIGTERM);
+        let status = match tokio::time::timeout(grace, self.child.wait()).await {
+            Ok(status) => status,
+            Err(_) => {
+                tracing::warn!(pgid = %self.pgid, "command ignored SIGTERM; sending SIGKILL");
+                signal_group(self.pgid, Signal::SIGKILL);
+                self.child.wait().await
+            }
+        };
+        // Children that outlived the leader must not outlive the datum.
+        signal_group(self.pgid, Signal::SIGKILL);
+        status
+    }
+
+    /// Ends the command's run after it exited: kills anything it left in the
+    /// background (it would otherwise keep running into the next datum), waits
+    /// briefly for the output to drain, and returns the captured tail.
+    pub async fn finish(mut self) -> String {
+        if signal_group(self.pgid, Signal::SIGKILL) {
+            tracing::warn!(pgid = %self.pgid, "command left processes behind; killed them");
+        }
+        let drain = async {
+            for pump in &mut self.pumps {
+                // A pump that panicked only loses output; nothing to recover.
+                let _ = pump.await;
+            }
+        };
+        if tokio::time::timeout(OUTPUT_DRAIN_TIMEOUT, drain).await.is_err() {
+            tracing::warn!("command output did not close; some output may be missing");
+            for pump in &self.pumps {
+                pump.abort();
+            }
+        }
+        self.tail
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .to_text()
+    }
+}
+
+/// Sends `signal` to the group `pgid`. Returns true if any process got it; a
+/// group that is already empty is not an error.
+fn signal_group(pgid: Pid, signal: Signal) -> bool {
+    match killpg(pgid, signal) {
+        Ok(()) => true,
+        Err(Errno::ESRCH) => false,
+        Err(err) => {
+            tracing::warn!(%pgid, ?signal, %err, "cannot signal the command's process group");
+            false
+        }
+    }
+}
+
+/// Copies `source` to `sink` as it arrives, keeping a copy in `tail`.
+async fn pump(
+    mut source: impl AsyncRead + Unpin,
+    mut sink: impl AsyncWrite + Unpin,
+    tail: Arc<Mutex<TailBuffer>>,
+) {
+    let mut chunk = vec![0u8; 8 * 1024];
+    let mut sink_ok = true;
+    loop {
+        let n = match source.read(&mut chunk).await {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(err) => {
+                tracing::warn!(%err, "cannot read the command's output");
+                break;
+            }
+        };
+        let data = &chunk[..n];
+        tail.lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(data);
+        // Our own stdout may be closed (a detached worker); keep capturing
+        // for the report even so, and complain only once.
+        if sink_ok {
+            let written = async {
+                sink.write_all(data).await?;
+                sink.flush().await
+            };
+            if let Err(err) = written.await {
+                tracing::warn!(%err, "cannot pass the command's output through");
+                sink_ok = false;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::time::Instant;
+
+    use nix::sys::signal::kill;
+
+    use super::*;
+
+    fn tail_of(capacity: usize, chunks: &[&[u8]]) -> TailBuffer {
+        let mut tail = TailBuffer::new(capacity);
+        for chunk in chunks {
+            tail.push(chunk);
+        }
+        tail
+    }
+
+    #[test]
+    fn tail_buffer_keeps_everything_that_fits() {
+        let tail = tail_of(10, &[b"abc", b"def"]);
+        assert_eq!(tail.dropped, 0);
+        assert_eq!(tail.to_text(), "abcdef");
+        assert_eq!(tail_of(10, &[]).to_text(), "");
+    }
+
+    #[test]
+    fn tail_buffer_keeps_only_the_tail() {
+        let tail = tail_of(5, &[b"abc", b"def", b"gh"]);
+        assert_eq!(tail.dropped, 3);
+        assert_eq!(
+            tail.to_text(),
+            "[falconeri: 3 earlier bytes of output were dropped]\ndefgh"
+        );
+
+        // One chunk bigger than the whole buffer.
+        let tail = tail_of(4, &[b"xy", b"0123456789"]);
+        assert_eq!(tail.dropped, 8);
+        assert!(tail.to_text().ends_with("]\n6789"), "{}", tail.to_text());
+
+        let tail = tail_of(0, &[b"abc"]);
+        assert_eq!(tail.dropped, 3);
+        assert!(tail.to_text().ends_with("]\n"));
+    }
+
+    #[test]
+    fn tail_buffer_is_lossy_utf8() {
+        // "é" is two bytes; cutting after its first byte leaves a stray
+        // continuation byte, which is skipped and counted as dropped.
+        let tail = tail_of(4, &["aé".as_bytes(), b"xyz"]);
+        assert_eq!(tail.dropped, 2);
+        assert_eq!(
+            tail.to_text(),
+            "[falconeri: 3 earlier bytes of output were dropped]\nxyz"
+        );
+        let tail = tail_of(10, &[b"ok \xff end"]);
+        assert_eq!(tail.to_text(), "ok \u{fffd} end");
+    }
+
+    fn datum_env<'a>(pfs: &'a Path, scratch: &'a Path) -> DatumEnv<'a> {
+        DatumEnv {
+            pfs,
+            scratch,
+            datum_id: 7,
+            job_id: 3,
+        }
+    }
+
+    #[test]
+    fn env_drops_the_token_and_sets_ours() {
+        let inherited = [
+            ("PATH", "/bin"),
+            ("FALCONERI_TOKEN", "secret"),
+            ("FALCONERI_PFS", "/wrong"),
+            ("KEEP", "inherited"),
+        ]
+        .map(|(k, v)| (OsString::from(k), OsString::from(v)));
+        let spec_env = BTreeMap::from([
+            ("KEEP".to_owned(), "from spec".to_owned()),
+            ("FALCONERI_OUT".to_owned(), "/also/wrong".to_owned()),
+        ]);
+        let env = command_env(
+            inherited,
+            &spec_env,
+            datum_env(Path::new("/w/pfs"), Path::new("/w/scratch")),
+        );
+        let get = |name: &str| env.get(&OsString::from(name)).map(|v| v.to_str().unwrap());
+        assert_eq!(get("FALCONERI_TOKEN"), None);
+        assert_eq!(get("PATH"), Some("/bin"));
+        assert_eq!(get("KEEP"), Some("from spec"));
+        assert_eq!(get("FALCONERI_PFS"), Some("/w/pfs"));
+        assert_eq!(get("FALCONERI_OUT"), Some("/w/pfs/out"));
+        assert_eq!(get("FALCONERI_SCRATCH"), Some("/w/scratch"));
+        assert_eq!(get("FALCONERI_DATUM_ID"), Some("7"));
+        assert_eq!(get("FALCONERI_JOB_ID"), Some("3"));
+    }
+
+    fn sh(script: &str, env: BTreeMap<OsString, OsString>) -> CommandSpec {
+        CommandSpec {
+            program: "sh".to_owned(),
+            args: vec!["-c".to_owned(), script.to_owned()],
+            env,
+        }
+    }
+
+    fn path_env() -> BTreeMap<OsString, OsString> {
+        std::env::vars_os()
+            .filter(|(name, _)| name == "PATH")
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn the_token_does_not_reach_the_command() {
+        let inherited = [
+            (OsString::from("FALCONERI_TOKEN"), OsString::from("secret")),
+            (OsString::from("PATH"), std::env::var_os("PATH").unwrap()),
+        ];
+        let env = command_env(
+            inherited,
+            &BTreeMap::new(),
+            datum_env(Path::new("/p"), Path::new("/s")),
+        );
+        let spec = sh(r#"echo "token=[$FALCONERI_TOKEN] out=$FALCONERI_OUT""#, env);
+        let mut running = RunningCommand::spawn(&spec, 1024).unwrap();
+        assert!(running.wait().await.unwrap().success());
+        assert_eq!(running.finish().await, "token=[] out=/p/out\n");
+    }
+
+    #[tokio::test]
+    async fn output_captures_stdout_and_stderr() {
+        let spec = sh(
+            "echo to-stdout; echo to-stderr >&2; printf 'x%.0s' $(seq 1 100) >&2; exit 3",
+            path_env(),
+        );
+        let mut running = RunningCommand::spawn(&spec, 1 << 20).unwrap();
+        let status = running.wait().await.unwrap();
+        assert_eq!(status.code(), Some(3));
+        let output = running.finish().await;
+        assert!(output.contains("to-stdout\n"), "{output}");
+        assert!(output.contains("to-stderr\n"), "{output}");
+        assert!(output.ends_with(&"x".repeat(100)), "{output}");
+    }
+
+    #[tokio::test]
+    async fn output_tail_is_bounded() {
+        let spec = sh("seq 1 1000", path_env());
+        let mut running = RunningCommand::spawn(&spec, 16).unwrap();
+        assert!(running.wait().await.unwrap().success());
+        let output = running.finish().await;
+        // 1..=1000, one per line, is 3893 bytes, of which 16 are kept.
+        assert!(
+            output.starts_with("[falconeri: 3877 earlier bytes of output were dropped]\n"),
+            "{output}"
+        );
+        assert!(output.ends_with("\n998\n999\n1000\n"), "{output}");
+    }
+
+    #[tokio::test]
+    async fn spawn_failure_names_the_program() {
+        let spec = CommandSpec {
+            program: "no-such-program-falconeri".to_owned(),
+            args: Vec::new(),
+            env: path_env(),
+        };
+        let err = RunningCommand::spawn(&spec, 16).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("no-such-program-falconeri"),
+            "{err:#}"
+        );
+    }
+
+    /// True once no process has `pid`, polling for up to five seconds.
+    async fn gone(pid: i32) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            // Killed grandchildren are reparented to pid 1, which may never
+            // reap them in a container, so a zombie counts as gone.
+            if kill(Pid::from_raw(pid), None) == Err(Errno::ESRCH) || is_zombie(pid) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    }
+
+    /// True if `pid` has exited but not been reaped (Linux `/proc` only).
+    fn is_zombie(pid: i32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|stat| {
+                // The state follows the command name, which is in parentheses.
+                let (_, rest) = stat.rsplit_once(')')?;
+                rest.split_whitespace().next().map(|state| state == "Z")
+            })
+            .unwrap_or(false)
+    }
+
+    #[tokio::test]
+    async fn killing_the_group_kills_grandchildren() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("pid");
+        let script = format!(
+            "sleep 100 & echo $! > '{}'; sleep 100; ",
+            pid_file.display()
+        );
+        let mut running = RunningCommand::spawn(&sh(&script, path_env()), 1024).unwrap();
+        let leader = running.pgid().as_raw();
+
+        // Wait until the shell has started its background sleep.
+        let mut grandchild = None;
+        for _ in 0..250 {
+            if let Ok(text) = std::fs::read_to_string(&pid_file) {
+                if let Ok(pid) = text.trim().parse::<i32>() {
+                    grandchild = Some(pid);
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let grandchild = grandchild.unwrap();
+        assert_eq!(kill(Pid::from_raw(grandchild), None), Ok(()));
+
+        let started = Instant::now();
+        // Bounded, so a broken group kill fails the test instead of hanging.
+        let status = tokio::time::timeout(KILL_GRACE * 2, running.kill_group(KILL_GRACE))
+            .await
+            .expect("kill_group hung: is the command in its own group?")
+            .unwrap();
+        assert!(!status.success());
+        assert!(started.elapsed() < KILL_GRACE, "SIGTERM should have been enough");
+        assert!(gone(grandchild).await, "grandchild {grandchild} survived");
+        assert!(gone(leader).await, "leader {leader} survived");
+        // And the pipes close, since nothing holds them any more.
+        let finish = tokio::time::timeout(Duration::from_secs(1), running.finish()).await;
+        assert!(finish.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_command_that_ignores_sigterm_is_killed() {
+        let spec = sh("trap '' TERM; echo ready; while :; do sleep 1; done", path_env());
+        let mut running = RunningCommand::spawn(&spec, 1024).unwrap();
+        // Give the shell time to install its trap.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let started = Instant::now();
+        let status = running
+            .kill_group(Duration::from_millis(300))
+            .await
+            .unwrap();
+        assert!(started.elapsed() >= Duration::from_millis(300));
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(libc::SIGKILL)
+        );
+        assert!(running.finish().await.contains("ready"));
+    }
+
+    #[tokio::test]
+    async fn background_leftovers_are_killed_after_exit() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("pid");
+        let script = format!("sleep 100 & echo $! > '{}'", pid_file.display());
+        let mut running = RunningCommand::spawn(&sh(&script, path_env()), 1024).unwrap();
+        assert!(running.wait().await.unwrap().success());
+        let grandchild: i32 = std::fs::read_to_string(&pid_file)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        // Without the kill, the leftover sleep would hold stdout open and
+        // finish() would wait for the drain timeout.
+        let started = Instant::now();
+        running.finish().await;
+        assert!(started.elapsed() < OUTPUT_DRAIN_TIMEOUT);
+        assert!(gone(grandchild).await, "leftover {grandchild} survived");
+    }
+}

@@ -1,0 +1,287 @@
+//! The command line: every command, flag and its help text. Nothing here
+//! does any work; [`crate::config::Config`] and the command modules do.
+
+use std::{ffi::OsString, path::PathBuf};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use falconeri_common::status::DatumStatus;
+
+/// Run batch jobs: many datums, each processed by one command, in parallel.
+///
+/// With no server configured, falconeri starts a server on this machine the
+/// first time it needs one (state under FALCONERI_HOME) and runs the datums in
+/// local worker processes. Set FALCONERI_SERVER and FALCONERI_TOKEN to use a
+/// shared server instead.
+#[derive(Debug, Parser)]
+#[command(name = "falconeri", version, max_term_width = 100)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Flags accepted by every command.
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// The falconerid to talk to, such as https://falconeri.example.com.
+    ///
+    /// Without it (and without FALCONERI_SERVER), falconeri uses the local
+    /// server, starting it if needed.
+    #[arg(long, env = "FALCONERI_SERVER", global = true, value_name = "URL")]
+    pub server: Option<String>,
+
+    /// The bearer token for --server.
+    #[arg(
+        long,
+        env = "FALCONERI_TOKEN",
+        global = true,
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub token: Option<String>,
+
+    /// Use the local server on this machine (starting it if needed), even if
+    /// FALCONERI_SERVER is set.
+    #[arg(long, global = true)]
+    pub local: bool,
+
+    /// Where the local server keeps its database, token and log.
+    ///
+    /// Defaults to the platform's data directory, such as
+    /// ~/.local/share/falconeri on Linux.
+    #[arg(long, env = "FALCONERI_HOME", global = true, value_name = "DIR")]
+    pub home: Option<PathBuf>,
+
+    /// How to print results: `text` for people, `json` for scripts.
+    #[arg(
+        short,
+        long,
+        value_enum,
+        default_value_t = OutputFormat::Text,
+        global = true,
+        value_name = "FORMAT"
+    )]
+    pub output: OutputFormat,
+}
+
+/// How results are printed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// Tables and sentences.
+    Text,
+    /// One JSON document on stdout, the same shape as the REST API's answer.
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Start, watch, retry and cancel jobs.
+    #[command(subcommand)]
+    Job(JobCommand),
+
+    /// Inspect the datums (units of work) of a job.
+    #[command(subcommand)]
+    Datum(DatumCommand),
+
+    /// Print the JSON Schema of pipeline spec files.
+    ///
+    /// Point your editor at it for completion and checking while you write a
+    /// spec.
+    Schema,
+
+    /// Show or stop the local server that falconeri starts on this machine.
+    #[command(subcommand)]
+    Local(LocalCommand),
+
+    /// Commands falconeri runs itself; not for people.
+    #[command(subcommand, hide = true)]
+    Internal(InternalCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JobCommand {
+    /// Start a job from a pipeline spec file.
+    ///
+    /// Relative `file://` URIs in the spec are taken relative to the spec
+    /// file's directory.
+    Run {
+        /// The pipeline spec (JSON).
+        spec: PathBuf,
+
+        /// Wait for the job to finish, as `job wait` does.
+        #[arg(long)]
+        wait: bool,
+    },
+
+    /// List the newest jobs.
+    List {
+        /// Show at most this many jobs.
+        #[arg(long, value_name = "N")]
+        limit: Option<i64>,
+    },
+
+    /// Show a job: its datum counts, and the datums running or failed.
+    Describe {
+        /// The job's name, or its numeric id.
+        job: String,
+    },
+
+    /// Wait for a job to finish, showing its progress.
+    ///
+    /// Exits 0 if the job ended `done`, and 1 if it ended `error` or
+    /// `canceled`.
+    Wait {
+        /// The job's name, or its numeric id.
+        job: String,
+    },
+
+    /// Start a new job running the failed datums of a job again.
+    Retry {
+        /// The job's name, or its numeric id.
+        job: String,
+
+        /// Wait for the new job to finish, as `job wait` does.
+        #[arg(long)]
+        wait: bool,
+    },
+
+    /// Cancel a job: its workers stop and its unfinished datums are canceled.
+    Cancel {
+        /// The job's name, or its numeric id.
+        job: String,
+    },
+
+    /// Check a pipeline spec file without contacting a server.
+    ///
+    /// Exits 0 if it is valid, or 2 listing every problem with its JSON path.
+    Validate {
+        /// The pipeline spec (JSON).
+        spec: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DatumCommand {
+    /// List the datums of a job.
+    List {
+        /// The job's name, or its numeric id.
+        #[arg(long, value_name = "JOB")]
+        job: String,
+
+        /// Only datums in this state: ready, running, done, error or canceled.
+        #[arg(long, value_name = "STATUS")]
+        status: Option<DatumStatus>,
+
+        /// Show at most this many datums.
+        #[arg(long, value_name = "N")]
+        limit: Option<i64>,
+    },
+
+    /// Show one datum: its status, attempts, files, error and captured output.
+    Describe {
+        /// The datum's id, as shown by `job describe` or `datum list`.
+        id: i64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LocalCommand {
+    /// Show whether the local server is running, its URL, pid and log file.
+    Status,
+
+    /// Stop the local server. It finishes gracefully; running jobs resume
+    /// when it is next started.
+    Stop,
+}
+
+/// Commands falconeri runs itself. `internal worker` is not here: it is
+/// dispatched before this parser runs (see [`is_internal_worker`]).
+#[derive(Debug, Subcommand)]
+pub enum InternalCommand {
+    /// Run the local server in the foreground (started by the CLI itself).
+    ///
+    /// Prints `ready <url>` on stdout once listening.
+    Server,
+}
+
+/// The worker's command line: `falconeri internal worker [WORKER FLAGS]`.
+///
+/// It is parsed on its own rather than as a subcommand of [`Cli`], because
+/// [`Cli`]'s global flags (`--server`, `--token`, ...) would otherwise take
+/// the worker's flags of the same names, or clash with them.
+#[derive(Debug, Parser)]
+#[command(name = "falconeri internal worker")]
+pub struct WorkerCli {
+    #[command(flatten)]
+    pub config: falconeri_worker::Config,
+}
+
+/// The words that select the worker.
+const WORKER_COMMAND: [&str; 2] = ["internal", "worker"];
+
+/// True when `args` (including the program name) run the worker.
+pub fn is_internal_worker(args: &[OsString]) -> bool {
+    args.get(1..3)
+        .is_some_and(|words| words.iter().zip(WORKER_COMMAND).all(|(a, b)| a == b))
+}
+
+/// Parses the worker's command line from all of `args`, which
+/// [`is_internal_worker`] accepted.
+pub fn parse_worker(args: Vec<OsString>) -> WorkerCli {
+    let flags = args.into_iter().skip(1 + WORKER_COMMAND.len());
+    WorkerCli::parse_from(std::iter::once(OsString::from("falconeri internal worker")).chain(flags))
+}
+
+/// The arguments after the program name that start a worker; the local
+/// server gives them to its executor.
+pub fn worker_command_args() -> impl Iterator<Item = OsString> {
+    WORKER_COMMAND.into_iter().map(OsString::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_line_is_well_formed() {
+        Cli::command().debug_assert();
+        WorkerCli::command().debug_assert();
+    }
+
+    #[test]
+    fn only_internal_worker_selects_the_worker() {
+        let args = |words: &[&str]| words.iter().map(OsString::from).collect::<Vec<_>>();
+        assert!(is_internal_worker(&args(&["falconeri", "internal", "worker"])));
+        assert!(is_internal_worker(&args(&[
+            "/bin/falconeri",
+            "internal",
+            "worker",
+            "--server",
+            "x"
+        ])));
+        assert!(!is_internal_worker(&args(&["falconeri", "internal", "server"])));
+        assert!(!is_internal_worker(&args(&["falconeri", "job", "worker"])));
+        assert!(!is_internal_worker(&args(&["falconeri", "internal"])));
+    }
+
+    #[test]
+    fn statuses_parse() {
+        let cli = Cli::try_parse_from([
+            "falconeri", "datum", "list", "--job", "x", "--status", "error",
+        ])
+        .expect("parses");
+        match cli.command {
+            Command::Datum(DatumCommand::List { status, .. }) => {
+                assert_eq!(status, Some(DatumStatus::Error));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(
+            Cli::try_parse_from(["falconeri", "datum", "list", "--job", "x", "--status", "bad"])
+                .is_err()
+        );
+    }
+}

@@ -1,0 +1,174 @@
+//! `falconeri datum ...`: the datums of a job, and one datum in full.
+
+use anyhow::{Context, Result};
+use falconeri_common::api::DatumResponse;
+
+use crate::{
+    cli::DatumCommand,
+    config::Config,
+    job::{datum_table, find_job},
+    output::{self, NONE, Table},
+};
+
+/// Runs one `datum` subcommand.
+pub async fn run(config: &Config, command: DatumCommand) -> Result<()> {
+    match command {
+        DatumCommand::List { job, status, limit } => {
+            let client = config.client().await?;
+            let job = find_job(&client, &job).await?;
+            let datums = client
+                .list_datums(job.id, status, limit)
+                .await
+                .with_context(|| format!("cannot list the datums of job {}", job.name))?;
+            if config.json() {
+                return output::print_json(&datums);
+            }
+            if datums.datums.is_empty() {
+                println!("No datums match.");
+                return Ok(());
+            }
+            print!(
+                "{}",
+                datum_table(&datums.datums, output::now_millis()).render()
+            );
+            Ok(())
+        }
+        DatumCommand::Describe { id } => {
+            let client = config.client().await?;
+            let datum = client
+                .datum(id)
+                .await
+                .with_context(|| format!("cannot describe datum {id}"))?;
+            if config.json() {
+                return output::print_json(&datum);
+            }
+            print!("{}", render(&datum, output::now_millis()));
+            Ok(())
+        }
+    }
+}
+
+/// A datum in full, for people.
+fn render(datum: &DatumResponse, now: i64) -> String {
+    let summary = &datum.datum;
+    let mut fields = Table::default();
+    fields.row(["Datum:", &summary.id.to_string()]);
+    fields.row(["Job:", &summary.job_id.to_string()]);
+    fields.row(["Status:", summary.status.as_str()]);
+    fields.row([
+        "Attempts:",
+        &format!("{} of {}", summary.attempt, summary.max_tries),
+    ]);
+    fields.row(["Owner:", summary.owner.as_deref().unwrap_or(NONE)]);
+    fields.row(["Started:", &output::maybe_time(summary.started_at)]);
+    fields.row(["Finished:", &output::maybe_time(summary.finished_at)]);
+    fields.row([
+        "Duration:",
+        &output::elapsed(summary.started_at, summary.finished_at, now),
+    ]);
+    let mut out = fields.render();
+
+    out.push_str("\nInput files:\n");
+    if datum.input_files.is_empty() {
+        out.push_str("  (none)\n");
+    } else {
+        let mut files = Table::with_headers(&["LOCAL PATH", "URI"]);
+        for file in &datum.input_files {
+            files.row([file.local_path.as_str(), file.uri.as_str()]);
+        }
+        out.push_str(&files.render());
+    }
+
+    out.push_str("\nOutput files:\n");
+    if datum.output_files.is_empty() {
+        out.push_str("  (none)\n");
+    } else {
+        let mut files = Table::with_headers(&["SIZE", "URI"]);
+        for file in &datum.output_files {
+            files.row([output::size(file.size), file.uri.clone()]);
+        }
+        out.push_str(&files.render());
+    }
+
+    // Errors and output are shown whole and unaligned: they are often many
+    // lines, and the point of `describe` is to see all of them.
+    if let Some(error) = &summary.error_message {
+        out.push_str("\nError:\n");
+        push_indented(&mut out, error);
+    }
+    match datum.output.as_deref().map(str::trim_end) {
+        Some(text) if !text.is_empty() => {
+            out.push_str("\nOutput of the last attempt:\n");
+            push_indented(&mut out, text);
+        }
+        _ => {}
+    }
+    out
+}
+
+fn push_indented(out: &mut String, text: &str) {
+    for line in text.trim_end().lines() {
+        out.push_str("  ");
+        out.push_str(line);
+        out.push('\n');
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use falconeri_common::{
+        api::{DatumSummary, InputFileResponse, OutputFileResponse},
+        status::DatumStatus,
+    };
+
+    use super::*;
+
+    #[test]
+    fn describes_everything() {
+        let datum = DatumResponse {
+            datum: DatumSummary {
+                id: 17,
+                job_id: 3,
+                status: DatumStatus::Error,
+                attempt: 3,
+                max_tries: 3,
+                owner: None,
+                started_at: Some(0),
+                finished_at: Some(65_000),
+                error_message: Some("exit status 1".into()),
+            },
+            input_files: vec![InputFileResponse {
+                uri: "file:///data/books/a.txt".into(),
+                local_path: "books/a.txt".into(),
+            }],
+            output_files: vec![OutputFileResponse {
+                uri: "file:///out/a.csv".into(),
+                size: 2048,
+            }],
+            output: Some("reading a.txt\nTraceback\n".into()),
+        };
+        assert_eq!(
+            render(&datum, 0),
+            "Datum:     17\n\
+             Job:       3\n\
+             Status:    error\n\
+             Attempts:  3 of 3\n\
+             Owner:     -\n\
+             Started:   1970-01-01T00:00:00Z\n\
+             Finished:  1970-01-01T00:01:05Z\n\
+             Duration:  1m 5s\n\
+             \n\
+             Input files:\n\
+             LOCAL PATH   URI\n\
+             books/a.txt  file:///data/books/a.txt\n\
+             \n\
+             Output files:\n\
+             SIZE     URI\n\
+             2.0 KiB  file:///out/a.csv\n\
+             \n\
+             Error:\n  exit status 1\n\
+             \n\
+             Output of the last attempt:\n  reading a.txt\n  Traceback\n"
+        );
+    }
+}

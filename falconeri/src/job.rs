@@ -1,0 +1,506 @@
+//! `falconeri job ...`: start jobs from spec files, list, describe, follow,
+//! retry and cancel them.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::{Context, Result, anyhow, bail};
+use falconeri_common::{
+    api::{DatumSummary, JobResponse, StatusCounts},
+    client::{Client, ClientError},
+    pipeline::PipelineSpec,
+    status::JobStatus,
+};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::{
+    cli::JobCommand,
+    config::Config,
+    error::{InvalidSpec, spec_request_error},
+    output::{self, NONE, Table},
+};
+
+/// How much of an error message fits in a table cell.
+const ERROR_WIDTH: usize = 80;
+
+/// Runs one `job` subcommand.
+pub async fn run(config: &Config, command: JobCommand) -> Result<()> {
+    match command {
+        JobCommand::Run { spec, wait } => run_spec(config, &spec, wait).await,
+        JobCommand::List { limit } => list(config, limit).await,
+        JobCommand::Describe { job } => describe(config, &job).await,
+        JobCommand::Wait { job } => {
+            let client = config.client().await?;
+            let job = find_job(&client, &job).await?;
+            wait(config, &client, job).await
+        }
+        JobCommand::Retry { job, wait: and_wait } => retry(config, &job, and_wait).await,
+        JobCommand::Cancel { job } => cancel(config, &job).await,
+        JobCommand::Validate { spec } => {
+            load_spec(&spec)?;
+            println!("{} is valid", spec.display());
+            Ok(())
+        }
+    }
+}
+
+/// Reads and validates a spec file. Needs no server.
+fn load_spec(path: &Path) -> Result<PipelineSpec> {
+    let text =
+        fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    PipelineSpec::from_json(&text).map_err(|err| {
+        InvalidSpec {
+            summary: format!("{} is invalid", path.display()),
+            problems: err.problems,
+        }
+        .into()
+    })
+}
+
+/// The directory relative `file://` URIs in the spec at `path` refer to.
+fn spec_dir(path: &Path) -> Result<PathBuf> {
+    let absolute = std::path::absolute(path)
+        .with_context(|| format!("cannot find the directory of {}", path.display()))?;
+    absolute
+        .parent()
+        .map(Path::to_owned)
+        .ok_or_else(|| anyhow!("{} is not a file", path.display()))
+}
+
+/// `job run`.
+async fn run_spec(config: &Config, path: &Path, and_wait: bool) -> Result<()> {
+    // Everything that needs no server first, so a broken spec does not
+    // start the local one.
+    let mut spec = load_spec(path)?;
+    spec.resolve_relative_file_uris(&spec_dir(path)?);
+    let body = serde_json::to_value(&spec).context("cannot encode the pipeline spec")?;
+
+    let client = config.client().await?;
+    let spec_name = path.display().to_string();
+    let job = client
+        .create_job(&body)
+        .await
+        .map_err(|err| spec_request_error(err, &spec_name))?;
+    if and_wait {
+        return wait(config, &client, job).await;
+    }
+    if config.json() {
+        return output::print_json(&job);
+    }
+    println!(
+        "Started job {} (id {}) with {} datums.",
+        job.name, job.id, job.datum_count
+    );
+    print_follow_hint(&job.name);
+    Ok(())
+}
+
+fn print_follow_hint(name: &str) {
+    println!("Follow it with:\n  falconeri job wait {name}\n  falconeri job describe {name}");
+}
+
+/// A job named by the user, by name or numeric id.
+pub async fn find_job(client: &Client, name_or_id: &str) -> Result<JobResponse> {
+    client
+        .find_job(name_or_id)
+        .await
+        .map_err(|err| job_lookup_error(err, name_or_id))
+}
+
+/// "No such job" reads better than the server's 404; anything else keeps
+/// the server's words.
+fn job_lookup_error(err: ClientError, name_or_id: &str) -> anyhow::Error {
+    if err.is_not_found() {
+        anyhow!("no job is named {name_or_id:?} (see `falconeri job list`)")
+    } else {
+        anyhow::Error::new(err).context(format!("cannot look up job {name_or_id:?}"))
+    }
+}
+
+/// `job list`.
+async fn list(config: &Config, limit: Option<i64>) -> Result<()> {
+    let client = config.client().await?;
+    let jobs = client.list_jobs(limit).await.context("cannot list jobs")?;
+    if config.json() {
+        return output::print_json(&jobs);
+    }
+    if jobs.jobs.is_empty() {
+        println!("No jobs yet. Start one with `falconeri job run SPEC`.");
+        return Ok(());
+    }
+    let now = output::now_millis();
+    let mut table =
+        Table::with_headers(&["NAME", "ID", "STATUS", "DATUMS", "CREATED", "DURATION"]);
+    for job in &jobs.jobs {
+        table.row([
+            job.name.clone(),
+            job.id.to_string(),
+            job.status.to_string(),
+            job.datum_count.to_string(),
+            output::time(job.created_at),
+            output::elapsed(job.started_at, job.finished_at, now),
+        ]);
+    }
+    print!("{}", table.render());
+    Ok(())
+}
+
+/// `job describe`.
+async fn describe(config: &Config, name: &str) -> Result<()> {
+    let client = config.client().await?;
+    let job = find_job(&client, name).await?;
+    let described = client
+        .describe_job(job.id)
+        .await
+        .with_context(|| format!("cannot describe job {}", job.name))?;
+    if config.json() {
+        return output::print_json(&described);
+    }
+    let now = output::now_millis();
+    print!("{}", job_table(&described.job, now).render());
+    println!();
+    println!("{}", counts_line(&described.counts));
+    if !described.running.is_empty() {
+        println!("\nRunning datums:");
+        print!("{}", datum_table(&described.running, now).render());
+    }
+    if !described.failed.is_empty() {
+        println!("\nFailed datums:");
+        print!("{}", datum_table(&described.failed, now).render());
+    }
+    if !described.running.is_empty() || !described.failed.is_empty() {
+        println!("\nFor a datum's files, full error and output: falconeri datum describe ID");
+    }
+    Ok(())
+}
+
+/// A job's fields, one a line.
+fn job_table(job: &JobResponse, now: i64) -> Table {
+    let mut table = Table::default();
+    table.row(["Name:", &job.name]);
+    table.row(["ID:", &job.id.to_string()]);
+    table.row(["Pipeline:", &job.pipeline_name]);
+    table.row(["Status:", job.status.as_str()]);
+    table.row(["Created:", &output::time(job.created_at)]);
+    table.row(["Started:", &output::maybe_time(job.started_at)]);
+    table.row(["Finished:", &output::maybe_time(job.finished_at)]);
+    table.row([
+        "Duration:",
+        &output::elapsed(job.started_at, job.finished_at, now),
+    ]);
+    if let Some(deadline) = job.deadline_at {
+        table.row(["Deadline:", &output::time(deadline)]);
+    }
+    table.row(["Parallelism:", &job.parallelism.to_string()]);
+    table.row(["Egress:", &job.egress_uri]);
+    if let Some(retry_of) = job.retry_of {
+        table.row(["Retry of:", &format!("job {retry_of}")]);
+    }
+    if let Some(error) = &job.error_message {
+        table.row(["Error:", error]);
+    }
+    table
+}
+
+/// `Datums: 10 (3 ready, 2 running, 4 done, 1 error, 0 canceled)`.
+fn counts_line(counts: &StatusCounts) -> String {
+    format!(
+        "Datums: {} ({} ready, {} running, {} done, {} error, {} canceled)",
+        counts.total(),
+        counts.ready,
+        counts.running,
+        counts.done,
+        counts.error,
+        counts.canceled
+    )
+}
+
+/// Datums as a table; shared with `datum list`.
+pub fn datum_table(datums: &[DatumSummary], now: i64) -> Table {
+    let mut table = Table::with_headers(&[
+        "ID", "STATUS", "ATTEMPT", "OWNER", "STARTED", "DURATION", "ERROR",
+    ]);
+    for datum in datums {
+        table.row([
+            datum.id.to_string(),
+            datum.status.to_string(),
+            format!("{}/{}", datum.attempt, datum.max_tries),
+            datum.owner.clone().unwrap_or_else(|| NONE.to_owned()),
+            output::maybe_time(datum.started_at),
+            output::elapsed(datum.started_at, datum.finished_at, now),
+            datum
+                .error_message
+                .as_deref()
+                .map(|error| output::summary_line(error, ERROR_WIDTH))
+                .unwrap_or_default(),
+        ]);
+    }
+    table
+}
+
+/// `job wait`, and `--wait` of `run` and `retry`: follow the job until it
+/// ends, with a progress bar on a terminal.
+async fn wait(config: &Config, client: &Client, job: JobResponse) -> Result<()> {
+    let bar = config.show_progress().then(|| progress_bar(&job));
+    let mut since = None;
+    let mut first = true;
+    // Each request returns as soon as anything changes (or after
+    // `progress_wait`), so this loop never sleeps.
+    let progress = loop {
+        let progress = client
+            .job_progress(job.id, since, config.progress_wait)
+            .await
+            .with_context(|| format!("cannot follow job {}", job.name))?;
+        if let Some(bar) = &bar {
+            show_progress(bar, &progress.counts);
+            if first {
+                // The datums finished before we started watching would
+                // otherwise count towards the rate.
+                bar.reset_eta();
+                first = false;
+            }
+        }
+        if progress.job.status.is_terminal() {
+            break progress;
+        }
+        since = Some(progress.generation);
+    };
+
+    match bar {
+        Some(bar) => {
+            bar.finish_and_clear();
+            if progress.job.status == JobStatus::Done {
+                println!(
+                    "Job {} is done: {} datums in {}.",
+                    progress.job.name,
+                    progress.counts.done,
+                    output::elapsed(
+                        progress.job.started_at,
+                        progress.job.finished_at,
+                        output::now_millis()
+                    )
+                );
+            }
+        }
+        None => output::print_json(&progress.job)?,
+    }
+    outcome(&progress.job, &progress.counts)
+}
+
+fn progress_bar(job: &JobResponse) -> ProgressBar {
+    let style = ProgressStyle::with_template(
+        "{spinner} {prefix} [{wide_bar}] {pos}/{len} finished, {msg} ({per_sec}, ETA {eta})",
+    )
+    .expect("the progress template is valid")
+    .progress_chars("=> ");
+    let bar = ProgressBar::new(u64::try_from(job.datum_count).unwrap_or(0))
+        .with_style(style)
+        .with_prefix(job.name.clone());
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar
+}
+
+fn show_progress(bar: &ProgressBar, counts: &StatusCounts) {
+    bar.set_length(u64::try_from(counts.total()).unwrap_or(0));
+    bar.set_position(u64::try_from(counts.finished()).unwrap_or(0));
+    bar.set_message(format!(
+        "{} failed, {} running",
+        counts.error + counts.canceled,
+        counts.running
+    ));
+}
+
+/// Success only for a job that ended `done`; otherwise a one-line summary
+/// that becomes the command's error (exit status 1).
+fn outcome(job: &JobResponse, counts: &StatusCounts) -> Result<()> {
+    let detail = match job.status {
+        JobStatus::Done => return Ok(()),
+        JobStatus::Canceled => format!("{} of {} datums canceled", counts.canceled, counts.total()),
+        _ => format!("{} of {} datums failed", counts.error, counts.total()),
+    };
+    let reason = job
+        .error_message
+        .as_deref()
+        .map(|message| format!("; {}", output::summary_line(message, ERROR_WIDTH)))
+        .unwrap_or_default();
+    bail!(
+        "job {name} finished with status {status}: {detail}{reason} (see: falconeri job describe \
+         {name})",
+        name = job.name,
+        status = job.status,
+    )
+}
+
+/// `job retry`.
+async fn retry(config: &Config, name: &str, and_wait: bool) -> Result<()> {
+    let client = config.client().await?;
+    let old = find_job(&client, name).await?;
+    let job = client
+        .retry_job(old.id)
+        .await
+        .with_context(|| format!("cannot retry job {}", old.name))?;
+    if and_wait {
+        return wait(config, &client, job).await;
+    }
+    if config.json() {
+        return output::print_json(&job);
+    }
+    println!(
+        "Started job {} (id {}) to retry {} datums of job {}.",
+        job.name, job.id, job.datum_count, old.name
+    );
+    print_follow_hint(&job.name);
+    Ok(())
+}
+
+/// `job cancel`.
+async fn cancel(config: &Config, name: &str) -> Result<()> {
+    let client = config.client().await?;
+    let job = find_job(&client, name).await?;
+    let job = client
+        .cancel_job(job.id)
+        .await
+        .with_context(|| format!("cannot cancel job {}", job.name))?;
+    if config.json() {
+        return output::print_json(&job);
+    }
+    println!("Job {} is {}.", job.name, job.status);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use falconeri_common::api::{ErrorBody, ErrorDetail};
+
+    use super::*;
+
+    fn job(status: JobStatus, error_message: Option<&str>) -> JobResponse {
+        JobResponse {
+            id: 7,
+            name: "words-ab12c".into(),
+            pipeline_name: "words".into(),
+            status,
+            datum_count: 10,
+            parallelism: 2,
+            egress_uri: "file:///tmp/out/".into(),
+            created_at: 0,
+            started_at: Some(0),
+            finished_at: Some(1_000),
+            deadline_at: None,
+            error_message: error_message.map(Into::into),
+            retry_of: None,
+        }
+    }
+
+    fn counts(done: i64, error: i64, canceled: i64) -> StatusCounts {
+        StatusCounts {
+            done,
+            error,
+            canceled,
+            ..StatusCounts::default()
+        }
+    }
+
+    #[test]
+    fn done_jobs_succeed() {
+        assert!(outcome(&job(JobStatus::Done, None), &counts(10, 0, 0)).is_ok());
+    }
+
+    #[test]
+    fn failed_jobs_say_how_many_failed() {
+        let err = outcome(&job(JobStatus::Error, None), &counts(7, 3, 0)).expect_err("fails");
+        assert_eq!(
+            err.to_string(),
+            "job words-ab12c finished with status error: 3 of 10 datums failed \
+             (see: falconeri job describe words-ab12c)"
+        );
+        assert_eq!(crate::error::exit_code(&err), 1);
+    }
+
+    #[test]
+    fn canceled_jobs_fail_with_their_reason() {
+        let err = outcome(
+            &job(JobStatus::Canceled, Some("job_timeout of 5m passed\nmore")),
+            &counts(6, 0, 4),
+        )
+        .expect_err("fails");
+        assert_eq!(
+            err.to_string(),
+            "job words-ab12c finished with status canceled: 4 of 10 datums canceled; \
+             job_timeout of 5m passed (see: falconeri job describe words-ab12c)"
+        );
+        assert_eq!(crate::error::exit_code(&err), 1);
+    }
+
+    fn api_error(status: u16) -> ClientError {
+        ClientError::Api {
+            status: reqwest::StatusCode::from_u16(status).expect("status"),
+            body: ErrorBody {
+                error: ErrorDetail {
+                    code: "x".into(),
+                    message: "server says no".into(),
+                    problems: Vec::new(),
+                },
+            },
+        }
+    }
+
+    #[test]
+    fn unknown_jobs_are_named() {
+        let err = job_lookup_error(api_error(404), "nope");
+        assert_eq!(
+            err.to_string(),
+            "no job is named \"nope\" (see `falconeri job list`)"
+        );
+    }
+
+    #[test]
+    fn other_lookup_errors_keep_the_server_message() {
+        let err = job_lookup_error(api_error(500), "12");
+        assert_eq!(
+            format!("{err:#}"),
+            "cannot look up job \"12\": 500 Internal Server Error: server says no"
+        );
+    }
+
+    #[test]
+    fn spec_dir_is_absolute() {
+        let dir = spec_dir(Path::new("spec.json")).expect("dir");
+        assert!(dir.is_absolute());
+        assert_eq!(dir, std::env::current_dir().expect("cwd"));
+        assert_eq!(
+            spec_dir(Path::new("/a/b/spec.json")).expect("dir"),
+            Path::new("/a/b")
+        );
+    }
+
+    #[test]
+    fn missing_spec_is_not_a_validation_error() {
+        let err = load_spec(Path::new("/nonexistent/spec.json")).expect_err("fails");
+        assert_eq!(crate::error::exit_code(&err), 1);
+        assert!(err.to_string().starts_with("cannot read /nonexistent/spec.json"));
+    }
+
+    #[test]
+    fn datum_rows_show_attempts_and_first_error_line() {
+        let datum = DatumSummary {
+            id: 3,
+            job_id: 7,
+            status: falconeri_common::status::DatumStatus::Error,
+            attempt: 2,
+            max_tries: 3,
+            owner: None,
+            started_at: Some(0),
+            finished_at: Some(2_000),
+            error_message: Some("exit status 1\nstack".into()),
+        };
+        assert_eq!(
+            datum_table(&[datum], 0).render(),
+            "ID  STATUS  ATTEMPT  OWNER  STARTED               DURATION  ERROR\n\
+             3   error   2/3      -      1970-01-01T00:00:00Z  2s        exit status 1\n"
+        );
+    }
+}

@@ -1,0 +1,4 @@
+DROP TABLE output_files;
+DROP TABLE input_files;
+DROP TABLE datums;
+DROP TABLE jobs;

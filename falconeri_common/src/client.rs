@@ -1,0 +1,390 @@
+//! A typed client for falconerid's REST API, used by the CLI and the worker.
+//!
+//! Non-2xx answers become [`ClientError::Api`] carrying the server's JSON error
+//! body, so callers can react to `409 Conflict` (a stale claim) or `404`.
+
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode, Url};
+use serde::{Serialize, de::DeserializeOwned};
+
+use crate::{
+    api::{self, paths},
+    status::DatumStatus,
+};
+
+/// Errors from talking to falconerid.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The server answered with an error status.
+    #[error("{status}: {}", .body.error.message)]
+    Api {
+        status: StatusCode,
+        body: api::ErrorBody,
+    },
+    /// The server could not be reached, or the answer was cut short.
+    #[error("cannot reach falconerid at {url}")]
+    Transport {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The answer was not what this client expects (a version mismatch?).
+    #[error("unexpected answer from falconerid at {url}")]
+    Decode {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("bad server URL {0:?}")]
+    BadUrl(String),
+}
+
+impl ClientError {
+    /// The HTTP status of an API error.
+    pub fn status(&self) -> Option<StatusCode> {
+        match self {
+            ClientError::Api { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// True when the server said our claim on a datum is stale.
+    pub fn is_conflict(&self) -> bool {
+        self.status() == Some(StatusCode::CONFLICT)
+    }
+
+    /// True when the server said the thing does not exist.
+    pub fn is_not_found(&self) -> bool {
+        self.status() == Some(StatusCode::NOT_FOUND)
+    }
+
+    /// True for failures worth retrying: the network, or the server being
+    /// briefly unable to answer.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ClientError::Transport { .. } => true,
+            ClientError::Api { status, .. } => {
+                status.is_server_error() || *status == StatusCode::TOO_MANY_REQUESTS
+            }
+            _ => false,
+        }
+    }
+}
+
+/// A connection to one falconerid.
+#[derive(Clone, Debug)]
+pub struct Client {
+    base: Url,
+    token: Option<String>,
+    http: reqwest::Client,
+}
+
+/// How long an ordinary request may take. Long-polls add their wait to it.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+impl Client {
+    /// A client for the server at `base` (such as `http://127.0.0.1:8089`),
+    /// sending `token` as a bearer token.
+    pub fn new(base: &str, token: Option<String>) -> Result<Client, ClientError> {
+        let base = Url::parse(base).map_err(|_| ClientError::BadUrl(base.to_owned()))?;
+        if !matches!(base.scheme(), "http" | "https") {
+            return Err(ClientError::BadUrl(base.to_string()));
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|source| ClientError::Transport {
+                url: base.to_string(),
+                source,
+            })?;
+        Ok(Client { base, token, http })
+    }
+
+    /// The server's base URL.
+    pub fn base_url(&self) -> &Url {
+        &self.base
+    }
+
+    async fn send<Q: Serialize + ?Sized, B: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        query: Option<&Q>,
+        body: Option<&B>,
+        extra_wait: Duration,
+    ) -> Result<T, ClientError> {
+        let url = self
+            .base
+            .join(path)
+            .map_err(|_| ClientError::BadUrl(format!("{}{path}", self.base)))?;
+        let mut request = self
+            .http
+            .request(method, url.clone())
+            .timeout(REQUEST_TIMEOUT + extra_wait);
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(query) = query {
+            request = request.query(query);
+        }
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|source| ClientError::Transport {
+                url: url.to_string(),
+                source,
+            })?;
+        decode(url, response).await
+    }
+
+    async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        self.send::<(), (), T>(Method::GET, path, None, None, Duration::ZERO)
+            .await
+    }
+
+    async fn post<B: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        self.send::<(), B, T>(Method::POST, path, None, Some(body), Duration::ZERO)
+            .await
+    }
+
+    /// `GET /healthz`.
+    pub async fn health(&self) -> Result<serde_json::Value, ClientError> {
+        self.get(paths::HEALTHZ).await
+    }
+
+    /// The server's version and setup.
+    pub async fn version(&self) -> Result<api::VersionResponse, ClientError> {
+        self.get(paths::VERSION).await
+    }
+
+    /// Starts a job from a pipeline spec (the JSON value of the spec file).
+    pub async fn create_job(
+        &self,
+        spec: &serde_json::Value,
+    ) -> Result<api::JobResponse, ClientError> {
+        self.post(paths::JOBS, spec).await
+    }
+
+    /// Lists the newest jobs.
+    pub async fn list_jobs(&self, limit: Option<i64>) -> Result<api::JobListResponse, ClientError> {
+        let query = api::JobListQuery { limit };
+        self.send::<_, (), _>(Method::GET, paths::JOBS, Some(&query), None, Duration::ZERO)
+            .await
+    }
+
+    /// One job by id.
+    pub async fn job(&self, id: i64) -> Result<api::JobResponse, ClientError> {
+        self.get(&paths::job(id)).await
+    }
+
+    /// One job by its unique name.
+    pub async fn job_by_name(&self, name: &str) -> Result<api::JobResponse, ClientError> {
+        self.get(&paths::job_by_name(&encode_segment(name))).await
+    }
+
+    /// A job named by a user: a name, or a number meaning an id.
+    pub async fn find_job(&self, name_or_id: &str) -> Result<api::JobResponse, ClientError> {
+        match self.job_by_name(name_or_id).await {
+            Err(err) if err.is_not_found() => match name_or_id.parse::<i64>() {
+                Ok(id) => self.job(id).await,
+                Err(_) => Err(err),
+            },
+            other => other,
+        }
+    }
+
+    /// A job with its datum counts and the running and failed datums.
+    pub async fn describe_job(&self, id: i64) -> Result<api::JobDescribeResponse, ClientError> {
+        self.get(&paths::job_describe(id)).await
+    }
+
+    /// Waits (long-poll) until the job changes after `since`, or `wait` passes.
+    pub async fn job_progress(
+        &self,
+        id: i64,
+        since: Option<u64>,
+        wait: Duration,
+    ) -> Result<api::ProgressResponse, ClientError> {
+        let query = api::ProgressQuery {
+            since,
+            wait_ms: Some(millis(wait)),
+        };
+        self.send::<_, (), _>(
+            Method::GET,
+            &paths::job_progress(id),
+            Some(&query),
+            None,
+            wait,
+        )
+        .await
+    }
+
+    /// Starts a new job of the failed datums of job `id`.
+    pub async fn retry_job(&self, id: i64) -> Result<api::JobResponse, ClientError> {
+        self.post(&paths::job_retry(id), &()).await
+    }
+
+    /// Cancels job `id`: its workers stop, its unfinished datums become canceled.
+    pub async fn cancel_job(&self, id: i64) -> Result<api::JobResponse, ClientError> {
+        self.post(&paths::job_cancel(id), &()).await
+    }
+
+    /// The datums of a job, optionally only those in one state.
+    pub async fn list_datums(
+        &self,
+        job_id: i64,
+        status: Option<DatumStatus>,
+        limit: Option<i64>,
+    ) -> Result<api::DatumListResponse, ClientError> {
+        let query = api::DatumListQuery { status, limit };
+        self.send::<_, (), _>(
+            Method::GET,
+            &paths::job_datums(job_id),
+            Some(&query),
+            None,
+            Duration::ZERO,
+        )
+        .await
+    }
+
+    /// One datum with its files and captured output.
+    pub async fn datum(&self, id: i64) -> Result<api::DatumResponse, ClientError> {
+        self.get(&paths::datum(id)).await
+    }
+
+    /// Reserves the next ready datum of a job, waiting up to `wait` for one.
+    pub async fn reserve(
+        &self,
+        job_id: i64,
+        worker_id: &str,
+        wait: Duration,
+    ) -> Result<api::ReserveResponse, ClientError> {
+        let body = api::ReserveRequest {
+            worker_id: worker_id.to_owned(),
+            wait_ms: Some(millis(wait)),
+        };
+        self.send::<(), _, _>(
+            Method::POST,
+            &paths::job_reserve(job_id),
+            None,
+            Some(&body),
+            wait,
+        )
+        .await
+    }
+
+    /// Extends the lease on a datum we hold.
+    pub async fn heartbeat(
+        &self,
+        datum_id: i64,
+        claim: &api::Claim,
+    ) -> Result<api::HeartbeatResponse, ClientError> {
+        let body = api::HeartbeatRequest {
+            claim: claim.clone(),
+        };
+        self.post(&paths::datum_heartbeat(datum_id), &body).await
+    }
+
+    /// Marks a datum we hold done, publishing its output files.
+    pub async fn mark_done(
+        &self,
+        datum_id: i64,
+        body: &api::DoneRequest,
+    ) -> Result<api::DatumSummary, ClientError> {
+        self.post(&paths::datum_done(datum_id), body).await
+    }
+
+    /// Reports a failed attempt on a datum we hold.
+    pub async fn mark_error(
+        &self,
+        datum_id: i64,
+        body: &api::ErrorRequest,
+    ) -> Result<api::DatumSummary, ClientError> {
+        self.post(&paths::datum_error(datum_id), body).await
+    }
+
+    /// Records output files of a datum we hold, before it is done.
+    pub async fn record_output_files(
+        &self,
+        datum_id: i64,
+        body: &api::OutputFilesRequest,
+    ) -> Result<serde_json::Value, ClientError> {
+        self.post(&paths::datum_output_files(datum_id), body).await
+    }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Percent-encodes a path segment (job names are validated, but a user may
+/// type anything on the command line).
+fn encode_segment(segment: &str) -> String {
+    let mut out = String::with_capacity(segment.len());
+    for byte in segment.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+async fn decode<T: DeserializeOwned>(
+    url: Url,
+    response: reqwest::Response,
+) -> Result<T, ClientError> {
+    let status = response.status();
+    if status.is_success() {
+        return response
+            .json::<T>()
+            .await
+            .map_err(|source| ClientError::Decode {
+                url: url.to_string(),
+                source,
+            });
+    }
+    let text = response.text().await.unwrap_or_default();
+    let body = serde_json::from_str::<api::ErrorBody>(&text).unwrap_or_else(|_| api::ErrorBody {
+        error: api::ErrorDetail {
+            code: "http".to_owned(),
+            message: if text.trim().is_empty() {
+                status
+                    .canonical_reason()
+                    .unwrap_or("request failed")
+                    .to_owned()
+            } else {
+                text.trim().chars().take(500).collect()
+            },
+            problems: Vec::new(),
+        },
+    });
+    Err(ClientError::Api { status, body })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segments_are_encoded() {
+        assert_eq!(encode_segment("word-frequencies-ab12c"), "word-frequencies-ab12c");
+        assert_eq!(encode_segment("a/b c"), "a%2Fb%20c");
+    }
+
+    #[test]
+    fn only_http_urls() {
+        assert!(Client::new("http://127.0.0.1:1", None).is_ok());
+        assert!(Client::new("ftp://x", None).is_err());
+        assert!(Client::new("not a url", None).is_err());
+    }
+}

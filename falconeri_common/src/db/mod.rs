@@ -1,0 +1,234 @@
+//! Database connections for both backends: SQLite (the embedded default) and
+//! PostgreSQL (clusters, feature `postgres`).
+//!
+//! Model code is written once and compiled for each backend by the
+//! [`with_conn!`] and [`write_tx!`] macros, which expand their body for every
+//! connection type. Only the few statements that differ (reservation) are
+//! written per backend.
+
+pub mod schema;
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use diesel::{
+    connection::SimpleConnection,
+    r2d2::{ConnectionManager, CustomizeConnection, Pool, PooledConnection},
+    sqlite::SqliteConnection,
+};
+use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
+
+#[cfg(feature = "postgres")]
+use diesel::pg::PgConnection;
+
+const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
+#[cfg(feature = "postgres")]
+const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
+
+/// Which database we talk to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    /// The name shown by `/v1/version`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        }
+    }
+
+    /// The backend a database URL names: `postgres://…`/`postgresql://…`, or
+    /// `sqlite://PATH` / a plain file path for SQLite.
+    pub fn for_url(url: &str) -> Backend {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Backend::Postgres
+        } else {
+            Backend::Sqlite
+        }
+    }
+}
+
+/// A pool of connections to one database.
+#[derive(Clone)]
+pub enum DbPool {
+    Sqlite(Pool<ConnectionManager<SqliteConnection>>),
+    #[cfg(feature = "postgres")]
+    Postgres(Pool<ConnectionManager<PgConnection>>),
+}
+
+impl std::fmt::Debug for DbPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DbPool({})", self.backend().name())
+    }
+}
+
+/// One pooled connection.
+pub enum DbConn {
+    Sqlite(PooledConnection<ConnectionManager<SqliteConnection>>),
+    #[cfg(feature = "postgres")]
+    Postgres(PooledConnection<ConnectionManager<PgConnection>>),
+}
+
+impl std::fmt::Debug for DbConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DbConn({})", self.backend().name())
+    }
+}
+
+impl DbConn {
+    /// Which database this connection talks to.
+    pub fn backend(&self) -> Backend {
+        match self {
+            DbConn::Sqlite(_) => Backend::Sqlite,
+            #[cfg(feature = "postgres")]
+            DbConn::Postgres(_) => Backend::Postgres,
+        }
+    }
+}
+
+/// Runs `$body` with `$c` bound to the concrete `&mut` connection, compiled
+/// once per backend.
+macro_rules! with_conn {
+    ($conn:expr, $c:ident => $body:expr) => {
+        match $conn {
+            $crate::db::DbConn::Sqlite($c) => {
+                let $c: &mut ::diesel::sqlite::SqliteConnection = &mut *$c;
+                $body
+            }
+            #[cfg(feature = "postgres")]
+            $crate::db::DbConn::Postgres($c) => {
+                let $c: &mut ::diesel::pg::PgConnection = &mut *$c;
+                $body
+            }
+        }
+    };
+}
+pub(crate) use with_conn;
+
+/// Runs `$body` in a write transaction: `BEGIN IMMEDIATE` on SQLite, so the
+/// write lock is taken up front and concurrent writers queue on the busy
+/// timeout instead of failing half-way; an ordinary transaction on PostgreSQL,
+/// where row locks do that job. `$body` returns `Result<_, E>` with
+/// `E: From<diesel::result::Error>`.
+macro_rules! write_tx {
+    ($conn:expr, $c:ident => $body:expr) => {
+        match $conn {
+            $crate::db::DbConn::Sqlite(conn) => {
+                let conn: &mut ::diesel::sqlite::SqliteConnection = &mut *conn;
+                conn.immediate_transaction(|$c| $body)
+            }
+            #[cfg(feature = "postgres")]
+            $crate::db::DbConn::Postgres(conn) => {
+                let conn: &mut ::diesel::pg::PgConnection = &mut *conn;
+                ::diesel::Connection::transaction(conn, |$c| $body)
+            }
+        }
+    };
+}
+pub(crate) use write_tx;
+
+/// Settings applied to every SQLite connection: WAL so readers don't block
+/// the writer, a busy timeout so writers wait their turn, foreign keys on.
+#[derive(Debug, Clone, Copy)]
+struct SqliteSetup;
+
+impl CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for SqliteSetup {
+    fn on_acquire(&self, conn: &mut SqliteConnection) -> Result<(), diesel::r2d2::Error> {
+        conn.batch_execute(
+            "PRAGMA busy_timeout = 30000; PRAGMA journal_mode = WAL; \
+             PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
+        )
+        .map_err(diesel::r2d2::Error::QueryError)
+    }
+}
+
+impl DbPool {
+    /// Connects to `url` (see [`Backend::for_url`]) with up to `max_size`
+    /// connections.
+    pub fn connect(url: &str, max_size: u32) -> Result<DbPool> {
+        match Backend::for_url(url) {
+            Backend::Sqlite => {
+                let path = url.strip_prefix("sqlite://").unwrap_or(url);
+                if let Some(parent) = std::path::Path::new(path).parent() {
+                    if !parent.as_os_str().is_empty() {
+                        std::fs::create_dir_all(parent).with_context(|| {
+                            format!("cannot create database directory {}", parent.display())
+                        })?;
+                    }
+                }
+                let pool = Pool::builder()
+                    .max_size(max_size)
+                    .connection_timeout(Duration::from_secs(30))
+                    .connection_customizer(Box::new(SqliteSetup))
+                    .build(ConnectionManager::<SqliteConnection>::new(path))
+                    .with_context(|| format!("cannot open SQLite database {path}"))?;
+                Ok(DbPool::Sqlite(pool))
+            }
+            #[cfg(feature = "postgres")]
+            Backend::Postgres => {
+                let pool = Pool::builder()
+                    .max_size(max_size)
+                    .connection_timeout(Duration::from_secs(30))
+                    .build(ConnectionManager::<PgConnection>::new(url))
+                    .context("cannot connect to PostgreSQL")?;
+                Ok(DbPool::Postgres(pool))
+            }
+            #[cfg(not(feature = "postgres"))]
+            Backend::Postgres => {
+                bail!("this build of falconerid has no PostgreSQL support (feature `postgres`)")
+            }
+        }
+    }
+
+    /// Which database this pool talks to.
+    pub fn backend(&self) -> Backend {
+        match self {
+            DbPool::Sqlite(_) => Backend::Sqlite,
+            #[cfg(feature = "postgres")]
+            DbPool::Postgres(_) => Backend::Postgres,
+        }
+    }
+
+    /// A connection from the pool.
+    pub fn get(&self) -> Result<DbConn> {
+        Ok(match self {
+            DbPool::Sqlite(pool) => DbConn::Sqlite(pool.get().context("no database connection")?),
+            #[cfg(feature = "postgres")]
+            DbPool::Postgres(pool) => {
+                DbConn::Postgres(pool.get().context("no database connection")?)
+            }
+        })
+    }
+
+    /// Applies every pending migration (they are compiled into the binary).
+    pub fn run_migrations(&self) -> Result<()> {
+        let mut conn = self.get()?;
+        let applied = match &mut conn {
+            DbConn::Sqlite(c) => c
+                .run_pending_migrations(SQLITE_MIGRATIONS)
+                .map(|versions| versions.len()),
+            #[cfg(feature = "postgres")]
+            DbConn::Postgres(c) => c
+                .run_pending_migrations(POSTGRES_MIGRATIONS)
+                .map(|versions| versions.len()),
+        };
+        match applied {
+            Ok(n) => {
+                tracing::info!(applied = n, "database migrations up to date");
+                Ok(())
+            }
+            Err(err) => bail!("cannot migrate the database: {err}"),
+        }
+    }
+
+    /// True when the database answers a trivial query.
+    pub fn is_ready(&self) -> bool {
+        self.get()
+            .map(|mut conn| with_conn!(&mut conn, c => c.batch_execute("SELECT 1").is_ok()))
+            .unwrap_or(false)
+    }
+}

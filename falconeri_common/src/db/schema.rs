@@ -1,0 +1,70 @@
+//! Diesel table definitions, shared by both backends (hand-written to match
+//! `migrations/`).
+
+diesel::table! {
+    jobs (id) {
+        id -> BigInt,
+        name -> Text,
+        pipeline_name -> Text,
+        spec -> Text,
+        status -> Text,
+        datum_count -> BigInt,
+        parallelism -> Integer,
+        datum_tries -> Integer,
+        datum_timeout_ms -> Nullable<BigInt>,
+        egress_uri -> Text,
+        worker_token -> Text,
+        created_at -> BigInt,
+        started_at -> Nullable<BigInt>,
+        finished_at -> Nullable<BigInt>,
+        deadline_at -> Nullable<BigInt>,
+        error_message -> Nullable<Text>,
+        retry_of -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    datums (id) {
+        id -> BigInt,
+        job_id -> BigInt,
+        seq -> BigInt,
+        status -> Text,
+        attempt -> Integer,
+        max_tries -> Integer,
+        owner -> Nullable<Text>,
+        lease_expires_at -> Nullable<BigInt>,
+        deadline_at -> Nullable<BigInt>,
+        started_at -> Nullable<BigInt>,
+        finished_at -> Nullable<BigInt>,
+        output -> Nullable<Text>,
+        error_message -> Nullable<Text>,
+        created_at -> BigInt,
+        updated_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    input_files (id) {
+        id -> BigInt,
+        job_id -> BigInt,
+        datum_id -> BigInt,
+        uri -> Text,
+        local_path -> Text,
+    }
+}
+
+diesel::table! {
+    output_files (id) {
+        id -> BigInt,
+        job_id -> BigInt,
+        datum_id -> BigInt,
+        uri -> Text,
+        size -> BigInt,
+        created_at -> BigInt,
+    }
+}
+
+diesel::joinable!(datums -> jobs (job_id));
+diesel::joinable!(input_files -> datums (datum_id));
+diesel::joinable!(output_files -> datums (datum_id));
+diesel::allow_tables_to_appear_in_same_query!(jobs, datums, input_files, output_files);

@@ -1,0 +1,417 @@
+//! Jobs: one run of a pipeline spec.
+
+use diesel::{
+    BoolExpressionMethods, ExpressionMethods, OptionalExtension, QueryDsl, RunQueryDsl,
+    SelectableHelper,
+    dsl::{count_star, exists},
+    prelude::{Insertable, Queryable, Selectable},
+    select,
+};
+
+use super::{INSERT_CHUNK, ModelError, ModelResult};
+use crate::{
+    Millis,
+    api::{JobResponse, StatusCounts},
+    db::{DbConn, schema::*, with_conn, write_tx},
+    pipeline::PipelineSpec,
+    plan::{PlannedDatum, PlannedFile},
+    status::{DatumStatus, JobStatus},
+};
+
+/// A job row.
+#[derive(Debug, Clone, PartialEq, Queryable, Selectable)]
+#[diesel(table_name = jobs)]
+pub struct Job {
+    pub id: i64,
+    pub name: String,
+    pub pipeline_name: String,
+    /// The validated spec, as JSON.
+    pub spec: String,
+    pub status: String,
+    pub datum_count: i64,
+    pub parallelism: i32,
+    pub datum_tries: i32,
+    pub datum_timeout_ms: Option<i64>,
+    pub egress_uri: String,
+    /// The bearer token this job's workers present; it works for this job only.
+    pub worker_token: String,
+    pub created_at: Millis,
+    pub started_at: Option<Millis>,
+    pub finished_at: Option<Millis>,
+    pub deadline_at: Option<Millis>,
+    pub error_message: Option<String>,
+    pub retry_of: Option<i64>,
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = jobs)]
+struct NewJob<'a> {
+    name: &'a str,
+    pipeline_name: &'a str,
+    spec: &'a str,
+    status: &'a str,
+    datum_count: i64,
+    parallelism: i32,
+    datum_tries: i32,
+    datum_timeout_ms: Option<i64>,
+    egress_uri: &'a str,
+    worker_token: &'a str,
+    created_at: Millis,
+    retry_of: Option<i64>,
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = datums)]
+struct NewDatum<'a> {
+    job_id: i64,
+    seq: i64,
+    status: &'a str,
+    attempt: i32,
+    max_tries: i32,
+    created_at: Millis,
+    updated_at: Millis,
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = input_files)]
+struct NewInputFile<'a> {
+    job_id: i64,
+    datum_id: i64,
+    uri: &'a str,
+    local_path: &'a str,
+}
+
+/// What [`Job::create`] needs.
+#[derive(Debug)]
+pub struct NewJobParams<'a> {
+    pub spec: &'a PipelineSpec,
+    pub datums: &'a [PlannedDatum],
+    pub retry_of: Option<i64>,
+    /// A fresh random token for the job's workers.
+    pub worker_token: &'a str,
+    /// The unique job name.
+    pub name: &'a str,
+}
+
+fn clamp_i32(n: u32) -> i32 {
+    i32::try_from(n).unwrap_or(i32::MAX)
+}
+
+fn duration_ms(duration: std::time::Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+impl Job {
+    /// The job's status (a row with an unknown status reads as `error`).
+    pub fn status(&self) -> JobStatus {
+        self.status.parse().unwrap_or(JobStatus::Error)
+    }
+
+    /// The job's pipeline spec.
+    pub fn spec(&self) -> anyhow::Result<PipelineSpec> {
+        Ok(serde_json::from_str(&self.spec)?)
+    }
+
+    /// Inserts a job in state `ready` with all its datums and input files, in
+    /// one transaction and in chunks (100,000 files are fine on both
+    /// databases).
+    #[tracing::instrument(level = "debug", skip_all, fields(name = params.name, datums = params.datums.len()))]
+    pub fn create(conn: &mut DbConn, params: NewJobParams<'_>, now: Millis) -> ModelResult<Job> {
+        let spec_json = serde_json::to_string(params.spec).map_err(anyhow::Error::from)?;
+        let new_job = NewJob {
+            name: params.name,
+            pipeline_name: &params.spec.pipeline.name,
+            spec: &spec_json,
+            status: JobStatus::Ready.as_str(),
+            datum_count: i64::try_from(params.datums.len()).unwrap_or(i64::MAX),
+            parallelism: clamp_i32(params.spec.parallelism_spec.constant),
+            datum_tries: clamp_i32(params.spec.datum_tries),
+            datum_timeout_ms: params.spec.datum_timeout.as_ref().map(|d| duration_ms(d.0)),
+            egress_uri: &params.spec.egress.uri,
+            worker_token: params.worker_token,
+            created_at: now,
+            retry_of: params.retry_of,
+        };
+        let max_tries = new_job.datum_tries;
+        write_tx!(conn, c => {
+            let job: Job = diesel::insert_into(jobs::table)
+                .values(&new_job)
+                .returning(Job::as_returning())
+                .get_result(c)?;
+            for (chunk_index, chunk) in params.datums.chunks(INSERT_CHUNK).enumerate() {
+                let first_seq = i64::try_from(chunk_index * INSERT_CHUNK).unwrap_or(i64::MAX);
+                let rows: Vec<NewDatum> = (0..chunk.len())
+                    .map(|i| NewDatum {
+                        job_id: job.id,
+                        seq: first_seq + i64::try_from(i).unwrap_or(0),
+                        status: DatumStatus::Ready.as_str(),
+                        attempt: 0,
+                        max_tries,
+                        created_at: now,
+                        updated_at: now,
+                    })
+                    .collect();
+                diesel::insert_into(datums::table).values(&rows).execute(c)?;
+                let ids: Vec<(i64, i64)> = datums::table
+                    .filter(datums::job_id.eq(job.id))
+                    .filter(datums::seq.ge(first_seq))
+                    .order(datums::seq)
+                    .select((datums::seq, datums::id))
+                    .limit(i64::try_from(chunk.len()).unwrap_or(i64::MAX))
+                    .load(c)?;
+                let mut files = Vec::new();
+                for ((_, datum_id), datum) in ids.iter().zip(chunk) {
+                    for file in &datum.files {
+                        files.push(NewInputFile {
+                            job_id: job.id,
+                            datum_id: *datum_id,
+                            uri: &file.uri,
+                            local_path: &file.local_path,
+                        });
+                    }
+                }
+                for file_chunk in files.chunks(INSERT_CHUNK) {
+                    diesel::insert_into(input_files::table).values(file_chunk).execute(c)?;
+                }
+            }
+            Ok::<_, ModelError>(job)
+        })
+    }
+
+    /// Moves a `ready` job to `running` once its workers were asked to start,
+    /// and sets its deadline from `job_timeout`.
+    pub fn mark_running(conn: &mut DbConn, id: i64, now: Millis) -> ModelResult<Job> {
+        let job = Job::find(conn, id)?;
+        let deadline = job
+            .spec()
+            .ok()
+            .and_then(|spec| spec.job_timeout)
+            .map(|timeout| now.saturating_add(duration_ms(timeout.0)));
+        with_conn!(conn, c => diesel::update(jobs::table)
+            .filter(jobs::id.eq(id))
+            .filter(jobs::status.eq(JobStatus::Ready.as_str()))
+            .set((
+                jobs::status.eq(JobStatus::Running.as_str()),
+                jobs::started_at.eq(Some(now)),
+                jobs::deadline_at.eq(deadline),
+            ))
+            .execute(c))?;
+        Job::find(conn, id)
+    }
+
+    /// One job by id.
+    pub fn find(conn: &mut DbConn, id: i64) -> ModelResult<Job> {
+        with_conn!(conn, c => jobs::table
+            .find(id)
+            .select(Job::as_select())
+            .first(c)
+            .optional())?
+        .ok_or_else(|| ModelError::NotFound(format!("job {id}")))
+    }
+
+    /// One job by its unique name.
+    pub fn find_by_name(conn: &mut DbConn, name: &str) -> ModelResult<Job> {
+        with_conn!(conn, c => jobs::table
+            .filter(jobs::name.eq(name))
+            .select(Job::as_select())
+            .first(c)
+            .optional())?
+        .ok_or_else(|| ModelError::NotFound(format!("job {name:?}")))
+    }
+
+    /// The job whose workers hold `token`, if any.
+    pub fn find_by_worker_token(conn: &mut DbConn, token: &str) -> ModelResult<Option<Job>> {
+        Ok(with_conn!(conn, c => jobs::table
+            .filter(jobs::worker_token.eq(token))
+            .select(Job::as_select())
+            .first(c)
+            .optional())?)
+    }
+
+    /// The newest jobs first.
+    pub fn list(conn: &mut DbConn, limit: i64) -> ModelResult<Vec<Job>> {
+        Ok(with_conn!(conn, c => jobs::table
+            .order(jobs::id.desc())
+            .limit(limit)
+            .select(Job::as_select())
+            .load(c))?)
+    }
+
+    /// Every job in state `running`.
+    pub fn list_running(conn: &mut DbConn) -> ModelResult<Vec<Job>> {
+        Ok(with_conn!(conn, c => jobs::table
+            .filter(jobs::status.eq(JobStatus::Running.as_str()))
+            .order(jobs::id)
+            .select(Job::as_select())
+            .load(c))?)
+    }
+
+    /// How many of the job's datums are in each state (one indexed GROUP BY).
+    pub fn counts(conn: &mut DbConn, id: i64) -> ModelResult<StatusCounts> {
+        let rows: Vec<(String, i64)> = with_conn!(conn, c => datums::table
+            .filter(datums::job_id.eq(id))
+            .group_by(datums::status)
+            .select((datums::status, count_star()))
+            .load(c))?;
+        let mut counts = StatusCounts::default();
+        for (status, n) in rows {
+            if let Ok(status) = status.parse::<DatumStatus>() {
+                counts.add(status, n);
+            }
+        }
+        Ok(counts)
+    }
+
+    /// True if some datum of the job waits to run.
+    pub fn has_ready_datums(conn: &mut DbConn, id: i64) -> ModelResult<bool> {
+        Ok(with_conn!(conn, c => select(exists(
+            datums::table
+                .filter(datums::job_id.eq(id))
+                .filter(datums::status.eq(DatumStatus::Ready.as_str())),
+        ))
+        .get_result(c))?)
+    }
+
+    /// Stops an unfinished job with `status` (canceled by a user, or error for
+    /// a timeout): its ready and running datums become canceled. Returns the
+    /// job, and whether this call was the one that stopped it.
+    #[tracing::instrument(level = "debug", skip(conn))]
+    pub fn stop(
+        conn: &mut DbConn,
+        id: i64,
+        status: JobStatus,
+        message: Option<&str>,
+        now: Millis,
+    ) -> ModelResult<(Job, bool)> {
+        let stopped = write_tx!(conn, c => {
+            // The conditional UPDATE locks the row and re-checks its state, so
+            // two babysitters (or a user and a babysitter) can't both act.
+            let n = diesel::update(jobs::table)
+                .filter(jobs::id.eq(id))
+                .filter(jobs::status.eq_any([JobStatus::Ready.as_str(), JobStatus::Running.as_str()]))
+                .set((
+                    jobs::status.eq(status.as_str()),
+                    jobs::finished_at.eq(Some(now)),
+                    jobs::error_message.eq(message),
+                ))
+                .execute(c)?;
+            if n == 1 {
+                diesel::update(datums::table)
+                    .filter(datums::job_id.eq(id))
+                    .filter(datums::status.eq_any([DatumStatus::Ready.as_str(), DatumStatus::Running.as_str()]))
+                    .set((
+                        datums::status.eq(DatumStatus::Canceled.as_str()),
+                        datums::finished_at.eq(Some(now)),
+                        datums::updated_at.eq(now),
+                        datums::lease_expires_at.eq(None::<i64>),
+                    ))
+                    .execute(c)?;
+            }
+            Ok::<_, ModelError>(n == 1)
+        })?;
+        Ok((Job::find(conn, id)?, stopped))
+    }
+
+    /// If no datum of a running job can run any more, marks it `done` (or
+    /// `error` if any datum failed for good). Costs two indexed EXISTS
+    /// queries, whatever the job's size.
+    #[tracing::instrument(level = "debug", skip(conn))]
+    pub fn finish_if_complete(conn: &mut DbConn, id: i64, now: Millis) -> ModelResult<Option<Job>> {
+        let finished = write_tx!(conn, c => {
+            // Lock and re-check: only a running job can finish.
+            let locked = diesel::update(jobs::table)
+                .filter(jobs::id.eq(id))
+                .filter(jobs::status.eq(JobStatus::Running.as_str()))
+                .set(jobs::status.eq(JobStatus::Running.as_str()))
+                .execute(c)?;
+            if locked == 0 {
+                return Ok::<_, ModelError>(false);
+            }
+            let unfinished: bool = select(exists(
+                datums::table
+                    .filter(datums::job_id.eq(id))
+                    .filter(datums::status.eq_any([DatumStatus::Ready.as_str(), DatumStatus::Running.as_str()])),
+            ))
+            .get_result(c)?;
+            if unfinished {
+                return Ok(false);
+            }
+            let any_error: bool = select(exists(
+                datums::table
+                    .filter(datums::job_id.eq(id))
+                    .filter(datums::status.eq(DatumStatus::Error.as_str())),
+            ))
+            .get_result(c)?;
+            let status = JobStatus::when_finished(any_error);
+            let message = any_error.then_some("some datums failed");
+            diesel::update(jobs::table)
+                .filter(jobs::id.eq(id))
+                .set((
+                    jobs::status.eq(status.as_str()),
+                    jobs::finished_at.eq(Some(now)),
+                    jobs::error_message.eq(message),
+                ))
+                .execute(c)?;
+            Ok(true)
+        })?;
+        if finished {
+            Ok(Some(Job::find(conn, id)?))
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// Running jobs whose `job_timeout` has passed.
+    pub fn list_past_deadline(conn: &mut DbConn, now: Millis) -> ModelResult<Vec<Job>> {
+        Ok(with_conn!(conn, c => jobs::table
+            .filter(jobs::status.eq(JobStatus::Running.as_str()))
+            .filter(jobs::deadline_at.is_not_null().and(jobs::deadline_at.lt(now)))
+            .select(Job::as_select())
+            .load(c))?)
+    }
+
+    /// The input files of every datum of the job that ended in `error`,
+    /// grouped per datum, for `job retry`.
+    pub fn failed_datum_inputs(conn: &mut DbConn, id: i64) -> ModelResult<Vec<PlannedDatum>> {
+        let rows: Vec<(i64, String, String)> = with_conn!(conn, c => input_files::table
+            .inner_join(datums::table)
+            .filter(datums::job_id.eq(id))
+            .filter(datums::status.eq(DatumStatus::Error.as_str()))
+            .order((input_files::datum_id, input_files::id))
+            .select((input_files::datum_id, input_files::uri, input_files::local_path))
+            .load(c))?;
+        let mut planned: Vec<PlannedDatum> = Vec::new();
+        let mut current = None;
+        for (datum_id, uri, local_path) in rows {
+            if current != Some(datum_id) {
+                planned.push(PlannedDatum { files: Vec::new() });
+                current = Some(datum_id);
+            }
+            if let Some(last) = planned.last_mut() {
+                last.files.push(PlannedFile { uri, local_path });
+            }
+        }
+        Ok(planned)
+    }
+}
+
+impl From<Job> for JobResponse {
+    fn from(job: Job) -> JobResponse {
+        let status = job.status();
+        JobResponse {
+            id: job.id,
+            name: job.name,
+            pipeline_name: job.pipeline_name,
+            status,
+            datum_count: job.datum_count,
+            parallelism: job.parallelism,
+            egress_uri: job.egress_uri,
+            created_at: job.created_at,
+            started_at: job.started_at,
+            finished_at: job.finished_at,
+            deadline_at: job.deadline_at,
+            error_message: job.error_message,
+            retry_of: job.retry_of,
+        }
+    }
+}

@@ -1,0 +1,59 @@
+//! The repository layer: one method per database job, on both backends.
+//!
+//! Model methods take a connection and plain facts (the current time from
+//! [`db_now`], the set of dead workers) and never call storage, executors or
+//! HTTP, so their rules are testable by passing a different clock. They
+//! return [`ModelError`], which falconerid maps to HTTP statuses.
+
+mod datum;
+mod job;
+
+use diesel::{QueryableByName, RunQueryDsl, sql_types::BigInt};
+
+pub use datum::{Datum, DeadOwners, InputFile, OutputFile};
+pub use job::{Job, NewJobParams};
+
+use crate::{
+    Millis,
+    db::{DbConn, with_conn},
+};
+
+/// Rows per multi-row INSERT. PostgreSQL allows 65,535 bind parameters per
+/// statement and SQLite 32,766; at most 7 columns × 1,000 rows stays far below.
+pub const INSERT_CHUNK: usize = 1_000;
+
+/// What can go wrong in a model method.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("{0} not found")]
+    NotFound(String),
+    /// A stale claim or a state that forbids the change.
+    #[error("{0}")]
+    Conflict(String),
+    #[error("database error")]
+    Database(#[from] diesel::result::Error),
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+/// Result of a model method.
+pub type ModelResult<T> = Result<T, ModelError>;
+
+#[derive(QueryableByName)]
+struct NowRow {
+    #[diesel(sql_type = BigInt)]
+    now: i64,
+}
+
+/// The database's clock in milliseconds: every lease and deadline is taken
+/// from it, so several servers with skewed clocks still agree.
+pub fn db_now(conn: &mut DbConn) -> ModelResult<Millis> {
+    let sql = match conn.backend() {
+        crate::db::Backend::Sqlite => "SELECT CAST(unixepoch('subsec') * 1000 AS BIGINT) AS now",
+        crate::db::Backend::Postgres => {
+            "SELECT CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT) AS now"
+        }
+    };
+    let row: NowRow = with_conn!(conn, c => diesel::sql_query(sql).get_result(c))?;
+    Ok(row.now)
+}

@@ -1,0 +1,306 @@
+//! Object storage, chosen by URI scheme: list inputs, download them into a
+//! datum's directory, upload its outputs.
+//!
+//! Backends stream: no object is ever held in memory whole. The helpers here,
+//! not the backends, decide where local files go, and they refuse any path
+//! that would land outside the datum's directory (`..`, absolute components,
+//! symlinks pointing elsewhere).
+
+mod file;
+
+use std::{
+    fmt,
+    path::{Component, Path, PathBuf},
+    sync::Arc,
+};
+
+use anyhow::{Context, Result, anyhow, bail};
+use async_trait::async_trait;
+
+use crate::{
+    api::{InputFileResponse, NewOutputFile},
+    plan::ObjectInfo,
+};
+
+pub use file::FileStorage;
+
+/// One storage backend.
+#[async_trait]
+pub trait Storage: Send + Sync + fmt::Debug {
+    /// Every object under `uri` (a directory or key prefix), recursively,
+    /// sorted by relative path. A `uri` naming one object lists just it.
+    async fn list(&self, uri: &str) -> Result<Vec<ObjectInfo>>;
+
+    /// Streams the object at `uri` into the new file `dest`, returning its size.
+    /// `dest`'s directory exists and has been checked by the caller.
+    async fn download(&self, uri: &str, dest: &Path) -> Result<u64>;
+
+    /// Streams the local file `src` to `uri`, returning its size. Readers of
+    /// `uri` never see a partial object.
+    async fn upload(&self, src: &Path, uri: &str) -> Result<u64>;
+}
+
+/// The URI schemes a spec may use. S3 and GCS are accepted by validation and
+/// served by their own backends.
+pub const SUPPORTED_SCHEMES: &[&str] = &["file", "s3", "gs"];
+
+/// The backend for `uri`.
+pub fn storage_for(uri: &str) -> Result<Arc<dyn Storage>> {
+    match scheme(uri) {
+        Some("file") => Ok(Arc::new(FileStorage)),
+        Some(other @ ("s3" | "gs")) => {
+            bail!("{other}:// storage is not available in this build yet (uri {uri:?})")
+        }
+        Some(other) => bail!("unsupported storage scheme {other:?} in {uri:?}"),
+        None => bail!("{uri:?} is not a URI (expected file://, s3:// or gs://)"),
+    }
+}
+
+/// The scheme of `uri`, such as `s3`.
+pub fn scheme(uri: &str) -> Option<&str> {
+    uri.split_once("://").map(|(scheme, _)| scheme)
+}
+
+/// `base` with a trailing slash, so relative keys can be appended.
+pub fn as_prefix(base: &str) -> String {
+    if base.ends_with('/') {
+        base.to_owned()
+    } else {
+        format!("{base}/")
+    }
+}
+
+/// Checks that `relative` is a plain relative path (no `..`, `.`, root or
+/// prefix components, no empty or NUL-containing parts) and returns it as a
+/// path.
+pub fn checked_relative(relative: &str) -> Result<PathBuf> {
+    if relative.is_empty() || relative.contains('\0') || relative.contains('\\') {
+        bail!("unsafe path {relative:?}");
+    }
+    let path = Path::new(relative);
+    let mut out = PathBuf::new();
+    for component in path.components() {
+        match component {
+            Component::Normal(part) => out.push(part),
+            _ => bail!("unsafe path {relative:?}: only plain relative paths are allowed"),
+        }
+    }
+    if out.as_os_str().is_empty() || relative.split('/').any(|part| part.is_empty()) {
+        bail!("unsafe path {relative:?}");
+    }
+    Ok(out)
+}
+
+/// Where `relative` lives under `root`, creating its parent directories and
+/// making sure none of them leads outside `root` through a symlink.
+pub async fn prepare_local_path(root: &Path, relative: &str) -> Result<PathBuf> {
+    let relative_path = checked_relative(relative)?;
+    let dest = root.join(&relative_path);
+    let parent = dest
+        .parent()
+        .ok_or_else(|| anyhow!("unsafe path {relative:?}"))?;
+    tokio::fs::create_dir_all(parent)
+        .await
+        .with_context(|| format!("cannot create {}", parent.display()))?;
+    let real_root = tokio::fs::canonicalize(root)
+        .await
+        .with_context(|| format!("cannot resolve {}", root.display()))?;
+    let real_parent = tokio::fs::canonicalize(parent)
+        .await
+        .with_context(|| format!("cannot resolve {}", parent.display()))?;
+    if !real_parent.starts_with(&real_root) {
+        bail!("refusing {relative:?}: it would be written outside {}", root.display());
+    }
+    if let Ok(meta) = tokio::fs::symlink_metadata(&dest).await {
+        if meta.file_type().is_symlink() || meta.is_dir() {
+            bail!("refusing {relative:?}: a link or directory is already there");
+        }
+    }
+    Ok(dest)
+}
+
+/// Downloads a datum's input files into `pfs`, each to its `local_path`.
+/// Returns the number of bytes fetched.
+#[tracing::instrument(level = "debug", skip(files))]
+pub async fn download_inputs(files: &[InputFileResponse], pfs: &Path) -> Result<u64> {
+    let mut total = 0;
+    for file in files {
+        let dest = prepare_local_path(pfs, &file.local_path).await?;
+        let storage = storage_for(&file.uri)?;
+        total += storage
+            .download(&file.uri, &dest)
+            .await
+            .with_context(|| format!("cannot download {}", file.uri))?;
+    }
+    Ok(total)
+}
+
+/// Uploads every file under `out_dir` to `egress_uri`, keeping relative paths.
+/// Symlinks are followed only when they stay inside `work_root`.
+#[tracing::instrument(level = "debug")]
+pub async fn upload_outputs(
+    out_dir: &Path,
+    work_root: &Path,
+    egress_uri: &str,
+) -> Result<Vec<NewOutputFile>> {
+    let files = collect_outputs(out_dir, work_root).await?;
+    let storage = storage_for(egress_uri)?;
+    let prefix = as_prefix(egress_uri);
+    let mut uploaded = Vec::with_capacity(files.len());
+    for (relative, path) in files {
+        let uri = format!("{prefix}{relative}");
+        let size = storage
+            .upload(&path, &uri)
+            .await
+            .with_context(|| format!("cannot upload {} to {uri}", path.display()))?;
+        uploaded.push(NewOutputFile {
+            uri,
+            size: i64::try_from(size).unwrap_or(i64::MAX),
+        });
+    }
+    Ok(uploaded)
+}
+
+/// The files under `out_dir` as (relative key, local path to read), checked.
+async fn collect_outputs(out_dir: &Path, work_root: &Path) -> Result<Vec<(String, PathBuf)>> {
+    let out_dir = out_dir.to_owned();
+    let work_root = work_root.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let real_root = std::fs::canonicalize(&work_root)
+            .with_context(|| format!("cannot resolve {}", work_root.display()))?;
+        let mut files = Vec::new();
+        if !out_dir.exists() {
+            return Ok(files);
+        }
+        for entry in walkdir::WalkDir::new(&out_dir)
+            .follow_links(false)
+            .sort_by_file_name()
+        {
+            let entry = entry.with_context(|| format!("cannot read {}", out_dir.display()))?;
+            let file_type = entry.file_type();
+            if file_type.is_dir() {
+                continue;
+            }
+            let relative = entry
+                .path()
+                .strip_prefix(&out_dir)
+                .context("output outside its directory")?;
+            let key = relative
+                .to_str()
+                .ok_or_else(|| anyhow!("output name {relative:?} is not UTF-8"))?
+                .to_owned();
+            checked_relative(&key)?;
+            let path = if file_type.is_symlink() {
+                let target = std::fs::canonicalize(entry.path()).with_context(|| {
+                    format!("output {key:?} is a broken symlink")
+                })?;
+                if !target.starts_with(&real_root) {
+                    bail!(
+                        "refusing output {key:?}: it links to {} outside the work directory",
+                        target.display()
+                    );
+                }
+                if !target.is_file() {
+                    bail!("refusing output {key:?}: it links to something that is not a file");
+                }
+                target
+            } else if file_type.is_file() {
+                entry.path().to_owned()
+            } else {
+                bail!("refusing output {key:?}: not a regular file");
+            };
+            files.push((key, path));
+        }
+        Ok(files)
+    })
+    .await
+    .context("output scan panicked")?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_paths_are_checked() {
+        for bad in ["", "/etc/passwd", "../x", "a/../../x", "a/./b", "a//b", "a\\b", "a/\0"] {
+            assert!(checked_relative(bad).is_err(), "{bad:?} should be refused");
+        }
+        assert_eq!(checked_relative("a/b.txt").unwrap(), PathBuf::from("a/b.txt"));
+    }
+
+    #[test]
+    fn schemes() {
+        assert_eq!(scheme("s3://b/k"), Some("s3"));
+        assert_eq!(scheme("nope"), None);
+        assert!(storage_for("file:///tmp").is_ok());
+        assert!(storage_for("http://x/y").is_err());
+        assert_eq!(as_prefix("file:///a"), "file:///a/");
+        assert_eq!(as_prefix("file:///a/"), "file:///a/");
+    }
+
+    #[tokio::test]
+    async fn local_paths_stay_inside_the_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("pfs");
+        std::fs::create_dir(&root).unwrap();
+        let ok = prepare_local_path(&root, "books/a/b.txt").await.unwrap();
+        assert!(ok.starts_with(&root));
+        assert!(root.join("books/a").is_dir());
+
+        // A symlinked directory that points outside is refused.
+        let outside = dir.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("evil")).unwrap();
+        let err = prepare_local_path(&root, "evil/x.txt").await.unwrap_err();
+        assert!(err.to_string().contains("outside"), "{err}");
+        assert!(prepare_local_path(&root, "../x").await.is_err());
+    }
+
+    #[tokio::test]
+    async fn outputs_round_trip_and_escaping_links_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let work = dir.path().join("work");
+        let out = work.join("pfs/out");
+        std::fs::create_dir_all(out.join("sub")).unwrap();
+        std::fs::write(out.join("a.txt"), "hello").unwrap();
+        std::fs::write(out.join("sub/b.txt"), "world!").unwrap();
+        let egress = dir.path().join("egress");
+        let egress_uri = format!("file://{}", egress.display());
+
+        let uploaded = upload_outputs(&out, &work, &egress_uri).await.unwrap();
+        assert_eq!(uploaded.len(), 2);
+        assert_eq!(uploaded[0].uri, format!("{egress_uri}/a.txt"));
+        assert_eq!(uploaded[1].size, 6);
+        assert_eq!(std::fs::read_to_string(egress.join("sub/b.txt")).unwrap(), "world!");
+
+        let secret = dir.path().join("secret.txt");
+        std::fs::write(&secret, "secret").unwrap();
+        std::os::unix::fs::symlink(&secret, out.join("leak.txt")).unwrap();
+        let err = upload_outputs(&out, &work, &egress_uri).await.unwrap_err();
+        assert!(format!("{err:#}").contains("outside the work directory"), "{err:#}");
+    }
+
+    #[tokio::test]
+    async fn inputs_are_downloaded_to_their_local_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        std::fs::create_dir_all(src.join("d")).unwrap();
+        std::fs::write(src.join("d/x.txt"), "x").unwrap();
+        let pfs = dir.path().join("pfs");
+        std::fs::create_dir(&pfs).unwrap();
+        let files = vec![InputFileResponse {
+            uri: format!("file://{}/d/x.txt", src.display()),
+            local_path: "repo/d/x.txt".to_owned(),
+        }];
+        assert_eq!(download_inputs(&files, &pfs).await.unwrap(), 1);
+        assert_eq!(std::fs::read_to_string(pfs.join("repo/d/x.txt")).unwrap(), "x");
+
+        let evil = vec![InputFileResponse {
+            uri: files[0].uri.clone(),
+            local_path: "../escape.txt".to_owned(),
+        }];
+        assert!(download_inputs(&evil, &pfs).await.is_err());
+        assert!(!dir.path().join("escape.txt").exists());
+    }
+}

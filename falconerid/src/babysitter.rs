@@ -1,0 +1,177 @@
+//! The babysitter: a cancellable background loop that keeps jobs moving when
+//! workers don't. Each pass expires leases, enforces `datum_timeout` and
+//! `job_timeout`, releases datums of workers that died, replaces workers
+//! that exited early, and finishes jobs with nothing left to run.
+//!
+//! Every rule is a guarded statement or a lock-and-re-check transaction in
+//! the models, so any number of babysitters (one per falconerid replica) may
+//! run at once.
+
+use std::{collections::HashMap, sync::Mutex};
+
+use anyhow::Result;
+use falconeri_common::{
+    models::{Datum, DeadOwners, Job, db_now},
+    status::JobStatus,
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::{executor::WorkerLaunch, state::AppState};
+
+/// Runs passes every `babysitter_interval` until `cancel` fires.
+pub async fn run(state: AppState, cancel: CancellationToken) {
+    let babysitter = Babysitter::default();
+    let mut interval = tokio::time::interval(state.config().babysitter_interval);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = interval.tick() => {
+                // A failed pass is logged and retried on the next tick; the
+                // loop itself never dies.
+                if let Err(err) = babysitter.tick(&state).await {
+                    tracing::warn!(error = format!("{err:#}"), "babysitter pass failed");
+                }
+            }
+        }
+    }
+    tracing::debug!("babysitter stopped");
+}
+
+/// Memory between passes: how often each job's workers were replaced.
+#[derive(Debug, Default)]
+pub struct Babysitter {
+    restarts: Mutex<HashMap<i64, u32>>,
+}
+
+impl Babysitter {
+    /// One pass over every rule.
+    pub async fn tick(&self, state: &AppState) -> Result<()> {
+        let mut changed = false;
+
+        let (expired, timed_out, past_deadline) = state
+            .db(|conn| {
+                let now = db_now(conn)?;
+                let expired = Datum::expire_leases(conn, now)?;
+                let timed_out = Datum::expire_deadlines(conn, now)?;
+                let mut stopped = Vec::new();
+                for job in Job::list_past_deadline(conn, now)? {
+                    let message = "job timed out (job_timeout)";
+                    let (job, did_stop) =
+                        Job::stop(conn, job.id, JobStatus::Error, Some(message), now)?;
+                    if did_stop {
+                        stopped.push(job);
+                    }
+                }
+                Ok((expired, timed_out, stopped))
+            })
+            .await?;
+        if expired + timed_out > 0 {
+            tracing::info!(expired, timed_out, "failed attempts of silent or slow datums");
+            changed = true;
+        }
+        for job in past_deadline {
+            tracing::info!(job = job.name, "job timed out");
+            state.executor().stop_workers(job.id).await?;
+            changed = true;
+        }
+
+        let running = state.db(Job::list_running).await?;
+        for job in running {
+            changed |= self.watch_job(state, job).await?;
+        }
+        if changed {
+            state.notify_change();
+        }
+        Ok(())
+    }
+
+    /// The per-job rules. Returns true if anything changed.
+    async fn watch_job(&self, state: &AppState, job: Job) -> Result<bool> {
+        let mut changed = false;
+        let workers = state.executor().workers(job.id).await?;
+        let dead = DeadOwners {
+            job_id: job.id,
+            worker_ids: workers
+                .iter()
+                .filter(|w| !w.alive)
+                .map(|w| w.id.clone())
+                .collect(),
+        };
+        let id = job.id;
+        let (released, finished, has_ready) = state
+            .db(move |conn| {
+                let now = db_now(conn)?;
+                let released = Datum::release_dead_owners(conn, &dead, now)?;
+                let finished = Job::finish_if_complete(conn, id, now)?;
+                let has_ready = finished.is_none() && Job::has_ready_datums(conn, id)?;
+                Ok((released, finished, has_ready))
+            })
+            .await?;
+        if released > 0 {
+            tracing::info!(job = job.name, released, "released datums of exited workers");
+            changed = true;
+        }
+        if let Some(finished) = finished {
+            tracing::info!(job = finished.name, status = %finished.status, "job finished");
+            state.executor().stop_workers(job.id).await?;
+            self.forget(job.id);
+            return Ok(true);
+        }
+
+        // Replace workers that exited while work remains, within a budget so
+        // a worker that cannot start doesn't respawn forever.
+        let alive = u32::try_from(workers.iter().filter(|w| w.alive).count()).unwrap_or(u32::MAX);
+        let wanted = u32::try_from(job.parallelism).unwrap_or(1).max(1);
+        if has_ready && alive < wanted {
+            let missing = wanted - alive;
+            let restarts = self.count_restarts(job.id, missing);
+            let budget = wanted.saturating_mul(state.config().worker_restarts);
+            if !workers.is_empty() && restarts > budget {
+                let message = format!(
+                    "workers exited early {restarts} times; giving up (see the worker logs)"
+                );
+                tracing::warn!(job = job.name, message);
+                let id = job.id;
+                state
+                    .db(move |conn| {
+                        let now = db_now(conn)?;
+                        Job::stop(conn, id, JobStatus::Error, Some(&message), now)
+                    })
+                    .await?;
+                state.executor().stop_workers(job.id).await?;
+                self.forget(job.id);
+                return Ok(true);
+            }
+            let spec = job.spec()?;
+            let launch = WorkerLaunch {
+                job_id: job.id,
+                job_name: job.name.clone(),
+                worker_token: job.worker_token.clone(),
+                server_url: state.public_url(),
+                spec,
+            };
+            tracing::info!(job = job.name, alive, starting = missing, "starting workers");
+            state.executor().start_workers(&launch, missing).await?;
+            changed = true;
+        }
+        Ok(changed)
+    }
+
+    fn count_restarts(&self, job_id: i64, n: u32) -> u32 {
+        let mut restarts = self
+            .restarts
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let count = restarts.entry(job_id).or_default();
+        *count = count.saturating_add(n);
+        *count
+    }
+
+    fn forget(&self, job_id: i64) {
+        self.restarts
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(&job_id);
+    }
+}

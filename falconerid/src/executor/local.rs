@@ -1,0 +1,204 @@
+//! The local executor: each worker is a child process with its own work
+//! directory (`pfs/` and `scratch/`) and log file under the state directory.
+
+use std::{
+    collections::HashMap,
+    ffi::OsString,
+    path::PathBuf,
+    process::Stdio,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use anyhow::{Context, Result, bail};
+use async_trait::async_trait;
+use nix::{sys::signal::Signal, unistd::Pid};
+
+use super::{Executor, WorkerLaunch, WorkerState};
+
+/// How long a stopped worker gets to kill its command and report before it
+/// is killed.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+#[derive(Debug)]
+struct LocalWorker {
+    id: String,
+    pid: Option<u32>,
+    alive: bool,
+}
+
+/// Runs workers as processes on this machine.
+#[derive(Debug, Clone)]
+pub struct LocalExecutor {
+    command: Vec<OsString>,
+    state_dir: PathBuf,
+    workers: Arc<Mutex<HashMap<i64, Vec<LocalWorker>>>>,
+}
+
+impl LocalExecutor {
+    /// Workers run `command` (program and arguments); their directories go
+    /// under `state_dir/work` and their logs under `state_dir/logs`.
+    pub fn new(command: Vec<OsString>, state_dir: PathBuf) -> Result<LocalExecutor> {
+        if command.is_empty() {
+            bail!("the local executor needs a worker command");
+        }
+        Ok(LocalExecutor {
+            command,
+            state_dir,
+            workers: Arc::default(),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<i64, Vec<LocalWorker>>> {
+        // A poisoned lock only means another thread panicked mid-update of
+        // this bookkeeping; the map itself is still usable.
+        self.workers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn mark_exited(&self, job_id: i64, worker_id: &str) {
+        if let Some(workers) = self.lock().get_mut(&job_id) {
+            for worker in workers.iter_mut().filter(|w| w.id == worker_id) {
+                worker.alive = false;
+            }
+        }
+    }
+
+    /// The log file of a worker.
+    pub fn log_path(&self, job_name: &str, worker_id: &str) -> PathBuf {
+        self.state_dir
+            .join("logs")
+            .join(job_name)
+            .join(format!("{worker_id}.log"))
+    }
+}
+
+fn random_suffix() -> String {
+    hex::encode(rand::random::<[u8; 3]>())
+}
+
+#[async_trait]
+impl Executor for LocalExecutor {
+    fn name(&self) -> &'static str {
+        "local"
+    }
+
+    #[tracing::instrument(level = "debug", skip(self, launch), fields(job = launch.job_name))]
+    async fn start_workers(&self, launch: &WorkerLaunch, count: u32) -> Result<()> {
+        for _ in 0..count {
+            let id = format!("{}-{}", launch.job_name, random_suffix());
+            let dir = self.state_dir.join("work").join(&launch.job_name).join(&id);
+            let pfs = dir.join("pfs");
+            let scratch = dir.join("scratch");
+            for path in [&pfs, &scratch] {
+                tokio::fs::create_dir_all(path)
+                    .await
+                    .with_context(|| format!("cannot create {}", path.display()))?;
+            }
+            let log_path = self.log_path(&launch.job_name, &id);
+            if let Some(parent) = log_path.parent() {
+                tokio::fs::create_dir_all(parent).await?;
+            }
+            let log = std::fs::File::create(&log_path)
+                .with_context(|| format!("cannot create {}", log_path.display()))?;
+            let log_err = log.try_clone()?;
+
+            let mut command = tokio::process::Command::new(&self.command[0]);
+            command
+                .args(&self.command[1..])
+                // Workers reach the system only through the API: they get
+                // no database settings and no admin token.
+                .env_remove("FALCONERI_DATABASE_URL")
+                .env("FALCONERI_SERVER", &launch.server_url)
+                .env("FALCONERI_TOKEN", &launch.worker_token)
+                .env("FALCONERI_JOB_ID", launch.job_id.to_string())
+                .env("FALCONERI_WORKER_ID", &id)
+                .env("FALCONERI_PFS", &pfs)
+                .env("FALCONERI_SCRATCH", &scratch)
+                .current_dir(&dir)
+                .stdin(Stdio::null())
+                .stdout(log)
+                .stderr(log_err)
+                // Its own process group: a Ctrl-C aimed at the server's
+                // terminal must not take the workers down mid-write.
+                .process_group(0);
+            let mut child = command.spawn().with_context(|| {
+                format!("cannot start worker {:?}", self.command[0])
+            })?;
+            let pid = child.id();
+            tracing::info!(worker = id, pid, log = %log_path.display(), "started worker");
+            self.lock()
+                .entry(launch.job_id)
+                .or_default()
+                .push(LocalWorker {
+                    id: id.clone(),
+                    pid,
+                    alive: true,
+                });
+
+            // Reap the child, then clean up its work directory.
+            let this = self.clone();
+            let job_id = launch.job_id;
+            tokio::spawn(async move {
+                let status = child.wait().await;
+                tracing::info!(worker = id, ?status, "worker exited");
+                this.mark_exited(job_id, &id);
+                if let Err(err) = tokio::fs::remove_dir_all(&dir).await {
+                    tracing::warn!(worker = id, error = %err, "cannot remove work directory");
+                }
+            });
+        }
+        Ok(())
+    }
+
+    #[tracing::instrument(level = "debug", skip(self))]
+    async fn stop_workers(&self, job_id: i64) -> Result<()> {
+        let pids: Vec<(String, u32)> = self
+            .lock()
+            .get(&job_id)
+            .map(|workers| {
+                workers
+                    .iter()
+                    .filter(|w| w.alive)
+                    .filter_map(|w| w.pid.map(|pid| (w.id.clone(), pid)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for (id, pid) in pids {
+            let Ok(raw) = i32::try_from(pid) else { continue };
+            tracing::info!(worker = id, pid, "stopping worker");
+            let _ = nix::sys::signal::kill(Pid::from_raw(raw), Signal::SIGTERM);
+            // Escalate later without holding up the caller.
+            let this = self.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(STOP_GRACE).await;
+                let still_alive = this
+                    .lock()
+                    .get(&job_id)
+                    .is_some_and(|ws| ws.iter().any(|w| w.id == id && w.alive));
+                if still_alive {
+                    tracing::warn!(worker = id, "worker ignored SIGTERM; killing it");
+                    let _ = nix::sys::signal::kill(Pid::from_raw(raw), Signal::SIGKILL);
+                }
+            });
+        }
+        Ok(())
+    }
+
+    async fn workers(&self, job_id: i64) -> Result<Vec<WorkerState>> {
+        Ok(self
+            .lock()
+            .get(&job_id)
+            .map(|workers| {
+                workers
+                    .iter()
+                    .map(|w| WorkerState {
+                        id: w.id.clone(),
+                        alive: w.alive,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+}

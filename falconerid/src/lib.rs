@@ -1,0 +1,113 @@
+//! falconerid: the only process that touches the database.
+//!
+//! It serves the REST API ([`routes`]), turns specs into datums
+//! ([`start_job`]), starts workers through an [`executor`], and runs the
+//! [`babysitter`]. Build the HTTP app with [`app`] (tests drive it with
+//! `oneshot`, no socket) or run everything with [`serve`].
+
+pub mod auth;
+pub mod babysitter;
+pub mod config;
+pub mod error;
+pub mod executor;
+pub mod routes;
+pub mod start_job;
+pub mod state;
+
+use std::{net::SocketAddr, sync::Arc};
+
+use anyhow::{Context, Result};
+use axum::Router;
+use falconeri_common::db::DbPool;
+use tokio_util::sync::CancellationToken;
+
+pub use config::Config;
+use config::ExecutorKind;
+use executor::{Executor, LocalExecutor};
+pub use state::AppState;
+
+/// The HTTP application for `state`.
+pub fn app(state: AppState) -> Router {
+    routes::router()
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// Connects to the database, migrates it and builds the executor.
+pub fn build_state(config: Config) -> Result<AppState> {
+    config.validate()?;
+    let pool = DbPool::connect(&config.database_url, config.db_pool_size)?;
+    pool.run_migrations()?;
+    let executor: Arc<dyn Executor> = match config.executor {
+        ExecutorKind::Local => Arc::new(LocalExecutor::new(
+            config.worker_command()?,
+            config.state_dir.clone(),
+        )?),
+    };
+    Ok(AppState::new(config, pool, executor))
+}
+
+/// Runs falconerid until SIGTERM or Ctrl-C: binds the listener, calls
+/// `on_ready` with its address, then serves the API and runs the babysitter
+/// side by side, and shuts both down gracefully.
+pub async fn serve<F>(config: Config, on_ready: F) -> Result<()>
+where
+    F: FnOnce(SocketAddr) + Send,
+{
+    tracing::info!(?config, "starting falconerid");
+    let listen = config.listen;
+    let state = tokio::task::spawn_blocking(move || build_state(config))
+        .await
+        .context("startup task failed")??;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let addr = listener.local_addr()?;
+    let host = if addr.ip().is_unspecified() {
+        "127.0.0.1".to_owned()
+    } else {
+        addr.ip().to_string()
+    };
+    state.set_public_url(format!("http://{host}:{}", addr.port()));
+    tracing::info!(%addr, public_url = state.public_url(), "listening");
+
+    let cancel = CancellationToken::new();
+    let babysitter = tokio::spawn(babysitter::run(state.clone(), cancel.clone()));
+    on_ready(addr);
+
+    let shutdown = cancel.clone();
+    let result = axum::serve(listener, app(state))
+        .with_graceful_shutdown(async move {
+            tokio::select! {
+                _ = shutdown_signal() => {}
+                _ = shutdown.cancelled() => {}
+            }
+            tracing::info!("shutting down");
+        })
+        .await
+        .context("server failed");
+    cancel.cancel();
+    let _ = babysitter.await;
+    result
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = terminate => {}
+    }
+}

@@ -1,0 +1,213 @@
+//! Jobs: create, list, find, describe, follow, retry, cancel.
+
+use axum::{
+    Json, Router,
+    body::Bytes,
+    extract::State,
+    http::StatusCode,
+    routing::{get, post},
+};
+use falconeri_common::{
+    api::{
+        DatumListQuery, DatumListResponse, JobDescribeResponse, JobListQuery, JobListResponse,
+        JobResponse, ProgressQuery, ProgressResponse,
+    },
+    models::{Datum, Job, db_now},
+    pipeline::PipelineSpec,
+    status::{DatumStatus, JobStatus},
+};
+
+use crate::{
+    auth::Principal,
+    error::{ApiPath, ApiQuery, AppError, AppResult},
+    start_job,
+    state::AppState,
+};
+
+/// How many running and failed datums `describe` shows.
+const DESCRIBE_LIMIT: i64 = 50;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/jobs", post(create).get(list))
+        .route("/v1/jobs/{id}", get(show))
+        .route("/v1/jobs/by-name/{name}", get(show_by_name))
+        .route("/v1/jobs/{id}/describe", get(describe))
+        .route("/v1/jobs/{id}/progress", get(progress))
+        .route("/v1/jobs/{id}/retry", post(retry))
+        .route("/v1/jobs/{id}/cancel", post(cancel))
+        .route("/v1/jobs/{id}/datums", get(datums))
+}
+
+/// The body is the pipeline spec itself, exactly as users write it.
+async fn create(
+    principal: Principal,
+    State(state): State<AppState>,
+    body: Bytes,
+) -> AppResult<(StatusCode, Json<JobResponse>)> {
+    principal.require_admin()?;
+    let text = std::str::from_utf8(&body)
+        .map_err(|_| AppError::BadRequest("the spec is not UTF-8".to_owned()))?;
+    let spec = PipelineSpec::from_json(text).map_err(AppError::InvalidSpec)?;
+    let datums = start_job::plan(&spec).await?;
+    let job = start_job::start(&state, spec, datums, None).await?;
+    Ok((StatusCode::CREATED, Json(job.into())))
+}
+
+async fn list(
+    principal: Principal,
+    State(state): State<AppState>,
+    ApiQuery(query): ApiQuery<JobListQuery>,
+) -> AppResult<Json<JobListResponse>> {
+    principal.require_admin()?;
+    let limit = query.limit.unwrap_or(100).clamp(1, 10_000);
+    let jobs = state.db(move |conn| Job::list(conn, limit)).await?;
+    Ok(Json(JobListResponse {
+        jobs: jobs.into_iter().map(Into::into).collect(),
+    }))
+}
+
+async fn show(
+    principal: Principal,
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<i64>,
+) -> AppResult<Json<JobResponse>> {
+    principal.require_admin()?;
+    let job = state.db(move |conn| Job::find(conn, id)).await?;
+    Ok(Json(job.into()))
+}
+
+async fn show_by_name(
+    principal: Principal,
+    State(state): State<AppState>,
+    ApiPath(name): ApiPath<String>,
+) -> AppResult<Json<JobResponse>> {
+    principal.require_admin()?;
+    let job = state.db(move |conn| Job::find_by_name(conn, &name)).await?;
+    Ok(Json(job.into()))
+}
+
+async fn describe(
+    principal: Principal,
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<i64>,
+) -> AppResult<Json<JobDescribeResponse>> {
+    principal.require_admin()?;
+    let response = state
+        .db(move |conn| {
+            let job = Job::find(conn, id)?;
+            let counts = Job::counts(conn, id)?;
+            let running = Datum::list(conn, id, Some(DatumStatus::Running), DESCRIBE_LIMIT)?;
+            let failed = Datum::list(conn, id, Some(DatumStatus::Error), DESCRIBE_LIMIT)?;
+            Ok(JobDescribeResponse {
+                job: job.into(),
+                counts,
+                running: running.into_iter().map(Into::into).collect(),
+                failed: failed.into_iter().map(Into::into).collect(),
+            })
+        })
+        .await?;
+    Ok(Json(response))
+}
+
+/// A long-poll: answers when anything changed since `since`, or after the
+/// wait. Clients follow a job without sleeping between requests.
+async fn progress(
+    principal: Principal,
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<i64>,
+    ApiQuery(query): ApiQuery<ProgressQuery>,
+) -> AppResult<Json<ProgressResponse>> {
+    principal.require_admin()?;
+    let mut changes = state.subscribe();
+    if query.since == Some(state.generation()) {
+        let wait = state.capped_wait(query.wait_ms);
+        // Either outcome means "answer now"; a timeout is not an error here.
+        let _ = tokio::time::timeout(wait, changes.changed()).await;
+    }
+    let generation = state.generation();
+    let (job, counts) = state
+        .db(move |conn| Ok((Job::find(conn, id)?, Job::counts(conn, id)?)))
+        .await?;
+    Ok(Json(ProgressResponse {
+        job: job.into(),
+        counts,
+        generation,
+    }))
+}
+
+/// Starts a new job of the datums that failed in a finished job.
+async fn retry(
+    principal: Principal,
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<i64>,
+) -> AppResult<(StatusCode, Json<JobResponse>)> {
+    principal.require_admin()?;
+    let (job, datums) = state
+        .db(move |conn| Ok((Job::find(conn, id)?, Job::failed_datum_inputs(conn, id)?)))
+        .await?;
+    if !job.status().is_terminal() {
+        return Err(AppError::Conflict(format!(
+            "job {} is still {}; retry it once it has finished",
+            job.name, job.status
+        )));
+    }
+    if datums.is_empty() {
+        return Err(AppError::Conflict(format!(
+            "job {} has no failed datums to retry",
+            job.name
+        )));
+    }
+    let spec = job
+        .spec()
+        .map_err(|err| AppError::Internal(err.context("stored spec is unreadable")))?;
+    let retried = start_job::start(&state, spec, datums, Some(job.id)).await?;
+    Ok((StatusCode::CREATED, Json(retried.into())))
+}
+
+/// Cancels a job: unfinished datums become canceled and its workers stop
+/// (they kill their commands).
+async fn cancel(
+    principal: Principal,
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<i64>,
+) -> AppResult<Json<JobResponse>> {
+    principal.require_admin()?;
+    let (job, stopped) = state
+        .db(move |conn| {
+            let now = db_now(conn)?;
+            Job::stop(conn, id, JobStatus::Canceled, Some("canceled by a user"), now)
+        })
+        .await?;
+    if !stopped {
+        return Err(AppError::Conflict(format!(
+            "job {} already finished ({})",
+            job.name, job.status
+        )));
+    }
+    state.notify_change();
+    if let Err(err) = state.executor().stop_workers(id).await {
+        tracing::warn!(job = job.name, error = format!("{err:#}"), "cannot stop workers");
+    }
+    Ok(Json(job.into()))
+}
+
+async fn datums(
+    principal: Principal,
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<i64>,
+    ApiQuery(query): ApiQuery<DatumListQuery>,
+) -> AppResult<Json<DatumListResponse>> {
+    principal.require_admin()?;
+    let limit = query.limit.unwrap_or(1_000).clamp(1, 100_000);
+    let datums = state
+        .db(move |conn| {
+            Job::find(conn, id)?;
+            Datum::list(conn, id, query.status, limit)
+        })
+        .await?;
+    Ok(Json(DatumListResponse {
+        datums: datums.into_iter().map(Into::into).collect(),
+    }))
+}
+

@@ -1,0 +1,22 @@
+//! The HTTP API: one module per resource, each exposing a `router()`.
+//! Handlers extract, call one model or service function, and answer an API
+//! type from `falconeri_common::api`, never a database row.
+
+mod datums;
+mod health;
+mod jobs;
+mod workers;
+
+use axum::Router;
+
+use crate::{error::AppError, state::AppState};
+
+/// Every route.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .merge(health::router())
+        .merge(jobs::router())
+        .merge(datums::router())
+        .merge(workers::router())
+        .fallback(|| async { AppError::NotFound("route".to_owned()) })
+}

@@ -1,0 +1,265 @@
+//! The worker protocol: reserve (a long-poll), heartbeat, done, error, output
+//! files. Every write after a reservation carries its [`Claim`]; a stale one
+//! gets `409 Conflict` and changes nothing.
+
+use axum::{Json, Router, extract::State, routing::post};
+use falconeri_common::{
+    api::{
+        DatumSummary, DoneRequest, ErrorRequest, HeartbeatRequest, HeartbeatResponse,
+        OutputFilesRequest, Reservation, ReserveRequest, ReserveResponse,
+    },
+    models::{Datum, InputFile, Job, db_now},
+};
+use serde_json::{Value, json};
+use tokio::time::Instant;
+
+use crate::{
+    auth::Principal,
+    error::{ApiJson, ApiPath, AppError, AppResult},
+    state::AppState,
+};
+
+/// Longest output tail the server stores per datum.
+const MAX_OUTPUT_BYTES: usize = 1024 * 1024;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/jobs/{id}/reserve", post(reserve))
+        .route("/v1/datums/{id}/heartbeat", post(heartbeat))
+        .route("/v1/datums/{id}/done", post(done))
+        .route("/v1/datums/{id}/error", post(error))
+        .route("/v1/datums/{id}/output-files", post(output_files))
+}
+
+enum Attempt {
+    Reserved(Box<(Datum, Vec<InputFile>, Job)>),
+    Wait,
+    Finished { just_now: bool },
+}
+
+/// Reserves the next ready datum, waiting (up to the capped `wait_ms`) for
+/// one to appear: the answer comes within milliseconds of work existing.
+async fn reserve(
+    principal: Principal,
+    State(state): State<AppState>,
+    ApiPath(job_id): ApiPath<i64>,
+    ApiJson(request): ApiJson<ReserveRequest>,
+) -> AppResult<Json<ReserveResponse>> {
+    principal.require_job(job_id)?;
+    check_worker_id(&request.worker_id)?;
+    let deadline = Instant::now() + state.capped_wait(request.wait_ms);
+    let lease_ms = state.config().lease_ms();
+    loop {
+        let mut changes = state.subscribe();
+        let worker_id = request.worker_id.clone();
+        let attempt = state
+            .db(move |conn| {
+                let job = Job::find(conn, job_id)?;
+                let status = job.status();
+                if status.is_terminal() {
+                    return Ok(Attempt::Finished { just_now: false });
+                }
+                if status != falconeri_common::status::JobStatus::Running {
+                    return Ok(Attempt::Wait);
+                }
+                let now = db_now(conn)?;
+                let reserved = Datum::reserve_next(
+                    conn,
+                    job_id,
+                    &worker_id,
+                    now,
+                    lease_ms,
+                    job.datum_timeout_ms,
+                )?;
+                match reserved {
+                    Some(datum) => {
+                        let files = Datum::input_files(conn, datum.id)?;
+                        Ok(Attempt::Reserved(Box::new((datum, files, job))))
+                    }
+                    None => match Job::finish_if_complete(conn, job_id, now)? {
+                        Some(_) => Ok(Attempt::Finished { just_now: true }),
+                        None => Ok(Attempt::Wait),
+                    },
+                }
+            })
+            .await?;
+        match attempt {
+            Attempt::Reserved(reserved) => {
+                let (datum, files, job) = *reserved;
+                state.notify_change();
+                return Ok(Json(ReserveResponse::Reserved(Box::new(reservation(
+                    &state, datum, files, &job,
+                )?))));
+            }
+            Attempt::Finished { just_now } => {
+                if just_now {
+                    state.notify_change();
+                }
+                return Ok(Json(ReserveResponse::Finished));
+            }
+            Attempt::Wait => {
+                tokio::select! {
+                    _ = changes.changed() => continue,
+                    _ = tokio::time::sleep_until(deadline) => {
+                        return Ok(Json(ReserveResponse::Wait));
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn reservation(
+    state: &AppState,
+    datum: Datum,
+    files: Vec<InputFile>,
+    job: &Job,
+) -> AppResult<Reservation> {
+    let spec = job
+        .spec()
+        .map_err(|err| AppError::Internal(err.context("stored spec is unreadable")))?;
+    let claim = datum
+        .claim()
+        .ok_or_else(|| AppError::Internal(anyhow::anyhow!("reserved datum has no owner")))?;
+    let lease = state.config().lease;
+    Ok(Reservation {
+        datum_id: datum.id,
+        job_id: datum.job_id,
+        claim,
+        lease_expires_at: datum.lease_expires_at.unwrap_or_default(),
+        // Three heartbeats per lease: one lost request is not fatal.
+        heartbeat_interval_ms: u64::try_from(lease.as_millis() / 3).unwrap_or(10_000).max(100),
+        timeout_ms: job.datum_timeout_ms.and_then(|ms| u64::try_from(ms).ok()),
+        cmd: spec.transform.cmd,
+        env: spec.transform.env,
+        egress_uri: job.egress_uri.clone(),
+        input_files: files.into_iter().map(Into::into).collect(),
+    })
+}
+
+fn check_worker_id(worker_id: &str) -> AppResult<()> {
+    if worker_id.is_empty() || worker_id.len() > 253 {
+        return Err(AppError::BadRequest(
+            "worker_id must be 1 to 253 characters".to_owned(),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks the caller may write to this datum: the admin, or a worker of the
+/// datum's job.
+async fn authorize_datum(state: &AppState, principal: &Principal, id: i64) -> AppResult<()> {
+    if let Principal::Worker { .. } = principal {
+        let datum = state.db(move |conn| Datum::find(conn, id)).await?;
+        principal.require_job(datum.job_id)?;
+    }
+    Ok(())
+}
+
+/// Keeps the last `MAX_OUTPUT_BYTES` of a captured output, on a char boundary.
+fn output_tail(output: &str) -> &str {
+    if output.len() <= MAX_OUTPUT_BYTES {
+        return output;
+    }
+    let mut start = output.len() - MAX_OUTPUT_BYTES;
+    while !output.is_char_boundary(start) {
+        start += 1;
+    }
+    &output[start..]
+}
+
+async fn heartbeat(
+    principal: Principal,
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<i64>,
+    ApiJson(request): ApiJson<HeartbeatRequest>,
+) -> AppResult<Json<HeartbeatResponse>> {
+    authorize_datum(&state, &principal, id).await?;
+    let lease_ms = state.config().lease_ms();
+    let lease_expires_at = state
+        .db(move |conn| {
+            let now = db_now(conn)?;
+            Datum::heartbeat(conn, id, &request.claim, now, lease_ms)
+        })
+        .await?;
+    Ok(Json(HeartbeatResponse { lease_expires_at }))
+}
+
+async fn done(
+    principal: Principal,
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<i64>,
+    ApiJson(request): ApiJson<DoneRequest>,
+) -> AppResult<Json<DatumSummary>> {
+    authorize_datum(&state, &principal, id).await?;
+    let datum = state
+        .db(move |conn| {
+            let now = db_now(conn)?;
+            Datum::mark_done(
+                conn,
+                id,
+                &request.claim,
+                output_tail(&request.output),
+                &request.output_files,
+                now,
+            )
+        })
+        .await?;
+    state.notify_change();
+    Ok(Json(datum.into()))
+}
+
+async fn error(
+    principal: Principal,
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<i64>,
+    ApiJson(request): ApiJson<ErrorRequest>,
+) -> AppResult<Json<DatumSummary>> {
+    authorize_datum(&state, &principal, id).await?;
+    let datum = state
+        .db(move |conn| {
+            let now = db_now(conn)?;
+            Datum::mark_error(
+                conn,
+                id,
+                &request.claim,
+                output_tail(&request.output),
+                &request.error,
+                now,
+            )
+        })
+        .await?;
+    state.notify_change();
+    Ok(Json(datum.into()))
+}
+
+async fn output_files(
+    principal: Principal,
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<i64>,
+    ApiJson(request): ApiJson<OutputFilesRequest>,
+) -> AppResult<Json<Value>> {
+    authorize_datum(&state, &principal, id).await?;
+    let count = request.files.len();
+    state
+        .db(move |conn| {
+            let now = db_now(conn)?;
+            Datum::record_output_files(conn, id, &request.claim, &request.files, now)
+        })
+        .await?;
+    Ok(Json(json!({ "recorded": count })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_tail_keeps_the_end_on_a_char_boundary() {
+        let long = format!("{}é{}", "a".repeat(10), "b".repeat(MAX_OUTPUT_BYTES - 1));
+        let tail = output_tail(&long);
+        assert!(tail.len() <= MAX_OUTPUT_BYTES);
+        assert!(tail.ends_with('b'));
+        assert_eq!(output_tail("short"), "short");
+    }
+}

@@ -1,0 +1,113 @@
+//! State shared by every request and the babysitter.
+
+use std::{
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
+
+use falconeri_common::{
+    db::{DbConn, DbPool},
+    models::ModelResult,
+};
+use tokio::sync::watch;
+
+use crate::{config::Config, error::AppResult, executor::Executor};
+
+/// Everything a handler needs: cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: Config,
+    pool: DbPool,
+    executor: Arc<dyn Executor>,
+    /// Bumped on every change to a job or datum; long-polls wait on it.
+    changes: watch::Sender<u64>,
+    /// The URL workers reach us at, known once the listener is bound.
+    public_url: OnceLock<String>,
+}
+
+impl AppState {
+    /// Wraps the pieces.
+    pub fn new(config: Config, pool: DbPool, executor: Arc<dyn Executor>) -> AppState {
+        let public_url = OnceLock::new();
+        if let Some(url) = &config.public_url {
+            let _ = public_url.set(url.trim_end_matches('/').to_owned());
+        }
+        AppState {
+            inner: Arc::new(Inner {
+                config,
+                pool,
+                executor,
+                changes: watch::channel(0).0,
+                public_url,
+            }),
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    pub fn pool(&self) -> &DbPool {
+        &self.inner.pool
+    }
+
+    pub fn executor(&self) -> &Arc<dyn Executor> {
+        &self.inner.executor
+    }
+
+    /// Records the URL workers should use, unless configured explicitly.
+    pub fn set_public_url(&self, url: String) {
+        let _ = self.inner.public_url.set(url);
+    }
+
+    /// The URL workers should use.
+    pub fn public_url(&self) -> String {
+        self.inner
+            .public_url
+            .get()
+            .cloned()
+            .unwrap_or_else(|| "http://127.0.0.1:8089".to_owned())
+    }
+
+    /// Runs a model call on a blocking thread with a pooled connection.
+    pub async fn db<T, F>(&self, f: F) -> AppResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut DbConn) -> ModelResult<T> + Send + 'static,
+    {
+        let pool = self.inner.pool.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let mut conn = pool.get()?;
+            Ok::<_, crate::error::AppError>(f(&mut conn)?)
+        })
+        .await
+        .map_err(|err| anyhow::anyhow!("database task failed: {err}"))?;
+        result
+    }
+
+    /// Tells every long-poll that something changed.
+    pub fn notify_change(&self) {
+        self.inner.changes.send_modify(|generation| *generation += 1);
+    }
+
+    /// The current change generation.
+    pub fn generation(&self) -> u64 {
+        *self.inner.changes.borrow()
+    }
+
+    /// A receiver that wakes on the next change. Subscribe *before* looking
+    /// at the database, so a change in between is not missed.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.inner.changes.subscribe()
+    }
+
+    /// Caps a client's requested wait at the configured maximum.
+    pub fn capped_wait(&self, wait_ms: Option<u64>) -> Duration {
+        let max = self.inner.config.max_wait;
+        wait_ms.map(Duration::from_millis).unwrap_or(max).min(max)
+    }
+}
