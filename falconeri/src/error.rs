@@ -26,11 +26,7 @@ impl fmt::Display for InvalidSpec {
         }
         // One problem a line, so a user fixes them all in one go.
         for problem in &self.problems {
-            if problem.path.is_empty() {
-                write!(f, "\n  {}", problem.message)?;
-            } else {
-                write!(f, "\n  {}: {}", problem.path, problem.message)?;
-            }
+            write!(f, "\n  {problem}")?;
         }
         Ok(())
     }
@@ -81,7 +77,7 @@ mod tests {
             summary: "spec.json is invalid".into(),
             problems: vec![
                 problem("transform.cmd", "must not be empty"),
-                problem("", "trailing characters"),
+                problem("(root)", "trailing characters"),
             ],
         }
     }
@@ -90,7 +86,7 @@ mod tests {
     fn every_problem_gets_a_line() {
         assert_eq!(
             invalid().to_string(),
-            "spec.json is invalid:\n  transform.cmd: must not be empty\n  trailing characters"
+            "spec.json is invalid:\n  transform.cmd: must not be empty\n  (root): trailing characters"
         );
     }
 

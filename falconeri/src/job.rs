@@ -2,6 +2,7 @@
 //! retry and cancel them.
 
 use std::{
+    fmt::{self, Write as _},
     fs,
     path::{Path, PathBuf},
     time::Duration,
@@ -14,7 +15,7 @@ use falconeri_common::{
     pipeline::PipelineSpec,
     status::JobStatus,
 };
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{ProgressBar, ProgressState, ProgressStyle};
 
 use crate::{
     cli::JobCommand,
@@ -244,9 +245,8 @@ pub fn datum_table(datums: &[DatumSummary], now: i64) -> Table {
 /// `job wait`, and `--wait` of `run` and `retry`: follow the job until it
 /// ends, with a progress bar on a terminal.
 async fn wait(config: &Config, client: &Client, job: JobResponse) -> Result<()> {
-    let bar = config.show_progress().then(|| progress_bar(&job));
+    let mut bar: Option<ProgressBar> = None;
     let mut since = None;
-    let mut first = true;
     // Each request returns as soon as anything changes (or after
     // `progress_wait`), so this loop never sleeps.
     let progress = loop {
@@ -254,13 +254,10 @@ async fn wait(config: &Config, client: &Client, job: JobResponse) -> Result<()> 
             .job_progress(job.id, since, config.progress_wait)
             .await
             .with_context(|| format!("cannot follow job {}", job.name))?;
-        if let Some(bar) = &bar {
-            show_progress(bar, &progress.counts);
-            if first {
-                // The datums finished before we started watching would
-                // otherwise count towards the rate.
-                bar.reset_eta();
-                first = false;
+        if config.show_progress() {
+            match &bar {
+                Some(bar) => show_progress(bar, &progress.counts),
+                None => bar = Some(progress_bar(&job, &progress.counts)),
             }
         }
         if progress.job.status.is_terminal() {
@@ -290,15 +287,23 @@ async fn wait(config: &Config, client: &Client, job: JobResponse) -> Result<()> 
     outcome(&progress.job, &progress.counts)
 }
 
-fn progress_bar(job: &JobResponse) -> ProgressBar {
+/// A progress bar starting from `counts`.
+fn progress_bar(job: &JobResponse, counts: &StatusCounts) -> ProgressBar {
     let style = ProgressStyle::with_template(
-        "{spinner} {prefix} [{wide_bar}] {pos}/{len} finished, {msg} ({per_sec}, ETA {eta})",
+        "{spinner} {prefix} [{wide_bar}] {pos}/{len} finished, {msg} ({rate}, ETA {eta})",
     )
     .expect("the progress template is valid")
+    .with_key("rate", |state: &ProgressState, out: &mut dyn fmt::Write| {
+        let _ = write!(out, "{:.1}/s", state.per_sec());
+    })
     .progress_chars("=> ");
-    let bar = ProgressBar::new(u64::try_from(job.datum_count).unwrap_or(0))
+    let bar = ProgressBar::new(0)
         .with_style(style)
         .with_prefix(job.name.clone());
+    show_progress(&bar, counts);
+    // Datums that finished before we started watching are not part of the
+    // rate we measure.
+    bar.reset_eta();
     bar.enable_steady_tick(Duration::from_millis(200));
     bar
 }
@@ -316,16 +321,23 @@ fn show_progress(bar: &ProgressBar, counts: &StatusCounts) {
 /// Success only for a job that ended `done`; otherwise a one-line summary
 /// that becomes the command's error (exit status 1).
 fn outcome(job: &JobResponse, counts: &StatusCounts) -> Result<()> {
-    let detail = match job.status {
+    let (detail, explained) = match job.status {
         JobStatus::Done => return Ok(()),
-        JobStatus::Canceled => format!("{} of {} datums canceled", counts.canceled, counts.total()),
-        _ => format!("{} of {} datums failed", counts.error, counts.total()),
+        JobStatus::Canceled => (
+            format!("{} of {} datums canceled", counts.canceled, counts.total()),
+            false,
+        ),
+        // Failed datums explain an `error` job; the job's own message matters
+        // when none failed (a timeout, say).
+        _ => (
+            format!("{} of {} datums failed", counts.error, counts.total()),
+            counts.error > 0,
+        ),
     };
-    let reason = job
-        .error_message
-        .as_deref()
-        .map(|message| format!("; {}", output::summary_line(message, ERROR_WIDTH)))
-        .unwrap_or_default();
+    let reason = match job.error_message.as_deref() {
+        Some(message) if !explained => format!("; {}", output::summary_line(message, ERROR_WIDTH)),
+        _ => String::new(),
+    };
     bail!(
         "job {name} finished with status {status}: {detail}{reason} (see: falconeri job describe \
          {name})",
@@ -411,13 +423,31 @@ mod tests {
 
     #[test]
     fn failed_jobs_say_how_many_failed() {
-        let err = outcome(&job(JobStatus::Error, None), &counts(7, 3, 0)).expect_err("fails");
+        let err = outcome(
+            &job(JobStatus::Error, Some("some datums failed")),
+            &counts(7, 3, 0),
+        )
+        .expect_err("fails");
         assert_eq!(
             err.to_string(),
             "job words-ab12c finished with status error: 3 of 10 datums failed \
              (see: falconeri job describe words-ab12c)"
         );
         assert_eq!(crate::error::exit_code(&err), 1);
+    }
+
+    #[test]
+    fn failed_jobs_without_failed_datums_give_the_reason() {
+        let err = outcome(
+            &job(JobStatus::Error, Some("cannot list inputs")),
+            &counts(0, 0, 0),
+        )
+        .expect_err("fails");
+        assert!(
+            err.to_string()
+                .contains("0 of 0 datums failed; cannot list inputs"),
+            "{err}"
+        );
     }
 
     #[test]

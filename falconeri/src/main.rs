@@ -10,7 +10,7 @@ mod job;
 mod local;
 mod output;
 
-use std::process::ExitCode;
+use std::{io::IsTerminal, process::ExitCode};
 
 use anyhow::{Context, Result};
 use clap::Parser;
@@ -75,5 +75,7 @@ fn init_tracing(default: &str) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colors only for people: the local server's stderr is a log file.
+        .with_ansi(std::io::stderr().is_terminal())
         .try_init();
 }

@@ -377,7 +377,10 @@ mod tests {
 
     #[test]
     fn segments_are_encoded() {
-        assert_eq!(encode_segment("word-frequencies-ab12c"), "word-frequencies-ab12c");
+        assert_eq!(
+            encode_segment("word-frequencies-ab12c"),
+            "word-frequencies-ab12c"
+        );
         assert_eq!(encode_segment("a/b c"), "a%2Fb%20c");
     }
 

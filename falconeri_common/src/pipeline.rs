@@ -593,8 +593,8 @@ impl PipelineSpec {
     /// they occurred; validation reports every problem at once.
     pub fn from_json(json: &str) -> Result<PipelineSpec, SpecError> {
         let mut deserializer = serde_json::Deserializer::from_str(json);
-        let spec: PipelineSpec = serde_path_to_error::deserialize(&mut deserializer)
-            .map_err(|err| {
+        let spec: PipelineSpec =
+            serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
                 let path = err.path().to_string();
                 // serde_path_to_error writes the root as ".".
                 let path = if path == "." {
@@ -649,7 +649,10 @@ impl PipelineSpec {
             problems.push("parallelism_spec.constant", "must be at least 1");
         }
         if self.datum_tries == 0 {
-            problems.push("datum_tries", "must be at least 1 (it counts the first try)");
+            problems.push(
+                "datum_tries",
+                "must be at least 1 (it counts the first try)",
+            );
         }
         self.resource_requests.validate(&mut problems);
         for (field, timeout) in [
@@ -947,7 +950,9 @@ fn check_uri(uri: &str) -> Result<(), String> {
             return Err(format!("must name a bucket after {scheme}://"));
         }
         if bucket.contains(char::is_whitespace) {
-            return Err(format!("bucket name `{bucket}` must not contain whitespace"));
+            return Err(format!(
+                "bucket name `{bucket}` must not contain whitespace"
+            ));
         }
     }
     Ok(())
@@ -1202,10 +1207,19 @@ mod tests {
             s["resource_requests"]["gpu"] = json!(1);
         }));
         assert_eq!(spec.datum_tries, 3);
-        assert_eq!(spec.job_timeout, Some(HumanDuration(Duration::from_secs(9000))));
-        assert_eq!(spec.datum_timeout, Some(HumanDuration(Duration::from_secs(90))));
+        assert_eq!(
+            spec.job_timeout,
+            Some(HumanDuration(Duration::from_secs(9000)))
+        );
+        assert_eq!(
+            spec.datum_timeout,
+            Some(HumanDuration(Duration::from_secs(90)))
+        );
         assert_eq!(spec.node_selector.len(), 2);
-        assert_eq!(spec.transform.image_pull_policy, Some(ImagePullPolicy::Never));
+        assert_eq!(
+            spec.transform.image_pull_policy,
+            Some(ImagePullPolicy::Never)
+        );
         assert_eq!(spec.resource_requests.gpu, Some(1));
     }
 
@@ -1217,7 +1231,10 @@ mod tests {
             (ImagePullPolicy::Never, "\"Never\""),
         ] {
             assert_eq!(serde_json::to_string(&policy).unwrap(), text);
-            assert_eq!(serde_json::from_str::<ImagePullPolicy>(text).unwrap(), policy);
+            assert_eq!(
+                serde_json::from_str::<ImagePullPolicy>(text).unwrap(),
+                policy
+            );
         }
     }
 
@@ -1258,7 +1275,10 @@ mod tests {
             s.as_object_mut().unwrap().remove("transform");
             s["transfrom"] = transform;
         });
-        check(&json, &["transfrom: unknown field `transfrom`, expected one of"]);
+        check(
+            &json,
+            &["transfrom: unknown field `transfrom`, expected one of"],
+        );
         check(
             &with(|s| s["transform"]["imagee"] = json!("x")),
             &["transform.imagee: unknown field `imagee`"],
@@ -1300,6 +1320,14 @@ mod tests {
         check(
             &with(|s| s["input"]["cross"][0]["atom"]["glob"] = json!("/**")),
             &["input.cross[0].atom.glob: unknown variant `/**`, expected `/` or `/*`"],
+        );
+    }
+
+    #[test]
+    fn parse_errors_keep_the_spelling_pfs() {
+        check(
+            &with(|s| s["input"]["cross"][1]["union"][1]["pfs"]["glob"] = json!("*")),
+            &["input.cross[1].union[1].pfs.glob: unknown variant `*`"],
         );
     }
 
@@ -1469,14 +1497,23 @@ mod tests {
             ("lots", "resource_requests.memory: `lots` is not a quantity"),
             ("", "resource_requests.memory: `` is not a quantity"),
             ("1GB", "resource_requests.memory: `1GB` is not a quantity"),
-            ("1.2.3Mi", "resource_requests.memory: `1.2.3Mi` is not a quantity"),
+            (
+                "1.2.3Mi",
+                "resource_requests.memory: `1.2.3Mi` is not a quantity",
+            ),
             (" 1Gi", "resource_requests.memory: ` 1Gi` is not a quantity"),
             ("1e", "resource_requests.memory: `1e` is not a quantity"),
-            ("1e+-3", "resource_requests.memory: `1e+-3` is not a quantity"),
+            (
+                "1e+-3",
+                "resource_requests.memory: `1e+-3` is not a quantity",
+            ),
             ("-1Gi", "resource_requests.memory: must not be negative"),
             ("0", "resource_requests.memory: must be greater than zero"),
             ("100Ei", "resource_requests.memory: is too large"),
-            ("1e99999999999", "resource_requests.memory: `1e99999999999` has an exponent"),
+            (
+                "1e99999999999",
+                "resource_requests.memory: `1e99999999999` has an exponent",
+            ),
         ] {
             check(
                 &with(|s| s["resource_requests"]["memory"] = json!(memory)),
@@ -1488,15 +1525,36 @@ mod tests {
     #[test]
     fn bad_cpu() {
         for (cpu, message) in [
-            (json!("lots"), "resource_requests.cpu: `lots` is not a quantity"),
+            (
+                json!("lots"),
+                "resource_requests.cpu: `lots` is not a quantity",
+            ),
             (json!(0), "resource_requests.cpu: must be greater than zero"),
-            (json!("0m"), "resource_requests.cpu: must be greater than zero"),
-            (json!(-0.5), "resource_requests.cpu: must be greater than zero"),
-            (json!("-1"), "resource_requests.cpu: must be greater than zero"),
-            (json!(0.0001), "resource_requests.cpu: must be a whole number of millicores"),
-            (json!("1500u"), "resource_requests.cpu: must be a whole number of millicores"),
+            (
+                json!("0m"),
+                "resource_requests.cpu: must be greater than zero",
+            ),
+            (
+                json!(-0.5),
+                "resource_requests.cpu: must be greater than zero",
+            ),
+            (
+                json!("-1"),
+                "resource_requests.cpu: must be greater than zero",
+            ),
+            (
+                json!(0.0001),
+                "resource_requests.cpu: must be a whole number of millicores",
+            ),
+            (
+                json!("1500u"),
+                "resource_requests.cpu: must be a whole number of millicores",
+            ),
         ] {
-            check(&with(|s| s["resource_requests"]["cpu"] = cpu.clone()), &[message]);
+            check(
+                &with(|s| s["resource_requests"]["cpu"] = cpu.clone()),
+                &[message],
+            );
         }
     }
 
@@ -1627,9 +1685,12 @@ mod tests {
 
     #[test]
     fn node_selectors() {
-        parse(&with(|s| {
-            s["node_selector"] = json!({ "pool": "", "cloud.google.com/gke-nodepool": "batch_1" })
-        }));
+        parse(&with(
+            |s| {
+                s["node_selector"] =
+                    json!({ "pool": "", "cloud.google.com/gke-nodepool": "batch_1" })
+            },
+        ));
         check(
             &with(|s| {
                 s["node_selector"] =
@@ -1647,13 +1708,18 @@ mod tests {
     #[test]
     fn repo_names() {
         for good in ["a", "A.b_c-1", "..x"] {
-            parse(&with(|s| s["input"]["cross"][0]["atom"]["repo"] = json!(good)));
+            parse(&with(|s| {
+                s["input"]["cross"][0]["atom"]["repo"] = json!(good)
+            }));
         }
         for (repo, message) in [
             ("", "must not be empty"),
             (".", "`.` cannot be a directory name"),
             ("..", "`..` cannot be a directory name"),
-            ("a/b", "may contain only ASCII letters, digits, '.', '_' and '-', not '/'"),
+            (
+                "a/b",
+                "may contain only ASCII letters, digits, '.', '_' and '-', not '/'",
+            ),
             ("out", "`out` is reserved for the job's outputs (pfs/out)"),
         ] {
             check(
@@ -1667,11 +1733,15 @@ mod tests {
     fn duplicate_repos_in_a_cross() {
         check(
             &with(|s| s["input"]["cross"][1]["union"][1]["pfs"]["repo"] = json!("a")),
-            &["input.cross[1].union[1].atom.repo: repo `a` also comes from \
-               input.cross[0].atom.repo"],
+            &[
+                "input.cross[1].union[1].atom.repo: repo `a` also comes from \
+               input.cross[0].atom.repo",
+            ],
         );
         // The same repo in two branches of a union never meets itself.
-        parse(&with(|s| s["input"]["cross"][1]["union"][1]["pfs"]["repo"] = json!("b")));
+        parse(&with(|s| {
+            s["input"]["cross"][1]["union"][1]["pfs"]["repo"] = json!("b")
+        }));
         parse(&with(|s| {
             s["input"] = json!({ "union": [
                 { "atom": { "URI": "s3://b/1/", "repo": "x", "glob": "/*" } },
@@ -1722,16 +1792,25 @@ mod tests {
             parse(&with(|s| s["egress"]["URI"] = json!(good)));
         }
         for (uri, message) in [
-            ("http://example.com/x", "unsupported URI scheme `http`; use file://, s3:// or gs://"),
+            (
+                "http://example.com/x",
+                "unsupported URI scheme `http`; use file://, s3:// or gs://",
+            ),
             ("S3://bucket/", "unsupported URI scheme `S3`"),
             ("/data/x", "`/data/x` is not a URI"),
             ("s3://", "must name a bucket after s3://"),
             ("gs:///x", "must name a bucket after gs://"),
-            ("s3://my bucket/x", "bucket name `my bucket` must not contain whitespace"),
+            (
+                "s3://my bucket/x",
+                "bucket name `my bucket` must not contain whitespace",
+            ),
             ("file://", "must name a path after file://"),
             ("s3://b/x\n", "must not contain NUL or line breaks"),
         ] {
-            check(&with(|s| s["egress"]["URI"] = json!(uri)), &[&format!("egress.URI: {message}")]);
+            check(
+                &with(|s| s["egress"]["URI"] = json!(uri)),
+                &[&format!("egress.URI: {message}")],
+            );
             check(
                 &with(|s| s["input"]["cross"][0]["atom"]["URI"] = json!(uri)),
                 &[&format!("input.cross[0].atom.URI: {message}")],
@@ -1783,7 +1862,10 @@ mod tests {
             ] })
         );
         assert_eq!(serde_json::from_value::<SpecError>(value).unwrap(), err);
-        assert_eq!(SpecError { problems: vec![] }.to_string(), "invalid pipeline spec");
+        assert_eq!(
+            SpecError { problems: vec![] }.to_string(),
+            "invalid pipeline spec"
+        );
     }
 
     #[test]

@@ -77,10 +77,7 @@ pub fn plan_datums(
             actual: listings.len(),
         });
     }
-    let mut planner = Planner {
-        listings,
-        next: 0,
-    };
+    let mut planner = Planner { listings, next: 0 };
     planner.plan(input)
 }
 
@@ -303,8 +300,11 @@ mod tests {
     #[test]
     fn whole_repo_is_one_datum() {
         let input = atom("s3://b/in/", "in", Glob::WholeRepo);
-        let datums =
-            plan_datums(&input, &[listing("s3://b/in/", &["z.txt", "a/b.txt", "a.txt"])]).unwrap();
+        let datums = plan_datums(
+            &input,
+            &[listing("s3://b/in/", &["z.txt", "a/b.txt", "a.txt"])],
+        )
+        .unwrap();
         assert_eq!(
             datums,
             vec![PlannedDatum {
@@ -354,7 +354,14 @@ mod tests {
             &input,
             &[listing(
                 "file:///data/",
-                &["dir/sub/deep.txt", "dir/x.txt", "a-b", "dir2/y", "top.txt", "dir/a.txt"],
+                &[
+                    "dir/sub/deep.txt",
+                    "dir/x.txt",
+                    "a-b",
+                    "dir2/y",
+                    "top.txt",
+                    "dir/a.txt",
+                ],
             )],
         )
         .unwrap();
@@ -476,8 +483,16 @@ mod tests {
         assert_eq!(
             local_paths(&datums),
             vec![
-                vec!["categories/fiction.txt", "categories/poetry.txt", "books/b1.txt"],
-                vec!["categories/fiction.txt", "categories/poetry.txt", "books/b2.txt"],
+                vec![
+                    "categories/fiction.txt",
+                    "categories/poetry.txt",
+                    "books/b1.txt"
+                ],
+                vec![
+                    "categories/fiction.txt",
+                    "categories/poetry.txt",
+                    "books/b2.txt"
+                ],
                 vec![
                     "categories/fiction.txt",
                     "categories/poetry.txt",
@@ -512,7 +527,11 @@ mod tests {
         .unwrap();
         assert_eq!(
             local_paths(&datums),
-            vec![vec!["a/1", "b/x"], vec!["a/2", "b/x"], vec!["a/1", "a/2", "c/y"]]
+            vec![
+                vec!["a/1", "b/x"],
+                vec!["a/2", "b/x"],
+                vec!["a/1", "a/2", "c/y"]
+            ]
         );
     }
 
@@ -566,7 +585,10 @@ mod tests {
                     reason,
                 }
             );
-            assert!(err.to_string().starts_with("s3://b/in/evil: unsafe relative path"));
+            assert!(
+                err.to_string()
+                    .starts_with("s3://b/in/evil: unsafe relative path")
+            );
         }
         // Dots inside names are fine.
         let input = atom("s3://b/in/", "in", Glob::WholeRepo);
@@ -586,8 +608,7 @@ mod tests {
         );
         // "a-b" sorts between "a" and "a/c", so this needs more than a
         // neighbour check.
-        let err =
-            plan_datums(&input, &[listing("s3://b/in/", &["a", "a-b", "a/c"])]).unwrap_err();
+        let err = plan_datums(&input, &[listing("s3://b/in/", &["a", "a-b", "a/c"])]).unwrap_err();
         assert_eq!(
             err,
             PlanError::FileAndDirectory {
@@ -603,7 +624,10 @@ mod tests {
         for repo in ["", "..", "a/b", "out"] {
             let input = atom("s3://b/in/", repo, Glob::WholeRepo);
             let err = plan_datums(&input, &[listing("s3://b/in/", &["x"])]).unwrap_err();
-            assert!(matches!(err, PlanError::InvalidRepo { .. }), "{repo}: {err}");
+            assert!(
+                matches!(err, PlanError::InvalidRepo { .. }),
+                "{repo}: {err}"
+            );
         }
         let input = Input::Cross(vec![
             atom("s3://b/x/", "x", Glob::WholeRepo),
@@ -625,7 +649,10 @@ mod tests {
             }],
         };
         let json = serde_json::to_string(&datum).unwrap();
-        assert_eq!(json, r#"{"files":[{"uri":"s3://b/x","local_path":"in/x"}]}"#);
+        assert_eq!(
+            json,
+            r#"{"files":[{"uri":"s3://b/x","local_path":"in/x"}]}"#
+        );
         assert_eq!(serde_json::from_str::<PlannedDatum>(&json).unwrap(), datum);
     }
 }

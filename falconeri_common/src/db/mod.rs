@@ -7,6 +7,8 @@
 //! written per backend.
 
 pub mod schema;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 use std::time::Duration;
 

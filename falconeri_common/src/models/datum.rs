@@ -6,8 +6,7 @@
 //! [`ModelError::Conflict`].
 
 use diesel::{
-    ExpressionMethods, OptionalExtension, QueryDsl, QueryableByName, RunQueryDsl,
-    SelectableHelper,
+    ExpressionMethods, OptionalExtension, QueryDsl, QueryableByName, RunQueryDsl, SelectableHelper,
     prelude::{Insertable, Queryable, Selectable},
 };
 
@@ -507,7 +506,11 @@ fn fail_set(message: &str, now: Millis) -> FailSet<'_> {
     )
 }
 
-fn output_rows<'a>(datum: &Datum, files: &'a [NewOutputFile], now: Millis) -> Vec<NewOutputFileRow<'a>> {
+fn output_rows<'a>(
+    datum: &Datum,
+    files: &'a [NewOutputFile],
+    now: Millis,
+) -> Vec<NewOutputFileRow<'a>> {
     files
         .iter()
         .map(|file| NewOutputFileRow {

@@ -98,8 +98,7 @@ impl Storage for FileStorage {
 }
 
 fn list_blocking(uri: &str, root: &Path) -> Result<Vec<ObjectInfo>> {
-    let meta =
-        std::fs::metadata(root).with_context(|| format!("cannot read input {uri}"))?;
+    let meta = std::fs::metadata(root).with_context(|| format!("cannot read input {uri}"))?;
     if meta.is_file() {
         let name = root
             .file_name()

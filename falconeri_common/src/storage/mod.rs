@@ -109,7 +109,10 @@ pub async fn prepare_local_path(root: &Path, relative: &str) -> Result<PathBuf> 
         .await
         .with_context(|| format!("cannot resolve {}", parent.display()))?;
     if !real_parent.starts_with(&real_root) {
-        bail!("refusing {relative:?}: it would be written outside {}", root.display());
+        bail!(
+            "refusing {relative:?}: it would be written outside {}",
+            root.display()
+        );
     }
     if let Ok(meta) = tokio::fs::symlink_metadata(&dest).await {
         if meta.file_type().is_symlink() || meta.is_dir() {
@@ -191,9 +194,8 @@ async fn collect_outputs(out_dir: &Path, work_root: &Path) -> Result<Vec<(String
                 .to_owned();
             checked_relative(&key)?;
             let path = if file_type.is_symlink() {
-                let target = std::fs::canonicalize(entry.path()).with_context(|| {
-                    format!("output {key:?} is a broken symlink")
-                })?;
+                let target = std::fs::canonicalize(entry.path())
+                    .with_context(|| format!("output {key:?} is a broken symlink"))?;
                 if !target.starts_with(&real_root) {
                     bail!(
                         "refusing output {key:?}: it links to {} outside the work directory",
@@ -223,10 +225,22 @@ mod tests {
 
     #[test]
     fn relative_paths_are_checked() {
-        for bad in ["", "/etc/passwd", "../x", "a/../../x", "a/./b", "a//b", "a\\b", "a/\0"] {
+        for bad in [
+            "",
+            "/etc/passwd",
+            "../x",
+            "a/../../x",
+            "a/./b",
+            "a//b",
+            "a\\b",
+            "a/\0",
+        ] {
             assert!(checked_relative(bad).is_err(), "{bad:?} should be refused");
         }
-        assert_eq!(checked_relative("a/b.txt").unwrap(), PathBuf::from("a/b.txt"));
+        assert_eq!(
+            checked_relative("a/b.txt").unwrap(),
+            PathBuf::from("a/b.txt")
+        );
     }
 
     #[test]
@@ -272,13 +286,19 @@ mod tests {
         assert_eq!(uploaded.len(), 2);
         assert_eq!(uploaded[0].uri, format!("{egress_uri}/a.txt"));
         assert_eq!(uploaded[1].size, 6);
-        assert_eq!(std::fs::read_to_string(egress.join("sub/b.txt")).unwrap(), "world!");
+        assert_eq!(
+            std::fs::read_to_string(egress.join("sub/b.txt")).unwrap(),
+            "world!"
+        );
 
         let secret = dir.path().join("secret.txt");
         std::fs::write(&secret, "secret").unwrap();
         std::os::unix::fs::symlink(&secret, out.join("leak.txt")).unwrap();
         let err = upload_outputs(&out, &work, &egress_uri).await.unwrap_err();
-        assert!(format!("{err:#}").contains("outside the work directory"), "{err:#}");
+        assert!(
+            format!("{err:#}").contains("outside the work directory"),
+            "{err:#}"
+        );
     }
 
     #[tokio::test]
@@ -294,7 +314,10 @@ mod tests {
             local_path: "repo/d/x.txt".to_owned(),
         }];
         assert_eq!(download_inputs(&files, &pfs).await.unwrap(), 1);
-        assert_eq!(std::fs::read_to_string(pfs.join("repo/d/x.txt")).unwrap(), "x");
+        assert_eq!(
+            std::fs::read_to_string(pfs.join("repo/d/x.txt")).unwrap(),
+            "x"
+        );
 
         let evil = vec![InputFileResponse {
             uri: files[0].uri.clone(),

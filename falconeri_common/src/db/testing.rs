@@ -1,0 +1,136 @@
+//! Throwaway databases for tests (feature `testing`): every test gets its own
+//! SQLite file or its own PostgreSQL database, migrated and dropped after.
+//!
+//! PostgreSQL tests need `FALCONERI_TEST_POSTGRES_URL`, an admin URL of a
+//! server where databases may be created; `./scripts/test` starts one.
+
+use super::{Backend, DbPool};
+
+/// The environment variable naming the PostgreSQL server for tests.
+pub const POSTGRES_URL_VAR: &str = "FALCONERI_TEST_POSTGRES_URL";
+
+/// A fresh, migrated database that disappears when dropped.
+pub struct TestDb {
+    pub pool: DbPool,
+    pub url: String,
+    _dir: Option<tempfile::TempDir>,
+    #[cfg(feature = "postgres")]
+    postgres: Option<(String, String)>,
+}
+
+impl std::fmt::Debug for TestDb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TestDb({})", self.backend().name())
+    }
+}
+
+impl TestDb {
+    /// Which backend this is.
+    pub fn backend(&self) -> Backend {
+        self.pool.backend()
+    }
+
+    /// A new SQLite database in a temporary directory.
+    pub fn sqlite() -> TestDb {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let url = format!("sqlite://{}", dir.path().join("test.sqlite3").display());
+        let pool = DbPool::connect(&url, 16).expect("open SQLite");
+        pool.run_migrations().expect("migrate SQLite");
+        TestDb {
+            pool,
+            url,
+            _dir: Some(dir),
+            #[cfg(feature = "postgres")]
+            postgres: None,
+        }
+    }
+
+    /// A new database on the PostgreSQL server named by
+    /// `FALCONERI_TEST_POSTGRES_URL`. Panics with instructions when unset:
+    /// a skipped PostgreSQL test would hide bugs.
+    #[cfg(feature = "postgres")]
+    pub fn postgres() -> TestDb {
+        use diesel::{Connection, RunQueryDsl, pg::PgConnection};
+
+        let admin_url = std::env::var(POSTGRES_URL_VAR).unwrap_or_else(|_| {
+            panic!(
+                "{POSTGRES_URL_VAR} is not set. Run ./scripts/test, which starts a \
+                 throwaway PostgreSQL, or point it at a server where tests may create databases."
+            )
+        });
+        let name = format!("falconeri_test_{}", hex::encode(rand::random::<[u8; 6]>()));
+        let mut admin = PgConnection::establish(&admin_url).expect("connect to test PostgreSQL");
+        diesel::sql_query(format!("CREATE DATABASE {name}"))
+            .execute(&mut admin)
+            .expect("create test database");
+        let url = replace_database(&admin_url, &name);
+        let pool = DbPool::connect(&url, 16).expect("connect to test database");
+        pool.run_migrations().expect("migrate PostgreSQL");
+        TestDb {
+            pool,
+            url,
+            _dir: None,
+            postgres: Some((admin_url, name)),
+        }
+    }
+
+    /// One fresh database per backend this build supports.
+    pub fn all() -> Vec<TestDb> {
+        vec![
+            TestDb::sqlite(),
+            #[cfg(feature = "postgres")]
+            TestDb::postgres(),
+        ]
+    }
+}
+
+/// `url` with its database name replaced by `name`.
+fn replace_database(url: &str, name: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let scheme_end = base.find("://").map(|i| i + 3).unwrap_or(0);
+    let host_end = base[scheme_end..]
+        .find('/')
+        .map(|i| i + scheme_end)
+        .unwrap_or(base.len());
+    let mut out = format!("{}/{name}", &base[..host_end]);
+    if let Some(query) = query {
+        out.push('?');
+        out.push_str(query);
+    }
+    out
+}
+
+#[cfg(feature = "postgres")]
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        use diesel::{Connection, RunQueryDsl, pg::PgConnection};
+        if let Some((admin_url, name)) = &self.postgres {
+            if let Ok(mut admin) = PgConnection::establish(admin_url) {
+                let _ = diesel::sql_query(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .execute(&mut admin);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn database_names_are_replaced() {
+        assert_eq!(
+            super::replace_database("postgres://u@h:5432/postgres", "x"),
+            "postgres://u@h:5432/x"
+        );
+        assert_eq!(
+            super::replace_database("postgres://u@h/postgres?sslmode=disable", "x"),
+            "postgres://u@h/x?sslmode=disable"
+        );
+        assert_eq!(
+            super::replace_database("postgres://u@h", "x"),
+            "postgres://u@h/x"
+        );
+    }
+}

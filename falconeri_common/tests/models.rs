@@ -1,0 +1,399 @@
+//! The database models on SQLite and on a real PostgreSQL, each test on a
+//! fresh database: reservation, claims, retries, expiry, finishing, and a
+//! claim storm proving a datum is never handed out twice.
+
+use std::{
+    collections::HashSet,
+    sync::{Arc, Barrier},
+};
+
+use falconeri_common::{
+    api::{Claim, NewOutputFile},
+    db::testing::TestDb,
+    db::DbConn,
+    models::{Datum, DeadOwners, Job, ModelError, NewJobParams, db_now},
+    pipeline::PipelineSpec,
+    plan::{PlannedDatum, PlannedFile},
+    status::{DatumStatus, JobStatus},
+};
+
+const LEASE: i64 = 30_000;
+
+fn spec(tries: u32) -> PipelineSpec {
+    PipelineSpec::from_json(&format!(
+        r#"{{
+            "pipeline": {{ "name": "model-test" }},
+            "transform": {{ "cmd": ["true"], "image": "alpine" }},
+            "parallelism_spec": {{ "constant": 2 }},
+            "resource_requests": {{ "memory": "64Mi", "cpu": 0.1 }},
+            "datum_tries": {tries},
+            "job_timeout": "1h",
+            "input": {{ "atom": {{ "URI": "file:///in/", "repo": "in", "glob": "/*" }} }},
+            "egress": {{ "URI": "file:///out/" }}
+        }}"#
+    ))
+    .expect("valid spec")
+}
+
+fn planned(n: usize, files_per_datum: usize) -> Vec<PlannedDatum> {
+    (0..n)
+        .map(|i| PlannedDatum {
+            files: (0..files_per_datum)
+                .map(|f| PlannedFile {
+                    uri: format!("file:///in/{i}/{f}.txt"),
+                    local_path: format!("in/{i}/{f}.txt"),
+                })
+                .collect(),
+        })
+        .collect()
+}
+
+fn create_job(conn: &mut DbConn, datums: usize, tries: u32) -> Job {
+    let spec = spec(tries);
+    let datums = planned(datums, 1);
+    let now = db_now(conn).unwrap();
+    let name = format!("model-test-{}", rand_suffix());
+    let job = Job::create(
+        conn,
+        NewJobParams {
+            spec: &spec,
+            datums: &datums,
+            retry_of: None,
+            worker_token: &format!("token-{name}"),
+            name: &name,
+        },
+        now,
+    )
+    .unwrap();
+    Job::mark_running(conn, job.id, now).unwrap()
+}
+
+fn rand_suffix() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed).to_string()
+}
+
+fn claim(datum: &Datum) -> Claim {
+    datum.claim().expect("reserved datum has a claim")
+}
+
+#[test]
+fn jobs_are_created_with_datums_and_files() {
+    for db in TestDb::all() {
+        let mut conn = db.pool.get().unwrap();
+        let job = create_job(&mut conn, 3, 1);
+        assert_eq!(job.status(), JobStatus::Running, "{db:?}");
+        assert_eq!(job.datum_count, 3);
+        assert!(job.deadline_at.is_some(), "job_timeout sets a deadline");
+        let counts = Job::counts(&mut conn, job.id).unwrap();
+        assert_eq!(counts.ready, 3);
+        let datums = Datum::list(&mut conn, job.id, None, 100).unwrap();
+        let files = Datum::input_files(&mut conn, datums[2].id).unwrap();
+        assert_eq!(files.len(), 1);
+        assert_eq!(files[0].local_path, "in/2/0.txt");
+        assert_eq!(Job::find_by_name(&mut conn, &job.name).unwrap().id, job.id);
+        assert!(matches!(Job::find(&mut conn, 999_999), Err(ModelError::NotFound(_))));
+        let by_token = Job::find_by_worker_token(&mut conn, &job.worker_token).unwrap();
+        assert_eq!(by_token.map(|j| j.id), Some(job.id));
+    }
+}
+
+#[test]
+fn reservation_records_owner_attempt_and_lease_from_the_given_clock() {
+    for db in TestDb::all() {
+        let mut conn = db.pool.get().unwrap();
+        let job = create_job(&mut conn, 2, 3);
+        let now = db_now(&mut conn).unwrap();
+        let first = Datum::reserve_next(&mut conn, job.id, "w1", now, LEASE, Some(5_000))
+            .unwrap()
+            .unwrap();
+        assert_eq!(first.status(), DatumStatus::Running);
+        assert_eq!(first.attempt, 1);
+        assert_eq!(first.owner.as_deref(), Some("w1"));
+        assert_eq!(first.lease_expires_at, Some(now + LEASE));
+        assert_eq!(first.deadline_at, Some(now + 5_000));
+        let second = Datum::reserve_next(&mut conn, job.id, "w2", now, LEASE, None)
+            .unwrap()
+            .unwrap();
+        assert_ne!(first.id, second.id);
+        assert!(
+            Datum::reserve_next(&mut conn, job.id, "w3", now, LEASE, None)
+                .unwrap()
+                .is_none(),
+            "{db:?}: nothing left"
+        );
+        let lease = Datum::heartbeat(&mut conn, first.id, &claim(&first), now + 10, LEASE).unwrap();
+        assert_eq!(lease, now + 10 + LEASE);
+    }
+}
+
+/// Regression test for the old falconeri: a worker whose lease expired must
+/// not be able to finish, fail or publish outputs for a datum now owned by
+/// someone else.
+#[test]
+fn stale_worker_writes_are_conflicts_and_change_nothing() {
+    for db in TestDb::all() {
+        let mut conn = db.pool.get().unwrap();
+        let job = create_job(&mut conn, 1, 3);
+        let now = db_now(&mut conn).unwrap();
+        let old = Datum::reserve_next(&mut conn, job.id, "old", now, LEASE, None)
+            .unwrap()
+            .unwrap();
+        let old_claim = claim(&old);
+
+        // The lease runs out; the babysitter requeues; a new worker takes it.
+        let later = now + LEASE + 1;
+        assert_eq!(Datum::expire_leases(&mut conn, later).unwrap(), 1);
+        let requeued = Datum::find(&mut conn, old.id).unwrap();
+        assert_eq!(requeued.status(), DatumStatus::Ready);
+        assert!(requeued.error_message.unwrap().contains("lease expired"));
+        let new = Datum::reserve_next(&mut conn, job.id, "new", later, LEASE, None)
+            .unwrap()
+            .unwrap();
+        assert_eq!(new.id, old.id);
+        assert_eq!(new.attempt, 2);
+
+        let files = [NewOutputFile {
+            uri: "file:///out/x".into(),
+            size: 1,
+        }];
+        let stale = [
+            Datum::heartbeat(&mut conn, old.id, &old_claim, later, LEASE).map(|_| ()),
+            Datum::mark_done(&mut conn, old.id, &old_claim, "out", &files, later).map(|_| ()),
+            Datum::mark_error(&mut conn, old.id, &old_claim, "out", "boom", later).map(|_| ()),
+            Datum::record_output_files(&mut conn, old.id, &old_claim, &files, later),
+        ];
+        for result in stale {
+            assert!(matches!(result, Err(ModelError::Conflict(_))), "{db:?}: {result:?}");
+        }
+        // The same worker name with the old attempt is stale too.
+        let same_name_old_attempt = Claim {
+            worker_id: "new".into(),
+            attempt: 1,
+        };
+        assert!(matches!(
+            Datum::mark_done(&mut conn, old.id, &same_name_old_attempt, "", &[], later),
+            Err(ModelError::Conflict(_))
+        ));
+        let current = Datum::find(&mut conn, old.id).unwrap();
+        assert_eq!(current.status(), DatumStatus::Running);
+        assert_eq!(current.owner.as_deref(), Some("new"));
+        assert!(Datum::output_files(&mut conn, old.id).unwrap().is_empty());
+
+        // The owner's write goes through and publishes its files.
+        let done = Datum::mark_done(&mut conn, old.id, &claim(&new), "ok", &files, later).unwrap();
+        assert_eq!(done.status(), DatumStatus::Done);
+        assert_eq!(Datum::output_files(&mut conn, old.id).unwrap().len(), 1);
+        assert!(matches!(
+            Datum::heartbeat(&mut conn, 999_999, &old_claim, later, LEASE),
+            Err(ModelError::NotFound(_))
+        ));
+    }
+}
+
+#[test]
+fn failures_retry_until_datum_tries_then_error() {
+    for db in TestDb::all() {
+        let mut conn = db.pool.get().unwrap();
+        let job = create_job(&mut conn, 1, 2);
+        let now = db_now(&mut conn).unwrap();
+        let first = Datum::reserve_next(&mut conn, job.id, "w", now, LEASE, None)
+            .unwrap()
+            .unwrap();
+        let after = Datum::mark_error(&mut conn, first.id, &claim(&first), "o1", "e1", now).unwrap();
+        assert_eq!(after.status(), DatumStatus::Ready, "{db:?}: one try left");
+        let second = Datum::reserve_next(&mut conn, job.id, "w", now, LEASE, None)
+            .unwrap()
+            .unwrap();
+        assert_eq!(second.attempt, 2);
+        let after = Datum::mark_error(&mut conn, second.id, &claim(&second), "o2", "e2", now).unwrap();
+        assert_eq!(after.status(), DatumStatus::Error);
+        assert_eq!(after.error_message.as_deref(), Some("e2"));
+        assert_eq!(after.output.as_deref(), Some("o2"));
+
+        let finished = Job::finish_if_complete(&mut conn, job.id, now).unwrap().unwrap();
+        assert_eq!(finished.status(), JobStatus::Error);
+        assert!(Job::finish_if_complete(&mut conn, job.id, now).unwrap().is_none());
+        let failed = Job::failed_datum_inputs(&mut conn, job.id).unwrap();
+        assert_eq!(failed.len(), 1);
+        assert_eq!(failed[0].files[0].local_path, "in/0/0.txt");
+    }
+}
+
+#[test]
+fn expiry_and_datum_timeouts_use_up_tries() {
+    for db in TestDb::all() {
+        let mut conn = db.pool.get().unwrap();
+        let job = create_job(&mut conn, 1, 1);
+        let now = db_now(&mut conn).unwrap();
+        let datum = Datum::reserve_next(&mut conn, job.id, "w", now, LEASE, Some(1_000))
+            .unwrap()
+            .unwrap();
+        // Heartbeats keep the lease fresh, but the deadline still passes.
+        assert_eq!(Datum::expire_leases(&mut conn, now + 2_000).unwrap(), 0);
+        assert_eq!(Datum::expire_deadlines(&mut conn, now + 500).unwrap(), 0);
+        assert_eq!(Datum::expire_deadlines(&mut conn, now + 2_000).unwrap(), 1);
+        let timed_out = Datum::find(&mut conn, datum.id).unwrap();
+        assert_eq!(timed_out.status(), DatumStatus::Error, "{db:?}: no tries left");
+        assert!(timed_out.error_message.unwrap().contains("timed out"));
+    }
+}
+
+#[test]
+fn datums_of_dead_workers_are_released() {
+    for db in TestDb::all() {
+        let mut conn = db.pool.get().unwrap();
+        let job = create_job(&mut conn, 2, 2);
+        let now = db_now(&mut conn).unwrap();
+        let a = Datum::reserve_next(&mut conn, job.id, "alive", now, LEASE, None).unwrap().unwrap();
+        let b = Datum::reserve_next(&mut conn, job.id, "dead", now, LEASE, None).unwrap().unwrap();
+        let dead = DeadOwners {
+            job_id: job.id,
+            worker_ids: vec!["dead".into()],
+        };
+        assert_eq!(Datum::release_dead_owners(&mut conn, &dead, now).unwrap(), 1);
+        assert_eq!(Datum::find(&mut conn, a.id).unwrap().status(), DatumStatus::Running);
+        assert_eq!(Datum::find(&mut conn, b.id).unwrap().status(), DatumStatus::Ready);
+    }
+}
+
+#[test]
+fn stopping_a_job_cancels_its_unfinished_datums_once() {
+    for db in TestDb::all() {
+        let mut conn = db.pool.get().unwrap();
+        let job = create_job(&mut conn, 3, 1);
+        let now = db_now(&mut conn).unwrap();
+        let running = Datum::reserve_next(&mut conn, job.id, "w", now, LEASE, None).unwrap().unwrap();
+        let done = Datum::reserve_next(&mut conn, job.id, "w2", now, LEASE, None).unwrap().unwrap();
+        Datum::mark_done(&mut conn, done.id, &claim(&done), "", &[], now).unwrap();
+
+        let (stopped, did) =
+            Job::stop(&mut conn, job.id, JobStatus::Canceled, Some("by test"), now).unwrap();
+        assert!(did);
+        assert_eq!(stopped.status(), JobStatus::Canceled);
+        let counts = Job::counts(&mut conn, job.id).unwrap();
+        assert_eq!((counts.canceled, counts.done), (2, 1), "{db:?}");
+        assert!(matches!(
+            Datum::mark_done(&mut conn, running.id, &claim(&running), "", &[], now),
+            Err(ModelError::Conflict(_))
+        ));
+        let (_, again) = Job::stop(&mut conn, job.id, JobStatus::Canceled, None, now).unwrap();
+        assert!(!again, "a finished job is not stopped twice");
+    }
+}
+
+#[test]
+fn jobs_past_their_timeout_are_found() {
+    for db in TestDb::all() {
+        let mut conn = db.pool.get().unwrap();
+        let job = create_job(&mut conn, 1, 1);
+        let deadline = job.deadline_at.unwrap();
+        assert!(Job::list_past_deadline(&mut conn, deadline - 1).unwrap().is_empty());
+        let past = Job::list_past_deadline(&mut conn, deadline + 1).unwrap();
+        assert_eq!(past.iter().map(|j| j.id).collect::<Vec<_>>(), [job.id]);
+    }
+}
+
+#[test]
+fn a_finished_job_is_done_when_every_datum_is_done() {
+    for db in TestDb::all() {
+        let mut conn = db.pool.get().unwrap();
+        let job = create_job(&mut conn, 2, 1);
+        let now = db_now(&mut conn).unwrap();
+        let a = Datum::reserve_next(&mut conn, job.id, "w", now, LEASE, None).unwrap().unwrap();
+        assert!(Job::finish_if_complete(&mut conn, job.id, now).unwrap().is_none());
+        Datum::mark_done(&mut conn, a.id, &claim(&a), "", &[], now).unwrap();
+        let b = Datum::reserve_next(&mut conn, job.id, "w", now, LEASE, None).unwrap().unwrap();
+        Datum::mark_done(&mut conn, b.id, &claim(&b), "", &[], now).unwrap();
+        let job = Job::finish_if_complete(&mut conn, job.id, now).unwrap().unwrap();
+        assert_eq!(job.status(), JobStatus::Done, "{db:?}");
+        assert!(job.finished_at.is_some());
+    }
+}
+
+/// 2,000 datums, 8 workers started together by a barrier: every datum is
+/// completed exactly once, and no reservation is handed out twice.
+#[test]
+fn claim_storm_completes_each_datum_exactly_once() {
+    const DATUMS: usize = 2_000;
+    const WORKERS: usize = 8;
+    for db in TestDb::all() {
+        let job_id = {
+            let mut conn = db.pool.get().unwrap();
+            create_job(&mut conn, DATUMS, 1).id
+        };
+        let barrier = Arc::new(Barrier::new(WORKERS));
+        let handles: Vec<_> = (0..WORKERS)
+            .map(|w| {
+                let pool = db.pool.clone();
+                let barrier = barrier.clone();
+                std::thread::spawn(move || {
+                    let mut conn = pool.get().unwrap();
+                    let worker = format!("w{w}");
+                    let mut completed = Vec::new();
+                    barrier.wait();
+                    loop {
+                        let now = db_now(&mut conn).unwrap();
+                        let Some(datum) =
+                            Datum::reserve_next(&mut conn, job_id, &worker, now, LEASE, None)
+                                .unwrap()
+                        else {
+                            break;
+                        };
+                        Datum::mark_done(&mut conn, datum.id, &claim(&datum), "", &[], now)
+                            .unwrap();
+                        completed.push(datum.id);
+                    }
+                    completed
+                })
+            })
+            .collect();
+        let mut all = Vec::new();
+        let mut per_worker = Vec::new();
+        for handle in handles {
+            let completed = handle.join().unwrap();
+            per_worker.push(completed.len());
+            all.extend(completed);
+        }
+        let unique: HashSet<_> = all.iter().collect();
+        assert_eq!(all.len(), DATUMS, "{db:?}: completions {per_worker:?}");
+        assert_eq!(unique.len(), DATUMS, "{db:?}: a datum was completed twice");
+        let mut conn = db.pool.get().unwrap();
+        let counts = Job::counts(&mut conn, job_id).unwrap();
+        assert_eq!(counts.done, i64::try_from(DATUMS).unwrap());
+        for datum in Datum::list(&mut conn, job_id, None, 10_000).unwrap() {
+            assert_eq!(datum.attempt, 1, "{db:?}: datum {} reserved twice", datum.id);
+        }
+    }
+}
+
+/// The old falconeri inserted every input file in one statement and broke
+/// past PostgreSQL's 65,535 bind parameters.
+#[test]
+fn a_job_of_100_000_input_files_is_accepted() {
+    for db in TestDb::all() {
+        let mut conn = db.pool.get().unwrap();
+        let spec = spec(1);
+        // 25,000 datums of 4 files each: both tables need many chunks.
+        let datums = planned(25_000, 4);
+        let now = db_now(&mut conn).unwrap();
+        let job = Job::create(
+            &mut conn,
+            NewJobParams {
+                spec: &spec,
+                datums: &datums,
+                retry_of: None,
+                worker_token: "big-token",
+                name: "big-job",
+            },
+            now,
+        )
+        .unwrap();
+        assert_eq!(job.datum_count, 25_000, "{db:?}");
+        let last = Datum::list(&mut conn, job.id, None, 100_000).unwrap();
+        assert_eq!(last.len(), 25_000);
+        let files = Datum::input_files(&mut conn, last[24_999].id).unwrap();
+        assert_eq!(files[3].local_path, "in/24999/3.txt");
+    }
+}
