@@ -2,7 +2,7 @@
 //! retry and cancel them.
 
 use std::{
-    fmt::{self, Write as _},
+    fmt,
     fs,
     path::{Path, PathBuf},
     time::Duration,
@@ -308,14 +308,16 @@ fn progress_bar(job: &JobResponse, counts: &StatusCounts) -> ProgressBar {
     bar
 }
 
+/// Each setter may redraw, so the message goes first: a bar is never drawn
+/// without it.
 fn show_progress(bar: &ProgressBar, counts: &StatusCounts) {
-    bar.set_length(u64::try_from(counts.total()).unwrap_or(0));
-    bar.set_position(u64::try_from(counts.finished()).unwrap_or(0));
     bar.set_message(format!(
         "{} failed, {} running",
         counts.error + counts.canceled,
         counts.running
     ));
+    bar.set_length(u64::try_from(counts.total()).unwrap_or(0));
+    bar.set_position(u64::try_from(counts.finished()).unwrap_or(0));
 }
 
 /// Success only for a job that ended `done`; otherwise a one-line summary

@@ -21,7 +21,7 @@
 
 use std::{
     fs::{self, File, OpenOptions, TryLockError},
-    io::{self, Write as _},
+    io::{self, Read as _, Seek as _, SeekFrom, Write as _},
     os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt},
     path::{Path, PathBuf},
     process::Stdio,
@@ -201,8 +201,11 @@ async fn start_server(home: &Home, ready_timeout: Duration) -> Result<String> {
     let line = match first_line {
         Ok(Ok(Ok(line))) => line,
         Ok(Ok(Err(status))) => {
+            let why = last_error(&log_path)
+                .map(|error| format!(": {error}"))
+                .unwrap_or_default();
             bail!(
-                "the local server exited ({status}) before it was ready; {}",
+                "the local server exited ({status}) before it was ready{why}; {}",
                 see_log()
             )
         }
@@ -238,6 +241,23 @@ async fn start_server(home: &Home, ready_timeout: Duration) -> Result<String> {
             )
         }
     }
+}
+
+/// The last `error: ...` line in the tail of the log: what a server that
+/// failed to start said as it exited (its `main` prints exactly that).
+fn last_error(log_path: &Path) -> Option<String> {
+    // The log grows across starts; the end is all that matters.
+    const TAIL: u64 = 16 * 1024;
+    let mut file = File::open(log_path).ok()?;
+    let len = file.metadata().ok()?.len();
+    file.seek(SeekFrom::Start(len.saturating_sub(TAIL))).ok()?;
+    let mut tail = Vec::new();
+    file.read_to_end(&mut tail).ok()?;
+    String::from_utf8_lossy(&tail)
+        .lines()
+        .rev()
+        .find_map(|line| line.strip_prefix("error: "))
+        .map(str::to_owned)
 }
 
 /// The URL in a `ready <url>` line.
@@ -581,6 +601,23 @@ mod tests {
         );
         assert_eq!(parse_ready_line("ready "), None);
         assert_eq!(parse_ready_line("error: cannot write server.json"), None);
+    }
+
+    #[test]
+    fn start_up_error_is_found_in_the_log() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join("falconerid.log");
+        assert_eq!(last_error(&log), None);
+        fs::write(
+            &log,
+            "error: an older failure\n--- starting\nINFO starting\n\
+             error: cannot open SQLite database x: locked\n",
+        )
+        .expect("write");
+        assert_eq!(
+            last_error(&log).as_deref(),
+            Some("cannot open SQLite database x: locked")
+        );
     }
 
     #[test]

@@ -96,10 +96,10 @@ pub enum ImagePullPolicy {
 }
 
 /// A Kubernetes secret made available to the workers.
-///
-/// Deserialized through [`RawSecret`], which rejects unknown fields and gives
-/// a malformed entry a message saying what is expected, rather than serde's
-/// "did not match any variant".
+//
+// Deserialized through `RawSecret`, which rejects unknown fields and gives a
+// malformed entry a message saying what is expected, rather than serde's
+// "did not match any variant".
 #[derive(Debug, Clone, Serialize, PartialEq, Eq, JsonSchema)]
 #[serde(untagged)]
 pub enum Secret {
@@ -195,8 +195,8 @@ impl ResourceRequests {
 }
 
 /// A CPU request: a JSON number of cores, or a Kubernetes quantity string.
-///
-/// The original form is kept so that a spec serializes as it was written.
+//
+// The original form is kept so that a spec serializes as it was written.
 #[derive(Debug, Clone, Serialize, PartialEq, JsonSchema)]
 #[serde(untagged)]
 pub enum CpuQuantity {
@@ -482,6 +482,7 @@ impl JsonSchema for HumanDuration {
 /// Where the data comes from and how it is cut into datums.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, JsonSchema)]
 #[serde(rename_all = "lowercase", deny_unknown_fields)]
+#[schemars(transform = add_pfs_alias)]
 pub enum Input {
     /// One location in storage (`pfs` is accepted as another name).
     #[serde(alias = "pfs")]
@@ -520,6 +521,23 @@ impl Input {
             }
         }
     }
+}
+
+/// Lists `pfs`, serde's alias of `atom`, in the schema too, so that editors
+/// accept the specs that use it.
+fn add_pfs_alias(schema: &mut schemars::Schema) {
+    let Some(serde_json::Value::Array(variants)) = schema.get_mut("oneOf") else {
+        return;
+    };
+    let pfs = variants.iter().find_map(|variant| {
+        let atom = variant.get("properties")?.get("atom")?.clone();
+        let mut pfs = variant.as_object()?.clone();
+        pfs.insert("properties".into(), serde_json::json!({ "pfs": atom }));
+        pfs.insert("required".into(), serde_json::json!(["pfs"]));
+        pfs.insert("description".into(), "Another name for `atom`.".into());
+        Some(serde_json::Value::Object(pfs))
+    });
+    variants.extend(pfs);
 }
 
 /// One location in storage, mounted in each datum at `pfs/<repo>`.
@@ -1090,6 +1108,9 @@ pub fn json_schema() -> serde_json::Value {
 
 #[cfg(test)]
 mod tests {
+    // Unwrapping is how a test says "this must succeed".
+    #![allow(clippy::unwrap_used)]
+
     use serde_json::{Value, json};
 
     use super::*;
@@ -1925,5 +1946,13 @@ mod tests {
         assert!(text.contains("HumanDuration"));
         assert!(text.contains("\"/*\""));
         assert!(text.contains("\"URI\""));
+        let input_kinds: Vec<&str> = schema["$defs"]["Input"]["oneOf"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|variant| variant["required"].as_array().unwrap())
+            .map(|kind| kind.as_str().unwrap())
+            .collect();
+        assert_eq!(input_kinds, ["atom", "cross", "union", "pfs"]);
     }
 }

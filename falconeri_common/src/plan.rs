@@ -267,6 +267,9 @@ fn check_relative_path(path: &str) -> Result<(), &'static str> {
 
 #[cfg(test)]
 mod tests {
+    // Unwrapping is how a test says "this must succeed".
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
 
     fn atom(uri: &str, repo: &str, glob: Glob) -> Input {

@@ -1,6 +1,9 @@
 //! The specs users already have (copied unchanged from the reference set)
 //! and our own fixtures must parse, validate and round-trip.
 
+// Unwrapping is how a test says "this must succeed".
+#![allow(clippy::unwrap_used)]
+
 use std::{
     path::{Path, PathBuf},
     time::Duration,

@@ -10,7 +10,7 @@ mod file;
 
 use std::{
     fmt,
-    path::{Component, Path, PathBuf},
+    path::{Path, PathBuf},
     sync::Arc,
 };
 
@@ -77,16 +77,13 @@ pub fn checked_relative(relative: &str) -> Result<PathBuf> {
     if relative.is_empty() || relative.contains('\0') || relative.contains('\\') {
         bail!("unsafe path {relative:?}");
     }
-    let path = Path::new(relative);
+    // Check the raw parts: `Path::components` would quietly drop a `.`.
     let mut out = PathBuf::new();
-    for component in path.components() {
-        match component {
-            Component::Normal(part) => out.push(part),
-            _ => bail!("unsafe path {relative:?}: only plain relative paths are allowed"),
+    for part in relative.split('/') {
+        if part.is_empty() || part == "." || part == ".." {
+            bail!("unsafe path {relative:?}: only plain relative paths are allowed");
         }
-    }
-    if out.as_os_str().is_empty() || relative.split('/').any(|part| part.is_empty()) {
-        bail!("unsafe path {relative:?}");
+        out.push(part);
     }
     Ok(out)
 }
