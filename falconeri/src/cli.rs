@@ -22,8 +22,9 @@ pub struct Cli {
     pub command: Command,
 }
 
-/// Flags accepted by every command.
+/// Flags accepted by every command, listed apart from each command's own.
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Global options")]
 pub struct GlobalArgs {
     /// The falconerid to talk to, such as https://falconeri.example.com.
     ///
@@ -245,6 +246,11 @@ mod tests {
     use super::*;
     use clap::CommandFactory;
 
+    /// A command line from words separated by spaces.
+    fn args(line: &str) -> Vec<OsString> {
+        line.split_whitespace().map(OsString::from).collect()
+    }
+
     #[test]
     fn command_line_is_well_formed() {
         Cli::command().debug_assert();
@@ -253,35 +259,41 @@ mod tests {
 
     #[test]
     fn only_internal_worker_selects_the_worker() {
-        let args = |words: &[&str]| words.iter().map(OsString::from).collect::<Vec<_>>();
-        assert!(is_internal_worker(&args(&["falconeri", "internal", "worker"])));
-        assert!(is_internal_worker(&args(&[
-            "/bin/falconeri",
-            "internal",
-            "worker",
-            "--server",
-            "x"
-        ])));
-        assert!(!is_internal_worker(&args(&["falconeri", "internal", "server"])));
-        assert!(!is_internal_worker(&args(&["falconeri", "job", "worker"])));
-        assert!(!is_internal_worker(&args(&["falconeri", "internal"])));
+        assert!(is_internal_worker(&args("falconeri internal worker")));
+        assert!(is_internal_worker(&args(
+            "/bin/falconeri internal worker --server x"
+        )));
+        assert!(!is_internal_worker(&args("falconeri internal server")));
+        assert!(!is_internal_worker(&args("falconeri job worker")));
+        assert!(!is_internal_worker(&args("falconeri internal")));
+    }
+
+    #[test]
+    fn worker_flags_reach_the_worker() {
+        let cli = parse_worker(args(
+            "falconeri internal worker --server http://h:1 --token t0123456789abcdef --job-id 3",
+        ));
+        assert_eq!(cli.config.server, "http://h:1");
+        assert_eq!(cli.config.job_id, 3);
     }
 
     #[test]
     fn statuses_parse() {
-        let cli = Cli::try_parse_from([
-            "falconeri", "datum", "list", "--job", "x", "--status", "error",
-        ])
-        .expect("parses");
+        let cli = Cli::try_parse_from(args("falconeri datum list --job x --status error"))
+            .expect("parses");
         match cli.command {
             Command::Datum(DatumCommand::List { status, .. }) => {
                 assert_eq!(status, Some(DatumStatus::Error));
             }
             other => panic!("unexpected {other:?}"),
         }
-        assert!(
-            Cli::try_parse_from(["falconeri", "datum", "list", "--job", "x", "--status", "bad"])
-                .is_err()
-        );
+        assert!(Cli::try_parse_from(args("falconeri datum list --job x --status bad")).is_err());
+    }
+
+    #[test]
+    fn global_flags_go_anywhere() {
+        let cli = Cli::try_parse_from(args("falconeri job list --local -o json")).expect("parses");
+        assert!(cli.global.local);
+        assert_eq!(cli.global.output, OutputFormat::Json);
     }
 }

@@ -145,9 +145,15 @@ mod tests {
 
     #[test]
     fn no_server_means_local() {
-        assert_eq!(Server::resolve(None, Some("t".into()), false), Server::Local);
+        assert_eq!(
+            Server::resolve(None, Some("t".into()), false),
+            Server::Local
+        );
         // An empty variable (`FALCONERI_SERVER=`) is the same as none.
-        assert_eq!(Server::resolve(Some(" ".into()), None, false), Server::Local);
+        assert_eq!(
+            Server::resolve(Some(" ".into()), None, false),
+            Server::Local
+        );
     }
 
     #[test]

@@ -47,13 +47,11 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
 /// every problem when the server refused the spec.
 pub fn spec_request_error(err: ClientError, spec_name: &str) -> anyhow::Error {
     match err {
-        ClientError::Api { body, .. } if body.error.code == INVALID_SPEC_CODE => {
-            InvalidSpec {
-                summary: format!("the server refused {spec_name}: {}", body.error.message),
-                problems: body.error.problems,
-            }
-            .into()
+        ClientError::Api { body, .. } if body.error.code == INVALID_SPEC_CODE => InvalidSpec {
+            summary: format!("the server refused {spec_name}: {}", body.error.message),
+            problems: body.error.problems,
         }
+        .into(),
         other => anyhow::Error::new(other).context(format!("cannot start a job from {spec_name}")),
     }
 }
@@ -94,7 +92,9 @@ mod tests {
     fn invalid_specs_exit_2() {
         assert_eq!(exit_code(&invalid().into()), 2);
         // Still 2 when a caller added context.
-        let wrapped = Err::<(), _>(invalid()).context("while starting").unwrap_err();
+        let wrapped = Err::<(), _>(invalid())
+            .context("while starting")
+            .unwrap_err();
         assert_eq!(exit_code(&wrapped), 2);
     }
 

@@ -2,8 +2,7 @@
 //! retry and cancel them.
 
 use std::{
-    fmt,
-    fs,
+    fmt, fs,
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -38,7 +37,10 @@ pub async fn run(config: &Config, command: JobCommand) -> Result<()> {
             let job = find_job(&client, &job).await?;
             wait(config, &client, job).await
         }
-        JobCommand::Retry { job, wait: and_wait } => retry(config, &job, and_wait).await,
+        JobCommand::Retry {
+            job,
+            wait: and_wait,
+        } => retry(config, &job, and_wait).await,
         JobCommand::Cancel { job } => cancel(config, &job).await,
         JobCommand::Validate { spec } => {
             load_spec(&spec)?;
@@ -133,8 +135,7 @@ async fn list(config: &Config, limit: Option<i64>) -> Result<()> {
         return Ok(());
     }
     let now = output::now_millis();
-    let mut table =
-        Table::with_headers(&["NAME", "ID", "STATUS", "DATUMS", "CREATED", "DURATION"]);
+    let mut table = Table::with_headers(&["NAME", "ID", "STATUS", "DATUMS", "CREATED", "DURATION"]);
     for job in &jobs.jobs {
         table.row([
             job.name.clone(),
@@ -513,7 +514,10 @@ mod tests {
     fn missing_spec_is_not_a_validation_error() {
         let err = load_spec(Path::new("/nonexistent/spec.json")).expect_err("fails");
         assert_eq!(crate::error::exit_code(&err), 1);
-        assert!(err.to_string().starts_with("cannot read /nonexistent/spec.json"));
+        assert!(
+            err.to_string()
+                .starts_with("cannot read /nonexistent/spec.json")
+        );
     }
 
     #[test]

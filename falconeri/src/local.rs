@@ -50,6 +50,9 @@ use crate::{
 /// The line prefix by which the server says it is listening.
 const READY_PREFIX: &str = "ready ";
 
+/// Starts the line the CLI writes to the log before each start.
+const START_MARKER: &str = "--- ";
+
 /// The files of one home directory.
 #[derive(Debug, Clone)]
 struct Home {
@@ -123,21 +126,23 @@ pub async fn ensure_server(config: &Config) -> Result<Client> {
     if is_held(&home.running_lock())? {
         let info = read_server_info(&home)?.ok_or_else(|| {
             anyhow!(
-                "a local falconerid holds {} but wrote no {}; see {}",
+                "a local server holds {} but wrote no {}; see {}",
                 home.running_lock().display(),
                 home.server_json().display(),
                 home.log().display()
             )
         })?;
         let client = client_for(&info.url, &token)?;
-        let version = probe(&client, config.probe_timeout).await.with_context(|| {
-            format!(
-                "the local falconerid (pid {}) is running but does not answer; see {}, or \
-                 restart it with `falconeri local stop`",
-                info.pid,
-                home.log().display()
-            )
-        })?;
+        let version = probe(&client, config.probe_timeout)
+            .await
+            .with_context(|| {
+                format!(
+                    "the local server (pid {}) is running but does not answer; see {}, or \
+                     restart it with `falconeri local stop`",
+                    info.pid,
+                    home.log().display()
+                )
+            })?;
         if version.version != VERSION {
             eprintln!(
                 "warning: the local server runs falconeri {}, but this is {VERSION}; \
@@ -166,7 +171,7 @@ async fn start_server(home: &Home, ready_timeout: Duration) -> Result<String> {
     // A marker, so each start's messages are easy to find in the log.
     writeln!(
         log,
-        "--- {} falconeri {VERSION} starting the local server",
+        "{START_MARKER}{} falconeri {VERSION} starting the local server",
         output::time(output::now_millis())
     )
     .with_context(|| format!("cannot write {}", log_path.display()))?;
@@ -192,7 +197,7 @@ async fn start_server(home: &Home, ready_timeout: Duration) -> Result<String> {
     let see_log = || format!("see {}", log_path.display());
     let first_line = tokio::time::timeout(ready_timeout, async {
         match lines.next_line().await? {
-            Some(line) => Ok(Ok(line)),
+            Some(line) => io::Result::Ok(Ok(line)),
             // The pipe closed without a line: the server has exited.
             None => Ok(Err(child.wait().await?)),
         }
@@ -210,7 +215,6 @@ async fn start_server(home: &Home, ready_timeout: Duration) -> Result<String> {
             )
         }
         Ok(Err(err)) => {
-            let err: io::Error = err;
             let _ = child.start_kill();
             return Err(anyhow::Error::new(err)
                 .context(format!("cannot hear from the local server; {}", see_log())));
@@ -243,8 +247,9 @@ async fn start_server(home: &Home, ready_timeout: Duration) -> Result<String> {
     }
 }
 
-/// The last `error: ...` line in the tail of the log: what a server that
-/// failed to start said as it exited (its `main` prints exactly that).
+/// The last `error: ...` line since the last start marker in the log: what
+/// a server that failed to start said as it exited (`main` prints exactly
+/// that).
 fn last_error(log_path: &Path) -> Option<String> {
     // The log grows across starts; the end is all that matters.
     const TAIL: u64 = 16 * 1024;
@@ -256,6 +261,8 @@ fn last_error(log_path: &Path) -> Option<String> {
     String::from_utf8_lossy(&tail)
         .lines()
         .rev()
+        // Only this start's lines: an older failure would mislead.
+        .take_while(|line| !line.starts_with(START_MARKER))
         .find_map(|line| line.strip_prefix("error: "))
         .map(str::to_owned)
 }
@@ -586,7 +593,10 @@ mod tests {
 
     #[test]
     fn tokens_differ_between_homes() {
-        let (a, b) = (tempfile::tempdir().expect("a"), tempfile::tempdir().expect("b"));
+        let (a, b) = (
+            tempfile::tempdir().expect("a"),
+            tempfile::tempdir().expect("b"),
+        );
         assert_ne!(
             load_or_create_token(a.path()).expect("a"),
             load_or_create_token(b.path()).expect("b")
@@ -608,10 +618,11 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let log = dir.path().join("falconerid.log");
         assert_eq!(last_error(&log), None);
+        fs::write(&log, "error: an older failure\n--- starting\nINFO killed\n").expect("write");
+        assert_eq!(last_error(&log), None);
         fs::write(
             &log,
-            "error: an older failure\n--- starting\nINFO starting\n\
-             error: cannot open SQLite database x: locked\n",
+            "--- starting\nINFO starting\nerror: cannot open SQLite database x: locked\n",
         )
         .expect("write");
         assert_eq!(

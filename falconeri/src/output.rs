@@ -86,10 +86,8 @@ pub fn print_json(value: &impl Serialize) -> Result<()> {
 /// A timestamp as RFC 3339 in UTC, to the second.
 pub fn time(millis: Millis) -> String {
     match u64::try_from(millis) {
-        Ok(millis) => {
-            humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(millis))
-                .to_string()
-        }
+        Ok(millis) => humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(millis))
+            .to_string(),
         // Before 1970: not something falconerid writes, but show it as is.
         Err(_) => format!("{millis}ms"),
     }

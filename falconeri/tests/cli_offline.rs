@@ -92,7 +92,10 @@ fn every_validation_problem_is_listed() {
     let output = falconeri(dir.path(), &["job", "validate", &spec]);
     assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
     let err = stderr(&output);
-    assert!(err.starts_with(&format!("error: {spec} is invalid:")), "{err}");
+    assert!(
+        err.starts_with(&format!("error: {spec} is invalid:")),
+        "{err}"
+    );
     assert!(err.contains("\n  transform.cmd: "), "{err}");
     assert!(err.contains("\n  parallelism_spec.constant: "), "{err}");
     assert!(stdout(&output).is_empty());
@@ -117,7 +120,10 @@ fn broken_json_is_invalid() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("broken.json");
     std::fs::write(&path, "{ \"pipeline\": ").expect("write");
-    let output = falconeri(dir.path(), &["job", "validate", path.to_str().expect("utf-8")]);
+    let output = falconeri(
+        dir.path(),
+        &["job", "validate", path.to_str().expect("utf-8")],
+    );
     assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
 }
 
@@ -142,7 +148,10 @@ fn invalid_spec_is_refused_before_any_server_is_contacted() {
 fn missing_spec_file_is_an_ordinary_error() {
     let dir = tempfile::tempdir().expect("tempdir");
     let missing = dir.path().join("nope.json");
-    let output = falconeri(dir.path(), &["job", "validate", missing.to_str().expect("utf-8")]);
+    let output = falconeri(
+        dir.path(),
+        &["job", "validate", missing.to_str().expect("utf-8")],
+    );
     assert_eq!(output.status.code(), Some(1));
     let err = stderr(&output);
     assert!(err.starts_with("error: cannot read "), "{err}");

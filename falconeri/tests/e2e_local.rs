@@ -1,0 +1,244 @@
+//! End-to-end tests of the embedded default: the real CLI binary starts a
+//! real falconerid (SQLite) which starts real worker processes that run real
+//! commands on `file://` storage.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Output},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+/// One isolated local setup; stops its server when dropped.
+struct Local {
+    home: tempfile::TempDir,
+    work: tempfile::TempDir,
+}
+
+impl Local {
+    fn new() -> Local {
+        Local {
+            home: tempfile::tempdir().unwrap(),
+            work: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn falconeri(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_falconeri"))
+            .args(args)
+            .env("FALCONERI_HOME", self.home.path())
+            .env_remove("FALCONERI_SERVER")
+            .env_remove("FALCONERI_TOKEN")
+            .env("RUST_LOG", "info")
+            .output()
+            .unwrap()
+    }
+
+    /// Runs a command that must succeed and returns its stdout as JSON.
+    fn json(&self, args: &[&str]) -> Value {
+        let output = self.falconeri(args);
+        assert!(output.status.success(), "{args:?} failed: {}", describe(&output));
+        serde_json::from_slice(&output.stdout)
+            .unwrap_or_else(|err| panic!("{args:?}: not JSON ({err}): {}", describe(&output)))
+    }
+
+    fn write_spec(&self, name: &str, spec: &Value) -> PathBuf {
+        let path = self.work.path().join(name);
+        std::fs::write(&path, serde_json::to_vec_pretty(spec).unwrap()).unwrap();
+        path
+    }
+}
+
+impl Drop for Local {
+    fn drop(&mut self) {
+        let _ = self.falconeri(&["local", "stop"]);
+    }
+}
+
+fn describe(output: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+fn example_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/word-frequencies")
+}
+
+fn small_spec(local: &Local, name: &str, cmd: Value, extra: Value) -> PathBuf {
+    let input = local.work.path().join(format!("{name}-in"));
+    std::fs::create_dir_all(&input).unwrap();
+    std::fs::write(input.join("one.txt"), "one").unwrap();
+    std::fs::write(input.join("two.txt"), "two").unwrap();
+    let mut spec = serde_json::json!({
+        "pipeline": { "name": name },
+        "transform": { "cmd": cmd, "image": "alpine" },
+        "parallelism_spec": { "constant": 2 },
+        "resource_requests": { "memory": "64Mi", "cpu": 0.1 },
+        "input": { "atom": { "URI": format!("file://./{name}-in/"), "repo": "in", "glob": "/*" } },
+        "egress": { "URI": format!("file://./{name}-out/") }
+    });
+    for (key, value) in extra.as_object().unwrap() {
+        spec[key] = value.clone();
+    }
+    local.write_spec(&format!("{name}.json"), &spec)
+}
+
+#[test]
+fn word_frequencies_example_runs_end_to_end() {
+    let local = Local::new();
+    let example = local.work.path().join("word-frequencies");
+    copy_dir(&example_dir().join("texts"), &example.join("texts"));
+    copy_dir(&example_dir().join("scripts"), &example.join("scripts"));
+    std::fs::copy(
+        example_dir().join("word-frequencies.local.json"),
+        example.join("word-frequencies.local.json"),
+    )
+    .unwrap();
+    let spec = example.join("word-frequencies.local.json");
+
+    let output = local.falconeri(&["job", "run", "--local", "--wait", spec.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", describe(&output));
+
+    // Every text was counted, exactly as expected.
+    let expected_dir = example_dir().join("expected");
+    let mut compared = 0;
+    for entry in std::fs::read_dir(&expected_dir).unwrap() {
+        let entry = entry.unwrap();
+        let expected = std::fs::read_to_string(entry.path()).unwrap();
+        let actual_path = example.join("output").join(entry.file_name());
+        let actual = std::fs::read_to_string(&actual_path)
+            .unwrap_or_else(|err| panic!("{}: {err}", actual_path.display()));
+        assert_eq!(actual, expected, "{}", entry.file_name().to_string_lossy());
+        compared += 1;
+    }
+    assert_eq!(compared, 6);
+
+    // The state persists: list, describe and datum commands see the job.
+    let jobs = local.json(&["job", "list", "--local", "-o", "json"]);
+    let job = &jobs["jobs"][0];
+    assert_eq!(job["status"], "done", "{jobs}");
+    let name = job["name"].as_str().unwrap();
+    assert!(name.starts_with("word-frequencies-"));
+    let described = local.json(&["job", "describe", "--local", name, "-o", "json"]);
+    assert_eq!(described["counts"]["done"], 6, "{described}");
+    let datums = local.json(&["datum", "list", "--local", "--job", name, "-o", "json"]);
+    let datums = datums["datums"].as_array().unwrap();
+    assert_eq!(datums.len(), 6);
+    let id = datums[0]["id"].to_string();
+    let datum = local.json(&["datum", "describe", "--local", &id, "-o", "json"]);
+    assert!(datum["output"].as_str().unwrap().contains("words"), "{datum}");
+    assert_eq!(datum["output_files"].as_array().unwrap().len(), 1);
+    let text = local.falconeri(&["job", "describe", "--local", name]);
+    assert!(text.status.success(), "{}", describe(&text));
+    assert!(String::from_utf8_lossy(&text.stdout).contains("done"));
+}
+
+#[test]
+fn failing_commands_fail_the_job_and_retry_runs_them_again() {
+    let local = Local::new();
+    let spec = small_spec(
+        &local,
+        "always-fails",
+        serde_json::json!(["sh", "-c", "echo about to fail; exit 3"]),
+        serde_json::json!({ "datum_tries": 2 }),
+    );
+    let output = local.falconeri(&["job", "run", "--local", "--wait", spec.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(1), "{}", describe(&output));
+
+    let jobs = local.json(&["job", "list", "--local", "-o", "json"]);
+    let name = jobs["jobs"][0]["name"].as_str().unwrap().to_owned();
+    let described = local.json(&["job", "describe", "--local", &name, "-o", "json"]);
+    assert_eq!(described["job"]["status"], "error");
+    assert_eq!(described["counts"]["error"], 2, "{described}");
+    let failed = &described["failed"][0];
+    assert_eq!(failed["attempt"], 2, "datum_tries 2 means two attempts");
+    assert!(failed["error_message"].as_str().unwrap().contains('3'), "{failed}");
+    let datum = local.json(&["datum", "describe", "--local", &failed["id"].to_string(), "-o", "json"]);
+    assert!(datum["output"].as_str().unwrap().contains("about to fail"), "{datum}");
+
+    let retry = local.falconeri(&["job", "retry", "--local", "--wait", &name]);
+    assert_eq!(retry.status.code(), Some(1), "{}", describe(&retry));
+    let jobs = local.json(&["job", "list", "--local", "-o", "json"]);
+    assert_eq!(jobs["jobs"][0]["retry_of"], described["job"]["id"]);
+    assert_eq!(jobs["jobs"][0]["datum_count"], 2);
+}
+
+fn processes_with(marker: &str) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+            if String::from_utf8_lossy(&cmdline).contains(marker) {
+                pids.push(pid);
+            }
+        }
+    }
+    pids
+}
+
+#[test]
+fn cancel_kills_running_commands() {
+    let local = Local::new();
+    let marker = format!("falconeri-cancel-marker-{}", std::process::id());
+    // The sleep is a grandchild of the worker: killing the command's process
+    // group must take it down too.
+    let script = format!("sleep 300 & wait # {marker}");
+    let spec = small_spec(&local, "sleepy", serde_json::json!(["sh", "-c", script]), serde_json::json!({}));
+    let job = local.json(&["job", "run", "--local", "-o", "json", spec.to_str().unwrap()]);
+    let name = job["name"].as_str().unwrap().to_owned();
+
+    // Wait (bounded) until both datums run.
+    let started = Instant::now();
+    loop {
+        let described = local.json(&["job", "describe", "--local", &name, "-o", "json"]);
+        if described["counts"]["running"] == 2 && processes_with(&marker).len() >= 2 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "never started: {described}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    let canceled = local.falconeri(&["job", "cancel", "--local", &name]);
+    assert!(canceled.status.success(), "{}", describe(&canceled));
+    let waited = local.falconeri(&["job", "wait", "--local", &name]);
+    assert_eq!(waited.status.code(), Some(1), "{}", describe(&waited));
+    let described = local.json(&["job", "describe", "--local", &name, "-o", "json"]);
+    assert_eq!(described["job"]["status"], "canceled");
+    assert_eq!(described["counts"]["canceled"], 2);
+
+    let started = Instant::now();
+    while !processes_with(&marker).is_empty() {
+        assert!(started.elapsed() < Duration::from_secs(20), "commands survived the cancel");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn invalid_specs_are_refused_before_anything_runs() {
+    let local = Local::new();
+    let spec = small_spec(&local, "bad", serde_json::json!([]), serde_json::json!({ "parallelism_spec": { "constant": 0 } }));
+    let output = local.falconeri(&["job", "run", "--local", spec.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(2), "{}", describe(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("transform.cmd"), "{stderr}");
+    assert!(stderr.contains("parallelism_spec.constant"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
