@@ -54,11 +54,15 @@ enum Attempt {
     },
     /// The worker itself cannot work (its directories are unusable): report
     /// the datum failed, then stop rather than fail every other datum too.
-    Broken { error: String },
+    Broken {
+        error: String,
+    },
     /// The server no longer considers the datum ours.
     Lost,
     /// The worker got SIGTERM or SIGINT.
-    Stopped { output: String },
+    Stopped {
+        output: String,
+    },
 }
 
 /// Runs one reserved datum and reports it. Errors mean the worker should exit.

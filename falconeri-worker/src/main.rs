@@ -19,7 +19,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // Logs go to stderr, so stdout carries only the commands' own output.
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
         .with_writer(std::io::stderr)
         .init();
     let result = tokio::runtime::Runtime::new()

@@ -171,7 +171,7 @@ impl RunningCommand {
             // Its own group, so killing the group reaches everything the
             // command started, and a Ctrl-C at the worker's terminal reaches
             // only the worker, which then stops the command itself.
-            //.process_group(0)
+            .process_group(0)
             // A last resort should the worker bail out between spawn and
             // reaping: never leave the leader running unsupervised.
             .kill_on_drop(true);
@@ -185,10 +185,18 @@ impl RunningCommand {
         let tail = Arc::new(Mutex::new(TailBuffer::new(tail_bytes)));
         let mut pumps = Vec::with_capacity(2);
         if let Some(stdout) = child.stdout.take() {
-            pumps.push(tokio::spawn(pump(stdout, tokio::io::stdout(), tail.clone())));
+            pumps.push(tokio::spawn(pump(
+                stdout,
+                tokio::io::stdout(),
+                tail.clone(),
+            )));
         }
         if let Some(stderr) = child.stderr.take() {
-            pumps.push(tokio::spawn(pump(stderr, tokio::io::stderr(), tail.clone())));
+            pumps.push(tokio::spawn(pump(
+                stderr,
+                tokio::io::stderr(),
+                tail.clone(),
+            )));
         }
         Ok(RunningCommand {
             child,
@@ -239,7 +247,10 @@ impl RunningCommand {
                 let _ = pump.await;
             }
         };
-        if tokio::time::timeout(OUTPUT_DRAIN_TIMEOUT, drain).await.is_err() {
+        if tokio::time::timeout(OUTPUT_DRAIN_TIMEOUT, drain)
+            .await
+            .is_err()
+        {
             tracing::warn!("command output did not close; some output may be missing");
             for pump in &self.pumps {
                 pump.abort();
@@ -530,7 +541,10 @@ mod tests {
             .expect("kill_group hung: is the command in its own group?")
             .unwrap();
         assert!(!status.success());
-        assert!(started.elapsed() < KILL_GRACE, "SIGTERM should have been enough");
+        assert!(
+            started.elapsed() < KILL_GRACE,
+            "SIGTERM should have been enough"
+        );
         assert!(gone(grandchild).await, "grandchild {grandchild} survived");
         assert!(gone(leader).await, "leader {leader} survived");
         // And the pipes close, since nothing holds them any more.
@@ -540,7 +554,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_command_that_ignores_sigterm_is_killed() {
-        let spec = sh("trap '' TERM; echo ready; while :; do sleep 1; done", path_env());
+        let spec = sh(
+            "trap '' TERM; echo ready; while :; do sleep 1; done",
+            path_env(),
+        );
         let mut running = RunningCommand::spawn(&spec, 1024).unwrap();
         // Give the shell time to install its trap.
         tokio::time::sleep(Duration::from_millis(300)).await;

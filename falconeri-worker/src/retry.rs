@@ -91,10 +91,7 @@ mod tests {
             tokio::time::advance(delay).await;
         }
         // 100+200+400+800+1600+3200 = 6300ms, then 5s pauses until 20s.
-        assert_eq!(
-            delays,
-            [100, 200, 400, 800, 1600, 3200, 5000, 5000, 3700]
-        );
+        assert_eq!(delays, [100, 200, 400, 800, 1600, 3200, 5000, 5000, 3700]);
 
         backoff.reset();
         assert_eq!(backoff.next_delay(), Some(FIRST_DELAY));
@@ -123,7 +120,11 @@ mod tests {
         let mut calls = 0;
         let result = with_retries(Duration::from_secs(60), "test", || {
             calls += 1;
-            let answer = if calls < 4 { Err(api_error(503)) } else { Ok(calls) };
+            let answer = if calls < 4 {
+                Err(api_error(503))
+            } else {
+                Ok(calls)
+            };
             async move { answer }
         })
         .await;
@@ -133,8 +134,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn transient_errors_give_up_after_the_budget() {
         let started = Instant::now();
-        let result: Result<(), _> =
-            with_retries(Duration::from_secs(30), "test", || async { Err(api_error(502)) }).await;
+        let result: Result<(), _> = with_retries(Duration::from_secs(30), "test", || async {
+            Err(api_error(502))
+        })
+        .await;
         assert_eq!(result.unwrap_err().status().map(|s| s.as_u16()), Some(502));
         assert_eq!(started.elapsed(), Duration::from_secs(30));
     }

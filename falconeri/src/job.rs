@@ -35,12 +35,9 @@ pub async fn run(config: &Config, command: JobCommand) -> Result<()> {
         JobCommand::Wait { job } => {
             let client = config.client().await?;
             let job = find_job(&client, &job).await?;
-            wait(config, &client, job).await
+            follow(config, &client, job).await
         }
-        JobCommand::Retry {
-            job,
-            wait: and_wait,
-        } => retry(config, &job, and_wait).await,
+        JobCommand::Retry { job, wait } => retry(config, &job, wait).await,
         JobCommand::Cancel { job } => cancel(config, &job).await,
         JobCommand::Validate { spec } => {
             load_spec(&spec)?;
@@ -74,7 +71,7 @@ fn spec_dir(path: &Path) -> Result<PathBuf> {
 }
 
 /// `job run`.
-async fn run_spec(config: &Config, path: &Path, and_wait: bool) -> Result<()> {
+async fn run_spec(config: &Config, path: &Path, wait: bool) -> Result<()> {
     // Everything that needs no server first, so a broken spec does not
     // start the local one.
     let mut spec = load_spec(path)?;
@@ -87,8 +84,8 @@ async fn run_spec(config: &Config, path: &Path, and_wait: bool) -> Result<()> {
         .create_job(&body)
         .await
         .map_err(|err| spec_request_error(err, &spec_name))?;
-    if and_wait {
-        return wait(config, &client, job).await;
+    if wait {
+        return follow(config, &client, job).await;
     }
     if config.json() {
         return output::print_json(&job);
@@ -245,7 +242,7 @@ pub fn datum_table(datums: &[DatumSummary], now: i64) -> Table {
 
 /// `job wait`, and `--wait` of `run` and `retry`: follow the job until it
 /// ends, with a progress bar on a terminal.
-async fn wait(config: &Config, client: &Client, job: JobResponse) -> Result<()> {
+async fn follow(config: &Config, client: &Client, job: JobResponse) -> Result<()> {
     let mut bar: Option<ProgressBar> = None;
     let mut since = None;
     // Each request returns as soon as anything changes (or after
@@ -350,15 +347,15 @@ fn outcome(job: &JobResponse, counts: &StatusCounts) -> Result<()> {
 }
 
 /// `job retry`.
-async fn retry(config: &Config, name: &str, and_wait: bool) -> Result<()> {
+async fn retry(config: &Config, name: &str, wait: bool) -> Result<()> {
     let client = config.client().await?;
     let old = find_job(&client, name).await?;
     let job = client
         .retry_job(old.id)
         .await
         .with_context(|| format!("cannot retry job {}", old.name))?;
-    if and_wait {
-        return wait(config, &client, job).await;
+    if wait {
+        return follow(config, &client, job).await;
     }
     if config.json() {
         return output::print_json(&job);

@@ -304,8 +304,8 @@ pub async fn serve(config: &Config) -> Result<()> {
     })
     .await;
 
-    // Tidy up after a graceful shutdown, unless another server has already
-    // taken over the file.
+    // After a graceful shutdown, so nobody is sent to a server that is gone.
+    // (The pid check is only caution: the lock keeps other servers out.)
     if read_server_info(&home)
         .ok()
         .flatten()

@@ -2,6 +2,8 @@
 //! real falconerid (SQLite) which starts real worker processes that run real
 //! commands on `file://` storage.
 
+#![allow(clippy::unwrap_used)]
+
 use std::{
     path::{Path, PathBuf},
     process::{Command, Output},
@@ -38,7 +40,11 @@ impl Local {
     /// Runs a command that must succeed and returns its stdout as JSON.
     fn json(&self, args: &[&str]) -> Value {
         let output = self.falconeri(args);
-        assert!(output.status.success(), "{args:?} failed: {}", describe(&output));
+        assert!(
+            output.status.success(),
+            "{args:?} failed: {}",
+            describe(&output)
+        );
         serde_json::from_slice(&output.stdout)
             .unwrap_or_else(|err| panic!("{args:?}: not JSON ({err}): {}", describe(&output)))
     }
@@ -144,7 +150,10 @@ fn word_frequencies_example_runs_end_to_end() {
     assert_eq!(datums.len(), 6);
     let id = datums[0]["id"].to_string();
     let datum = local.json(&["datum", "describe", "--local", &id, "-o", "json"]);
-    assert!(datum["output"].as_str().unwrap().contains("words"), "{datum}");
+    assert!(
+        datum["output"].as_str().unwrap().contains("words"),
+        "{datum}"
+    );
     assert_eq!(datum["output_files"].as_array().unwrap().len(), 1);
     let text = local.falconeri(&["job", "describe", "--local", name]);
     assert!(text.status.success(), "{}", describe(&text));
@@ -170,9 +179,22 @@ fn failing_commands_fail_the_job_and_retry_runs_them_again() {
     assert_eq!(described["counts"]["error"], 2, "{described}");
     let failed = &described["failed"][0];
     assert_eq!(failed["attempt"], 2, "datum_tries 2 means two attempts");
-    assert!(failed["error_message"].as_str().unwrap().contains('3'), "{failed}");
-    let datum = local.json(&["datum", "describe", "--local", &failed["id"].to_string(), "-o", "json"]);
-    assert!(datum["output"].as_str().unwrap().contains("about to fail"), "{datum}");
+    assert!(
+        failed["error_message"].as_str().unwrap().contains('3'),
+        "{failed}"
+    );
+    let datum = local.json(&[
+        "datum",
+        "describe",
+        "--local",
+        &failed["id"].to_string(),
+        "-o",
+        "json",
+    ]);
+    assert!(
+        datum["output"].as_str().unwrap().contains("about to fail"),
+        "{datum}"
+    );
 
     let retry = local.falconeri(&["job", "retry", "--local", "--wait", &name]);
     assert_eq!(retry.status.code(), Some(1), "{}", describe(&retry));
@@ -184,11 +206,13 @@ fn failing_commands_fail_the_job_and_retry_runs_them_again() {
 fn processes_with(marker: &str) -> Vec<u32> {
     let mut pids = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
-        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
-            if String::from_utf8_lossy(&cmdline).contains(marker) {
-                pids.push(pid);
-            }
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline"))
+            && String::from_utf8_lossy(&cmdline).contains(marker)
+        {
+            pids.push(pid);
         }
     }
     pids
@@ -201,8 +225,20 @@ fn cancel_kills_running_commands() {
     // The sleep is a grandchild of the worker: killing the command's process
     // group must take it down too.
     let script = format!("sleep 300 & wait # {marker}");
-    let spec = small_spec(&local, "sleepy", serde_json::json!(["sh", "-c", script]), serde_json::json!({}));
-    let job = local.json(&["job", "run", "--local", "-o", "json", spec.to_str().unwrap()]);
+    let spec = small_spec(
+        &local,
+        "sleepy",
+        serde_json::json!(["sh", "-c", script]),
+        serde_json::json!({}),
+    );
+    let job = local.json(&[
+        "job",
+        "run",
+        "--local",
+        "-o",
+        "json",
+        spec.to_str().unwrap(),
+    ]);
     let name = job["name"].as_str().unwrap().to_owned();
 
     // Wait (bounded) until both datums run.
@@ -212,7 +248,10 @@ fn cancel_kills_running_commands() {
         if described["counts"]["running"] == 2 && processes_with(&marker).len() >= 2 {
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(60), "never started: {described}");
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "never started: {described}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 
@@ -226,7 +265,10 @@ fn cancel_kills_running_commands() {
 
     let started = Instant::now();
     while !processes_with(&marker).is_empty() {
-        assert!(started.elapsed() < Duration::from_secs(20), "commands survived the cancel");
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "commands survived the cancel"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -234,7 +276,12 @@ fn cancel_kills_running_commands() {
 #[test]
 fn invalid_specs_are_refused_before_anything_runs() {
     let local = Local::new();
-    let spec = small_spec(&local, "bad", serde_json::json!([]), serde_json::json!({ "parallelism_spec": { "constant": 0 } }));
+    let spec = small_spec(
+        &local,
+        "bad",
+        serde_json::json!([]),
+        serde_json::json!({ "parallelism_spec": { "constant": 0 } }),
+    );
     let output = local.falconeri(&["job", "run", "--local", spec.to_str().unwrap()]);
     assert_eq!(output.status.code(), Some(2), "{}", describe(&output));
     let stderr = String::from_utf8_lossy(&output.stderr);

@@ -2,6 +2,8 @@
 //! fresh database: reservation, claims, retries, expiry, finishing, and a
 //! claim storm proving a datum is never handed out twice.
 
+#![allow(clippy::unwrap_used)]
+
 use std::{
     collections::HashSet,
     sync::{Arc, Barrier},
@@ -9,8 +11,8 @@ use std::{
 
 use falconeri_common::{
     api::{Claim, NewOutputFile},
-    db::testing::TestDb,
     db::DbConn,
+    db::testing::TestDb,
     models::{Datum, DeadOwners, Job, ModelError, NewJobParams, db_now},
     pipeline::PipelineSpec,
     plan::{PlannedDatum, PlannedFile},
@@ -93,7 +95,10 @@ fn jobs_are_created_with_datums_and_files() {
         assert_eq!(files.len(), 1);
         assert_eq!(files[0].local_path, "in/2/0.txt");
         assert_eq!(Job::find_by_name(&mut conn, &job.name).unwrap().id, job.id);
-        assert!(matches!(Job::find(&mut conn, 999_999), Err(ModelError::NotFound(_))));
+        assert!(matches!(
+            Job::find(&mut conn, 999_999),
+            Err(ModelError::NotFound(_))
+        ));
         let by_token = Job::find_by_worker_token(&mut conn, &job.worker_token).unwrap();
         assert_eq!(by_token.map(|j| j.id), Some(job.id));
     }
@@ -165,7 +170,10 @@ fn stale_worker_writes_are_conflicts_and_change_nothing() {
             Datum::record_output_files(&mut conn, old.id, &old_claim, &files, later),
         ];
         for result in stale {
-            assert!(matches!(result, Err(ModelError::Conflict(_))), "{db:?}: {result:?}");
+            assert!(
+                matches!(result, Err(ModelError::Conflict(_))),
+                "{db:?}: {result:?}"
+            );
         }
         // The same worker name with the old attempt is stale too.
         let same_name_old_attempt = Claim {
@@ -201,20 +209,28 @@ fn failures_retry_until_datum_tries_then_error() {
         let first = Datum::reserve_next(&mut conn, job.id, "w", now, LEASE, None)
             .unwrap()
             .unwrap();
-        let after = Datum::mark_error(&mut conn, first.id, &claim(&first), "o1", "e1", now).unwrap();
+        let after =
+            Datum::mark_error(&mut conn, first.id, &claim(&first), "o1", "e1", now).unwrap();
         assert_eq!(after.status(), DatumStatus::Ready, "{db:?}: one try left");
         let second = Datum::reserve_next(&mut conn, job.id, "w", now, LEASE, None)
             .unwrap()
             .unwrap();
         assert_eq!(second.attempt, 2);
-        let after = Datum::mark_error(&mut conn, second.id, &claim(&second), "o2", "e2", now).unwrap();
+        let after =
+            Datum::mark_error(&mut conn, second.id, &claim(&second), "o2", "e2", now).unwrap();
         assert_eq!(after.status(), DatumStatus::Error);
         assert_eq!(after.error_message.as_deref(), Some("e2"));
         assert_eq!(after.output.as_deref(), Some("o2"));
 
-        let finished = Job::finish_if_complete(&mut conn, job.id, now).unwrap().unwrap();
+        let finished = Job::finish_if_complete(&mut conn, job.id, now)
+            .unwrap()
+            .unwrap();
         assert_eq!(finished.status(), JobStatus::Error);
-        assert!(Job::finish_if_complete(&mut conn, job.id, now).unwrap().is_none());
+        assert!(
+            Job::finish_if_complete(&mut conn, job.id, now)
+                .unwrap()
+                .is_none()
+        );
         let failed = Job::failed_datum_inputs(&mut conn, job.id).unwrap();
         assert_eq!(failed.len(), 1);
         assert_eq!(failed[0].files[0].local_path, "in/0/0.txt");
@@ -235,7 +251,11 @@ fn expiry_and_datum_timeouts_use_up_tries() {
         assert_eq!(Datum::expire_deadlines(&mut conn, now + 500).unwrap(), 0);
         assert_eq!(Datum::expire_deadlines(&mut conn, now + 2_000).unwrap(), 1);
         let timed_out = Datum::find(&mut conn, datum.id).unwrap();
-        assert_eq!(timed_out.status(), DatumStatus::Error, "{db:?}: no tries left");
+        assert_eq!(
+            timed_out.status(),
+            DatumStatus::Error,
+            "{db:?}: no tries left"
+        );
         assert!(timed_out.error_message.unwrap().contains("timed out"));
     }
 }
@@ -246,15 +266,28 @@ fn datums_of_dead_workers_are_released() {
         let mut conn = db.pool.get().unwrap();
         let job = create_job(&mut conn, 2, 2);
         let now = db_now(&mut conn).unwrap();
-        let a = Datum::reserve_next(&mut conn, job.id, "alive", now, LEASE, None).unwrap().unwrap();
-        let b = Datum::reserve_next(&mut conn, job.id, "dead", now, LEASE, None).unwrap().unwrap();
+        let a = Datum::reserve_next(&mut conn, job.id, "alive", now, LEASE, None)
+            .unwrap()
+            .unwrap();
+        let b = Datum::reserve_next(&mut conn, job.id, "dead", now, LEASE, None)
+            .unwrap()
+            .unwrap();
         let dead = DeadOwners {
             job_id: job.id,
             worker_ids: vec!["dead".into()],
         };
-        assert_eq!(Datum::release_dead_owners(&mut conn, &dead, now).unwrap(), 1);
-        assert_eq!(Datum::find(&mut conn, a.id).unwrap().status(), DatumStatus::Running);
-        assert_eq!(Datum::find(&mut conn, b.id).unwrap().status(), DatumStatus::Ready);
+        assert_eq!(
+            Datum::release_dead_owners(&mut conn, &dead, now).unwrap(),
+            1
+        );
+        assert_eq!(
+            Datum::find(&mut conn, a.id).unwrap().status(),
+            DatumStatus::Running
+        );
+        assert_eq!(
+            Datum::find(&mut conn, b.id).unwrap().status(),
+            DatumStatus::Ready
+        );
     }
 }
 
@@ -264,8 +297,12 @@ fn stopping_a_job_cancels_its_unfinished_datums_once() {
         let mut conn = db.pool.get().unwrap();
         let job = create_job(&mut conn, 3, 1);
         let now = db_now(&mut conn).unwrap();
-        let running = Datum::reserve_next(&mut conn, job.id, "w", now, LEASE, None).unwrap().unwrap();
-        let done = Datum::reserve_next(&mut conn, job.id, "w2", now, LEASE, None).unwrap().unwrap();
+        let running = Datum::reserve_next(&mut conn, job.id, "w", now, LEASE, None)
+            .unwrap()
+            .unwrap();
+        let done = Datum::reserve_next(&mut conn, job.id, "w2", now, LEASE, None)
+            .unwrap()
+            .unwrap();
         Datum::mark_done(&mut conn, done.id, &claim(&done), "", &[], now).unwrap();
 
         let (stopped, did) =
@@ -289,7 +326,11 @@ fn jobs_past_their_timeout_are_found() {
         let mut conn = db.pool.get().unwrap();
         let job = create_job(&mut conn, 1, 1);
         let deadline = job.deadline_at.unwrap();
-        assert!(Job::list_past_deadline(&mut conn, deadline - 1).unwrap().is_empty());
+        assert!(
+            Job::list_past_deadline(&mut conn, deadline - 1)
+                .unwrap()
+                .is_empty()
+        );
         let past = Job::list_past_deadline(&mut conn, deadline + 1).unwrap();
         assert_eq!(past.iter().map(|j| j.id).collect::<Vec<_>>(), [job.id]);
     }
@@ -301,12 +342,22 @@ fn a_finished_job_is_done_when_every_datum_is_done() {
         let mut conn = db.pool.get().unwrap();
         let job = create_job(&mut conn, 2, 1);
         let now = db_now(&mut conn).unwrap();
-        let a = Datum::reserve_next(&mut conn, job.id, "w", now, LEASE, None).unwrap().unwrap();
-        assert!(Job::finish_if_complete(&mut conn, job.id, now).unwrap().is_none());
+        let a = Datum::reserve_next(&mut conn, job.id, "w", now, LEASE, None)
+            .unwrap()
+            .unwrap();
+        assert!(
+            Job::finish_if_complete(&mut conn, job.id, now)
+                .unwrap()
+                .is_none()
+        );
         Datum::mark_done(&mut conn, a.id, &claim(&a), "", &[], now).unwrap();
-        let b = Datum::reserve_next(&mut conn, job.id, "w", now, LEASE, None).unwrap().unwrap();
+        let b = Datum::reserve_next(&mut conn, job.id, "w", now, LEASE, None)
+            .unwrap()
+            .unwrap();
         Datum::mark_done(&mut conn, b.id, &claim(&b), "", &[], now).unwrap();
-        let job = Job::finish_if_complete(&mut conn, job.id, now).unwrap().unwrap();
+        let job = Job::finish_if_complete(&mut conn, job.id, now)
+            .unwrap()
+            .unwrap();
         assert_eq!(job.status(), JobStatus::Done, "{db:?}");
         assert!(job.finished_at.is_some());
     }
@@ -363,7 +414,11 @@ fn claim_storm_completes_each_datum_exactly_once() {
         let counts = Job::counts(&mut conn, job_id).unwrap();
         assert_eq!(counts.done, i64::try_from(DATUMS).unwrap());
         for datum in Datum::list(&mut conn, job_id, None, 10_000).unwrap() {
-            assert_eq!(datum.attempt, 1, "{db:?}: datum {} reserved twice", datum.id);
+            assert_eq!(
+                datum.attempt, 1,
+                "{db:?}: datum {} reserved twice",
+                datum.id
+            );
         }
     }
 }

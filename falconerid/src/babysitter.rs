@@ -81,7 +81,11 @@ impl Babysitter {
             })
             .await?;
         if expired + timed_out > 0 {
-            tracing::info!(expired, timed_out, "failed attempts of silent or slow datums");
+            tracing::info!(
+                expired,
+                timed_out,
+                "failed attempts of silent or slow datums"
+            );
             changed = true;
         }
         for job in past_deadline {
@@ -124,7 +128,11 @@ impl Babysitter {
             })
             .await?;
         if released > 0 {
-            tracing::info!(job = job.name, released, "released datums of exited workers");
+            tracing::info!(
+                job = job.name,
+                released,
+                "released datums of exited workers"
+            );
             changed = true;
         }
         if let Some(finished) = finished {
@@ -166,7 +174,12 @@ impl Babysitter {
                 server_url: state.public_url(),
                 spec,
             };
-            tracing::info!(job = job.name, alive, starting = missing, "starting workers");
+            tracing::info!(
+                job = job.name,
+                alive,
+                starting = missing,
+                "starting workers"
+            );
             state.executor().start_workers(&launch, missing).await?;
             changed = true;
         }

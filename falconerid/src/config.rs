@@ -1,7 +1,12 @@
 //! falconerid's configuration: every path, address, interval and limit, read
 //! once from flags or the environment and passed down.
 
-use std::{ffi::OsString, net::SocketAddr, path::{Path, PathBuf}, time::Duration};
+use std::{
+    ffi::OsString,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use anyhow::{Context, Result, bail};
 

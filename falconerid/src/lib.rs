@@ -76,6 +76,7 @@ where
     on_ready(addr);
 
     let shutdown = cancel.clone();
+    let executor = state.executor().clone();
     let result = axum::serve(listener, app(state))
         .with_graceful_shutdown(async move {
             tokio::select! {
@@ -88,6 +89,7 @@ where
         .context("server failed");
     cancel.cancel();
     let _ = babysitter.await;
+    executor.shutdown().await;
     result
 }
 

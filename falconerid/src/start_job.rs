@@ -22,7 +22,10 @@ pub async fn plan(spec: &PipelineSpec) -> AppResult<Vec<PlannedDatum>> {
         let storage = storage_for(&atom.uri)
             .map_err(|err| AppError::BadRequest(format!("input {}: {err:#}", atom.repo)))?;
         let listing = storage.list(&atom.uri).await.map_err(|err| {
-            AppError::BadRequest(format!("cannot list input {} ({}): {err:#}", atom.repo, atom.uri))
+            AppError::BadRequest(format!(
+                "cannot list input {} ({}): {err:#}",
+                atom.repo, atom.uri
+            ))
         })?;
         listings.push(listing);
     }

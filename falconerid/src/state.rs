@@ -80,18 +80,20 @@ impl AppState {
         F: FnOnce(&mut DbConn) -> ModelResult<T> + Send + 'static,
     {
         let pool = self.inner.pool.clone();
-        let result = tokio::task::spawn_blocking(move || {
+
+        tokio::task::spawn_blocking(move || {
             let mut conn = pool.get()?;
             Ok::<_, crate::error::AppError>(f(&mut conn)?)
         })
         .await
-        .map_err(|err| anyhow::anyhow!("database task failed: {err}"))?;
-        result
+        .map_err(|err| anyhow::anyhow!("database task failed: {err}"))?
     }
 
     /// Tells every long-poll that something changed.
     pub fn notify_change(&self) {
-        self.inner.changes.send_modify(|generation| *generation += 1);
+        self.inner
+            .changes
+            .send_modify(|generation| *generation += 1);
     }
 
     /// The current change generation.

@@ -2,6 +2,8 @@
 //! auth, error shapes, the job lifecycle, the worker protocol (long-poll,
 //! claims), cancel and retry, and the babysitter's rules.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::time::Duration;
@@ -36,7 +38,13 @@ fn worker_token(server: &TestServer, job_id: i64) -> String {
         .expect("workers were launched")
 }
 
-async fn reserve(server: &TestServer, job_id: i64, token: &str, worker: &str, wait_ms: u64) -> (StatusCode, Value) {
+async fn reserve(
+    server: &TestServer,
+    job_id: i64,
+    token: &str,
+    worker: &str,
+    wait_ms: u64,
+) -> (StatusCode, Value) {
     server
         .call(
             Method::POST,
@@ -51,17 +59,24 @@ async fn reserve(server: &TestServer, job_id: i64, token: &str, worker: &str, wa
 async fn health_is_open_and_everything_else_needs_a_token() {
     for server in TestServer::all() {
         let (status, body) = server.call(Method::GET, "/healthz", None, None).await;
-        assert_eq!((status, body["status"].as_str()), (StatusCode::OK, Some("ok")));
+        assert_eq!(
+            (status, body["status"].as_str()),
+            (StatusCode::OK, Some("ok"))
+        );
         let (status, _) = server.call(Method::GET, "/readyz", None, None).await;
         assert_eq!(status, StatusCode::OK);
 
         let (status, body) = server.call(Method::GET, "/v1/jobs", None, None).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED);
         assert_eq!(body["error"]["code"], "unauthorized");
-        let (status, _) = server.call(Method::GET, "/v1/jobs", Some("wrong-token"), None).await;
+        let (status, _) = server
+            .call(Method::GET, "/v1/jobs", Some("wrong-token"), None)
+            .await;
         assert_eq!(status, StatusCode::UNAUTHORIZED);
 
-        let (status, body) = server.call(Method::GET, "/v1/version", Some(ADMIN), None).await;
+        let (status, body) = server
+            .call(Method::GET, "/v1/version", Some(ADMIN), None)
+            .await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(body["database"], server.db.backend().name());
     }
@@ -74,7 +89,9 @@ async fn bad_requests_get_json_errors_with_the_right_status() {
         let mut spec = server.spec_with_inputs(&three_texts(), json!({}));
         spec["transform"]["cmd"] = json!([]);
         spec["parallelism_spec"]["constant"] = json!(0);
-        let (status, body) = server.call(Method::POST, "/v1/jobs", Some(ADMIN), Some(spec)).await;
+        let (status, body) = server
+            .call(Method::POST, "/v1/jobs", Some(ADMIN), Some(spec))
+            .await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
         assert_eq!(body["error"]["code"], "invalid_spec");
         let paths: Vec<&str> = body["error"]["problems"]
@@ -88,25 +105,51 @@ async fn bad_requests_get_json_errors_with_the_right_status() {
 
         // Not JSON at all.
         let (status, body) = server
-            .call(Method::POST, "/v1/jobs", Some(ADMIN), Some(json!("not a spec")))
+            .call(
+                Method::POST,
+                "/v1/jobs",
+                Some(ADMIN),
+                Some(json!("not a spec")),
+            )
             .await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
 
         // Inputs that don't exist: 400, not 500.
         let mut spec = server.spec_with_inputs(&three_texts(), json!({}));
         spec["input"]["atom"]["URI"] = json!("file:///no/such/dir/");
-        let (status, body) = server.call(Method::POST, "/v1/jobs", Some(ADMIN), Some(spec)).await;
+        let (status, body) = server
+            .call(Method::POST, "/v1/jobs", Some(ADMIN), Some(spec))
+            .await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
-        assert!(body["error"]["message"].as_str().unwrap().contains("cannot list input"));
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("cannot list input")
+        );
 
-        let (status, body) = server.call(Method::GET, "/v1/jobs/424242", Some(ADMIN), None).await;
-        assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::NOT_FOUND, Some("not_found")));
-        let (status, _) = server.call(Method::GET, "/v1/jobs/not-a-number", Some(ADMIN), None).await;
+        let (status, body) = server
+            .call(Method::GET, "/v1/jobs/424242", Some(ADMIN), None)
+            .await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (StatusCode::NOT_FOUND, Some("not_found"))
+        );
+        let (status, _) = server
+            .call(Method::GET, "/v1/jobs/not-a-number", Some(ADMIN), None)
+            .await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
-        let (status, _) = server.call(Method::GET, "/v1/nothing-here", Some(ADMIN), None).await;
+        let (status, _) = server
+            .call(Method::GET, "/v1/nothing-here", Some(ADMIN), None)
+            .await;
         assert_eq!(status, StatusCode::NOT_FOUND);
         let (status, _) = server
-            .call(Method::POST, "/v1/jobs/1/reserve", Some(ADMIN), Some(json!({"nope": 1})))
+            .call(
+                Method::POST,
+                "/v1/jobs/1/reserve",
+                Some(ADMIN),
+                Some(json!({"nope": 1})),
+            )
             .await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
     }
@@ -119,18 +162,32 @@ async fn a_job_runs_through_the_worker_protocol() {
         let id = job["id"].as_i64().unwrap();
         let name = job["name"].as_str().unwrap();
         assert_eq!(job["status"], "running");
-        assert_eq!(job["datum_count"], 3, "a.txt, b.txt and dir/ are three datums");
+        assert_eq!(
+            job["datum_count"], 3,
+            "a.txt, b.txt and dir/ are three datums"
+        );
         assert!(name.starts_with("http-test-"));
         assert_eq!(*server.executor.started.lock().unwrap(), [(id, 2)]);
 
-        let (status, found) = server.call(Method::GET, &format!("/v1/jobs/by-name/{name}"), Some(ADMIN), None).await;
+        let (status, found) = server
+            .call(
+                Method::GET,
+                &format!("/v1/jobs/by-name/{name}"),
+                Some(ADMIN),
+                None,
+            )
+            .await;
         assert_eq!((status, found["id"].as_i64()), (StatusCode::OK, Some(id)));
-        let (_, list) = server.call(Method::GET, "/v1/jobs", Some(ADMIN), None).await;
+        let (_, list) = server
+            .call(Method::GET, "/v1/jobs", Some(ADMIN), None)
+            .await;
         assert_eq!(list["jobs"][0]["id"].as_i64(), Some(id));
 
         let token = worker_token(&server, id);
         // A worker token can't use admin routes.
-        let (status, _) = server.call(Method::GET, "/v1/jobs", Some(&token), None).await;
+        let (status, _) = server
+            .call(Method::GET, "/v1/jobs", Some(&token), None)
+            .await;
         assert_eq!(status, StatusCode::FORBIDDEN);
 
         let mut done = 0;
@@ -146,7 +203,12 @@ async fn a_job_runs_through_the_worker_protocol() {
             let datum_id = answer["datum_id"].as_i64().unwrap();
             let claim = answer["claim"].clone();
             let (status, _) = server
-                .call(Method::POST, &format!("/v1/datums/{datum_id}/heartbeat"), Some(&token), Some(json!({ "claim": claim })))
+                .call(
+                    Method::POST,
+                    &format!("/v1/datums/{datum_id}/heartbeat"),
+                    Some(&token),
+                    Some(json!({ "claim": claim })),
+                )
                 .await;
             assert_eq!(status, StatusCode::OK);
             let (status, body) = server
@@ -161,20 +223,46 @@ async fn a_job_runs_through_the_worker_protocol() {
             done += 1;
         }
         assert_eq!(done, 3);
-        let (_, job) = server.call(Method::GET, &format!("/v1/jobs/{id}"), Some(ADMIN), None).await;
+        let (_, job) = server
+            .call(Method::GET, &format!("/v1/jobs/{id}"), Some(ADMIN), None)
+            .await;
         assert_eq!(job["status"], "done");
 
-        let (_, described) = server.call(Method::GET, &format!("/v1/jobs/{id}/describe"), Some(ADMIN), None).await;
+        let (_, described) = server
+            .call(
+                Method::GET,
+                &format!("/v1/jobs/{id}/describe"),
+                Some(ADMIN),
+                None,
+            )
+            .await;
         assert_eq!(described["counts"]["done"], 3);
         let (_, datums) = server
-            .call(Method::GET, &format!("/v1/jobs/{id}/datums?status=done"), Some(ADMIN), None)
+            .call(
+                Method::GET,
+                &format!("/v1/jobs/{id}/datums?status=done"),
+                Some(ADMIN),
+                None,
+            )
             .await;
         let datum_id = datums["datums"][0]["id"].as_i64().unwrap();
-        let (_, datum) = server.call(Method::GET, &format!("/v1/datums/{datum_id}"), Some(ADMIN), None).await;
+        let (_, datum) = server
+            .call(
+                Method::GET,
+                &format!("/v1/datums/{datum_id}"),
+                Some(ADMIN),
+                None,
+            )
+            .await;
         assert_eq!(datum["output"], "hello");
         assert_eq!(datum["output_files"].as_array().unwrap().len(), 1);
         let (status, _) = server
-            .call(Method::GET, &format!("/v1/jobs/{id}/datums?status=bogus"), Some(ADMIN), None)
+            .call(
+                Method::GET,
+                &format!("/v1/jobs/{id}/datums?status=bogus"),
+                Some(ADMIN),
+                None,
+            )
             .await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
     }
@@ -193,8 +281,12 @@ async fn worker_tokens_only_work_for_their_own_job() {
         let (_, reserved) = reserve(&server, b, &token_b, "w", 0).await;
         let datum_b = reserved["datum_id"].as_i64().unwrap();
         let (status, _) = server
-            .call(Method::POST, &format!("/v1/datums/{datum_b}/done"), Some(&token_a),
-                  Some(json!({ "claim": reserved["claim"], "output": "" })))
+            .call(
+                Method::POST,
+                &format!("/v1/datums/{datum_b}/done"),
+                Some(&token_a),
+                Some(json!({ "claim": reserved["claim"], "output": "" })),
+            )
             .await;
         assert_eq!(status, StatusCode::FORBIDDEN);
     }
@@ -218,8 +310,14 @@ async fn reserve_long_poll_wakes_when_work_appears() {
             let token = token.clone();
             tokio::spawn(async move {
                 let started = std::time::Instant::now();
-                let answer = common::call(&app, Method::POST, &format!("/v1/jobs/{id}/reserve"), Some(&token),
-                    Some(json!({ "worker_id": "w2", "wait_ms": 5_000 }))).await;
+                let answer = common::call(
+                    &app,
+                    Method::POST,
+                    &format!("/v1/jobs/{id}/reserve"),
+                    Some(&token),
+                    Some(json!({ "worker_id": "w2", "wait_ms": 5_000 })),
+                )
+                .await;
                 (answer, started.elapsed())
             })
         };
@@ -227,15 +325,22 @@ async fn reserve_long_poll_wakes_when_work_appears() {
         // ...and the first worker's failure requeues the datum.
         let datum_id = first["datum_id"].as_i64().unwrap();
         let (status, _) = server
-            .call(Method::POST, &format!("/v1/datums/{datum_id}/error"), Some(&token),
-                  Some(json!({ "claim": first["claim"], "output": "oops", "error": "exit 1" })))
+            .call(
+                Method::POST,
+                &format!("/v1/datums/{datum_id}/error"),
+                Some(&token),
+                Some(json!({ "claim": first["claim"], "output": "oops", "error": "exit 1" })),
+            )
             .await;
         assert_eq!(status, StatusCode::OK);
         let ((status, second), elapsed) = waiting.await.unwrap();
         assert_eq!(status, StatusCode::OK);
         assert_eq!(second["status"], "reserved", "{second}");
         assert_eq!(second["claim"]["attempt"], 2);
-        assert!(elapsed < Duration::from_secs(4), "woke by notification, took {elapsed:?}");
+        assert!(
+            elapsed < Duration::from_secs(4),
+            "woke by notification, took {elapsed:?}"
+        );
 
         // An empty wait answers `wait`.
         let (_, answer) = reserve(&server, id, &token, "w3", 50).await;
@@ -246,23 +351,41 @@ async fn reserve_long_poll_wakes_when_work_appears() {
 #[tokio::test]
 async fn stale_claims_get_409() {
     for server in TestServer::all() {
-        let job = create(&server, server.spec_with_inputs(&[("x.txt", "x")], json!({ "datum_tries": 3 }))).await;
+        let job = create(
+            &server,
+            server.spec_with_inputs(&[("x.txt", "x")], json!({ "datum_tries": 3 })),
+        )
+        .await;
         let id = job["id"].as_i64().unwrap();
         let token = worker_token(&server, id);
         let (_, first) = reserve(&server, id, &token, "old", 0).await;
         let datum_id = first["datum_id"].as_i64().unwrap();
         // The lease runs out (babysitter with the clock moved past it).
-        Babysitter::with_clock_skew(60_000).tick(&server.state).await.unwrap();
+        Babysitter::with_clock_skew(60_000)
+            .tick(&server.state)
+            .await
+            .unwrap();
         let (_, second) = reserve(&server, id, &token, "new", 0).await;
         assert_eq!(second["datum_id"].as_i64(), Some(datum_id));
         for (path, body) in [
             ("heartbeat", json!({ "claim": first["claim"] })),
             ("done", json!({ "claim": first["claim"], "output": "" })),
-            ("error", json!({ "claim": first["claim"], "output": "", "error": "x" })),
-            ("output-files", json!({ "claim": first["claim"], "files": [] })),
+            (
+                "error",
+                json!({ "claim": first["claim"], "output": "", "error": "x" }),
+            ),
+            (
+                "output-files",
+                json!({ "claim": first["claim"], "files": [] }),
+            ),
         ] {
             let (status, answer) = server
-                .call(Method::POST, &format!("/v1/datums/{datum_id}/{path}"), Some(&token), Some(body))
+                .call(
+                    Method::POST,
+                    &format!("/v1/datums/{datum_id}/{path}"),
+                    Some(&token),
+                    Some(body),
+                )
                 .await;
             assert_eq!(status, StatusCode::CONFLICT, "{path}: {answer}");
             assert_eq!(answer["error"]["code"], "conflict");
@@ -277,20 +400,49 @@ async fn cancel_stops_workers_and_ends_reservations() {
         let id = job["id"].as_i64().unwrap();
         let token = worker_token(&server, id);
         let (_, held) = reserve(&server, id, &token, "w", 0).await;
-        let (status, canceled) = server.call(Method::POST, &format!("/v1/jobs/{id}/cancel"), Some(ADMIN), None).await;
-        assert_eq!((status, canceled["status"].as_str()), (StatusCode::OK, Some("canceled")));
+        let (status, canceled) = server
+            .call(
+                Method::POST,
+                &format!("/v1/jobs/{id}/cancel"),
+                Some(ADMIN),
+                None,
+            )
+            .await;
+        assert_eq!(
+            (status, canceled["status"].as_str()),
+            (StatusCode::OK, Some("canceled"))
+        );
         assert!(server.executor.stopped.lock().unwrap().contains(&id));
-        let (_, described) = server.call(Method::GET, &format!("/v1/jobs/{id}/describe"), Some(ADMIN), None).await;
+        let (_, described) = server
+            .call(
+                Method::GET,
+                &format!("/v1/jobs/{id}/describe"),
+                Some(ADMIN),
+                None,
+            )
+            .await;
         assert_eq!(described["counts"]["canceled"], 3);
         // The worker's heartbeat learns the datum is no longer its own.
         let datum_id = held["datum_id"].as_i64().unwrap();
         let (status, _) = server
-            .call(Method::POST, &format!("/v1/datums/{datum_id}/heartbeat"), Some(&token), Some(json!({ "claim": held["claim"] })))
+            .call(
+                Method::POST,
+                &format!("/v1/datums/{datum_id}/heartbeat"),
+                Some(&token),
+                Some(json!({ "claim": held["claim"] })),
+            )
             .await;
         assert_eq!(status, StatusCode::CONFLICT);
         let (_, answer) = reserve(&server, id, &token, "w", 0).await;
         assert_eq!(answer["status"], "finished");
-        let (status, _) = server.call(Method::POST, &format!("/v1/jobs/{id}/cancel"), Some(ADMIN), None).await;
+        let (status, _) = server
+            .call(
+                Method::POST,
+                &format!("/v1/jobs/{id}/cancel"),
+                Some(ADMIN),
+                None,
+            )
+            .await;
         assert_eq!(status, StatusCode::CONFLICT);
     }
 }
@@ -301,8 +453,19 @@ async fn retry_runs_only_the_failed_datums() {
         let job = create(&server, server.spec_with_inputs(&three_texts(), json!({}))).await;
         let id = job["id"].as_i64().unwrap();
         let token = worker_token(&server, id);
-        let (status, _) = server.call(Method::POST, &format!("/v1/jobs/{id}/retry"), Some(ADMIN), None).await;
-        assert_eq!(status, StatusCode::CONFLICT, "a running job can't be retried");
+        let (status, _) = server
+            .call(
+                Method::POST,
+                &format!("/v1/jobs/{id}/retry"),
+                Some(ADMIN),
+                None,
+            )
+            .await;
+        assert_eq!(
+            status,
+            StatusCode::CONFLICT,
+            "a running job can't be retried"
+        );
         let mut failed = 0;
         loop {
             let (_, answer) = reserve(&server, id, &token, "w", 1_000).await;
@@ -315,13 +478,26 @@ async fn retry_runs_only_the_failed_datums() {
                 failed += 1;
             }
             server
-                .call(Method::POST, &format!("/v1/datums/{datum_id}/{outcome}"), Some(&token),
-                      Some(json!({ "claim": answer["claim"], "output": "", "error": "bad" })))
+                .call(
+                    Method::POST,
+                    &format!("/v1/datums/{datum_id}/{outcome}"),
+                    Some(&token),
+                    Some(json!({ "claim": answer["claim"], "output": "", "error": "bad" })),
+                )
                 .await;
         }
-        let (_, job) = server.call(Method::GET, &format!("/v1/jobs/{id}"), Some(ADMIN), None).await;
+        let (_, job) = server
+            .call(Method::GET, &format!("/v1/jobs/{id}"), Some(ADMIN), None)
+            .await;
         assert_eq!(job["status"], "error");
-        let (status, retried) = server.call(Method::POST, &format!("/v1/jobs/{id}/retry"), Some(ADMIN), None).await;
+        let (status, retried) = server
+            .call(
+                Method::POST,
+                &format!("/v1/jobs/{id}/retry"),
+                Some(ADMIN),
+                None,
+            )
+            .await;
         assert_eq!(status, StatusCode::CREATED, "{retried}");
         assert_eq!(retried["datum_count"], 1);
         assert_eq!(retried["retry_of"].as_i64(), Some(id));
@@ -342,25 +518,64 @@ async fn babysitter_enforces_timeouts_retries_and_replaces_workers() {
         // datum_timeout: each pass past the deadline fails one attempt.
         let (_, held) = reserve(&server, id, &token, "slow", 0).await;
         let datum_id = held["datum_id"].as_i64().unwrap();
-        Babysitter::with_clock_skew(61_000).tick(&server.state).await.unwrap();
-        let (_, datum) = server.call(Method::GET, &format!("/v1/datums/{datum_id}"), Some(ADMIN), None).await;
+        Babysitter::with_clock_skew(61_000)
+            .tick(&server.state)
+            .await
+            .unwrap();
+        let (_, datum) = server
+            .call(
+                Method::GET,
+                &format!("/v1/datums/{datum_id}"),
+                Some(ADMIN),
+                None,
+            )
+            .await;
         assert_eq!(datum["datum"]["status"], "ready", "one try left: {datum}");
-        assert!(datum["datum"]["error_message"].as_str().unwrap().contains("timed out"));
+        assert!(
+            datum["datum"]["error_message"]
+                .as_str()
+                .unwrap()
+                .contains("timed out")
+        );
 
         // A worker the executor reports as exited loses its datum at once.
         let (_, held) = reserve(&server, id, &token, "gone", 0).await;
-        server.executor.workers.lock().unwrap().insert(id, vec![WorkerState { id: "gone".into(), alive: false }]);
+        server.executor.workers.lock().unwrap().insert(
+            id,
+            vec![WorkerState {
+                id: "gone".into(),
+                alive: false,
+            }],
+        );
         Babysitter::default().tick(&server.state).await.unwrap();
         let datum_id = held["datum_id"].as_i64().unwrap();
-        let (_, datum) = server.call(Method::GET, &format!("/v1/datums/{datum_id}"), Some(ADMIN), None).await;
-        assert!(datum["datum"]["error_message"].as_str().unwrap().contains("exited"), "{datum}");
+        let (_, datum) = server
+            .call(
+                Method::GET,
+                &format!("/v1/datums/{datum_id}"),
+                Some(ADMIN),
+                None,
+            )
+            .await;
+        assert!(
+            datum["datum"]["error_message"]
+                .as_str()
+                .unwrap()
+                .contains("exited"),
+            "{datum}"
+        );
         // ...and, with work left and no live worker, new workers start.
         let started = server.executor.started.lock().unwrap().clone();
         assert_eq!(started.last(), Some(&(id, 2)), "{started:?}");
 
         // job_timeout: the job fails and its workers are stopped.
-        Babysitter::with_clock_skew(2 * 3_600_000).tick(&server.state).await.unwrap();
-        let (_, job) = server.call(Method::GET, &format!("/v1/jobs/{id}"), Some(ADMIN), None).await;
+        Babysitter::with_clock_skew(2 * 3_600_000)
+            .tick(&server.state)
+            .await
+            .unwrap();
+        let (_, job) = server
+            .call(Method::GET, &format!("/v1/jobs/{id}"), Some(ADMIN), None)
+            .await;
         assert_eq!(job["status"], "error");
         assert!(job["error_message"].as_str().unwrap().contains("timed out"));
         assert!(server.executor.stopped.lock().unwrap().contains(&id));
@@ -370,33 +585,72 @@ async fn babysitter_enforces_timeouts_retries_and_replaces_workers() {
 #[tokio::test]
 async fn babysitter_expires_leases_until_tries_run_out_and_finishes_the_job() {
     for server in TestServer::all() {
-        let job = create(&server, server.spec_with_inputs(&[("x.txt", "x")], json!({ "datum_tries": 2 }))).await;
+        let job = create(
+            &server,
+            server.spec_with_inputs(&[("x.txt", "x")], json!({ "datum_tries": 2 })),
+        )
+        .await;
         let id = job["id"].as_i64().unwrap();
         let token = worker_token(&server, id);
         for attempt in 1..=2 {
             let (_, held) = reserve(&server, id, &token, "silent", 0).await;
             assert_eq!(held["claim"]["attempt"], attempt, "{held}");
-            Babysitter::with_clock_skew(31_000).tick(&server.state).await.unwrap();
+            Babysitter::with_clock_skew(31_000)
+                .tick(&server.state)
+                .await
+                .unwrap();
         }
-        let (_, job) = server.call(Method::GET, &format!("/v1/jobs/{id}"), Some(ADMIN), None).await;
+        let (_, job) = server
+            .call(Method::GET, &format!("/v1/jobs/{id}"), Some(ADMIN), None)
+            .await;
         assert_eq!(job["status"], "error", "{job}");
-        let (_, described) = server.call(Method::GET, &format!("/v1/jobs/{id}/describe"), Some(ADMIN), None).await;
+        let (_, described) = server
+            .call(
+                Method::GET,
+                &format!("/v1/jobs/{id}/describe"),
+                Some(ADMIN),
+                None,
+            )
+            .await;
         assert_eq!(described["failed"][0]["attempt"], 2);
-        assert!(described["failed"][0]["error_message"].as_str().unwrap().contains("lease expired"));
+        assert!(
+            described["failed"][0]["error_message"]
+                .as_str()
+                .unwrap()
+                .contains("lease expired")
+        );
     }
 }
 
 #[tokio::test]
 async fn progress_long_poll_answers_on_change() {
     for server in TestServer::all() {
-        let job = create(&server, server.spec_with_inputs(&[("x.txt", "x")], json!({}))).await;
+        let job = create(
+            &server,
+            server.spec_with_inputs(&[("x.txt", "x")], json!({})),
+        )
+        .await;
         let id = job["id"].as_i64().unwrap();
-        let (_, first) = server.call(Method::GET, &format!("/v1/jobs/{id}/progress"), Some(ADMIN), None).await;
+        let (_, first) = server
+            .call(
+                Method::GET,
+                &format!("/v1/jobs/{id}/progress"),
+                Some(ADMIN),
+                None,
+            )
+            .await;
         let generation = first["generation"].as_u64().unwrap();
         let waiting = {
             let app = server.app.clone();
             tokio::spawn(async move {
-                common::call(&app, Method::GET, &format!("/v1/jobs/{id}/progress?since={generation}&wait_ms=5000"), Some(ADMIN), None).await
+                common::call(
+                    &app,
+                    Method::GET,
+                    &format!("/v1/jobs/{id}/progress?since={generation}&wait_ms=5000"),
+                    Some(ADMIN),
+                    None,
+                )
+                .await
             })
         };
         tokio::time::sleep(Duration::from_millis(100)).await;

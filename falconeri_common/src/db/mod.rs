@@ -155,12 +155,12 @@ impl DbPool {
         match Backend::for_url(url) {
             Backend::Sqlite => {
                 let path = url.strip_prefix("sqlite://").unwrap_or(url);
-                if let Some(parent) = std::path::Path::new(path).parent() {
-                    if !parent.as_os_str().is_empty() {
-                        std::fs::create_dir_all(parent).with_context(|| {
-                            format!("cannot create database directory {}", parent.display())
-                        })?;
-                    }
+                if let Some(parent) = std::path::Path::new(path).parent()
+                    && !parent.as_os_str().is_empty()
+                {
+                    std::fs::create_dir_all(parent).with_context(|| {
+                        format!("cannot create database directory {}", parent.display())
+                    })?;
                 }
                 let pool = Pool::builder()
                     .max_size(max_size)

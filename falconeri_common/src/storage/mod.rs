@@ -111,10 +111,10 @@ pub async fn prepare_local_path(root: &Path, relative: &str) -> Result<PathBuf> 
             root.display()
         );
     }
-    if let Ok(meta) = tokio::fs::symlink_metadata(&dest).await {
-        if meta.file_type().is_symlink() || meta.is_dir() {
-            bail!("refusing {relative:?}: a link or directory is already there");
-        }
+    if let Ok(meta) = tokio::fs::symlink_metadata(&dest).await
+        && (meta.file_type().is_symlink() || meta.is_dir())
+    {
+        bail!("refusing {relative:?}: a link or directory is already there");
     }
     Ok(dest)
 }

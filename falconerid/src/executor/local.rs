@@ -123,9 +123,9 @@ impl Executor for LocalExecutor {
                 // Its own process group: a Ctrl-C aimed at the server's
                 // terminal must not take the workers down mid-write.
                 .process_group(0);
-            let mut child = command.spawn().with_context(|| {
-                format!("cannot start worker {:?}", self.command[0])
-            })?;
+            let mut child = command
+                .spawn()
+                .with_context(|| format!("cannot start worker {:?}", self.command[0]))?;
             let pid = child.id();
             tracing::info!(worker = id, pid, log = %log_path.display(), "started worker");
             self.lock()
@@ -166,7 +166,9 @@ impl Executor for LocalExecutor {
             })
             .unwrap_or_default();
         for (id, pid) in pids {
-            let Ok(raw) = i32::try_from(pid) else { continue };
+            let Ok(raw) = i32::try_from(pid) else {
+                continue;
+            };
             tracing::info!(worker = id, pid, "stopping worker");
             let _ = nix::sys::signal::kill(Pid::from_raw(raw), Signal::SIGTERM);
             // Escalate later without holding up the caller.
@@ -184,6 +186,24 @@ impl Executor for LocalExecutor {
             });
         }
         Ok(())
+    }
+
+    /// Stops every worker and waits (up to the grace period) for them to
+    /// exit, so `falconeri local stop` leaves no commands behind.
+    async fn shutdown(&self) {
+        let jobs: Vec<i64> = self.lock().keys().copied().collect();
+        for job_id in jobs {
+            let _ = self.stop_workers(job_id).await;
+        }
+        let deadline = tokio::time::Instant::now() + STOP_GRACE;
+        while self.lock().values().flatten().any(|w| w.alive) {
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!("some workers did not stop in time");
+                break;
+            }
+            // Shutdown only: a short wait for the reaper tasks to record exits.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     async fn workers(&self, job_id: i64) -> Result<Vec<WorkerState>> {

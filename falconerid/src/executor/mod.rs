@@ -45,4 +45,9 @@ pub trait Executor: Send + Sync {
     /// Workers it does not know about (say, from before a restart) are absent:
     /// their datums are recovered by lease expiry instead.
     async fn workers(&self, job_id: i64) -> Result<Vec<WorkerState>>;
+
+    /// Called once when falconerid shuts down. Workers that cannot outlive
+    /// the server (local processes) are stopped; cluster workers carry on
+    /// and reconnect to the next server.
+    async fn shutdown(&self) {}
 }

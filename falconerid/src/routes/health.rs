@@ -23,7 +23,9 @@ async fn healthz() -> Json<Value> {
 }
 
 /// The database answers too.
-async fn readyz(axum::extract::State(state): axum::extract::State<AppState>) -> AppResult<Json<Value>> {
+async fn readyz(
+    axum::extract::State(state): axum::extract::State<AppState>,
+) -> AppResult<Json<Value>> {
     let pool = state.pool().clone();
     let ready = tokio::task::spawn_blocking(move || pool.is_ready())
         .await
@@ -31,7 +33,9 @@ async fn readyz(axum::extract::State(state): axum::extract::State<AppState>) -> 
     if ready {
         Ok(Json(json!({ "status": "ready" })))
     } else {
-        Err(AppError::Unavailable("the database is not answering".to_owned()))
+        Err(AppError::Unavailable(
+            "the database is not answering".to_owned(),
+        ))
     }
 }
 

@@ -176,7 +176,13 @@ async fn cancel(
     let (job, stopped) = state
         .db(move |conn| {
             let now = db_now(conn)?;
-            Job::stop(conn, id, JobStatus::Canceled, Some("canceled by a user"), now)
+            Job::stop(
+                conn,
+                id,
+                JobStatus::Canceled,
+                Some("canceled by a user"),
+                now,
+            )
         })
         .await?;
     if !stopped {
@@ -187,7 +193,11 @@ async fn cancel(
     }
     state.notify_change();
     if let Err(err) = state.executor().stop_workers(id).await {
-        tracing::warn!(job = job.name, error = format!("{err:#}"), "cannot stop workers");
+        tracing::warn!(
+            job = job.name,
+            error = format!("{err:#}"),
+            "cannot stop workers"
+        );
     }
     Ok(Json(job.into()))
 }
@@ -210,4 +220,3 @@ async fn datums(
         datums: datums.into_iter().map(Into::into).collect(),
     }))
 }
-

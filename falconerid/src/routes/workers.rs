@@ -128,7 +128,9 @@ fn reservation(
         claim,
         lease_expires_at: datum.lease_expires_at.unwrap_or_default(),
         // Three heartbeats per lease: one lost request is not fatal.
-        heartbeat_interval_ms: u64::try_from(lease.as_millis() / 3).unwrap_or(10_000).max(100),
+        heartbeat_interval_ms: u64::try_from(lease.as_millis() / 3)
+            .unwrap_or(10_000)
+            .max(100),
         timeout_ms: job.datum_timeout_ms.and_then(|ms| u64::try_from(ms).ok()),
         cmd: spec.transform.cmd,
         env: spec.transform.env,

@@ -1,6 +1,7 @@
 //! Test helpers: a falconerid app on a fresh database with a recording
 //! executor, and a small request helper for `oneshot`.
 
+#![allow(clippy::unwrap_used)]
 #![allow(dead_code)]
 
 use std::{
@@ -52,7 +53,13 @@ impl Executor for RecordingExecutor {
         Ok(())
     }
     async fn workers(&self, job_id: i64) -> Result<Vec<WorkerState>> {
-        Ok(self.workers.lock().unwrap().get(&job_id).cloned().unwrap_or_default())
+        Ok(self
+            .workers
+            .lock()
+            .unwrap()
+            .get(&job_id)
+            .cloned()
+            .unwrap_or_default())
     }
 }
 
@@ -102,7 +109,10 @@ impl TestServer {
     /// Writes `files` (relative path → contents) into a new input directory
     /// and returns a spec reading it, one datum per top-level entry.
     pub fn spec_with_inputs(&self, files: &[(&str, &str)], extra: Value) -> Value {
-        let input = self.dir.path().join(format!("in-{}", rand::random::<u32>()));
+        let input = self
+            .dir
+            .path()
+            .join(format!("in-{}", rand::random::<u32>()));
         write_files(&input, files);
         let egress = self.dir.path().join("out");
         let mut spec = serde_json::json!({
@@ -155,7 +165,10 @@ pub async fn call(
         Value::Null
     } else {
         serde_json::from_slice(&bytes).unwrap_or_else(|_| {
-            panic!("{status}: body is not JSON: {}", String::from_utf8_lossy(&bytes))
+            panic!(
+                "{status}: body is not JSON: {}",
+                String::from_utf8_lossy(&bytes)
+            )
         })
     };
     (status, value)
