@@ -32,6 +32,11 @@ use crate::{
 /// zero from a misconfigured server cannot make us spin.
 const MIN_HEARTBEAT: Duration = Duration::from_millis(100);
 
+/// How long a stopping worker waits for falconerid to take its last report.
+/// With [`KILL_GRACE`] this stays within the 10 s the local executor and the
+/// 30 s Kubernetes give a worker between SIGTERM and SIGKILL.
+const STOP_REPORT_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// What the run loop should do after a datum.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Outcome {
@@ -125,14 +130,18 @@ pub(crate) async fn process(worker: &Worker, r: &Reservation) -> Result<Outcome>
         }
         Attempt::Stopped { output } => {
             tracing::info!("worker stopping; reporting the datum");
-            // One try only: whoever stops us (Kubernetes, a terminal) will not
-            // wait minutes, and an unreported datum is retried once its lease
-            // expires anyway.
+            // One short try only: whoever stops us (Kubernetes, the local
+            // executor) will not wait long, and an unreported datum is
+            // retried once its lease expires anyway.
             let body = error_request(r, "worker was stopped".to_owned(), output);
-            match report_error(&worker.client, r.datum_id, &body).await {
-                Ok(_) => {}
-                Err(err) if err.is_conflict() || err.is_not_found() => {}
-                Err(err) => tracing::warn!(error = %err, "cannot report the stopped datum"),
+            let report = report_error(&worker.client, r.datum_id, &body);
+            match tokio::time::timeout(STOP_REPORT_TIMEOUT, report).await {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) if err.is_conflict() || err.is_not_found() => {}
+                Ok(Err(err)) => tracing::warn!(error = %err, "cannot report the stopped datum"),
+                Err(_) => {
+                    tracing::warn!("falconerid did not answer; the datum's lease will expire")
+                }
             }
             Ok(Outcome::Stopped)
         }

@@ -523,11 +523,11 @@ mod tests {
         // Wait until the shell has started its background sleep.
         let mut grandchild = None;
         for _ in 0..250 {
-            if let Ok(text) = std::fs::read_to_string(&pid_file) {
-                if let Ok(pid) = text.trim().parse::<i32>() {
-                    grandchild = Some(pid);
-                    break;
-                }
+            if let Ok(text) = std::fs::read_to_string(&pid_file)
+                && let Ok(pid) = text.trim().parse::<i32>()
+            {
+                grandchild = Some(pid);
+                break;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -562,9 +562,10 @@ mod tests {
         // Give the shell time to install its trap.
         tokio::time::sleep(Duration::from_millis(300)).await;
         let started = Instant::now();
-        let status = running
-            .kill_group(Duration::from_millis(300))
+        let kill = running.kill_group(Duration::from_millis(300));
+        let status = tokio::time::timeout(Duration::from_secs(10), kill)
             .await
+            .expect("kill_group hung: is the command in its own group?")
             .unwrap();
         assert!(started.elapsed() >= Duration::from_millis(300));
         assert_eq!(

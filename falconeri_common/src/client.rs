@@ -73,11 +73,20 @@ impl ClientError {
 }
 
 /// A connection to one falconerid.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Client {
     base: Url,
     token: Option<String>,
     http: reqwest::Client,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("base", &self.base.as_str())
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish_non_exhaustive()
+    }
 }
 
 /// How long an ordinary request may take. Long-polls add their wait to it.
