@@ -1,0 +1,128 @@
+//! Queue benchmark: how fast falconeri accepts big jobs and hands out
+//! datums, on SQLite and PostgreSQL. Run it with `bench/queue`, which
+//! provides PostgreSQL; it prints a Markdown table.
+//!
+//! For each backend it measures (1) inserting a job of 100,000 input files
+//! and (2) draining 20,000 datums with 1, 8 and 32 concurrent workers, each
+//! doing the real reserve → done cycle (two guarded statements plus the
+//! database clock reads).
+
+use std::{
+    sync::{Arc, Barrier},
+    time::Instant,
+};
+
+use falconeri_common::{
+    db::{DbPool, testing::TestDb},
+    models::{Datum, Job, NewJobParams, db_now},
+    pipeline::PipelineSpec,
+    plan::{PlannedDatum, PlannedFile},
+};
+
+const LEASE_MS: i64 = 30_000;
+
+fn spec() -> PipelineSpec {
+    PipelineSpec::from_json(
+        r#"{
+            "pipeline": { "name": "bench" },
+            "transform": { "cmd": ["true"], "image": "alpine" },
+            "parallelism_spec": { "constant": 8 },
+            "resource_requests": { "memory": "64Mi", "cpu": 0.1 },
+            "input": { "atom": { "URI": "file:///in/", "repo": "in", "glob": "/*" } },
+            "egress": { "URI": "file:///out/" }
+        }"#,
+    )
+    .expect("benchmark spec is valid")
+}
+
+fn planned(datums: usize, files_per_datum: usize) -> Vec<PlannedDatum> {
+    (0..datums)
+        .map(|d| PlannedDatum {
+            files: (0..files_per_datum)
+                .map(|f| PlannedFile {
+                    uri: format!("file:///in/{d}/{f}.txt"),
+                    local_path: format!("in/{d}/{f}.txt"),
+                })
+                .collect(),
+        })
+        .collect()
+}
+
+fn create(pool: &DbPool, name: &str, datums: &[PlannedDatum]) -> i64 {
+    let mut conn = pool.get().expect("connection");
+    let now = db_now(&mut conn).expect("clock");
+    let spec = spec();
+    let job = Job::create(
+        &mut conn,
+        NewJobParams {
+            spec: &spec,
+            datums,
+            retry_of: None,
+            worker_token: &format!("token-{name}"),
+            name,
+        },
+        now,
+    )
+    .expect("create job");
+    Job::mark_running(&mut conn, job.id, now).expect("start job").id
+}
+
+fn drain(pool: &DbPool, job_id: i64, workers: usize) -> usize {
+    let barrier = Arc::new(Barrier::new(workers));
+    let handles: Vec<_> = (0..workers)
+        .map(|w| {
+            let pool = pool.clone();
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                let mut conn = pool.get().expect("connection");
+                let worker = format!("bench-{w}");
+                let mut done = 0;
+                barrier.wait();
+                loop {
+                    let now = db_now(&mut conn).expect("clock");
+                    let Some(datum) =
+                        Datum::reserve_next(&mut conn, job_id, &worker, now, LEASE_MS, None)
+                            .expect("reserve")
+                    else {
+                        break;
+                    };
+                    let claim = datum.claim().expect("claim");
+                    Datum::mark_done(&mut conn, datum.id, &claim, "", &[], now).expect("done");
+                    done += 1;
+                }
+                done
+            })
+        })
+        .collect();
+    handles.into_iter().map(|h| h.join().expect("worker thread")).sum()
+}
+
+fn main() {
+    let drain_datums = 20_000;
+    println!("| backend | measurement | size | workers | seconds | rate |");
+    println!("|---|---|---|---|---:|---:|");
+    for db in TestDb::all() {
+        let backend = db.backend().name();
+        let big = planned(25_000, 4);
+        let started = Instant::now();
+        create(&db.pool, "bench-big", &big);
+        let secs = started.elapsed().as_secs_f64();
+        println!(
+            "| {backend} | create job | 100,000 input files | 1 | {secs:.2} | {:.0} files/s |",
+            100_000.0 / secs
+        );
+
+        let datums = planned(drain_datums, 1);
+        for workers in [1, 8, 32] {
+            let job_id = create(&db.pool, &format!("bench-drain-{workers}"), &datums);
+            let started = Instant::now();
+            let done = drain(&db.pool, job_id, workers);
+            let secs = started.elapsed().as_secs_f64();
+            assert_eq!(done, drain_datums, "every datum completed once");
+            println!(
+                "| {backend} | reserve + done | {drain_datums} datums | {workers} | {secs:.2} | {:.0} datums/s |",
+                f64::from(u32::try_from(done).unwrap_or(u32::MAX)) / secs
+            );
+        }
+    }
+}
