@@ -15,7 +15,7 @@ use std::{
 
 use anyhow::{Context, Result, anyhow, bail};
 use falconeri_common::{
-    api::{Claim, DoneRequest, ErrorRequest, NewOutputFile, Reservation},
+    api::{Claim, DoneRequest, ErrorRequest, NewOutputFile, ReleaseRequest, Reservation},
     client::{Client, ClientError},
     storage::{download_inputs, upload_outputs},
 };
@@ -129,14 +129,19 @@ pub(crate) async fn process(worker: &Worker, r: &Reservation) -> Result<Outcome>
             Ok(Outcome::Next)
         }
         Attempt::Stopped { output } => {
-            tracing::info!("worker stopping; reporting the datum");
-            // One short try only: whoever stops us (Kubernetes, the local
-            // executor) will not wait long, and an unreported datum is
-            // retried once its lease expires anyway.
-            let body = error_request(r, "worker was stopped".to_owned(), output);
-            let report = report_error(&worker.client, r.datum_id, &body);
+            tracing::info!("worker stopping; giving the datum back");
+            // A stop is not the command's fault: release the datum so the
+            // attempt doesn't use up a try. One short try only: whoever
+            // stops us (Kubernetes, the local executor) will not wait long,
+            // and an unreported datum comes back when its lease expires.
+            let _ = output;
+            let body = ReleaseRequest {
+                claim: r.claim.clone(),
+                reason: "the worker was stopped before the command finished".to_owned(),
+            };
+            let report = worker.client.release(r.datum_id, &body);
             match tokio::time::timeout(STOP_REPORT_TIMEOUT, report).await {
-                Ok(Ok(())) => {}
+                Ok(Ok(_)) => {}
                 Ok(Err(err)) if err.is_conflict() || err.is_not_found() => {}
                 Ok(Err(err)) => tracing::warn!(error = %err, "cannot report the stopped datum"),
                 Err(_) => {

@@ -1,7 +1,7 @@
 //! `falconeri datum ...`: the datums of a job, and one datum in full.
 
 use anyhow::{Context, Result};
-use falconeri_common::api::DatumResponse;
+use falconeri_common::api::{DatumResponse, DatumSummary};
 
 use crate::{
     cli::DatumCommand,
@@ -48,6 +48,15 @@ pub async fn run(config: &Config, command: DatumCommand) -> Result<()> {
     }
 }
 
+/// `2 of 3`, plus any attempts that were interrupted and don't count.
+fn tries(summary: &DatumSummary) -> String {
+    let mut text = format!("{} of {}", summary.tries_used(), summary.max_tries);
+    if summary.interrupted > 0 {
+        text.push_str(&format!(" (+{} interrupted)", summary.interrupted));
+    }
+    text
+}
+
 /// A datum in full, for people.
 fn render(datum: &DatumResponse, now: i64) -> String {
     let summary = &datum.datum;
@@ -55,10 +64,7 @@ fn render(datum: &DatumResponse, now: i64) -> String {
     fields.row(["Datum:", &summary.id.to_string()]);
     fields.row(["Job:", &summary.job_id.to_string()]);
     fields.row(["Status:", summary.status.as_str()]);
-    fields.row([
-        "Attempts:",
-        &format!("{} of {}", summary.attempt, summary.max_tries),
-    ]);
+    fields.row(["Tries:", &tries(summary)]);
     fields.row(["Owner:", summary.owner.as_deref().unwrap_or(NONE)]);
     fields.row(["Started:", &output::maybe_time(summary.started_at)]);
     fields.row(["Finished:", &output::maybe_time(summary.finished_at)]);
@@ -131,6 +137,7 @@ mod tests {
                 job_id: 3,
                 status: DatumStatus::Error,
                 attempt: 3,
+                interrupted: 0,
                 max_tries: 3,
                 owner: None,
                 started_at: Some(0),
@@ -152,7 +159,7 @@ mod tests {
             "Datum:     17\n\
              Job:       3\n\
              Status:    error\n\
-             Attempts:  3 of 3\n\
+             Tries:     3 of 3\n\
              Owner:     -\n\
              Started:   1970-01-01T00:00:00Z\n\
              Finished:  1970-01-01T00:01:05Z\n\

@@ -220,13 +220,13 @@ fn counts_line(counts: &StatusCounts) -> String {
 /// Datums as a table; shared with `datum list`.
 pub fn datum_table(datums: &[DatumSummary], now: i64) -> Table {
     let mut table = Table::with_headers(&[
-        "ID", "STATUS", "ATTEMPT", "OWNER", "STARTED", "DURATION", "ERROR",
+        "ID", "STATUS", "TRIES", "OWNER", "STARTED", "DURATION", "ERROR",
     ]);
     for datum in datums {
         table.row([
             datum.id.to_string(),
             datum.status.to_string(),
-            format!("{}/{}", datum.attempt, datum.max_tries),
+            format!("{}/{}", datum.tries_used(), datum.max_tries),
             datum.owner.clone().unwrap_or_else(|| NONE.to_owned()),
             output::maybe_time(datum.started_at),
             output::elapsed(datum.started_at, datum.finished_at, now),
@@ -264,23 +264,23 @@ async fn follow(config: &Config, client: &Client, job: JobResponse) -> Result<()
         since = Some(progress.generation);
     };
 
-    match bar {
-        Some(bar) => {
-            bar.finish_and_clear();
-            if progress.job.status == JobStatus::Done {
-                println!(
-                    "Job {} is done: {} datums in {}.",
-                    progress.job.name,
-                    progress.counts.done,
-                    output::elapsed(
-                        progress.job.started_at,
-                        progress.job.finished_at,
-                        output::now_millis()
-                    )
-                );
-            }
-        }
-        None => output::print_json(&progress.job)?,
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    if config.json() {
+        output::print_json(&progress.job)?;
+    } else if progress.job.status == JobStatus::Done {
+        println!(
+            "Job {} is done: {} datums in {}. Outputs are in {}",
+            progress.job.name,
+            progress.counts.done,
+            output::elapsed(
+                progress.job.started_at,
+                progress.job.finished_at,
+                output::now_millis()
+            ),
+            progress.job.egress_uri
+        );
     }
     outcome(&progress.job, &progress.counts)
 }
@@ -524,6 +524,7 @@ mod tests {
             job_id: 7,
             status: falconeri_common::status::DatumStatus::Error,
             attempt: 2,
+            interrupted: 0,
             max_tries: 3,
             owner: None,
             started_at: Some(0),
@@ -532,8 +533,8 @@ mod tests {
         };
         assert_eq!(
             datum_table(&[datum], 0).render(),
-            "ID  STATUS  ATTEMPT  OWNER  STARTED               DURATION  ERROR\n\
-             3   error   2/3      -      1970-01-01T00:00:00Z  2s        exit status 1\n"
+            "ID  STATUS  TRIES  OWNER  STARTED               DURATION  ERROR\n\
+             3   error   2/3    -      1970-01-01T00:00:00Z  2s        exit status 1\n"
         );
     }
 }

@@ -289,3 +289,45 @@ fn invalid_specs_are_refused_before_anything_runs() {
     assert!(stderr.contains("parallelism_spec.constant"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+/// `local stop` in the middle of a job stops the workers, which give their
+/// datums back; the next command restarts the server, whose babysitter
+/// starts new workers, and the job finishes without using up a try.
+#[test]
+fn a_job_survives_stopping_the_local_server() {
+    let local = Local::new();
+    let spec = small_spec(
+        &local,
+        "resumable",
+        serde_json::json!(["sh", "-c", "sleep 2; echo ok > \"$FALCONERI_OUT/done.txt\""]),
+        serde_json::json!({ "datum_tries": 1 }),
+    );
+    let job = local.json(&[
+        "job",
+        "run",
+        "--local",
+        "-o",
+        "json",
+        spec.to_str().unwrap(),
+    ]);
+    let name = job["name"].as_str().unwrap().to_owned();
+    let started = Instant::now();
+    loop {
+        let described = local.json(&["job", "describe", "--local", &name, "-o", "json"]);
+        if described["counts"]["running"] == 2 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "never started: {described}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let stopped = local.falconeri(&["local", "stop"]);
+    assert!(stopped.status.success(), "{}", describe(&stopped));
+
+    let waited = local.falconeri(&["job", "wait", "--local", &name]);
+    assert!(waited.status.success(), "{}", describe(&waited));
+    let described = local.json(&["job", "describe", "--local", &name, "-o", "json"]);
+    assert_eq!(described["counts"]["done"], 2, "{described}");
+}

@@ -64,7 +64,9 @@ fn create(pool: &DbPool, name: &str, datums: &[PlannedDatum]) -> i64 {
         now,
     )
     .expect("create job");
-    Job::mark_running(&mut conn, job.id, now).expect("start job").id
+    Job::mark_running(&mut conn, job.id, now)
+        .expect("start job")
+        .id
 }
 
 fn drain(pool: &DbPool, job_id: i64, workers: usize) -> usize {
@@ -94,7 +96,10 @@ fn drain(pool: &DbPool, job_id: i64, workers: usize) -> usize {
             })
         })
         .collect();
-    handles.into_iter().map(|h| h.join().expect("worker thread")).sum()
+    handles
+        .into_iter()
+        .map(|h| h.join().expect("worker thread"))
+        .sum()
 }
 
 fn main() {
@@ -115,8 +120,11 @@ fn main() {
         let datums = planned(drain_datums, 1);
         for workers in [1, 8, 32] {
             let job_id = create(&db.pool, &format!("bench-drain-{workers}"), &datums);
+            // One connection per worker, as each falconerid request would take.
+            let pool =
+                DbPool::connect(&db.url, u32::try_from(workers).unwrap_or(32)).expect("connect");
             let started = Instant::now();
-            let done = drain(&db.pool, job_id, workers);
+            let done = drain(&pool, job_id, workers);
             let secs = started.elapsed().as_secs_f64();
             assert_eq!(done, drain_datums, "every datum completed once");
             println!(

@@ -58,6 +58,9 @@ pub mod paths {
     pub fn datum_error(id: i64) -> String {
         format!("/v1/datums/{id}/error")
     }
+    pub fn datum_release(id: i64) -> String {
+        format!("/v1/datums/{id}/release")
+    }
     pub fn datum_output_files(id: i64) -> String {
         format!("/v1/datums/{id}/output-files")
     }
@@ -201,12 +204,23 @@ pub struct DatumSummary {
     pub status: DatumStatus,
     /// How many times the datum has been reserved.
     pub attempt: i32,
+    /// Attempts cut short by the infrastructure (a stopped worker); they
+    /// don't count against `max_tries`.
+    #[serde(default)]
+    pub interrupted: i32,
     pub max_tries: i32,
     /// The worker holding the datum, while it runs.
     pub owner: Option<String>,
     pub started_at: Option<Millis>,
     pub finished_at: Option<Millis>,
     pub error_message: Option<String>,
+}
+
+impl DatumSummary {
+    /// Tries used so far: attempts that were not interrupted.
+    pub fn tries_used(&self) -> i32 {
+        self.attempt - self.interrupted
+    }
 }
 
 /// `GET /v1/jobs/{id}/datums`.
@@ -320,6 +334,14 @@ pub struct ErrorRequest {
     pub claim: Claim,
     pub output: String,
     pub error: String,
+}
+
+/// Body of `POST /v1/datums/{id}/release`: the worker was stopped, not
+/// failed; the datum goes back to `ready` without using up a try.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ReleaseRequest {
+    pub claim: Claim,
+    pub reason: String,
 }
 
 /// Body of `POST /v1/datums/{id}/output-files`.

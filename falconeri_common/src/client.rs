@@ -320,6 +320,16 @@ impl Client {
         self.post(&paths::datum_error(datum_id), body).await
     }
 
+    /// Gives back a datum we hold because we are being stopped; the attempt
+    /// does not count against `datum_tries`.
+    pub async fn release(
+        &self,
+        datum_id: i64,
+        body: &api::ReleaseRequest,
+    ) -> Result<api::DatumSummary, ClientError> {
+        self.post(&paths::datum_release(datum_id), body).await
+    }
+
     /// Records output files of a datum we hold, before it is done.
     pub async fn record_output_files(
         &self,

@@ -452,3 +452,37 @@ fn a_job_of_100_000_input_files_is_accepted() {
         assert_eq!(files[3].local_path, "in/24999/3.txt");
     }
 }
+
+/// A worker stopped by its executor gives its datum back without using up
+/// a try; a stale claim can't release.
+#[test]
+fn released_datums_keep_their_tries() {
+    for db in TestDb::all() {
+        let mut conn = db.pool.get().unwrap();
+        let job = create_job(&mut conn, 1, 1);
+        let now = db_now(&mut conn).unwrap();
+        let first = Datum::reserve_next(&mut conn, job.id, "w", now, LEASE, None)
+            .unwrap()
+            .unwrap();
+        let released = Datum::release(&mut conn, first.id, &claim(&first), "stopped", now).unwrap();
+        assert_eq!(released.status(), DatumStatus::Ready, "{db:?}");
+        assert_eq!(released.interrupted, 1);
+        assert!(matches!(
+            Datum::release(&mut conn, first.id, &claim(&first), "again", now),
+            Err(ModelError::Conflict(_))
+        ));
+        // The one real try is still there: a failure now is final, but the
+        // lease expiry of the second attempt still counts it as the first try.
+        let second = Datum::reserve_next(&mut conn, job.id, "w", now, LEASE, None)
+            .unwrap()
+            .unwrap();
+        assert_eq!(second.attempt, 2);
+        let failed =
+            Datum::mark_error(&mut conn, second.id, &claim(&second), "", "boom", now).unwrap();
+        assert_eq!(
+            failed.status(),
+            DatumStatus::Error,
+            "datum_tries 1: one real try"
+        );
+    }
+}

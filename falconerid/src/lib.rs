@@ -71,26 +71,28 @@ where
     state.set_public_url(format!("http://{host}:{}", addr.port()));
     tracing::info!(%addr, public_url = state.public_url(), "listening");
 
-    let cancel = CancellationToken::new();
-    let babysitter = tokio::spawn(babysitter::run(state.clone(), cancel.clone()));
+    let babysitter_cancel = CancellationToken::new();
+    let babysitter = tokio::spawn(babysitter::run(state.clone(), babysitter_cancel.clone()));
     on_ready(addr);
 
-    let shutdown = cancel.clone();
-    let executor = state.executor().clone();
-    let result = axum::serve(listener, app(state))
-        .with_graceful_shutdown(async move {
-            tokio::select! {
-                _ = shutdown_signal() => {}
-                _ = shutdown.cancelled() => {}
-            }
+    // The order matters: stop the babysitter (so it starts no workers), then
+    // stop local workers while the API still answers (so they can give their
+    // datums back), then wake long-polls so shutdown doesn't wait them out.
+    let stopping = {
+        let state = state.clone();
+        async move {
+            shutdown_signal().await;
             tracing::info!("shutting down");
-        })
+            babysitter_cancel.cancel();
+            let _ = babysitter.await;
+            state.executor().shutdown().await;
+            state.begin_shutdown();
+        }
+    };
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(stopping)
         .await
-        .context("server failed");
-    cancel.cancel();
-    let _ = babysitter.await;
-    executor.shutdown().await;
-    result
+        .context("server failed")
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

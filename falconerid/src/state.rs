@@ -10,6 +10,7 @@ use falconeri_common::{
     models::ModelResult,
 };
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use crate::{config::Config, error::AppResult, executor::Executor};
 
@@ -27,6 +28,8 @@ struct Inner {
     changes: watch::Sender<u64>,
     /// The URL workers reach us at, known once the listener is bound.
     public_url: OnceLock<String>,
+    /// Cancelled when the server shuts down; long-polls answer at once.
+    shutdown: CancellationToken,
 }
 
 impl AppState {
@@ -43,6 +46,7 @@ impl AppState {
                 executor,
                 changes: watch::channel(0).0,
                 public_url,
+                shutdown: CancellationToken::new(),
             }),
         }
     }
@@ -105,6 +109,16 @@ impl AppState {
     /// at the database, so a change in between is not missed.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.inner.changes.subscribe()
+    }
+
+    /// Tells long-polls to answer now: the server is going away.
+    pub fn begin_shutdown(&self) {
+        self.inner.shutdown.cancel();
+    }
+
+    /// Resolves once the server is shutting down.
+    pub async fn shutting_down(&self) {
+        self.inner.shutdown.cancelled().await;
     }
 
     /// Caps a client's requested wait at the configured maximum.

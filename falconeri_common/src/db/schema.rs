@@ -30,6 +30,7 @@ diesel::table! {
         seq -> BigInt,
         status -> Text,
         attempt -> Integer,
+        interrupted -> Integer,
         max_tries -> Integer,
         owner -> Nullable<Text>,
         lease_expires_at -> Nullable<BigInt>,

@@ -29,6 +29,8 @@ pub struct Datum {
     pub status: String,
     /// How many times the datum has been reserved; the current claim's attempt.
     pub attempt: i32,
+    /// Attempts interrupted by the infrastructure; they don't use up tries.
+    pub interrupted: i32,
     pub max_tries: i32,
     pub owner: Option<String>,
     pub lease_expires_at: Option<Millis>,
@@ -285,7 +287,7 @@ impl Datum {
                 .filter(datums::status.eq(RUNNING))
                 .filter(datums::attempt.eq(claim.attempt))
                 .filter(datums::owner.eq(&claim.worker_id))
-                .filter(datums::attempt.lt(datums::max_tries))
+                .filter(tries_left())
                 .set((
                     datums::status.eq(READY),
                     datums::owner.eq(None::<String>),
@@ -356,6 +358,37 @@ impl Datum {
         }
     }
 
+    /// Gives a held datum back without using up a try: its worker was
+    /// stopped by the executor (a cancel, a server shutdown, a node going
+    /// away), not failed by its command.
+    #[tracing::instrument(level = "debug", skip(conn))]
+    pub fn release(
+        conn: &mut DbConn,
+        id: i64,
+        claim: &Claim,
+        reason: &str,
+        now: Millis,
+    ) -> ModelResult<Datum> {
+        let released: Option<Datum> = with_conn!(conn, c => diesel::update(datums::table)
+            .filter(datums::id.eq(id))
+            .filter(datums::status.eq(RUNNING))
+            .filter(datums::attempt.eq(claim.attempt))
+            .filter(datums::owner.eq(&claim.worker_id))
+            .set((
+                datums::status.eq(READY),
+                datums::owner.eq(None::<String>),
+                datums::interrupted.eq(datums::interrupted + 1),
+                datums::error_message.eq(Some(reason)),
+                datums::updated_at.eq(now),
+                datums::lease_expires_at.eq(None::<i64>),
+                datums::deadline_at.eq(None::<i64>),
+            ))
+            .returning(Datum::as_returning())
+            .get_result(c)
+            .optional())?;
+        released.ok_or_else(|| Datum::why_stale(conn, id, claim))
+    }
+
     /// Explains a failed guarded write: the datum does not exist (404) or the
     /// claim is stale (409).
     fn why_stale(conn: &mut DbConn, id: i64, claim: &Claim) -> ModelError {
@@ -383,7 +416,7 @@ impl Datum {
             let requeued = diesel::update(datums::table)
                 .filter(datums::status.eq(RUNNING))
                 .filter(datums::lease_expires_at.lt(now))
-                .filter(datums::attempt.lt(datums::max_tries))
+                .filter(tries_left())
                 .set(requeue_set(message, now))
                 .execute(c)?;
             let failed = diesel::update(datums::table)
@@ -404,7 +437,7 @@ impl Datum {
             let requeued = diesel::update(datums::table)
                 .filter(datums::status.eq(RUNNING))
                 .filter(datums::deadline_at.lt(now))
-                .filter(datums::attempt.lt(datums::max_tries))
+                .filter(tries_left())
                 .set(requeue_set(message, now))
                 .execute(c)?;
             let failed = diesel::update(datums::table)
@@ -433,7 +466,7 @@ impl Datum {
                 .filter(datums::job_id.eq(dead.job_id))
                 .filter(datums::status.eq(RUNNING))
                 .filter(datums::owner.eq_any(&dead.worker_ids))
-                .filter(datums::attempt.lt(datums::max_tries))
+                .filter(tries_left())
                 .set(requeue_set(message, now))
                 .execute(c)?;
             let failed = diesel::update(datums::table)
@@ -464,6 +497,12 @@ impl Datum {
             .select(OutputFile::as_select())
             .load(c))?)
     }
+}
+
+/// True while the datum has tries left: interrupted attempts don't count.
+fn tries_left()
+-> diesel::dsl::Lt<datums::attempt, diesel::dsl::Add<datums::max_tries, datums::interrupted>> {
+    datums::attempt.lt(datums::max_tries + datums::interrupted)
 }
 
 type RequeueSet<'a> = (
@@ -531,6 +570,7 @@ impl From<Datum> for DatumSummary {
             job_id: datum.job_id,
             status,
             attempt: datum.attempt,
+            interrupted: datum.interrupted,
             max_tries: datum.max_tries,
             owner: datum.owner,
             started_at: datum.started_at,

@@ -122,8 +122,14 @@ async fn progress(
     let mut changes = state.subscribe();
     if query.since == Some(state.generation()) {
         let wait = state.capped_wait(query.wait_ms);
-        // Either outcome means "answer now"; a timeout is not an error here.
-        let _ = tokio::time::timeout(wait, changes.changed()).await;
+        // Any outcome means "answer now"; a timeout is not an error here.
+        let _ = tokio::time::timeout(wait, async {
+            tokio::select! {
+                _ = changes.changed() => {}
+                _ = state.shutting_down() => {}
+            }
+        })
+        .await;
     }
     let generation = state.generation();
     let (job, counts) = state

@@ -6,7 +6,7 @@ use axum::{Json, Router, extract::State, routing::post};
 use falconeri_common::{
     api::{
         DatumSummary, DoneRequest, ErrorRequest, HeartbeatRequest, HeartbeatResponse,
-        OutputFilesRequest, Reservation, ReserveRequest, ReserveResponse,
+        OutputFilesRequest, ReleaseRequest, Reservation, ReserveRequest, ReserveResponse,
     },
     models::{Datum, InputFile, Job, db_now},
 };
@@ -28,6 +28,7 @@ pub fn router() -> Router<AppState> {
         .route("/v1/datums/{id}/heartbeat", post(heartbeat))
         .route("/v1/datums/{id}/done", post(done))
         .route("/v1/datums/{id}/error", post(error))
+        .route("/v1/datums/{id}/release", post(release))
         .route("/v1/datums/{id}/output-files", post(output_files))
 }
 
@@ -103,6 +104,7 @@ async fn reserve(
                     _ = tokio::time::sleep_until(deadline) => {
                         return Ok(Json(ReserveResponse::Wait));
                     }
+                    _ = state.shutting_down() => return Ok(Json(ReserveResponse::Wait)),
                 }
             }
         }
@@ -229,6 +231,25 @@ async fn error(
                 &request.error,
                 now,
             )
+        })
+        .await?;
+    state.notify_change();
+    Ok(Json(datum.into()))
+}
+
+/// The worker is being stopped (not failing): the datum goes back to the
+/// queue without using up a try.
+async fn release(
+    principal: Principal,
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<i64>,
+    ApiJson(request): ApiJson<ReleaseRequest>,
+) -> AppResult<Json<DatumSummary>> {
+    authorize_datum(&state, &principal, id).await?;
+    let datum = state
+        .db(move |conn| {
+            let now = db_now(conn)?;
+            Datum::release(conn, id, &request.claim, &request.reason, now)
         })
         .await?;
     state.notify_change();

@@ -27,6 +27,9 @@ CREATE TABLE datums (
     seq BIGINT NOT NULL,
     status TEXT NOT NULL CHECK (status IN ('ready', 'running', 'done', 'error', 'canceled')),
     attempt INTEGER NOT NULL DEFAULT 0,
+    -- Attempts cut short by the infrastructure (a worker stopped by its
+    -- executor), which do not count against max_tries.
+    interrupted INTEGER NOT NULL DEFAULT 0,
     max_tries INTEGER NOT NULL,
     owner TEXT,
     lease_expires_at BIGINT,
