@@ -6,7 +6,8 @@
 //! [`ModelError::Conflict`].
 
 use diesel::{
-    ExpressionMethods, OptionalExtension, QueryDsl, QueryableByName, RunQueryDsl, SelectableHelper,
+    BoolExpressionMethods, ExpressionMethods, OptionalExtension, QueryDsl, QueryableByName,
+    RunQueryDsl, SelectableHelper,
     prelude::{Insertable, Queryable, Selectable},
 };
 
@@ -86,6 +87,28 @@ pub struct DeadOwners {
 
 const READY: &str = "ready";
 const RUNNING: &str = "running";
+
+/// Fails the current attempt of every running datum matching `$filter`, in
+/// one write transaction: requeued while tries remain, else `error`. Each
+/// statement re-checks its rows, so concurrent babysitters are safe.
+macro_rules! fail_attempts {
+    ($conn:expr, $filter:expr, $message:expr, $now:expr) => {
+        write_tx!($conn, c => {
+            let requeued = diesel::update(datums::table)
+                .filter(datums::status.eq(RUNNING))
+                .filter($filter)
+                .filter(tries_left())
+                .set(requeue_set($message, $now))
+                .execute(c)?;
+            let failed = diesel::update(datums::table)
+                .filter(datums::status.eq(RUNNING))
+                .filter($filter)
+                .set(fail_set($message, $now))
+                .execute(c)?;
+            Ok::<_, ModelError>(requeued + failed)
+        })
+    };
+}
 
 /// The reservation statement on PostgreSQL. `SKIP LOCKED` lets concurrent
 /// reservations pass each other; the outer `status = 'ready'` re-checks the
@@ -217,10 +240,7 @@ impl Datum {
     ) -> ModelResult<Millis> {
         let lease = now.saturating_add(lease_ms);
         let n = with_conn!(conn, c => diesel::update(datums::table)
-            .filter(datums::id.eq(id))
-            .filter(datums::status.eq(RUNNING))
-            .filter(datums::attempt.eq(claim.attempt))
-            .filter(datums::owner.eq(&claim.worker_id))
+            .filter(held(id, claim))
             .set((datums::lease_expires_at.eq(Some(lease)), datums::updated_at.eq(now)))
             .execute(c))?;
         if n == 0 {
@@ -242,10 +262,7 @@ impl Datum {
     ) -> ModelResult<Datum> {
         let result = write_tx!(conn, c => {
             let updated: Option<Datum> = diesel::update(datums::table)
-                .filter(datums::id.eq(id))
-                .filter(datums::status.eq(RUNNING))
-                .filter(datums::attempt.eq(claim.attempt))
-                .filter(datums::owner.eq(&claim.worker_id))
+                .filter(held(id, claim))
                 .set((
                     datums::status.eq(DatumStatus::Done.as_str()),
                     datums::output.eq(Some(output)),
@@ -283,10 +300,7 @@ impl Datum {
             // Two guarded statements, of which at most one can match: the
             // first requeues (tries left), the second fails for good.
             let requeued = diesel::update(datums::table)
-                .filter(datums::id.eq(id))
-                .filter(datums::status.eq(RUNNING))
-                .filter(datums::attempt.eq(claim.attempt))
-                .filter(datums::owner.eq(&claim.worker_id))
+                .filter(held(id, claim))
                 .filter(tries_left())
                 .set((
                     datums::status.eq(READY),
@@ -304,10 +318,7 @@ impl Datum {
                 return Ok::<_, ModelError>(requeued);
             }
             Ok(diesel::update(datums::table)
-                .filter(datums::id.eq(id))
-                .filter(datums::status.eq(RUNNING))
-                .filter(datums::attempt.eq(claim.attempt))
-                .filter(datums::owner.eq(&claim.worker_id))
+                .filter(held(id, claim))
                 .set((
                     datums::status.eq(DatumStatus::Error.as_str()),
                     datums::output.eq(Some(output)),
@@ -336,10 +347,7 @@ impl Datum {
         let ok = write_tx!(conn, c => {
             // Touching the row locks it and checks the claim in one step.
             let held: Option<Datum> = diesel::update(datums::table)
-                .filter(datums::id.eq(id))
-                .filter(datums::status.eq(RUNNING))
-                .filter(datums::attempt.eq(claim.attempt))
-                .filter(datums::owner.eq(&claim.worker_id))
+                .filter(held(id, claim))
                 .set(datums::updated_at.eq(now))
                 .returning(Datum::as_returning())
                 .get_result(c)
@@ -370,10 +378,7 @@ impl Datum {
         now: Millis,
     ) -> ModelResult<Datum> {
         let released: Option<Datum> = with_conn!(conn, c => diesel::update(datums::table)
-            .filter(datums::id.eq(id))
-            .filter(datums::status.eq(RUNNING))
-            .filter(datums::attempt.eq(claim.attempt))
-            .filter(datums::owner.eq(&claim.worker_id))
+            .filter(held(id, claim))
             .set((
                 datums::status.eq(READY),
                 datums::owner.eq(None::<String>),
@@ -412,46 +417,19 @@ impl Datum {
     /// heartbeating. Returns how many datums were affected.
     pub fn expire_leases(conn: &mut DbConn, now: Millis) -> ModelResult<usize> {
         let message = "lease expired: the worker stopped heartbeating";
-        let n = write_tx!(conn, c => {
-            let requeued = diesel::update(datums::table)
-                .filter(datums::status.eq(RUNNING))
-                .filter(datums::lease_expires_at.lt(now))
-                .filter(tries_left())
-                .set(requeue_set(message, now))
-                .execute(c)?;
-            let failed = diesel::update(datums::table)
-                .filter(datums::status.eq(RUNNING))
-                .filter(datums::lease_expires_at.lt(now))
-                .set(fail_set(message, now))
-                .execute(c)?;
-            Ok::<_, ModelError>(requeued + failed)
-        })?;
-        Ok(n)
+        fail_attempts!(conn, datums::lease_expires_at.lt(now), message, now)
     }
 
     /// Fails the current attempt of running datums past their
     /// `datum_timeout` deadline.
     pub fn expire_deadlines(conn: &mut DbConn, now: Millis) -> ModelResult<usize> {
         let message = "datum timed out (datum_timeout)";
-        let n = write_tx!(conn, c => {
-            let requeued = diesel::update(datums::table)
-                .filter(datums::status.eq(RUNNING))
-                .filter(datums::deadline_at.lt(now))
-                .filter(tries_left())
-                .set(requeue_set(message, now))
-                .execute(c)?;
-            let failed = diesel::update(datums::table)
-                .filter(datums::status.eq(RUNNING))
-                .filter(datums::deadline_at.lt(now))
-                .set(fail_set(message, now))
-                .execute(c)?;
-            Ok::<_, ModelError>(requeued + failed)
-        })?;
-        Ok(n)
+        fail_attempts!(conn, datums::deadline_at.lt(now), message, now)
     }
 
     /// Releases datums held by workers the executor knows are gone, without
-    /// waiting for their leases to run out.
+    /// waiting for their leases to run out. The attempt counts as a try: a
+    /// command that kills its worker must not be retried forever.
     pub fn release_dead_owners(
         conn: &mut DbConn,
         dead: &DeadOwners,
@@ -461,23 +439,14 @@ impl Datum {
             return Ok(0);
         }
         let message = "the worker holding this datum exited";
-        let n = write_tx!(conn, c => {
-            let requeued = diesel::update(datums::table)
-                .filter(datums::job_id.eq(dead.job_id))
-                .filter(datums::status.eq(RUNNING))
-                .filter(datums::owner.eq_any(&dead.worker_ids))
-                .filter(tries_left())
-                .set(requeue_set(message, now))
-                .execute(c)?;
-            let failed = diesel::update(datums::table)
-                .filter(datums::job_id.eq(dead.job_id))
-                .filter(datums::status.eq(RUNNING))
-                .filter(datums::owner.eq_any(&dead.worker_ids))
-                .set(fail_set(message, now))
-                .execute(c)?;
-            Ok::<_, ModelError>(requeued + failed)
-        })?;
-        Ok(n)
+        fail_attempts!(
+            conn,
+            datums::job_id
+                .eq(dead.job_id)
+                .and(datums::owner.eq_any(&dead.worker_ids)),
+            message,
+            now
+        )
     }
 
     /// The datum's input files.
@@ -497,6 +466,20 @@ impl Datum {
             .select(OutputFile::as_select())
             .load(c))?)
     }
+}
+
+/// The guard of every worker write: the datum is running, at the claim's
+/// attempt, owned by the claim's worker.
+#[diesel::dsl::auto_type(no_type_alias)]
+fn held<'a>(id: i64, claim: &'a Claim) -> _ {
+    let worker_id: &'a str = &claim.worker_id;
+    let running: &'static str = RUNNING;
+    let attempt: i32 = claim.attempt;
+    datums::id
+        .eq(id)
+        .and(datums::status.eq(running))
+        .and(datums::attempt.eq(attempt))
+        .and(datums::owner.eq(worker_id))
 }
 
 /// True while the datum has tries left: interrupted attempts don't count.
