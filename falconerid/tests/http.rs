@@ -662,3 +662,32 @@ async fn progress_long_poll_answers_on_change() {
         assert_eq!(next["counts"]["running"], 1);
     }
 }
+
+/// The whole path of a big job: listing 100,000 input files through
+/// storage, planning, and the chunked inserts (the old falconeri broke past
+/// PostgreSQL's 65,535 bind parameters).
+#[tokio::test]
+async fn a_job_of_100_000_input_files_is_accepted() {
+    let inputs = tempfile::tempdir().unwrap();
+    for dir in 0..100 {
+        let dir_path = inputs.path().join(format!("d{dir:03}"));
+        std::fs::create_dir(&dir_path).unwrap();
+        for file in 0..1_000 {
+            std::fs::write(dir_path.join(format!("f{file:04}.txt")), "").unwrap();
+        }
+    }
+    for server in TestServer::all() {
+        let mut spec = server.spec_with_inputs(&[], json!({}));
+        spec["input"]["atom"]["URI"] = json!(format!("file://{}/", inputs.path().display()));
+        let job = create(&server, spec).await;
+        assert_eq!(job["datum_count"], 100, "{job}");
+        let id = job["id"].as_i64().unwrap();
+        let token = worker_token(&server, id);
+        let (_, reserved) = reserve(&server, id, &token, "w", 0).await;
+        assert_eq!(reserved["input_files"].as_array().unwrap().len(), 1_000);
+        assert_eq!(
+            reserved["input_files"][0]["local_path"],
+            "in/d000/f0000.txt"
+        );
+    }
+}
