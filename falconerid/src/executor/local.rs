@@ -13,6 +13,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use async_trait::async_trait;
 use nix::{sys::signal::Signal, unistd::Pid};
+use tokio::sync::Notify;
 
 use super::{Executor, WorkerLaunch, WorkerState};
 
@@ -33,6 +34,8 @@ pub struct LocalExecutor {
     command: Vec<OsString>,
     state_dir: PathBuf,
     workers: Arc<Mutex<HashMap<i64, Vec<LocalWorker>>>>,
+    /// Signalled whenever a worker exits.
+    exited: Arc<Notify>,
 }
 
 impl LocalExecutor {
@@ -46,6 +49,7 @@ impl LocalExecutor {
             command,
             state_dir,
             workers: Arc::default(),
+            exited: Arc::default(),
         })
     }
 
@@ -144,6 +148,7 @@ impl Executor for LocalExecutor {
                 let status = child.wait().await;
                 tracing::info!(worker = id, ?status, "worker exited");
                 this.mark_exited(job_id, &id);
+                this.exited.notify_waiters();
                 if let Err(err) = tokio::fs::remove_dir_all(&dir).await {
                     tracing::warn!(worker = id, error = %err, "cannot remove work directory");
                 }
@@ -196,13 +201,17 @@ impl Executor for LocalExecutor {
             let _ = self.stop_workers(job_id).await;
         }
         let deadline = tokio::time::Instant::now() + STOP_GRACE;
-        while self.lock().values().flatten().any(|w| w.alive) {
-            if tokio::time::Instant::now() >= deadline {
+        loop {
+            // Register interest before checking, so an exit in between
+            // still wakes us.
+            let exited = self.exited.notified();
+            if !self.lock().values().flatten().any(|w| w.alive) {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, exited).await.is_err() {
                 tracing::warn!("some workers did not stop in time");
                 break;
             }
-            // Shutdown only: a short wait for the reaper tasks to record exits.
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
