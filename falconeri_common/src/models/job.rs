@@ -262,6 +262,16 @@ impl Job {
         Ok(counts)
     }
 
+    /// True if some datum of the job is ready or running.
+    fn has_unfinished_datums(conn: &mut DbConn, id: i64) -> ModelResult<bool> {
+        Ok(with_conn!(conn, c => select(exists(
+            datums::table
+                .filter(datums::job_id.eq(id))
+                .filter(datums::status.eq_any([DatumStatus::Ready.as_str(), DatumStatus::Running.as_str()])),
+        ))
+        .get_result(c))?)
+    }
+
     /// True if some datum of the job waits to run.
     pub fn has_ready_datums(conn: &mut DbConn, id: i64) -> ModelResult<bool> {
         Ok(with_conn!(conn, c => select(exists(
@@ -317,6 +327,11 @@ impl Job {
     /// queries, whatever the job's size.
     #[tracing::instrument(level = "debug", skip(conn))]
     pub fn finish_if_complete(conn: &mut DbConn, id: i64, now: Millis) -> ModelResult<Option<Job>> {
+        // A plain read first: most calls find work left, and they should not
+        // queue for the write lock (SQLite has one writer) to learn that.
+        if Job::has_unfinished_datums(conn, id)? {
+            return Ok(None);
+        }
         let finished = write_tx!(conn, c => {
             // Lock and re-check: only a running job can finish.
             let locked = diesel::update(jobs::table)
