@@ -210,9 +210,18 @@ async fn attempt(worker: &Worker, r: &Reservation, lost: &CancellationToken) -> 
             };
         }
     };
+    if let Some(path) = &config.command_pgid_file {
+        // Best effort: it only matters if this worker dies unexpectedly.
+        if let Err(err) = std::fs::write(path, running.pgid().to_string()) {
+            tracing::warn!(error = %err, path = %path.display(), "cannot record the command's process group");
+        }
+    }
     let timeout = r.timeout_ms.map(Duration::from_millis);
     let ending = supervise(&mut running, timeout, lost, shutdown).await;
     let output = running.finish().await;
+    if let Some(path) = &config.command_pgid_file {
+        let _ = std::fs::remove_file(path);
+    }
     match ending {
         Ending::Exited(Ok(status)) if status.success() => {}
         Ending::Exited(Ok(status)) => {

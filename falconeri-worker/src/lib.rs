@@ -82,6 +82,13 @@ pub struct Config {
     /// to falconerid with the datum's report.
     #[arg(long, env = "FALCONERI_OUTPUT_TAIL_BYTES", default_value_t = 1024 * 1024)]
     pub output_tail_bytes: usize,
+
+    /// A file where the worker records the process group of the command it
+    /// is running, so a supervisor can kill the command should the worker
+    /// itself die. The local executor sets it; in a container the command
+    /// dies with the container anyway.
+    #[arg(long, env = "FALCONERI_COMMAND_PGID_FILE")]
+    pub command_pgid_file: Option<PathBuf>,
 }
 
 impl fmt::Debug for Config {
@@ -97,6 +104,7 @@ impl fmt::Debug for Config {
             .field("reserve_wait", &self.reserve_wait)
             .field("retry_budget", &self.retry_budget)
             .field("output_tail_bytes", &self.output_tail_bytes)
+            .field("command_pgid_file", &self.command_pgid_file)
             .finish()
     }
 }

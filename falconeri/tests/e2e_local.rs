@@ -331,3 +331,124 @@ fn a_job_survives_stopping_the_local_server() {
     let described = local.json(&["job", "describe", "--local", &name, "-o", "json"]);
     assert_eq!(described["counts"]["done"], 2, "{described}");
 }
+
+/// Fault injection: a worker killed with SIGKILL mid-datum. The executor
+/// sees it exit, kills the command it orphaned, releases its datum, and
+/// starts a replacement; the job still finishes.
+#[test]
+fn a_killed_worker_loses_nothing() {
+    let local = Local::new();
+    // The first command ever started hangs (and is the one whose worker we
+    // kill); every later one finishes at once.
+    let flag = local.work.path().join("first-attempt-started");
+    let script = "if [ -e \"$FLAG\" ]; then echo ok > \"$FALCONERI_OUT/$(ls \"$FALCONERI_PFS/in\")\"; \
+                  else touch \"$FLAG\"; sleep 300; fi";
+    let spec = small_spec(
+        &local,
+        "killed-worker",
+        serde_json::json!(["sh", "-c", script]),
+        serde_json::json!({
+            "datum_tries": 2,
+            "parallelism_spec": { "constant": 1 },
+            "transform": {
+                "cmd": ["sh", "-c", script],
+                "image": "alpine",
+                "env": { "FLAG": flag.to_str().unwrap() }
+            }
+        }),
+    );
+    let job = local.json(&[
+        "job",
+        "run",
+        "--local",
+        "-o",
+        "json",
+        spec.to_str().unwrap(),
+    ]);
+    let name = job["name"].as_str().unwrap().to_owned();
+
+    // The worker records its command's process group while it runs.
+    let work = local.home.path().join("work").join(&name);
+    let started = Instant::now();
+    let pgid = loop {
+        let found = std::fs::read_dir(&work).ok().and_then(|workers| {
+            workers.flatten().find_map(|worker| {
+                std::fs::read_to_string(worker.path().join("command.pgid"))
+                    .ok()
+                    .and_then(|text| text.trim().parse::<i32>().ok())
+            })
+        });
+        if let Some(pgid) = found {
+            break pgid;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no command started"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let stat = std::fs::read_to_string(format!("/proc/{pgid}/stat")).unwrap();
+    let worker_pid: i32 = stat
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(worker_pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+
+    let waited = local.falconeri(&["job", "wait", "--local", &name]);
+    assert!(waited.status.success(), "{}", describe(&waited));
+    // The orphaned command was killed, not left sleeping.
+    assert!(
+        !group_is_running(pgid),
+        "the dead worker's command is still running"
+    );
+    let described = local.json(&["job", "describe", "--local", &name, "-o", "json"]);
+    assert_eq!(described["counts"]["done"], 2, "{described}");
+    let datums = local.json(&["datum", "list", "--local", "--job", &name, "-o", "json"]);
+    let attempts: Vec<i64> = datums["datums"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["attempt"].as_i64().unwrap())
+        .collect();
+    assert!(
+        attempts.contains(&2),
+        "the interrupted datum ran again: {attempts:?}"
+    );
+    for file in ["one.txt", "two.txt"] {
+        let out = local.work.path().join("killed-worker-out").join(file);
+        assert_eq!(
+            std::fs::read_to_string(&out).unwrap(),
+            "ok\n",
+            "{}",
+            out.display()
+        );
+    }
+}
+
+/// True if a live (not zombie) process belongs to process group `pgid`.
+/// Zombies don't count: orphans are reparented to PID 1, which in a
+/// container may never reap them.
+fn group_is_running(pgid: i32) -> bool {
+    std::fs::read_dir("/proc").unwrap().flatten().any(|entry| {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            return false;
+        };
+        // Fields after the command name: state, ppid, pgrp, ...
+        let fields: Vec<&str> = stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .collect();
+        fields.len() > 2 && fields[0] != "Z" && fields[2] == pgid.to_string()
+    })
+}

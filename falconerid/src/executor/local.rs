@@ -78,6 +78,23 @@ impl LocalExecutor {
     }
 }
 
+/// A worker that dies abruptly (SIGKILL, a crash) leaves its command
+/// running in its own process group. The worker records that group in a
+/// file while the command runs; if the file is still there once the worker
+/// has exited, the command is an orphan and is killed.
+async fn kill_orphaned_command(pgid_file: &std::path::Path) {
+    let Ok(text) = tokio::fs::read_to_string(pgid_file).await else {
+        return;
+    };
+    if let Ok(pgid) = text.trim().parse::<i32>()
+        && pgid > 1
+    {
+        tracing::warn!(pgid, "the worker died; killing the command it left running");
+        let _ = nix::sys::signal::killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+    }
+    let _ = tokio::fs::remove_file(pgid_file).await;
+}
+
 fn random_suffix() -> String {
     hex::encode(rand::random::<[u8; 3]>())
 }
@@ -94,6 +111,7 @@ impl Executor for LocalExecutor {
             let id = format!("{}-{}", launch.job_name, random_suffix());
             let dir = self.state_dir.join("work").join(&launch.job_name).join(&id);
             let pfs = dir.join("pfs");
+            let pgid_file = dir.join("command.pgid");
             let scratch = dir.join("scratch");
             for path in [&pfs, &scratch] {
                 tokio::fs::create_dir_all(path)
@@ -120,6 +138,7 @@ impl Executor for LocalExecutor {
                 .env("FALCONERI_WORKER_ID", &id)
                 .env("FALCONERI_PFS", &pfs)
                 .env("FALCONERI_SCRATCH", &scratch)
+                .env("FALCONERI_COMMAND_PGID_FILE", &pgid_file)
                 .current_dir(&dir)
                 .stdin(Stdio::null())
                 .stdout(log)
@@ -147,6 +166,7 @@ impl Executor for LocalExecutor {
             tokio::spawn(async move {
                 let status = child.wait().await;
                 tracing::info!(worker = id, ?status, "worker exited");
+                kill_orphaned_command(&pgid_file).await;
                 this.mark_exited(job_id, &id);
                 this.exited.notify_waiters();
                 if let Err(err) = tokio::fs::remove_dir_all(&dir).await {
