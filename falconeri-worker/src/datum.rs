@@ -251,7 +251,7 @@ async fn attempt(worker: &Worker, r: &Reservation, lost: &CancellationToken) -> 
 
     let work_root = work_root(pfs, &config.scratch);
     let uploaded = tokio::select! {
-        result = upload_outputs(&out, &work_root, &r.egress_uri) => result,
+        result = upload_outputs(&out, &work_root, &r.staging_uri) => result,
         () = lost.cancelled() => return Attempt::Lost,
         () = shutdown.cancelled() => return Attempt::Stopped { output },
     };

@@ -136,6 +136,13 @@ fn word_frequencies_example_runs_end_to_end() {
         compared += 1;
     }
     assert_eq!(compared, 6);
+    // Only the outputs: staging areas are gone once the job is over.
+    let listed: Vec<_> = std::fs::read_dir(example.join("output"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(listed.len(), 6, "{listed:?}");
 
     // The state persists: list, describe and datum commands see the job.
     let jobs = local.json(&["job", "list", "--local", "-o", "json"]);

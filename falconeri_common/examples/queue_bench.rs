@@ -71,31 +71,35 @@ fn create(pool: &DbPool, name: &str, datums: &[PlannedDatum]) -> i64 {
 
 fn drain(pool: &DbPool, job_id: i64, workers: usize) -> usize {
     let barrier = Arc::new(Barrier::new(workers));
-    let handles: Vec<_> = (0..workers)
-        .map(|w| {
-            let pool = pool.clone();
-            let barrier = barrier.clone();
-            std::thread::spawn(move || {
-                let mut conn = pool.get().expect("connection");
-                let worker = format!("bench-{w}");
-                let mut done = 0;
-                barrier.wait();
-                loop {
-                    let now = db_now(&mut conn).expect("clock");
-                    let Some(datum) =
-                        Datum::reserve_next(&mut conn, job_id, &worker, now, LEASE_MS, None)
-                            .expect("reserve")
-                    else {
-                        break;
-                    };
-                    let claim = datum.claim().expect("claim");
-                    Datum::mark_done(&mut conn, datum.id, &claim, "", &[], now).expect("done");
-                    done += 1;
-                }
-                done
+    let handles: Vec<_> =
+        (0..workers)
+            .map(|w| {
+                let pool = pool.clone();
+                let barrier = barrier.clone();
+                std::thread::spawn(move || {
+                    let mut conn = pool.get().expect("connection");
+                    let worker = format!("bench-{w}");
+                    let mut done = 0;
+                    barrier.wait();
+                    loop {
+                        let now = db_now(&mut conn).expect("clock");
+                        let Some(datum) =
+                            Datum::reserve_next(&mut conn, job_id, &worker, now, LEASE_MS, None)
+                                .expect("reserve")
+                        else {
+                            break;
+                        };
+                        let claim = datum.claim().expect("claim");
+                        Datum::mark_done(&mut conn, datum.id, &claim, "", &[], now, |_| {
+                            Ok(Vec::new())
+                        })
+                        .expect("done");
+                        done += 1;
+                    }
+                    done
+                })
             })
-        })
-        .collect();
+            .collect();
     handles
         .into_iter()
         .map(|h| h.join().expect("worker thread"))

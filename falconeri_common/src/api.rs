@@ -288,7 +288,10 @@ pub struct Reservation {
     pub timeout_ms: Option<u64>,
     pub cmd: Vec<String>,
     pub env: BTreeMap<String, String>,
-    pub egress_uri: String,
+    /// Where this attempt uploads its outputs. They reach the egress only
+    /// when falconerid accepts the attempt's `done` (or `output-files`)
+    /// write, so a stale worker can never overwrite published outputs.
+    pub staging_uri: String,
     pub input_files: Vec<InputFileResponse>,
 }
 
@@ -311,15 +314,17 @@ pub struct HeartbeatResponse {
     pub lease_expires_at: Millis,
 }
 
-/// An output file the worker uploaded.
+/// An output file the worker uploaded to its staging area.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NewOutputFile {
-    pub uri: String,
+    /// Relative to `pfs/out` (and to the staging and egress prefixes).
+    pub path: String,
     pub size: i64,
 }
 
-/// Body of `POST /v1/datums/{id}/done`. The output files are published in the
-/// same guarded write that marks the datum done.
+/// Body of `POST /v1/datums/{id}/done`. The output files are moved from
+/// staging to the egress under the same guarded write that marks the datum
+/// done.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DoneRequest {
     pub claim: Claim,
@@ -344,7 +349,9 @@ pub struct ReleaseRequest {
     pub reason: String,
 }
 
-/// Body of `POST /v1/datums/{id}/output-files`.
+/// Body of `POST /v1/datums/{id}/output-files`: publish these staged files
+/// now, before the datum is done (for long datums that finish outputs as
+/// they go). Guarded like `done`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct OutputFilesRequest {
     pub claim: Claim,

@@ -76,6 +76,20 @@ fn rand_suffix() -> String {
     N.fetch_add(1, Ordering::Relaxed).to_string()
 }
 
+/// A `publish` callback that pretends to move each file to `file:///out/`.
+fn publish(files: &[NewOutputFile]) -> impl FnOnce(&Datum) -> anyhow::Result<Vec<String>> + use<> {
+    let uris: Vec<String> = files
+        .iter()
+        .map(|file| format!("file:///out/{}", file.path))
+        .collect();
+    move |_| Ok(uris)
+}
+
+/// A `publish` callback for writes that must be refused before publishing.
+fn never_publish(datum: &Datum) -> anyhow::Result<Vec<String>> {
+    panic!("published outputs of datum {} with a stale claim", datum.id)
+}
+
 fn claim(datum: &Datum) -> Claim {
     datum.claim().expect("reserved datum has a claim")
 }
@@ -160,14 +174,23 @@ fn stale_worker_writes_are_conflicts_and_change_nothing() {
         assert_eq!(new.attempt, 2);
 
         let files = [NewOutputFile {
-            uri: "file:///out/x".into(),
+            path: "x".into(),
             size: 1,
         }];
         let stale = [
             Datum::heartbeat(&mut conn, old.id, &old_claim, later, LEASE).map(|_| ()),
-            Datum::mark_done(&mut conn, old.id, &old_claim, "out", &files, later).map(|_| ()),
+            Datum::mark_done(
+                &mut conn,
+                old.id,
+                &old_claim,
+                "out",
+                &files,
+                later,
+                never_publish,
+            )
+            .map(|_| ()),
             Datum::mark_error(&mut conn, old.id, &old_claim, "out", "boom", later).map(|_| ()),
-            Datum::record_output_files(&mut conn, old.id, &old_claim, &files, later),
+            Datum::record_output_files(&mut conn, old.id, &old_claim, &files, later, never_publish),
         ];
         for result in stale {
             assert!(
@@ -181,7 +204,15 @@ fn stale_worker_writes_are_conflicts_and_change_nothing() {
             attempt: 1,
         };
         assert!(matches!(
-            Datum::mark_done(&mut conn, old.id, &same_name_old_attempt, "", &[], later),
+            Datum::mark_done(
+                &mut conn,
+                old.id,
+                &same_name_old_attempt,
+                "",
+                &[],
+                later,
+                never_publish
+            ),
             Err(ModelError::Conflict(_))
         ));
         let current = Datum::find(&mut conn, old.id).unwrap();
@@ -190,7 +221,16 @@ fn stale_worker_writes_are_conflicts_and_change_nothing() {
         assert!(Datum::output_files(&mut conn, old.id).unwrap().is_empty());
 
         // The owner's write goes through and publishes its files.
-        let done = Datum::mark_done(&mut conn, old.id, &claim(&new), "ok", &files, later).unwrap();
+        let done = Datum::mark_done(
+            &mut conn,
+            old.id,
+            &claim(&new),
+            "ok",
+            &files,
+            later,
+            publish(&files),
+        )
+        .unwrap();
         assert_eq!(done.status(), DatumStatus::Done);
         assert_eq!(Datum::output_files(&mut conn, old.id).unwrap().len(), 1);
         assert!(matches!(
@@ -303,7 +343,16 @@ fn stopping_a_job_cancels_its_unfinished_datums_once() {
         let done = Datum::reserve_next(&mut conn, job.id, "w2", now, LEASE, None)
             .unwrap()
             .unwrap();
-        Datum::mark_done(&mut conn, done.id, &claim(&done), "", &[], now).unwrap();
+        Datum::mark_done(
+            &mut conn,
+            done.id,
+            &claim(&done),
+            "",
+            &[],
+            now,
+            publish(&[]),
+        )
+        .unwrap();
 
         let (stopped, did) =
             Job::stop(&mut conn, job.id, JobStatus::Canceled, Some("by test"), now).unwrap();
@@ -312,7 +361,15 @@ fn stopping_a_job_cancels_its_unfinished_datums_once() {
         let counts = Job::counts(&mut conn, job.id).unwrap();
         assert_eq!((counts.canceled, counts.done), (2, 1), "{db:?}");
         assert!(matches!(
-            Datum::mark_done(&mut conn, running.id, &claim(&running), "", &[], now),
+            Datum::mark_done(
+                &mut conn,
+                running.id,
+                &claim(&running),
+                "",
+                &[],
+                now,
+                never_publish
+            ),
             Err(ModelError::Conflict(_))
         ));
         let (_, again) = Job::stop(&mut conn, job.id, JobStatus::Canceled, None, now).unwrap();
@@ -350,11 +407,11 @@ fn a_finished_job_is_done_when_every_datum_is_done() {
                 .unwrap()
                 .is_none()
         );
-        Datum::mark_done(&mut conn, a.id, &claim(&a), "", &[], now).unwrap();
+        Datum::mark_done(&mut conn, a.id, &claim(&a), "", &[], now, publish(&[])).unwrap();
         let b = Datum::reserve_next(&mut conn, job.id, "w", now, LEASE, None)
             .unwrap()
             .unwrap();
-        Datum::mark_done(&mut conn, b.id, &claim(&b), "", &[], now).unwrap();
+        Datum::mark_done(&mut conn, b.id, &claim(&b), "", &[], now, publish(&[])).unwrap();
         let job = Job::finish_if_complete(&mut conn, job.id, now)
             .unwrap()
             .unwrap();
@@ -392,8 +449,16 @@ fn claim_storm_completes_each_datum_exactly_once() {
                         else {
                             break;
                         };
-                        Datum::mark_done(&mut conn, datum.id, &claim(&datum), "", &[], now)
-                            .unwrap();
+                        Datum::mark_done(
+                            &mut conn,
+                            datum.id,
+                            &claim(&datum),
+                            "",
+                            &[],
+                            now,
+                            publish(&[]),
+                        )
+                        .unwrap();
                         completed.push(datum.id);
                     }
                     completed

@@ -13,6 +13,7 @@ use anyhow::Result;
 use falconeri_common::{
     models::{Datum, DeadOwners, Job, db_now},
     status::JobStatus,
+    storage::{job_staging_uri, storage_for},
 };
 use tokio_util::sync::CancellationToken;
 
@@ -36,6 +37,45 @@ pub async fn run(state: AppState, cancel: CancellationToken) {
         }
     }
     tracing::debug!("babysitter stopped");
+}
+
+/// What follows the end of a job, however it ended: its workers are
+/// stopped and the outputs its attempts staged but never published are
+/// removed. Failures are logged, not returned: the job's outcome stands.
+pub async fn wind_down(state: &AppState, job: &Job) {
+    if let Err(err) = state.executor().stop_workers(job.id).await {
+        tracing::warn!(
+            job = job.name,
+            error = format!("{err:#}"),
+            "cannot stop workers"
+        );
+    }
+    let staging = job_staging_uri(&job.egress_uri, job.id);
+    let deleted = match storage_for(&staging) {
+        Ok(storage) => storage.delete_prefix(&staging).await,
+        Err(err) => Err(err),
+    };
+    if let Err(err) = deleted {
+        tracing::warn!(
+            job = job.name,
+            error = format!("{err:#}"),
+            "cannot remove staged outputs"
+        );
+    }
+}
+
+/// [`wind_down`] in a task of its own, then tells long-polls the job ended.
+/// Handlers await it, but a client that hangs up (a worker stopped by this
+/// very wind-down, say) cannot cut the clean-up short.
+pub async fn wind_down_detached(state: &AppState, job: Job) {
+    let state = state.clone();
+    let task = tokio::spawn(async move {
+        wind_down(&state, &job).await;
+        state.notify_change();
+    });
+    if let Err(err) = task.await {
+        tracing::warn!(error = %err, "job clean-up task failed");
+    }
 }
 
 /// Memory between passes: how often each job's workers were replaced.
@@ -90,7 +130,7 @@ impl Babysitter {
         }
         for job in past_deadline {
             tracing::info!(job = job.name, "job timed out");
-            state.executor().stop_workers(job.id).await?;
+            wind_down(state, &job).await;
             changed = true;
         }
 
@@ -137,7 +177,7 @@ impl Babysitter {
         }
         if let Some(finished) = finished {
             tracing::info!(job = finished.name, status = %finished.status, "job finished");
-            state.executor().stop_workers(job.id).await?;
+            wind_down(state, &job).await;
             self.forget(job.id);
             return Ok(true);
         }
@@ -162,7 +202,7 @@ impl Babysitter {
                         Job::stop(conn, id, JobStatus::Error, Some(&message), now)
                     })
                     .await?;
-                state.executor().stop_workers(job.id).await?;
+                wind_down(state, &job).await;
                 self.forget(job.id);
                 return Ok(true);
             }

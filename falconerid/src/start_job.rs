@@ -39,6 +39,21 @@ pub async fn plan(spec: &PipelineSpec) -> AppResult<Vec<PlannedDatum>> {
     Ok(datums)
 }
 
+/// [`start`] in a task of its own: once a job is inserted, its workers must
+/// be started and the job marked running even if the client hangs up, or
+/// it would sit in `ready` with nobody to run it.
+pub async fn start_detached(
+    state: &AppState,
+    spec: PipelineSpec,
+    datums: Vec<PlannedDatum>,
+    retry_of: Option<i64>,
+) -> AppResult<Job> {
+    let state = state.clone();
+    tokio::spawn(async move { start(&state, spec, datums, retry_of).await })
+        .await
+        .map_err(|err| AppError::Internal(anyhow::anyhow!("job start task failed: {err}")))?
+}
+
 /// Creates a job of `datums` and starts its workers.
 #[tracing::instrument(level = "info", skip_all, fields(pipeline = spec.pipeline.name, datums = datums.len()))]
 pub async fn start(

@@ -93,6 +93,24 @@ impl AppState {
         .map_err(|err| anyhow::anyhow!("database task failed: {err}"))?
     }
 
+    /// Like [`AppState::db`] for calls that change jobs or datums: long-polls
+    /// are told once the call succeeds, from the blocking task itself, so the
+    /// notification is not lost if the request is dropped meanwhile (a
+    /// worker killed mid-request still had its write committed).
+    pub async fn db_write<T, F>(&self, f: F) -> AppResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut DbConn) -> ModelResult<T> + Send + 'static,
+    {
+        let state = self.clone();
+        self.db(move |conn| {
+            let result = f(conn)?;
+            state.notify_change();
+            Ok(result)
+        })
+        .await
+    }
+
     /// Tells every long-poll that something changed.
     pub fn notify_change(&self) {
         self.inner

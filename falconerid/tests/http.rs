@@ -13,6 +13,15 @@ use common::{ADMIN, TestServer};
 use falconerid::{babysitter::Babysitter, executor::WorkerState};
 use serde_json::{Value, json};
 
+/// Writes an output file into a reservation's staging area, as a worker's
+/// upload would, and returns its relative path.
+fn stage(reservation: &Value, path: &str, contents: &str) -> String {
+    let staging = reservation["staging_uri"].as_str().unwrap();
+    let dir = std::path::PathBuf::from(staging.strip_prefix("file://").unwrap());
+    common::write_files(&dir, &[(path, contents)]);
+    path.to_owned()
+}
+
 fn three_texts() -> Vec<(&'static str, &'static str)> {
     vec![("a.txt", "a"), ("b.txt", "bb"), ("dir/c.txt", "ccc")]
 }
@@ -216,7 +225,7 @@ async fn a_job_runs_through_the_worker_protocol() {
                     Method::POST,
                     &format!("/v1/datums/{datum_id}/done"),
                     Some(&token),
-                    Some(json!({ "claim": claim, "output": "hello", "output_files": [{ "uri": format!("file:///out/{datum_id}"), "size": 5 }] })),
+                    Some(json!({ "claim": claim, "output": "hello", "output_files": [{ "path": stage(&answer, &format!("{datum_id}.txt"), "hello"), "size": 5 }] })),
                 )
                 .await;
             assert_eq!(status, StatusCode::OK, "{body}");
@@ -688,6 +697,77 @@ async fn a_job_of_100_000_input_files_is_accepted() {
         assert_eq!(
             reserved["input_files"][0]["local_path"],
             "in/d000/f0000.txt"
+        );
+    }
+}
+
+/// Outputs reach the egress only through the guarded `done` write: a stale
+/// worker's staged files are never published, even after the new owner's.
+#[tokio::test]
+async fn a_stale_worker_never_publishes_outputs() {
+    for server in TestServer::all() {
+        let spec = server.spec_with_inputs(&[("x.txt", "x")], json!({ "datum_tries": 3 }));
+        let egress = std::path::PathBuf::from(
+            spec["egress"]["URI"]
+                .as_str()
+                .unwrap()
+                .strip_prefix("file://")
+                .unwrap(),
+        );
+        let job = create(&server, spec).await;
+        let id = job["id"].as_i64().unwrap();
+        let token = worker_token(&server, id);
+        let (_, old) = reserve(&server, id, &token, "old", 0).await;
+        let datum_id = old["datum_id"].as_i64().unwrap();
+        let old_path = stage(&old, "result.txt", "stale");
+        assert!(
+            !egress.join("result.txt").exists(),
+            "staged is not published"
+        );
+
+        Babysitter::with_clock_skew(60_000)
+            .tick(&server.state)
+            .await
+            .unwrap();
+        let (_, new) = reserve(&server, id, &token, "new", 0).await;
+        assert_ne!(
+            new["staging_uri"], old["staging_uri"],
+            "attempts stage apart"
+        );
+        let new_path = stage(&new, "result.txt", "fresh");
+        let (status, body) = server
+            .call(Method::POST, &format!("/v1/datums/{datum_id}/done"), Some(&token),
+                  Some(json!({ "claim": new["claim"], "output": "", "output_files": [{ "path": new_path, "size": 5 }] })))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(
+            std::fs::read_to_string(egress.join("result.txt")).unwrap(),
+            "fresh"
+        );
+
+        let (status, _) = server
+            .call(Method::POST, &format!("/v1/datums/{datum_id}/done"), Some(&token),
+                  Some(json!({ "claim": old["claim"], "output": "", "output_files": [{ "path": old_path, "size": 5 }] })))
+            .await;
+        assert_eq!(status, StatusCode::CONFLICT);
+        assert_eq!(
+            std::fs::read_to_string(egress.join("result.txt")).unwrap(),
+            "fresh"
+        );
+        let (_, datum) = server
+            .call(
+                Method::GET,
+                &format!("/v1/datums/{datum_id}"),
+                Some(ADMIN),
+                None,
+            )
+            .await;
+        assert_eq!(
+            datum["output_files"][0]["uri"],
+            format!(
+                "file://{}/result.txt",
+                egress.display().to_string().trim_end_matches('/')
+            )
         );
     }
 }

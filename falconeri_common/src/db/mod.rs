@@ -141,8 +141,8 @@ struct SqliteSetup;
 impl CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for SqliteSetup {
     fn on_acquire(&self, conn: &mut SqliteConnection) -> Result<(), diesel::r2d2::Error> {
         conn.batch_execute(
-            "PRAGMA busy_timeout = 30000; PRAGMA journal_mode = WAL; \
-             PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
+            "PRAGMA busy_timeout = 30000; PRAGMA synchronous = NORMAL; \
+             PRAGMA foreign_keys = ON;",
         )
         .map_err(diesel::r2d2::Error::QueryError)
     }
@@ -161,6 +161,16 @@ impl DbPool {
                     std::fs::create_dir_all(parent).with_context(|| {
                         format!("cannot create database directory {}", parent.display())
                     })?;
+                }
+                // WAL is a property of the database file: set it once, on one
+                // connection, before the pool opens several at the same time
+                // (switching modes needs the file to itself).
+                {
+                    use diesel::Connection;
+                    let mut conn = SqliteConnection::establish(path)
+                        .with_context(|| format!("cannot open SQLite database {path}"))?;
+                    conn.batch_execute("PRAGMA busy_timeout = 30000; PRAGMA journal_mode = WAL;")
+                        .with_context(|| format!("cannot enable WAL on {path}"))?;
                 }
                 let pool = Pool::builder()
                     .max_size(max_size)

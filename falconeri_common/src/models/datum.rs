@@ -250,16 +250,25 @@ impl Datum {
     }
 
     /// Marks a held datum done and publishes its output files, atomically:
-    /// with a stale claim nothing is written.
-    #[tracing::instrument(level = "debug", skip(conn, output, files))]
-    pub fn mark_done(
+    /// with a stale claim nothing is written and `publish` is not called.
+    ///
+    /// `publish` moves the staged files to the egress and returns their
+    /// final URIs (in `files` order). It runs while the datum's row is
+    /// locked (the whole database on SQLite) and the claim is known to be
+    /// current; if it fails, nothing is recorded and the datum stays running.
+    #[tracing::instrument(level = "debug", skip(conn, output, files, publish))]
+    pub fn mark_done<P>(
         conn: &mut DbConn,
         id: i64,
         claim: &Claim,
         output: &str,
         files: &[NewOutputFile],
         now: Millis,
-    ) -> ModelResult<Datum> {
+        publish: P,
+    ) -> ModelResult<Datum>
+    where
+        P: FnOnce(&Datum) -> anyhow::Result<Vec<String>>,
+    {
         let result = write_tx!(conn, c => {
             let updated: Option<Datum> = diesel::update(datums::table)
                 .filter(held(id, claim))
@@ -276,7 +285,8 @@ impl Datum {
                 .get_result(c)
                 .optional()?;
             if let Some(datum) = &updated {
-                for chunk in output_rows(datum, files, now).chunks(INSERT_CHUNK) {
+                let uris = publish(datum)?;
+                for chunk in output_rows(datum, files, &uris, now).chunks(INSERT_CHUNK) {
                     diesel::insert_into(output_files::table).values(chunk).execute(c)?;
                 }
             }
@@ -335,15 +345,19 @@ impl Datum {
         result.ok_or_else(|| Datum::why_stale(conn, id, claim))
     }
 
-    /// Records output files of a held datum before it is done (for workers
-    /// that publish as they go). Guarded like every worker write.
-    pub fn record_output_files(
+    /// Publishes and records output files of a held datum before it is done
+    /// (for workers that publish as they go). Guarded like `mark_done`.
+    pub fn record_output_files<P>(
         conn: &mut DbConn,
         id: i64,
         claim: &Claim,
         files: &[NewOutputFile],
         now: Millis,
-    ) -> ModelResult<()> {
+        publish: P,
+    ) -> ModelResult<()>
+    where
+        P: FnOnce(&Datum) -> anyhow::Result<Vec<String>>,
+    {
         let ok = write_tx!(conn, c => {
             // Touching the row locks it and checks the claim in one step.
             let held: Option<Datum> = diesel::update(datums::table)
@@ -353,7 +367,8 @@ impl Datum {
                 .get_result(c)
                 .optional()?;
             if let Some(datum) = &held {
-                for chunk in output_rows(datum, files, now).chunks(INSERT_CHUNK) {
+                let uris = publish(datum)?;
+                for chunk in output_rows(datum, files, &uris, now).chunks(INSERT_CHUNK) {
                     diesel::insert_into(output_files::table).values(chunk).execute(c)?;
                 }
             }
@@ -530,15 +545,17 @@ fn fail_set(message: &str, now: Millis) -> FailSet<'_> {
 
 fn output_rows<'a>(
     datum: &Datum,
-    files: &'a [NewOutputFile],
+    files: &[NewOutputFile],
+    uris: &'a [String],
     now: Millis,
 ) -> Vec<NewOutputFileRow<'a>> {
     files
         .iter()
-        .map(|file| NewOutputFileRow {
+        .zip(uris)
+        .map(|(file, uri)| NewOutputFileRow {
             job_id: datum.job_id,
             datum_id: datum.id,
-            uri: &file.uri,
+            uri,
             size: file.size,
             created_at: now,
         })

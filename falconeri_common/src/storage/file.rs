@@ -95,6 +95,51 @@ impl Storage for FileStorage {
         }
         result
     }
+
+    async fn rename(&self, from: &str, to: &str) -> Result<()> {
+        let from = file_uri_path(from)?;
+        let to = file_uri_path(to)?;
+        create_parent(&to).await?;
+        tokio::fs::rename(&from, &to)
+            .await
+            .with_context(|| format!("cannot move {} to {}", from.display(), to.display()))
+    }
+
+    async fn exists(&self, uri: &str) -> Result<bool> {
+        let path = file_uri_path(uri)?;
+        Ok(tokio::fs::symlink_metadata(&path).await.is_ok())
+    }
+
+    async fn delete_prefix(&self, uri: &str) -> Result<()> {
+        let path = file_uri_path(uri)?;
+        match tokio::fs::remove_dir_all(&path).await {
+            Ok(()) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => {
+                return Err(err).with_context(|| format!("cannot delete {}", path.display()));
+            }
+        }
+        // Directories are not objects: leave no empty staging folder behind
+        // in the egress. (Fails harmlessly while other jobs still stage.)
+        if let Some(parent) = path.parent()
+            && parent
+                .file_name()
+                .is_some_and(|name| name == super::STAGING_DIR)
+        {
+            let _ = tokio::fs::remove_dir(parent).await;
+        }
+        Ok(())
+    }
+}
+
+/// Creates the parent directory of `path`.
+async fn create_parent(path: &Path) -> Result<()> {
+    if let Some(parent) = path.parent() {
+        tokio::fs::create_dir_all(parent)
+            .await
+            .with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    Ok(())
 }
 
 fn list_blocking(uri: &str, root: &Path) -> Result<Vec<ObjectInfo>> {
@@ -127,8 +172,11 @@ fn list_blocking(uri: &str, root: &Path) -> Result<Vec<ObjectInfo>> {
             .to_str()
             .ok_or_else(|| anyhow!("{} is not UTF-8", entry.path().display()))?
             .to_owned();
-        // Hidden temporary files of an upload in progress are not inputs.
-        if relative.contains(".falconeri-") && relative.ends_with(".tmp") {
+        // Hidden temporary files of an upload in progress, and outputs
+        // staged by running attempts, are not inputs.
+        if (relative.contains(".falconeri-") && relative.ends_with(".tmp"))
+            || relative.split('/').any(|part| part == super::STAGING_DIR)
+        {
             continue;
         }
         let size = entry.metadata().map(|m| m.len()).unwrap_or(0);

@@ -38,6 +38,63 @@ pub trait Storage: Send + Sync + fmt::Debug {
     /// Streams the local file `src` to `uri`, returning its size. Readers of
     /// `uri` never see a partial object.
     async fn upload(&self, src: &Path, uri: &str) -> Result<u64>;
+
+    /// Moves the object `from` to `to` in the same store, replacing `to`.
+    async fn rename(&self, from: &str, to: &str) -> Result<()>;
+
+    /// Whether an object exists at `uri`.
+    async fn exists(&self, uri: &str) -> Result<bool>;
+
+    /// Deletes everything under the prefix `uri`; nothing there is fine.
+    async fn delete_prefix(&self, uri: &str) -> Result<()>;
+}
+
+/// The name of the hidden folder under an egress where attempts stage
+/// their outputs. Listings skip it, so an egress can be another job's input.
+pub const STAGING_DIR: &str = ".falconeri-staging";
+
+/// Where the attempts of a job stage outputs: `<egress>/.falconeri-staging/job-<id>/`.
+pub fn job_staging_uri(egress_uri: &str, job_id: i64) -> String {
+    format!("{}{STAGING_DIR}/job-{job_id}/", as_prefix(egress_uri))
+}
+
+/// Where one attempt stages its outputs.
+pub fn attempt_staging_uri(egress_uri: &str, job_id: i64, datum_id: i64, attempt: i32) -> String {
+    format!(
+        "{}datum-{datum_id}-attempt-{attempt}/",
+        job_staging_uri(egress_uri, job_id)
+    )
+}
+
+/// Moves staged outputs to the egress and returns their final URIs.
+/// Idempotent for one attempt: a file already moved by an earlier, partly
+/// failed call is left where it is. The caller holds the attempt's claim
+/// (under a lock), so nobody else publishes these paths meanwhile.
+#[tracing::instrument(level = "debug", skip(files))]
+pub async fn publish_outputs(
+    staging_uri: &str,
+    egress_uri: &str,
+    files: &[NewOutputFile],
+) -> Result<Vec<String>> {
+    let storage = storage_for(egress_uri)?;
+    let staging = as_prefix(staging_uri);
+    let egress = as_prefix(egress_uri);
+    let mut published = Vec::with_capacity(files.len());
+    for file in files {
+        checked_relative(&file.path)?;
+        let from = format!("{staging}{}", file.path);
+        let to = format!("{egress}{}", file.path);
+        if storage.exists(&from).await? {
+            storage
+                .rename(&from, &to)
+                .await
+                .with_context(|| format!("cannot publish {from} to {to}"))?;
+        } else if !storage.exists(&to).await? {
+            bail!("output {:?} was not uploaded to {staging}", file.path);
+        }
+        published.push(to);
+    }
+    Ok(published)
 }
 
 /// The URI schemes a spec may use. S3 and GCS are accepted by validation and
@@ -135,17 +192,18 @@ pub async fn download_inputs(files: &[InputFileResponse], pfs: &Path) -> Result<
     Ok(total)
 }
 
-/// Uploads every file under `out_dir` to `egress_uri`, keeping relative paths.
-/// Symlinks are followed only when they stay inside `work_root`.
+/// Uploads every file under `out_dir` to the prefix `staging_uri`, keeping
+/// relative paths. Symlinks are followed only when they stay inside
+/// `work_root`.
 #[tracing::instrument(level = "debug")]
 pub async fn upload_outputs(
     out_dir: &Path,
     work_root: &Path,
-    egress_uri: &str,
+    staging_uri: &str,
 ) -> Result<Vec<NewOutputFile>> {
     let files = collect_outputs(out_dir, work_root).await?;
-    let storage = storage_for(egress_uri)?;
-    let prefix = as_prefix(egress_uri);
+    let storage = storage_for(staging_uri)?;
+    let prefix = as_prefix(staging_uri);
     let mut uploaded = Vec::with_capacity(files.len());
     for (relative, path) in files {
         let uri = format!("{prefix}{relative}");
@@ -154,7 +212,7 @@ pub async fn upload_outputs(
             .await
             .with_context(|| format!("cannot upload {} to {uri}", path.display()))?;
         uploaded.push(NewOutputFile {
-            uri,
+            path: relative,
             size: i64::try_from(size).unwrap_or(i64::MAX),
         });
     }
@@ -279,19 +337,44 @@ mod tests {
         let egress = dir.path().join("egress");
         let egress_uri = format!("file://{}", egress.display());
 
-        let uploaded = upload_outputs(&out, &work, &egress_uri).await.unwrap();
+        let staging = attempt_staging_uri(&egress_uri, 1, 2, 3);
+        let uploaded = upload_outputs(&out, &work, &staging).await.unwrap();
         assert_eq!(uploaded.len(), 2);
-        assert_eq!(uploaded[0].uri, format!("{egress_uri}/a.txt"));
+        assert_eq!(uploaded[0].path, "a.txt");
         assert_eq!(uploaded[1].size, 6);
+        // Nothing reaches the egress until it is published.
+        assert!(!egress.join("sub/b.txt").exists());
+        let published = publish_outputs(&staging, &egress_uri, &uploaded)
+            .await
+            .unwrap();
+        assert_eq!(published[0], format!("{egress_uri}/a.txt"));
         assert_eq!(
             std::fs::read_to_string(egress.join("sub/b.txt")).unwrap(),
             "world!"
         );
+        // Publishing again (a retried request) is harmless.
+        publish_outputs(&staging, &egress_uri, &uploaded)
+            .await
+            .unwrap();
+        let missing = [NewOutputFile {
+            path: "never.txt".into(),
+            size: 0,
+        }];
+        assert!(
+            publish_outputs(&staging, &egress_uri, &missing)
+                .await
+                .is_err()
+        );
+        FileStorage
+            .delete_prefix(&job_staging_uri(&egress_uri, 1))
+            .await
+            .unwrap();
+        assert!(!egress.join(STAGING_DIR).join("job-1").exists());
 
         let secret = dir.path().join("secret.txt");
         std::fs::write(&secret, "secret").unwrap();
         std::os::unix::fs::symlink(&secret, out.join("leak.txt")).unwrap();
-        let err = upload_outputs(&out, &work, &egress_uri).await.unwrap_err();
+        let err = upload_outputs(&out, &work, &staging).await.unwrap_err();
         assert!(
             format!("{err:#}").contains("outside the work directory"),
             "{err:#}"

@@ -19,6 +19,7 @@ use falconeri_common::{
 
 use crate::{
     auth::Principal,
+    babysitter,
     error::{ApiPath, ApiQuery, AppError, AppResult},
     start_job,
     state::AppState,
@@ -50,7 +51,7 @@ async fn create(
         .map_err(|_| AppError::BadRequest("the spec is not UTF-8".to_owned()))?;
     let spec = PipelineSpec::from_json(text).map_err(AppError::InvalidSpec)?;
     let datums = start_job::plan(&spec).await?;
-    let job = start_job::start(&state, spec, datums, None).await?;
+    let job = start_job::start_detached(&state, spec, datums, None).await?;
     Ok((StatusCode::CREATED, Json(job.into())))
 }
 
@@ -167,7 +168,7 @@ async fn retry(
     let spec = job
         .spec()
         .map_err(|err| AppError::Internal(err.context("stored spec is unreadable")))?;
-    let retried = start_job::start(&state, spec, datums, Some(job.id)).await?;
+    let retried = start_job::start_detached(&state, spec, datums, Some(job.id)).await?;
     Ok((StatusCode::CREATED, Json(retried.into())))
 }
 
@@ -180,7 +181,7 @@ async fn cancel(
 ) -> AppResult<Json<JobResponse>> {
     principal.require_admin()?;
     let (job, stopped) = state
-        .db(move |conn| {
+        .db_write(move |conn| {
             let now = db_now(conn)?;
             Job::stop(
                 conn,
@@ -197,14 +198,7 @@ async fn cancel(
             job.name, job.status
         )));
     }
-    state.notify_change();
-    if let Err(err) = state.executor().stop_workers(id).await {
-        tracing::warn!(
-            job = job.name,
-            error = format!("{err:#}"),
-            "cannot stop workers"
-        );
-    }
+    babysitter::wind_down_detached(&state, job.clone()).await;
     Ok(Json(job.into()))
 }
 

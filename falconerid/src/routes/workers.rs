@@ -5,10 +5,12 @@
 use axum::{Json, Router, extract::State, routing::post};
 use falconeri_common::{
     api::{
-        DatumSummary, DoneRequest, ErrorRequest, HeartbeatRequest, HeartbeatResponse,
-        OutputFilesRequest, ReleaseRequest, Reservation, ReserveRequest, ReserveResponse,
+        Claim, DatumSummary, DoneRequest, ErrorRequest, HeartbeatRequest, HeartbeatResponse,
+        NewOutputFile, OutputFilesRequest, ReleaseRequest, Reservation, ReserveRequest,
+        ReserveResponse,
     },
     models::{Datum, InputFile, Job, db_now},
+    storage::{attempt_staging_uri, publish_outputs, storage_for},
 };
 use serde_json::{Value, json};
 use tokio::time::Instant;
@@ -35,7 +37,10 @@ pub fn router() -> Router<AppState> {
 enum Attempt {
     Reserved(Box<(Datum, Vec<InputFile>, Job)>),
     Wait,
-    Finished { just_now: bool },
+    /// `ended` is the job if this very request finished it.
+    Finished {
+        ended: Option<Job>,
+    },
 }
 
 /// Reserves the next ready datum, waiting (up to the capped `wait_ms`) for
@@ -53,12 +58,13 @@ async fn reserve(
     loop {
         let mut changes = state.subscribe();
         let worker_id = request.worker_id.clone();
+        let notifier = state.clone();
         let attempt = state
             .db(move |conn| {
                 let job = Job::find(conn, job_id)?;
                 let status = job.status();
                 if status.is_terminal() {
-                    return Ok(Attempt::Finished { just_now: false });
+                    return Ok(Attempt::Finished { ended: None });
                 }
                 if status != falconeri_common::status::JobStatus::Running {
                     return Ok(Attempt::Wait);
@@ -74,11 +80,12 @@ async fn reserve(
                 )?;
                 match reserved {
                     Some(datum) => {
+                        notifier.notify_change();
                         let files = Datum::input_files(conn, datum.id)?;
                         Ok(Attempt::Reserved(Box::new((datum, files, job))))
                     }
                     None => match Job::finish_if_complete(conn, job_id, now)? {
-                        Some(_) => Ok(Attempt::Finished { just_now: true }),
+                        Some(job) => Ok(Attempt::Finished { ended: Some(job) }),
                         None => Ok(Attempt::Wait),
                     },
                 }
@@ -87,14 +94,13 @@ async fn reserve(
         match attempt {
             Attempt::Reserved(reserved) => {
                 let (datum, files, job) = *reserved;
-                state.notify_change();
                 return Ok(Json(ReserveResponse::Reserved(Box::new(reservation(
                     &state, datum, files, &job,
                 )?))));
             }
-            Attempt::Finished { just_now } => {
-                if just_now {
-                    state.notify_change();
+            Attempt::Finished { ended } => {
+                if let Some(job) = ended {
+                    crate::babysitter::wind_down_detached(&state, job).await;
                 }
                 return Ok(Json(ReserveResponse::Finished));
             }
@@ -136,7 +142,7 @@ fn reservation(
         timeout_ms: job.datum_timeout_ms.and_then(|ms| u64::try_from(ms).ok()),
         cmd: spec.transform.cmd,
         env: spec.transform.env,
-        egress_uri: job.egress_uri.clone(),
+        staging_uri: attempt_staging_uri(&job.egress_uri, job.id, datum.id, datum.attempt),
         input_files: files.into_iter().map(Into::into).collect(),
     })
 }
@@ -150,14 +156,58 @@ fn check_worker_id(worker_id: &str) -> AppResult<()> {
     Ok(())
 }
 
-/// Checks the caller may write to this datum: the admin, or a worker of the
-/// datum's job.
-async fn authorize_datum(state: &AppState, principal: &Principal, id: i64) -> AppResult<()> {
-    if let Principal::Worker { .. } = principal {
-        let datum = state.db(move |conn| Datum::find(conn, id)).await?;
-        principal.require_job(datum.job_id)?;
+/// The job of datum `id`, once the caller is known to be allowed to write
+/// to it: the admin, or a worker of that job.
+async fn datum_job(state: &AppState, principal: &Principal, id: i64) -> AppResult<Job> {
+    let job = state
+        .db(move |conn| {
+            let datum = Datum::find(conn, id)?;
+            Job::find(conn, datum.job_id)
+        })
+        .await?;
+    principal.require_job(job.id)?;
+    Ok(job)
+}
+
+/// Where the attempt named by `claim` staged its outputs.
+fn staging_of(job: &Job, datum_id: i64, claim: &Claim) -> String {
+    attempt_staging_uri(&job.egress_uri, job.id, datum_id, claim.attempt)
+}
+
+/// Removes an attempt's staging area once its final report is settled:
+/// accepted, or refused for good (stale, gone). After a server error the
+/// worker retries, so the staged files stay.
+fn settle<T>(staging: String, result: AppResult<T>) -> AppResult<T> {
+    if matches!(
+        result,
+        Ok(_) | Err(AppError::Conflict(_)) | Err(AppError::NotFound(_))
+    ) {
+        tokio::spawn(async move {
+            let deleted = match storage_for(&staging) {
+                Ok(storage) => storage.delete_prefix(&staging).await,
+                Err(err) => Err(err),
+            };
+            if let Err(err) = deleted {
+                tracing::warn!(
+                    staging,
+                    error = format!("{err:#}"),
+                    "cannot remove staged outputs"
+                );
+            }
+        });
     }
-    Ok(())
+    result
+}
+
+/// A `publish` callback for the models: moves staged files to the egress.
+/// It runs on the blocking database thread, under the datum's lock.
+fn publisher(
+    staging: String,
+    egress: String,
+    files: Vec<NewOutputFile>,
+) -> impl FnOnce(&Datum) -> anyhow::Result<Vec<String>> + Send + 'static {
+    let runtime = tokio::runtime::Handle::current();
+    move |_datum| runtime.block_on(publish_outputs(&staging, &egress, &files))
 }
 
 /// Keeps the last `MAX_OUTPUT_BYTES` of a captured output, on a char boundary.
@@ -178,7 +228,7 @@ async fn heartbeat(
     ApiPath(id): ApiPath<i64>,
     ApiJson(request): ApiJson<HeartbeatRequest>,
 ) -> AppResult<Json<HeartbeatResponse>> {
-    authorize_datum(&state, &principal, id).await?;
+    datum_job(&state, &principal, id).await?;
     let lease_ms = state.config().lease_ms();
     let lease_expires_at = state
         .db(move |conn| {
@@ -195,9 +245,15 @@ async fn done(
     ApiPath(id): ApiPath<i64>,
     ApiJson(request): ApiJson<DoneRequest>,
 ) -> AppResult<Json<DatumSummary>> {
-    authorize_datum(&state, &principal, id).await?;
-    let datum = state
-        .db(move |conn| {
+    let job = datum_job(&state, &principal, id).await?;
+    let staging = staging_of(&job, id, &request.claim);
+    let publish = publisher(
+        staging.clone(),
+        job.egress_uri.clone(),
+        request.output_files.clone(),
+    );
+    let result = state
+        .db_write(move |conn| {
             let now = db_now(conn)?;
             Datum::mark_done(
                 conn,
@@ -206,10 +262,11 @@ async fn done(
                 output_tail(&request.output),
                 &request.output_files,
                 now,
+                publish,
             )
         })
-        .await?;
-    state.notify_change();
+        .await;
+    let datum = settle(staging, result)?;
     Ok(Json(datum.into()))
 }
 
@@ -219,9 +276,10 @@ async fn error(
     ApiPath(id): ApiPath<i64>,
     ApiJson(request): ApiJson<ErrorRequest>,
 ) -> AppResult<Json<DatumSummary>> {
-    authorize_datum(&state, &principal, id).await?;
-    let datum = state
-        .db(move |conn| {
+    let job = datum_job(&state, &principal, id).await?;
+    let staging = staging_of(&job, id, &request.claim);
+    let result = state
+        .db_write(move |conn| {
             let now = db_now(conn)?;
             Datum::mark_error(
                 conn,
@@ -232,8 +290,8 @@ async fn error(
                 now,
             )
         })
-        .await?;
-    state.notify_change();
+        .await;
+    let datum = settle(staging, result)?;
     Ok(Json(datum.into()))
 }
 
@@ -245,32 +303,36 @@ async fn release(
     ApiPath(id): ApiPath<i64>,
     ApiJson(request): ApiJson<ReleaseRequest>,
 ) -> AppResult<Json<DatumSummary>> {
-    authorize_datum(&state, &principal, id).await?;
-    let datum = state
-        .db(move |conn| {
+    let job = datum_job(&state, &principal, id).await?;
+    let staging = staging_of(&job, id, &request.claim);
+    let result = state
+        .db_write(move |conn| {
             let now = db_now(conn)?;
             Datum::release(conn, id, &request.claim, &request.reason, now)
         })
-        .await?;
-    state.notify_change();
+        .await;
+    let datum = settle(staging, result)?;
     Ok(Json(datum.into()))
 }
 
+/// Publishes staged files now, before the datum is done.
 async fn output_files(
     principal: Principal,
     State(state): State<AppState>,
     ApiPath(id): ApiPath<i64>,
     ApiJson(request): ApiJson<OutputFilesRequest>,
 ) -> AppResult<Json<Value>> {
-    authorize_datum(&state, &principal, id).await?;
+    let job = datum_job(&state, &principal, id).await?;
+    let staging = staging_of(&job, id, &request.claim);
+    let publish = publisher(staging, job.egress_uri.clone(), request.files.clone());
     let count = request.files.len();
     state
         .db(move |conn| {
             let now = db_now(conn)?;
-            Datum::record_output_files(conn, id, &request.claim, &request.files, now)
+            Datum::record_output_files(conn, id, &request.claim, &request.files, now, publish)
         })
         .await?;
-    Ok(Json(json!({ "recorded": count })))
+    Ok(Json(json!({ "published": count })))
 }
 
 #[cfg(test)]
