@@ -85,7 +85,9 @@ async fn reserve(
                         Ok(Attempt::Reserved(Box::new((datum, files, job))))
                     }
                     None => match Job::finish_if_complete(conn, job_id, now)? {
-                        Some(job) => Ok(Attempt::Finished { ended: Some(job) }),
+                        Some(job) => Ok(Attempt::Finished {
+                            ended: Some(Box::new(job)),
+                        }),
                         None => Ok(Attempt::Wait),
                     },
                 }
@@ -100,7 +102,7 @@ async fn reserve(
             }
             Attempt::Finished { ended } => {
                 if let Some(job) = ended {
-                    crate::babysitter::wind_down_detached(&state, job).await;
+                    crate::babysitter::wind_down_detached(&state, *job).await;
                 }
                 return Ok(Json(ReserveResponse::Finished));
             }
