@@ -39,7 +39,7 @@ enum Attempt {
     Wait,
     /// `ended` is the job if this very request finished it.
     Finished {
-        ended: Option<Job>,
+        ended: Option<Box<Job>>,
     },
 }
 
