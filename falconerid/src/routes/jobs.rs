@@ -25,6 +25,9 @@ use crate::{
     state::AppState,
 };
 
+/// How long a woken progress long-poll gathers further changes.
+const PROGRESS_COALESCE: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// How many running and failed datums `describe` shows.
 const DESCRIBE_LIMIT: i64 = 50;
 
@@ -124,13 +127,19 @@ async fn progress(
     if query.since == Some(state.generation()) {
         let wait = state.capped_wait(query.wait_ms);
         // Any outcome means "answer now"; a timeout is not an error here.
-        let _ = tokio::time::timeout(wait, async {
+        let woken = tokio::time::timeout(wait, async {
             tokio::select! {
-                _ = changes.changed() => {}
-                _ = state.shutting_down() => {}
+                _ = changes.changed() => true,
+                _ = state.shutting_down() => false,
             }
         })
         .await;
+        if let Ok(true) = woken {
+            // Changes come in bursts (a datum per few milliseconds on a busy
+            // job); gathering them keeps followers from re-counting a big
+            // job hundreds of times a second.
+            tokio::time::sleep(PROGRESS_COALESCE).await;
+        }
     }
     let generation = state.generation();
     let (job, counts) = state
