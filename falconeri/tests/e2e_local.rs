@@ -231,7 +231,9 @@ fn cancel_kills_running_commands() {
     let marker = format!("falconeri-cancel-marker-{}", std::process::id());
     // The sleep is a grandchild of the worker: killing the command's process
     // group must take it down too.
-    let script = format!("sleep 300 & wait # {marker}");
+    // The grandchild is a shell loop, so it keeps the marker in its command
+    // line (a plain `sleep` would not carry it).
+    let script = format!("sh -c 'while :; do sleep 1; done # {marker}' & wait # {marker}");
     let spec = small_spec(
         &local,
         "sleepy",
@@ -252,7 +254,7 @@ fn cancel_kills_running_commands() {
     let started = Instant::now();
     loop {
         let described = local.json(&["job", "describe", "--local", &name, "-o", "json"]);
-        if described["counts"]["running"] == 2 && processes_with(&marker).len() >= 2 {
+        if described["counts"]["running"] == 2 && processes_with(&marker).len() >= 4 {
             break;
         }
         assert!(

@@ -551,3 +551,30 @@ fn released_datums_keep_their_tries() {
         );
     }
 }
+
+/// Regression test: a reservation whose answer never reached the worker
+/// must not strand the datum. Asking again returns the same claim.
+#[test]
+fn a_lost_reservation_answer_is_handed_back() {
+    for db in TestDb::all() {
+        let mut conn = db.pool.get().unwrap();
+        let job = create_job(&mut conn, 2, 1);
+        let now = db_now(&mut conn).unwrap();
+        let first = Datum::reserve_next(&mut conn, job.id, "w", now, LEASE, None)
+            .unwrap()
+            .unwrap();
+        let again = Datum::reserve_next(&mut conn, job.id, "w", now + 5, LEASE, None)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (again.id, again.attempt),
+            (first.id, first.attempt),
+            "{db:?}"
+        );
+        assert_eq!(again.lease_expires_at, Some(now + 5 + LEASE));
+        let other = Datum::reserve_next(&mut conn, job.id, "other", now, LEASE, None)
+            .unwrap()
+            .unwrap();
+        assert_ne!(other.id, first.id);
+    }
+}

@@ -21,7 +21,13 @@ use crate::{executor::WorkerLaunch, state::AppState};
 
 /// Runs passes every `babysitter_interval` until `cancel` fires.
 pub async fn run(state: AppState, cancel: CancellationToken) {
-    let babysitter = Babysitter::default();
+    // Leases live in the database and kept running while this server was
+    // down: give workers one lease to reach the new server before their
+    // silence counts against them.
+    let babysitter = Babysitter {
+        leases_trusted_after: Some(tokio::time::Instant::now() + state.config().lease),
+        ..Babysitter::default()
+    };
     let mut interval = tokio::time::interval(state.config().babysitter_interval);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -78,10 +84,21 @@ pub async fn wind_down_detached(state: &AppState, job: Job) {
     }
 }
 
+/// How long a job may sit in `ready` (inserted, workers not yet confirmed)
+/// before the babysitter takes it over: longer than any start takes.
+const STALE_READY_MS: i64 = 60_000;
+
+/// How many times in a row starting a job's workers may fail before the job
+/// fails.
+const MAX_FAILED_STARTS: u32 = 3;
+
 /// Memory between passes: how often each job's workers were replaced.
 #[derive(Debug, Default)]
 pub struct Babysitter {
     restarts: Mutex<HashMap<i64, u32>>,
+    failed_starts: Mutex<HashMap<i64, u32>>,
+    /// Lease expiry waits until then (see [`run`]).
+    leases_trusted_after: Option<tokio::time::Instant>,
     /// Added to the database clock; tests use it to jump past leases and
     /// timeouts instead of sleeping.
     clock_skew_ms: i64,
@@ -101,13 +118,30 @@ impl Babysitter {
         let mut changed = false;
 
         let skew = self.clock_skew_ms;
+        let trust_leases = self
+            .leases_trusted_after
+            .is_none_or(|after| tokio::time::Instant::now() >= after);
         let (expired, timed_out, past_deadline) = state
             .db(move |conn| {
                 let now = db_now(conn)? + skew;
+                // A job left in `ready` (its start was cut short by a crash
+                // or a failed write) would wait forever: take it over, and
+                // the worker rules below start its workers.
+                for job in Job::list_ready_before(conn, now - STALE_READY_MS)? {
+                    tracing::warn!(
+                        job = job.name,
+                        "taking over a job whose start did not finish"
+                    );
+                    Job::mark_running(conn, job.id, now)?;
+                }
                 // Deadlines first: a datum past both its deadline and its
                 // lease failed because it was too slow, and says so.
                 let timed_out = Datum::expire_deadlines(conn, now)?;
-                let expired = Datum::expire_leases(conn, now)?;
+                let expired = if trust_leases {
+                    Datum::expire_leases(conn, now)?
+                } else {
+                    0
+                };
                 let mut stopped = Vec::new();
                 for job in Job::list_past_deadline(conn, now)? {
                     let message = "job timed out (job_timeout)";
@@ -136,7 +170,19 @@ impl Babysitter {
 
         let running = state.db(Job::list_running).await?;
         for job in running {
-            changed |= self.watch_job(state, job).await?;
+            // One job's trouble (an unreadable spec, an executor error) must
+            // not stop the rules for every other job.
+            let name = job.name.clone();
+            match self.watch_job(state, job).await {
+                Ok(job_changed) => changed |= job_changed,
+                Err(err) => {
+                    tracing::warn!(
+                        job = name,
+                        error = format!("{err:#}"),
+                        "babysitter rule failed"
+                    )
+                }
+            }
         }
         if changed {
             state.notify_change();
@@ -220,7 +266,32 @@ impl Babysitter {
                 starting = missing,
                 "starting workers"
             );
-            state.executor().start_workers(&launch, missing).await?;
+            match state.executor().start_workers(&launch, missing).await {
+                Ok(()) => {
+                    self.failed_starts_of(job.id, |n| *n = 0);
+                }
+                Err(err) => {
+                    let failures = self.failed_starts_of(job.id, |n| *n += 1);
+                    tracing::warn!(
+                        job = job.name,
+                        failures,
+                        error = format!("{err:#}"),
+                        "cannot start workers"
+                    );
+                    if failures >= MAX_FAILED_STARTS {
+                        let message = format!("cannot start workers: {err:#}");
+                        let id = job.id;
+                        state
+                            .db(move |conn| {
+                                let now = db_now(conn)?;
+                                Job::stop(conn, id, JobStatus::Error, Some(&message), now)
+                            })
+                            .await?;
+                        wind_down(state, &job).await;
+                        self.forget(job.id);
+                    }
+                }
+            }
             changed = true;
         }
         Ok(changed)
@@ -236,8 +307,23 @@ impl Babysitter {
         *count
     }
 
+    /// Applies `update` to the job's count of failed starts; returns it.
+    fn failed_starts_of(&self, job_id: i64, update: impl FnOnce(&mut u32)) -> u32 {
+        let mut failed = self
+            .failed_starts
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let count = failed.entry(job_id).or_default();
+        update(count);
+        *count
+    }
+
     fn forget(&self, job_id: i64) {
         self.restarts
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(&job_id);
+        self.failed_starts
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .remove(&job_id);

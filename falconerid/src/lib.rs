@@ -29,9 +29,16 @@ pub use state::AppState;
 /// The HTTP application for `state`.
 pub fn app(state: AppState) -> Router {
     routes::router()
+        // Worker reports carry up to 1 MiB of output, which JSON escaping
+        // can triple, plus their output file lists; specs may list many
+        // inputs. axum's 2 MB default is too small for either.
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
 }
+
+/// The largest request body falconerid accepts.
+pub const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
 
 /// Connects to the database, migrates it and builds the executor.
 pub fn build_state(config: Config) -> Result<AppState> {

@@ -17,6 +17,10 @@ use crate::{
 /// Lists every atom of the spec's input and expands them into datums.
 #[tracing::instrument(level = "debug", skip_all, fields(pipeline = spec.pipeline.name))]
 pub async fn plan(spec: &PipelineSpec) -> AppResult<Vec<PlannedDatum>> {
+    // Refuse an egress this build cannot write before any datum runs, not
+    // after every datum has run and failed to upload.
+    storage_for(&spec.egress.uri)
+        .map_err(|err| AppError::BadRequest(format!("egress: {err:#}")))?;
     let mut listings = Vec::new();
     for atom in spec.input.atoms() {
         let storage = storage_for(&atom.uri)

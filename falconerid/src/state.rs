@@ -86,7 +86,11 @@ impl AppState {
         let pool = self.inner.pool.clone();
 
         tokio::task::spawn_blocking(move || {
-            let mut conn = pool.get()?;
+            // No connection within the pool's timeout: the database is
+            // down or overloaded, which is a 503, not a bug.
+            let mut conn = pool
+                .get()
+                .map_err(|err| crate::error::AppError::Unavailable(format!("{err:#}")))?;
             Ok::<_, crate::error::AppError>(f(&mut conn)?)
         })
         .await

@@ -556,6 +556,7 @@ async fn babysitter_enforces_timeouts_retries_and_replaces_workers() {
                 alive: false,
             }],
         );
+        let starts_before = server.executor.started.lock().unwrap().len();
         Babysitter::default().tick(&server.state).await.unwrap();
         let datum_id = held["datum_id"].as_i64().unwrap();
         let (_, datum) = server
@@ -575,6 +576,7 @@ async fn babysitter_enforces_timeouts_retries_and_replaces_workers() {
         );
         // ...and, with work left and no live worker, new workers start.
         let started = server.executor.started.lock().unwrap().clone();
+        assert_eq!(started.len(), starts_before + 1, "{started:?}");
         assert_eq!(started.last(), Some(&(id, 2)), "{started:?}");
 
         // job_timeout: the job fails and its workers are stopped.
@@ -768,6 +770,168 @@ async fn a_stale_worker_never_publishes_outputs() {
                 "file://{}/result.txt",
                 egress.display().to_string().trim_end_matches('/')
             )
+        );
+    }
+}
+
+#[tokio::test]
+async fn wrong_methods_and_unwritable_egresses_get_json_errors() {
+    for server in TestServer::all() {
+        let (status, body) = server
+            .call(Method::GET, "/v1/jobs/1/reserve", Some(ADMIN), None)
+            .await;
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(body["error"]["code"], "method_not_allowed");
+
+        let mut spec = server.spec_with_inputs(&[("x.txt", "x")], json!({}));
+        spec["egress"]["URI"] = json!("s3://bucket/out/");
+        let (status, body) = server
+            .call(Method::POST, "/v1/jobs", Some(ADMIN), Some(spec))
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("egress"),
+            "{body}"
+        );
+    }
+}
+
+/// Regression test: a worker's report with a full 1 MiB of binary-looking
+/// output is several MB of JSON; axum's 2 MB default refused it.
+#[tokio::test]
+async fn big_worker_reports_are_accepted() {
+    for server in TestServer::all() {
+        let job = create(
+            &server,
+            server.spec_with_inputs(&[("x.txt", "x")], json!({})),
+        )
+        .await;
+        let id = job["id"].as_i64().unwrap();
+        let token = worker_token(&server, id);
+        let (_, held) = reserve(&server, id, &token, "w", 0).await;
+        let datum_id = held["datum_id"].as_i64().unwrap();
+        let output = "\u{1}".repeat(1024 * 1024);
+        let (status, body) = server
+            .call(
+                Method::POST,
+                &format!("/v1/datums/{datum_id}/done"),
+                Some(&token),
+                Some(json!({ "claim": held["claim"], "output": output })),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+}
+
+/// A job whose start was cut short stays `ready`; the babysitter takes it
+/// over and starts its workers. Starting workers that keeps failing fails
+/// the job instead of retrying forever.
+#[tokio::test]
+async fn babysitter_recovers_interrupted_starts_and_gives_up_on_failing_ones() {
+    use falconeri_common::{
+        models::{Job, NewJobParams, db_now},
+        pipeline::PipelineSpec,
+        plan::{PlannedDatum, PlannedFile},
+    };
+    for server in TestServer::all() {
+        let spec = server.spec_with_inputs(&[("x.txt", "x")], json!({}));
+        let spec = PipelineSpec::from_json(&spec.to_string()).unwrap();
+        let job = server
+            .state
+            .db(move |conn| {
+                let now = db_now(conn)?;
+                let datums = [PlannedDatum {
+                    files: vec![PlannedFile {
+                        uri: "file:///x".into(),
+                        local_path: "in/x".into(),
+                    }],
+                }];
+                Job::create(
+                    conn,
+                    NewJobParams {
+                        spec: &spec,
+                        datums: &datums,
+                        retry_of: None,
+                        worker_token: "t0123",
+                        name: "interrupted-aaaaa",
+                    },
+                    now,
+                )
+            })
+            .await
+            .unwrap();
+        // Fresh: left alone.
+        Babysitter::default().tick(&server.state).await.unwrap();
+        let (_, shown) = server
+            .call(
+                Method::GET,
+                &format!("/v1/jobs/{}", job.id),
+                Some(ADMIN),
+                None,
+            )
+            .await;
+        assert_eq!(shown["status"], "ready");
+        // A minute later: taken over, and its workers are started.
+        Babysitter::with_clock_skew(61_000)
+            .tick(&server.state)
+            .await
+            .unwrap();
+        let (_, shown) = server
+            .call(
+                Method::GET,
+                &format!("/v1/jobs/{}", job.id),
+                Some(ADMIN),
+                None,
+            )
+            .await;
+        assert_eq!(shown["status"], "running", "{shown}");
+        Babysitter::default().tick(&server.state).await.unwrap();
+        assert!(
+            server
+                .executor
+                .started
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|(id, _)| *id == job.id)
+        );
+
+        // Now the executor cannot start anything.
+        server
+            .executor
+            .fail_starts
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let spec = server.spec_with_inputs(&[("y.txt", "y")], json!({}));
+        let (status, _) = server
+            .call(Method::POST, "/v1/jobs", Some(ADMIN), Some(spec))
+            .await;
+        assert_eq!(
+            status,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "a start that fails at once is reported"
+        );
+        let babysitter = Babysitter::default();
+        for _ in 0..3 {
+            babysitter.tick(&server.state).await.unwrap();
+        }
+        let (_, shown) = server
+            .call(
+                Method::GET,
+                &format!("/v1/jobs/{}", job.id),
+                Some(ADMIN),
+                None,
+            )
+            .await;
+        assert_eq!(shown["status"], "error", "{shown}");
+        assert!(
+            shown["error_message"]
+                .as_str()
+                .unwrap()
+                .contains("cannot start workers"),
+            "{shown}"
         );
     }
 }

@@ -181,6 +181,24 @@ impl Datum {
     ) -> ModelResult<Option<Datum>> {
         let lease = now.saturating_add(lease_ms);
         let deadline = timeout_ms.map(|t| now.saturating_add(t));
+        // A worker asks for work only when it holds none. If it still holds
+        // a datum, the answer to its last reservation was lost (a reset
+        // connection, a worker restarted under the same name): hand the
+        // same claim back rather than strand that datum until its lease
+        // runs out and costs it a try.
+        let held: Vec<Datum> = with_conn!(conn, c => diesel::update(datums::table)
+            .filter(datums::job_id.eq(job_id))
+            .filter(datums::owner.eq(worker_id))
+            .filter(datums::status.eq(RUNNING))
+            .set((
+                datums::lease_expires_at.eq(Some(lease)),
+                datums::updated_at.eq(now),
+            ))
+            .returning(Datum::as_returning())
+            .get_results(c))?;
+        if let Some(datum) = held.into_iter().min_by_key(|d| d.id) {
+            return Ok(Some(datum));
+        }
         let datum = match conn {
             DbConn::Sqlite(c) => {
                 let c: &mut diesel::SqliteConnection = &mut *c;

@@ -376,6 +376,16 @@ impl Job {
         }
     }
 
+    /// Jobs still `ready` that were created before `before`: their start
+    /// was interrupted.
+    pub fn list_ready_before(conn: &mut DbConn, before: Millis) -> ModelResult<Vec<Job>> {
+        Ok(with_conn!(conn, c => jobs::table
+            .filter(jobs::status.eq(JobStatus::Ready.as_str()))
+            .filter(jobs::created_at.lt(before))
+            .select(Job::as_select())
+            .load(c))?)
+    }
+
     /// Running jobs whose `job_timeout` has passed.
     pub fn list_past_deadline(conn: &mut DbConn, now: Millis) -> ModelResult<Vec<Job>> {
         Ok(with_conn!(conn, c => jobs::table

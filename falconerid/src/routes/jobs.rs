@@ -4,6 +4,7 @@ use axum::{
     Json, Router,
     body::Bytes,
     extract::State,
+    extract::rejection::BytesRejection,
     http::StatusCode,
     routing::{get, post},
 };
@@ -47,9 +48,10 @@ pub fn router() -> Router<AppState> {
 async fn create(
     principal: Principal,
     State(state): State<AppState>,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> AppResult<(StatusCode, Json<JobResponse>)> {
     principal.require_admin()?;
+    let body = body?;
     let text = std::str::from_utf8(&body)
         .map_err(|_| AppError::BadRequest("the spec is not UTF-8".to_owned()))?;
     let spec = PipelineSpec::from_json(text).map_err(AppError::InvalidSpec)?;

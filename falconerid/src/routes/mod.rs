@@ -19,4 +19,5 @@ pub fn router() -> Router<AppState> {
         .merge(datums::router())
         .merge(workers::router())
         .fallback(|| async { AppError::NotFound("route".to_owned()) })
+        .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
 }

@@ -36,6 +36,8 @@ pub struct RecordingExecutor {
     pub stopped: Mutex<Vec<i64>>,
     pub launches: Mutex<Vec<WorkerLaunch>>,
     pub workers: Mutex<HashMap<i64, Vec<WorkerState>>>,
+    /// When set, starting workers fails.
+    pub fail_starts: std::sync::atomic::AtomicBool,
 }
 
 #[async_trait]
@@ -44,6 +46,9 @@ impl Executor for RecordingExecutor {
         "recording"
     }
     async fn start_workers(&self, launch: &WorkerLaunch, count: u32) -> Result<()> {
+        if self.fail_starts.load(std::sync::atomic::Ordering::SeqCst) {
+            anyhow::bail!("no room for workers");
+        }
         self.started.lock().unwrap().push((launch.job_id, count));
         self.launches.lock().unwrap().push(launch.clone());
         Ok(())
