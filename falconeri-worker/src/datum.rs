@@ -28,6 +28,10 @@ use crate::{
     retry::with_retries,
 };
 
+/// After this many heartbeat periods without an answer (a lease is three),
+/// the worker gives its datum up.
+const ORPHANED_AFTER_PERIODS: u32 = 4;
+
 /// The shortest heartbeat period we accept, whatever the server says, so a
 /// zero from a misconfigured server cannot make us spin.
 const MIN_HEARTBEAT: Duration = Duration::from_millis(100);
@@ -423,10 +427,23 @@ async fn heartbeat(
     // After a slow request, beat once and resume the rhythm; a burst of
     // catch-up heartbeats would only load the server.
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_success = tokio::time::Instant::now();
     loop {
         ticks.tick().await;
         match client.heartbeat(datum_id, &claim).await {
-            Ok(answer) => tracing::debug!(lease_expires_at = answer.lease_expires_at, "heartbeat"),
+            Ok(answer) => {
+                last_success = tokio::time::Instant::now();
+                tracing::debug!(lease_expires_at = answer.lease_expires_at, "heartbeat")
+            }
+            // The server hands out a heartbeat period of a third of the
+            // lease. Unheard for longer than a lease and a period, the lease
+            // has run out: someone else may run this datum now, so stop
+            // rather than keep a command running that nobody will accept.
+            Err(err) if last_success.elapsed() > period * ORPHANED_AFTER_PERIODS => {
+                tracing::warn!(error = %err, "falconerid unreachable for longer than the lease; abandoning the datum");
+                lost.cancel();
+                return;
+            }
             Err(err) if err.is_conflict() || err.is_not_found() => {
                 tracing::warn!(error = %err, "heartbeat refused: the datum is no longer ours");
                 lost.cancel();
@@ -464,6 +481,31 @@ mod tests {
     use std::{collections::BTreeMap, ffi::OsString, time::Instant};
 
     use super::*;
+
+    /// A worker that cannot reach falconerid for longer than a lease gives
+    /// its datum up (and so kills its command) instead of running on.
+    #[tokio::test]
+    async fn an_unreachable_server_orphans_the_datum() {
+        // A port nobody listens on.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let client = Client::new(&format!("http://127.0.0.1:{port}"), None).unwrap();
+        let lost = CancellationToken::new();
+        let claim = Claim {
+            worker_id: "w".into(),
+            attempt: 1,
+        };
+        let started = tokio::time::Instant::now();
+        let beating = tokio::spawn(heartbeat(client, 1, claim, MIN_HEARTBEAT, lost.clone()));
+        tokio::time::timeout(Duration::from_secs(10), lost.cancelled())
+            .await
+            .expect("the datum was given up");
+        assert!(started.elapsed() >= MIN_HEARTBEAT * ORPHANED_AFTER_PERIODS);
+        beating.await.unwrap();
+    }
 
     fn sh(script: &str) -> CommandSpec {
         CommandSpec {
