@@ -31,8 +31,20 @@ pub struct Config {
     pub server: String,
 
     /// The job's worker token.
-    #[arg(long, env = "FALCONERI_TOKEN", hide_env_values = true)]
-    pub token: String,
+    #[arg(
+        long,
+        env = "FALCONERI_TOKEN",
+        hide_env_values = true,
+        required_unless_present = "token_file"
+    )]
+    pub token: Option<String>,
+
+    /// A file holding the job's worker token, read and then deleted at
+    /// start-up. Preferred to --token: the command runs as the same user and
+    /// could read the worker's environment from /proc, but not a file that
+    /// is gone.
+    #[arg(long, env = "FALCONERI_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
 
     /// The job whose datums to work on.
     #[arg(long, env = "FALCONERI_JOB_ID")]
@@ -152,7 +164,21 @@ pub async fn run_until(mut config: Config, shutdown: CancellationToken) -> Resul
         .with_context(|| format!("bad --pfs {}", config.pfs.display()))?;
     config.scratch = std::path::absolute(&config.scratch)
         .with_context(|| format!("bad --scratch {}", config.scratch.display()))?;
-    let client = Client::new(&config.server, Some(config.token.clone()))
+    let token = match (&config.token_file, &config.token) {
+        (Some(path), _) => {
+            let token = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the token file {}", path.display()))?;
+            // Gone before any command runs.
+            std::fs::remove_file(path)
+                .with_context(|| format!("cannot remove the token file {}", path.display()))?;
+            token.trim().to_owned()
+        }
+        (None, Some(token)) => token.clone(),
+        (None, None) => {
+            anyhow::bail!("no worker token: set FALCONERI_TOKEN_FILE or FALCONERI_TOKEN")
+        }
+    };
+    let client = Client::new(&config.server, Some(token))
         .with_context(|| format!("cannot use falconerid at {:?}", config.server))?;
     tracing::info!(?config, "worker starting");
     let worker = Worker {

@@ -461,3 +461,30 @@ fn group_is_running(pgid: i32) -> bool {
         fields.len() > 2 && fields[0] != "Z" && fields[2] == pgid.to_string()
     })
 }
+
+/// The job's worker token never reaches the user's command: not in its
+/// environment, not in its worker's (readable from /proc), not on disk.
+#[test]
+fn commands_cannot_find_the_worker_token() {
+    let local = Local::new();
+    let script = r#"
+        leaks=$(cat /proc/$PPID/environ /proc/self/environ | tr '\0' '\n' | grep -c '^FALCONERI_TOKEN=')
+        [ -e "$FALCONERI_PFS/../worker.token" ] && file=present || file=absent
+        echo "leaks=$leaks file=$file" > "$FALCONERI_OUT/$(ls "$FALCONERI_PFS/in")"
+    "#;
+    let spec = small_spec(
+        &local,
+        "token-check",
+        serde_json::json!(["sh", "-c", script]),
+        serde_json::json!({}),
+    );
+    let output = local.falconeri(&["job", "run", "--local", "--wait", spec.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", describe(&output));
+    for file in ["one.txt", "two.txt"] {
+        let out = local.work.path().join("token-check-out").join(file);
+        assert_eq!(
+            std::fs::read_to_string(&out).unwrap(),
+            "leaks=0 file=absent\n"
+        );
+    }
+}

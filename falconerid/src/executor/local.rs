@@ -78,6 +78,19 @@ impl LocalExecutor {
     }
 }
 
+/// Writes `contents` to a new file only its owner can read.
+async fn write_private(path: &std::path::Path, contents: &str) -> std::io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let mut file = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .await?;
+    file.write_all(contents.as_bytes()).await?;
+    file.flush().await
+}
+
 /// A worker that dies abruptly (SIGKILL, a crash) leaves its command
 /// running in its own process group. The worker records that group in a
 /// file while the command runs; if the file is still there once the worker
@@ -118,6 +131,12 @@ impl Executor for LocalExecutor {
                     .await
                     .with_context(|| format!("cannot create {}", path.display()))?;
             }
+            // The token goes in a private file the worker deletes once read,
+            // not in its environment, which its command could read from /proc.
+            let token_file = dir.join("worker.token");
+            write_private(&token_file, &launch.worker_token)
+                .await
+                .with_context(|| format!("cannot write {}", token_file.display()))?;
             let log_path = self.log_path(&launch.job_name, &id);
             if let Some(parent) = log_path.parent() {
                 tokio::fs::create_dir_all(parent).await?;
@@ -133,7 +152,8 @@ impl Executor for LocalExecutor {
                 // no database settings and no admin token.
                 .env_remove("FALCONERI_DATABASE_URL")
                 .env("FALCONERI_SERVER", &launch.server_url)
-                .env("FALCONERI_TOKEN", &launch.worker_token)
+                .env_remove("FALCONERI_TOKEN")
+                .env("FALCONERI_TOKEN_FILE", &token_file)
                 .env("FALCONERI_JOB_ID", launch.job_id.to_string())
                 .env("FALCONERI_WORKER_ID", &id)
                 .env("FALCONERI_PFS", &pfs)
