@@ -240,16 +240,7 @@ impl Babysitter {
                 let message = format!(
                     "workers exited early {restarts} times; giving up (see the worker logs)"
                 );
-                tracing::warn!(job = job.name, message);
-                let id = job.id;
-                state
-                    .db(move |conn| {
-                        let now = db_now(conn)?;
-                        Job::stop(conn, id, JobStatus::Error, Some(&message), now)
-                    })
-                    .await?;
-                wind_down(state, &job).await;
-                self.forget(job.id);
+                self.give_up(state, &job, message).await?;
                 return Ok(true);
             }
             let spec = job.spec()?;
@@ -280,21 +271,28 @@ impl Babysitter {
                     );
                     if failures >= MAX_FAILED_STARTS {
                         let message = format!("cannot start workers: {err:#}");
-                        let id = job.id;
-                        state
-                            .db(move |conn| {
-                                let now = db_now(conn)?;
-                                Job::stop(conn, id, JobStatus::Error, Some(&message), now)
-                            })
-                            .await?;
-                        wind_down(state, &job).await;
-                        self.forget(job.id);
+                        self.give_up(state, &job, message).await?;
                     }
                 }
             }
             changed = true;
         }
         Ok(changed)
+    }
+
+    /// Fails a job whose workers can't be kept running, and winds it down.
+    async fn give_up(&self, state: &AppState, job: &Job, message: String) -> Result<()> {
+        tracing::warn!(job = job.name, message, "giving up on the job");
+        let id = job.id;
+        state
+            .db(move |conn| {
+                let now = db_now(conn)?;
+                Job::stop(conn, id, JobStatus::Error, Some(&message), now)
+            })
+            .await?;
+        wind_down(state, job).await;
+        self.forget(job.id);
+        Ok(())
     }
 
     fn count_restarts(&self, job_id: i64, n: u32) -> u32 {
