@@ -36,6 +36,9 @@ pub struct LocalExecutor {
     workers: Arc<Mutex<HashMap<i64, Vec<LocalWorker>>>>,
     /// Signalled whenever a worker exits.
     exited: Arc<Notify>,
+    /// Set by `shutdown`: no new worker may start after the executor has
+    /// taken its list of workers to stop.
+    closed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl LocalExecutor {
@@ -50,6 +53,7 @@ impl LocalExecutor {
             state_dir,
             workers: Arc::default(),
             exited: Arc::default(),
+            closed: Arc::default(),
         })
     }
 
@@ -121,6 +125,9 @@ impl Executor for LocalExecutor {
     #[tracing::instrument(level = "debug", skip(self, launch), fields(job = launch.job_name))]
     async fn start_workers(&self, launch: &WorkerLaunch, count: u32) -> Result<()> {
         for _ in 0..count {
+            if self.closed.load(std::sync::atomic::Ordering::SeqCst) {
+                bail!("falconerid is shutting down");
+            }
             let id = format!("{}-{}", launch.job_name, random_suffix());
             let dir = self.state_dir.join("work").join(&launch.job_name).join(&id);
             let pfs = dir.join("pfs");
@@ -171,14 +178,21 @@ impl Executor for LocalExecutor {
                 .with_context(|| format!("cannot start worker {:?}", self.command[0]))?;
             let pid = child.id();
             tracing::info!(worker = id, pid, log = %log_path.display(), "started worker");
-            self.lock()
-                .entry(launch.job_id)
-                .or_default()
-                .push(LocalWorker {
+            {
+                // Checked again under the lock that `shutdown` takes for its
+                // list: a worker is either on that list or killed here.
+                let mut workers = self.lock();
+                if self.closed.load(std::sync::atomic::Ordering::SeqCst) {
+                    drop(workers);
+                    let _ = child.start_kill();
+                    bail!("falconerid is shutting down");
+                }
+                workers.entry(launch.job_id).or_default().push(LocalWorker {
                     id: id.clone(),
                     pid,
                     alive: true,
                 });
+            }
 
             // Reap the child, then clean up its work directory.
             let this = self.clone();
@@ -236,7 +250,11 @@ impl Executor for LocalExecutor {
     /// Stops every worker and waits (up to the grace period) for them to
     /// exit, so `falconeri local stop` leaves no commands behind.
     async fn shutdown(&self) {
-        let jobs: Vec<i64> = self.lock().keys().copied().collect();
+        let jobs: Vec<i64> = {
+            let workers = self.lock();
+            self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
+            workers.keys().copied().collect()
+        };
         for job_id in jobs {
             let _ = self.stop_workers(job_id).await;
         }
@@ -269,5 +287,58 @@ impl Executor for LocalExecutor {
                     .collect()
             })
             .unwrap_or_default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn launch() -> WorkerLaunch {
+        let spec = falconeri_common::pipeline::PipelineSpec::from_json(
+            r#"{
+                "pipeline": { "name": "t" },
+                "transform": { "cmd": ["true"], "image": "alpine" },
+                "parallelism_spec": { "constant": 1 },
+                "resource_requests": { "memory": "64Mi", "cpu": 0.1 },
+                "input": { "atom": { "URI": "file:///in/", "repo": "in", "glob": "/*" } },
+                "egress": { "URI": "file:///out/" }
+            }"#,
+        )
+        .unwrap();
+        WorkerLaunch {
+            job_id: 1,
+            job_name: "t-aaaaa".into(),
+            worker_token: "token".into(),
+            server_url: "http://127.0.0.1:1".into(),
+            spec,
+        }
+    }
+
+    /// Shutdown stops every worker and waits for it; no worker can start
+    /// afterwards (a `job run` racing `local stop` must not leave one behind).
+    #[tokio::test]
+    async fn shutdown_stops_workers_and_refuses_new_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let executor =
+            LocalExecutor::new(vec!["sleep".into(), "100".into()], dir.path().to_owned()).unwrap();
+        executor.start_workers(&launch(), 2).await.unwrap();
+        let workers = executor.workers(1).await.unwrap();
+        assert_eq!(workers.iter().filter(|w| w.alive).count(), 2);
+
+        executor.shutdown().await;
+        let workers = executor.workers(1).await.unwrap();
+        assert!(workers.iter().all(|w| !w.alive), "{workers:?}");
+        let err = executor.start_workers(&launch(), 1).await.unwrap_err();
+        assert!(err.to_string().contains("shutting down"), "{err}");
+        // Each worker had its own log.
+        let logs = dir
+            .path()
+            .join("logs")
+            .join("t-aaaaa")
+            .read_dir()
+            .unwrap()
+            .count();
+        assert_eq!(logs, 2);
     }
 }
