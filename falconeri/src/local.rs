@@ -299,7 +299,12 @@ pub async fn serve(config: &Config) -> Result<()> {
 
     let server_config = falconerid::Config::local(&home.dir, token, worker_command);
     let server_json = home.server_json();
+    let last_port = home.dir.join(falconerid::config::LAST_PORT_FILE);
     let result = falconerid::serve(server_config, move |addr: std::net::SocketAddr| {
+        // Kept after shutdown: the next server tries this port first.
+        if let Err(err) = fs::write(&last_port, addr.port().to_string()) {
+            tracing::warn!(error = %err, "cannot record the server's port");
+        }
         announce(&server_json, &format!("http://{addr}"));
     })
     .await;

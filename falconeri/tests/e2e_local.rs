@@ -488,3 +488,67 @@ fn commands_cannot_find_the_worker_token() {
         );
     }
 }
+
+/// Fault injection: the local server is killed (SIGKILL) mid-job. The next
+/// command starts a new server on the same port; the workers, still running
+/// their commands, reconnect and report, and no datum loses a try.
+#[test]
+fn a_killed_server_loses_nothing() {
+    let local = Local::new();
+    let spec = small_spec(
+        &local,
+        "killed-server",
+        serde_json::json!([
+            "sh",
+            "-c",
+            "sleep 3; echo ok > \"$FALCONERI_OUT/$(ls \"$FALCONERI_PFS/in\")\""
+        ]),
+        serde_json::json!({ "datum_tries": 1 }),
+    );
+    let job = local.json(&[
+        "job",
+        "run",
+        "--local",
+        "-o",
+        "json",
+        spec.to_str().unwrap(),
+    ]);
+    let name = job["name"].as_str().unwrap().to_owned();
+    let started = Instant::now();
+    loop {
+        let described = local.json(&["job", "describe", "--local", &name, "-o", "json"]);
+        if described["counts"]["running"] == 2 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "never started: {described}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let info: Value =
+        serde_json::from_slice(&std::fs::read(local.home.path().join("server.json")).unwrap())
+            .unwrap();
+    let pid = i32::try_from(info["pid"].as_u64().unwrap()).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+
+    let waited = local.falconeri(&["job", "wait", "--local", &name]);
+    assert!(waited.status.success(), "{}", describe(&waited));
+    let info_after: Value =
+        serde_json::from_slice(&std::fs::read(local.home.path().join("server.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        info_after["url"], info["url"],
+        "the new server took the old port"
+    );
+    assert_ne!(info_after["pid"], info["pid"]);
+    let datums = local.json(&["datum", "list", "--local", "--job", &name, "-o", "json"]);
+    for datum in datums["datums"].as_array().unwrap() {
+        assert_eq!(datum["status"], "done", "{datum}");
+        assert_eq!(datum["attempt"], 1, "the first attempt finished: {datum}");
+    }
+}

@@ -66,6 +66,12 @@ pub struct Config {
     #[arg(long, env = "FALCONERI_DB_POOL_SIZE", default_value_t = 16)]
     pub db_pool_size: u32,
 
+    /// If `listen`'s port is taken, listen on any free port instead (the
+    /// embedded default prefers its previous port, so workers that outlived
+    /// a crashed server find the new one; any port will do otherwise).
+    #[arg(skip)]
+    pub listen_fallback: bool,
+
     /// How many times the workers of one job may exit early and be replaced
     /// before the job fails, as a multiple of its parallelism.
     #[arg(long, env = "FALCONERI_WORKER_RESTARTS", default_value_t = 3)]
@@ -101,13 +107,22 @@ fn redact_url(url: &str) -> String {
     }
 }
 
+/// Where the embedded default records the port it listened on.
+pub const LAST_PORT_FILE: &str = "last-port";
+
 impl Config {
-    /// The embedded default: SQLite under `home`, listening on a free
-    /// loopback port, local workers started with `worker_command`.
+    /// The embedded default: SQLite under `home`, listening on loopback (on
+    /// the port recorded in `home/last-port` if it is free, so workers that
+    /// outlived a crashed server reconnect to its successor; else on any free
+    /// port), local workers started with `worker_command`.
     pub fn local(home: &Path, token: String, worker_command: Vec<OsString>) -> Config {
+        let port = std::fs::read_to_string(home.join(LAST_PORT_FILE))
+            .ok()
+            .and_then(|text| text.trim().parse::<u16>().ok())
+            .unwrap_or(0);
         Config {
             database_url: format!("sqlite://{}", home.join("falconeri.sqlite3").display()),
-            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            listen: SocketAddr::from(([127, 0, 0, 1], port)),
             token,
             public_url: None,
             executor: ExecutorKind::Local,
@@ -117,6 +132,7 @@ impl Config {
             max_wait: Duration::from_secs(30),
             babysitter_interval: Duration::from_secs(1),
             db_pool_size: 8,
+            listen_fallback: true,
             worker_restarts: 3,
         }
     }

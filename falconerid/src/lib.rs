@@ -63,12 +63,21 @@ where
 {
     tracing::info!(?config, "starting falconerid");
     let listen = config.listen;
+    let fallback = config.listen_fallback;
     let state = tokio::task::spawn_blocking(move || build_state(config))
         .await
         .context("startup task failed")??;
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("cannot listen on {listen}"))?;
+    let listener = match tokio::net::TcpListener::bind(listen).await {
+        Ok(listener) => listener,
+        Err(err) if fallback && err.kind() == std::io::ErrorKind::AddrInUse => {
+            let any = std::net::SocketAddr::new(listen.ip(), 0);
+            tracing::info!(%listen, "port taken; listening on another");
+            tokio::net::TcpListener::bind(any)
+                .await
+                .with_context(|| format!("cannot listen on {any}"))?
+        }
+        Err(err) => return Err(err).with_context(|| format!("cannot listen on {listen}")),
+    };
     let addr = listener.local_addr()?;
     let host = if addr.ip().is_unspecified() {
         "127.0.0.1".to_owned()
