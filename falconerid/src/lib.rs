@@ -10,6 +10,8 @@ pub mod babysitter;
 pub mod config;
 pub mod error;
 pub mod executor;
+#[cfg(feature = "postgres")]
+pub mod listen;
 pub mod routes;
 pub mod start_job;
 pub mod state;
@@ -89,6 +91,14 @@ where
 
     let babysitter_cancel = CancellationToken::new();
     let babysitter = tokio::spawn(babysitter::run(state.clone(), babysitter_cancel.clone()));
+    #[cfg(feature = "postgres")]
+    if state.pool().backend() == falconeri_common::db::Backend::Postgres {
+        tokio::spawn(listen::run(
+            state.clone(),
+            state.config().database_url.clone(),
+            babysitter_cancel.clone(),
+        ));
+    }
     on_ready(addr);
 
     // The order matters: stop the babysitter (so it starts no workers), then

@@ -115,8 +115,26 @@ impl AppState {
         .await
     }
 
-    /// Tells every long-poll that something changed.
+    /// Tells every long-poll that something changed: on this server at once,
+    /// and on the other servers sharing a PostgreSQL database through
+    /// `NOTIFY` (see [`crate::listen`]).
     pub fn notify_change(&self) {
+        self.notify_local();
+        if self.inner.pool.backend() == falconeri_common::db::Backend::Postgres
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            let pool = self.inner.pool.clone();
+            runtime.spawn_blocking(move || {
+                let sent = pool.get().and_then(|mut conn| conn.notify_other_servers());
+                if let Err(err) = sent {
+                    tracing::warn!(error = format!("{err:#}"), "cannot notify other servers");
+                }
+            });
+        }
+    }
+
+    /// Wakes this server's long-polls only (for changes other servers made).
+    pub fn notify_local(&self) {
         self.inner
             .changes
             .send_modify(|generation| *generation += 1);

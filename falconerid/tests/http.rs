@@ -935,3 +935,81 @@ async fn babysitter_recovers_interrupted_starts_and_gives_up_on_failing_ones() {
         );
     }
 }
+
+/// Two servers on one PostgreSQL database (replicas): a worker long-polling
+/// on one wakes as soon as the other requeues a datum, through
+/// LISTEN/NOTIFY, not at the end of its wait.
+#[tokio::test]
+async fn replicas_wake_each_others_long_polls() {
+    use falconeri_common::db::{DbPool, testing::TestDb};
+    let a = TestServer::new(TestDb::postgres());
+    let b = {
+        let mut config =
+            falconerid::Config::local(a.dir.path(), ADMIN.to_owned(), vec!["unused".into()]);
+        config.database_url = a.db.url.clone();
+        config.max_wait = Duration::from_secs(8);
+        let pool = DbPool::connect(&a.db.url, 4).unwrap();
+        let state = falconerid::AppState::new(config, pool, a.executor.clone());
+        let cancel = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(falconerid::listen::run(
+            state.clone(),
+            a.db.url.clone(),
+            cancel.clone(),
+        ));
+        (falconerid::app(state.clone()), state, cancel)
+    };
+    let (b_app, b_state, b_cancel) = b;
+
+    let job = create(
+        &a,
+        a.spec_with_inputs(&[("x.txt", "x")], json!({ "datum_tries": 2 })),
+    )
+    .await;
+    let id = job["id"].as_i64().unwrap();
+    let token = worker_token(&a, id);
+    let (_, first) = reserve(&a, id, &token, "w1", 0).await;
+    assert_eq!(first["status"], "reserved");
+
+    // Wait until B's listener is connected: its first act is to wake B's
+    // long-polls once.
+    let mut changes = b_state.subscribe();
+    tokio::time::timeout(Duration::from_secs(10), changes.changed())
+        .await
+        .unwrap()
+        .unwrap();
+
+    let waiting = {
+        let token = token.clone();
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let answer = common::call(
+                &b_app,
+                Method::POST,
+                &format!("/v1/jobs/{id}/reserve"),
+                Some(&token),
+                Some(json!({ "worker_id": "w2", "wait_ms": 8_000 })),
+            )
+            .await;
+            (answer, started.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let datum_id = first["datum_id"].as_i64().unwrap();
+    let (status, _) = a
+        .call(
+            Method::POST,
+            &format!("/v1/datums/{datum_id}/error"),
+            Some(&token),
+            Some(json!({ "claim": first["claim"], "output": "", "error": "exit 1" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let ((status, second), elapsed) = waiting.await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(second["status"], "reserved", "{second}");
+    assert!(
+        elapsed < Duration::from_secs(6),
+        "woken by the other server, took {elapsed:?}"
+    );
+    b_cancel.cancel();
+}

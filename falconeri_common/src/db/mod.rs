@@ -81,7 +81,23 @@ impl std::fmt::Debug for DbConn {
     }
 }
 
+/// The PostgreSQL notification channel on which servers tell each other
+/// that jobs or datums changed, so long-polls on every replica wake up.
+pub const CHANGES_CHANNEL: &str = "falconeri_changes";
+
 impl DbConn {
+    /// Tells the other servers on this database that something changed
+    /// (PostgreSQL `NOTIFY`; SQLite has one server, so nothing to do).
+    pub fn notify_other_servers(&mut self) -> Result<()> {
+        match self {
+            DbConn::Sqlite(_) => Ok(()),
+            #[cfg(feature = "postgres")]
+            DbConn::Postgres(c) => c
+                .batch_execute(&format!("NOTIFY {CHANGES_CHANNEL}"))
+                .context("cannot notify the other servers"),
+        }
+    }
+
     /// Which database this connection talks to.
     pub fn backend(&self) -> Backend {
         match self {
