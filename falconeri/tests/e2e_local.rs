@@ -49,6 +49,32 @@ impl Local {
             .unwrap_or_else(|err| panic!("{args:?}: not JSON ({err}): {}", describe(&output)))
     }
 
+    /// Starts the job of `spec` and waits (bounded) until `running` of its
+    /// datums run; returns the job's name.
+    fn start_and_wait_until_running(&self, spec: &Path, running: i64) -> String {
+        let job = self.json(&[
+            "job",
+            "run",
+            "--local",
+            "-o",
+            "json",
+            spec.to_str().unwrap(),
+        ]);
+        let name = job["name"].as_str().unwrap().to_owned();
+        let started = Instant::now();
+        loop {
+            let described = self.json(&["job", "describe", "--local", &name, "-o", "json"]);
+            if described["counts"]["running"] == running {
+                return name;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "never started: {described}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     fn write_spec(&self, name: &str, spec: &Value) -> PathBuf {
         let path = self.work.path().join(name);
         std::fs::write(&path, serde_json::to_vec_pretty(spec).unwrap()).unwrap();
@@ -311,27 +337,7 @@ fn a_job_survives_stopping_the_local_server() {
         serde_json::json!(["sh", "-c", "sleep 2; echo ok > \"$FALCONERI_OUT/done.txt\""]),
         serde_json::json!({ "datum_tries": 1 }),
     );
-    let job = local.json(&[
-        "job",
-        "run",
-        "--local",
-        "-o",
-        "json",
-        spec.to_str().unwrap(),
-    ]);
-    let name = job["name"].as_str().unwrap().to_owned();
-    let started = Instant::now();
-    loop {
-        let described = local.json(&["job", "describe", "--local", &name, "-o", "json"]);
-        if described["counts"]["running"] == 2 {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "never started: {described}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let name = local.start_and_wait_until_running(&spec, 2);
     let stopped = local.falconeri(&["local", "stop"]);
     assert!(stopped.status.success(), "{}", describe(&stopped));
 
@@ -387,7 +393,9 @@ fn a_killed_worker_loses_nothing() {
                     .and_then(|text| text.trim().parse::<i32>().ok())
             })
         });
-        if let Some(pgid) = found {
+        // Only once the command has marked its start: killed before that,
+        // the retry would take the hanging branch.
+        if let Some(pgid) = found.filter(|_| flag.exists()) {
             break pgid;
         }
         assert!(
@@ -505,27 +513,7 @@ fn a_killed_server_loses_nothing() {
         ]),
         serde_json::json!({ "datum_tries": 1 }),
     );
-    let job = local.json(&[
-        "job",
-        "run",
-        "--local",
-        "-o",
-        "json",
-        spec.to_str().unwrap(),
-    ]);
-    let name = job["name"].as_str().unwrap().to_owned();
-    let started = Instant::now();
-    loop {
-        let described = local.json(&["job", "describe", "--local", &name, "-o", "json"]);
-        if described["counts"]["running"] == 2 {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "never started: {described}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let name = local.start_and_wait_until_running(&spec, 2);
     let info: Value =
         serde_json::from_slice(&std::fs::read(local.home.path().join("server.json")).unwrap())
             .unwrap();

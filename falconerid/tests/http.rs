@@ -13,6 +13,24 @@ use common::{ADMIN, TestServer};
 use falconerid::{babysitter::Babysitter, executor::WorkerState};
 use serde_json::{Value, json};
 
+/// A reservation long-poll in the background; answers with how long it took.
+fn spawn_reserve(
+    app: &axum::Router,
+    job_id: i64,
+    token: &str,
+    worker: &str,
+    wait_ms: u64,
+) -> tokio::task::JoinHandle<((StatusCode, Value), Duration)> {
+    let (app, token) = (app.clone(), token.to_owned());
+    let body = json!({ "worker_id": worker, "wait_ms": wait_ms });
+    tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        let path = format!("/v1/jobs/{job_id}/reserve");
+        let answer = common::call(&app, Method::POST, &path, Some(&token), Some(body)).await;
+        (answer, started.elapsed())
+    })
+}
+
 /// Writes an output file into a reservation's staging area, as a worker's
 /// upload would, and returns its relative path.
 fn stage(reservation: &Value, path: &str, contents: &str) -> String {
@@ -314,22 +332,7 @@ async fn reserve_long_poll_wakes_when_work_appears() {
         assert_eq!(first["status"], "reserved");
 
         // Nothing is ready; a second worker waits (up to 5 s)...
-        let waiting = {
-            let app = server.app.clone();
-            let token = token.clone();
-            tokio::spawn(async move {
-                let started = std::time::Instant::now();
-                let answer = common::call(
-                    &app,
-                    Method::POST,
-                    &format!("/v1/jobs/{id}/reserve"),
-                    Some(&token),
-                    Some(json!({ "worker_id": "w2", "wait_ms": 5_000 })),
-                )
-                .await;
-                (answer, started.elapsed())
-            })
-        };
+        let waiting = spawn_reserve(&server.app, id, &token, "w2", 5_000);
         tokio::time::sleep(Duration::from_millis(200)).await;
         // ...and the first worker's failure requeues the datum.
         let datum_id = first["datum_id"].as_i64().unwrap();
@@ -951,14 +954,16 @@ async fn replicas_wake_each_others_long_polls() {
         let pool = DbPool::connect(&a.db.url, 4).unwrap();
         let state = falconerid::AppState::new(config, pool, a.executor.clone());
         let cancel = tokio_util::sync::CancellationToken::new();
+        // Subscribed before the listener starts, so its first wake-up counts.
+        let changes = state.subscribe();
         tokio::spawn(falconerid::listen::run(
             state.clone(),
             a.db.url.clone(),
             cancel.clone(),
         ));
-        (falconerid::app(state.clone()), state, cancel)
+        (falconerid::app(state.clone()), changes, cancel)
     };
-    let (b_app, b_state, b_cancel) = b;
+    let (b_app, mut changes, b_cancel) = b;
 
     let job = create(
         &a,
@@ -972,27 +977,12 @@ async fn replicas_wake_each_others_long_polls() {
 
     // Wait until B's listener is connected: its first act is to wake B's
     // long-polls once.
-    let mut changes = b_state.subscribe();
     tokio::time::timeout(Duration::from_secs(10), changes.changed())
         .await
         .unwrap()
         .unwrap();
 
-    let waiting = {
-        let token = token.clone();
-        tokio::spawn(async move {
-            let started = std::time::Instant::now();
-            let answer = common::call(
-                &b_app,
-                Method::POST,
-                &format!("/v1/jobs/{id}/reserve"),
-                Some(&token),
-                Some(json!({ "worker_id": "w2", "wait_ms": 8_000 })),
-            )
-            .await;
-            (answer, started.elapsed())
-        })
-    };
+    let waiting = spawn_reserve(&b_app, id, &token, "w2", 8_000);
     tokio::time::sleep(Duration::from_millis(200)).await;
     let datum_id = first["datum_id"].as_i64().unwrap();
     let (status, _) = a
