@@ -53,6 +53,7 @@ impl From<ModelError> for AppError {
             ModelError::Database(err) => {
                 AppError::Internal(anyhow::Error::new(err).context("database error"))
             }
+            ModelError::Publish(err) => AppError::Internal(err.context("cannot publish outputs")),
             ModelError::Other(err) => AppError::Internal(err),
         }
     }

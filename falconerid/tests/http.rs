@@ -1003,3 +1003,52 @@ async fn replicas_wake_each_others_long_polls() {
     );
     b_cancel.cancel();
 }
+
+/// An attempt whose outputs cannot be published (here: an output whose name
+/// is taken by a directory in the egress) fails with the reason, rather
+/// than looking like a server hiccup the worker retries for minutes.
+#[tokio::test]
+async fn an_unpublishable_output_fails_the_attempt() {
+    for server in TestServer::all() {
+        let spec = server.spec_with_inputs(&[("x.txt", "x")], json!({ "datum_tries": 2 }));
+        let egress = std::path::PathBuf::from(
+            spec["egress"]["URI"]
+                .as_str()
+                .unwrap()
+                .strip_prefix("file://")
+                .unwrap(),
+        );
+        common::write_files(
+            &egress,
+            &[("result.txt/inside", "a directory is in the way")],
+        );
+        let job = create(&server, spec).await;
+        let id = job["id"].as_i64().unwrap();
+        let token = worker_token(&server, id);
+        let (_, held) = reserve(&server, id, &token, "w", 0).await;
+        let datum_id = held["datum_id"].as_i64().unwrap();
+        let path = stage(&held, "result.txt", "out");
+        let (status, body) = server
+            .call(Method::POST, &format!("/v1/datums/{datum_id}/done"), Some(&token),
+                  Some(json!({ "claim": held["claim"], "output": "", "output_files": [{ "path": path, "size": 3 }] })))
+            .await;
+        assert_eq!(status, StatusCode::CONFLICT, "{body}");
+        let (_, datum) = server
+            .call(
+                Method::GET,
+                &format!("/v1/datums/{datum_id}"),
+                Some(ADMIN),
+                None,
+            )
+            .await;
+        assert_eq!(datum["datum"]["status"], "ready", "one try left: {datum}");
+        assert!(
+            datum["datum"]["error_message"]
+                .as_str()
+                .unwrap()
+                .contains("cannot publish"),
+            "{datum}"
+        );
+        assert!(datum["output_files"].as_array().unwrap().is_empty());
+    }
+}

@@ -303,7 +303,7 @@ impl Datum {
                 .get_result(c)
                 .optional()?;
             if let Some(datum) = &updated {
-                let uris = publish(datum)?;
+                let uris = publish(datum).map_err(ModelError::Publish)?;
                 for chunk in output_rows(datum, files, &uris, now).chunks(INSERT_CHUNK) {
                     diesel::insert_into(output_files::table).values(chunk).execute(c)?;
                 }
@@ -385,7 +385,7 @@ impl Datum {
                 .get_result(c)
                 .optional()?;
             if let Some(datum) = &held {
-                let uris = publish(datum)?;
+                let uris = publish(datum).map_err(ModelError::Publish)?;
                 for chunk in output_rows(datum, files, &uris, now).chunks(INSERT_CHUNK) {
                     diesel::insert_into(output_files::table).values(chunk).execute(c)?;
                 }

@@ -30,6 +30,10 @@ pub enum ModelError {
     /// A stale claim or a state that forbids the change.
     #[error("{0}")]
     Conflict(String),
+    /// The `publish` callback of a guarded write failed; nothing was
+    /// recorded and the datum is still held.
+    #[error("cannot publish outputs: {0:#}")]
+    Publish(anyhow::Error),
     #[error("database error")]
     Database(#[from] diesel::result::Error),
     #[error(transparent)]

@@ -9,7 +9,7 @@ use falconeri_common::{
         NewOutputFile, OutputFilesRequest, ReleaseRequest, Reservation, ReserveRequest,
         ReserveResponse,
     },
-    models::{Datum, InputFile, Job, db_now},
+    models::{Datum, InputFile, Job, ModelError, db_now},
     storage::{attempt_staging_uri, publish_outputs, storage_for},
 };
 use serde_json::{Value, json};
@@ -257,15 +257,30 @@ async fn done(
     let result = state
         .db_write(move |conn| {
             let now = db_now(conn)?;
-            Datum::mark_done(
+            let output = output_tail(&request.output);
+            let done = Datum::mark_done(
                 conn,
                 id,
                 &request.claim,
-                output_tail(&request.output),
+                output,
                 &request.output_files,
                 now,
                 publish,
-            )
+            );
+            match done {
+                // Retrying would fail the same way (an output colliding with a
+                // directory in the egress, say), so the attempt fails here,
+                // with the reason, and is retried if it has tries left. The
+                // worker hears 409: the datum is no longer its own.
+                Err(ModelError::Publish(err)) => {
+                    let reason = format!("cannot publish outputs: {err:#}");
+                    Datum::mark_error(conn, id, &request.claim, output, &reason, now)?;
+                    Err(ModelError::Conflict(format!(
+                        "{reason}; the attempt was recorded as failed"
+                    )))
+                }
+                other => other,
+            }
         })
         .await;
     let datum = settle(staging, result)?;
