@@ -122,7 +122,7 @@ impl Babysitter {
             .leases_trusted_after
             .is_none_or(|after| tokio::time::Instant::now() >= after);
         let (expired, timed_out, past_deadline) = state
-            .db(move |conn| {
+            .db_retrying(move |conn| {
                 let now = db_now(conn)? + skew;
                 // A job left in `ready` (its start was cut short by a crash
                 // or a failed write) would wait forever: take it over, and

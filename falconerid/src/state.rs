@@ -115,6 +115,61 @@ impl AppState {
         .await
     }
 
+    /// [`AppState::db_write`] that runs `f` again (up to three times) when
+    /// PostgreSQL aborted it to break a deadlock. Statements that lock many
+    /// rows (stopping a job, expiring leases across jobs) may meet in
+    /// different orders; the aborted side just has to try again.
+    pub async fn db_write_retrying<T, F>(&self, f: F) -> AppResult<T>
+    where
+        T: Send + 'static,
+        F: Fn(&mut DbConn) -> ModelResult<T> + Send + Sync + 'static,
+    {
+        self.retrying(f, true).await
+    }
+
+    /// [`AppState::db`] with the deadlock retries of
+    /// [`AppState::db_write_retrying`], for callers that notify themselves
+    /// (the babysitter, which changes something only now and then).
+    pub async fn db_retrying<T, F>(&self, f: F) -> AppResult<T>
+    where
+        T: Send + 'static,
+        F: Fn(&mut DbConn) -> ModelResult<T> + Send + Sync + 'static,
+    {
+        self.retrying(f, false).await
+    }
+
+    async fn retrying<T, F>(&self, f: F, notify: bool) -> AppResult<T>
+    where
+        T: Send + 'static,
+        F: Fn(&mut DbConn) -> ModelResult<T> + Send + Sync + 'static,
+    {
+        let f = std::sync::Arc::new(f);
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let attempt = f.clone();
+            let deadlocked = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let flag = deadlocked.clone();
+            let run = move |conn: &mut DbConn| {
+                let result = attempt(conn);
+                if let Err(err) = &result {
+                    flag.store(err.is_deadlock(), std::sync::atomic::Ordering::SeqCst);
+                }
+                result
+            };
+            let result = if notify {
+                self.db_write(run).await
+            } else {
+                self.db(run).await
+            };
+            if tries < 3 && deadlocked.load(std::sync::atomic::Ordering::SeqCst) {
+                tracing::info!(tries, "deadlock detected; running the transaction again");
+                continue;
+            }
+            return result;
+        }
+    }
+
     /// Tells every long-poll that something changed: on this server at once,
     /// and on the other servers sharing a PostgreSQL database through
     /// `NOTIFY` (see [`crate::listen`]).

@@ -40,6 +40,22 @@ pub enum ModelError {
     Other(#[from] anyhow::Error),
 }
 
+impl ModelError {
+    /// True when PostgreSQL aborted the transaction to break a deadlock
+    /// (SQLSTATE 40P01) or could not serialize it (40001): running it again
+    /// is the cure.
+    pub fn is_deadlock(&self) -> bool {
+        use diesel::result::{DatabaseErrorKind, Error};
+        match self {
+            ModelError::Database(Error::DatabaseError(kind, info)) => {
+                matches!(kind, DatabaseErrorKind::SerializationFailure)
+                    || info.message().contains("deadlock detected")
+            }
+            _ => false,
+        }
+    }
+}
+
 /// Result of a model method.
 pub type ModelResult<T> = Result<T, ModelError>;
 
@@ -60,4 +76,57 @@ pub fn db_now(conn: &mut DbConn) -> ModelResult<Millis> {
     };
     let row: NowRow = with_conn!(conn, c => diesel::sql_query(sql).get_result(c))?;
     Ok(row.now)
+}
+
+#[cfg(test)]
+mod tests {
+    use diesel::result::{DatabaseErrorInformation, DatabaseErrorKind, Error};
+
+    use super::ModelError;
+
+    #[derive(Debug)]
+    struct Info(&'static str);
+
+    impl DatabaseErrorInformation for Info {
+        fn message(&self) -> &str {
+            self.0
+        }
+        fn details(&self) -> Option<&str> {
+            None
+        }
+        fn hint(&self) -> Option<&str> {
+            None
+        }
+        fn table_name(&self) -> Option<&str> {
+            None
+        }
+        fn column_name(&self) -> Option<&str> {
+            None
+        }
+        fn constraint_name(&self) -> Option<&str> {
+            None
+        }
+        fn statement_position(&self) -> Option<i32> {
+            None
+        }
+    }
+
+    fn database(kind: DatabaseErrorKind, message: &'static str) -> ModelError {
+        ModelError::Database(Error::DatabaseError(kind, Box::new(Info(message))))
+    }
+
+    #[test]
+    fn deadlocks_are_recognized() {
+        let deadlock = database(DatabaseErrorKind::Unknown, "deadlock detected");
+        assert!(deadlock.is_deadlock());
+        assert!(
+            database(
+                DatabaseErrorKind::SerializationFailure,
+                "could not serialize"
+            )
+            .is_deadlock()
+        );
+        assert!(!database(DatabaseErrorKind::UniqueViolation, "duplicate key").is_deadlock());
+        assert!(!ModelError::Conflict("stale".into()).is_deadlock());
+    }
 }

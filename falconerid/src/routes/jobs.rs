@@ -192,7 +192,7 @@ async fn cancel(
 ) -> AppResult<Json<JobResponse>> {
     principal.require_admin()?;
     let (job, stopped) = state
-        .db_write(move |conn| {
+        .db_write_retrying(move |conn| {
             let now = db_now(conn)?;
             Job::stop(
                 conn,
