@@ -13,60 +13,19 @@ use std::{
 };
 
 use falconeri_common::{
-    db::{DbPool, testing::TestDb},
-    models::{Datum, Job, NewJobParams, db_now},
-    pipeline::PipelineSpec,
-    plan::{PlannedDatum, PlannedFile},
+    db::{
+        DbPool,
+        testing::{self, TestDb, planned},
+    },
+    models::{Datum, db_now},
+    plan::PlannedDatum,
 };
 
 const LEASE_MS: i64 = 30_000;
 
-fn spec() -> PipelineSpec {
-    PipelineSpec::from_json(
-        r#"{
-            "pipeline": { "name": "bench" },
-            "transform": { "cmd": ["true"], "image": "alpine" },
-            "parallelism_spec": { "constant": 8 },
-            "resource_requests": { "memory": "64Mi", "cpu": 0.1 },
-            "input": { "atom": { "URI": "file:///in/", "repo": "in", "glob": "/*" } },
-            "egress": { "URI": "file:///out/" }
-        }"#,
-    )
-    .expect("benchmark spec is valid")
-}
-
-fn planned(datums: usize, files_per_datum: usize) -> Vec<PlannedDatum> {
-    (0..datums)
-        .map(|d| PlannedDatum {
-            files: (0..files_per_datum)
-                .map(|f| PlannedFile {
-                    uri: format!("file:///in/{d}/{f}.txt"),
-                    local_path: format!("in/{d}/{f}.txt"),
-                })
-                .collect(),
-        })
-        .collect()
-}
-
 fn create(pool: &DbPool, name: &str, datums: &[PlannedDatum]) -> i64 {
     let mut conn = pool.get().expect("connection");
-    let now = db_now(&mut conn).expect("clock");
-    let spec = spec();
-    let job = Job::create(
-        &mut conn,
-        NewJobParams {
-            spec: &spec,
-            datums,
-            retry_of: None,
-            worker_token: &format!("token-{name}"),
-            name,
-        },
-        now,
-    )
-    .expect("create job");
-    Job::mark_running(&mut conn, job.id, now)
-        .expect("start job")
-        .id
+    testing::create_running_job(&mut conn, &testing::spec("bench", 8, 1), datums, name).id
 }
 
 fn drain(pool: &DbPool, job_id: i64, workers: usize) -> usize {

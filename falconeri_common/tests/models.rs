@@ -12,62 +12,21 @@ use std::{
 use falconeri_common::{
     api::{Claim, NewOutputFile},
     db::DbConn,
-    db::testing::TestDb,
+    db::testing::{self, TestDb, planned},
     models::{Datum, DeadOwners, Job, ModelError, NewJobParams, db_now},
     pipeline::PipelineSpec,
-    plan::{PlannedDatum, PlannedFile},
     status::{DatumStatus, JobStatus},
 };
 
 const LEASE: i64 = 30_000;
 
 fn spec(tries: u32) -> PipelineSpec {
-    PipelineSpec::from_json(&format!(
-        r#"{{
-            "pipeline": {{ "name": "model-test" }},
-            "transform": {{ "cmd": ["true"], "image": "alpine" }},
-            "parallelism_spec": {{ "constant": 2 }},
-            "resource_requests": {{ "memory": "64Mi", "cpu": 0.1 }},
-            "datum_tries": {tries},
-            "job_timeout": "1h",
-            "input": {{ "atom": {{ "URI": "file:///in/", "repo": "in", "glob": "/*" }} }},
-            "egress": {{ "URI": "file:///out/" }}
-        }}"#
-    ))
-    .expect("valid spec")
-}
-
-fn planned(n: usize, files_per_datum: usize) -> Vec<PlannedDatum> {
-    (0..n)
-        .map(|i| PlannedDatum {
-            files: (0..files_per_datum)
-                .map(|f| PlannedFile {
-                    uri: format!("file:///in/{i}/{f}.txt"),
-                    local_path: format!("in/{i}/{f}.txt"),
-                })
-                .collect(),
-        })
-        .collect()
+    testing::spec("model-test", 2, tries)
 }
 
 fn create_job(conn: &mut DbConn, datums: usize, tries: u32) -> Job {
-    let spec = spec(tries);
-    let datums = planned(datums, 1);
-    let now = db_now(conn).unwrap();
     let name = format!("model-test-{}", rand_suffix());
-    let job = Job::create(
-        conn,
-        NewJobParams {
-            spec: &spec,
-            datums: &datums,
-            retry_of: None,
-            worker_token: &format!("token-{name}"),
-            name: &name,
-        },
-        now,
-    )
-    .unwrap();
-    Job::mark_running(conn, job.id, now).unwrap()
+    testing::create_running_job(conn, &spec(tries), &planned(datums, 1), &name)
 }
 
 fn rand_suffix() -> String {

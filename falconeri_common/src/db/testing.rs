@@ -4,7 +4,12 @@
 //! PostgreSQL tests need `FALCONERI_TEST_POSTGRES_URL`, an admin URL of a
 //! server where databases may be created; `./scripts/test` starts one.
 
-use super::{Backend, DbPool};
+use super::{Backend, DbConn, DbPool};
+use crate::{
+    models::{Job, NewJobParams, db_now},
+    pipeline::PipelineSpec,
+    plan::{PlannedDatum, PlannedFile},
+};
 
 /// The environment variable naming the PostgreSQL server for tests.
 pub const POSTGRES_URL_VAR: &str = "FALCONERI_TEST_POSTGRES_URL";
@@ -114,6 +119,64 @@ impl Drop for TestDb {
                 .execute(&mut admin);
         }
     }
+}
+
+/// A valid spec reading `file:///in/` (one datum per entry) into
+/// `file:///out/`, with the given parallelism and `datum_tries`, and a one
+/// hour `job_timeout`.
+pub fn spec(name: &str, parallelism: u32, tries: u32) -> PipelineSpec {
+    PipelineSpec::from_json(&format!(
+        r#"{{
+            "pipeline": {{ "name": "{name}" }},
+            "transform": {{ "cmd": ["true"], "image": "alpine" }},
+            "parallelism_spec": {{ "constant": {parallelism} }},
+            "resource_requests": {{ "memory": "64Mi", "cpu": 0.1 }},
+            "datum_tries": {tries},
+            "job_timeout": "1h",
+            "input": {{ "atom": {{ "URI": "file:///in/", "repo": "in", "glob": "/*" }} }},
+            "egress": {{ "URI": "file:///out/" }}
+        }}"#
+    ))
+    .expect("test spec is valid")
+}
+
+/// `datums` datums of `files_per_datum` input files each, named
+/// `in/<datum>/<file>.txt`.
+pub fn planned(datums: usize, files_per_datum: usize) -> Vec<PlannedDatum> {
+    (0..datums)
+        .map(|d| PlannedDatum {
+            files: (0..files_per_datum)
+                .map(|f| PlannedFile {
+                    uri: format!("file:///in/{d}/{f}.txt"),
+                    local_path: format!("in/{d}/{f}.txt"),
+                })
+                .collect(),
+        })
+        .collect()
+}
+
+/// Inserts a job named `name` of `datums` and marks it running, as a
+/// successful start would.
+pub fn create_running_job(
+    conn: &mut DbConn,
+    spec: &PipelineSpec,
+    datums: &[PlannedDatum],
+    name: &str,
+) -> Job {
+    let now = db_now(conn).expect("database clock");
+    let job = Job::create(
+        conn,
+        NewJobParams {
+            spec,
+            datums,
+            retry_of: None,
+            worker_token: &format!("token-{name}"),
+            name,
+        },
+        now,
+    )
+    .expect("create job");
+    Job::mark_running(conn, job.id, now).expect("start job")
 }
 
 #[cfg(test)]

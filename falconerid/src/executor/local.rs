@@ -295,17 +295,7 @@ mod tests {
     use super::*;
 
     fn launch() -> WorkerLaunch {
-        let spec = falconeri_common::pipeline::PipelineSpec::from_json(
-            r#"{
-                "pipeline": { "name": "t" },
-                "transform": { "cmd": ["true"], "image": "alpine" },
-                "parallelism_spec": { "constant": 1 },
-                "resource_requests": { "memory": "64Mi", "cpu": 0.1 },
-                "input": { "atom": { "URI": "file:///in/", "repo": "in", "glob": "/*" } },
-                "egress": { "URI": "file:///out/" }
-            }"#,
-        )
-        .unwrap();
+        let spec = falconeri_common::db::testing::spec("t", 1, 1);
         WorkerLaunch {
             job_id: 1,
             job_name: "t-aaaaa".into(),
