@@ -52,6 +52,12 @@ impl Local {
     /// Starts the job of `spec` and waits (bounded) until `running` of its
     /// datums run; returns the job's name.
     fn start_and_wait_until_running(&self, spec: &Path, running: i64) -> String {
+        self.start_and_wait_until(spec, |described| described["counts"]["running"] == running)
+    }
+
+    /// Starts the job of `spec` and waits (bounded) until `ready` holds for
+    /// its `job describe`; returns the job's name.
+    fn start_and_wait_until(&self, spec: &Path, ready: impl Fn(&Value) -> bool) -> String {
         let job = self.json(&[
             "job",
             "run",
@@ -64,7 +70,7 @@ impl Local {
         let started = Instant::now();
         loop {
             let described = self.json(&["job", "describe", "--local", &name, "-o", "json"]);
-            if described["counts"]["running"] == running {
+            if ready(&described) {
                 return name;
             }
             assert!(
@@ -266,29 +272,10 @@ fn cancel_kills_running_commands() {
         serde_json::json!(["sh", "-c", script]),
         serde_json::json!({}),
     );
-    let job = local.json(&[
-        "job",
-        "run",
-        "--local",
-        "-o",
-        "json",
-        spec.to_str().unwrap(),
-    ]);
-    let name = job["name"].as_str().unwrap().to_owned();
-
-    // Wait (bounded) until both datums run.
-    let started = Instant::now();
-    loop {
-        let described = local.json(&["job", "describe", "--local", &name, "-o", "json"]);
-        if described["counts"]["running"] == 2 && processes_with(&marker).len() >= 4 {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "never started: {described}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    // Wait (bounded) until both datums run, each with its two shells.
+    let name = local.start_and_wait_until(&spec, |described| {
+        described["counts"]["running"] == 2 && processes_with(&marker).len() >= 4
+    });
 
     let canceled = local.falconeri(&["job", "cancel", "--local", &name]);
     assert!(canceled.status.success(), "{}", describe(&canceled));

@@ -13,6 +13,20 @@ use common::{ADMIN, TestServer};
 use falconerid::{babysitter::Babysitter, executor::WorkerState};
 use serde_json::{Value, json};
 
+/// A worker's write to one of its datums: `POST /v1/datums/{id}/{action}`.
+async fn post_datum(
+    server: &TestServer,
+    token: &str,
+    datum_id: i64,
+    action: &str,
+    body: Value,
+) -> (StatusCode, Value) {
+    let path = format!("/v1/datums/{datum_id}/{action}");
+    server
+        .call(Method::POST, &path, Some(token), Some(body))
+        .await
+}
+
 /// A reservation long-poll in the background; answers with how long it took.
 fn spawn_reserve(
     app: &axum::Router,
@@ -229,23 +243,18 @@ async fn a_job_runs_through_the_worker_protocol() {
             assert!(!answer["input_files"].as_array().unwrap().is_empty());
             let datum_id = answer["datum_id"].as_i64().unwrap();
             let claim = answer["claim"].clone();
-            let (status, _) = server
-                .call(
-                    Method::POST,
-                    &format!("/v1/datums/{datum_id}/heartbeat"),
-                    Some(&token),
-                    Some(json!({ "claim": claim })),
-                )
-                .await;
+            let (status, _) = post_datum(
+                &server,
+                &token,
+                datum_id,
+                "heartbeat",
+                json!({ "claim": claim }),
+            )
+            .await;
             assert_eq!(status, StatusCode::OK);
-            let (status, body) = server
-                .call(
-                    Method::POST,
-                    &format!("/v1/datums/{datum_id}/done"),
-                    Some(&token),
-                    Some(json!({ "claim": claim, "output": "hello", "output_files": [{ "path": stage(&answer, &format!("{datum_id}.txt"), "hello"), "size": 5 }] })),
-                )
-                .await;
+            let staged = stage(&answer, &format!("{datum_id}.txt"), "hello");
+            let body = json!({ "claim": claim, "output": "hello", "output_files": [{ "path": staged, "size": 5 }] });
+            let (status, body) = post_datum(&server, &token, datum_id, "done", body).await;
             assert_eq!(status, StatusCode::OK, "{body}");
             done += 1;
         }
@@ -307,14 +316,14 @@ async fn worker_tokens_only_work_for_their_own_job() {
         let token_b = worker_token(&server, b);
         let (_, reserved) = reserve(&server, b, &token_b, "w", 0).await;
         let datum_b = reserved["datum_id"].as_i64().unwrap();
-        let (status, _) = server
-            .call(
-                Method::POST,
-                &format!("/v1/datums/{datum_b}/done"),
-                Some(&token_a),
-                Some(json!({ "claim": reserved["claim"], "output": "" })),
-            )
-            .await;
+        let (status, _) = post_datum(
+            &server,
+            &token_a,
+            datum_b,
+            "done",
+            json!({ "claim": reserved["claim"], "output": "" }),
+        )
+        .await;
         assert_eq!(status, StatusCode::FORBIDDEN);
     }
 }
@@ -336,14 +345,14 @@ async fn reserve_long_poll_wakes_when_work_appears() {
         tokio::time::sleep(Duration::from_millis(200)).await;
         // ...and the first worker's failure requeues the datum.
         let datum_id = first["datum_id"].as_i64().unwrap();
-        let (status, _) = server
-            .call(
-                Method::POST,
-                &format!("/v1/datums/{datum_id}/error"),
-                Some(&token),
-                Some(json!({ "claim": first["claim"], "output": "oops", "error": "exit 1" })),
-            )
-            .await;
+        let (status, _) = post_datum(
+            &server,
+            &token,
+            datum_id,
+            "error",
+            json!({ "claim": first["claim"], "output": "oops", "error": "exit 1" }),
+        )
+        .await;
         assert_eq!(status, StatusCode::OK);
         let ((status, second), elapsed) = waiting.await.unwrap();
         assert_eq!(status, StatusCode::OK);
@@ -391,14 +400,7 @@ async fn stale_claims_get_409() {
                 json!({ "claim": first["claim"], "files": [] }),
             ),
         ] {
-            let (status, answer) = server
-                .call(
-                    Method::POST,
-                    &format!("/v1/datums/{datum_id}/{path}"),
-                    Some(&token),
-                    Some(body),
-                )
-                .await;
+            let (status, answer) = post_datum(&server, &token, datum_id, path, body).await;
             assert_eq!(status, StatusCode::CONFLICT, "{path}: {answer}");
             assert_eq!(answer["error"]["code"], "conflict");
         }
@@ -436,14 +438,14 @@ async fn cancel_stops_workers_and_ends_reservations() {
         assert_eq!(described["counts"]["canceled"], 3);
         // The worker's heartbeat learns the datum is no longer its own.
         let datum_id = held["datum_id"].as_i64().unwrap();
-        let (status, _) = server
-            .call(
-                Method::POST,
-                &format!("/v1/datums/{datum_id}/heartbeat"),
-                Some(&token),
-                Some(json!({ "claim": held["claim"] })),
-            )
-            .await;
+        let (status, _) = post_datum(
+            &server,
+            &token,
+            datum_id,
+            "heartbeat",
+            json!({ "claim": held["claim"] }),
+        )
+        .await;
         assert_eq!(status, StatusCode::CONFLICT);
         let (_, answer) = reserve(&server, id, &token, "w", 0).await;
         assert_eq!(answer["status"], "finished");
@@ -489,14 +491,8 @@ async fn retry_runs_only_the_failed_datums() {
             if failed == 0 {
                 failed += 1;
             }
-            server
-                .call(
-                    Method::POST,
-                    &format!("/v1/datums/{datum_id}/{outcome}"),
-                    Some(&token),
-                    Some(json!({ "claim": answer["claim"], "output": "", "error": "bad" })),
-                )
-                .await;
+            let body = json!({ "claim": answer["claim"], "output": "", "error": "bad" });
+            post_datum(&server, &token, datum_id, outcome, body).await;
         }
         let (_, job) = server
             .call(Method::GET, &format!("/v1/jobs/{id}"), Some(ADMIN), None)
@@ -740,20 +736,14 @@ async fn a_stale_worker_never_publishes_outputs() {
             "attempts stage apart"
         );
         let new_path = stage(&new, "result.txt", "fresh");
-        let (status, body) = server
-            .call(Method::POST, &format!("/v1/datums/{datum_id}/done"), Some(&token),
-                  Some(json!({ "claim": new["claim"], "output": "", "output_files": [{ "path": new_path, "size": 5 }] })))
-            .await;
+        let (status, body) = post_datum(&server, &token, datum_id, "done", json!({ "claim": new["claim"], "output": "", "output_files": [{ "path": new_path, "size": 5 }] })).await;
         assert_eq!(status, StatusCode::OK, "{body}");
         assert_eq!(
             std::fs::read_to_string(egress.join("result.txt")).unwrap(),
             "fresh"
         );
 
-        let (status, _) = server
-            .call(Method::POST, &format!("/v1/datums/{datum_id}/done"), Some(&token),
-                  Some(json!({ "claim": old["claim"], "output": "", "output_files": [{ "path": old_path, "size": 5 }] })))
-            .await;
+        let (status, _) = post_datum(&server, &token, datum_id, "done", json!({ "claim": old["claim"], "output": "", "output_files": [{ "path": old_path, "size": 5 }] })).await;
         assert_eq!(status, StatusCode::CONFLICT);
         assert_eq!(
             std::fs::read_to_string(egress.join("result.txt")).unwrap(),
@@ -817,14 +807,14 @@ async fn big_worker_reports_are_accepted() {
         let (_, held) = reserve(&server, id, &token, "w", 0).await;
         let datum_id = held["datum_id"].as_i64().unwrap();
         let output = "\u{1}".repeat(1024 * 1024);
-        let (status, body) = server
-            .call(
-                Method::POST,
-                &format!("/v1/datums/{datum_id}/done"),
-                Some(&token),
-                Some(json!({ "claim": held["claim"], "output": output })),
-            )
-            .await;
+        let (status, body) = post_datum(
+            &server,
+            &token,
+            datum_id,
+            "done",
+            json!({ "claim": held["claim"], "output": output }),
+        )
+        .await;
         assert_eq!(status, StatusCode::OK, "{body}");
     }
 }
@@ -985,14 +975,14 @@ async fn replicas_wake_each_others_long_polls() {
     let waiting = spawn_reserve(&b_app, id, &token, "w2", 8_000);
     tokio::time::sleep(Duration::from_millis(200)).await;
     let datum_id = first["datum_id"].as_i64().unwrap();
-    let (status, _) = a
-        .call(
-            Method::POST,
-            &format!("/v1/datums/{datum_id}/error"),
-            Some(&token),
-            Some(json!({ "claim": first["claim"], "output": "", "error": "exit 1" })),
-        )
-        .await;
+    let (status, _) = post_datum(
+        &a,
+        &token,
+        datum_id,
+        "error",
+        json!({ "claim": first["claim"], "output": "", "error": "exit 1" }),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK);
     let ((status, second), elapsed) = waiting.await.unwrap();
     assert_eq!(status, StatusCode::OK);
@@ -1028,10 +1018,7 @@ async fn an_unpublishable_output_fails_the_attempt() {
         let (_, held) = reserve(&server, id, &token, "w", 0).await;
         let datum_id = held["datum_id"].as_i64().unwrap();
         let path = stage(&held, "result.txt", "out");
-        let (status, body) = server
-            .call(Method::POST, &format!("/v1/datums/{datum_id}/done"), Some(&token),
-                  Some(json!({ "claim": held["claim"], "output": "", "output_files": [{ "path": path, "size": 3 }] })))
-            .await;
+        let (status, body) = post_datum(&server, &token, datum_id, "done", json!({ "claim": held["claim"], "output": "", "output_files": [{ "path": path, "size": 3 }] })).await;
         assert_eq!(status, StatusCode::CONFLICT, "{body}");
         let (_, datum) = server
             .call(
