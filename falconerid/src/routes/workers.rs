@@ -4,12 +4,14 @@
 
 use axum::{Json, Router, extract::State, routing::post};
 use falconeri_common::{
+    Millis,
     api::{
         Claim, DatumSummary, DoneRequest, ErrorRequest, HeartbeatRequest, HeartbeatResponse,
         NewOutputFile, OutputFilesRequest, ReleaseRequest, Reservation, ReserveRequest,
         ReserveResponse,
     },
-    models::{Datum, InputFile, Job, ModelError, db_now},
+    db::DbConn,
+    models::{Datum, InputFile, Job, ModelError, ModelResult, db_now},
     storage::{attempt_staging_uri, publish_outputs, storage_for},
 };
 use serde_json::{Value, json};
@@ -241,50 +243,67 @@ async fn heartbeat(
     Ok(Json(HeartbeatResponse { lease_expires_at }))
 }
 
+/// The shape every final report of an attempt shares: check the caller may
+/// write to the datum, run `report` (given the job and the attempt's staging
+/// URI, and answering the model call) as a write with the database clock,
+/// then settle the attempt's staging area.
+async fn final_report<R, F>(
+    state: &AppState,
+    principal: &Principal,
+    id: i64,
+    claim: &Claim,
+    report: R,
+) -> AppResult<Json<DatumSummary>>
+where
+    R: FnOnce(&Job, &str) -> F,
+    F: FnOnce(&mut DbConn, Millis) -> ModelResult<Datum> + Send + 'static,
+{
+    let job = datum_job(state, principal, id).await?;
+    let staging = staging_of(&job, id, claim);
+    let call = report(&job, &staging);
+    let result = state
+        .db_write(move |conn| {
+            let now = db_now(conn)?;
+            call(conn, now)
+        })
+        .await;
+    let datum = settle(staging, result)?;
+    Ok(Json(datum.into()))
+}
+
 async fn done(
     principal: Principal,
     State(state): State<AppState>,
     ApiPath(id): ApiPath<i64>,
     ApiJson(request): ApiJson<DoneRequest>,
 ) -> AppResult<Json<DatumSummary>> {
-    let job = datum_job(&state, &principal, id).await?;
-    let staging = staging_of(&job, id, &request.claim);
-    let publish = publisher(
-        staging.clone(),
-        job.egress_uri.clone(),
-        request.output_files.clone(),
-    );
-    let result = state
-        .db_write(move |conn| {
-            let now = db_now(conn)?;
+    let claim = request.claim.clone();
+    final_report(&state, &principal, id, &claim, |job, staging| {
+        let publish = publisher(
+            staging.to_owned(),
+            job.egress_uri.clone(),
+            request.output_files.clone(),
+        );
+        move |conn, now| {
             let output = output_tail(&request.output);
-            let done = Datum::mark_done(
-                conn,
-                id,
-                &request.claim,
-                output,
-                &request.output_files,
-                now,
-                publish,
-            );
-            match done {
+            let claim = &request.claim;
+            match Datum::mark_done(conn, id, claim, output, &request.output_files, now, publish) {
                 // Retrying would fail the same way (an output colliding with a
                 // directory in the egress, say), so the attempt fails here,
                 // with the reason, and is retried if it has tries left. The
                 // worker hears 409: the datum is no longer its own.
                 Err(ModelError::Publish(err)) => {
                     let reason = format!("cannot publish outputs: {err:#}");
-                    Datum::mark_error(conn, id, &request.claim, output, &reason, now)?;
+                    Datum::mark_error(conn, id, claim, output, &reason, now)?;
                     Err(ModelError::Conflict(format!(
                         "{reason}; the attempt was recorded as failed"
                     )))
                 }
                 other => other,
             }
-        })
-        .await;
-    let datum = settle(staging, result)?;
-    Ok(Json(datum.into()))
+        }
+    })
+    .await
 }
 
 async fn error(
@@ -293,23 +312,14 @@ async fn error(
     ApiPath(id): ApiPath<i64>,
     ApiJson(request): ApiJson<ErrorRequest>,
 ) -> AppResult<Json<DatumSummary>> {
-    let job = datum_job(&state, &principal, id).await?;
-    let staging = staging_of(&job, id, &request.claim);
-    let result = state
-        .db_write(move |conn| {
-            let now = db_now(conn)?;
-            Datum::mark_error(
-                conn,
-                id,
-                &request.claim,
-                output_tail(&request.output),
-                &request.error,
-                now,
-            )
-        })
-        .await;
-    let datum = settle(staging, result)?;
-    Ok(Json(datum.into()))
+    let claim = request.claim.clone();
+    final_report(&state, &principal, id, &claim, |_, _| {
+        move |conn, now| {
+            let output = output_tail(&request.output);
+            Datum::mark_error(conn, id, &request.claim, output, &request.error, now)
+        }
+    })
+    .await
 }
 
 /// The worker is being stopped (not failing): the datum goes back to the
@@ -320,16 +330,11 @@ async fn release(
     ApiPath(id): ApiPath<i64>,
     ApiJson(request): ApiJson<ReleaseRequest>,
 ) -> AppResult<Json<DatumSummary>> {
-    let job = datum_job(&state, &principal, id).await?;
-    let staging = staging_of(&job, id, &request.claim);
-    let result = state
-        .db_write(move |conn| {
-            let now = db_now(conn)?;
-            Datum::release(conn, id, &request.claim, &request.reason, now)
-        })
-        .await;
-    let datum = settle(staging, result)?;
-    Ok(Json(datum.into()))
+    let claim = request.claim.clone();
+    final_report(&state, &principal, id, &claim, |_, _| {
+        move |conn, now| Datum::release(conn, id, &request.claim, &request.reason, now)
+    })
+    .await
 }
 
 /// Publishes staged files now, before the datum is done.
