@@ -187,7 +187,7 @@ impl Job {
             .ok()
             .and_then(|spec| spec.job_timeout)
             .map(|timeout| now.saturating_add(duration_ms(timeout.0)));
-        with_conn!(conn, c => diesel::update(jobs::table)
+        let started: Option<Job> = with_conn!(conn, c => diesel::update(jobs::table)
             .filter(jobs::id.eq(id))
             .filter(jobs::status.eq(JobStatus::Ready.as_str()))
             .set((
@@ -195,8 +195,14 @@ impl Job {
                 jobs::started_at.eq(Some(now)),
                 jobs::deadline_at.eq(deadline),
             ))
-            .execute(c))?;
-        Job::find(conn, id)
+            .returning(Job::as_returning())
+            .get_result(c)
+            .optional())?;
+        match started {
+            Some(job) => Ok(job),
+            // Not `ready` any more (canceled meanwhile, say): as it is now.
+            None => Job::find(conn, id),
+        }
     }
 
     /// One job by id.

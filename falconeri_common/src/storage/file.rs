@@ -59,12 +59,10 @@ impl Storage for FileStorage {
 
     async fn upload(&self, src: &Path, uri: &str) -> Result<u64> {
         let dest = file_uri_path(uri)?;
+        create_parent(&dest).await?;
         let parent = dest
             .parent()
             .ok_or_else(|| anyhow!("{uri:?} has no parent directory"))?;
-        tokio::fs::create_dir_all(parent)
-            .await
-            .with_context(|| format!("cannot create {}", parent.display()))?;
         // Write beside the destination and rename, so nobody sees half a file.
         let file_name = dest
             .file_name()
