@@ -3,6 +3,8 @@
 //! refused; see [`error`]).
 
 mod cli;
+#[allow(dead_code)] // Used by deploy, proxy and db (issue 3, in progress).
+mod cluster;
 mod config;
 mod datum;
 mod error;

@@ -1,0 +1,74 @@
+//! Reaching a falconeri deployment in Kubernetes from the CLI: the user's
+//! kubeconfig (or the in-cluster config), the namespace falconeri lives in,
+//! and the names `falconeri deploy` gives its objects, which `proxy`, `db` and
+//! `undeploy` look up again. The names are part of the deployment's contract:
+//! changing one strands existing deployments.
+
+use anyhow::{Context, Result};
+use clap::Args;
+
+/// The namespace falconeri deploys into unless told otherwise.
+pub const DEFAULT_NAMESPACE: &str = "falconeri";
+
+/// Labels every object of a deployment carries.
+pub const PART_OF_LABEL: &str = "app.kubernetes.io/part-of";
+pub const COMPONENT_LABEL: &str = "app.kubernetes.io/component";
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+/// The value of [`PART_OF_LABEL`] and [`MANAGED_BY_LABEL`].
+pub const PART_OF: &str = "falconeri";
+
+/// falconerid: ServiceAccount, Role, RoleBinding, Deployment and Service.
+pub const FALCONERID: &str = "falconerid";
+pub const FALCONERID_PORT: u16 = 8089;
+
+/// The Secret holding the generated database password and API token.
+pub const SECRET: &str = "falconeri";
+pub const SECRET_DATABASE_PASSWORD: &str = "database-password";
+pub const SECRET_DATABASE_URL: &str = "database-url";
+pub const SECRET_TOKEN: &str = "token";
+
+/// PostgreSQL: PersistentVolumeClaim, Deployment and Service.
+pub const POSTGRES: &str = "falconeri-postgres";
+pub const POSTGRES_PORT: u16 = 5432;
+pub const POSTGRES_USER: &str = "falconeri";
+pub const POSTGRES_DATABASE: &str = "falconeri";
+
+/// MinIO (`deploy --development` only): Deployment and Service, plus the
+/// `s3` Secret that jobs mount for credentials.
+pub const MINIO: &str = "falconeri-minio";
+pub const MINIO_PORT: u16 = 9000;
+pub const S3_SECRET: &str = "s3";
+
+/// Which cluster and namespace a command works on.
+#[derive(Clone, Debug, Args)]
+#[command(next_help_heading = "Cluster options")]
+pub struct ClusterArgs {
+    /// The namespace falconeri is deployed in.
+    #[arg(long, env = "FALCONERI_NAMESPACE", default_value = DEFAULT_NAMESPACE)]
+    pub namespace: String,
+
+    /// The kubeconfig context to use (default: the current context).
+    #[arg(long, env = "FALCONERI_KUBE_CONTEXT", value_name = "NAME")]
+    pub context: Option<String>,
+}
+
+impl ClusterArgs {
+    /// A client for the chosen context: the kubeconfig named by KUBECONFIG or
+    /// ~/.kube/config, else the in-cluster service account.
+    pub async fn client(&self) -> Result<kube::Client> {
+        let options = kube::config::KubeConfigOptions {
+            context: self.context.clone(),
+            ..Default::default()
+        };
+        let config = match &self.context {
+            // An explicit context must come from a kubeconfig.
+            Some(_) => kube::Config::from_kubeconfig(&options)
+                .await
+                .context("reading the kubeconfig")?,
+            None => kube::Config::infer()
+                .await
+                .context("finding a Kubernetes configuration (kubeconfig or in-cluster)")?,
+        };
+        kube::Client::try_from(config).context("building the Kubernetes client")
+    }
+}
