@@ -96,6 +96,20 @@ pub enum Command {
     #[command(subcommand)]
     Local(LocalCommand),
 
+    /// Forward local ports to falconerid, PostgreSQL and MinIO in a cluster.
+    ///
+    /// Reaches the pods through the Kubernetes API (your kubeconfig), like
+    /// `kubectl port-forward`, but every new connection goes to a pod that is
+    /// ready at that moment, so restarted or replaced pods need no restart of
+    /// the proxy. Listens on 127.0.0.1 only, and runs until Ctrl-C.
+    ///
+    /// It prints the `export` lines that point the CLI at the forwarded
+    /// falconerid. The API token is read from the deployment's Secret and
+    /// written, readable by you alone, to `proxy-NAMESPACE.token` under
+    /// FALCONERI_HOME while the proxy runs; it is never printed. MinIO is
+    /// forwarded when the deployment has it (`deploy --development`).
+    Proxy(ProxyArgs),
+
     /// Commands falconeri runs itself; not for people.
     #[command(subcommand, hide = true)]
     Internal(InternalCommand),
@@ -186,6 +200,44 @@ pub enum DatumCommand {
         id: i64,
     },
 }
+
+/// `falconeri proxy`.
+#[derive(Debug, Args)]
+pub struct ProxyArgs {
+    #[command(flatten)]
+    pub cluster: crate::cluster::ClusterArgs,
+
+    /// The local port for falconerid (0 picks a free one).
+    #[arg(
+        long,
+        env = "FALCONERI_PROXY_PORT",
+        default_value_t = 8089,
+        value_name = "PORT"
+    )]
+    pub falconerid_port: u16,
+
+    /// The local port for PostgreSQL (0 picks a free one). Not 5432, which a
+    /// PostgreSQL on this machine may use; `db url` assumes the same port.
+    #[arg(
+        long,
+        env = "FALCONERI_PROXY_POSTGRES_PORT",
+        default_value_t = DEFAULT_PROXY_POSTGRES_PORT,
+        value_name = "PORT"
+    )]
+    pub postgres_port: u16,
+
+    /// The local port for MinIO, when deployed (0 picks a free one).
+    #[arg(
+        long,
+        env = "FALCONERI_PROXY_MINIO_PORT",
+        default_value_t = 19000,
+        value_name = "PORT"
+    )]
+    pub minio_port: u16,
+}
+
+/// The local port `proxy` forwards PostgreSQL to unless told otherwise.
+pub const DEFAULT_PROXY_POSTGRES_PORT: u16 = 15432;
 
 #[derive(Debug, Subcommand)]
 pub enum LocalCommand {
