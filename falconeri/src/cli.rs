@@ -110,6 +110,21 @@ pub enum Command {
     /// forwarded when the deployment has it (`deploy --development`).
     Proxy(ProxyArgs),
 
+    /// Apply this falconeri's PostgreSQL migrations to a deployment's
+    /// database.
+    ///
+    /// falconerid applies them itself when it starts; run this to migrate
+    /// ahead of a rollout, or a database no falconerid runs on. It reaches
+    /// the deployment's PostgreSQL through a port-forward of its own (no
+    /// `falconeri proxy` needed), with the credentials from the deployment's
+    /// Secret, unless --database-url names a database. Applying is
+    /// idempotent, and safe while falconerid runs.
+    Migrate(MigrateArgs),
+
+    /// Reach a deployment's PostgreSQL database: print its URL, open psql.
+    #[command(subcommand)]
+    Db(DbCommand),
+
     /// Commands falconeri runs itself; not for people.
     #[command(subcommand, hide = true)]
     Internal(InternalCommand),
@@ -234,6 +249,64 @@ pub struct ProxyArgs {
         value_name = "PORT"
     )]
     pub minio_port: u16,
+}
+
+/// `falconeri migrate`.
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    #[command(flatten)]
+    pub cluster: crate::cluster::ClusterArgs,
+
+    /// Migrate this PostgreSQL database instead of the deployment's, such as
+    /// postgres://user:password@host:5432/falconeri (no TLS).
+    #[arg(
+        long,
+        env = "FALCONERI_DATABASE_URL",
+        hide_env_values = true,
+        value_name = "URL"
+    )]
+    pub database_url: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DbCommand {
+    /// Print the deployment's PostgreSQL URL through `falconeri proxy`.
+    ///
+    /// The URL includes the database password, read from the deployment's
+    /// Secret. It points at the proxy's local PostgreSQL port, so it works
+    /// while `falconeri proxy` runs (with the same --postgres-port).
+    Url {
+        #[command(flatten)]
+        cluster: crate::cluster::ClusterArgs,
+
+        /// The local port `falconeri proxy` forwards PostgreSQL to.
+        #[arg(
+            long,
+            env = "FALCONERI_PROXY_POSTGRES_PORT",
+            default_value_t = DEFAULT_PROXY_POSTGRES_PORT,
+            value_name = "PORT"
+        )]
+        postgres_port: u16,
+    },
+
+    /// Open psql on the deployment's database.
+    ///
+    /// Forwards a free local port to PostgreSQL for as long as psql runs (no
+    /// `falconeri proxy` needed). The password goes to psql in PGPASSWORD,
+    /// never on its command line. Arguments after `--` go to psql, such as
+    /// `falconeri db console -- -c 'SELECT count(*) FROM jobs'`.
+    Console {
+        #[command(flatten)]
+        cluster: crate::cluster::ClusterArgs,
+
+        /// Arguments for psql.
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "PSQL_ARGS"
+        )]
+        args: Vec<OsString>,
+    },
 }
 
 /// The local port `proxy` forwards PostgreSQL to unless told otherwise.

@@ -7,6 +7,7 @@ mod cli;
 mod cluster;
 mod config;
 mod datum;
+mod db;
 mod error;
 mod job;
 mod local;
@@ -57,6 +58,8 @@ async fn dispatch(config: &Config, command: Command) -> Result<()> {
         Command::Local(LocalCommand::Stop) => local::stop(config).await,
         Command::Internal(InternalCommand::Server) => local::serve(config).await,
         Command::Proxy(args) => proxy::run(config, args).await,
+        Command::Migrate(args) => db::migrate(config, args).await,
+        Command::Db(command) => db::run(config, command).await,
     }
 }
 
