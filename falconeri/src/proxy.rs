@@ -338,20 +338,17 @@ pub async fn run(config: &Config, args: ProxyArgs) -> Result<()> {
         (FALCONERID, args.falconerid_port),
         (POSTGRES, args.postgres_port),
     ];
-    // MinIO exists only in `deploy --development` deployments.
+    // MinIO exists only in `deploy --development` deployments. Not being
+    // allowed to look is no reason to forward nothing: the pod list below
+    // fails loudly if the cluster cannot be reached at all.
     let services: Api<Service> = Api::namespaced(client.clone(), namespace);
-    if services
-        .get_opt(MINIO.service)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot look up Service {} in namespace {namespace}",
-                MINIO.service
-            )
-        })?
-        .is_some()
-    {
-        targets.push((MINIO, args.minio_port));
+    match services.get_opt(MINIO.service).await {
+        Ok(Some(_)) => targets.push((MINIO, args.minio_port)),
+        Ok(None) => {}
+        Err(err) => tracing::warn!(
+            "not forwarding MinIO: cannot look up Service {} in namespace {namespace}: {err}",
+            MINIO.service
+        ),
     }
 
     let mut forwards = Vec::new();

@@ -219,7 +219,16 @@ async fn connections_reach_a_ready_pod_and_follow_dropped_connections_and_replac
     echo(&mut third, "new pod").await;
 
     proxy.assert_running();
-    assert!(!fake.forwards().iter().any(|pod| pod == "falconerid-0"));
+    // One port-forward per connection, never to the pod that is not ready.
+    assert_eq!(
+        fake.forwards(),
+        [
+            "falconerid-a",
+            "falconeri-postgres-1",
+            "falconerid-a",
+            "falconerid-b"
+        ]
+    );
     let log = proxy.log();
     assert!(
         log.contains("now forwarding to pod falconerid-b (was falconerid-a)"),
@@ -252,6 +261,38 @@ async fn without_a_ready_pod_connections_fail_until_one_is_ready() {
     let (mut conn, greeting) = connect(proxy.falconerid).await;
     assert_eq!(greeting, "pod falconerid-late");
     echo(&mut conn, "finally").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pod_refusing_the_port_closes_the_connection_with_the_reason() {
+    let fake = FakeKube::start(NAMESPACE).await;
+    let home = tempfile::tempdir().unwrap();
+    // An address nothing listens on any more.
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    fake.add_pod(FakePod::new(
+        "falconerid-broken",
+        "falconerid",
+        8089,
+        closed,
+    ));
+    let mut proxy = Proxy::start(&fake, home.path()).await;
+
+    let mut conn = TcpStream::connect(proxy.falconerid).await.unwrap();
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(PATIENCE, conn.read_to_end(&mut rest))
+        .await
+        .expect("closed in time");
+    assert!(rest.is_empty());
+    proxy.assert_running();
+    // The API server's message on the port's error channel is in the log.
+    let log = proxy.log();
+    assert!(
+        log.contains("pod falconerid-broken port 8089: error forwarding port 8089"),
+        "{log}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -384,7 +425,7 @@ async fn an_unreachable_cluster_is_a_clear_error() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        stderr.contains("error: cannot look up Service falconeri-minio"),
+        stderr.contains("error: cannot list the falconerid pods"),
         "{stderr}"
     );
 }
