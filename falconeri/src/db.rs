@@ -41,6 +41,10 @@ const CREATE_MIGRATIONS_TABLE: &str = "CREATE TABLE IF NOT EXISTS __diesel_schem
      version VARCHAR(50) PRIMARY KEY NOT NULL, \
      run_on TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP)";
 
+/// The advisory lock key `migrate` holds while it runs (any constant will
+/// do; this one is "falc" "mig" in ASCII).
+const MIGRATE_LOCK: i64 = 0x6661_6c63_006d_6967;
+
 /// One migration: its directory's name and its `up.sql`.
 #[derive(Debug)]
 pub struct Migration {
@@ -205,6 +209,13 @@ pub async fn run_migrations(url: &str, migrations: &[Migration]) -> Result<Migra
         }
     });
     let mut report = MigrationReport::default();
+    // One `migrate` at a time per database, for the whole run: concurrent
+    // `CREATE TABLE IF NOT EXISTS` can fail on a fresh database. The lock
+    // is the session's, so it goes with the connection, however this ends.
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&MIGRATE_LOCK])
+        .await
+        .context("cannot take the migration lock")?;
     client
         .batch_execute(CREATE_MIGRATIONS_TABLE)
         .await

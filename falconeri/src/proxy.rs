@@ -28,6 +28,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{cli::ProxyArgs, cluster, config::Config};
 
+/// How long to pause after a failed `accept`.
+const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// One kind of pod the proxy reaches: its component label and the port its
 /// container listens on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -269,8 +272,15 @@ impl Forward {
                     });
                 }
                 // Such as too many open files: this connection is lost, the
-                // next may work.
-                Err(err) => tracing::warn!(error = %err, "{title}: cannot accept a connection"),
+                // next may work. A pause keeps a persistent failure from
+                // spinning (it is a backoff, not a poll).
+                Err(err) => {
+                    tracing::warn!(error = %err, "{title}: cannot accept a connection");
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        _ = tokio::time::sleep(ACCEPT_BACKOFF) => {}
+                    }
+                }
             }
         }
     }

@@ -292,6 +292,25 @@ async fn migrate_with_a_database_url_needs_no_cluster() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn concurrent_migrations_apply_each_migration_once() {
+    let db = TestDatabase::create().await;
+    let nowhere = tempfile::tempdir().unwrap();
+    let kubeconfig = nowhere.path().join("no-kubeconfig");
+    let url = db.url();
+    let args = ["migrate", "--database-url", &url, "-o", "json"];
+    let runs = (0..6).map(|_| falconeri(&kubeconfig, &args));
+    let outputs = futures::future::join_all(runs).await;
+    let mut applied = Vec::new();
+    for output in &outputs {
+        assert_success(output);
+        let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        applied.extend(json["applied"].as_array().unwrap().iter().cloned());
+    }
+    assert_eq!(applied, ["2026-11-25-000000_init"]);
+    db.drop_database().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_failing_migration_is_an_error_and_leaves_nothing_half_done() {
     let db = TestDatabase::create().await;
     // A table the migration creates already exists: its transaction fails.
