@@ -219,9 +219,6 @@ pub enum DatumCommand {
 /// `falconeri proxy`.
 #[derive(Debug, Args)]
 pub struct ProxyArgs {
-    #[command(flatten)]
-    pub cluster: crate::cluster::ClusterArgs,
-
     /// The local port for falconerid (0 picks a free one).
     #[arg(
         long,
@@ -249,14 +246,15 @@ pub struct ProxyArgs {
         value_name = "PORT"
     )]
     pub minio_port: u16,
+
+    // Last, so its help heading does not carry over to the flags above.
+    #[command(flatten)]
+    pub cluster: crate::cluster::ClusterArgs,
 }
 
 /// `falconeri migrate`.
 #[derive(Debug, Args)]
 pub struct MigrateArgs {
-    #[command(flatten)]
-    pub cluster: crate::cluster::ClusterArgs,
-
     /// Migrate this PostgreSQL database instead of the deployment's, such as
     /// postgres://user:password@host:5432/falconeri (no TLS).
     #[arg(
@@ -266,6 +264,10 @@ pub struct MigrateArgs {
         value_name = "URL"
     )]
     pub database_url: Option<String>,
+
+    // Last, so its help heading does not carry over to the flags above.
+    #[command(flatten)]
+    pub cluster: crate::cluster::ClusterArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -276,9 +278,6 @@ pub enum DbCommand {
     /// Secret. It points at the proxy's local PostgreSQL port, so it works
     /// while `falconeri proxy` runs (with the same --postgres-port).
     Url {
-        #[command(flatten)]
-        cluster: crate::cluster::ClusterArgs,
-
         /// The local port `falconeri proxy` forwards PostgreSQL to.
         #[arg(
             long,
@@ -287,6 +286,9 @@ pub enum DbCommand {
             value_name = "PORT"
         )]
         postgres_port: u16,
+
+        #[command(flatten)]
+        cluster: crate::cluster::ClusterArgs,
     },
 
     /// Open psql on the deployment's database.
@@ -296,9 +298,6 @@ pub enum DbCommand {
     /// never on its command line. Arguments after `--` go to psql, such as
     /// `falconeri db console -- -c 'SELECT count(*) FROM jobs'`.
     Console {
-        #[command(flatten)]
-        cluster: crate::cluster::ClusterArgs,
-
         /// Arguments for psql.
         #[arg(
             trailing_var_arg = true,
@@ -306,6 +305,9 @@ pub enum DbCommand {
             value_name = "PSQL_ARGS"
         )]
         args: Vec<OsString>,
+
+        #[command(flatten)]
+        cluster: crate::cluster::ClusterArgs,
     },
 }
 
@@ -413,6 +415,19 @@ mod tests {
             other => panic!("unexpected {other:?}"),
         }
         assert!(Cli::try_parse_from(args("falconeri datum list --job x --status bad")).is_err());
+    }
+
+    #[test]
+    fn db_console_passes_psql_arguments_through() {
+        let cli = Cli::try_parse_from(args("falconeri db console --namespace ns -- -X -c select"))
+            .expect("parses");
+        match cli.command {
+            Command::Db(DbCommand::Console { args, cluster }) => {
+                assert_eq!(args, ["-X", "-c", "select"]);
+                assert_eq!(cluster.namespace, "ns");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
     }
 
     #[test]
