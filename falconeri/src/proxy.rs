@@ -28,6 +28,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{cli::ProxyArgs, cluster, config::Config};
 
+/// How long finding a pod and opening a port-forward to it may take before
+/// the local connection is given up (the client would otherwise hang).
+const DIAL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// How long to pause after a failed `accept`.
 const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
 
@@ -312,7 +316,9 @@ async fn pipe(mut conn: TcpStream, dialer: &PodDialer) -> Result<()> {
         pod,
         mut stream,
         mut forwarder,
-    } = dialer.dial().await?;
+    } = tokio::time::timeout(DIAL_TIMEOUT, dialer.dial())
+        .await
+        .map_err(|_| anyhow!("no port-forward within {DIAL_TIMEOUT:?}"))??;
     tracing::debug!(pod, "{}: connection opened", dialer.target.title);
     let port_error = forwarder.take_error(dialer.target.port);
     let result = {

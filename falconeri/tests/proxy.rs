@@ -237,6 +237,32 @@ async fn connections_reach_a_ready_pod_and_follow_dropped_connections_and_replac
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn large_transfers_stream_both_ways_intact() {
+    let fake = FakeKube::start(NAMESPACE).await;
+    let home = tempfile::tempdir().unwrap();
+    let pod = EchoPod::start("falconerid-big").await;
+    fake.add_pod(FakePod::new("falconerid-big", "falconerid", 8089, pod.addr));
+    let proxy = Proxy::start(&fake, home.path()).await;
+
+    let (conn, greeting) = connect(proxy.falconerid).await;
+    assert_eq!(greeting, "pod falconerid-big");
+    // Far more than any buffer on the way (kube-rs's is 1 MiB), written and
+    // read at the same time, so it only passes if data streams.
+    const SIZE: usize = 32 * 1024 * 1024;
+    let data: Vec<u8> = (0..SIZE).map(|i| (i % 251) as u8).collect();
+    let (mut reader, mut writer) = tokio::io::split(conn);
+    let sent = data.clone();
+    let write = tokio::spawn(async move { writer.write_all(&sent).await.unwrap() });
+    let mut back = vec![0u8; SIZE];
+    tokio::time::timeout(PATIENCE, reader.read_exact(&mut back))
+        .await
+        .expect("echoed in time")
+        .unwrap();
+    write.await.unwrap();
+    assert!(back == data, "the echo differs");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn without_a_ready_pod_connections_fail_until_one_is_ready() {
     let fake = FakeKube::start(NAMESPACE).await;
     let home = tempfile::tempdir().unwrap();
