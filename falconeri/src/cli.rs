@@ -96,6 +96,35 @@ pub enum Command {
     #[command(subcommand)]
     Local(LocalCommand),
 
+    /// Forward local ports to falconerid, PostgreSQL and MinIO in a cluster.
+    ///
+    /// Reaches the pods through the Kubernetes API (your kubeconfig), like
+    /// `kubectl port-forward`, but every new connection goes to a pod that is
+    /// ready at that moment, so restarted or replaced pods need no restart of
+    /// the proxy. Listens on 127.0.0.1 only, and runs until Ctrl-C.
+    ///
+    /// It prints the `export` lines that point the CLI at the forwarded
+    /// falconerid. The API token is read from the deployment's Secret and
+    /// written, readable by you alone, to `proxy-NAMESPACE.token` under
+    /// FALCONERI_HOME while the proxy runs; it is never printed. MinIO is
+    /// forwarded when the deployment has it (`deploy --development`).
+    Proxy(ProxyArgs),
+
+    /// Apply this falconeri's PostgreSQL migrations to a deployment's
+    /// database.
+    ///
+    /// falconerid applies them itself when it starts; run this to migrate
+    /// ahead of a rollout, or a database no falconerid runs on. It reaches
+    /// the deployment's PostgreSQL through a port-forward of its own (no
+    /// `falconeri proxy` needed), with the credentials from the deployment's
+    /// Secret, unless --database-url names a database. Applying is
+    /// idempotent, and safe while falconerid runs.
+    Migrate(MigrateArgs),
+
+    /// Reach a deployment's PostgreSQL database: print its URL, open psql.
+    #[command(subcommand)]
+    Db(DbCommand),
+
     /// Commands falconeri runs itself; not for people.
     #[command(subcommand, hide = true)]
     Internal(InternalCommand),
@@ -186,6 +215,104 @@ pub enum DatumCommand {
         id: i64,
     },
 }
+
+/// `falconeri proxy`.
+#[derive(Debug, Args)]
+pub struct ProxyArgs {
+    /// The local port for falconerid (0 picks a free one).
+    #[arg(
+        long,
+        env = "FALCONERI_PROXY_PORT",
+        default_value_t = 8089,
+        value_name = "PORT"
+    )]
+    pub falconerid_port: u16,
+
+    /// The local port for PostgreSQL (0 picks a free one). Not 5432, which a
+    /// PostgreSQL on this machine may use; `db url` assumes the same port.
+    #[arg(
+        long,
+        env = "FALCONERI_PROXY_POSTGRES_PORT",
+        default_value_t = DEFAULT_PROXY_POSTGRES_PORT,
+        value_name = "PORT"
+    )]
+    pub postgres_port: u16,
+
+    /// The local port for MinIO, when deployed (0 picks a free one).
+    #[arg(
+        long,
+        env = "FALCONERI_PROXY_MINIO_PORT",
+        default_value_t = 19000,
+        value_name = "PORT"
+    )]
+    pub minio_port: u16,
+
+    // Last, so its help heading does not carry over to the flags above.
+    #[command(flatten)]
+    pub cluster: crate::cluster::ClusterArgs,
+}
+
+/// `falconeri migrate`.
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    /// Migrate this PostgreSQL database instead of the deployment's, such as
+    /// postgres://user:password@host:5432/falconeri (no TLS).
+    #[arg(
+        long,
+        env = "FALCONERI_DATABASE_URL",
+        hide_env_values = true,
+        value_name = "URL"
+    )]
+    pub database_url: Option<String>,
+
+    // Last, so its help heading does not carry over to the flags above.
+    #[command(flatten)]
+    pub cluster: crate::cluster::ClusterArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DbCommand {
+    /// Print the deployment's PostgreSQL URL through `falconeri proxy`.
+    ///
+    /// The URL includes the database password, read from the deployment's
+    /// Secret. It points at the proxy's local PostgreSQL port, so it works
+    /// while `falconeri proxy` runs (with the same --postgres-port).
+    Url {
+        /// The local port `falconeri proxy` forwards PostgreSQL to.
+        #[arg(
+            long,
+            env = "FALCONERI_PROXY_POSTGRES_PORT",
+            default_value_t = DEFAULT_PROXY_POSTGRES_PORT,
+            value_name = "PORT"
+        )]
+        postgres_port: u16,
+
+        #[command(flatten)]
+        cluster: crate::cluster::ClusterArgs,
+    },
+
+    /// Open psql on the deployment's database.
+    ///
+    /// Forwards a free local port to PostgreSQL for as long as psql runs (no
+    /// `falconeri proxy` needed). The password goes to psql in PGPASSWORD,
+    /// never on its command line. Arguments after `--` go to psql, such as
+    /// `falconeri db console -- -c 'SELECT count(*) FROM jobs'`.
+    Console {
+        /// Arguments for psql.
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "PSQL_ARGS"
+        )]
+        args: Vec<OsString>,
+
+        #[command(flatten)]
+        cluster: crate::cluster::ClusterArgs,
+    },
+}
+
+/// The local port `proxy` forwards PostgreSQL to unless told otherwise.
+pub const DEFAULT_PROXY_POSTGRES_PORT: u16 = 15432;
 
 #[derive(Debug, Subcommand)]
 pub enum LocalCommand {
@@ -288,6 +415,19 @@ mod tests {
             other => panic!("unexpected {other:?}"),
         }
         assert!(Cli::try_parse_from(args("falconeri datum list --job x --status bad")).is_err());
+    }
+
+    #[test]
+    fn db_console_passes_psql_arguments_through() {
+        let cli = Cli::try_parse_from(args("falconeri db console --namespace ns -- -X -c select"))
+            .expect("parses");
+        match cli.command {
+            Command::Db(DbCommand::Console { args, cluster }) => {
+                assert_eq!(args, ["-X", "-c", "select"]);
+                assert_eq!(cluster.namespace, "ns");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
     }
 
     #[test]

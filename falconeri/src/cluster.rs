@@ -72,3 +72,28 @@ impl ClusterArgs {
         kube::Client::try_from(config).context("building the Kubernetes client")
     }
 }
+
+/// The value of `key` in the Secret `name`, as text; `None` when the Secret
+/// or the key does not exist.
+pub async fn read_secret(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+    key: &str,
+) -> Result<Option<String>> {
+    use k8s_openapi::api::core::v1::Secret;
+    let secrets: kube::Api<Secret> = kube::Api::namespaced(client.clone(), namespace);
+    let secret = secrets
+        .get_opt(name)
+        .await
+        .with_context(|| format!("cannot read Secret {name} in namespace {namespace}"))?;
+    let Some(value) = secret
+        .and_then(|s| s.data)
+        .and_then(|mut data| data.remove(key))
+    else {
+        return Ok(None);
+    };
+    String::from_utf8(value.0)
+        .map(Some)
+        .with_context(|| format!("key {key} of Secret {name} is not UTF-8 text"))
+}

@@ -7,10 +7,12 @@ mod cli;
 mod cluster;
 mod config;
 mod datum;
+mod db;
 mod error;
 mod job;
 mod local;
 mod output;
+mod proxy;
 
 use std::{io::IsTerminal, process::ExitCode};
 
@@ -40,7 +42,8 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     // The server's log is its stderr, so it logs more than a command does.
-    let server = matches!(cli.command, Command::Internal(_));
+    // So does the proxy, which logs each change of pod.
+    let server = matches!(cli.command, Command::Internal(_) | Command::Proxy(_));
     init_tracing(if server { "info" } else { "warn" });
     let config = Config::from_args(cli.global);
     runtime()?.block_on(dispatch(&config, cli.command))
@@ -54,6 +57,9 @@ async fn dispatch(config: &Config, command: Command) -> Result<()> {
         Command::Local(LocalCommand::Status) => local::status(config).await,
         Command::Local(LocalCommand::Stop) => local::stop(config).await,
         Command::Internal(InternalCommand::Server) => local::serve(config).await,
+        Command::Proxy(args) => proxy::run(config, args).await,
+        Command::Migrate(args) => db::migrate(config, args).await,
+        Command::Db(command) => db::run(config, command).await,
     }
 }
 
