@@ -7,6 +7,7 @@ mod cli;
 mod cluster;
 mod config;
 mod datum;
+mod deploy;
 mod error;
 mod job;
 mod local;
@@ -54,6 +55,8 @@ async fn dispatch(config: &Config, command: Command) -> Result<()> {
         Command::Local(LocalCommand::Status) => local::status(config).await,
         Command::Local(LocalCommand::Stop) => local::stop(config).await,
         Command::Internal(InternalCommand::Server) => local::serve(config).await,
+        Command::Deploy(args) => deploy::deploy(config, &args).await,
+        Command::Undeploy(args) => deploy::undeploy(config, &args).await,
     }
 }
 
