@@ -174,18 +174,34 @@ pub fn removed(all: bool) -> Vec<(&'static str, &'static str)> {
     objects
 }
 
-/// Deletes the objects of a deployment (see [`removed`]), each only if it
-/// carries falconeri's label, so a Secret you made yourself (`--skip-secret`,
-/// or your own `s3`) survives `--all`. The namespace is never deleted: it may
-/// hold other things, or have been made by someone else.
+/// Deletes the objects of a deployment (see [`removed`]). The namespace is
+/// never deleted: it may hold other things, or have been made by someone
+/// else.
 pub async fn remove(
     client: &Client,
     namespace: &str,
     all: bool,
+    report: impl FnMut(&Step),
+) -> Result<Vec<Step>> {
+    delete(client, namespace, &removed(all), report).await
+}
+
+/// The objects only `deploy --development` makes, apart from the `s3`
+/// Secret, which may hold credentials of your own by then.
+pub const DEVELOPMENT_ONLY: [(&str, &str); 2] =
+    [("Deployment", cluster::MINIO), ("Service", cluster::MINIO)];
+
+/// Deletes `objects` in order, each only if it exists and carries
+/// falconeri's label, so a Secret you made yourself (`--skip-secret`, or your
+/// own `s3`) survives `undeploy --all`.
+pub async fn delete(
+    client: &Client,
+    namespace: &str,
+    objects: &[(&str, &str)],
     mut report: impl FnMut(&Step),
 ) -> Result<Vec<Step>> {
     let mut steps = Vec::new();
-    for (kind, name) in removed(all) {
+    for &(kind, name) in objects {
         let api = api(client, namespace, kind)?;
         let existing = api
             .get_opt(name)

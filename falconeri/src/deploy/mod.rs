@@ -30,12 +30,27 @@ pub async fn deploy(config: &Config, args: &DeployArgs) -> Result<()> {
     apply::check_objects(&objects, namespace)?;
     let client = args.cluster.client().await?;
     let text = config.output == OutputFormat::Text;
-    let steps = apply::apply(&client, namespace, &objects, |step| {
+    let report = |step: &apply::Step| {
         if text {
             println!("{step}");
         }
-    })
-    .await?;
+    };
+    let mut steps = apply::apply(&client, namespace, &objects, report).await?;
+    if !args.development {
+        // A deployment matches its flags: MinIO from an earlier
+        // `--development` goes. Objects that were never there are not news.
+        let pruned = apply::delete(&client, namespace, &apply::DEVELOPMENT_ONLY, |step| {
+            if step.action != apply::Action::Absent {
+                report(step);
+            }
+        })
+        .await?;
+        steps.extend(
+            pruned
+                .into_iter()
+                .filter(|step| step.action != apply::Action::Absent),
+        );
+    }
     if text {
         println!(
             "\nfalconeri is deployed in namespace {namespace}. Run `falconeri proxy \
