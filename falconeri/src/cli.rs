@@ -267,8 +267,15 @@ pub struct DeployArgs {
 
     /// The storage class of PostgreSQL's volume (default: the cluster's
     /// default storage class).
-    #[arg(long, value_name = "NAME", value_parser = crate::deploy::parse_storage_class_name)]
+    #[arg(long, value_name = "NAME", value_parser = crate::deploy::parse_object_name)]
     pub storage_class_name: Option<String>,
+
+    /// A Secret holding a Google Cloud service-account key as `key.json`,
+    /// for falconerid's own access to `gs://` inputs and egresses (without
+    /// it, falconerid uses Application Default Credentials, such as GKE
+    /// workload identity).
+    #[arg(long, value_name = "SECRET", value_parser = crate::deploy::parse_object_name)]
+    pub gcs_key_secret: Option<String>,
 
     /// Don't create the `falconeri` Secret: you manage it, with the keys
     /// `database-password`, `database-url` and `token`.

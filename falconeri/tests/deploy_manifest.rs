@@ -171,6 +171,8 @@ fn manifests_pass_kubernetes_validate() {
             "100Gi",
             "--storage-class-name",
             "premium-rwo",
+            "--gcs-key-secret",
+            "gcs-key",
         ],
     ];
     let mut files = Vec::new();

@@ -100,6 +100,8 @@ pub(crate) struct FalconeridValues {
     pub memory: String,
     pub database_url_key: String,
     pub token_key: String,
+    /// The Secret with a Google Cloud key (`key.json`) to mount.
+    pub gcs_key_secret: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -167,7 +169,10 @@ pub fn validate(args: &DeployArgs) -> Result<()> {
     check("postgres-memory", parse_quantity(&args.postgres_memory))?;
     check("postgres-storage", parse_quantity(&args.postgres_storage))?;
     if let Some(name) = &args.storage_class_name {
-        check("storage-class-name", parse_storage_class_name(name))?;
+        check("storage-class-name", parse_object_name(name))?;
+    }
+    if let Some(name) = &args.gcs_key_secret {
+        check("gcs-key-secret", parse_object_name(name))?;
     }
     Ok(())
 }
@@ -218,6 +223,7 @@ pub(crate) fn values(args: &DeployArgs, secrets: &Secrets) -> Values {
             memory: args.memory.clone(),
             database_url_key: cluster::SECRET_DATABASE_URL.to_owned(),
             token_key: cluster::SECRET_TOKEN.to_owned(),
+            gcs_key_secret: args.gcs_key_secret.clone(),
         },
         postgres: PostgresValues {
             name: cluster::POSTGRES.to_owned(),
@@ -368,9 +374,9 @@ pub fn parse_image_tag(tag: &str) -> Result<String, String> {
     }
 }
 
-/// clap's parser for a storage class name: a DNS subdomain, as Kubernetes
-/// requires of object names.
-pub fn parse_storage_class_name(name: &str) -> Result<String, String> {
+/// clap's parser for the name of an object such as a storage class or a
+/// Secret: a DNS subdomain, as Kubernetes requires.
+pub fn parse_object_name(name: &str) -> Result<String, String> {
     let valid = !name.is_empty()
         && name.len() <= 253
         && name.split('.').all(|part| check_dns_label(part).is_ok());
@@ -669,6 +675,42 @@ mod tests {
     }
 
     #[test]
+    fn a_gcs_key_secret_is_mounted_for_falconerid() {
+        let objects = render_objects("deploy --gcs-key-secret gcs-key");
+        let pod = &find(&objects, "Deployment", "falconerid")["spec"]["template"]["spec"];
+        let volume = pod["volumes"]
+            .as_array()
+            .expect("volumes")
+            .iter()
+            .find(|volume| volume["name"] == "gcs")
+            .expect("gcs volume");
+        assert_eq!(volume["secret"]["secretName"], "gcs-key");
+        let container = &pod["containers"][0];
+        let mount = container["volumeMounts"]
+            .as_array()
+            .expect("mounts")
+            .iter()
+            .find(|mount| mount["name"] == "gcs")
+            .expect("gcs mount")["mountPath"]
+            .as_str()
+            .expect("path")
+            .to_owned();
+        let credentials = container["env"]
+            .as_array()
+            .expect("env")
+            .iter()
+            .find(|var| var["name"] == "GOOGLE_APPLICATION_CREDENTIALS")
+            .expect("GOOGLE_APPLICATION_CREDENTIALS")["value"]
+            .clone();
+        assert_eq!(credentials, format!("{mount}/key.json"));
+
+        // Without it, nothing about GCS: Application Default Credentials.
+        let plain = render_objects("deploy");
+        let text = serde_json::to_string(&plain).expect("json");
+        assert!(!text.contains("GOOGLE_APPLICATION_CREDENTIALS"));
+    }
+
+    #[test]
     fn generated_secrets_are_random_and_url_safe() {
         let (a, b) = (Secrets::generate(), Secrets::generate());
         assert_ne!(a.database_password, b.database_password);
@@ -716,6 +758,7 @@ mod tests {
             "deploy --cpu 1x",
             "deploy --postgres-version 18:latest",
             "deploy --storage-class-name Fast",
+            "deploy --gcs-key-secret a_b",
         ] {
             let words = std::iter::once("falconeri").chain(line.split_whitespace());
             assert!(Cli::try_parse_from(words).is_err(), "{line}");
@@ -743,10 +786,10 @@ mod tests {
         for bad in ["", "-x", ".x", "a:b", "a/b", &"1".repeat(129)] {
             assert!(parse_image_tag(bad).is_err(), "{bad:?}");
         }
-        assert!(parse_storage_class_name("standard-rwo").is_ok());
-        assert!(parse_storage_class_name("ebs.csi.aws.com").is_ok());
+        assert!(parse_object_name("standard-rwo").is_ok());
+        assert!(parse_object_name("ebs.csi.aws.com").is_ok());
         for bad in ["", "Fast", "a..b", ".a", "a_b"] {
-            assert!(parse_storage_class_name(bad).is_err(), "{bad:?}");
+            assert!(parse_object_name(bad).is_err(), "{bad:?}");
         }
     }
 
@@ -860,6 +903,9 @@ mod tests {
         base.storage_class_name = Some("@@class@@".to_owned());
         hostile.storage_class_name = Some(format!("{}<class>", HOSTILE[3]));
         replacements.push(("@@class@@".to_owned(), format!("{}<class>", HOSTILE[3])));
+        base.gcs_key_secret = Some("@@gcs@@".to_owned());
+        hostile.gcs_key_secret = Some(format!("{}<gcs>", HOSTILE[0]));
+        replacements.push(("@@gcs@@".to_owned(), format!("{}<gcs>", HOSTILE[0])));
 
         let secret_names = ["password", "token", "minio_key", "minio_secret"];
         let mut base_secrets = secrets();

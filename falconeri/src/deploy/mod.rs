@@ -13,7 +13,7 @@ use crate::{
     output,
 };
 pub use manifest::{
-    DEFAULT_MINIO_IMAGE, parse_image, parse_image_tag, parse_quantity, parse_storage_class_name,
+    DEFAULT_MINIO_IMAGE, parse_image, parse_image_tag, parse_object_name, parse_quantity,
 };
 
 /// `falconeri deploy`.
