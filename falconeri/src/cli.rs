@@ -101,8 +101,10 @@ pub enum Command {
     /// Applies (server-side apply, field manager `falconeri`) a namespace,
     /// falconerid with its service account and role, PostgreSQL with a
     /// persistent volume, and a Secret with a generated database password
-    /// and API token. Running it again updates the objects in place and keeps
-    /// the existing Secret, so the database keeps its password.
+    /// and API token; with `--development`, also MinIO. Running it again
+    /// updates the objects in place, keeps the existing Secrets (so the
+    /// database keeps its password), and removes the MinIO of an earlier
+    /// `--development` deploy if this one has no `--development`.
     Deploy(Box<DeployArgs>),
 
     /// Remove falconeri from a Kubernetes namespace.
@@ -217,9 +219,6 @@ pub enum LocalCommand {
 /// `falconeri deploy`.
 #[derive(Clone, Debug, Args)]
 pub struct DeployArgs {
-    #[command(flatten)]
-    pub cluster: crate::cluster::ClusterArgs,
-
     /// Print the manifest (YAML) instead of applying it. Needs no cluster;
     /// the printed Secret holds freshly generated credentials.
     #[arg(long)]
@@ -291,6 +290,10 @@ pub struct DeployArgs {
     /// The MinIO image for --development.
     #[arg(long, value_name = "IMAGE", default_value = crate::deploy::DEFAULT_MINIO_IMAGE, value_parser = crate::deploy::parse_image)]
     pub minio_image: String,
+
+    // Last: its help heading would otherwise cover the flags after it.
+    #[command(flatten)]
+    pub cluster: crate::cluster::ClusterArgs,
 }
 
 /// A container's image pull policy.
@@ -315,13 +318,13 @@ impl PullPolicy {
 /// `falconeri undeploy`.
 #[derive(Debug, Args)]
 pub struct UndeployArgs {
-    #[command(flatten)]
-    pub cluster: crate::cluster::ClusterArgs,
-
     /// Also delete the data: PostgreSQL's volume, and the `falconeri` and
     /// `s3` Secrets if `falconeri deploy` made them.
     #[arg(long)]
     pub all: bool,
+
+    #[command(flatten)]
+    pub cluster: crate::cluster::ClusterArgs,
 }
 
 /// Commands falconeri runs itself. `internal worker` is not here: it is
