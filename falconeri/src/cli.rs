@@ -109,10 +109,11 @@ pub enum Command {
 
     /// Remove falconeri from a Kubernetes namespace.
     ///
-    /// Deletes the Deployments, Services, service account and role, and
-    /// keeps the data: the database's volume and the Secrets, so a later
-    /// `deploy` picks up where it left off. `--all` deletes those too. The
-    /// namespace itself is never deleted.
+    /// Deletes the Deployments, Services, service account and role, and the
+    /// worker Jobs of running jobs (those jobs fail, and can be retried after
+    /// a new deploy). Keeps the data: the database's volume and the Secrets,
+    /// so a later `deploy` picks up where it left off. `--all` deletes those
+    /// too. The namespace itself is never deleted.
     Undeploy(UndeployArgs),
 
     /// Commands falconeri runs itself; not for people.

@@ -23,6 +23,9 @@ pub const PART_OF: &str = "falconeri";
 pub const COMPONENT_FALCONERID: &str = "falconerid";
 pub const COMPONENT_POSTGRES: &str = "postgres";
 pub const COMPONENT_MINIO: &str = "minio";
+/// The component falconerid's Kubernetes executor gives worker Jobs, their
+/// pods and their token Secrets (with `PART_OF_LABEL=PART_OF`).
+pub const COMPONENT_WORKER: &str = "worker";
 
 /// The falconerid image `falconeri deploy` uses unless told otherwise: the
 /// one `just image` builds for this version. It also holds the worker binary

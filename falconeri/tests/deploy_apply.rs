@@ -92,6 +92,9 @@ async fn handle(state: axum::extract::State<Shared>, request: Request<Body>) -> 
         );
     }
     match recorded.method {
+        Method::GET if recorded.query.contains("labelSelector=") => {
+            axum::Json(list(&state, &parts.uri)).into_response()
+        }
         Method::GET => match state.objects.get(&path) {
             Some(object) => axum::Json(object.clone()).into_response(),
             None => status(
@@ -129,6 +132,31 @@ async fn handle(state: axum::extract::State<Shared>, request: Request<Body>) -> 
             "the fake does not do that",
         ),
     }
+}
+
+/// A list of the objects directly under the collection `uri` names whose
+/// labels match its `labelSelector` (equality terms only, as deploy sends).
+fn list(state: &State, uri: &axum::http::Uri) -> Value {
+    let query: axum::extract::Query<std::collections::HashMap<String, String>> =
+        axum::extract::Query::try_from_uri(uri).expect("query");
+    let selector = query.get("labelSelector").cloned().unwrap_or_default();
+    let prefix = format!("{}/", uri.path());
+    let items: Vec<Value> = state
+        .objects
+        .iter()
+        .filter(|(path, _)| {
+            path.strip_prefix(&prefix)
+                .is_some_and(|rest| !rest.contains('/'))
+        })
+        .map(|(_, object)| object.clone())
+        .filter(|object| {
+            selector.split(',').all(|term| {
+                let (key, value) = term.split_once('=').expect("key=value");
+                object["metadata"]["labels"][key] == value
+            })
+        })
+        .collect();
+    json!({ "kind": "List", "apiVersion": "v1", "metadata": {}, "items": items })
 }
 
 /// The fake API server and a kubeconfig pointing at it.
@@ -552,4 +580,54 @@ async fn deploy_without_development_removes_minio() {
     // Once gone, a plain deploy does not mention MinIO at all.
     let stdout = fake.run_ok(&["deploy", "--namespace", NS]).await;
     assert!(!stdout.contains("minio"), "{stdout}");
+}
+
+/// A batch Job in the fake, as falconerid's executor labels them (or not).
+fn job(name: &str, labels: Value) -> (String, Value) {
+    (
+        format!("/apis/batch/v1/namespaces/{NS}/jobs/{name}"),
+        json!({ "apiVersion": "batch/v1", "kind": "Job",
+                "metadata": { "name": name, "namespace": NS, "labels": labels } }),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undeploy_deletes_the_worker_jobs_and_only_them() {
+    let fake = Fake::start().await;
+    fake.run_ok(&["deploy", "--namespace", NS]).await;
+    let worker_labels = |id: &str| {
+        json!({ "app.kubernetes.io/part-of": "falconeri",
+                "app.kubernetes.io/managed-by": "falconeri",
+                "app.kubernetes.io/component": "worker",
+                "falconeri.io/job-id": id })
+    };
+    {
+        let mut state = lock(&fake.state);
+        for (path, object) in [
+            job("word-frequencies-1", worker_labels("1")),
+            job("word-frequencies-2", worker_labels("2")),
+            job("someone-elses", json!({ "app": "other" })),
+        ] {
+            state.objects.insert(path, object);
+        }
+    }
+    fake.take_requests();
+    let stdout = fake.run_ok(&["undeploy", "--namespace", NS]).await;
+    let deleted: Vec<String> = with_method(&fake.take_requests(), Method::DELETE)
+        .into_iter()
+        .map(|r| r.path)
+        .filter(|path| path.contains("/jobs/"))
+        .collect();
+    assert_eq!(
+        deleted,
+        [
+            job("word-frequencies-1", Value::Null).0,
+            job("word-frequencies-2", Value::Null).0
+        ]
+    );
+    assert!(fake.object(&job("someone-elses", Value::Null).0).is_some());
+    assert!(
+        stdout.contains("deleted  Job/word-frequencies-1"),
+        "{stdout}"
+    );
 }

@@ -6,12 +6,13 @@
 use anyhow::{Context, Result, anyhow, bail};
 use k8s_openapi::api::{
     apps::v1::Deployment,
+    batch::v1::Job,
     core::v1::{Namespace, PersistentVolumeClaim, Secret, Service, ServiceAccount},
     rbac::v1::{Role, RoleBinding},
 };
 use kube::{
     Api, Client,
-    api::{ApiResource, DeleteParams, DynamicObject, Patch, PatchParams},
+    api::{ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams},
 };
 use serde::Serialize;
 use serde_json::Value;
@@ -80,6 +81,8 @@ fn resource(kind: &str) -> Option<(ApiResource, bool)> {
         "PersistentVolumeClaim" => (ApiResource::erase::<PersistentVolumeClaim>(&()), true),
         "Service" => (ApiResource::erase::<Service>(&()), true),
         "Deployment" => (ApiResource::erase::<Deployment>(&()), true),
+        // Not in the manifest: the worker Jobs falconerid creates.
+        "Job" => (ApiResource::erase::<Job>(&()), true),
         _ => return None,
     })
 }
@@ -174,16 +177,33 @@ pub fn removed(all: bool) -> Vec<(&'static str, &'static str)> {
     objects
 }
 
-/// Deletes the objects of a deployment (see [`removed`]). The namespace is
-/// never deleted: it may hold other things, or have been made by someone
-/// else.
+/// Deletes the objects of a deployment (see [`removed`]), then the worker
+/// Jobs falconerid started, whose pods and token Secrets go with them
+/// (Kubernetes' garbage collector follows their owner references). Their
+/// falconeri jobs end as failed once a falconerid sees the Jobs gone, and
+/// can be retried. The namespace is never deleted: it may hold other
+/// things, or have been made by someone else.
 pub async fn remove(
     client: &Client,
     namespace: &str,
     all: bool,
-    report: impl FnMut(&Step),
+    mut report: impl FnMut(&Step),
 ) -> Result<Vec<Step>> {
-    delete(client, namespace, &removed(all), report).await
+    let mut steps = delete(client, namespace, &removed(all), &mut report).await?;
+    let jobs = api(client, namespace, "Job")?;
+    let selector = cluster::pod_selector(cluster::COMPONENT_WORKER);
+    let workers = jobs
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .context("cannot list the worker Jobs")?;
+    let names: Vec<String> = workers
+        .items
+        .iter()
+        .filter_map(|job| job.metadata.name.clone())
+        .collect();
+    let objects: Vec<(&str, &str)> = names.iter().map(|name| ("Job", name.as_str())).collect();
+    steps.extend(delete(client, namespace, &objects, report).await?);
+    Ok(steps)
 }
 
 /// The objects only `deploy --development` makes, apart from the `s3`

@@ -617,6 +617,10 @@ mod tests {
         );
         assert_eq!(env("FALCONERI_WORKER_IMAGE")["value"], "reg.example/fd:1");
         assert_eq!(
+            env("FALCONERI_KUBERNETES_WORKER_IMAGE_PULL_POLICY")["value"],
+            "Never"
+        );
+        assert_eq!(
             env("FALCONERI_KUBERNETES_NAMESPACE")["valueFrom"]["fieldRef"]["fieldPath"],
             "metadata.namespace"
         );
