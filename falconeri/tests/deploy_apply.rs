@@ -329,7 +329,14 @@ async fn deploy_applies_every_object_and_is_idempotent() {
         .into_iter()
         .map(|r| r.path)
         .collect();
-    assert_eq!(reads, [core("secrets", "falconeri"), core("secrets", "s3")]);
+    assert_eq!(
+        reads,
+        [
+            format!("/api/v1/namespaces/{NS}"),
+            core("secrets", "falconeri"),
+            core("secrets", "s3")
+        ]
+    );
     assert!(with_method(&first, Method::DELETE).is_empty());
     assert_eq!(
         stdout
@@ -361,7 +368,7 @@ async fn deploy_applies_every_object_and_is_idempotent() {
         .collect();
 
     // Again, with JSON output: the same objects are applied with the same
-    // content, and the Secrets are kept, not regenerated.
+    // content, and the namespace and the Secrets are kept, not regenerated.
     let stdout = fake
         .run_ok(&["deploy", "--namespace", NS, "--development", "-o", "json"])
         .await;
@@ -369,7 +376,7 @@ async fn deploy_applies_every_object_and_is_idempotent() {
     let reapplied = with_method(&second, Method::PATCH);
     let expected: Vec<String> = development_paths()
         .into_iter()
-        .filter(|path| !path.contains("/secrets/"))
+        .filter(|path| !path.contains("/secrets/") && *path != format!("/api/v1/namespaces/{NS}"))
         .collect();
     assert_eq!(
         reapplied.iter().map(|r| r.path.clone()).collect::<Vec<_>>(),
@@ -413,6 +420,7 @@ async fn deploy_applies_every_object_and_is_idempotent() {
     };
     assert_eq!(action("Secret", "falconeri"), Some(json!("kept")));
     assert_eq!(action("Secret", "s3"), Some(json!("kept")));
+    assert_eq!(action("Namespace", NS), Some(json!("kept")));
     assert_eq!(action("Deployment", "falconerid"), Some(json!("applied")));
 }
 
@@ -427,6 +435,30 @@ async fn skip_secret_applies_no_secret() {
         "{requests:?}"
     );
     assert_eq!(with_method(&requests, Method::PATCH).len(), 9);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_existing_namespace_is_used_as_it_is() {
+    let fake = Fake::start().await;
+    let namespace = format!("/api/v1/namespaces/{NS}");
+    let theirs = json!({ "apiVersion": "v1", "kind": "Namespace",
+                         "metadata": { "name": NS, "labels": { "team": "data" } } });
+    lock(&fake.state)
+        .objects
+        .insert(namespace.clone(), theirs.clone());
+    let stdout = fake.run_ok(&["deploy", "--namespace", NS]).await;
+    let requests = fake.take_requests();
+    assert!(
+        with_method(&requests, Method::PATCH)
+            .iter()
+            .all(|r| r.path != namespace),
+        "the namespace was patched"
+    );
+    assert_eq!(fake.object(&namespace), Some(theirs));
+    assert!(
+        stdout.contains(&format!("kept     Namespace/{NS} (exists)")),
+        "{stdout}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -530,6 +562,22 @@ async fn a_refused_object_fails_deploy_with_the_servers_reason() {
     let requests = fake.take_requests();
     let last = requests.last().expect("requests");
     assert!(last.path.contains("/roles/"), "{last:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn context_picks_the_kubeconfig_context() {
+    let fake = Fake::start().await;
+    fake.run_ok(&["deploy", "--namespace", NS, "--context", "fake"])
+        .await;
+    assert!(!fake.take_requests().is_empty());
+
+    let output = fake
+        .falconeri(&["deploy", "--namespace", NS, "--context", "elsewhere"])
+        .await;
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("kubeconfig"), "{stderr}");
+    assert!(fake.take_requests().is_empty(), "reached the wrong cluster");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

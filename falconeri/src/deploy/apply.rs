@@ -28,7 +28,8 @@ pub const FIELD_MANAGER: &str = "falconeri";
 pub enum Action {
     /// Created or updated by server-side apply.
     Applied,
-    /// A Secret that already exists: never replaced (see [`apply`]).
+    /// A Secret or the namespace, which already exists: never changed (see
+    /// [`apply`]).
     Kept,
     /// Deleted (its dependents are deleted in the background).
     Deleted,
@@ -63,7 +64,10 @@ impl std::fmt::Display for Step {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{} {}/{}", self.action.word(), self.kind, self.name)?;
         match self.action {
-            Action::Kept => f.write_str(" (exists; its credentials are never regenerated)"),
+            Action::Kept if self.kind == "Secret" => {
+                f.write_str(" (exists; its credentials are never regenerated)")
+            }
+            Action::Kept => f.write_str(" (exists)"),
             Action::NotOurs => f.write_str(" (not made by falconeri deploy)"),
             _ => Ok(()),
         }
@@ -102,7 +106,8 @@ fn api(client: &Client, namespace: &str, kind: &str) -> Result<Api<DynamicObject
 /// [`FIELD_MANAGER`], forced, so falconeri's choices win over edits made by
 /// hand), calling `report` after each.
 ///
-/// A Secret that already exists is left alone: the database was created
+/// Objects of the kinds in [`create_only`] are applied only when they do not
+/// exist yet. A Secret that exists is left alone: the database was created
 /// with the password in it, and a new one would lock falconerid out. That is
 /// also why re-running deploy is safe. To change credentials, delete the
 /// Secret (and, for the database password, the data: `undeploy --all`).
@@ -122,13 +127,20 @@ pub async fn apply(
             .as_str()
             .ok_or_else(|| anyhow!("a {kind} in the manifest has no name"))?;
         let api = api(client, namespace, kind)?;
-        let action = if kind == "Secret"
-            && api
-                .get_opt(name)
-                .await
-                .with_context(|| format!("cannot read Secret/{name}"))?
-                .is_some()
-        {
+        let exists = if create_only(kind) {
+            match api.get_opt(name).await {
+                Ok(found) => found.is_some(),
+                // A namespace admin may not read the namespace itself;
+                // applying it then either works or says why not.
+                Err(_) if kind == "Namespace" => false,
+                Err(err) => {
+                    return Err(err).with_context(|| format!("cannot read {kind}/{name}"));
+                }
+            }
+        } else {
+            false
+        };
+        let action = if exists {
             Action::Kept
         } else {
             api.patch(name, &params, &Patch::Apply(object))
@@ -145,6 +157,13 @@ pub async fn apply(
         steps.push(step);
     }
     Ok(steps)
+}
+
+/// Kinds deploy creates but never changes: Secrets (see [`apply`]), and the
+/// namespace, which may belong to someone else and needs cluster-wide rights
+/// to patch, which a namespace admin lacks.
+fn create_only(kind: &str) -> bool {
+    matches!(kind, "Namespace" | "Secret")
 }
 
 /// The objects `undeploy` deletes, in order: falconerid first, so nothing
