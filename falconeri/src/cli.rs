@@ -125,6 +125,26 @@ pub enum Command {
     #[command(subcommand)]
     Db(DbCommand),
 
+    /// Deploy falconeri into a Kubernetes namespace, or print the manifest.
+    ///
+    /// Applies (server-side apply, field manager `falconeri`) a namespace,
+    /// falconerid with its service account and role, PostgreSQL with a
+    /// persistent volume, and a Secret with a generated database password
+    /// and API token; with `--development`, also MinIO. Running it again
+    /// updates the objects in place, keeps the existing Secrets (so the
+    /// database keeps its password), and removes the MinIO of an earlier
+    /// `--development` deploy if this one has no `--development`.
+    Deploy(Box<DeployArgs>),
+
+    /// Remove falconeri from a Kubernetes namespace.
+    ///
+    /// Deletes the Deployments, Services, service account and role, and the
+    /// worker Jobs of running jobs (those jobs fail, and can be retried after
+    /// a new deploy). Keeps the data: the database's volume and the Secrets,
+    /// so a later `deploy` picks up where it left off. `--all` deletes those
+    /// too. The namespace itself is never deleted.
+    Undeploy(UndeployArgs),
+
     /// Commands falconeri runs itself; not for people.
     #[command(subcommand, hide = true)]
     Internal(InternalCommand),
@@ -322,6 +342,117 @@ pub enum LocalCommand {
     /// Stop the local server. It finishes gracefully; running jobs resume
     /// when it is next started.
     Stop,
+}
+
+/// `falconeri deploy`.
+#[derive(Clone, Debug, Args)]
+pub struct DeployArgs {
+    /// Print the manifest (YAML) instead of applying it. Needs no cluster;
+    /// the printed Secret holds freshly generated credentials.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// The falconerid image. It must also contain falconeri-worker, which
+    /// the Kubernetes executor copies into every worker pod.
+    #[arg(long, value_name = "IMAGE", default_value = crate::cluster::DEFAULT_IMAGE, value_parser = crate::deploy::parse_image)]
+    pub image: String,
+
+    /// When the kubelet pulls the falconerid image (default: Kubernetes'
+    /// rule, which is Always for `:latest` and IfNotPresent otherwise). Use
+    /// `never` for an image loaded into kind or minikube.
+    #[arg(long, value_enum, value_name = "POLICY")]
+    pub image_pull_policy: Option<PullPolicy>,
+
+    /// How many falconerid replicas to run.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub replicas: u32,
+
+    /// falconerid's CPU request, per replica (a Kubernetes quantity).
+    #[arg(long, value_name = "QUANTITY", default_value = "250m", value_parser = crate::deploy::parse_quantity)]
+    pub cpu: String,
+
+    /// falconerid's memory request and limit, per replica.
+    #[arg(long, value_name = "QUANTITY", default_value = "512Mi", value_parser = crate::deploy::parse_quantity)]
+    pub memory: String,
+
+    /// The PostgreSQL image's tag (`postgres:<VERSION>`). Changing the major
+    /// version of an existing database needs a dump and restore.
+    #[arg(long, value_name = "VERSION", default_value = "18", value_parser = crate::deploy::parse_image_tag)]
+    pub postgres_version: String,
+
+    /// PostgreSQL's CPU request.
+    #[arg(long, value_name = "QUANTITY", default_value = "250m", value_parser = crate::deploy::parse_quantity)]
+    pub postgres_cpu: String,
+
+    /// PostgreSQL's memory request and limit.
+    #[arg(long, value_name = "QUANTITY", default_value = "1Gi", value_parser = crate::deploy::parse_quantity)]
+    pub postgres_memory: String,
+
+    /// The size of PostgreSQL's persistent volume.
+    #[arg(long, value_name = "QUANTITY", default_value = "10Gi", value_parser = crate::deploy::parse_quantity)]
+    pub postgres_storage: String,
+
+    /// The storage class of PostgreSQL's volume (default: the cluster's
+    /// default storage class).
+    #[arg(long, value_name = "NAME", value_parser = crate::deploy::parse_object_name)]
+    pub storage_class_name: Option<String>,
+
+    /// A Secret holding a Google Cloud service-account key as `key.json`,
+    /// for falconerid's own access to `gs://` inputs and egresses (without
+    /// it, falconerid uses Application Default Credentials, such as GKE
+    /// workload identity).
+    #[arg(long, value_name = "SECRET", value_parser = crate::deploy::parse_object_name)]
+    pub gcs_key_secret: Option<String>,
+
+    /// Don't create the `falconeri` Secret: you manage it, with the keys
+    /// `database-password`, `database-url` and `token`.
+    #[arg(long)]
+    pub skip_secret: bool,
+
+    /// Also deploy a MinIO server (S3-compatible storage, data lost when its
+    /// pod restarts) and an `s3` Secret with its credentials, for trying
+    /// falconeri out on a laptop cluster.
+    #[arg(long)]
+    pub development: bool,
+
+    /// The MinIO image for --development.
+    #[arg(long, value_name = "IMAGE", default_value = crate::deploy::DEFAULT_MINIO_IMAGE, value_parser = crate::deploy::parse_image)]
+    pub minio_image: String,
+
+    // Last: its help heading would otherwise cover the flags after it.
+    #[command(flatten)]
+    pub cluster: crate::cluster::ClusterArgs,
+}
+
+/// A container's image pull policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PullPolicy {
+    Always,
+    IfNotPresent,
+    Never,
+}
+
+impl PullPolicy {
+    /// The name Kubernetes uses.
+    pub fn as_kubernetes(self) -> &'static str {
+        match self {
+            PullPolicy::Always => "Always",
+            PullPolicy::IfNotPresent => "IfNotPresent",
+            PullPolicy::Never => "Never",
+        }
+    }
+}
+
+/// `falconeri undeploy`.
+#[derive(Debug, Args)]
+pub struct UndeployArgs {
+    /// Also delete the data: PostgreSQL's volume, and the `falconeri` and
+    /// `s3` Secrets if `falconeri deploy` made them.
+    #[arg(long)]
+    pub all: bool,
+
+    #[command(flatten)]
+    pub cluster: crate::cluster::ClusterArgs,
 }
 
 /// Commands falconeri runs itself. `internal worker` is not here: it is

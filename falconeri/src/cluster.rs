@@ -17,6 +17,21 @@ pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 /// The value of [`PART_OF_LABEL`] and [`MANAGED_BY_LABEL`].
 pub const PART_OF: &str = "falconeri";
 
+/// Values of [`COMPONENT_LABEL`]. A component's pods carry
+/// `PART_OF_LABEL=PART_OF` and `COMPONENT_LABEL=<component>`, which is what its
+/// Deployment and Service select (see [`pod_selector`]).
+pub const COMPONENT_FALCONERID: &str = "falconerid";
+pub const COMPONENT_POSTGRES: &str = "postgres";
+pub const COMPONENT_MINIO: &str = "minio";
+/// The component falconerid's Kubernetes executor gives worker Jobs, their
+/// pods and their token Secrets (with `PART_OF_LABEL=PART_OF`).
+pub const COMPONENT_WORKER: &str = "worker";
+
+/// The falconerid image `falconeri deploy` uses unless told otherwise: the
+/// one `just image` builds for this version. It also holds the worker binary
+/// that the Kubernetes executor copies into every worker pod.
+pub const DEFAULT_IMAGE: &str = concat!("falconeri/falconerid:", env!("CARGO_PKG_VERSION"));
+
 /// falconerid: ServiceAccount, Role, RoleBinding, Deployment and Service.
 pub const FALCONERID: &str = "falconerid";
 pub const FALCONERID_PORT: u16 = 8089;
@@ -39,12 +54,51 @@ pub const MINIO: &str = "falconeri-minio";
 pub const MINIO_PORT: u16 = 9000;
 pub const S3_SECRET: &str = "s3";
 
+/// The label selector matching the pods of `component`, such as
+/// `app.kubernetes.io/part-of=falconeri,app.kubernetes.io/component=falconerid`.
+pub fn pod_selector(component: &str) -> String {
+    format!("{PART_OF_LABEL}={PART_OF},{COMPONENT_LABEL}={component}")
+}
+
+/// Checks that `name` is a DNS label (RFC 1123), as Kubernetes requires of a
+/// namespace: at most 63 lower-case letters, digits and `-`, starting and
+/// ending with a letter or digit.
+pub fn check_dns_label(name: &str) -> Result<(), String> {
+    let alphanumeric = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
+    if name.is_empty() || name.len() > 63 {
+        return Err(format!(
+            "{name:?} must be 1 to 63 characters long (a DNS label)"
+        ));
+    }
+    if !name.chars().all(|c| alphanumeric(c) || c == '-')
+        || !name.starts_with(alphanumeric)
+        || !name.ends_with(alphanumeric)
+    {
+        return Err(format!(
+            "{name:?} is not a DNS label: use lower-case letters, digits and '-', \
+             starting and ending with a letter or digit"
+        ));
+    }
+    Ok(())
+}
+
+/// clap's parser for `--namespace`: Kubernetes refuses any other name, so
+/// refuse it before contacting the cluster.
+fn parse_namespace(name: &str) -> Result<String, String> {
+    check_dns_label(name).map(|()| name.to_owned())
+}
+
 /// Which cluster and namespace a command works on.
 #[derive(Clone, Debug, Args)]
 #[command(next_help_heading = "Cluster options")]
 pub struct ClusterArgs {
     /// The namespace falconeri is deployed in.
-    #[arg(long, env = "FALCONERI_NAMESPACE", default_value = DEFAULT_NAMESPACE)]
+    #[arg(
+        long,
+        env = "FALCONERI_NAMESPACE",
+        default_value = DEFAULT_NAMESPACE,
+        value_parser = parse_namespace
+    )]
     pub namespace: String,
 
     /// The kubeconfig context to use (default: the current context).
@@ -96,4 +150,37 @@ pub async fn read_secret(
     String::from_utf8(value.0)
         .map(Some)
         .with_context(|| format!("key {key} of Secret {name} is not UTF-8 text"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn namespaces_must_be_dns_labels() {
+        for good in ["falconeri", "a", "team-1", "0x", &"a".repeat(63)] {
+            assert_eq!(check_dns_label(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "",
+            "Falconeri",
+            "-a",
+            "a-",
+            "a.b",
+            "a_b",
+            "a b",
+            "a\nb",
+            &"a".repeat(64),
+        ] {
+            assert!(check_dns_label(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn pod_selectors_name_part_of_and_component() {
+        assert_eq!(
+            pod_selector(COMPONENT_POSTGRES),
+            "app.kubernetes.io/part-of=falconeri,app.kubernetes.io/component=postgres"
+        );
+    }
 }

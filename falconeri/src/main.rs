@@ -3,11 +3,11 @@
 //! refused; see [`error`]).
 
 mod cli;
-#[allow(dead_code)] // Used by deploy, proxy and db (issue 3, in progress).
 mod cluster;
 mod config;
 mod datum;
 mod db;
+mod deploy;
 mod error;
 mod job;
 mod local;
@@ -60,6 +60,8 @@ async fn dispatch(config: &Config, command: Command) -> Result<()> {
         Command::Proxy(args) => proxy::run(config, args).await,
         Command::Migrate(args) => db::migrate(config, args).await,
         Command::Db(command) => db::run(config, command).await,
+        Command::Deploy(args) => deploy::deploy(config, &args).await,
+        Command::Undeploy(args) => deploy::undeploy(config, &args).await,
     }
 }
 
