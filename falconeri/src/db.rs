@@ -23,6 +23,7 @@
 use std::{ffi::OsString, net::SocketAddr};
 
 use anyhow::{Context, Result, anyhow, bail};
+use falconeri_common::migrations::{self, MIGRATE_LOCK, Migration};
 use tokio_postgres::NoTls;
 use url::Url;
 
@@ -40,33 +41,6 @@ const MIGRATIONS_TABLE: &str = "__diesel_schema_migrations";
 const CREATE_MIGRATIONS_TABLE: &str = "CREATE TABLE IF NOT EXISTS __diesel_schema_migrations (\
      version VARCHAR(50) PRIMARY KEY NOT NULL, \
      run_on TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP)";
-
-/// The advisory lock key `migrate` holds while it runs (any constant will
-/// do; this one is "falc" "mig" in ASCII).
-const MIGRATE_LOCK: i64 = 0x6661_6c63_006d_6967;
-
-/// One migration: its directory's name and its `up.sql`.
-#[derive(Debug)]
-pub struct Migration {
-    pub name: &'static str,
-    pub up: &'static str,
-}
-
-/// falconerid's PostgreSQL migrations, oldest first. A unit test checks this
-/// list against the directory, so a new migration cannot be forgotten here.
-pub const POSTGRES_MIGRATIONS: &[Migration] = &[Migration {
-    name: "2026-11-25-000000_init",
-    up: include_str!("../../falconeri_common/migrations/postgres/2026-11-25-000000_init/up.sql"),
-}];
-
-impl Migration {
-    /// The version diesel records: the name up to its first `_`, without
-    /// dashes (`2026-11-25-000000_init` → `20261125000000`).
-    pub fn version(&self) -> String {
-        let prefix = self.name.split('_').next().unwrap_or(self.name);
-        prefix.replace('-', "")
-    }
-}
 
 /// `falconeri db …`.
 pub async fn run(config: &Config, command: DbCommand) -> Result<()> {
@@ -152,7 +126,7 @@ pub async fn migrate(config: &Config, args: MigrateArgs) -> Result<()> {
             (url.to_string(), Some(forward))
         }
     };
-    let report = run_migrations(&url, POSTGRES_MIGRATIONS).await?;
+    let report = run_migrations(&url, migrations::POSTGRES).await?;
     if config.json() {
         return output::print_json(&serde_json::json!({
             "applied": report.applied,
@@ -162,7 +136,7 @@ pub async fn migrate(config: &Config, args: MigrateArgs) -> Result<()> {
     if report.applied.is_empty() {
         println!(
             "The database is up to date ({}).",
-            migrations(POSTGRES_MIGRATIONS.len())
+            migrations(migrations::POSTGRES.len())
         );
     } else {
         println!("Applied {}:", migrations(report.applied.len()));
@@ -360,42 +334,6 @@ mod tests {
 
     fn local() -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], 15432))
-    }
-
-    #[test]
-    fn versions_follow_diesel() {
-        let migration = Migration {
-            name: "2026-11-25-000000_init",
-            up: "",
-        };
-        assert_eq!(migration.version(), "20261125000000");
-    }
-
-    /// The embedded list is the migrations directory falconerid embeds.
-    #[test]
-    fn every_postgres_migration_is_embedded() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../falconeri_common/migrations/postgres");
-        let mut names: Vec<String> = std::fs::read_dir(&dir)
-            .expect("migrations directory")
-            .map(|entry| {
-                entry
-                    .expect("entry")
-                    .file_name()
-                    .to_string_lossy()
-                    .into_owned()
-            })
-            .filter(|name| !name.starts_with('.'))
-            .collect();
-        names.sort();
-        let embedded: Vec<&str> = POSTGRES_MIGRATIONS.iter().map(|m| m.name).collect();
-        assert_eq!(names, embedded);
-        for migration in POSTGRES_MIGRATIONS {
-            let up = std::fs::read_to_string(dir.join(migration.name).join("up.sql")).expect("up");
-            assert_eq!(up, migration.up);
-            // Every migration runs in a transaction here, as diesel's default.
-            assert!(!dir.join(migration.name).join("metadata.toml").exists());
-        }
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod client;
+pub mod migrations;
 pub mod pipeline;
 pub mod plan;
 pub mod status;

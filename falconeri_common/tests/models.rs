@@ -537,3 +537,33 @@ fn a_lost_reservation_answer_is_handed_back() {
         assert_ne!(other.id, first.id);
     }
 }
+
+/// Replicas starting together on a fresh PostgreSQL database each migrate it;
+/// without the advisory lock, diesel's bookkeeping table creation races and
+/// some of them fail.
+#[test]
+fn replicas_migrating_a_fresh_postgres_database_together_all_succeed() {
+    for round in 0..3 {
+        let db = TestDb::postgres_unmigrated();
+        let replicas = 6;
+        let barrier = Arc::new(Barrier::new(replicas));
+        let handles: Vec<_> = (0..replicas)
+            .map(|_| {
+                let url = db.url.clone();
+                let barrier = barrier.clone();
+                std::thread::spawn(move || {
+                    let pool = falconeri_common::db::DbPool::connect(&url, 1)?;
+                    barrier.wait();
+                    pool.run_migrations()
+                })
+            })
+            .collect();
+        for handle in handles {
+            let result = handle.join().expect("thread");
+            assert!(result.is_ok(), "round {round}: {result:?}");
+        }
+        // And the database works afterwards.
+        let mut conn = db.pool.get().expect("connection");
+        create_job(&mut conn, 3, 1);
+    }
+}

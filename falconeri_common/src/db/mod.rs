@@ -240,9 +240,7 @@ impl DbPool {
                 .run_pending_migrations(SQLITE_MIGRATIONS)
                 .map(|versions| versions.len()),
             #[cfg(feature = "postgres")]
-            DbConn::Postgres(c) => c
-                .run_pending_migrations(POSTGRES_MIGRATIONS)
-                .map(|versions| versions.len()),
+            DbConn::Postgres(c) => run_postgres_migrations(c),
         };
         match applied {
             Ok(n) => {
@@ -259,4 +257,29 @@ impl DbPool {
             .map(|mut conn| with_conn!(&mut conn, c => c.batch_execute("SELECT 1").is_ok()))
             .unwrap_or(false)
     }
+}
+
+/// Runs the pending PostgreSQL migrations under the advisory lock
+/// `falconeri migrate` takes too: diesel's `CREATE TABLE IF NOT EXISTS` for
+/// its bookkeeping table races on a fresh database, so replicas starting
+/// together (or with a `migrate`) would otherwise fail. The lock is the
+/// session's; it is released before the connection goes back to the pool.
+#[cfg(feature = "postgres")]
+fn run_postgres_migrations(
+    c: &mut diesel::PgConnection,
+) -> Result<usize, Box<dyn std::error::Error + Send + Sync>> {
+    use diesel::{RunQueryDsl, sql_types::BigInt};
+    let lock = crate::migrations::MIGRATE_LOCK;
+    diesel::sql_query("SELECT pg_advisory_lock($1)")
+        .bind::<BigInt, _>(lock)
+        .execute(c)?;
+    let applied = c
+        .run_pending_migrations(POSTGRES_MIGRATIONS)
+        .map(|v| v.len());
+    let unlocked = diesel::sql_query("SELECT pg_advisory_unlock($1)")
+        .bind::<BigInt, _>(lock)
+        .execute(c);
+    let applied = applied?;
+    unlocked?;
+    Ok(applied)
 }

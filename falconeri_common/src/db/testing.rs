@@ -55,6 +55,14 @@ impl TestDb {
     /// a skipped PostgreSQL test would hide bugs.
     #[cfg(feature = "postgres")]
     pub fn postgres() -> TestDb {
+        let db = TestDb::postgres_unmigrated();
+        db.pool.run_migrations().expect("migrate PostgreSQL");
+        db
+    }
+
+    /// Like [`TestDb::postgres`], without running the migrations.
+    #[cfg(feature = "postgres")]
+    pub fn postgres_unmigrated() -> TestDb {
         use diesel::{Connection, RunQueryDsl, pg::PgConnection};
 
         let admin_url = std::env::var(POSTGRES_URL_VAR).unwrap_or_else(|_| {
@@ -70,7 +78,6 @@ impl TestDb {
             .expect("create test database");
         let url = replace_database(&admin_url, &name);
         let pool = DbPool::connect(&url, 16).expect("connect to test database");
-        pool.run_migrations().expect("migrate PostgreSQL");
         TestDb {
             pool,
             url,
