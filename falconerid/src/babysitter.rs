@@ -1,7 +1,10 @@
 //! The babysitter: a cancellable background loop that keeps jobs moving when
 //! workers don't. Each pass expires leases, enforces `datum_timeout` and
-//! `job_timeout`, releases datums of workers that died, replaces workers
-//! that exited early, and finishes jobs with nothing left to run.
+//! `job_timeout`, releases datums of workers that died (without using up a
+//! try when the infrastructure ended them), replaces workers that exited
+//! early (or, where the platform replaces them, as with a Kubernetes Job,
+//! fails a job whose pool failed or vanished), and finishes jobs with
+//! nothing left to run.
 //!
 //! Every rule is a guarded statement or a lock-and-re-check transaction in
 //! the models, so any number of babysitters (one per falconerid replica) may
@@ -11,13 +14,16 @@ use std::{collections::HashMap, sync::Mutex};
 
 use anyhow::Result;
 use falconeri_common::{
-    models::{Datum, DeadOwners, Job, db_now},
+    models::{Datum, DeadOwners, Job, PodFailure, db_now},
     status::JobStatus,
     storage::{job_staging_uri, storage_for},
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::{executor::WorkerLaunch, state::AppState};
+use crate::{
+    executor::{PoolState, WorkerLaunch},
+    state::AppState,
+};
 
 /// Runs passes every `babysitter_interval` until `cancel` fires.
 pub async fn run(state: AppState, cancel: CancellationToken) {
@@ -121,19 +127,21 @@ impl Babysitter {
         let trust_leases = self
             .leases_trusted_after
             .is_none_or(|after| tokio::time::Instant::now() >= after);
+        // A job left in `ready` (its start was cut short by a crash or a
+        // failed write) would wait forever: take it over.
+        let stale = state
+            .db(move |conn| {
+                let now = db_now(conn)? + skew;
+                Job::list_ready_before(conn, now - STALE_READY_MS)
+            })
+            .await?;
+        for job in stale {
+            changed |= self.take_over(state, job).await;
+        }
+
         let (expired, timed_out, past_deadline) = state
             .db_retrying(move |conn| {
                 let now = db_now(conn)? + skew;
-                // A job left in `ready` (its start was cut short by a crash
-                // or a failed write) would wait forever: take it over, and
-                // the worker rules below start its workers.
-                for job in Job::list_ready_before(conn, now - STALE_READY_MS)? {
-                    tracing::warn!(
-                        job = job.name,
-                        "taking over a job whose start did not finish"
-                    );
-                    Job::mark_running(conn, job.id, now)?;
-                }
                 // Deadlines first: a datum past both its deadline and its
                 // lease failed because it was too slow, and says so.
                 let timed_out = Datum::expire_deadlines(conn, now)?;
@@ -190,10 +198,63 @@ impl Babysitter {
         Ok(())
     }
 
+    /// Starts the workers of a job whose start did not finish, then marks
+    /// it running. Starting is idempotent on executors with a managed pool
+    /// (a Kubernetes Job that exists already counts as started), so several
+    /// babysitters may do this at once. Returns true if anything changed.
+    async fn take_over(&self, state: &AppState, job: Job) -> bool {
+        tracing::warn!(job = job.name, "taking over a job whose start did not finish");
+        let started = match job.spec() {
+            Ok(spec) => {
+                let launch = WorkerLaunch {
+                    job_id: job.id,
+                    job_name: job.name.clone(),
+                    worker_token: job.worker_token.clone(),
+                    server_url: state.public_url(),
+                    spec,
+                };
+                let count = u32::try_from(job.parallelism).unwrap_or(1).max(1);
+                state.executor().start_workers(&launch, count).await
+            }
+            Err(err) => Err(err.into()),
+        };
+        let result = match started {
+            Ok(()) => {
+                let (id, skew) = (job.id, self.clock_skew_ms);
+                state
+                    .db(move |conn| {
+                        let now = db_now(conn)? + skew;
+                        Job::mark_running(conn, id, now)
+                    })
+                    .await
+                    .map(|_| ())
+                    .map_err(anyhow::Error::from)
+            }
+            Err(err) => {
+                let failures = self.failed_starts_of(job.id, |n| *n += 1);
+                if failures >= MAX_FAILED_STARTS {
+                    let message = format!("cannot start workers: {err:#}");
+                    self.give_up(state, &job, message).await
+                } else {
+                    Err(err)
+                }
+            }
+        };
+        if let Err(err) = result {
+            tracing::warn!(
+                job = job.name,
+                error = format!("{err:#}"),
+                "cannot take over the job"
+            );
+        }
+        true
+    }
+
     /// The per-job rules. Returns true if anything changed.
     async fn watch_job(&self, state: &AppState, job: Job) -> Result<bool> {
         let mut changed = false;
-        let workers = state.executor().workers(job.id).await?;
+        let observed = state.executor().observe(job.id).await?;
+        let workers = observed.workers;
         let dead = DeadOwners {
             job_id: job.id,
             worker_ids: workers
@@ -202,17 +263,37 @@ impl Babysitter {
                 .map(|w| w.id.clone())
                 .collect(),
         };
+        let failures: Vec<PodFailure> = observed
+            .failures
+            .iter()
+            .map(|f| PodFailure {
+                worker_id: f.worker_id.clone(),
+                message: format!("worker {} ended: {}: {}", f.worker_id, f.reason, f.message),
+            })
+            .collect();
+        let max_pod_failures =
+            i32::try_from(state.config().kubernetes_max_pod_failures).unwrap_or(i32::MAX);
         let id = job.id;
         let skew = self.clock_skew_ms;
-        let (released, finished, has_ready) = state
+        let (interrupted, released, finished, has_ready) = state
             .db(move |conn| {
                 let now = db_now(conn)? + skew;
+                let interrupted =
+                    Datum::record_pod_failures(conn, id, &failures, max_pod_failures, now)?;
                 let released = Datum::release_dead_owners(conn, &dead, now)?;
                 let finished = Job::finish_if_complete(conn, id, now)?;
                 let has_ready = finished.is_none() && Job::has_ready_datums(conn, id)?;
-                Ok((released, finished, has_ready))
+                Ok((interrupted, released, finished, has_ready))
             })
             .await?;
+        if interrupted > 0 {
+            tracing::info!(
+                job = job.name,
+                interrupted,
+                "gave back datums of workers the infrastructure ended"
+            );
+            changed = true;
+        }
         if released > 0 {
             tracing::info!(
                 job = job.name,
@@ -226,6 +307,22 @@ impl Babysitter {
             wind_down(state, &job).await;
             self.forget(job.id);
             return Ok(true);
+        }
+
+        match observed.pool {
+            PoolState::Unmanaged => {}
+            // The platform replaces workers and keeps the restart budget.
+            PoolState::Active | PoolState::Complete => return Ok(changed),
+            PoolState::Vanished => {
+                let message = "its Kubernetes Job disappeared (deleted outside falconeri?)";
+                self.give_up(state, &job, message.to_owned()).await?;
+                return Ok(true);
+            }
+            PoolState::Failed { reason, message } => {
+                let message = format!("its Kubernetes Job failed: {reason}: {message}");
+                self.give_up(state, &job, message).await?;
+                return Ok(true);
+            }
         }
 
         // Replace workers that exited while work remains, within a budget so
@@ -281,16 +378,21 @@ impl Babysitter {
     }
 
     /// Fails a job whose workers can't be kept running, and winds it down.
+    /// A job that ended meanwhile (say, finished through another replica)
+    /// keeps its outcome.
     async fn give_up(&self, state: &AppState, job: &Job, message: String) -> Result<()> {
-        tracing::warn!(job = job.name, message, "giving up on the job");
         let id = job.id;
-        state
+        let stop_message = message.clone();
+        let (_, stopped) = state
             .db(move |conn| {
                 let now = db_now(conn)?;
-                Job::stop(conn, id, JobStatus::Error, Some(&message), now)
+                Job::stop(conn, id, JobStatus::Error, Some(&stop_message), now)
             })
             .await?;
-        wind_down(state, job).await;
+        if stopped {
+            tracing::warn!(job = job.name, message, "giving up on the job");
+            wind_down(state, job).await;
+        }
         self.forget(job.id);
         Ok(())
     }
