@@ -1873,7 +1873,9 @@ mod tests {
             &["transform.secrets[0].mount_path: must not be, contain or lie inside /pfs"],
         );
         for path in ["/pfsx", "/etc/pfs", "/var/scratch"] {
-            parse(&with(|s| s["transform"]["secrets"][0]["mount_path"] = json!(path)));
+            parse(&with(|s| {
+                s["transform"]["secrets"][0]["mount_path"] = json!(path)
+            }));
         }
     }
 

@@ -203,7 +203,10 @@ impl Babysitter {
     /// (a Kubernetes Job that exists already counts as started), so several
     /// babysitters may do this at once. Returns true if anything changed.
     async fn take_over(&self, state: &AppState, job: Job) -> bool {
-        tracing::warn!(job = job.name, "taking over a job whose start did not finish");
+        tracing::warn!(
+            job = job.name,
+            "taking over a job whose start did not finish"
+        );
         let started = match job.spec() {
             Ok(spec) => {
                 let launch = WorkerLaunch {
@@ -216,7 +219,7 @@ impl Babysitter {
                 let count = u32::try_from(job.parallelism).unwrap_or(1).max(1);
                 state.executor().start_workers(&launch, count).await
             }
-            Err(err) => Err(err.into()),
+            Err(err) => Err(err),
         };
         let result = match started {
             Ok(()) => {
@@ -310,9 +313,12 @@ impl Babysitter {
         }
 
         match observed.pool {
-            PoolState::Unmanaged => {}
             // The platform replaces workers and keeps the restart budget.
-            PoolState::Active | PoolState::Complete => return Ok(changed),
+            PoolState::Active => return Ok(changed),
+            // Every worker exited successfully; with work left that means
+            // they were stopped gracefully (preempted, drained): the rule
+            // below starts a new pool, within the same budget.
+            PoolState::Unmanaged | PoolState::Complete => {}
             PoolState::Vanished => {
                 let message = "its Kubernetes Job disappeared (deleted outside falconeri?)";
                 self.give_up(state, &job, message.to_owned()).await?;

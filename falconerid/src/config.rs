@@ -110,7 +110,11 @@ pub struct Config {
     /// by the infrastructure (evicted, preempted, OOM-killed, node lost)
     /// before the datum fails. Such ends do not use up `datum_tries`; this
     /// bound stops a datum that always exhausts its memory from looping.
-    #[arg(long, env = "FALCONERI_KUBERNETES_MAX_POD_FAILURES", default_value_t = 3)]
+    #[arg(
+        long,
+        env = "FALCONERI_KUBERNETES_MAX_POD_FAILURES",
+        default_value_t = 3
+    )]
     pub kubernetes_max_pod_failures: u32,
 }
 
@@ -258,11 +262,7 @@ mod tests {
     /// reach; both are refused with a message naming the setting.
     #[test]
     fn kubernetes_needs_an_image_and_a_public_url() {
-        let mut config = Config::local(
-            Path::new("/tmp/x"),
-            "0123456789abcdef0123".into(),
-            vec![],
-        );
+        let mut config = Config::local(Path::new("/tmp/x"), "0123456789abcdef0123".into(), vec![]);
         config.executor = ExecutorKind::Kubernetes;
         let err = config.validate().unwrap_err().to_string();
         assert!(err.contains("FALCONERI_WORKER_IMAGE"), "{err}");

@@ -65,11 +65,11 @@ async fn build_executor(config: &Config) -> Result<Arc<dyn Executor>> {
             config.state_dir.clone(),
         )?),
         ExecutorKind::Kubernetes => {
-            let executor = KubernetesExecutor::connect(
-                config.kubernetes_namespace.clone(),
-                |namespace| config.kubernetes_settings(namespace),
-            )
-            .await?;
+            let executor =
+                KubernetesExecutor::connect(config.kubernetes_namespace.clone(), |namespace| {
+                    config.kubernetes_settings(namespace)
+                })
+                .await?;
             tracing::info!(settings = ?executor.settings(), "using the Kubernetes executor");
             Arc::new(executor)
         }

@@ -166,7 +166,9 @@ fn spec_matrix() -> Vec<(&'static str, PipelineSpec)> {
         ),
         (
             "long-name",
-            spec(json!({ "pipeline": { "name": "a_very_long_pipeline_name_of_fifty_characters_xx" } })),
+            spec(
+                json!({ "pipeline": { "name": "a_very_long_pipeline_name_of_fifty_characters_xx" } }),
+            ),
         ),
     ]
 }
@@ -183,7 +185,7 @@ fn every_object_validates_for_two_kubernetes_versions() {
     for (i, (name, spec)) in spec_matrix().into_iter().enumerate() {
         let id = 1_000_000_000_000 + i64::try_from(i).unwrap();
         let launch = launch(id, spec);
-        let job = objects::worker_job(&launch, 7, &settings());
+        let job = objects::worker_job(&launch, 7, 0, &settings());
         let job_name = job.metadata.name.clone().unwrap();
         assert!(job_name.len() <= 63, "{job_name}");
         let secret = objects::token_secret(
@@ -204,7 +206,7 @@ fn every_object_validates_for_two_kubernetes_versions() {
 #[should_panic(expected = "rejected objects")]
 fn the_validator_rejects_a_broken_job() {
     let launch = launch(1, spec(json!({})));
-    let mut job = to_value(&objects::worker_job(&launch, 1, &settings()));
+    let mut job = to_value(&objects::worker_job(&launch, 1, 0, &settings()));
     job["spec"]["template"]["spec"]["restartPolicy"] = json!(7);
     job["spec"]["template"]["spec"]["containerz"] = json!([]);
     validate(&[("broken".to_owned(), job)]);
@@ -220,7 +222,7 @@ fn the_job_follows_the_spec() {
         .unwrap()
         .1;
     let launch = launch(42, spec);
-    let job = to_value(&objects::worker_job(&launch, 3, &settings()));
+    let job = to_value(&objects::worker_job(&launch, 3, 0, &settings()));
     assert_eq!(job["metadata"]["name"], "word-count-a1b2c-42");
     assert_eq!(job["metadata"]["namespace"], NAMESPACE);
     let labels = json!({
@@ -291,8 +293,7 @@ fn the_job_follows_the_spec() {
         .map(|e| (e["name"].as_str().unwrap().to_owned(), e.clone()))
         .collect();
     assert_eq!(
-        env["FALCONERI_TOKEN_FILE"]["value"],
-        "/falconeri/token",
+        env["FALCONERI_TOKEN_FILE"]["value"], "/falconeri/token",
         "{env:?}"
     );
     assert_eq!(
@@ -314,38 +315,48 @@ fn secrets_env_and_service_accounts() {
     let job = to_value(&objects::worker_job(
         &launch(1, by_name["secrets"].clone()),
         1,
+        0,
         &settings(),
     ));
     let pod = &job["spec"]["template"]["spec"];
     let env = pod["containers"][0]["env"].as_array().unwrap();
-    assert!(env.contains(&json!({ "name": "AWS_ACCESS_KEY_ID", "valueFrom": {
-        "secretKeyRef": { "name": "s3-credentials", "key": "AWS_ACCESS_KEY_ID" } } })));
+    assert!(
+        env.contains(&json!({ "name": "AWS_ACCESS_KEY_ID", "valueFrom": {
+        "secretKeyRef": { "name": "s3-credentials", "key": "AWS_ACCESS_KEY_ID" } } }))
+    );
     let volumes = pod["volumes"].as_array().unwrap();
-    assert!(volumes.contains(&json!({ "name": "secret-2", "secret": { "secretName": "gcs-key" } })));
+    assert!(
+        volumes.contains(&json!({ "name": "secret-2", "secret": { "secretName": "gcs-key" } }))
+    );
     assert!(
         pod["containers"][0]["volumeMounts"]
             .as_array()
             .unwrap()
-            .contains(&json!({ "name": "secret-2", "mountPath": "/var/secrets/google", "readOnly": true }))
+            .contains(
+                &json!({ "name": "secret-2", "mountPath": "/var/secrets/google", "readOnly": true })
+            )
     );
 
     let job = to_value(&objects::worker_job(
         &launch(1, by_name["env-and-pull-policy"].clone()),
         1,
+        0,
         &settings(),
     ));
     let worker = &job["spec"]["template"]["spec"]["containers"][0];
     assert_eq!(worker["imagePullPolicy"], "Always");
     let env = worker["env"].as_array().unwrap();
-    assert!(env.contains(
-        &json!({ "name": "WEIRD", "value": "line1\nline2: \"{{ x }}\"\n---" })
-    ));
-    let pfs: Vec<&Value> = env.iter().filter(|e| e["name"] == "FALCONERI_PFS").collect();
+    assert!(env.contains(&json!({ "name": "WEIRD", "value": "line1\nline2: \"{{ x }}\"\n---" })));
+    let pfs: Vec<&Value> = env
+        .iter()
+        .filter(|e| e["name"] == "FALCONERI_PFS")
+        .collect();
     assert_eq!(pfs, [&json!({ "name": "FALCONERI_PFS", "value": "/pfs" })]);
 
     let job = to_value(&objects::worker_job(
         &launch(1, by_name["service-account"].clone()),
         1,
+        0,
         &settings(),
     ));
     let pod = &job["spec"]["template"]["spec"];
@@ -355,6 +366,7 @@ fn secrets_env_and_service_accounts() {
     let job = to_value(&objects::worker_job(
         &launch(1, by_name["timeouts"].clone()),
         1,
+        0,
         &settings(),
     ));
     // 2h 30m 500ms, rounded up to whole seconds.
@@ -619,7 +631,7 @@ async fn start_creates_the_job_then_its_owned_secret() {
     let posts = fake.requests("POST");
     assert_eq!(posts.len(), 2, "{posts:?}");
     assert_eq!(posts[0].path, "/apis/batch/v1/namespaces/batch/jobs");
-    let expected = to_value(&objects::worker_job(&launch, 2, &settings()));
+    let expected = to_value(&objects::worker_job(&launch, 2, 0, &settings()));
     assert_eq!(posts[0].body, expected);
     assert_eq!(posts[1].path, "/api/v1/namespaces/batch/secrets");
     assert_eq!(
@@ -645,11 +657,22 @@ async fn starting_twice_is_idempotent() {
     let job = fake.jobs.lock().unwrap()["word-count-a1b2c-7"].clone();
     assert_eq!(job["spec"]["parallelism"], 2);
     assert_eq!(fake.secrets.lock().unwrap().len(), 1);
-    // The second start read the existing Job.
-    assert!(
-        fake.requests("GET")
-            .iter()
-            .any(|s| s.path == "/apis/batch/v1/namespaces/batch/jobs/word-count-a1b2c-7")
+    let job_posts = fake
+        .requests("POST")
+        .iter()
+        .filter(|s| s.path.ends_with("/jobs"))
+        .count();
+    assert_eq!(job_posts, 1, "the second start found the pool by label");
+
+    // A start cut short between the Job and its Secret is finished by the
+    // next one.
+    fake.secrets.lock().unwrap().clear();
+    executor.start_workers(&launch, 2).await.unwrap();
+    assert_eq!(fake.jobs.lock().unwrap().len(), 1);
+    assert_eq!(
+        fake.secrets.lock().unwrap().len(),
+        1,
+        "the missing Secret is made"
     );
 
     // A Job of the same name that is not this job's is not taken for it.
@@ -662,7 +685,10 @@ async fn starting_twice_is_idempotent() {
                 "metadata": { "name": "word-count-a1b2c-8", "labels": {} } }),
     );
     let err = executor.start_workers(&other, 1).await.unwrap_err();
-    assert!(err.to_string().contains("belongs to no falconeri job"), "{err}");
+    assert!(
+        err.to_string().contains("belongs to no falconeri job"),
+        "{err}"
+    );
 }
 
 /// Without its token Secret no pod could start: the Job is taken back.
@@ -703,7 +729,9 @@ async fn stop_deletes_the_job_with_background_propagation() {
         .filter(|s| s.path == "/apis/batch/v1/namespaces/batch/jobs")
         .collect();
     assert!(
-        lists[0].query.contains("labelSelector=falconeri.io%2Fjob-id%3D7"),
+        lists[0]
+            .query
+            .contains("labelSelector=falconeri.io%2Fjob-id%3D7"),
         "{lists:?}"
     );
     let deletes = fake.requests("DELETE");
@@ -753,7 +781,11 @@ async fn workers_are_the_pods_listed_by_label() {
         .into_iter()
         .filter(|s| s.path == "/api/v1/namespaces/batch/pods")
         .collect();
-    assert!(pod_lists[0].query.contains("labelSelector=falconeri.io%2Fjob-id%3D7"));
+    assert!(
+        pod_lists[0]
+            .query
+            .contains("labelSelector=falconeri.io%2Fjob-id%3D7")
+    );
 
     let observed = executor.observe(7).await.unwrap();
     let mut failed: Vec<String> = observed
@@ -801,7 +833,10 @@ impl Server {
 
     /// Submits a job with one datum per file; returns its id and token.
     async fn submit(&self, files: &[(&str, &str)], extra: Value) -> (i64, String) {
-        let input = self.dir.path().join(format!("in-{}", rand::random::<u32>()));
+        let input = self
+            .dir
+            .path()
+            .join(format!("in-{}", rand::random::<u32>()));
         write_files(&input, files);
         let mut spec = json!({
             "pipeline": { "name": "k8s_test" },
@@ -812,17 +847,19 @@ impl Server {
             "egress": { "URI": format!("file://{}/", self.dir.path().join("out").display()) }
         });
         merge(&mut spec, extra);
-        let (status, job) = call(&self.app, Method::POST, "/v1/jobs", Some(ADMIN), Some(spec)).await;
+        let (status, job) =
+            call(&self.app, Method::POST, "/v1/jobs", Some(ADMIN), Some(spec)).await;
         assert_eq!(status, StatusCode::CREATED, "{job}");
         let id = job["id"].as_i64().unwrap();
         // The token, as the pods would get it: from the Secret.
+        let id_label = id.to_string();
         let secret = self
             .fake
             .secrets
             .lock()
             .unwrap()
             .values()
-            .find(|s| s["metadata"]["labels"]["falconeri.io/job-id"] == id.to_string())
+            .find(|s| s["metadata"]["labels"]["falconeri.io/job-id"] == id_label.as_str())
             .cloned()
             .unwrap();
         let secret: Secret = serde_json::from_value(secret).unwrap();
@@ -876,14 +913,20 @@ async fn a_job_runs_as_a_kubernetes_job() {
         let jobs = server.fake.jobs.lock().unwrap().clone();
         assert_eq!(jobs.len(), 1);
         let job = jobs.values().next().unwrap();
-        assert_eq!(job["metadata"]["labels"]["falconeri.io/job-id"], id.to_string());
+        assert_eq!(
+            job["metadata"]["labels"]["falconeri.io/job-id"],
+            id.to_string()
+        );
         assert_eq!(job["spec"]["parallelism"], 1, "one datum, one worker");
         let parsed: Job = serde_json::from_value(job.clone()).unwrap();
         assert!(parsed.spec.is_some());
         // The babysitter leaves a healthy pool alone.
         server.fake.add_pod(id, "k8s-test-1", running());
         server.tick().await;
-        assert_eq!(server.get(&format!("/v1/jobs/{id}")).await["status"], "running");
+        assert_eq!(
+            server.get(&format!("/v1/jobs/{id}")).await["status"],
+            "running"
+        );
         assert_eq!(server.fake.jobs.lock().unwrap().len(), 1);
     }
 }
@@ -910,15 +953,20 @@ async fn pod_failures_do_not_use_up_tries_but_are_bounded() {
             server.fake.add_pod(id, pod, status);
             server.tick().await;
             let shown = server.datum(datum).await;
-            let message = shown["error_message"].as_str().unwrap_or_default().to_owned();
+            let message = shown["error_message"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
             assert!(message.contains(reason), "{shown}");
             assert!(message.contains(pod), "{shown}");
-            assert_eq!(shown["interrupted"], round + 1, "{shown}");
             if round < 2 {
                 // datum_tries is 1, yet the datum is ready again.
                 assert_eq!(shown["status"], "ready", "{shown}");
+                assert_eq!(shown["interrupted"], round + 1, "{shown}");
             } else {
+                // The failure that fails the datum is not an interruption.
                 assert_eq!(shown["status"], "error", "{shown}");
+                assert_eq!(shown["interrupted"], 2, "{shown}");
                 assert!(message.contains("failed 3 times"), "{shown}");
             }
         }
@@ -951,6 +999,47 @@ async fn a_crashed_worker_uses_up_a_try() {
     }
 }
 
+/// A pool whose workers all exited successfully while work remains (they
+/// were stopped gracefully, gave their datums back, and a Job starts no
+/// pods after a success) is followed by a new generation.
+#[tokio::test]
+async fn a_pool_that_completed_with_work_left_is_started_again() {
+    for db in TestDb::all() {
+        let server = Server::new(db);
+        let (id, token) = server.submit(&[("a.txt", "a")], json!({})).await;
+        let reservation = server.reserve(id, &token, "pod-a").await;
+        let datum = datum_id(&reservation);
+        let (status, body) = call(
+            &server.app,
+            Method::POST,
+            &format!("/v1/datums/{datum}/release"),
+            Some(&token),
+            Some(json!({ "claim": reservation["claim"], "reason": "worker stopped (SIGTERM)" })),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        server
+            .fake
+            .add_pod(id, "pod-a", json!({ "phase": "Succeeded" }));
+        server
+            .fake
+            .set_job_condition("Complete", "CompletionsReached", "");
+        server.tick().await;
+        let mut names: Vec<String> = server.fake.jobs.lock().unwrap().keys().cloned().collect();
+        names.sort();
+        assert_eq!(names.len(), 2, "{names:?}");
+        assert!(names[1].ends_with(&format!("-{id}-1")), "{names:?}");
+        assert_eq!(server.fake.secrets.lock().unwrap().len(), 2);
+        assert_eq!(
+            server.get(&format!("/v1/jobs/{id}")).await["status"],
+            "running"
+        );
+        // The new pool is active: nothing more is started.
+        server.tick().await;
+        assert_eq!(server.fake.jobs.lock().unwrap().len(), 2);
+    }
+}
+
 /// A job whose Kubernetes Job was deleted behind falconeri's back fails,
 /// saying so.
 #[tokio::test]
@@ -963,7 +1052,10 @@ async fn a_vanished_job_fails_the_job() {
         let job = server.get(&format!("/v1/jobs/{id}")).await;
         assert_eq!(job["status"], "error", "{job}");
         assert!(
-            job["error_message"].as_str().unwrap().contains("disappeared"),
+            job["error_message"]
+                .as_str()
+                .unwrap()
+                .contains("disappeared"),
             "{job}"
         );
     }

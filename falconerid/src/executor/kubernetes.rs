@@ -133,15 +133,31 @@ impl Executor for KubernetesExecutor {
         "kubernetes"
     }
 
-    /// Creates the job's Kubernetes Job with `count` as its parallelism,
-    /// then its token Secret. Idempotent: if the Job exists already (a
-    /// babysitter taking over a start, another replica), the start counts as
-    /// done and only a missing Secret is created. The Job controller, not
-    /// falconerid, keeps `count` workers running from then on, so there is
-    /// never a second Job or a second count to reconcile.
+    /// Makes sure the job has a live pool: a Kubernetes Job with `count` as
+    /// its parallelism, and its token Secret.
+    ///
+    /// Idempotent: if an active Kubernetes Job exists already (another
+    /// replica started it, or this is the babysitter taking over a start),
+    /// that is the pool, parallelism included, and nothing is created. The
+    /// Job controller, not falconerid, keeps its workers running from then
+    /// on, so there is never a second count to reconcile.
+    ///
+    /// A Job stops starting pods once one of them succeeds, and a worker
+    /// stopped gracefully (preempted, drained) exits successfully; so a pool
+    /// can complete while work remains. Then a new Job is created, named
+    /// with the next generation (`<name>-<id>-<n>`). Replicas racing to
+    /// create the same generation meet at `409 AlreadyExists`, which counts
+    /// as started.
     #[tracing::instrument(level = "debug", skip(self, launch), fields(job = launch.job_name))]
     async fn start_workers(&self, launch: &WorkerLaunch, count: u32) -> Result<()> {
-        let job = objects::worker_job(launch, count, &self.settings);
+        let existing = self.list_jobs(launch.job_id).await?;
+        if let Some(active) = existing.iter().find(|job| objects::is_active(job)) {
+            tracing::debug!(kubernetes_job = ?active.metadata.name, "the pool exists already");
+            // A start cut short between the Job and its Secret left no
+            // token for the pods: finish it.
+            return self.create_token_secret(launch, active).await;
+        }
+        let job = objects::worker_job(launch, count, existing.len(), &self.settings);
         let name = job.metadata.name.clone().unwrap_or_default();
         let created = match self.jobs().create(&PostParams::default(), &job).await {
             Ok(created) => {
@@ -162,10 +178,7 @@ impl Executor for KubernetesExecutor {
                 if label != Some(&launch.job_id.to_string()) {
                     bail!("a Job named {name} exists but belongs to no falconeri job");
                 }
-                if existing.metadata.deletion_timestamp.is_some() {
-                    bail!("the Job {name} is still being deleted; try again later");
-                }
-                tracing::debug!(kubernetes_job = name, "the Job exists already");
+                tracing::debug!(kubernetes_job = name, "another server created the Job");
                 existing
             }
             Err(err) => {

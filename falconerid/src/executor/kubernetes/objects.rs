@@ -60,12 +60,18 @@ pub const WORKER_CONTAINER: &str = "worker";
 /// The labels of every object a job creates.
 pub fn labels(job_id: i64) -> BTreeMap<String, String> {
     BTreeMap::from([
-        ("app.kubernetes.io/part-of".to_owned(), "falconeri".to_owned()),
+        (
+            "app.kubernetes.io/part-of".to_owned(),
+            "falconeri".to_owned(),
+        ),
         (
             "app.kubernetes.io/managed-by".to_owned(),
             "falconeri".to_owned(),
         ),
-        ("app.kubernetes.io/component".to_owned(), "worker".to_owned()),
+        (
+            "app.kubernetes.io/component".to_owned(),
+            "worker".to_owned(),
+        ),
         (JOB_ID_LABEL.to_owned(), job_id.to_string()),
     ])
 }
@@ -77,9 +83,14 @@ pub fn selector(job_id: i64) -> String {
 
 /// The Kubernetes Job's name: the falconeri job's name (which already is a
 /// DNS label) and its id, cut to 63 characters, since the Job controller
-/// copies the name into a label of every pod.
-pub fn job_name(falconeri_name: &str, job_id: i64) -> String {
-    let suffix = format!("-{job_id}");
+/// copies the name into a label of every pod. Pools after the first (see
+/// `KubernetesExecutor::start_workers`) add their `generation`.
+pub fn job_name(falconeri_name: &str, job_id: i64, generation: usize) -> String {
+    let suffix = if generation == 0 {
+        format!("-{job_id}")
+    } else {
+        format!("-{job_id}-{generation}")
+    };
     let mut base: String = falconeri_name
         .chars()
         .map(|c| {
@@ -92,12 +103,12 @@ pub fn job_name(falconeri_name: &str, job_id: i64) -> String {
         })
         .take(MAX_NAME_LEN.saturating_sub(suffix.len()))
         .collect();
-    while base.ends_with('-') {
-        base.pop();
-    }
     if !base.starts_with(|c: char| c.is_ascii_lowercase()) {
         base.insert_str(0, "job-");
         base.truncate(MAX_NAME_LEN.saturating_sub(suffix.len()));
+    }
+    while base.ends_with('-') {
+        base.pop();
     }
     format!("{base}{suffix}")
 }
@@ -157,9 +168,14 @@ fn whole_seconds(duration: std::time::Duration) -> i64 {
 ///   out of the falconerid image and the token Secret into an `emptyDir`,
 ///   so the worker runs in any user image and the Secret is mounted only
 ///   where the user's command can't read it.
-pub fn worker_job(launch: &WorkerLaunch, parallelism: u32, settings: &KubernetesSettings) -> Job {
+pub fn worker_job(
+    launch: &WorkerLaunch,
+    parallelism: u32,
+    generation: usize,
+    settings: &KubernetesSettings,
+) -> Job {
     let spec = &launch.spec;
-    let name = job_name(&launch.job_name, launch.job_id);
+    let name = job_name(&launch.job_name, launch.job_id, generation);
     let labels = labels(launch.job_id);
     let parallelism = i32::try_from(parallelism.max(1)).unwrap_or(i32::MAX);
     let backoff_limit = parallelism
@@ -206,7 +222,11 @@ pub fn worker_job(launch: &WorkerLaunch, parallelism: u32, settings: &Kubernetes
     }
 }
 
-fn pod_spec(launch: &WorkerLaunch, kubernetes_job_name: &str, settings: &KubernetesSettings) -> PodSpec {
+fn pod_spec(
+    launch: &WorkerLaunch,
+    kubernetes_job_name: &str,
+    settings: &KubernetesSettings,
+) -> PodSpec {
     let spec = &launch.spec;
     let mut volumes = vec![
         empty_dir("falconeri"),
@@ -505,29 +525,47 @@ pub fn pod_outcome(pod: &Pod) -> PodOutcome {
     PodOutcome::Exited
 }
 
-/// The state of the pool from the job's Kubernetes Jobs (normally one).
-pub fn pool_state(jobs: &[Job]) -> PoolState {
-    if jobs.is_empty() {
-        return PoolState::Vanished;
-    }
+/// How one Kubernetes Job ended, if it did.
+fn job_end(job: &Job) -> Option<PoolState> {
     let conditions = || {
-        jobs.iter()
-            .filter_map(|job| job.status.as_ref()?.conditions.as_ref())
+        job.status
+            .as_ref()
+            .and_then(|status| status.conditions.as_ref())
+            .into_iter()
             .flatten()
             .filter(|c| c.status == "True")
     };
     // `FailureTarget` comes before `Failed`, while the last pods terminate.
-    if let Some(failed) = conditions().find(|c| c.type_ == "Failed" || c.type_ == "FailureTarget")
-    {
-        return PoolState::Failed {
+    if let Some(failed) = conditions().find(|c| c.type_ == "Failed" || c.type_ == "FailureTarget") {
+        return Some(PoolState::Failed {
             reason: failed.reason.clone().unwrap_or_else(|| "Failed".to_owned()),
             message: failed.message.clone().unwrap_or_default(),
-        };
+        });
     }
-    if conditions().any(|c| c.type_ == "Complete" || c.type_ == "SuccessCriteriaMet") {
-        return PoolState::Complete;
+    conditions()
+        .any(|c| c.type_ == "Complete" || c.type_ == "SuccessCriteriaMet")
+        .then_some(PoolState::Complete)
+}
+
+/// True while a Kubernetes Job may still start or run pods.
+pub fn is_active(job: &Job) -> bool {
+    job.metadata.deletion_timestamp.is_none() && job_end(job).is_none()
+}
+
+/// The state of the pool from the job's Kubernetes Jobs: normally one, more
+/// if an earlier pool completed while work remained.
+pub fn pool_state(jobs: &[Job]) -> PoolState {
+    if jobs.is_empty() {
+        return PoolState::Vanished;
     }
-    PoolState::Active
+    if jobs.iter().any(|job| job_end(job).is_none()) {
+        return PoolState::Active;
+    }
+    let ends: Vec<PoolState> = jobs.iter().filter_map(job_end).collect();
+    ends.iter()
+        .find(|end| matches!(end, PoolState::Failed { .. }))
+        .cloned()
+        .unwrap_or(PoolState::Complete)
 }
 
 /// The uid Kubernetes gave a created object.
@@ -547,16 +585,20 @@ mod tests {
 
     #[test]
     fn job_names_fit_in_a_label() {
-        assert_eq!(job_name("word-count-a1b2c", 42), "word-count-a1b2c-42");
+        assert_eq!(job_name("word-count-a1b2c", 42, 0), "word-count-a1b2c-42");
+        assert_eq!(job_name("word-count-a1b2c", 42, 2), "word-count-a1b2c-42-2");
         let long = format!("{}-a1b2c", "x".repeat(50));
-        let name = job_name(&long, 1_234_567_890_123);
+        let name = job_name(&long, 1_234_567_890_123, 0);
         assert_eq!(name.len(), 63, "{name}");
         assert!(name.ends_with("-1234567890123"), "{name}");
+        let name = job_name(&long, 1_234_567_890_123, 12);
+        assert_eq!(name.len(), 63, "{name}");
+        assert!(name.ends_with("-1234567890123-12"), "{name}");
         // A cut that ends on '-' is trimmed, so the name stays a DNS label.
-        let name = job_name(&format!("{}-b", "y".repeat(48)), 1_234_567_890_123);
+        let name = job_name(&format!("{}-b", "y".repeat(48)), 1_234_567_890_123, 0);
         assert!(!name.contains("--"), "{name}");
-        assert_eq!(job_name("9_Lives", 1), "job-9-lives-1");
-        assert_eq!(job_name("", 1), "job-1");
+        assert_eq!(job_name("9_Lives", 1, 0), "job-9-lives-1");
+        assert_eq!(job_name("", 1, 0), "job-1");
     }
 
     fn pod(status: serde_json::Value) -> Pod {
@@ -566,10 +608,22 @@ mod tests {
     #[test]
     fn pod_outcomes() {
         assert_eq!(pod_outcome(&pod(json!(null))), PodOutcome::Alive);
-        assert_eq!(pod_outcome(&pod(json!({ "phase": "Pending" }))), PodOutcome::Alive);
-        assert_eq!(pod_outcome(&pod(json!({ "phase": "Unknown" }))), PodOutcome::Alive);
-        assert_eq!(pod_outcome(&pod(json!({ "phase": "Succeeded" }))), PodOutcome::Exited);
-        assert_eq!(pod_outcome(&pod(json!({ "phase": "Failed" }))), PodOutcome::Exited);
+        assert_eq!(
+            pod_outcome(&pod(json!({ "phase": "Pending" }))),
+            PodOutcome::Alive
+        );
+        assert_eq!(
+            pod_outcome(&pod(json!({ "phase": "Unknown" }))),
+            PodOutcome::Alive
+        );
+        assert_eq!(
+            pod_outcome(&pod(json!({ "phase": "Succeeded" }))),
+            PodOutcome::Exited
+        );
+        assert_eq!(
+            pod_outcome(&pod(json!({ "phase": "Failed" }))),
+            PodOutcome::Exited
+        );
         let reason = |status| match pod_outcome(&pod(status)) {
             PodOutcome::Failed(reason, _) => Some(reason),
             _ => None,
@@ -587,7 +641,10 @@ mod tests {
             reason(disruption("DeletionByTaintManager")),
             Some(FailureReason::NodeLost)
         );
-        assert_eq!(reason(disruption("DeletionByPodGC")), Some(FailureReason::NodeLost));
+        assert_eq!(
+            reason(disruption("DeletionByPodGC")),
+            Some(FailureReason::NodeLost)
+        );
         assert_eq!(
             reason(disruption("EvictionByEvictionAPI")),
             Some(FailureReason::Evicted)
@@ -608,9 +665,11 @@ mod tests {
         );
         // An OOM kill of the worker container, even on an evicted pod.
         assert_eq!(
-            reason(json!({ "phase": "Failed", "reason": "Evicted", "containerStatuses": [{
+            reason(
+                json!({ "phase": "Failed", "reason": "Evicted", "containerStatuses": [{
                 "name": "worker", "ready": false, "restartCount": 0, "image": "x", "imageID": "",
-                "state": { "terminated": { "exitCode": 137, "reason": "OOMKilled" } } }] })),
+                "state": { "terminated": { "exitCode": 137, "reason": "OOMKilled" } } }] })
+            ),
             Some(FailureReason::OomKilled)
         );
         // A still-running pod being preempted is alive: its worker is
@@ -623,13 +682,23 @@ mod tests {
     }
 
     fn job(conditions: serde_json::Value) -> Job {
-        serde_json::from_value(json!({ "metadata": { "name": "j" }, "status": { "conditions": conditions } }))
-            .unwrap()
+        serde_json::from_value(
+            json!({ "metadata": { "name": "j" }, "status": { "conditions": conditions } }),
+        )
+        .unwrap()
     }
 
     #[test]
     fn pool_states() {
         assert_eq!(pool_state(&[]), PoolState::Vanished);
+        // A completed pool and its successor: the successor counts.
+        assert_eq!(
+            pool_state(&[
+                job(json!([{ "type": "Complete", "status": "True" }])),
+                job(json!([]))
+            ]),
+            PoolState::Active
+        );
         assert_eq!(pool_state(&[job(json!([]))]), PoolState::Active);
         assert_eq!(
             pool_state(&[job(json!([{ "type": "Complete", "status": "True" }]))]),
