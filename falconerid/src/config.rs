@@ -116,6 +116,12 @@ pub struct Config {
         default_value_t = 3
     )]
     pub kubernetes_max_pod_failures: u32,
+
+    /// Kubernetes: how long every worker pod of a job may be stuck unable
+    /// to start (an image that cannot be pulled, a missing Secret) before
+    /// the job fails. Kubernetes itself would retry forever.
+    #[arg(long, env = "FALCONERI_KUBERNETES_START_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub kubernetes_start_timeout: Duration,
 }
 
 impl std::fmt::Debug for Config {
@@ -181,6 +187,7 @@ impl Config {
             kubernetes_worker_image_pull_policy: "IfNotPresent".to_owned(),
             kubernetes_job_ttl: Duration::from_secs(3600),
             kubernetes_max_pod_failures: 3,
+            kubernetes_start_timeout: Duration::from_secs(300),
         }
     }
 
@@ -228,6 +235,7 @@ impl Config {
             worker_image_pull_policy: self.kubernetes_worker_image_pull_policy.clone(),
             job_ttl: self.kubernetes_job_ttl,
             worker_restarts: self.worker_restarts,
+            start_timeout: self.kubernetes_start_timeout,
         }
     }
 

@@ -45,6 +45,7 @@ fn settings() -> KubernetesSettings {
         worker_image_pull_policy: "IfNotPresent".to_owned(),
         job_ttl: Duration::from_secs(3600),
         worker_restarts: 3,
+        start_timeout: Duration::from_secs(300),
     }
 }
 
@@ -1083,6 +1084,48 @@ async fn a_failed_kubernetes_job_fails_the_job() {
         assert!(server.fake.jobs.lock().unwrap().is_empty());
         let deletes = server.fake.requests("DELETE");
         assert_eq!(deletes[0].body["propagationPolicy"], "Background");
+    }
+}
+
+/// A job whose every worker pod cannot pull its image fails once they have
+/// been stuck for the start timeout, naming the reason; younger stuck pods
+/// are given time.
+#[tokio::test]
+async fn workers_that_cannot_start_fail_the_job() {
+    for db in TestDb::all() {
+        let server = Server::new(db);
+        let (id, _) = server.submit(&[("a.txt", "a")], json!({})).await;
+        server.fake.add_pod(
+            id,
+            "pod-stuck",
+            json!({ "phase": "Pending", "containerStatuses": [{
+                "name": "worker", "ready": false, "restartCount": 0, "image": "alpine", "imageID": "",
+                "state": { "waiting": { "reason": "ImagePullBackOff",
+                    "message": "Back-off pulling image \"alpine\"" } } }] }),
+        );
+        let set_created = |when: String| {
+            server
+                .fake
+                .pods
+                .lock()
+                .unwrap()
+                .get_mut("pod-stuck")
+                .unwrap()["metadata"]["creationTimestamp"] = json!(when);
+        };
+        set_created(k8s_openapi::jiff::Timestamp::now().to_string());
+        server.tick().await;
+        assert_eq!(
+            server.get(&format!("/v1/jobs/{id}")).await["status"],
+            "running"
+        );
+
+        set_created("2020-01-01T00:00:00Z".to_owned());
+        server.tick().await;
+        let job = server.get(&format!("/v1/jobs/{id}")).await;
+        assert_eq!(job["status"], "error", "{job}");
+        let message = job["error_message"].as_str().unwrap();
+        assert!(message.contains("ImagePullBackOff"), "{job}");
+        assert!(message.contains("pod-stuck"), "{job}");
     }
 }
 

@@ -18,7 +18,7 @@ use kube::{
     api::{DeleteParams, ListParams, PostParams},
 };
 
-use super::{Executor, Observation, WorkerFailure, WorkerLaunch, WorkerState};
+use super::{Executor, Observation, PoolState, WorkerFailure, WorkerLaunch, WorkerState};
 use objects::PodOutcome;
 
 /// How the executor builds its objects.
@@ -37,6 +37,9 @@ pub struct KubernetesSettings {
     /// Failed pods each worker may be replaced with (the Job's
     /// `backoffLimit` is this times the parallelism).
     pub worker_restarts: u32,
+    /// How long every worker pod of a job may be stuck (image pull errors,
+    /// missing Secrets) before the job fails.
+    pub start_timeout: Duration,
 }
 
 /// Runs workers as the pods of Kubernetes Jobs.
@@ -231,7 +234,8 @@ impl Executor for KubernetesExecutor {
     }
 
     /// The job's pods, split into workers and failures of the
-    /// infrastructure, and the state of its Kubernetes Job.
+    /// infrastructure, and the state of its Kubernetes Job (failed, too,
+    /// when every worker pod is stuck; see [`objects::stuck_pool`]).
     async fn observe(&self, job_id: i64) -> Result<Observation> {
         let (pods, jobs) = tokio::try_join!(self.list_pods(job_id), self.list_jobs(job_id))?;
         let mut workers = Vec::new();
@@ -250,10 +254,19 @@ impl Executor for KubernetesExecutor {
                 }),
             }
         }
+        let pool = match objects::pool_state(&jobs) {
+            PoolState::Active => {
+                let now_ms = k8s_openapi::jiff::Timestamp::now().as_millisecond();
+                let timeout_ms =
+                    i64::try_from(self.settings.start_timeout.as_millis()).unwrap_or(i64::MAX);
+                objects::stuck_pool(&pods, now_ms, timeout_ms).unwrap_or(PoolState::Active)
+            }
+            other => other,
+        };
         Ok(Observation {
             workers,
             failures,
-            pool: objects::pool_state(&jobs),
+            pool,
         })
     }
 }

@@ -568,6 +568,62 @@ pub fn pool_state(jobs: &[Job]) -> PoolState {
         .unwrap_or(PoolState::Complete)
 }
 
+/// Waiting reasons of a container that will not start by waiting longer:
+/// a bad image, a missing Secret or key.
+const STUCK_REASONS: &[&str] = &[
+    "ErrImagePull",
+    "ImagePullBackOff",
+    "ErrImageNeverPull",
+    "InvalidImageName",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+];
+
+/// Why a pod's worker cannot start, if one of its containers is stuck.
+pub fn stuck_reason(pod: &Pod) -> Option<String> {
+    let status = pod.status.as_ref()?;
+    status
+        .init_container_statuses
+        .iter()
+        .flatten()
+        .chain(status.container_statuses.iter().flatten())
+        .find_map(|container| {
+            let waiting = container.state.as_ref()?.waiting.as_ref()?;
+            let reason = waiting.reason.as_deref()?;
+            STUCK_REASONS.contains(&reason).then(|| {
+                format!(
+                    "container {}: {reason}: {}",
+                    container.name,
+                    waiting.message.as_deref().unwrap_or("")
+                )
+            })
+        })
+}
+
+/// Kubernetes retries a pod that cannot pull its image or find its Secret
+/// forever, and the Job never fails. So the pool counts as failed once
+/// every live pod is stuck and has been for `start_timeout_ms` (by its
+/// creation time); a pool where some worker runs is left alone.
+pub fn stuck_pool(pods: &[Pod], now_ms: i64, start_timeout_ms: i64) -> Option<PoolState> {
+    let mut first = None;
+    for pod in pods
+        .iter()
+        .filter(|pod| pod_outcome(pod) == PodOutcome::Alive)
+    {
+        let reason = stuck_reason(pod)?;
+        let created = pod.metadata.creation_timestamp.as_ref()?.0.as_millisecond();
+        if now_ms.saturating_sub(created) < start_timeout_ms {
+            return None;
+        }
+        let name = pod.metadata.name.as_deref().unwrap_or("?");
+        first.get_or_insert_with(|| format!("pod {name}, {reason}"));
+    }
+    first.map(|message| PoolState::Failed {
+        reason: "WorkersCannotStart".to_owned(),
+        message,
+    })
+}
+
 /// The uid Kubernetes gave a created object.
 pub fn uid_of(meta: &ObjectMeta) -> Result<&str> {
     meta.uid
@@ -679,6 +735,64 @@ mod tests {
                 { "type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler" }] }))),
             PodOutcome::Alive
         );
+    }
+
+    #[test]
+    fn stuck_pools() {
+        let hour_ms = 3_600_000;
+        let created = "2026-11-25T10:00:00Z";
+        let created_ms = created
+            .parse::<k8s_openapi::jiff::Timestamp>()
+            .unwrap()
+            .as_millisecond();
+        let pod = |name: &str, status: serde_json::Value| -> Pod {
+            serde_json::from_value(json!({
+                "metadata": { "name": name, "creationTimestamp": created },
+                "status": status
+            }))
+            .unwrap()
+        };
+        let stuck = |name: &str| {
+            pod(
+                name,
+                json!({ "phase": "Pending", "containerStatuses": [{
+                    "name": "worker", "ready": false, "restartCount": 0, "image": "x", "imageID": "",
+                    "state": { "waiting": { "reason": "ImagePullBackOff",
+                                            "message": "Back-off pulling image x" } } }] }),
+            )
+        };
+        let pods = [
+            stuck("a"),
+            stuck("b"),
+            pod("c", json!({ "phase": "Failed" })),
+        ];
+        assert_eq!(
+            stuck_pool(&pods, created_ms + hour_ms, 300_000),
+            Some(PoolState::Failed {
+                reason: "WorkersCannotStart".into(),
+                message: "pod a, container worker: ImagePullBackOff: Back-off pulling image x"
+                    .into()
+            })
+        );
+        // Not stuck for long enough yet.
+        assert_eq!(stuck_pool(&pods, created_ms + 1_000, 300_000), None);
+        // One worker runs: the pool works, if slowly.
+        let mixed = [stuck("a"), pod("b", json!({ "phase": "Running" }))];
+        assert_eq!(stuck_pool(&mixed, created_ms + hour_ms, 300_000), None);
+        // A missing Secret in the init container counts too.
+        let secret = pod(
+            "d",
+            json!({ "phase": "Pending", "initContainerStatuses": [{
+                "name": "install-worker", "ready": false, "restartCount": 0, "image": "x", "imageID": "",
+                "state": { "waiting": { "reason": "CreateContainerConfigError",
+                                        "message": "secret \"s3\" not found" } } }] }),
+        );
+        assert!(
+            stuck_reason(&secret)
+                .unwrap()
+                .contains("CreateContainerConfigError")
+        );
+        assert_eq!(stuck_pool(&[], created_ms, 0), None);
     }
 
     fn job(conditions: serde_json::Value) -> Job {
