@@ -31,7 +31,10 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     musl="$(uname -m)-unknown-linux-musl"; \
     rustup target add "$musl"; \
     cargo build --release --locked -p falconerid; \
-    CC="musl-gcc" cargo build --release --locked -p falconeri-worker --target "$musl"; \
+    # C dependencies (aws-lc) of the musl build need musl's compiler; the
+    # target-specific variable leaves the host build alone.
+    env "CC_$(echo "$musl" | tr - _)=musl-gcc" \
+        cargo build --release --locked -p falconeri-worker --target "$musl"; \
     mkdir -p /out; \
     cp target/release/falconerid "target/$musl/release/falconeri-worker" /out/; \
     # The worker must not depend on any shared library of this image.
