@@ -15,9 +15,9 @@ use k8s_openapi::{
         },
         core::v1::{
             Capabilities, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource,
-            ObjectFieldSelector, Pod, PodSpec, PodTemplateSpec, ResourceRequirements, Secret,
-            SecretKeySelector, SecretVolumeSource, SecurityContext, Toleration, Volume,
-            VolumeMount,
+            ObjectFieldSelector, Pod, PodSpec, PodTemplateSpec, ResourceRequirements,
+            SeccompProfile, Secret, SecretKeySelector, SecretVolumeSource, SecurityContext,
+            Toleration, Volume, VolumeMount,
         },
     },
     apimachinery::pkg::{
@@ -335,6 +335,10 @@ fn install_worker(settings: &KubernetesSettings) -> Container {
             capabilities: Some(Capabilities {
                 drop: Some(vec!["ALL".to_owned()]),
                 add: None,
+            }),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".to_owned(),
+                localhost_profile: None,
             }),
             ..SecurityContext::default()
         }),
