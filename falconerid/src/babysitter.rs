@@ -10,7 +10,10 @@
 //! the models, so any number of babysitters (one per falconerid replica) may
 //! run at once.
 
-use std::{collections::HashMap, sync::Mutex};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Mutex,
+};
 
 use anyhow::Result;
 use falconeri_common::{
@@ -176,12 +179,16 @@ impl Babysitter {
             changed = true;
         }
 
-        let running = state.db(Job::list_running).await?;
+        // Taken before any executor is asked: a datum reserved before this
+        // instant had its worker before the executor's answer.
+        let (running, observed_after) = state
+            .db(|conn| Ok((Job::list_running(conn)?, db_now(conn)?)))
+            .await?;
         for job in running {
             // One job's trouble (an unreadable spec, an executor error) must
             // not stop the rules for every other job.
             let name = job.name.clone();
-            match self.watch_job(state, job).await {
+            match self.watch_job(state, job, observed_after).await {
                 Ok(job_changed) => changed |= job_changed,
                 Err(err) => {
                     tracing::warn!(
@@ -253,8 +260,10 @@ impl Babysitter {
         true
     }
 
-    /// The per-job rules. Returns true if anything changed.
-    async fn watch_job(&self, state: &AppState, job: Job) -> Result<bool> {
+    /// The per-job rules. `observed_after` is a database time from before
+    /// the executor was asked about the job. Returns true if anything
+    /// changed.
+    async fn watch_job(&self, state: &AppState, job: Job, observed_after: i64) -> Result<bool> {
         let mut changed = false;
         let observed = state.executor().observe(job.id).await?;
         let workers = observed.workers;
@@ -266,7 +275,7 @@ impl Babysitter {
                 .map(|w| w.id.clone())
                 .collect(),
         };
-        let failures: Vec<PodFailure> = observed
+        let mut failures: Vec<PodFailure> = observed
             .failures
             .iter()
             .map(|f| PodFailure {
@@ -274,6 +283,14 @@ impl Babysitter {
                 message: format!("worker {} ended: {}: {}", f.worker_id, f.reason, f.message),
             })
             .collect();
+        // Owners the executor would have listed if they existed.
+        let known: Option<HashSet<String>> = observed.sees_every_worker.then(|| {
+            workers
+                .iter()
+                .map(|w| w.id.clone())
+                .chain(failures.iter().map(|f| f.worker_id.clone()))
+                .collect()
+        });
         let max_pod_failures =
             i32::try_from(state.config().kubernetes_max_pod_failures).unwrap_or(i32::MAX);
         let id = job.id;
@@ -281,6 +298,22 @@ impl Babysitter {
         let (interrupted, released, finished, has_ready) = state
             .db(move |conn| {
                 let now = db_now(conn)? + skew;
+                // A worker that is gone without a trace (a pod force-deleted,
+                // or lost with its node before anyone saw it fail) was ended
+                // by the infrastructure, like an evicted one.
+                if let Some(known) = &known {
+                    for owner in Datum::running_owners(conn, id, observed_after)? {
+                        if !known.contains(&owner) {
+                            failures.push(PodFailure {
+                                message: format!(
+                                    "worker {owner} vanished: its pod is gone without a final \
+                                     status (force-deleted, or its node was lost)"
+                                ),
+                                worker_id: owner,
+                            });
+                        }
+                    }
+                }
                 let interrupted =
                     Datum::record_pod_failures(conn, id, &failures, max_pod_failures, now)?;
                 let released = Datum::release_dead_owners(conn, &dead, now)?;

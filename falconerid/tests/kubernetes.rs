@@ -979,6 +979,35 @@ async fn pod_failures_do_not_use_up_tries_but_are_bounded() {
     }
 }
 
+/// A datum whose pod is gone without a trace (force-deleted) comes back at
+/// once, without using up a try; one whose pod runs is left alone.
+#[tokio::test]
+async fn a_vanished_pod_gives_its_datum_back() {
+    for db in TestDb::all() {
+        let server = Server::new(db);
+        let (id, token) = server
+            .submit(&[("a.txt", "a"), ("b.txt", "b")], json!({}))
+            .await;
+        let alive = datum_id(&server.reserve(id, &token, "pod-alive").await);
+        server.fake.add_pod(id, "pod-alive", running());
+        let ghost = datum_id(&server.reserve(id, &token, "pod-ghost").await);
+        server.tick().await;
+        let shown = server.datum(ghost).await;
+        assert_eq!(shown["status"], "ready", "{shown}");
+        assert_eq!(shown["interrupted"], 1, "{shown}");
+        assert!(
+            shown["error_message"]
+                .as_str()
+                .unwrap()
+                .contains("vanished"),
+            "{shown}"
+        );
+        let shown = server.datum(alive).await;
+        assert_eq!(shown["status"], "running", "{shown}");
+        assert_eq!(shown["owner"], "pod-alive", "{shown}");
+    }
+}
+
 /// A worker that exits on its own (crashes) uses up a try, as everywhere.
 #[tokio::test]
 async fn a_crashed_worker_uses_up_a_try() {

@@ -559,6 +559,24 @@ impl Datum {
         Ok(changed)
     }
 
+    /// The owners of the job's running datums reserved no later than
+    /// `before` (same millisecond included: a worker that could reserve
+    /// then existed well before anyone listed the workers).
+    pub fn running_owners(
+        conn: &mut DbConn,
+        job_id: i64,
+        before: Millis,
+    ) -> ModelResult<Vec<String>> {
+        let owners: Vec<Option<String>> = with_conn!(conn, c => datums::table
+            .filter(datums::job_id.eq(job_id))
+            .filter(datums::status.eq(RUNNING))
+            .filter(datums::started_at.le(before))
+            .select(datums::owner)
+            .distinct()
+            .load(c))?;
+        Ok(owners.into_iter().flatten().collect())
+    }
+
     /// The datum's input files.
     pub fn input_files(conn: &mut DbConn, id: i64) -> ModelResult<Vec<InputFile>> {
         Ok(with_conn!(conn, c => input_files::table

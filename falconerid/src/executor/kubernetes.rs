@@ -267,6 +267,8 @@ impl Executor for KubernetesExecutor {
             workers,
             failures,
             pool,
+            // Every pod of the job carries its label, whoever created it.
+            sees_every_worker: true,
         })
     }
 }

@@ -97,6 +97,11 @@ pub struct Observation {
     pub workers: Vec<WorkerState>,
     pub failures: Vec<WorkerFailure>,
     pub pool: PoolState,
+    /// True when `workers` and `failures` list every worker of the job that
+    /// exists (a Kubernetes pod list does): then a datum held by a worker in
+    /// neither list lost its worker without a trace. False when the executor
+    /// may not know every worker (the local one after a restart).
+    pub sees_every_worker: bool,
 }
 
 /// Starts and stops workers.
@@ -126,6 +131,7 @@ pub trait Executor: Send + Sync {
             workers: self.workers(job_id).await?,
             failures: Vec::new(),
             pool: PoolState::Unmanaged,
+            sees_every_worker: false,
         })
     }
 
