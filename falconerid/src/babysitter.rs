@@ -267,15 +267,12 @@ impl Babysitter {
         let mut changed = false;
         let observed = state.executor().observe(job.id).await?;
         let workers = observed.workers;
-        let dead = DeadOwners {
-            job_id: job.id,
-            worker_ids: workers
-                .iter()
-                .filter(|w| !w.alive)
-                .map(|w| w.id.clone())
-                .collect(),
-        };
-        let mut failures: Vec<PodFailure> = observed
+        let dead: Vec<String> = workers
+            .iter()
+            .filter(|w| !w.alive)
+            .map(|w| w.id.clone())
+            .collect();
+        let failures: Vec<PodFailure> = observed
             .failures
             .iter()
             .map(|f| PodFailure {
@@ -298,22 +295,36 @@ impl Babysitter {
         let (interrupted, released, finished, has_ready) = state
             .db(move |conn| {
                 let now = db_now(conn)? + skew;
+                // Only workers holding a datum matter; most passes find none
+                // of the dead among them and write nothing.
+                let owners = Datum::running_owners(conn, id)?;
+                let holds = |worker: &str| owners.iter().any(|(owner, _)| owner == worker);
+                let mut failures: Vec<PodFailure> = failures
+                    .into_iter()
+                    .filter(|f| holds(&f.worker_id))
+                    .collect();
                 // A worker that is gone without a trace (a pod force-deleted,
                 // or lost with its node before anyone saw it fail) was ended
-                // by the infrastructure, like an evicted one.
+                // by the infrastructure, like an evicted one. Only one that
+                // reserved before the executor was asked: a newer one may
+                // have started after the executor answered.
                 if let Some(known) = &known {
-                    for owner in Datum::running_owners(conn, id, observed_after)? {
-                        if !known.contains(&owner) {
+                    for (owner, reserved_at) in &owners {
+                        if *reserved_at <= observed_after && !known.contains(owner) {
                             failures.push(PodFailure {
                                 message: format!(
                                     "worker {owner} vanished: its pod is gone without a final \
                                      status (force-deleted, or its node was lost)"
                                 ),
-                                worker_id: owner,
+                                worker_id: owner.clone(),
                             });
                         }
                     }
                 }
+                let dead = DeadOwners {
+                    job_id: id,
+                    worker_ids: dead.into_iter().filter(|w| holds(w)).collect(),
+                };
                 let interrupted =
                     Datum::record_pod_failures(conn, id, &failures, max_pod_failures, now)?;
                 let released = Datum::release_dead_owners(conn, &dead, now)?;

@@ -559,22 +559,27 @@ impl Datum {
         Ok(changed)
     }
 
-    /// The owners of the job's running datums reserved no later than
-    /// `before` (same millisecond included: a worker that could reserve
-    /// then existed well before anyone listed the workers).
-    pub fn running_owners(
-        conn: &mut DbConn,
-        job_id: i64,
-        before: Millis,
-    ) -> ModelResult<Vec<String>> {
-        let owners: Vec<Option<String>> = with_conn!(conn, c => datums::table
+    /// The owners of the job's running datums, each with when it reserved
+    /// (the earliest, should one hold several): the babysitter acts only on
+    /// workers that hold something, so a list of long-gone workers costs no
+    /// writes.
+    pub fn running_owners(conn: &mut DbConn, job_id: i64) -> ModelResult<Vec<(String, Millis)>> {
+        let rows: Vec<(Option<String>, Option<Millis>)> = with_conn!(conn, c => datums::table
             .filter(datums::job_id.eq(job_id))
             .filter(datums::status.eq(RUNNING))
-            .filter(datums::started_at.le(before))
-            .select(datums::owner)
-            .distinct()
+            .select((datums::owner, datums::started_at))
             .load(c))?;
-        Ok(owners.into_iter().flatten().collect())
+        let mut owners: std::collections::BTreeMap<String, Millis> = Default::default();
+        for (owner, started_at) in rows {
+            if let Some(owner) = owner {
+                let started_at = started_at.unwrap_or(Millis::MAX);
+                owners
+                    .entry(owner)
+                    .and_modify(|t| *t = (*t).min(started_at))
+                    .or_insert(started_at);
+            }
+        }
+        Ok(owners.into_iter().collect())
     }
 
     /// The datum's input files.
