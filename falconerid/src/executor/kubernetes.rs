@@ -148,7 +148,7 @@ impl Executor for KubernetesExecutor {
     /// A Job stops starting pods once one of them succeeds, and a worker
     /// stopped gracefully (preempted, drained) exits successfully; so a pool
     /// can complete while work remains. Then a new Job is created, named
-    /// with the next generation (`<name>-<id>-<n>`). Replicas racing to
+    /// with the next generation (`<name>-<id>-<n>`, never reused). Replicas racing to
     /// create the same generation meet at `409 AlreadyExists`, which counts
     /// as started.
     #[tracing::instrument(level = "debug", skip(self, launch), fields(job = launch.job_name))]
@@ -160,7 +160,8 @@ impl Executor for KubernetesExecutor {
             // token for the pods: finish it.
             return self.create_token_secret(launch, active).await;
         }
-        let job = objects::worker_job(launch, count, existing.len(), &self.settings);
+        let generation = objects::next_generation(&existing);
+        let job = objects::worker_job(launch, count, generation, &self.settings);
         let name = job.metadata.name.clone().unwrap_or_default();
         let created = match self.jobs().create(&PostParams::default(), &job).await {
             Ok(created) => {
@@ -180,6 +181,9 @@ impl Executor for KubernetesExecutor {
                     .and_then(|l| l.get(objects::JOB_ID_LABEL));
                 if label != Some(&launch.job_id.to_string()) {
                     bail!("a Job named {name} exists but belongs to no falconeri job");
+                }
+                if !objects::is_active(&existing) {
+                    bail!("the Job {name} exists but has ended; the next start makes a new one");
                 }
                 tracing::debug!(kubernetes_job = name, "another server created the Job");
                 existing

@@ -35,6 +35,8 @@ pub const JOB_ID_LABEL: &str = "falconeri.io/job-id";
 /// The annotation with the falconeri job's name, for people reading
 /// `kubectl get jobs`.
 pub const JOB_NAME_ANNOTATION: &str = "falconeri.io/job-name";
+/// The annotation with the pool's generation (see [`worker_job`]).
+pub const GENERATION_ANNOTATION: &str = "falconeri.io/generation";
 
 /// Where the init container puts the worker binary and the token, shared
 /// with the worker container. Writable: the worker deletes the token once
@@ -187,10 +189,10 @@ pub fn worker_job(
             name: Some(name.clone()),
             namespace: Some(settings.namespace.clone()),
             labels: Some(labels.clone()),
-            annotations: Some(BTreeMap::from([(
-                JOB_NAME_ANNOTATION.to_owned(),
-                launch.job_name.clone(),
-            )])),
+            annotations: Some(BTreeMap::from([
+                (JOB_NAME_ANNOTATION.to_owned(), launch.job_name.clone()),
+                (GENERATION_ANNOTATION.to_owned(), generation.to_string()),
+            ])),
             ..ObjectMeta::default()
         },
         spec: Some(JobSpec {
@@ -552,6 +554,23 @@ fn job_end(job: &Job) -> Option<PoolState> {
         .then_some(PoolState::Complete)
 }
 
+/// The generation after every one of `jobs`: names are never reused, even
+/// once an old generation has been deleted (by its TTL, say).
+pub fn next_generation(jobs: &[Job]) -> usize {
+    jobs.iter()
+        .map(|job| {
+            job.metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(GENERATION_ANNOTATION))
+                .and_then(|g| g.parse::<usize>().ok())
+                .unwrap_or(0)
+                .saturating_add(1)
+        })
+        .max()
+        .unwrap_or(0)
+}
+
 /// True while a Kubernetes Job may still start or run pods.
 pub fn is_active(job: &Job) -> bool {
     job.metadata.deletion_timestamp.is_none() && job_end(job).is_none()
@@ -805,6 +824,20 @@ mod tests {
             json!({ "metadata": { "name": "j" }, "status": { "conditions": conditions } }),
         )
         .unwrap()
+    }
+
+    #[test]
+    fn generations_are_never_reused() {
+        let generation = |n: &str| -> Job {
+            serde_json::from_value(json!({ "metadata": { "name": "j",
+                "annotations": { GENERATION_ANNOTATION: n } } }))
+            .unwrap()
+        };
+        assert_eq!(next_generation(&[]), 0);
+        assert_eq!(next_generation(&[generation("0")]), 1);
+        // Generation 0 is gone (TTL), 1 completed: the next is 2, not 1.
+        assert_eq!(next_generation(&[generation("1")]), 2);
+        assert_eq!(next_generation(&[generation("3"), generation("1")]), 4);
     }
 
     #[test]
