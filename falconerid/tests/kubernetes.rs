@@ -508,6 +508,24 @@ impl FakeCluster {
             return status(404, "NotFound", "no such resource");
         };
         let name = seen.path[prefix.len()..].trim_start_matches('/').to_owned();
+        // The Role `falconeri deploy` grants falconerid; anything else is
+        // forbidden here as it would be in a cluster.
+        let verb = match (seen.method.as_str(), name.is_empty()) {
+            ("GET", true) if seen.query.contains("watch=") => "watch",
+            ("GET", true) => "list",
+            ("GET", false) => "get",
+            ("POST", true) => "create",
+            ("DELETE", false) => "delete",
+            _ => "other",
+        };
+        let granted: &[&str] = match kind {
+            "Job" => &["create", "get", "list", "watch", "delete"],
+            "Pod" => &["get", "list", "watch"],
+            _ => &["create", "get", "delete"],
+        };
+        if !granted.contains(&verb) {
+            return status(403, "Forbidden", &format!("{verb} {kind} is not granted"));
+        }
         match (seen.method.as_str(), name.is_empty()) {
             ("GET", true) => {
                 let items: Vec<Value> = store
