@@ -42,3 +42,13 @@ check: fmt-check clippy deny test
 run-example:
     rm -rf examples/word-frequencies/output
     cargo run --release -p falconeri -- job run --local --wait examples/word-frequencies/word-frequencies.local.json
+
+# The workspace version, the default tag of the images.
+version := `sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n 1`
+# docker, or podman (anything that takes `build -t TAG DIR`).
+container_engine := env_var_or_default("CONTAINER_ENGINE", "docker")
+
+# Build the images: falconeri/falconerid:TAG (falconerid and the static falconeri-worker the Kubernetes executor copies into worker pods) and falconeri/word-frequencies:latest (the example).
+image tag=version:
+    {{container_engine}} build -t falconeri/falconerid:{{tag}} .
+    {{container_engine}} build -t falconeri/word-frequencies:latest examples/word-frequencies

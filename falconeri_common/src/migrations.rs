@@ -36,7 +36,10 @@ macro_rules! postgres_migrations {
 
 /// The PostgreSQL migrations, oldest first. A test checks this list against
 /// the directory, so a new migration cannot be forgotten here.
-pub const POSTGRES: &[Migration] = postgres_migrations!["2026-11-25-000000_init"];
+pub const POSTGRES: &[Migration] = postgres_migrations![
+    "2026-11-25-000000_init",
+    "2026-11-25-100000_datum_pod_failures",
+];
 
 #[cfg(test)]
 mod tests {

@@ -50,6 +50,10 @@ pub struct PipelineSpec {
     /// Kubernetes node labels that worker pods must match.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub node_selector: BTreeMap<String, String>,
+    /// Kubernetes taints that worker pods tolerate, so they may run on
+    /// dedicated (say, GPU or spot) nodes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
     pub input: Input,
     pub egress: Egress,
 }
@@ -93,6 +97,78 @@ pub enum ImagePullPolicy {
     Always,
     IfNotPresent,
     Never,
+}
+
+/// A Kubernetes toleration, with the fields and spellings of Kubernetes'
+/// own (`toleration_seconds` in snake case, like the rest of the spec).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Toleration {
+    /// The taint key to tolerate; leave it out (with `Exists`) to tolerate
+    /// every taint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// `Equal` (the default) matches `value`; `Exists` matches any value.
+    #[serde(default)]
+    pub operator: TolerationOperator,
+    /// The taint value to match with `Equal`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// The taint effect to tolerate; leave it out to tolerate every effect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub effect: Option<TaintEffect>,
+    /// With `NoExecute`: how long a pod stays on a node after the taint
+    /// appears (default: forever).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub toleration_seconds: Option<u32>,
+}
+
+/// How a toleration matches a taint's value, spelled as in Kubernetes.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq, JsonSchema)]
+pub enum TolerationOperator {
+    #[default]
+    Equal,
+    Exists,
+}
+
+impl TolerationOperator {
+    /// Kubernetes' spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TolerationOperator::Equal => "Equal",
+            TolerationOperator::Exists => "Exists",
+        }
+    }
+}
+
+/// A taint effect, spelled as in Kubernetes.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, JsonSchema)]
+pub enum TaintEffect {
+    NoSchedule,
+    PreferNoSchedule,
+    NoExecute,
+}
+
+impl TaintEffect {
+    /// Kubernetes' spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaintEffect::NoSchedule => "NoSchedule",
+            TaintEffect::PreferNoSchedule => "PreferNoSchedule",
+            TaintEffect::NoExecute => "NoExecute",
+        }
+    }
+}
+
+impl ImagePullPolicy {
+    /// Kubernetes' spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ImagePullPolicy::Always => "Always",
+            ImagePullPolicy::IfNotPresent => "IfNotPresent",
+            ImagePullPolicy::Never => "Never",
+        }
+    }
 }
 
 /// A Kubernetes secret made available to the workers.
@@ -690,6 +766,9 @@ impl PipelineSpec {
                 problems.push(&path, message);
             }
         }
+        for (i, toleration) in self.tolerations.iter().enumerate() {
+            toleration.validate(&format!("tolerations[{i}]"), &mut problems);
+        }
         validate_input(&self.input, "input", &mut problems);
         if let Err(message) = check_uri(&self.egress.uri) {
             problems.push("egress.URI", message);
@@ -805,6 +884,46 @@ impl Transform {
             && !is_dns1123_subdomain(account)
         {
             problems.push("transform.service_account", DNS1123_SUBDOMAIN_RULE);
+        }
+    }
+}
+
+impl Toleration {
+    /// Kubernetes' rules for a toleration, checked here so that a bad one is
+    /// refused with the spec rather than by the API server at job start.
+    fn validate(&self, base: &str, problems: &mut Problems) {
+        match self.key.as_deref() {
+            Some(key) if !key.is_empty() => {
+                if let Err(message) = check_label_key(key) {
+                    problems.push(format!("{base}.key"), message);
+                }
+            }
+            _ => {
+                if self.operator != TolerationOperator::Exists {
+                    problems.push(
+                        format!("{base}.operator"),
+                        "must be `Exists` when no key is given (tolerating every taint)",
+                    );
+                }
+            }
+        }
+        match (self.operator, self.value.as_deref()) {
+            (TolerationOperator::Exists, Some(value)) if !value.is_empty() => problems.push(
+                format!("{base}.value"),
+                "must be left out with `Exists`, which matches any value",
+            ),
+            (TolerationOperator::Equal, Some(value)) => {
+                if let Err(message) = check_label_value(value) {
+                    problems.push(format!("{base}.value"), message);
+                }
+            }
+            _ => {}
+        }
+        if self.toleration_seconds.is_some() && self.effect != Some(TaintEffect::NoExecute) {
+            problems.push(
+                format!("{base}.toleration_seconds"),
+                "needs `\"effect\": \"NoExecute\"` (only NoExecute taints evict pods)",
+            );
         }
     }
 }
@@ -1010,8 +1129,25 @@ fn check_mount_path(path: &str) -> Result<(), String> {
     if path.contains(['\0', ':']) {
         return Err("must not contain ':' or NUL".to_owned());
     }
+    let trimmed = path.trim_end_matches('/');
+    if let Some(reserved) = RESERVED_MOUNT_PATHS.iter().find(|reserved| {
+        trimmed == **reserved
+            || trimmed
+                .strip_prefix(**reserved)
+                .is_some_and(|rest| rest.starts_with('/'))
+            || reserved
+                .strip_prefix(trimmed)
+                .is_some_and(|rest| rest.starts_with('/'))
+    }) {
+        return Err(format!(
+            "must not be, contain or lie inside {reserved}, which the worker pods use"
+        ));
+    }
     Ok(())
 }
+
+/// Directories of a Kubernetes worker pod that a secret must not hide.
+const RESERVED_MOUNT_PATHS: &[&str] = &["/pfs", "/scratch", "/falconeri"];
 
 const ENV_VAR_NAME_RULE: &str = "is not a valid environment variable name (letters, digits, \
                                  '_', '-' and '.', not starting with a digit)";
@@ -1727,6 +1863,66 @@ mod tests {
     }
 
     #[test]
+    fn secrets_cannot_hide_the_worker_directories() {
+        for path in ["/pfs", "/pfs/in", "/scratch/", "/falconeri/x", "/"] {
+            let json = with(|s| s["transform"]["secrets"][0]["mount_path"] = json!(path));
+            assert!(PipelineSpec::from_json(&json).is_err(), "{path}");
+        }
+        check(
+            &with(|s| s["transform"]["secrets"][0]["mount_path"] = json!("/pfs/in")),
+            &["transform.secrets[0].mount_path: must not be, contain or lie inside /pfs"],
+        );
+        for path in ["/pfsx", "/etc/pfs", "/var/scratch"] {
+            parse(&with(|s| {
+                s["transform"]["secrets"][0]["mount_path"] = json!(path)
+            }));
+        }
+    }
+
+    #[test]
+    fn tolerations() {
+        let spec = parse(&with(|s| {
+            s["tolerations"] = json!([
+                { "key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule" },
+                { "key": "pool", "value": "spot" },
+                { "operator": "Exists" },
+                { "key": "node.kubernetes.io/unreachable", "operator": "Exists",
+                  "effect": "NoExecute", "toleration_seconds": 300 }
+            ])
+        }));
+        assert_eq!(spec.tolerations.len(), 4);
+        assert_eq!(spec.tolerations[1].operator, TolerationOperator::Equal);
+        assert_eq!(spec.tolerations[3].toleration_seconds, Some(300));
+        let text = serde_json::to_string(&spec).unwrap();
+        assert_eq!(parse(&text), spec);
+        check(
+            &with(|s| {
+                s["tolerations"] = json!([
+                    { "value": "x" },
+                    { "key": "Bad_/k", "operator": "Exists", "value": "v" },
+                    { "key": "k", "value": "not ok" },
+                    { "key": "k", "effect": "NoSchedule", "toleration_seconds": 5 }
+                ])
+            }),
+            &[
+                "tolerations[0].operator: must be `Exists` when no key",
+                "tolerations[1].key: label key prefix `Bad_`",
+                "tolerations[1].value: must be left out with `Exists`",
+                "tolerations[2].value: label value `not ok`",
+                "tolerations[3].toleration_seconds: needs",
+            ],
+        );
+        check(
+            &with(|s| s["tolerations"] = json!([{ "key": "k", "operator": "Maybe" }])),
+            &["tolerations[0].operator: unknown variant `Maybe`"],
+        );
+        check(
+            &with(|s| s["tolerations"] = json!([{ "key": "k", "seconds": 1 }])),
+            &["tolerations[0].seconds: unknown field"],
+        );
+    }
+
+    #[test]
     fn repo_names() {
         for good in ["a", "A.b_c-1", "..x"] {
             parse(&with(|s| {
@@ -1938,7 +2134,14 @@ mod tests {
     fn json_schema_describes_the_spec() {
         let schema = json_schema();
         let properties = &schema["properties"];
-        for field in ["pipeline", "transform", "input", "egress", "job_timeout"] {
+        for field in [
+            "pipeline",
+            "transform",
+            "input",
+            "egress",
+            "job_timeout",
+            "tolerations",
+        ] {
             assert!(properties.get(field).is_some(), "no {field} in {schema:#}");
         }
         assert_eq!(schema["additionalProperties"], json!(false));

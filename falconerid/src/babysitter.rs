@@ -1,23 +1,32 @@
 //! The babysitter: a cancellable background loop that keeps jobs moving when
 //! workers don't. Each pass expires leases, enforces `datum_timeout` and
-//! `job_timeout`, releases datums of workers that died, replaces workers
-//! that exited early, and finishes jobs with nothing left to run.
+//! `job_timeout`, releases datums of workers that died (without using up a
+//! try when the infrastructure ended them), replaces workers that exited
+//! early (or, where the platform replaces them, as with a Kubernetes Job,
+//! fails a job whose pool failed or vanished), and finishes jobs with
+//! nothing left to run.
 //!
 //! Every rule is a guarded statement or a lock-and-re-check transaction in
 //! the models, so any number of babysitters (one per falconerid replica) may
 //! run at once.
 
-use std::{collections::HashMap, sync::Mutex};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Mutex,
+};
 
 use anyhow::Result;
 use falconeri_common::{
-    models::{Datum, DeadOwners, Job, db_now},
+    models::{Datum, DeadOwners, Job, PodFailure, db_now},
     status::JobStatus,
     storage::{job_staging_uri, storage_for},
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::{executor::WorkerLaunch, state::AppState};
+use crate::{
+    executor::{PoolState, WorkerLaunch},
+    state::AppState,
+};
 
 /// Runs passes every `babysitter_interval` until `cancel` fires.
 pub async fn run(state: AppState, cancel: CancellationToken) {
@@ -121,19 +130,21 @@ impl Babysitter {
         let trust_leases = self
             .leases_trusted_after
             .is_none_or(|after| tokio::time::Instant::now() >= after);
+        // A job left in `ready` (its start was cut short by a crash or a
+        // failed write) would wait forever: take it over.
+        let stale = state
+            .db(move |conn| {
+                let now = db_now(conn)? + skew;
+                Job::list_ready_before(conn, now - STALE_READY_MS)
+            })
+            .await?;
+        for job in stale {
+            changed |= self.take_over(state, job).await;
+        }
+
         let (expired, timed_out, past_deadline) = state
             .db_retrying(move |conn| {
                 let now = db_now(conn)? + skew;
-                // A job left in `ready` (its start was cut short by a crash
-                // or a failed write) would wait forever: take it over, and
-                // the worker rules below start its workers.
-                for job in Job::list_ready_before(conn, now - STALE_READY_MS)? {
-                    tracing::warn!(
-                        job = job.name,
-                        "taking over a job whose start did not finish"
-                    );
-                    Job::mark_running(conn, job.id, now)?;
-                }
                 // Deadlines first: a datum past both its deadline and its
                 // lease failed because it was too slow, and says so.
                 let timed_out = Datum::expire_deadlines(conn, now)?;
@@ -168,12 +179,16 @@ impl Babysitter {
             changed = true;
         }
 
-        let running = state.db(Job::list_running).await?;
+        // Taken before any executor is asked: a datum reserved before this
+        // instant had its worker before the executor's answer.
+        let (running, observed_after) = state
+            .db(|conn| Ok((Job::list_running(conn)?, db_now(conn)?)))
+            .await?;
         for job in running {
             // One job's trouble (an unreadable spec, an executor error) must
             // not stop the rules for every other job.
             let name = job.name.clone();
-            match self.watch_job(state, job).await {
+            match self.watch_job(state, job, observed_after).await {
                 Ok(job_changed) => changed |= job_changed,
                 Err(err) => {
                     tracing::warn!(
@@ -190,29 +205,142 @@ impl Babysitter {
         Ok(())
     }
 
-    /// The per-job rules. Returns true if anything changed.
-    async fn watch_job(&self, state: &AppState, job: Job) -> Result<bool> {
-        let mut changed = false;
-        let workers = state.executor().workers(job.id).await?;
-        let dead = DeadOwners {
-            job_id: job.id,
-            worker_ids: workers
-                .iter()
-                .filter(|w| !w.alive)
-                .map(|w| w.id.clone())
-                .collect(),
+    /// Starts the workers of a job whose start did not finish, then marks
+    /// it running. Starting is idempotent on executors with a managed pool
+    /// (a Kubernetes Job that exists already counts as started), so several
+    /// babysitters may do this at once. Returns true if anything changed.
+    async fn take_over(&self, state: &AppState, job: Job) -> bool {
+        tracing::warn!(
+            job = job.name,
+            "taking over a job whose start did not finish"
+        );
+        let started = match job.spec() {
+            Ok(spec) => {
+                let launch = WorkerLaunch {
+                    job_id: job.id,
+                    job_name: job.name.clone(),
+                    worker_token: job.worker_token.clone(),
+                    server_url: state.public_url(),
+                    spec,
+                };
+                let count = u32::try_from(job.parallelism).unwrap_or(1).max(1);
+                state.executor().start_workers(&launch, count).await
+            }
+            Err(err) => Err(err),
         };
+        let result = match started {
+            Ok(()) => {
+                let (id, skew) = (job.id, self.clock_skew_ms);
+                state
+                    .db(move |conn| {
+                        let now = db_now(conn)? + skew;
+                        Job::mark_running(conn, id, now)
+                    })
+                    .await
+                    .map(|_| ())
+                    .map_err(anyhow::Error::from)
+            }
+            Err(err) => {
+                let failures = self.failed_starts_of(job.id, |n| *n += 1);
+                if failures >= MAX_FAILED_STARTS {
+                    let message = format!("cannot start workers: {err:#}");
+                    self.give_up(state, &job, message).await
+                } else {
+                    Err(err)
+                }
+            }
+        };
+        if let Err(err) = result {
+            tracing::warn!(
+                job = job.name,
+                error = format!("{err:#}"),
+                "cannot take over the job"
+            );
+        }
+        true
+    }
+
+    /// The per-job rules. `observed_after` is a database time from before
+    /// the executor was asked about the job. Returns true if anything
+    /// changed.
+    async fn watch_job(&self, state: &AppState, job: Job, observed_after: i64) -> Result<bool> {
+        let mut changed = false;
+        let observed = state.executor().observe(job.id).await?;
+        let workers = observed.workers;
+        let dead: Vec<String> = workers
+            .iter()
+            .filter(|w| !w.alive)
+            .map(|w| w.id.clone())
+            .collect();
+        let failures: Vec<PodFailure> = observed
+            .failures
+            .iter()
+            .map(|f| PodFailure {
+                worker_id: f.worker_id.clone(),
+                message: format!("worker {} ended: {}: {}", f.worker_id, f.reason, f.message),
+            })
+            .collect();
+        // Owners the executor would have listed if they existed.
+        let known: Option<HashSet<String>> = observed.sees_every_worker.then(|| {
+            workers
+                .iter()
+                .map(|w| w.id.clone())
+                .chain(failures.iter().map(|f| f.worker_id.clone()))
+                .collect()
+        });
+        let max_pod_failures =
+            i32::try_from(state.config().kubernetes_max_pod_failures).unwrap_or(i32::MAX);
         let id = job.id;
         let skew = self.clock_skew_ms;
-        let (released, finished, has_ready) = state
+        let (interrupted, released, finished, has_ready) = state
             .db(move |conn| {
                 let now = db_now(conn)? + skew;
+                // Only workers holding a datum matter; most passes find none
+                // of the dead among them and write nothing.
+                let owners = Datum::running_owners(conn, id)?;
+                let holds = |worker: &str| owners.iter().any(|(owner, _)| owner == worker);
+                let mut failures: Vec<PodFailure> = failures
+                    .into_iter()
+                    .filter(|f| holds(&f.worker_id))
+                    .collect();
+                // A worker that is gone without a trace (a pod force-deleted,
+                // or lost with its node before anyone saw it fail) was ended
+                // by the infrastructure, like an evicted one. Only one that
+                // reserved before the executor was asked: a newer one may
+                // have started after the executor answered.
+                if let Some(known) = &known {
+                    for (owner, reserved_at) in &owners {
+                        if *reserved_at <= observed_after && !known.contains(owner) {
+                            failures.push(PodFailure {
+                                message: format!(
+                                    "worker {owner} vanished: its pod is gone without a final \
+                                     status (force-deleted, or its node was lost)"
+                                ),
+                                worker_id: owner.clone(),
+                            });
+                        }
+                    }
+                }
+                let dead = DeadOwners {
+                    job_id: id,
+                    worker_ids: dead.into_iter().filter(|w| holds(w)).collect(),
+                };
+                let interrupted =
+                    Datum::record_pod_failures(conn, id, &failures, max_pod_failures, now)?;
                 let released = Datum::release_dead_owners(conn, &dead, now)?;
                 let finished = Job::finish_if_complete(conn, id, now)?;
                 let has_ready = finished.is_none() && Job::has_ready_datums(conn, id)?;
-                Ok((released, finished, has_ready))
+                Ok((interrupted, released, finished, has_ready))
             })
             .await?;
+        if interrupted > 0 {
+            tracing::info!(
+                job = job.name,
+                interrupted,
+                "gave back datums of workers the infrastructure ended"
+            );
+            changed = true;
+        }
         if released > 0 {
             tracing::info!(
                 job = job.name,
@@ -226,6 +354,25 @@ impl Babysitter {
             wind_down(state, &job).await;
             self.forget(job.id);
             return Ok(true);
+        }
+
+        match observed.pool {
+            // The platform replaces workers and keeps the restart budget.
+            PoolState::Active => return Ok(changed),
+            // Every worker exited successfully; with work left that means
+            // they were stopped gracefully (preempted, drained): the rule
+            // below starts a new pool, within the same budget.
+            PoolState::Unmanaged | PoolState::Complete => {}
+            PoolState::Vanished => {
+                let message = "its Kubernetes Job disappeared (deleted outside falconeri?)";
+                self.give_up(state, &job, message.to_owned()).await?;
+                return Ok(true);
+            }
+            PoolState::Failed { reason, message } => {
+                let message = format!("its Kubernetes Job failed: {reason}: {message}");
+                self.give_up(state, &job, message).await?;
+                return Ok(true);
+            }
         }
 
         // Replace workers that exited while work remains, within a budget so
@@ -281,16 +428,21 @@ impl Babysitter {
     }
 
     /// Fails a job whose workers can't be kept running, and winds it down.
+    /// A job that ended meanwhile (say, finished through another replica)
+    /// keeps its outcome.
     async fn give_up(&self, state: &AppState, job: &Job, message: String) -> Result<()> {
-        tracing::warn!(job = job.name, message, "giving up on the job");
         let id = job.id;
-        state
+        let stop_message = message.clone();
+        let (_, stopped) = state
             .db(move |conn| {
                 let now = db_now(conn)?;
-                Job::stop(conn, id, JobStatus::Error, Some(&message), now)
+                Job::stop(conn, id, JobStatus::Error, Some(&stop_message), now)
             })
             .await?;
-        wind_down(state, job).await;
+        if stopped {
+            tracing::warn!(job = job.name, message, "giving up on the job");
+            wind_down(state, job).await;
+        }
         self.forget(job.id);
         Ok(())
     }

@@ -15,6 +15,9 @@ use anyhow::{Context, Result, bail};
 pub enum ExecutorKind {
     /// Worker processes on this machine.
     Local,
+    /// One Kubernetes batch Job per job, its pods the workers (falconerid
+    /// runs in the cluster, or with a kubeconfig).
+    Kubernetes,
 }
 
 /// falconerid's settings.
@@ -76,6 +79,49 @@ pub struct Config {
     /// before the job fails, as a multiple of its parallelism.
     #[arg(long, env = "FALCONERI_WORKER_RESTARTS", default_value_t = 3)]
     pub worker_restarts: u32,
+
+    /// Kubernetes: the namespace of the worker Jobs [default: the client's
+    /// namespace, i.e. falconerid's own in a cluster].
+    #[arg(long, env = "FALCONERI_KUBERNETES_NAMESPACE")]
+    pub kubernetes_namespace: Option<String>,
+
+    /// Kubernetes: the falconerid image. An init container copies its
+    /// `/usr/local/bin/falconeri-worker` into every worker pod, so workers
+    /// run in any user image. Required with `--executor kubernetes`.
+    #[arg(long, env = "FALCONERI_WORKER_IMAGE")]
+    pub worker_image: Option<String>,
+
+    /// Kubernetes: `imagePullPolicy` of that init container.
+    #[arg(
+        long,
+        env = "FALCONERI_KUBERNETES_WORKER_IMAGE_PULL_POLICY",
+        default_value = "IfNotPresent",
+        value_parser = ["Always", "IfNotPresent", "Never"]
+    )]
+    pub kubernetes_worker_image_pull_policy: String,
+
+    /// Kubernetes: `ttlSecondsAfterFinished` of worker Jobs. falconerid
+    /// deletes a job's Kubernetes Job when the job ends; this only cleans up
+    /// the ones it could not.
+    #[arg(long, env = "FALCONERI_KUBERNETES_JOB_TTL", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub kubernetes_job_ttl: Duration,
+
+    /// Kubernetes: how many times the pods running one datum may be ended
+    /// by the infrastructure (evicted, preempted, OOM-killed, node lost)
+    /// before the datum fails. Such ends do not use up `datum_tries`; this
+    /// bound stops a datum that always exhausts its memory from looping.
+    #[arg(
+        long,
+        env = "FALCONERI_KUBERNETES_MAX_POD_FAILURES",
+        default_value_t = 3
+    )]
+    pub kubernetes_max_pod_failures: u32,
+
+    /// Kubernetes: how long every worker pod of a job may be stuck unable
+    /// to start (an image that cannot be pulled, a missing Secret) before
+    /// the job fails. Kubernetes itself would retry forever.
+    #[arg(long, env = "FALCONERI_KUBERNETES_START_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub kubernetes_start_timeout: Duration,
 }
 
 impl std::fmt::Debug for Config {
@@ -91,6 +137,8 @@ impl std::fmt::Debug for Config {
             .field("lease", &self.lease)
             .field("max_wait", &self.max_wait)
             .field("babysitter_interval", &self.babysitter_interval)
+            .field("kubernetes_namespace", &self.kubernetes_namespace)
+            .field("worker_image", &self.worker_image)
             .finish_non_exhaustive()
     }
 }
@@ -134,6 +182,12 @@ impl Config {
             db_pool_size: 8,
             listen_fallback: true,
             worker_restarts: 3,
+            kubernetes_namespace: None,
+            worker_image: None,
+            kubernetes_worker_image_pull_policy: "IfNotPresent".to_owned(),
+            kubernetes_job_ttl: Duration::from_secs(3600),
+            kubernetes_max_pod_failures: 3,
+            kubernetes_start_timeout: Duration::from_secs(300),
         }
     }
 
@@ -144,6 +198,21 @@ impl Config {
         }
         if self.lease < Duration::from_secs(1) {
             bail!("--lease must be at least 1s");
+        }
+        if self.executor == ExecutorKind::Kubernetes {
+            match &self.worker_image {
+                Some(image) if !image.trim().is_empty() => {}
+                _ => bail!(
+                    "the Kubernetes executor needs --worker-image (FALCONERI_WORKER_IMAGE): \
+                     the falconerid image, which provides falconeri-worker to the pods"
+                ),
+            }
+            if self.public_url.is_none() {
+                bail!(
+                    "the Kubernetes executor needs --public-url (FALCONERI_PUBLIC_URL), such as \
+                     http://falconerid.NAMESPACE.svc:8089: the URL worker pods reach falconerid at"
+                );
+            }
         }
         Ok(())
     }
@@ -156,6 +225,18 @@ impl Config {
         let exe = std::env::current_exe().context("cannot find this program's path")?;
         let dir = exe.parent().context("this program has no directory")?;
         Ok(vec![dir.join("falconeri-worker").into_os_string()])
+    }
+
+    /// The Kubernetes executor's settings, in `namespace`.
+    pub fn kubernetes_settings(&self, namespace: String) -> crate::executor::KubernetesSettings {
+        crate::executor::KubernetesSettings {
+            namespace,
+            worker_image: self.worker_image.clone().unwrap_or_default(),
+            worker_image_pull_policy: self.kubernetes_worker_image_pull_policy.clone(),
+            job_ttl: self.kubernetes_job_ttl,
+            worker_restarts: self.worker_restarts,
+            start_timeout: self.kubernetes_start_timeout,
+        }
     }
 
     /// The lease in milliseconds.
@@ -183,5 +264,57 @@ mod tests {
         assert!(config.validate().is_err());
         config.token = "0123456789abcdef0123".into();
         assert!(config.validate().is_ok());
+    }
+
+    /// Workers in pods need the image that provides them and a URL they can
+    /// reach; both are refused with a message naming the setting.
+    #[test]
+    fn kubernetes_needs_an_image_and_a_public_url() {
+        let mut config = Config::local(Path::new("/tmp/x"), "0123456789abcdef0123".into(), vec![]);
+        config.executor = ExecutorKind::Kubernetes;
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("FALCONERI_WORKER_IMAGE"), "{err}");
+        config.worker_image = Some("falconeri/falconerid:0.3.0".into());
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("FALCONERI_PUBLIC_URL"), "{err}");
+        config.public_url = Some("http://falconerid.batch.svc:8089".into());
+        config.validate().unwrap();
+    }
+
+    /// The settings the deploy manifest sets reach the executor by their
+    /// environment names.
+    #[test]
+    fn kubernetes_settings_come_from_the_environment() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            config: Config,
+        }
+        let cli = Cli::try_parse_from([
+            "falconerid",
+            "--database-url=sqlite:///tmp/x.db",
+            "--token=0123456789abcdef0123",
+            "--executor=kubernetes",
+            "--worker-image=falconeri/falconerid:1",
+            "--kubernetes-namespace=batch",
+            "--kubernetes-job-ttl=10m",
+            "--kubernetes-max-pod-failures=5",
+            "--kubernetes-worker-image-pull-policy=Always",
+        ])
+        .unwrap();
+        let settings = cli.config.kubernetes_settings("batch".into());
+        assert_eq!(settings.job_ttl, Duration::from_secs(600));
+        assert_eq!(settings.worker_image_pull_policy, "Always");
+        assert_eq!(cli.config.kubernetes_max_pod_failures, 5);
+        assert!(
+            Cli::try_parse_from([
+                "falconerid",
+                "--database-url=x",
+                "--token=0123456789abcdef0123",
+                "--kubernetes-worker-image-pull-policy=Sometimes",
+            ])
+            .is_err()
+        );
     }
 }

@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
 use config::ExecutorKind;
-use executor::{Executor, LocalExecutor};
+use executor::{Executor, KubernetesExecutor, LocalExecutor};
 pub use state::AppState;
 
 /// The HTTP application for `state`.
@@ -43,17 +43,37 @@ pub fn app(state: AppState) -> Router {
 pub const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
 
 /// Connects to the database, migrates it and builds the executor.
-pub fn build_state(config: Config) -> Result<AppState> {
+pub async fn build_state(config: Config) -> Result<AppState> {
     config.validate()?;
-    let pool = DbPool::connect(&config.database_url, config.db_pool_size)?;
-    pool.run_migrations()?;
-    let executor: Arc<dyn Executor> = match config.executor {
+    let executor = build_executor(&config).await?;
+    let (url, size) = (config.database_url.clone(), config.db_pool_size);
+    let pool = tokio::task::spawn_blocking(move || {
+        let pool = DbPool::connect(&url, size)?;
+        pool.run_migrations()?;
+        Ok::<_, anyhow::Error>(pool)
+    })
+    .await
+    .context("startup task failed")??;
+    Ok(AppState::new(config, pool, executor))
+}
+
+/// The executor `config` asks for.
+async fn build_executor(config: &Config) -> Result<Arc<dyn Executor>> {
+    Ok(match config.executor {
         ExecutorKind::Local => Arc::new(LocalExecutor::new(
             config.worker_command()?,
             config.state_dir.clone(),
         )?),
-    };
-    Ok(AppState::new(config, pool, executor))
+        ExecutorKind::Kubernetes => {
+            let executor =
+                KubernetesExecutor::connect(config.kubernetes_namespace.clone(), |namespace| {
+                    config.kubernetes_settings(namespace)
+                })
+                .await?;
+            tracing::info!(settings = ?executor.settings(), "using the Kubernetes executor");
+            Arc::new(executor)
+        }
+    })
 }
 
 /// Runs falconerid until SIGTERM or Ctrl-C: binds the listener, calls
@@ -66,9 +86,7 @@ where
     tracing::info!(?config, "starting falconerid");
     let listen = config.listen;
     let fallback = config.listen_fallback;
-    let state = tokio::task::spawn_blocking(move || build_state(config))
-        .await
-        .context("startup task failed")??;
+    let state = build_state(config).await?;
     let listener = match tokio::net::TcpListener::bind(listen).await {
         Ok(listener) => listener,
         Err(err) if fallback && err.kind() == std::io::ErrorKind::AddrInUse => {

@@ -41,6 +41,7 @@ diesel::table! {
         error_message -> Nullable<Text>,
         created_at -> BigInt,
         updated_at -> BigInt,
+        pod_failures -> Integer,
     }
 }
 

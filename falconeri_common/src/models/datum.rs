@@ -43,6 +43,9 @@ pub struct Datum {
     pub error_message: Option<String>,
     pub created_at: Millis,
     pub updated_at: Millis,
+    /// Attempts whose worker the infrastructure ended (evicted, preempted,
+    /// OOM-killed); also counted in `interrupted`.
+    pub pod_failures: i32,
 }
 
 /// An input file row.
@@ -76,6 +79,14 @@ struct NewOutputFileRow<'a> {
     uri: &'a str,
     size: i64,
     created_at: Millis,
+}
+
+/// A worker the infrastructure ended, for [`Datum::record_pod_failures`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodFailure {
+    pub worker_id: String,
+    /// Why, for the datum's error message (e.g. `OOMKilled: …`).
+    pub message: String,
 }
 
 /// Workers an executor knows to be gone, for [`Datum::release_dead_owners`].
@@ -480,6 +491,95 @@ impl Datum {
             message,
             now
         )
+    }
+
+    /// Gives back the datums held by workers the infrastructure ended
+    /// (evicted, preempted, OOM-killed, node lost): such an attempt is
+    /// interrupted, not a try, and the failure is recorded on the datum
+    /// (`pod_failures`, and why in `error_message`). So that a datum which
+    /// always exhausts its memory cannot loop forever, its
+    /// `max_pod_failures`-th such failure fails it for good. Guarded like
+    /// every babysitter rule: only a datum still running under that owner
+    /// changes. Returns how many datums were affected.
+    pub fn record_pod_failures(
+        conn: &mut DbConn,
+        job_id: i64,
+        failures: &[PodFailure],
+        max_pod_failures: i32,
+        now: Millis,
+    ) -> ModelResult<usize> {
+        let mut changed = 0;
+        for failure in failures {
+            let requeue_message = format!(
+                "{} (the datum is retried; this does not use up a try, but {max_pod_failures} \
+                 such failures fail it)",
+                failure.message
+            );
+            let fail_message = format!(
+                "{} (the datum's worker pods failed {max_pod_failures} times; giving up)",
+                failure.message
+            );
+            let owner: &str = &failure.worker_id;
+            let owned = || {
+                datums::job_id
+                    .eq(job_id)
+                    .and(datums::owner.eq(owner))
+                    .and(datums::status.eq(RUNNING))
+            };
+            changed += write_tx!(conn, c => {
+                let requeued = diesel::update(datums::table)
+                    .filter(owned())
+                    .filter((datums::pod_failures + 1).lt(max_pod_failures))
+                    .set((
+                        datums::status.eq(READY),
+                        datums::owner.eq(None::<String>),
+                        datums::interrupted.eq(datums::interrupted + 1),
+                        datums::pod_failures.eq(datums::pod_failures + 1),
+                        datums::error_message.eq(Some(&requeue_message)),
+                        datums::updated_at.eq(now),
+                        datums::lease_expires_at.eq(None::<i64>),
+                        datums::deadline_at.eq(None::<i64>),
+                    ))
+                    .execute(c)?;
+                let failed = diesel::update(datums::table)
+                    .filter(owned())
+                    .set((
+                        datums::status.eq(DatumStatus::Error.as_str()),
+                        datums::pod_failures.eq(datums::pod_failures + 1),
+                        datums::error_message.eq(Some(&fail_message)),
+                        datums::finished_at.eq(Some(now)),
+                        datums::updated_at.eq(now),
+                        datums::lease_expires_at.eq(None::<i64>),
+                        datums::deadline_at.eq(None::<i64>),
+                    ))
+                    .execute(c)?;
+                Ok::<_, ModelError>(requeued + failed)
+            })?;
+        }
+        Ok(changed)
+    }
+
+    /// The owners of the job's running datums, each with when it reserved
+    /// (the earliest, should one hold several): the babysitter acts only on
+    /// workers that hold something, so a list of long-gone workers costs no
+    /// writes.
+    pub fn running_owners(conn: &mut DbConn, job_id: i64) -> ModelResult<Vec<(String, Millis)>> {
+        let rows: Vec<(Option<String>, Option<Millis>)> = with_conn!(conn, c => datums::table
+            .filter(datums::job_id.eq(job_id))
+            .filter(datums::status.eq(RUNNING))
+            .select((datums::owner, datums::started_at))
+            .load(c))?;
+        let mut owners: std::collections::BTreeMap<String, Millis> = Default::default();
+        for (owner, started_at) in rows {
+            if let Some(owner) = owner {
+                let started_at = started_at.unwrap_or(Millis::MAX);
+                owners
+                    .entry(owner)
+                    .and_modify(|t| *t = (*t).min(started_at))
+                    .or_insert(started_at);
+            }
+        }
+        Ok(owners.into_iter().collect())
     }
 
     /// The datum's input files.

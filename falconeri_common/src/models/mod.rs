@@ -10,7 +10,7 @@ mod job;
 
 use diesel::{QueryableByName, RunQueryDsl, sql_types::BigInt};
 
-pub use datum::{Datum, DeadOwners, InputFile, OutputFile};
+pub use datum::{Datum, DeadOwners, InputFile, OutputFile, PodFailure};
 pub use job::{Job, NewJobParams};
 
 use crate::{

@@ -1,0 +1,1 @@
+ALTER TABLE datums DROP COLUMN pod_failures;
