@@ -138,10 +138,33 @@ pub(crate) struct Worker {
     pub(crate) shutdown: CancellationToken,
 }
 
-/// Works on the job until it has no work left (Ok), SIGTERM or SIGINT
-/// arrives (Ok, after reporting the datum in hand as stopped), or falconerid
-/// stays unreachable past the retry budget (Err).
-pub async fn run(config: Config) -> Result<()> {
+/// Why a worker ended without an error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// The job has no work left.
+    Finished,
+    /// Stopped by a signal (or its cancellation token) before the job ended.
+    Stopped,
+}
+
+impl Exit {
+    /// The process exit status. A stopped worker exits like a process
+    /// killed by SIGTERM (143), not 0: a Kubernetes Job counts a pod that
+    /// exits 0 as a finished worker and stops replacing pods, so a worker
+    /// stopped mid-job must not look finished. (Evictions and preemptions
+    /// are excused by the Job's pod failure policy, not by this status.)
+    pub fn status(self) -> u8 {
+        match self {
+            Exit::Finished => 0,
+            Exit::Stopped => 128 + 15,
+        }
+    }
+}
+
+/// Works on the job until it has no work left ([`Exit::Finished`]), SIGTERM
+/// or SIGINT arrives ([`Exit::Stopped`], after reporting the datum in hand as
+/// stopped), or falconerid stays unreachable past the retry budget (Err).
+pub async fn run(config: Config) -> Result<Exit> {
     let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
     let shutdown = CancellationToken::new();
@@ -158,7 +181,7 @@ pub async fn run(config: Config) -> Result<()> {
 
 /// [`run`], stopping when `shutdown` is cancelled instead of on signals, for
 /// embedding the worker and for tests.
-pub async fn run_until(mut config: Config, shutdown: CancellationToken) -> Result<()> {
+pub async fn run_until(mut config: Config, shutdown: CancellationToken) -> Result<Exit> {
     // The command may change directory, so it gets absolute paths.
     config.pfs = std::path::absolute(&config.pfs)
         .with_context(|| format!("bad --pfs {}", config.pfs.display()))?;
@@ -192,7 +215,7 @@ pub async fn run_until(mut config: Config, shutdown: CancellationToken) -> Resul
         let answer = tokio::select! {
             // A datum reserved by a request we drop here is retried when its
             // lease expires; stopping promptly matters more.
-            () = worker.shutdown.cancelled() => return Ok(()),
+            () = worker.shutdown.cancelled() => return Ok(Exit::Stopped),
             answer = reserve(&worker) => answer,
         };
         match answer {
@@ -200,12 +223,12 @@ pub async fn run_until(mut config: Config, shutdown: CancellationToken) -> Resul
             Ok(ReserveResponse::Wait) => backoff.reset(),
             Ok(ReserveResponse::Finished) => {
                 tracing::info!("the job has no work left; exiting");
-                return Ok(());
+                return Ok(Exit::Finished);
             }
             Ok(ReserveResponse::Reserved(reservation)) => {
                 backoff.reset();
                 if datum::process(&worker, &reservation).await? == Outcome::Stopped {
-                    return Ok(());
+                    return Ok(Exit::Stopped);
                 }
             }
             Err(err) if err.is_transient() => {
@@ -217,7 +240,7 @@ pub async fn run_until(mut config: Config, shutdown: CancellationToken) -> Resul
                 };
                 tracing::warn!(error = %err, ?delay, "cannot reserve a datum; retrying");
                 tokio::select! {
-                    () = worker.shutdown.cancelled() => return Ok(()),
+                    () = worker.shutdown.cancelled() => return Ok(Exit::Stopped),
                     () = tokio::time::sleep(delay) => {}
                 }
             }

@@ -28,7 +28,7 @@ fn main() -> ExitCode {
         .map_err(anyhow::Error::from)
         .and_then(|runtime| runtime.block_on(falconeri_worker::run(cli.config)));
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(exit) => ExitCode::from(exit.status()),
         Err(err) => {
             eprintln!("error: {err:#}");
             ExitCode::FAILURE

@@ -67,7 +67,11 @@ async fn dispatch(config: &Config, command: Command) -> Result<()> {
 
 fn run_worker(cli: cli::WorkerCli) -> Result<()> {
     init_tracing("info");
-    runtime()?.block_on(falconeri_worker::run(cli.config))
+    // The local executor does not read a worker's exit status (it decides
+    // by the database), so a stopped worker exits 0 here.
+    runtime()?
+        .block_on(falconeri_worker::run(cli.config))
+        .map(|_exit| ())
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {

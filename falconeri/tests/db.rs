@@ -213,6 +213,14 @@ async fn db_url_without_the_secret_is_a_clear_error() {
     );
 }
 
+/// Every migration this build embeds, oldest first.
+fn all_migrations() -> Vec<&'static str> {
+    falconeri_common::migrations::POSTGRES
+        .iter()
+        .map(|m| m.name)
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn migrate_applies_the_migrations_through_a_port_forward_once() {
     let db = TestDatabase::create().await;
@@ -221,7 +229,11 @@ async fn migrate_applies_the_migrations_through_a_port_forward_once() {
     let output = falconeri(&fake.kubeconfig, &["migrate", "--namespace", NAMESPACE]).await;
     assert_success(&output);
     assert!(
-        text(&output.stdout).contains("Applied 1 migration:\n  2026-11-25-000000_init"),
+        text(&output.stdout).contains(&format!(
+            "Applied {} migrations:\n  {}",
+            all_migrations().len(),
+            all_migrations().join("\n  ")
+        )),
         "{}",
         text(&output.stdout)
     );
@@ -231,13 +243,20 @@ async fn migrate_applies_the_migrations_through_a_port_forward_once() {
     // start-up migration finds nothing to do.
     let client = connect(&db.url()).await;
     let versions: Vec<String> = client
-        .query("SELECT version FROM __diesel_schema_migrations", &[])
+        .query(
+            "SELECT version FROM __diesel_schema_migrations ORDER BY version",
+            &[],
+        )
         .await
         .unwrap()
         .iter()
         .map(|row| row.get(0))
         .collect();
-    assert_eq!(versions, ["20261125000000"]);
+    let expected: Vec<String> = falconeri_common::migrations::POSTGRES
+        .iter()
+        .map(|m| m.version())
+        .collect();
+    assert_eq!(versions, expected);
     for table in ["jobs", "datums"] {
         let found = client
             .query_one(&format!("SELECT count(*) FROM {table}"), &[])
@@ -269,10 +288,7 @@ async fn migrate_with_a_database_url_needs_no_cluster() {
     .await;
     assert_success(&output);
     let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-    assert_eq!(
-        json["applied"],
-        serde_json::json!(["2026-11-25-000000_init"])
-    );
+    assert_eq!(json["applied"], serde_json::json!(all_migrations()));
 
     // A version this falconeri does not know is reported, not touched.
     run_sql(
@@ -306,7 +322,7 @@ async fn concurrent_migrations_apply_each_migration_once() {
         let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
         applied.extend(json["applied"].as_array().unwrap().iter().cloned());
     }
-    assert_eq!(applied, ["2026-11-25-000000_init"]);
+    assert_eq!(applied, all_migrations());
     db.drop_database().await;
 }
 
@@ -328,7 +344,10 @@ async fn a_failing_migration_is_an_error_and_leaves_nothing_half_done() {
     );
     let client = connect(&db.url()).await;
     let recorded = client
-        .query("SELECT version FROM __diesel_schema_migrations", &[])
+        .query(
+            "SELECT version FROM __diesel_schema_migrations ORDER BY version",
+            &[],
+        )
         .await
         .unwrap();
     assert!(recorded.is_empty());
