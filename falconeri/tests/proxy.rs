@@ -7,12 +7,7 @@
 
 mod proxy_fake_kube;
 
-use std::{
-    net::SocketAddr,
-    path::{Path, PathBuf},
-    process::Stdio,
-    time::Duration,
-};
+use std::{net::SocketAddr, path::Path, process::Stdio, time::Duration};
 
 use proxy_fake_kube::{EchoPod, FakeKube, FakePod};
 use tokio::{
@@ -32,16 +27,14 @@ struct Proxy {
     falconerid: SocketAddr,
     postgres: SocketAddr,
     minio: Option<SocketAddr>,
-    log: PathBuf,
-    _dir: tempfile::TempDir,
+    /// Everything the proxy has logged (its stderr) so far.
+    log: tokio::sync::watch::Receiver<String>,
 }
 
 impl Proxy {
     /// Starts the proxy on free ports with `home` as FALCONERI_HOME and waits
     /// for its instructions.
     async fn start(fake: &FakeKube, home: &Path) -> Proxy {
-        let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("proxy.log");
         let mut child = Command::new(env!("CARGO_BIN_EXE_falconeri"))
             .args([
                 "proxy",
@@ -61,10 +54,20 @@ impl Proxy {
             .env_remove("FALCONERI_SERVER")
             .env_remove("FALCONERI_TOKEN")
             .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).unwrap())
+            .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
             .unwrap();
+        let (log_tx, log) = tokio::sync::watch::channel(String::new());
+        let mut errors = BufReader::new(child.stderr.take().unwrap()).lines();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = errors.next_line().await {
+                log_tx.send_modify(|log| {
+                    log.push_str(&line);
+                    log.push('\n');
+                });
+            }
+        });
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let mut stdout = String::new();
         let read = async {
@@ -79,7 +82,7 @@ impl Proxy {
         if tokio::time::timeout(PATIENCE, read).await.is_err() || !stdout.contains("TOKEN") {
             panic!(
                 "the proxy printed no instructions: {stdout}\nlog: {}",
-                std::fs::read_to_string(&log).unwrap_or_default()
+                log.borrow().as_str()
             );
         }
         let addr = |title: &str| {
@@ -98,12 +101,29 @@ impl Proxy {
             stdout: stdout.clone(),
             child,
             log,
-            _dir: dir,
         }
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap()
+        self.log.borrow().clone()
+    }
+
+    /// Everything the proxy logged, once it has exited and closed stderr.
+    async fn whole_log(&mut self) -> String {
+        let closed = async { while self.log.changed().await.is_ok() {} };
+        tokio::time::timeout(PATIENCE, closed)
+            .await
+            .expect("the proxy closes its stderr");
+        self.log()
+    }
+
+    /// Waits until the proxy has logged `needle` (it may log a connection's
+    /// outcome just after the connection closes).
+    async fn wait_for_log(&mut self, needle: &str) {
+        let found = tokio::time::timeout(PATIENCE, self.log.wait_for(|log| log.contains(needle)));
+        if !matches!(found.await, Ok(Ok(_))) {
+            panic!("the proxy never logged {needle:?}: {}", self.log());
+        }
     }
 
     /// Fails the test if the proxy exited.
@@ -229,11 +249,9 @@ async fn connections_reach_a_ready_pod_and_follow_dropped_connections_and_replac
             "falconerid-b"
         ]
     );
-    let log = proxy.log();
-    assert!(
-        log.contains("now forwarding to pod falconerid-b (was falconerid-a)"),
-        "{log}"
-    );
+    proxy
+        .wait_for_log("now forwarding to pod falconerid-b (was falconerid-a)")
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -314,11 +332,9 @@ async fn a_pod_refusing_the_port_closes_the_connection_with_the_reason() {
     assert!(rest.is_empty());
     proxy.assert_running();
     // The API server's message on the port's error channel is in the log.
-    let log = proxy.log();
-    assert!(
-        log.contains("pod falconerid-broken port 8089: error forwarding port 8089"),
-        "{log}"
-    );
+    proxy
+        .wait_for_log("pod falconerid-broken port 8089: error forwarding port 8089")
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -339,7 +355,6 @@ async fn the_token_goes_to_a_private_file_and_minio_is_forwarded_when_deployed()
     let mode = std::fs::metadata(&token_file).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600);
     assert!(!proxy.stdout.contains(token), "{}", proxy.stdout);
-    assert!(!proxy.log().contains(token));
     assert!(
         proxy.stdout.contains(&format!(
             "export FALCONERI_TOKEN=\"$(cat '{}')\"",
@@ -365,6 +380,9 @@ async fn the_token_goes_to_a_private_file_and_minio_is_forwarded_when_deployed()
         .unwrap();
     assert!(status.success(), "{}", proxy.log());
     assert!(!token_file.exists());
+    let log = proxy.whole_log().await;
+    assert!(log.contains("forwarding"), "{log}");
+    assert!(!log.contains(token), "{log}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

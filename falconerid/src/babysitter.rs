@@ -65,6 +65,38 @@ pub async fn wind_down(state: &AppState, job: &Job) {
             "cannot stop workers"
         );
     }
+    remove_staging(job).await;
+}
+
+/// Finishes the job if none of its datums can run any more, removing its
+/// staging area *first*: once a client sees the job `done`, the egress holds
+/// the outputs and nothing else. (Nothing stages for a job whose datums have
+/// all ended, but a stale attempt might still; its own report settles it.)
+/// `skew_ms` is the babysitter's test clock skew.
+pub async fn finish_if_complete(
+    state: &AppState,
+    job: &Job,
+    skew_ms: i64,
+) -> crate::error::AppResult<Option<Job>> {
+    let id = job.id;
+    if state
+        .db(move |conn| Job::has_unfinished_datums(conn, id))
+        .await?
+    {
+        return Ok(None);
+    }
+    remove_staging(job).await;
+    state
+        .db_write(move |conn| {
+            let now = db_now(conn)? + skew_ms;
+            Job::finish_if_complete(conn, id, now)
+        })
+        .await
+}
+
+/// Deletes the job's staging prefix, logging a failure: the job's outcome
+/// stands either way.
+async fn remove_staging(job: &Job) {
     let staging = job_staging_uri(&job.egress_uri, job.id);
     let deleted = match storage_for(&staging) {
         Ok(storage) => storage.delete_prefix(&staging).await,
@@ -292,7 +324,7 @@ impl Babysitter {
             i32::try_from(state.config().kubernetes_max_pod_failures).unwrap_or(i32::MAX);
         let id = job.id;
         let skew = self.clock_skew_ms;
-        let (interrupted, released, finished, has_ready) = state
+        let (interrupted, released, has_ready) = state
             .db(move |conn| {
                 let now = db_now(conn)? + skew;
                 // Only workers holding a datum matter; most passes find none
@@ -328,11 +360,11 @@ impl Babysitter {
                 let interrupted =
                     Datum::record_pod_failures(conn, id, &failures, max_pod_failures, now)?;
                 let released = Datum::release_dead_owners(conn, &dead, now)?;
-                let finished = Job::finish_if_complete(conn, id, now)?;
-                let has_ready = finished.is_none() && Job::has_ready_datums(conn, id)?;
-                Ok((interrupted, released, finished, has_ready))
+                let has_ready = Job::has_ready_datums(conn, id)?;
+                Ok((interrupted, released, has_ready))
             })
             .await?;
+        let finished = finish_if_complete(state, &job, skew).await?;
         if interrupted > 0 {
             tracing::info!(
                 job = job.name,

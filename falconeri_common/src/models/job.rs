@@ -269,7 +269,7 @@ impl Job {
     }
 
     /// True if some datum of the job is ready or running.
-    fn has_unfinished_datums(conn: &mut DbConn, id: i64) -> ModelResult<bool> {
+    pub fn has_unfinished_datums(conn: &mut DbConn, id: i64) -> ModelResult<bool> {
         Ok(with_conn!(conn, c => select(exists(
             datums::table
                 .filter(datums::job_id.eq(id))

@@ -39,10 +39,10 @@ pub fn router() -> Router<AppState> {
 enum Attempt {
     Reserved(Box<(Datum, Vec<InputFile>, Job)>),
     Wait,
-    /// `ended` is the job if this very request finished it.
-    Finished {
-        ended: Option<Box<Job>>,
-    },
+    /// Nothing to reserve: the job may be complete.
+    NoneReady(Box<Job>),
+    /// The job has ended.
+    Finished,
 }
 
 /// Reserves the next ready datum, waiting (up to the capped `wait_ms`) for
@@ -66,7 +66,7 @@ async fn reserve(
                 let job = Job::find(conn, job_id)?;
                 let status = job.status();
                 if status.is_terminal() {
-                    return Ok(Attempt::Finished { ended: None });
+                    return Ok(Attempt::Finished);
                 }
                 if status != falconeri_common::status::JobStatus::Running {
                     return Ok(Attempt::Wait);
@@ -86,12 +86,7 @@ async fn reserve(
                         let files = Datum::input_files(conn, datum.id)?;
                         Ok(Attempt::Reserved(Box::new((datum, files, job))))
                     }
-                    None => match Job::finish_if_complete(conn, job_id, now)? {
-                        Some(job) => Ok(Attempt::Finished {
-                            ended: Some(Box::new(job)),
-                        }),
-                        None => Ok(Attempt::Wait),
-                    },
+                    None => Ok(Attempt::NoneReady(Box::new(job))),
                 }
             })
             .await?;
@@ -102,21 +97,23 @@ async fn reserve(
                     &state, datum, files, &job,
                 )?))));
             }
-            Attempt::Finished { ended } => {
-                if let Some(job) = ended {
-                    crate::babysitter::wind_down_detached(&state, *job).await;
-                }
-                return Ok(Json(ReserveResponse::Finished));
-            }
-            Attempt::Wait => {
-                tokio::select! {
-                    _ = changes.changed() => continue,
-                    _ = tokio::time::sleep_until(deadline) => {
-                        return Ok(Json(ReserveResponse::Wait));
-                    }
-                    _ = state.shutting_down() => return Ok(Json(ReserveResponse::Wait)),
+            Attempt::NoneReady(job) => {
+                // Outside the transaction: finishing removes the staging
+                // area first, which is storage I/O.
+                if let Some(ended) = crate::babysitter::finish_if_complete(&state, &job, 0).await? {
+                    crate::babysitter::wind_down_detached(&state, ended).await;
+                    return Ok(Json(ReserveResponse::Finished));
                 }
             }
+            Attempt::Finished => return Ok(Json(ReserveResponse::Finished)),
+            Attempt::Wait => {}
+        }
+        tokio::select! {
+            _ = changes.changed() => continue,
+            _ = tokio::time::sleep_until(deadline) => {
+                return Ok(Json(ReserveResponse::Wait));
+            }
+            _ = state.shutting_down() => return Ok(Json(ReserveResponse::Wait)),
         }
     }
 }
