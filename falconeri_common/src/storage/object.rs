@@ -94,7 +94,7 @@ impl Default for Tuning {
             multipart_threshold: 32 * MIB,
             part_size: 16 * MIB,
             part_concurrency: 8,
-            file_concurrency: 32,
+            file_concurrency: 64,
             attempts: 5,
             stall_timeout: Duration::from_secs(120),
         }
