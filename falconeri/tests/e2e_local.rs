@@ -5,120 +5,15 @@
 #![allow(clippy::unwrap_used)]
 
 use std::{
-    path::{Path, PathBuf},
-    process::{Command, Output},
+    path::PathBuf,
     time::{Duration, Instant},
 };
 
 use serde_json::Value;
 
-/// One isolated local setup; stops its server when dropped.
-struct Local {
-    home: tempfile::TempDir,
-    work: tempfile::TempDir,
-}
+mod support;
 
-impl Local {
-    fn new() -> Local {
-        Local {
-            home: tempfile::tempdir().unwrap(),
-            work: tempfile::tempdir().unwrap(),
-        }
-    }
-
-    fn falconeri(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_falconeri"))
-            .args(args)
-            .env("FALCONERI_HOME", self.home.path())
-            .env_remove("FALCONERI_SERVER")
-            .env_remove("FALCONERI_TOKEN")
-            .env("RUST_LOG", "info")
-            .output()
-            .unwrap()
-    }
-
-    /// Runs a command that must succeed and returns its stdout as JSON.
-    fn json(&self, args: &[&str]) -> Value {
-        let output = self.falconeri(args);
-        assert!(
-            output.status.success(),
-            "{args:?} failed: {}",
-            describe(&output)
-        );
-        serde_json::from_slice(&output.stdout)
-            .unwrap_or_else(|err| panic!("{args:?}: not JSON ({err}): {}", describe(&output)))
-    }
-
-    /// Starts the job of `spec` and waits (bounded) until `running` of its
-    /// datums run; returns the job's name.
-    fn start_and_wait_until_running(&self, spec: &Path, running: i64) -> String {
-        self.start_and_wait_until(spec, |described| described["counts"]["running"] == running)
-    }
-
-    /// Starts the job of `spec` and waits (bounded) until `ready` holds for
-    /// its `job describe`; returns the job's name.
-    fn start_and_wait_until(&self, spec: &Path, ready: impl Fn(&Value) -> bool) -> String {
-        let job = self.json(&[
-            "job",
-            "run",
-            "--local",
-            "-o",
-            "json",
-            spec.to_str().unwrap(),
-        ]);
-        let name = job["name"].as_str().unwrap().to_owned();
-        let started = Instant::now();
-        loop {
-            let described = self.json(&["job", "describe", "--local", &name, "-o", "json"]);
-            if ready(&described) {
-                return name;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(60),
-                "never started: {described}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn write_spec(&self, name: &str, spec: &Value) -> PathBuf {
-        let path = self.work.path().join(name);
-        std::fs::write(&path, serde_json::to_vec_pretty(spec).unwrap()).unwrap();
-        path
-    }
-}
-
-impl Drop for Local {
-    fn drop(&mut self) {
-        let _ = self.falconeri(&["local", "stop"]);
-    }
-}
-
-fn describe(output: &Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
-    }
-}
-
-fn example_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/word-frequencies")
-}
+use support::{Local, copy_dir, describe, example_dir};
 
 fn small_spec(local: &Local, name: &str, cmd: Value, extra: Value) -> PathBuf {
     let input = local.work.path().join(format!("{name}-in"));

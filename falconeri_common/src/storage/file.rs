@@ -175,9 +175,7 @@ fn list_blocking(uri: &str, root: &Path) -> Result<Vec<ObjectInfo>> {
             .to_owned();
         // Hidden temporary files of an upload in progress, and outputs
         // staged by running attempts, are not inputs.
-        if (relative.contains(".falconeri-") && relative.ends_with(".tmp"))
-            || relative.split('/').any(|part| part == super::STAGING_DIR)
-        {
+        if super::is_hidden(&relative) {
             continue;
         }
         let size = entry.metadata().map(|m| m.len()).unwrap_or(0);

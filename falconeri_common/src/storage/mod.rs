@@ -7,6 +7,9 @@
 //! symlinks pointing elsewhere).
 
 mod file;
+mod gcs;
+mod object;
+mod s3;
 
 use std::{
     fmt,
@@ -16,6 +19,7 @@ use std::{
 
 use anyhow::{Context, Result, anyhow, bail};
 use async_trait::async_trait;
+use futures::{StreamExt, TryStreamExt};
 
 use crate::{
     api::{InputFileResponse, NewOutputFile},
@@ -23,6 +27,9 @@ use crate::{
 };
 
 pub use file::FileStorage;
+pub use gcs::GcsStorage;
+pub use object::Tuning;
+pub use s3::S3Storage;
 
 /// One storage backend.
 #[async_trait]
@@ -79,35 +86,40 @@ pub async fn publish_outputs(
     let storage = storage_for(egress_uri)?;
     let staging = as_prefix(staging_uri);
     let egress = as_prefix(egress_uri);
-    let mut published = Vec::with_capacity(files.len());
-    for file in files {
-        checked_relative(&file.path)?;
-        let from = format!("{staging}{}", file.path);
-        let to = format!("{egress}{}", file.path);
-        if storage.exists(&from).await? {
-            storage
-                .rename(&from, &to)
-                .await
-                .with_context(|| format!("cannot publish {from} to {to}"))?;
-        } else if !storage.exists(&to).await? {
-            bail!("output {:?} was not uploaded to {staging}", file.path);
-        }
-        published.push(to);
-    }
-    Ok(published)
+    // Several at once: on an object store a rename is a copy and a delete.
+    futures::stream::iter(files)
+        .map(|file| {
+            let storage = storage.clone();
+            let (staging, egress) = (&staging, &egress);
+            async move {
+                checked_relative(&file.path)?;
+                let from = format!("{staging}{}", file.path);
+                let to = format!("{egress}{}", file.path);
+                if storage.exists(&from).await? {
+                    storage
+                        .rename(&from, &to)
+                        .await
+                        .with_context(|| format!("cannot publish {from} to {to}"))?;
+                } else if !storage.exists(&to).await? {
+                    bail!("output {:?} was not uploaded to {staging}", file.path);
+                }
+                Ok(to)
+            }
+        })
+        .buffered(Tuning::default().file_concurrency)
+        .try_collect()
+        .await
 }
 
-/// The URI schemes a spec may use. S3 and GCS are accepted by validation and
-/// served by their own backends.
+/// The URI schemes a spec may use.
 pub const SUPPORTED_SCHEMES: &[&str] = &["file", "s3", "gs"];
 
 /// The backend for `uri`.
 pub fn storage_for(uri: &str) -> Result<Arc<dyn Storage>> {
     match scheme(uri) {
         Some("file") => Ok(Arc::new(FileStorage)),
-        Some(other @ ("s3" | "gs")) => {
-            bail!("{other}:// storage is not available in this build yet (uri {uri:?})")
-        }
+        Some("s3") => Ok(Arc::new(S3Storage::default())),
+        Some("gs") => Ok(Arc::new(GcsStorage::default())),
         Some(other) => bail!("unsupported storage scheme {other:?} in {uri:?}"),
         None => bail!("{uri:?} is not a URI (expected file://, s3:// or gs://)"),
     }
@@ -116,6 +128,14 @@ pub fn storage_for(uri: &str) -> Result<Arc<dyn Storage>> {
 /// The scheme of `uri`, such as `s3`.
 pub fn scheme(uri: &str) -> Option<&str> {
     uri.split_once("://").map(|(scheme, _)| scheme)
+}
+
+/// Whether a listed relative path is something falconeri wrote for itself,
+/// not an input: outputs staged by running attempts, and the hidden
+/// temporary files of a `file://` upload in progress.
+pub(crate) fn is_hidden(relative: &str) -> bool {
+    (relative.contains(".falconeri-") && relative.ends_with(".tmp"))
+        || relative.split('/').any(|part| part == STAGING_DIR)
 }
 
 /// `base` with a trailing slash, so relative keys can be appended.
@@ -176,25 +196,31 @@ pub async fn prepare_local_path(root: &Path, relative: &str) -> Result<PathBuf> 
     Ok(dest)
 }
 
-/// Downloads a datum's input files into `pfs`, each to its `local_path`.
-/// Returns the number of bytes fetched.
+/// Downloads a datum's input files into `pfs`, each to its `local_path`,
+/// several at once (`Tuning::file_concurrency`). Returns the number of bytes
+/// fetched. The first failure fails the whole download.
 #[tracing::instrument(level = "debug", skip(files))]
 pub async fn download_inputs(files: &[InputFileResponse], pfs: &Path) -> Result<u64> {
-    let mut total = 0;
-    for file in files {
-        let dest = prepare_local_path(pfs, &file.local_path).await?;
-        let storage = storage_for(&file.uri)?;
-        total += storage
-            .download(&file.uri, &dest)
-            .await
-            .with_context(|| format!("cannot download {}", file.uri))?;
-    }
-    Ok(total)
+    let concurrency = Tuning::default().file_concurrency;
+    let sizes: Vec<u64> = futures::stream::iter(files)
+        .map(|file| async move {
+            let dest = prepare_local_path(pfs, &file.local_path).await?;
+            let storage = storage_for(&file.uri)?;
+            storage
+                .download(&file.uri, &dest)
+                .await
+                .with_context(|| format!("cannot download {}", file.uri))
+        })
+        .buffer_unordered(concurrency)
+        .try_collect()
+        .await?;
+    Ok(sizes.iter().sum())
 }
 
 /// Uploads every file under `out_dir` to the prefix `staging_uri`, keeping
-/// relative paths. Symlinks are followed only when they stay inside
-/// `work_root`.
+/// relative paths, several at once. Symlinks are followed only when they
+/// stay inside `work_root`. Any file that cannot be read or uploaded fails
+/// the whole upload: outputs are never silently incomplete.
 #[tracing::instrument(level = "debug")]
 pub async fn upload_outputs(
     out_dir: &Path,
@@ -204,19 +230,26 @@ pub async fn upload_outputs(
     let files = collect_outputs(out_dir, work_root).await?;
     let storage = storage_for(staging_uri)?;
     let prefix = as_prefix(staging_uri);
-    let mut uploaded = Vec::with_capacity(files.len());
-    for (relative, path) in files {
-        let uri = format!("{prefix}{relative}");
-        let size = storage
-            .upload(&path, &uri)
-            .await
-            .with_context(|| format!("cannot upload {} to {uri}", path.display()))?;
-        uploaded.push(NewOutputFile {
-            path: relative,
-            size: i64::try_from(size).unwrap_or(i64::MAX),
-        });
-    }
-    Ok(uploaded)
+    let concurrency = Tuning::default().file_concurrency;
+    futures::stream::iter(files)
+        .map(|(relative, path)| {
+            let storage = storage.clone();
+            let uri = format!("{prefix}{relative}");
+            async move {
+                let size = storage
+                    .upload(&path, &uri)
+                    .await
+                    .with_context(|| format!("cannot upload {} to {uri}", path.display()))?;
+                anyhow::Ok(NewOutputFile {
+                    path: relative,
+                    size: i64::try_from(size).unwrap_or(i64::MAX),
+                })
+            }
+        })
+        // In order, so the output records come out sorted by path.
+        .buffered(concurrency)
+        .try_collect()
+        .await
 }
 
 /// The files under `out_dir` as (relative key, local path to read), checked.
