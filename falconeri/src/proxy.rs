@@ -397,7 +397,7 @@ pub async fn run(config: &Config, args: ProxyArgs) -> Result<()> {
         .into_iter()
         .map(|forward| tokio::spawn(forward.run(cancel.clone())))
         .collect();
-    shutdown_signal().await;
+    falconerid::shutdown_signal().await;
     tracing::info!("stopping the proxy");
     cancel.cancel();
     for task in tasks {
@@ -505,27 +505,6 @@ fn print_instructions(namespace: &str, forwards: &[Forward], token: Option<&Path
 /// `s` quoted for a POSIX shell.
 fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
-}
-
-/// Resolves on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = terminate => {}
-    }
 }
 
 #[cfg(test)]

@@ -139,8 +139,9 @@ where
         .context("server failed")
 }
 
-/// Resolves on SIGTERM or Ctrl-C.
-async fn shutdown_signal() {
+/// Resolves on SIGTERM or Ctrl-C (also used by the CLI's long-running
+/// commands, such as `falconeri proxy`).
+pub async fn shutdown_signal() {
     let ctrl_c = async {
         if tokio::signal::ctrl_c().await.is_err() {
             std::future::pending::<()>().await;

@@ -199,7 +199,7 @@ impl S3Storage {
             .ok_or_else(|| anyhow!("the server started a multipart upload without an id"))?
             .to_owned();
         let result = async {
-            let mut parts: Vec<CompletedPart> = futures::stream::iter(0..size.div_ceil(part_size))
+            let parts: Vec<CompletedPart> = futures::stream::iter(0..size.div_ceil(part_size))
                 .map(|index| {
                     let upload_id = upload_id.clone();
                     async move {
@@ -241,21 +241,7 @@ impl S3Storage {
                 .buffer_unordered(self.tuning.part_concurrency.max(1))
                 .try_collect()
                 .await?;
-            parts.sort_by_key(|part| part.part_number());
-            client
-                .complete_multipart_upload()
-                .bucket(&loc.bucket)
-                .key(&loc.key)
-                .upload_id(&upload_id)
-                .multipart_upload(
-                    CompletedMultipartUpload::builder()
-                        .set_parts(Some(parts))
-                        .build(),
-                )
-                .send()
-                .await
-                .map_err(sdk_error)?;
-            anyhow::Ok(())
+            complete_multipart(client, loc, &upload_id, parts).await
         }
         .await;
         if let Err(err) = result {
@@ -306,7 +292,7 @@ impl S3Storage {
             .ok_or_else(|| anyhow!("the server started a multipart copy without an id"))?
             .to_owned();
         let result = async {
-            let mut parts: Vec<CompletedPart> = futures::stream::iter(0..size.div_ceil(part_size))
+            let parts: Vec<CompletedPart> = futures::stream::iter(0..size.div_ceil(part_size))
                 .map(|index| {
                     let upload_id = upload_id.clone();
                     async move {
@@ -339,21 +325,7 @@ impl S3Storage {
                 .buffer_unordered(self.tuning.part_concurrency.max(1))
                 .try_collect()
                 .await?;
-            parts.sort_by_key(|part| part.part_number());
-            client
-                .complete_multipart_upload()
-                .bucket(&to.bucket)
-                .key(&to.key)
-                .upload_id(&upload_id)
-                .multipart_upload(
-                    CompletedMultipartUpload::builder()
-                        .set_parts(Some(parts))
-                        .build(),
-                )
-                .send()
-                .await
-                .map_err(sdk_error)?;
-            anyhow::Ok(())
+            complete_multipart(client, to, &upload_id, parts).await
         }
         .await;
         if result.is_err() {
@@ -580,6 +552,30 @@ impl Storage for S3Storage {
         }
         Ok(())
     }
+}
+
+/// Completes a multipart upload (or copy) from its parts, in any order.
+async fn complete_multipart(
+    client: &Client,
+    loc: &ObjectUri,
+    upload_id: &str,
+    mut parts: Vec<CompletedPart>,
+) -> Result<()> {
+    parts.sort_by_key(|part| part.part_number());
+    client
+        .complete_multipart_upload()
+        .bucket(&loc.bucket)
+        .key(&loc.key)
+        .upload_id(upload_id)
+        .multipart_upload(
+            CompletedMultipartUpload::builder()
+                .set_parts(Some(parts))
+                .build(),
+        )
+        .send()
+        .await
+        .map_err(sdk_error)?;
+    Ok(())
 }
 
 #[cfg(test)]
