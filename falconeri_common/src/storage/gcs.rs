@@ -33,7 +33,7 @@ use super::{
     Storage,
     object::{
         ByteChunks, Fetched, ObjectUri, Tuning, backoff, check_unchanged, download_to,
-        listed_object, local_size,
+        finish_listing, listed_object, local_size,
     },
 };
 use crate::plan::ObjectInfo;
@@ -328,23 +328,7 @@ impl Storage for GcsStorage {
             })
             .await
             .with_context(|| format!("cannot list {uri}"))?;
-        // A URI without a trailing slash that has nothing under it may name
-        // one object. (Asked only then: one request less for prefixes, and
-        // some S3 servers answer a HEAD on a "directory" with an error.)
-        if objects.is_empty()
-            && !loc.key.is_empty()
-            && !loc.key.ends_with('/')
-            && let Some(size) = clients.size_of(&loc).await?
-        {
-            let name = loc.key.rsplit('/').next().unwrap_or(&loc.key).to_owned();
-            return Ok(vec![ObjectInfo {
-                uri: uri.to_owned(),
-                relative_path: name,
-                size,
-            }]);
-        }
-        objects.sort_by(|a, b| a.relative_path.cmp(&b.relative_path));
-        Ok(objects)
+        finish_listing(uri, &loc, objects, || clients.size_of(&loc)).await
     }
 
     async fn download(&self, uri: &str, dest: &Path) -> Result<u64> {

@@ -65,6 +65,36 @@ pub(crate) fn listed_object(
     })
 }
 
+/// Ends a listing of `uri` (at `loc`): sorted by relative path, or, when
+/// nothing is under a URI without a trailing slash, the one object it may
+/// name. `size_of` is asked only then: one request less for prefixes, and
+/// some S3 servers answer a HEAD on a "directory" with an error.
+pub(crate) async fn finish_listing<F, Fut>(
+    uri: &str,
+    loc: &ObjectUri,
+    mut objects: Vec<ObjectInfo>,
+    size_of: F,
+) -> Result<Vec<ObjectInfo>>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<u64>>>,
+{
+    if objects.is_empty()
+        && !loc.key.is_empty()
+        && !loc.key.ends_with('/')
+        && let Some(size) = size_of().await?
+    {
+        let name = loc.key.rsplit('/').next().unwrap_or(&loc.key).to_owned();
+        return Ok(vec![ObjectInfo {
+            uri: uri.to_owned(),
+            relative_path: name,
+            size,
+        }]);
+    }
+    objects.sort_by(|a, b| a.relative_path.cmp(&b.relative_path));
+    Ok(objects)
+}
+
 /// How transfers are split and how hard they are retried. The defaults are
 /// what the worker and falconerid use; tests and the benchmark may shrink them.
 #[derive(Debug, Clone)]

@@ -29,8 +29,8 @@ use futures::{FutureExt, StreamExt, TryStreamExt};
 use super::{
     Storage,
     object::{
-        ByteChunks, Fetched, ObjectUri, Tuning, check_unchanged, download_to, listed_object,
-        local_size, upload_part_size,
+        ByteChunks, Fetched, ObjectUri, Tuning, check_unchanged, download_to, finish_listing,
+        listed_object, local_size, upload_part_size,
     },
 };
 use crate::plan::ObjectInfo;
@@ -403,23 +403,7 @@ impl Storage for S3Storage {
         })
         .await
         .with_context(|| format!("cannot list {uri}"))?;
-        // A URI without a trailing slash that has nothing under it may name
-        // one object. (Asked only then: one request less for prefixes, and
-        // some S3 servers answer a HEAD on a "directory" with an error.)
-        if objects.is_empty()
-            && !loc.key.is_empty()
-            && !loc.key.ends_with('/')
-            && let Some(size) = Self::head(&client, &loc).await?
-        {
-            let name = loc.key.rsplit('/').next().unwrap_or(&loc.key).to_owned();
-            return Ok(vec![ObjectInfo {
-                uri: uri.to_owned(),
-                relative_path: name,
-                size,
-            }]);
-        }
-        objects.sort_by(|a, b| a.relative_path.cmp(&b.relative_path));
-        Ok(objects)
+        finish_listing(uri, &loc, objects, || Self::head(&client, &loc)).await
     }
 
     async fn download(&self, uri: &str, dest: &Path) -> Result<u64> {
