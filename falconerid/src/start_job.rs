@@ -17,8 +17,8 @@ use crate::{
 /// Lists every atom of the spec's input and expands them into datums.
 #[tracing::instrument(level = "debug", skip_all, fields(pipeline = spec.pipeline.name))]
 pub async fn plan(spec: &PipelineSpec) -> AppResult<Vec<PlannedDatum>> {
-    // Refuse an egress this build cannot write before any datum runs, not
-    // after every datum has run and failed to upload.
+    // Refuse an egress scheme without a backend before any datum runs (the
+    // bucket itself is not probed; see ARCHITECTURE.md, Known limitations).
     storage_for(&spec.egress.uri)
         .map_err(|err| AppError::BadRequest(format!("egress: {err:#}")))?;
     let mut listings = Vec::new();
