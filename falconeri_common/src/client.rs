@@ -92,6 +92,12 @@ impl std::fmt::Debug for Client {
 /// How long an ordinary request may take. Long-polls add their wait to it.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// What starting a job may take beyond that: the server lists every input
+/// before it answers, and listing a prefix of a million objects on S3 or GCS
+/// is a thousand sequential pages, minutes at best. Hanging up would cancel
+/// the start (nothing is created until the listing is complete).
+const JOB_START_WAIT: Duration = Duration::from_secs(30 * 60);
+
 impl Client {
     /// A client for the server at `base` (such as `http://127.0.0.1:8089`),
     /// sending `token` as a bearer token.
@@ -179,7 +185,8 @@ impl Client {
         &self,
         spec: &serde_json::Value,
     ) -> Result<api::JobResponse, ClientError> {
-        self.post(paths::JOBS, spec).await
+        self.send::<(), _, _>(Method::POST, paths::JOBS, None, Some(spec), JOB_START_WAIT)
+            .await
     }
 
     /// Lists the newest jobs.
