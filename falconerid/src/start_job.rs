@@ -5,7 +5,7 @@ use falconeri_common::{
     models::{Job, NewJobParams, db_now},
     pipeline::PipelineSpec,
     plan::{PlannedDatum, plan_datums},
-    storage::storage_for,
+    storage::{STAGING_DIR, as_prefix, scheme, storage_for},
 };
 
 use crate::{
@@ -17,10 +17,7 @@ use crate::{
 /// Lists every atom of the spec's input and expands them into datums.
 #[tracing::instrument(level = "debug", skip_all, fields(pipeline = spec.pipeline.name))]
 pub async fn plan(spec: &PipelineSpec) -> AppResult<Vec<PlannedDatum>> {
-    // Refuse an egress scheme without a backend before any datum runs (the
-    // bucket itself is not probed; see ARCHITECTURE.md, Known limitations).
-    storage_for(&spec.egress.uri)
-        .map_err(|err| AppError::BadRequest(format!("egress: {err:#}")))?;
+    probe_egress(&spec.egress.uri).await?;
     let mut listings = Vec::new();
     for atom in spec.input.atoms() {
         let storage = storage_for(&atom.uri)
@@ -41,6 +38,26 @@ pub async fn plan(spec: &PipelineSpec) -> AppResult<Vec<PlannedDatum>> {
         ));
     }
     Ok(datums)
+}
+
+/// Refuses an egress that cannot be used before any datum runs, rather than
+/// failing every datum at upload: a scheme without a backend, and, on object
+/// stores, a bucket that does not exist or may not be listed with these
+/// credentials (one list request of an empty prefix under the staging area).
+/// A `file://` egress is not probed: its directory is made by the first
+/// upload.
+async fn probe_egress(uri: &str) -> AppResult<()> {
+    let storage =
+        storage_for(uri).map_err(|err| AppError::BadRequest(format!("egress: {err:#}")))?;
+    if scheme(uri) == Some("file") {
+        return Ok(());
+    }
+    let probe = format!("{}{STAGING_DIR}/probe/", as_prefix(uri));
+    storage
+        .list(&probe)
+        .await
+        .map_err(|err| AppError::BadRequest(format!("egress: cannot use {uri}: {err:#}")))?;
+    Ok(())
 }
 
 /// [`start`] in a task of its own: once a job is inserted, its workers must

@@ -768,13 +768,36 @@ async fn a_stale_worker_never_publishes_outputs() {
 }
 
 #[tokio::test]
-async fn wrong_methods_get_json_errors() {
+async fn wrong_methods_and_unusable_egresses_get_json_errors() {
+    // The S3 server scripts/test starts (it exports AWS_ENDPOINT_URL_S3 and
+    // throwaway credentials); a bucket it does not have.
+    assert!(
+        std::env::var("FALCONERI_TEST_S3_ENDPOINT").is_ok(),
+        "FALCONERI_TEST_S3_ENDPOINT is not set: run ./scripts/test, which starts an S3 server"
+    );
     for server in TestServer::all() {
         let (status, body) = server
             .call(Method::GET, "/v1/jobs/1/reserve", Some(ADMIN), None)
             .await;
         assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
         assert_eq!(body["error"]["code"], "method_not_allowed");
+
+        let mut spec = server.spec_with_inputs(&[("x.txt", "x")], json!({}));
+        spec["egress"]["URI"] = json!("s3://falconeri-no-such-bucket/out/");
+        let (status, body) = server
+            .call(Method::POST, "/v1/jobs", Some(ADMIN), Some(spec))
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(
+            message.starts_with("egress: cannot use s3://falconeri-no-such-bucket/out/"),
+            "{body}"
+        );
+        // Nothing was created.
+        let (_, jobs) = server
+            .call(Method::GET, "/v1/jobs", Some(ADMIN), None)
+            .await;
+        assert_eq!(jobs["jobs"].as_array().map(Vec::len), Some(0), "{jobs}");
     }
 }
 
