@@ -159,17 +159,15 @@ fn word_frequencies_runs_on_gcs() {
     runs_the_example("gs", "word-frequencies.gcs.json");
 }
 
-/// An egress bucket that does not exist: every upload fails, so every datum
-/// ends in error with the reason, and the job fails — never "done" with
-/// outputs missing.
+/// An egress bucket that does not exist is refused when the job starts:
+/// exit 1 with the reason, and no job is created.
 #[test]
-fn a_failing_upload_marks_the_datum_error() {
+fn a_missing_egress_bucket_refuses_the_job() {
     for scheme in ["s3", "gs"] {
         let root = fresh_root(scheme);
-        let rt = runtime();
-        rt.block_on(seed(&example_dir().join("texts"), &format!("{root}texts/")));
-        // s3s-fs creates a missing bucket on the first PUT, so the S3 case
-        // uses a bucket name no S3 server accepts.
+        runtime().block_on(seed(&example_dir().join("texts"), &format!("{root}texts/")));
+        // s3s-fs creates a missing bucket on the first PUT, and so might
+        // answer a list for it; a name no S3 server accepts cannot exist.
         let missing_egress = match scheme {
             "s3" => format!("s3://Not_A_Bucket-{:016x}/out/", rand::random::<u64>()),
             _ => format!("gs://no-such-bucket-{:016x}/out/", rand::random::<u64>()),
@@ -177,28 +175,68 @@ fn a_failing_upload_marks_the_datum_error() {
         let local = Local::new();
         let spec = local.write_spec(
             "broken-egress.json",
-            &serde_json::json!({
-                "pipeline": { "name": "broken-egress" },
-                "transform": {
-                    "cmd": ["sh", "-c", "cp \"$FALCONERI_PFS\"/texts/* \"$FALCONERI_PFS/out/\""],
-                    "image": "alpine"
-                },
-                "parallelism_spec": { "constant": 2 },
-                "resource_requests": { "memory": "64Mi", "cpu": 0.1 },
-                "datum_tries": 1,
-                "input": { "atom": { "URI": format!("{root}texts/"), "repo": "texts", "glob": "/*" } },
-                "egress": { "URI": missing_egress }
-            }),
+            &copy_texts_spec(&root, &missing_egress, ""),
         );
-        let output = local.falconeri(&["job", "run", "--local", "--wait", spec.to_str().unwrap()]);
+        let output = local.falconeri(&["job", "run", "--local", spec.to_str().unwrap()]);
         assert_eq!(output.status.code(), Some(1), "{}", describe(&output));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("egress: cannot use"), "{scheme}: {stderr}");
         let jobs = local.json(&["job", "list", "--local", "-o", "json"]);
-        let name = jobs["jobs"][0]["name"].as_str().unwrap().to_owned();
-        let described = local.json(&["job", "describe", "--local", &name, "-o", "json"]);
-        assert_eq!(described["job"]["status"], "error", "{described}");
-        assert_eq!(described["counts"]["error"], 6, "{described}");
-        let message = described["failed"][0]["error_message"].as_str().unwrap();
-        assert!(message.contains("upload"), "{scheme}: {message}");
-        assert_no_secret_under(local.home.path(), &described.to_string());
+        assert_eq!(jobs["jobs"].as_array().map(Vec::len), Some(0), "{jobs}");
     }
+}
+
+/// An egress bucket that disappears while the job runs: every upload fails,
+/// so every datum ends in error with the reason, and the job fails — never
+/// "done" with outputs missing. (GCS only: s3s-fs re-creates a bucket on the
+/// first PUT, so an S3 upload cannot be made to fail this way.)
+#[test]
+fn a_failing_upload_marks_the_datum_error() {
+    let root = fresh_root("gs");
+    let endpoint = required_env("FALCONERI_TEST_GCS_ENDPOINT");
+    let bucket = format!("vanishing-{:016x}", rand::random::<u64>());
+    runtime().block_on(async {
+        seed(&example_dir().join("texts"), &format!("{root}texts/")).await;
+        let created = reqwest::Client::new()
+            .post(format!("{endpoint}/storage/v1/b?project=test"))
+            .json(&serde_json::json!({ "name": bucket }))
+            .send()
+            .await
+            .unwrap();
+        assert!(created.status().is_success(), "{}", created.status());
+    });
+    // The commands delete the (still empty) egress bucket before writing
+    // their outputs.
+    let delete = format!("curl -s -X DELETE '{endpoint}/storage/v1/b/{bucket}'; ");
+    let local = Local::new();
+    let spec = local.write_spec(
+        "vanishing-egress.json",
+        &copy_texts_spec(&root, &format!("gs://{bucket}/out/"), &delete),
+    );
+    let output = local.falconeri(&["job", "run", "--local", "--wait", spec.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(1), "{}", describe(&output));
+    let jobs = local.json(&["job", "list", "--local", "-o", "json"]);
+    let name = jobs["jobs"][0]["name"].as_str().unwrap().to_owned();
+    let described = local.json(&["job", "describe", "--local", &name, "-o", "json"]);
+    assert_eq!(described["job"]["status"], "error", "{described}");
+    assert_eq!(described["counts"]["error"], 6, "{described}");
+    let message = described["failed"][0]["error_message"].as_str().unwrap();
+    assert!(message.contains("upload"), "{message}");
+    assert_no_secret_under(local.home.path(), &described.to_string());
+}
+
+/// A spec copying each text of `root` to `egress`, running `before` first.
+fn copy_texts_spec(root: &str, egress: &str, before: &str) -> serde_json::Value {
+    serde_json::json!({
+        "pipeline": { "name": "broken-egress" },
+        "transform": {
+            "cmd": ["sh", "-c", format!("{before}cp \"$FALCONERI_PFS\"/texts/* \"$FALCONERI_PFS/out/\"")],
+            "image": "alpine"
+        },
+        "parallelism_spec": { "constant": 2 },
+        "resource_requests": { "memory": "64Mi", "cpu": 0.1 },
+        "datum_tries": 1,
+        "input": { "atom": { "URI": format!("{root}texts/"), "repo": "texts", "glob": "/*" } },
+        "egress": { "URI": egress }
+    })
 }
