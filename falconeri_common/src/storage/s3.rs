@@ -187,82 +187,43 @@ impl S3Storage {
         size: u64,
     ) -> Result<()> {
         let part_size = upload_part_size(size, &self.tuning);
-        let created = client
-            .create_multipart_upload()
-            .bucket(&loc.bucket)
-            .key(&loc.key)
-            .send()
-            .await
-            .map_err(sdk_error)?;
-        let upload_id = created
-            .upload_id()
-            .ok_or_else(|| anyhow!("the server started a multipart upload without an id"))?
-            .to_owned();
-        let result = async {
-            let parts: Vec<CompletedPart> = futures::stream::iter(0..size.div_ceil(part_size))
-                .map(|index| {
-                    let upload_id = upload_id.clone();
-                    async move {
-                        let offset = index * part_size;
-                        let len = part_size.min(size - offset);
-                        let number = i32::try_from(index + 1).context("too many parts")?;
-                        // Read straight from the file: the SDK streams it,
-                        // and can re-read it to retry the request.
-                        let body = ByteStream::read_from()
-                            .path(src)
-                            .buffer_size(READ_BUFFER)
-                            .offset(offset)
-                            .length(Length::Exact(len))
-                            .build()
-                            .await
-                            .with_context(|| format!("cannot read {}", src.display()))?;
-                        let part = client
-                            .upload_part()
-                            .bucket(&loc.bucket)
-                            .key(&loc.key)
-                            .upload_id(upload_id)
-                            .part_number(number)
-                            .content_length(i64::try_from(len).unwrap_or(i64::MAX))
-                            .body(body)
-                            .send()
-                            .await
-                            .map_err(sdk_error)
-                            .with_context(|| format!("part {number}"))?;
-                        anyhow::Ok(
-                            CompletedPart::builder()
-                                .part_number(number)
-                                .set_e_tag(part.e_tag().map(str::to_owned))
-                                .set_checksum_crc32(part.checksum_crc32().map(str::to_owned))
-                                .set_checksum_crc32_c(part.checksum_crc32_c().map(str::to_owned))
-                                .build(),
-                        )
-                    }
-                })
-                .buffer_unordered(self.tuning.part_concurrency.max(1))
-                .try_collect()
-                .await?;
-            complete_multipart(client, loc, &upload_id, parts).await
-        }
-        .await;
-        if let Err(err) = result {
-            // Parts of an abandoned upload are stored (and billed) until
-            // aborted.
-            if let Err(abort) = client
-                .abort_multipart_upload()
-                .bucket(&loc.bucket)
-                .key(&loc.key)
-                .upload_id(&upload_id)
-                .send()
-                .await
-            {
-                tracing::warn!(
-                    key = loc.key,
-                    "cannot abort the failed multipart upload: {}",
-                    DisplayErrorContext(abort)
-                );
-            }
-            return Err(err);
-        }
+        self.multipart(
+            client,
+            loc,
+            size,
+            part_size,
+            |upload_id, offset, len, number| async move {
+                // Read straight from the file: the SDK streams it, and can
+                // re-read it to retry the request.
+                let body = ByteStream::read_from()
+                    .path(src)
+                    .buffer_size(READ_BUFFER)
+                    .offset(offset)
+                    .length(Length::Exact(len))
+                    .build()
+                    .await
+                    .with_context(|| format!("cannot read {}", src.display()))?;
+                let part = client
+                    .upload_part()
+                    .bucket(&loc.bucket)
+                    .key(&loc.key)
+                    .upload_id(upload_id)
+                    .part_number(number)
+                    .content_length(i64::try_from(len).unwrap_or(i64::MAX))
+                    .body(body)
+                    .send()
+                    .await
+                    .map_err(sdk_error)
+                    .with_context(|| format!("part {number}"))?;
+                Ok(CompletedPart::builder()
+                    .part_number(number)
+                    .set_e_tag(part.e_tag().map(str::to_owned))
+                    .set_checksum_crc32(part.checksum_crc32().map(str::to_owned))
+                    .set_checksum_crc32_c(part.checksum_crc32_c().map(str::to_owned))
+                    .build())
+            },
+        )
+        .await?;
         // The parts were checked one by one; check that they add up.
         let stored = Self::head(client, loc).await?;
         if stored != Some(size) {
@@ -280,64 +241,103 @@ impl S3Storage {
         size: u64,
         part_size: u64,
     ) -> Result<()> {
+        self.multipart(
+            client,
+            to,
+            size,
+            part_size,
+            |upload_id, start, len, number| async move {
+                let end = start + len - 1;
+                let part = client
+                    .upload_part_copy()
+                    .bucket(&to.bucket)
+                    .key(&to.key)
+                    .upload_id(upload_id)
+                    .part_number(number)
+                    .copy_source(source)
+                    .copy_source_range(format!("bytes={start}-{end}"))
+                    .send()
+                    .await
+                    .map_err(sdk_error)
+                    .with_context(|| format!("part {number}"))?;
+                Ok(CompletedPart::builder()
+                    .part_number(number)
+                    .set_e_tag(
+                        part.copy_part_result()
+                            .and_then(|r| r.e_tag())
+                            .map(str::to_owned),
+                    )
+                    .build())
+            },
+        )
+        .await
+    }
+
+    /// Writes `size` bytes to `loc` as a multipart upload in parts of
+    /// `part_size`, `send_part(upload_id, offset, length, number)` sending
+    /// one, a bounded number at a time. Any failure aborts the upload: parts
+    /// of an abandoned upload are stored (and billed) until aborted.
+    async fn multipart<F, Fut>(
+        &self,
+        client: &Client,
+        loc: &ObjectUri,
+        size: u64,
+        part_size: u64,
+        send_part: F,
+    ) -> Result<()>
+    where
+        F: Fn(String, u64, u64, i32) -> Fut,
+        Fut: std::future::Future<Output = Result<CompletedPart>>,
+    {
         let created = client
             .create_multipart_upload()
-            .bucket(&to.bucket)
-            .key(&to.key)
+            .bucket(&loc.bucket)
+            .key(&loc.key)
             .send()
             .await
             .map_err(sdk_error)?;
         let upload_id = created
             .upload_id()
-            .ok_or_else(|| anyhow!("the server started a multipart copy without an id"))?
+            .ok_or_else(|| anyhow!("the server started a multipart upload without an id"))?
             .to_owned();
         let result = async {
             let parts: Vec<CompletedPart> = futures::stream::iter(0..size.div_ceil(part_size))
                 .map(|index| {
-                    let upload_id = upload_id.clone();
-                    async move {
-                        let start = index * part_size;
-                        let end = (start + part_size).min(size) - 1;
-                        let number = i32::try_from(index + 1).context("too many parts")?;
-                        let part = client
-                            .upload_part_copy()
-                            .bucket(&to.bucket)
-                            .key(&to.key)
-                            .upload_id(upload_id)
-                            .part_number(number)
-                            .copy_source(source)
-                            .copy_source_range(format!("bytes={start}-{end}"))
-                            .send()
-                            .await
-                            .map_err(sdk_error)?;
-                        anyhow::Ok(
-                            CompletedPart::builder()
-                                .part_number(number)
-                                .set_e_tag(
-                                    part.copy_part_result()
-                                        .and_then(|r| r.e_tag())
-                                        .map(str::to_owned),
-                                )
-                                .build(),
-                        )
+                    let offset = index * part_size;
+                    let len = part_size.min(size - offset);
+                    match i32::try_from(index + 1) {
+                        Ok(number) => {
+                            send_part(upload_id.clone(), offset, len, number).left_future()
+                        }
+                        Err(_) => {
+                            futures::future::ready(Err(anyhow!("too many parts"))).right_future()
+                        }
                     }
                 })
                 .buffer_unordered(self.tuning.part_concurrency.max(1))
                 .try_collect()
                 .await?;
-            complete_multipart(client, to, &upload_id, parts).await
+            complete_multipart(client, loc, &upload_id, parts).await
         }
         .await;
-        if result.is_err() {
-            let _ = client
+        if let Err(err) = result {
+            if let Err(abort) = client
                 .abort_multipart_upload()
-                .bucket(&to.bucket)
-                .key(&to.key)
+                .bucket(&loc.bucket)
+                .key(&loc.key)
                 .upload_id(&upload_id)
                 .send()
-                .await;
+                .await
+            {
+                tracing::warn!(
+                    key = loc.key,
+                    "cannot abort the failed multipart upload: {}",
+                    DisplayErrorContext(abort)
+                );
+            }
+            return Err(err);
         }
-        result
+        Ok(())
     }
 
     /// Copies `from` to `to`; objects over `copy_limit` bytes in parts.
