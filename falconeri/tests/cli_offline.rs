@@ -1,6 +1,8 @@
 //! The built `falconeri` binary, for commands that need no server: version,
 //! schema, and spec validation with its exit statuses.
 
+mod support;
+
 use std::{path::Path, process::Output};
 
 use serde_json::{Value, json};
@@ -9,10 +11,8 @@ use serde_json::{Value, json};
 /// server variables, and a throwaway home, so a mistake can never start or
 /// reach a real server.
 fn falconeri(home: &Path, args: &[&str]) -> Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_falconeri"))
+    support::falconeri_command()
         .args(args)
-        .env_remove("FALCONERI_SERVER")
-        .env_remove("FALCONERI_TOKEN")
         .env("FALCONERI_HOME", home)
         .output()
         .expect("the falconeri binary runs")

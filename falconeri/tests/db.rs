@@ -7,6 +7,8 @@
 
 mod proxy_fake_kube;
 
+mod support;
+
 use std::{net::SocketAddr, path::Path, process::Output, time::Duration};
 
 use proxy_fake_kube::{FakeKube, FakePod};
@@ -22,15 +24,10 @@ async fn falconeri(kubeconfig: &Path, args: &[&str]) -> Output {
     let home = tempfile::tempdir().unwrap();
     tokio::time::timeout(
         PATIENCE,
-        Command::new(env!("CARGO_BIN_EXE_falconeri"))
+        Command::from(support::falconeri_command())
             .args(args)
             .env("KUBECONFIG", kubeconfig)
             .env("FALCONERI_HOME", home.path())
-            .env_remove("FALCONERI_KUBE_CONTEXT")
-            .env_remove("FALCONERI_NAMESPACE")
-            .env_remove("FALCONERI_DATABASE_URL")
-            .env_remove("FALCONERI_PROXY_POSTGRES_PORT")
-            .env_remove("PGPASSWORD")
             .output(),
     )
     .await

@@ -6,6 +6,8 @@
 //! bodies for errors). It is no real API server: it does not merge applied
 //! fields or run garbage collection, so the tests check what the CLI *sends*.
 
+mod support;
+
 use std::{
     collections::BTreeMap,
     process::Output,
@@ -209,17 +211,11 @@ current-context: fake
 
     /// Runs the CLI with `args` against this fake.
     async fn falconeri(&self, args: &[&str]) -> Output {
-        tokio::process::Command::new(env!("CARGO_BIN_EXE_falconeri"))
+        tokio::process::Command::from(support::falconeri_command())
             .args(args)
             .env("KUBECONFIG", self.dir.path().join("kubeconfig"))
             .env("HOME", self.dir.path())
             .env("FALCONERI_HOME", self.dir.path().join("falconeri"))
-            .env_remove("KUBERNETES_SERVICE_HOST")
-            .env_remove("KUBERNETES_SERVICE_PORT")
-            .env_remove("FALCONERI_NAMESPACE")
-            .env_remove("FALCONERI_KUBE_CONTEXT")
-            .env_remove("FALCONERI_SERVER")
-            .env_remove("FALCONERI_TOKEN")
             .output()
             .await
             .expect("the falconeri binary runs")
@@ -583,14 +579,10 @@ async fn context_picks_the_kubeconfig_context() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deploy_without_a_cluster_fails_clearly() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_falconeri"))
+    let output = tokio::process::Command::from(support::falconeri_command())
         .args(["deploy", "--namespace", NS])
         .env("KUBECONFIG", dir.path().join("missing"))
         .env("HOME", dir.path())
-        .env_remove("KUBERNETES_SERVICE_HOST")
-        .env_remove("KUBERNETES_SERVICE_PORT")
-        .env_remove("FALCONERI_NAMESPACE")
-        .env_remove("FALCONERI_KUBE_CONTEXT")
         .output()
         .await
         .expect("runs");

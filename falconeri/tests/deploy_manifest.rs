@@ -7,6 +7,8 @@
 //! `./scripts/test` sets. Without it these tests fail rather than skip: a
 //! skipped validation would hide a manifest the API server refuses.
 
+mod support;
+
 use std::{path::Path, process::Output};
 
 use serde_json::Value;
@@ -22,17 +24,11 @@ const KUBERNETES_VERSIONS: [&str; 2] = ["1.34.0", "1.37.0"];
 /// a file that does not exist, HOME is empty, and the in-cluster variables
 /// are unset.
 fn falconeri(home: &Path, args: &[&str]) -> Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_falconeri"))
+    support::falconeri_command()
         .args(args)
         .env("HOME", home)
         .env("KUBECONFIG", home.join("no-such-kubeconfig"))
         .env("FALCONERI_HOME", home.join("falconeri"))
-        .env_remove("KUBERNETES_SERVICE_HOST")
-        .env_remove("KUBERNETES_SERVICE_PORT")
-        .env_remove("FALCONERI_NAMESPACE")
-        .env_remove("FALCONERI_KUBE_CONTEXT")
-        .env_remove("FALCONERI_SERVER")
-        .env_remove("FALCONERI_TOKEN")
         .output()
         .expect("the falconeri binary runs")
 }

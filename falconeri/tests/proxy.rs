@@ -7,6 +7,8 @@
 
 mod proxy_fake_kube;
 
+mod support;
+
 use std::{net::SocketAddr, path::Path, process::Stdio, time::Duration};
 
 use proxy_fake_kube::{EchoPod, FakeKube, FakePod};
@@ -35,7 +37,7 @@ impl Proxy {
     /// Starts the proxy on free ports with `home` as FALCONERI_HOME and waits
     /// for its instructions.
     async fn start(fake: &FakeKube, home: &Path) -> Proxy {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_falconeri"))
+        let mut child = Command::from(support::falconeri_command())
             .args([
                 "proxy",
                 "--namespace",
@@ -50,9 +52,6 @@ impl Proxy {
             .env("KUBECONFIG", &fake.kubeconfig)
             .env("FALCONERI_HOME", home)
             .env("RUST_LOG", "info")
-            .env_remove("FALCONERI_KUBE_CONTEXT")
-            .env_remove("FALCONERI_SERVER")
-            .env_remove("FALCONERI_TOKEN")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
@@ -390,11 +389,9 @@ async fn a_real_falconerid_answers_the_cli_through_the_proxy() {
     // The "pod" is the CLI's own embedded falconerid, started in its home.
     let server_home = tempfile::tempdir().unwrap();
     let cli = |home: &Path, args: &[&str]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_falconeri"))
+        support::falconeri_command()
             .args(args)
             .env("FALCONERI_HOME", home)
-            .env_remove("FALCONERI_SERVER")
-            .env_remove("FALCONERI_TOKEN")
             .output()
             .unwrap()
     };
@@ -425,7 +422,7 @@ async fn a_real_falconerid_answers_the_cli_through_the_proxy() {
     // What the printed instructions say: FALCONERI_SERVER and the token file.
     let token =
         std::fs::read_to_string(home.path().join(format!("proxy-{NAMESPACE}.token"))).unwrap();
-    let listed = std::process::Command::new(env!("CARGO_BIN_EXE_falconeri"))
+    let listed = support::falconeri_command()
         .args(["job", "list", "-o", "json"])
         .env("FALCONERI_SERVER", format!("http://{}", proxy.falconerid))
         .env("FALCONERI_TOKEN", token)
@@ -457,7 +454,7 @@ async fn an_unreachable_cluster_is_a_clear_error() {
     // Nothing listens there any more.
     let output = tokio::time::timeout(
         PATIENCE,
-        Command::new(env!("CARGO_BIN_EXE_falconeri"))
+        Command::from(support::falconeri_command())
             .args(["proxy", "--namespace", NAMESPACE, "--falconerid-port", "0"])
             .env("KUBECONFIG", &path)
             .env("FALCONERI_HOME", copy.path())

@@ -11,6 +11,32 @@ use std::{
 
 use serde_json::Value;
 
+/// Variables of the developer's own setup that would point a test's CLI at
+/// a real server, cluster or database.
+const OUTSIDE_ENV: &[&str] = &[
+    "FALCONERI_SERVER",
+    "FALCONERI_TOKEN",
+    "FALCONERI_NAMESPACE",
+    "FALCONERI_KUBE_CONTEXT",
+    "FALCONERI_DATABASE_URL",
+    "FALCONERI_PROXY_PORT",
+    "FALCONERI_PROXY_POSTGRES_PORT",
+    "FALCONERI_PROXY_MINIO_PORT",
+    "KUBERNETES_SERVICE_HOST",
+    "KUBERNETES_SERVICE_PORT",
+    "PGPASSWORD",
+];
+
+/// The `falconeri` binary under test, without [`OUTSIDE_ENV`]. Async tests
+/// wrap it with `tokio::process::Command::from`.
+pub fn falconeri_command() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_falconeri"));
+    for var in OUTSIDE_ENV {
+        command.env_remove(var);
+    }
+    command
+}
+
 /// One isolated local setup; stops its server when dropped.
 pub struct Local {
     pub home: tempfile::TempDir,
@@ -26,11 +52,9 @@ impl Local {
     }
 
     pub fn falconeri(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_falconeri"))
+        falconeri_command()
             .args(args)
             .env("FALCONERI_HOME", self.home.path())
-            .env_remove("FALCONERI_SERVER")
-            .env_remove("FALCONERI_TOKEN")
             .env("RUST_LOG", "info")
             .output()
             .unwrap()

@@ -330,14 +330,13 @@ impl Job {
 
     /// If no datum of a running job can run any more, marks it `done` (or
     /// `error` if any datum failed for good). Costs two indexed EXISTS
-    /// queries, whatever the job's size.
+    /// queries, whatever the job's size. It takes the write lock, so callers
+    /// ask [`Job::has_unfinished_datums`] first, with a plain read: most
+    /// passes find work left and should not queue for the lock (SQLite has
+    /// one writer) to learn that. (falconerid must also delete the job's
+    /// staging area in between, which is why the read is not in here.)
     #[tracing::instrument(level = "debug", skip(conn))]
     pub fn finish_if_complete(conn: &mut DbConn, id: i64, now: Millis) -> ModelResult<Option<Job>> {
-        // A plain read first: most calls find work left, and they should not
-        // queue for the write lock (SQLite has one writer) to learn that.
-        if Job::has_unfinished_datums(conn, id)? {
-            return Ok(None);
-        }
         let finished = write_tx!(conn, c => {
             // Lock and re-check: only a running job can finish.
             let locked = diesel::update(jobs::table)
