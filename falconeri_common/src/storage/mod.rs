@@ -19,7 +19,7 @@ use std::{
 
 use anyhow::{Context, Result, anyhow, bail};
 use async_trait::async_trait;
-use futures::{StreamExt, TryStreamExt};
+use futures::{StreamExt, TryStreamExt, stream::BoxStream};
 
 use crate::{
     api::{InputFileResponse, NewOutputFile},
@@ -37,6 +37,14 @@ pub trait Storage: Send + Sync + fmt::Debug {
     /// Every object under `uri` (a directory or key prefix), recursively,
     /// sorted by relative path. A `uri` naming one object lists just it.
     async fn list(&self, uri: &str) -> Result<Vec<ObjectInfo>>;
+
+    /// The same listing as [`Storage::list`], page by page as the store
+    /// returns it, so a caller can plan and insert datums while later pages
+    /// are fetched. Every page is sorted by relative path, and every path of
+    /// a page sorts after every path of the pages before it (byte order).
+    fn list_pages<'a>(&'a self, uri: &'a str) -> BoxStream<'a, Result<Vec<ObjectInfo>>> {
+        Box::pin(futures::stream::once(self.list(uri)))
+    }
 
     /// Streams the object at `uri` into the new file `dest`, returning its size.
     /// `dest`'s directory exists and has been checked by the caller.
