@@ -39,6 +39,7 @@ macro_rules! postgres_migrations {
 pub const POSTGRES: &[Migration] = postgres_migrations![
     "2026-11-25-000000_init",
     "2026-11-25-100000_datum_pod_failures",
+    "2026-11-25-200000_job_planning_lease",
 ];
 
 #[cfg(test)]

@@ -1,10 +1,7 @@
 //! Expanding a spec's inputs into datums, given a listing of each atom.
 //! Pure: listing storage is the caller's job.
 
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    ops::Bound,
-};
+use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
@@ -56,16 +53,27 @@ pub enum PlanError {
     DuplicateRepo { repo: String },
     #[error("the cross product has too many datums to plan")]
     TooManyDatums,
+    #[error(
+        "{uri}: the listing is not in byte order at {relative_path:?}; falconeri plans \
+         datums from sorted listings (S3 directory buckets do not list in order)"
+    )]
+    Unsorted { uri: String, relative_path: String },
 }
 
 /// Expands `input` into datums. `listings[i]` is the listing of
-/// `input.atoms()[i]`.
+/// `input.atoms()[i]`, in any order.
 ///
 /// Glob `/` makes an atom's whole listing one datum (none if it is empty);
 /// `/*` makes one datum per top-level file or directory. `cross` combines
 /// one datum from each child, in child order, the first child varying
 /// slowest; `union` concatenates its children's datums. Within an atom,
-/// datums and files are sorted by path, so the plan is deterministic.
+/// datums and files are in byte order of their paths, so the plan is
+/// deterministic.
+///
+/// This holds the whole plan in memory. Job start-up streams instead: it
+/// walks [`plan_parts`], feeds each atom's listing page by page through an
+/// [`AtomPlanner`], and draws a cross's datums one by one from
+/// [`plan_cross`]. Both ways give the same datums in the same order.
 pub fn plan_datums(
     input: &Input,
     listings: &[Vec<ObjectInfo>],
@@ -79,6 +87,67 @@ pub fn plan_datums(
     }
     let mut planner = Planner { listings, next: 0 };
     planner.plan(input)
+}
+
+/// One piece of an input that start-up plans on its own, in order: the
+/// children of a top-level `union` one after another (nested unions
+/// flattened), each atom streamed, each cross planned as a whole.
+#[derive(Debug, Clone, Copy)]
+pub enum PlanPart<'a> {
+    /// Streamed: its listing is fed page by page to an [`AtomPlanner`].
+    Atom(&'a AtomInput),
+    /// The children of a cross: each child's listing is held whole (a
+    /// cross needs every datum of a child once per datum of the others),
+    /// but the product is drawn one datum at a time.
+    Cross(&'a [Input]),
+}
+
+impl PlanPart<'_> {
+    /// The atoms whose listings this part needs, in [`Input::atoms`] order.
+    pub fn atoms(&self) -> Vec<&AtomInput> {
+        match self {
+            PlanPart::Atom(atom) => vec![*atom],
+            PlanPart::Cross(children) => children.iter().flat_map(Input::atoms).collect(),
+        }
+    }
+}
+
+/// `input` split into the parts start-up plans in turn; their datums,
+/// concatenated, are [`plan_datums`]'s.
+pub fn plan_parts(input: &Input) -> Vec<PlanPart<'_>> {
+    fn walk<'a>(input: &'a Input, parts: &mut Vec<PlanPart<'a>>) {
+        match input {
+            Input::Atom(atom) => parts.push(PlanPart::Atom(atom)),
+            Input::Union(children) => children.iter().for_each(|child| walk(child, parts)),
+            Input::Cross(children) => parts.push(PlanPart::Cross(children)),
+        }
+    }
+    let mut parts = Vec::new();
+    walk(input, &mut parts);
+    parts
+}
+
+/// The datums of a cross of `children`, drawn lazily. `listings` are the
+/// listings of the children's atoms, in [`Input::atoms`] order.
+pub fn plan_cross(
+    children: &[Input],
+    listings: &[Vec<ObjectInfo>],
+) -> Result<CrossProduct, PlanError> {
+    check_distinct_repos(children)?;
+    let mut planner = Planner { listings, next: 0 };
+    // Plan every child before combining, so every listing is checked even
+    // when an earlier child is empty.
+    let planned = children
+        .iter()
+        .map(|child| planner.plan(child))
+        .collect::<Result<Vec<_>, _>>()?;
+    if planner.next != listings.len() {
+        return Err(PlanError::ListingCount {
+            expected: planner.next,
+            actual: listings.len(),
+        });
+    }
+    CrossProduct::new(planned)
 }
 
 /// Walks the input tree, handing out listings in [`Input::atoms`] order.
@@ -101,7 +170,14 @@ impl Planner<'_> {
                             actual: self.listings.len(),
                         })?;
                 self.next += 1;
-                plan_atom(atom, listing)
+                let mut sorted: Vec<&ObjectInfo> = listing.iter().collect();
+                sorted.sort_by(|a, b| a.relative_path.cmp(&b.relative_path));
+                let mut planner = AtomPlanner::new(atom)?;
+                let mut items = Vec::new();
+                for object in sorted {
+                    planner.push(object, &mut items)?;
+                }
+                Ok(collect_datums(items))
             }
             Input::Union(inputs) => {
                 let mut datums = Vec::new();
@@ -111,16 +187,145 @@ impl Planner<'_> {
                 Ok(datums)
             }
             Input::Cross(inputs) => {
-                check_distinct_repos(inputs)?;
-                // Plan every child before combining, so every listing is
-                // checked even when an earlier child is empty.
-                let children = inputs
-                    .iter()
-                    .map(|child| self.plan(child))
-                    .collect::<Result<Vec<_>, _>>()?;
-                cross(children)
+                let count = count_atoms(inputs);
+                let listings =
+                    self.listings
+                        .get(self.next..self.next + count)
+                        .ok_or_else(|| PlanError::ListingCount {
+                            expected: self.next + count,
+                            actual: self.listings.len(),
+                        })?;
+                self.next += count;
+                Ok(plan_cross(inputs, listings)?.collect())
             }
         }
+    }
+}
+
+fn count_atoms(inputs: &[Input]) -> usize {
+    inputs.iter().map(|input| input.atoms().len()).sum()
+}
+
+/// What planning emits, in order: `Datum` opens a datum, and the `File`s
+/// after it, up to the next `Datum`, are its files. A datum of a whole
+/// 100,000-object prefix thus never has to exist as one value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PlanItem {
+    Datum,
+    File(PlannedFile),
+}
+
+/// Gathers [`PlanItem`]s into whole datums.
+pub fn collect_datums(items: impl IntoIterator<Item = PlanItem>) -> Vec<PlannedDatum> {
+    let mut datums: Vec<PlannedDatum> = Vec::new();
+    for item in items {
+        match item {
+            PlanItem::Datum => datums.push(PlannedDatum { files: Vec::new() }),
+            PlanItem::File(file) => match datums.last_mut() {
+                Some(datum) => datum.files.push(file),
+                // AtomPlanner always opens a datum first.
+                None => datums.push(PlannedDatum { files: vec![file] }),
+            },
+        }
+    }
+    datums
+}
+
+/// Plans one atom from its listing in byte order of relative path, one
+/// object at a time, remembering only the last path and the files that are
+/// string prefixes of it. It checks what [`plan_datums`] checks: safe
+/// paths, no path twice, no path that is both a file and a directory; and
+/// that the listing really is sorted, since grouping by top-level entry
+/// depends on it.
+#[derive(Debug)]
+pub struct AtomPlanner<'a> {
+    atom: &'a AtomInput,
+    last: Option<String>,
+    /// Earlier file paths that are string prefixes of `last`, shortest
+    /// first: only these can turn out to be directories of a later path
+    /// (in byte order, anything after `last` that starts with such a path
+    /// also starts with it as a string).
+    prefix_files: Vec<String>,
+    /// The top-level entry of the open datum (`/*`), or "" once the one
+    /// datum of `/` is open.
+    open: Option<String>,
+}
+
+impl<'a> AtomPlanner<'a> {
+    /// A planner for `atom`, whose repo name is checked here.
+    pub fn new(atom: &'a AtomInput) -> Result<Self, PlanError> {
+        check_repo_name(&atom.repo).map_err(|reason| PlanError::InvalidRepo {
+            repo: atom.repo.clone(),
+            reason,
+        })?;
+        Ok(AtomPlanner {
+            atom,
+            last: None,
+            prefix_files: Vec::new(),
+            open: None,
+        })
+    }
+
+    /// Plans the next object of the listing, appending to `out`.
+    pub fn push(&mut self, object: &ObjectInfo, out: &mut Vec<PlanItem>) -> Result<(), PlanError> {
+        let path = object.relative_path.as_str();
+        check_relative_path(path).map_err(|reason| PlanError::UnsafePath {
+            uri: object.uri.clone(),
+            relative_path: path.to_owned(),
+            reason,
+        })?;
+        if let Some(last) = &self.last {
+            match path.cmp(last.as_str()) {
+                std::cmp::Ordering::Equal => {
+                    return Err(PlanError::DuplicatePath {
+                        uri: self.atom.uri.clone(),
+                        relative_path: path.to_owned(),
+                    });
+                }
+                std::cmp::Ordering::Less => {
+                    return Err(PlanError::Unsorted {
+                        uri: self.atom.uri.clone(),
+                        relative_path: path.to_owned(),
+                    });
+                }
+                std::cmp::Ordering::Greater => {}
+            }
+        }
+        while self
+            .prefix_files
+            .last()
+            .is_some_and(|file| !path.starts_with(file.as_str()))
+        {
+            self.prefix_files.pop();
+        }
+        // Each remaining file is a proper prefix of `path` (equal paths were
+        // refused above); `path` lies under it if a '/' follows.
+        if let Some(file) = self
+            .prefix_files
+            .iter()
+            .find(|file| path.as_bytes().get(file.len()) == Some(&b'/'))
+        {
+            return Err(PlanError::FileAndDirectory {
+                uri: self.atom.uri.clone(),
+                relative_path: file.clone(),
+            });
+        }
+        self.prefix_files.push(path.to_owned());
+        self.last = Some(path.to_owned());
+
+        let top = match self.atom.glob {
+            Glob::WholeRepo => "",
+            Glob::TopLevelEntries => path.split('/').next().unwrap_or(path),
+        };
+        if self.open.as_deref() != Some(top) {
+            self.open = Some(top.to_owned());
+            out.push(PlanItem::Datum);
+        }
+        out.push(PlanItem::File(PlannedFile {
+            uri: object.uri.clone(),
+            local_path: format!("{}/{path}", self.atom.repo),
+        }));
+        Ok(())
     }
 }
 
@@ -141,103 +346,73 @@ fn check_distinct_repos(inputs: &[Input]) -> Result<(), PlanError> {
     Ok(())
 }
 
-fn cross(children: Vec<Vec<PlannedDatum>>) -> Result<Vec<PlannedDatum>, PlanError> {
-    if children.is_empty() || children.iter().any(Vec::is_empty) {
-        return Ok(Vec::new());
-    }
-    // With no empty child, every partial product is at most the total, so
-    // checking the total once rules out overflow below.
-    children
-        .iter()
-        .try_fold(1usize, |total, child| total.checked_mul(child.len()))
-        .ok_or(PlanError::TooManyDatums)?;
-    let mut datums = vec![PlannedDatum { files: Vec::new() }];
-    for child in children {
-        let mut combined = Vec::with_capacity(datums.len() * child.len());
-        for left in &datums {
-            for right in &child {
-                let mut files = Vec::with_capacity(left.files.len() + right.files.len());
-                files.extend_from_slice(&left.files);
-                files.extend_from_slice(&right.files);
-                combined.push(PlannedDatum { files });
-            }
-        }
-        datums = combined;
-    }
-    Ok(datums)
+/// The datums of a cross, one combination at a time, the first child
+/// varying slowest; nothing but the children is held.
+#[derive(Debug)]
+pub struct CrossProduct {
+    children: Vec<Vec<PlannedDatum>>,
+    /// The indexes of the next combination, or None when done.
+    next: Option<Vec<usize>>,
+    remaining: usize,
 }
 
-fn plan_atom(atom: &AtomInput, listing: &[ObjectInfo]) -> Result<Vec<PlannedDatum>, PlanError> {
-    check_repo_name(&atom.repo).map_err(|reason| PlanError::InvalidRepo {
-        repo: atom.repo.clone(),
-        reason,
-    })?;
-    for object in listing {
-        check_relative_path(&object.relative_path).map_err(|reason| PlanError::UnsafePath {
-            uri: object.uri.clone(),
-            relative_path: object.relative_path.clone(),
-            reason,
-        })?;
-    }
-
-    let mut objects: Vec<&ObjectInfo> = listing.iter().collect();
-    objects.sort_by(|a, b| a.relative_path.cmp(&b.relative_path));
-    check_paths_are_a_tree(&atom.uri, &objects)?;
-
-    let file = |object: &ObjectInfo| PlannedFile {
-        uri: object.uri.clone(),
-        local_path: format!("{}/{}", atom.repo, object.relative_path),
-    };
-    match atom.glob {
-        Glob::WholeRepo if objects.is_empty() => Ok(Vec::new()),
-        Glob::WholeRepo => Ok(vec![PlannedDatum {
-            files: objects.into_iter().map(file).collect(),
-        }]),
-        Glob::TopLevelEntries => {
-            let mut entries: BTreeMap<&str, Vec<PlannedFile>> = BTreeMap::new();
-            for object in objects {
-                let top = object
-                    .relative_path
-                    .split('/')
-                    .next()
-                    .unwrap_or(&object.relative_path);
-                entries.entry(top).or_default().push(file(object));
-            }
-            Ok(entries
-                .into_values()
-                .map(|files| PlannedDatum { files })
-                .collect())
-        }
-    }
-}
-
-/// Rejects listings that cannot be written to disk: the same path twice, or
-/// a path that is a file and also has files under it (possible in object
-/// stores). `objects` must be sorted by relative path.
-fn check_paths_are_a_tree(uri: &str, objects: &[&ObjectInfo]) -> Result<(), PlanError> {
-    if let Some(pair) = objects
-        .windows(2)
-        .find(|pair| pair[0].relative_path == pair[1].relative_path)
-    {
-        return Err(PlanError::DuplicatePath {
-            uri: uri.to_owned(),
-            relative_path: pair[0].relative_path.clone(),
-        });
-    }
-    let paths: BTreeSet<&str> = objects.iter().map(|o| o.relative_path.as_str()).collect();
-    for path in &paths {
-        let dir = format!("{path}/");
-        let first_after = paths
-            .range::<str, _>((Bound::Included(dir.as_str()), Bound::Unbounded))
-            .next();
-        if first_after.is_some_and(|p| p.starts_with(&dir)) {
-            return Err(PlanError::FileAndDirectory {
-                uri: uri.to_owned(),
-                relative_path: (*path).to_owned(),
+impl CrossProduct {
+    fn new(children: Vec<Vec<PlannedDatum>>) -> Result<Self, PlanError> {
+        if children.is_empty() || children.iter().any(Vec::is_empty) {
+            return Ok(CrossProduct {
+                children: Vec::new(),
+                next: None,
+                remaining: 0,
             });
         }
+        let remaining = children
+            .iter()
+            .try_fold(1usize, |total, child| total.checked_mul(child.len()))
+            .ok_or(PlanError::TooManyDatums)?;
+        Ok(CrossProduct {
+            next: Some(vec![0; children.len()]),
+            children,
+            remaining,
+        })
     }
-    Ok(())
+
+    /// How many datums are left to draw.
+    pub fn remaining(&self) -> usize {
+        self.remaining
+    }
+}
+
+impl Iterator for CrossProduct {
+    type Item = PlannedDatum;
+
+    fn next(&mut self) -> Option<PlannedDatum> {
+        let indexes = self.next.as_mut()?;
+        let files = indexes
+            .iter()
+            .zip(&self.children)
+            .flat_map(|(&i, child)| child[i].files.iter().cloned())
+            .collect();
+        // Advance like an odometer, the last child turning fastest.
+        let mut position = indexes.len();
+        loop {
+            if position == 0 {
+                self.next = None;
+                break;
+            }
+            position -= 1;
+            indexes[position] += 1;
+            if indexes[position] < self.children[position].len() {
+                break;
+            }
+            indexes[position] = 0;
+        }
+        self.remaining = self.remaining.saturating_sub(1);
+        Some(PlannedDatum { files })
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.remaining, Some(self.remaining))
+    }
 }
 
 /// A relative path is safe when joining it to a directory cannot leave that
@@ -641,6 +816,184 @@ mod tests {
         ]);
         let err = plan_datums(&input, &[vec![], vec![], vec![]]).unwrap_err();
         assert_eq!(err, PlanError::DuplicateRepo { repo: "x".into() });
+    }
+
+    /// Plans `input` the way start-up does: part by part, each atom's
+    /// sorted listing fed in pages of `page` objects.
+    fn plan_streaming(
+        input: &Input,
+        listings: &[Vec<ObjectInfo>],
+        page: usize,
+    ) -> Result<Vec<PlannedDatum>, PlanError> {
+        let mut listings = listings.iter().cloned();
+        let mut items = Vec::new();
+        let mut datums = Vec::new();
+        for part in plan_parts(input) {
+            match part {
+                PlanPart::Atom(atom) => {
+                    let mut listing = listings.next().unwrap();
+                    listing.sort_by(|a, b| a.relative_path.cmp(&b.relative_path));
+                    let mut planner = AtomPlanner::new(atom)?;
+                    for chunk in listing.chunks(page) {
+                        for object in chunk {
+                            planner.push(object, &mut items)?;
+                        }
+                    }
+                    datums.extend(collect_datums(items.drain(..)));
+                }
+                PlanPart::Cross(children) => {
+                    let needed: Vec<_> = listings.by_ref().take(part.atoms().len()).collect();
+                    datums.extend(plan_cross(children, &needed)?);
+                }
+            }
+        }
+        Ok(datums)
+    }
+
+    #[test]
+    fn streaming_plans_equal_whole_plans() {
+        let awkward = [
+            "a", "a-b", "a.b/c", "ab", "b/x", "b/y/z", "b-", "c d", "z/1", "z/2", "é",
+        ];
+        let input = Input::Union(vec![
+            atom("s3://b/x/", "x", Glob::TopLevelEntries),
+            atom("s3://b/y/", "y", Glob::WholeRepo),
+            Input::Union(vec![Input::Cross(vec![
+                atom("s3://b/p/", "p", Glob::TopLevelEntries),
+                atom("s3://b/q/", "q", Glob::TopLevelEntries),
+            ])]),
+        ]);
+        let listings = vec![
+            listing("s3://b/x/", &awkward),
+            listing("s3://b/y/", &awkward),
+            listing("s3://b/p/", &["1", "2/a", "2/b"]),
+            listing("s3://b/q/", &["u", "v"]),
+        ];
+        let whole = plan_datums(&input, &listings).unwrap();
+        assert_eq!(whole.len(), 9 + 1 + 4);
+        for page in 1..=awkward.len() {
+            assert_eq!(plan_streaming(&input, &listings, page).unwrap(), whole);
+        }
+    }
+
+    #[test]
+    fn top_level_datums_follow_byte_order() {
+        // "a-b" < "a/x" in byte order, so the file comes before the directory.
+        let input = atom("s3://b/in/", "in", Glob::TopLevelEntries);
+        let datums = plan_datums(&input, &[listing("s3://b/in/", &["a/x", "a-b", "a/y"])]).unwrap();
+        assert_eq!(
+            local_paths(&datums),
+            vec![vec!["in/a-b"], vec!["in/a/x", "in/a/y"]]
+        );
+    }
+
+    #[test]
+    fn atom_planner_refuses_unsorted_listings() {
+        let atom_input = AtomInput {
+            uri: "s3://b/in/".into(),
+            repo: "in".into(),
+            glob: Glob::TopLevelEntries,
+        };
+        let mut planner = AtomPlanner::new(&atom_input).unwrap();
+        let mut items = Vec::new();
+        let objects = listing("s3://b/in/", &["b", "a"]);
+        planner.push(&objects[0], &mut items).unwrap();
+        let err = planner.push(&objects[1], &mut items).unwrap_err();
+        assert_eq!(
+            err,
+            PlanError::Unsorted {
+                uri: "s3://b/in/".into(),
+                relative_path: "a".into()
+            }
+        );
+    }
+
+    /// The planner keeps a path's file ancestors, never the whole listing:
+    /// a flat listing of 10,000 files leaves one remembered path, and a
+    /// conflict found 10,000 objects later is still caught.
+    #[test]
+    fn atom_planner_memory_is_bounded_by_depth() {
+        let atom_input = AtomInput {
+            uri: "s3://b/in/".into(),
+            repo: "in".into(),
+            glob: Glob::TopLevelEntries,
+        };
+        let mut planner = AtomPlanner::new(&atom_input).unwrap();
+        let mut items = Vec::new();
+        let mut paths: Vec<String> = vec!["d".into()];
+        paths.extend((0..10_000).map(|i| format!("d-{i:05}")));
+        paths.push("d/late".into());
+        let objects: Vec<ObjectInfo> = paths
+            .iter()
+            .map(|p| ObjectInfo {
+                uri: format!("s3://b/in/{p}"),
+                relative_path: p.clone(),
+                size: 0,
+            })
+            .collect();
+        for object in &objects[..objects.len() - 1] {
+            planner.push(object, &mut items).unwrap();
+            assert!(
+                planner.prefix_files.len() <= 2,
+                "{:?}",
+                planner.prefix_files
+            );
+            items.clear();
+        }
+        let err = planner
+            .push(&objects[objects.len() - 1], &mut items)
+            .unwrap_err();
+        assert_eq!(
+            err,
+            PlanError::FileAndDirectory {
+                uri: "s3://b/in/".into(),
+                relative_path: "d".into()
+            }
+        );
+    }
+
+    #[test]
+    fn cross_products_are_drawn_lazily() {
+        let children = vec![
+            atom("s3://b/x/", "x", Glob::TopLevelEntries),
+            atom("s3://b/y/", "y", Glob::TopLevelEntries),
+        ];
+        let names: Vec<String> = (0..1000).map(|i| format!("{i:04}")).collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let listings = [listing("s3://b/x/", &names), listing("s3://b/y/", &names)];
+        let mut product = plan_cross(&children, &listings).unwrap();
+        assert_eq!(product.remaining(), 1_000_000);
+        let first = product.next().unwrap();
+        assert_eq!(
+            first
+                .files
+                .iter()
+                .map(|f| f.local_path.as_str())
+                .collect::<Vec<_>>(),
+            ["x/0000", "y/0000"]
+        );
+        assert_eq!(product.nth(999).unwrap().files[0].local_path, "x/0001");
+        assert_eq!(product.remaining(), 1_000_000 - 1001);
+        assert!(plan_cross(&children, &listings[..1]).is_err());
+    }
+
+    #[test]
+    fn plan_parts_flatten_unions_and_keep_crosses() {
+        let input = Input::Union(vec![
+            atom("s3://b/x/", "x", Glob::WholeRepo),
+            Input::Union(vec![atom("s3://b/y/", "y", Glob::WholeRepo)]),
+            Input::Cross(vec![
+                atom("s3://b/p/", "p", Glob::WholeRepo),
+                Input::Union(vec![atom("s3://b/q/", "q", Glob::WholeRepo)]),
+            ]),
+        ]);
+        let parts = plan_parts(&input);
+        let shapes: Vec<Vec<&str>> = parts
+            .iter()
+            .map(|part| part.atoms().iter().map(|a| a.repo.as_str()).collect())
+            .collect();
+        assert_eq!(shapes, vec![vec!["x"], vec!["y"], vec!["p", "q"]]);
+        assert!(matches!(parts[2], PlanPart::Cross(_)));
     }
 
     #[test]

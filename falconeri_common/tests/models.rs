@@ -13,8 +13,9 @@ use falconeri_common::{
     api::{Claim, NewOutputFile},
     db::DbConn,
     db::testing::{self, TestDb, planned},
-    models::{Datum, DeadOwners, Job, ModelError, NewJobParams, db_now},
+    models::{Datum, DatumBatch, DeadOwners, Job, ModelError, NewJobParams, db_now},
     pipeline::PipelineSpec,
+    plan::{PlannedDatum, PlannedFile},
     status::{DatumStatus, JobStatus},
 };
 
@@ -461,11 +462,11 @@ fn a_job_of_100_000_input_files_is_accepted() {
             &mut conn,
             NewJobParams {
                 spec: &spec,
-                datums: &datums,
                 retry_of: None,
                 worker_token: "big-token",
                 name: "big-job",
             },
+            &datums,
             now,
         )
         .unwrap();
@@ -565,5 +566,200 @@ fn replicas_migrating_a_fresh_postgres_database_together_all_succeed() {
         // And the database works afterwards.
         let mut conn = db.pool.get().expect("connection");
         create_job(&mut conn, 3, 1);
+    }
+}
+
+fn begin_planning(conn: &mut DbConn, name: &str, now: i64, lease_until: i64) -> Job {
+    let spec = spec(1);
+    Job::begin_planning(
+        conn,
+        NewJobParams {
+            spec: &spec,
+            retry_of: None,
+            worker_token: &format!("token-{name}"),
+            name,
+        },
+        now,
+        lease_until,
+    )
+    .unwrap()
+}
+
+fn file(n: usize) -> PlannedFile {
+    PlannedFile {
+        uri: format!("file:///in/{n}"),
+        local_path: format!("in/{n}"),
+    }
+}
+
+/// A plan streamed in batches, with one datum's files spanning two
+/// batches, reads back exactly as planned; the job is not startable until
+/// its plan is finished.
+#[test]
+fn plans_are_appended_in_batches() {
+    for db in TestDb::all() {
+        let mut conn = db.pool.get().unwrap();
+        let now = db_now(&mut conn).unwrap();
+        let job = begin_planning(&mut conn, "planned-in-batches", now, now + LEASE);
+        assert_eq!(job.datum_count, 0);
+        assert_eq!(job.planning_lease_until, Some(now + LEASE));
+        let first = DatumBatch {
+            continued: Vec::new(),
+            datums: vec![
+                PlannedDatum {
+                    files: vec![file(0)],
+                },
+                PlannedDatum {
+                    files: vec![file(1), file(2)],
+                },
+            ],
+        };
+        let second = DatumBatch {
+            continued: vec![file(3), file(4)],
+            datums: vec![PlannedDatum {
+                files: vec![file(5)],
+            }],
+        };
+        assert_eq!(
+            Job::append_datums(&mut conn, job.id, &first, now, now + LEASE).unwrap(),
+            2
+        );
+        // Not taken over while it is being planned, however old.
+        assert!(
+            Job::list_ready_before(&mut conn, now + 10 * LEASE)
+                .unwrap()
+                .is_empty(),
+            "{db:?}"
+        );
+        assert_eq!(
+            Job::append_datums(&mut conn, job.id, &second, now, now + 2 * LEASE).unwrap(),
+            3
+        );
+        assert_eq!(
+            Job::find(&mut conn, job.id).unwrap().planning_lease_until,
+            Some(now + 2 * LEASE)
+        );
+        let job = Job::finish_planning(&mut conn, job.id).unwrap();
+        assert_eq!((job.datum_count, job.planning_lease_until), (3, None));
+        let datums = Datum::list(&mut conn, job.id, None, 100).unwrap();
+        let files: Vec<Vec<String>> = datums
+            .iter()
+            .map(|d| {
+                Datum::input_files(&mut conn, d.id)
+                    .unwrap()
+                    .into_iter()
+                    .map(|f| f.local_path)
+                    .collect()
+            })
+            .collect();
+        assert_eq!(
+            files,
+            vec![
+                vec!["in/0"],
+                vec!["in/1", "in/2", "in/3", "in/4"],
+                vec!["in/5"]
+            ],
+            "{db:?}"
+        );
+        assert_eq!(
+            Job::list_ready_before(&mut conn, now + 10 * LEASE)
+                .unwrap()
+                .len(),
+            1
+        );
+        // Finished plans take no more batches.
+        assert!(matches!(
+            Job::append_datums(&mut conn, job.id, &first, now, now + LEASE),
+            Err(ModelError::Conflict(_))
+        ));
+        assert!(matches!(
+            Job::finish_planning(&mut conn, job.id),
+            Err(ModelError::Conflict(_))
+        ));
+        assert!(!Job::abandon_planning(&mut conn, job.id).unwrap());
+    }
+}
+
+/// A job canceled while being planned stops taking batches but stays.
+#[test]
+fn a_canceled_plan_takes_no_more_batches() {
+    for db in TestDb::all() {
+        let mut conn = db.pool.get().unwrap();
+        let now = db_now(&mut conn).unwrap();
+        let job = begin_planning(&mut conn, "canceled-while-planned", now, now + LEASE);
+        let batch = DatumBatch {
+            continued: Vec::new(),
+            datums: vec![PlannedDatum {
+                files: vec![file(0)],
+            }],
+        };
+        Job::append_datums(&mut conn, job.id, &batch, now, now + LEASE).unwrap();
+        Job::stop(&mut conn, job.id, JobStatus::Canceled, None, now).unwrap();
+        assert!(
+            matches!(
+                Job::append_datums(&mut conn, job.id, &batch, now, now + LEASE),
+                Err(ModelError::Conflict(_))
+            ),
+            "{db:?}"
+        );
+        let job = Job::finish_planning(&mut conn, job.id).unwrap();
+        assert_eq!(job.status(), JobStatus::Canceled);
+        assert_eq!(job.datum_count, 1);
+    }
+}
+
+/// Abandoned plans leave nothing behind, and only plans whose lease ran
+/// out are swept.
+#[test]
+fn abandoned_plans_are_deleted_whole() {
+    for db in TestDb::all() {
+        let mut conn = db.pool.get().unwrap();
+        let now = db_now(&mut conn).unwrap();
+        let dead = begin_planning(&mut conn, "dead-planner", now, now + LEASE);
+        let alive = begin_planning(&mut conn, "live-planner", now, now + 3 * LEASE);
+        let done = create_job(&mut conn, 2, 1);
+        let batch = DatumBatch {
+            continued: Vec::new(),
+            datums: (0..1500)
+                .map(|n| PlannedDatum {
+                    files: vec![file(n), file(n + 1)],
+                })
+                .collect(),
+        };
+        for job in [&dead, &alive] {
+            Job::append_datums(&mut conn, job.id, &batch, now, now + LEASE).unwrap();
+        }
+        Job::append_datums(
+            &mut conn,
+            alive.id,
+            &DatumBatch::default(),
+            now,
+            now + 3 * LEASE,
+        )
+        .unwrap();
+        let swept = Job::delete_abandoned_plans(&mut conn, now + 2 * LEASE).unwrap();
+        assert_eq!(swept, vec!["dead-planner".to_owned()], "{db:?}");
+        assert!(matches!(
+            Job::find(&mut conn, dead.id),
+            Err(ModelError::NotFound(_))
+        ));
+        assert!(
+            Datum::list(&mut conn, dead.id, None, 10)
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(
+            Datum::list(&mut conn, alive.id, None, 10_000)
+                .unwrap()
+                .len(),
+            1500
+        );
+        assert_eq!(Job::find(&mut conn, done.id).unwrap().datum_count, 2);
+        assert!(Job::abandon_planning(&mut conn, alive.id).unwrap());
+        assert!(matches!(
+            Job::find(&mut conn, alive.id),
+            Err(ModelError::NotFound(_))
+        ));
+        assert!(Datum::list(&mut conn, done.id, None, 10).unwrap().len() == 2);
     }
 }

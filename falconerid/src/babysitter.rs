@@ -162,6 +162,19 @@ impl Babysitter {
         let trust_leases = self
             .leases_trusted_after
             .is_none_or(|after| tokio::time::Instant::now() >= after);
+        // A job whose planning stopped renewing its lease (its falconerid
+        // died mid-listing) must never run half-planned: delete it.
+        let abandoned = state
+            .db(move |conn| {
+                let now = db_now(conn)? + skew;
+                Job::delete_abandoned_plans(conn, now)
+            })
+            .await?;
+        for name in abandoned {
+            tracing::warn!(job = name, "deleted a job whose planning was cut short");
+            changed = true;
+        }
+
         // A job left in `ready` (its start was cut short by a crash or a
         // failed write) would wait forever: take it over.
         let stale = state

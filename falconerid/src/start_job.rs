@@ -1,12 +1,26 @@
 //! Turning a spec into a running job: list the inputs through storage, plan
 //! datums, insert them, ask the executor for workers.
+//!
+//! Nothing here holds a whole listing or plan. Each atom's listing arrives
+//! page by page from a task that fetches ahead, goes through an
+//! [`AtomPlanner`], and reaches the database in short batches while the
+//! next pages are fetched. The job exists from the first batch on, but
+//! holds a planning lease and is never started until its last datum is in;
+//! if planning fails, the client hangs up, or falconerid dies, the
+//! half-planned job is deleted (at once, or by the babysitter when the
+//! lease runs out).
+
+use std::sync::Arc;
 
 use falconeri_common::{
-    models::{Job, NewJobParams, db_now},
-    pipeline::PipelineSpec,
-    plan::{PlannedDatum, plan_datums},
-    storage::{STAGING_DIR, as_prefix, scheme, storage_for},
+    models::{DatumBatch, Job, NewJobParams, db_now},
+    pipeline::{AtomInput, PipelineSpec},
+    plan::{AtomPlanner, ObjectInfo, PlanError, PlanPart, PlannedDatum, plan_cross, plan_parts},
+    status::JobStatus,
+    storage::{STAGING_DIR, Storage, as_prefix, scheme, storage_for},
 };
+use futures::StreamExt;
+use tokio::sync::mpsc;
 
 use crate::{
     error::{AppError, AppResult},
@@ -14,30 +28,289 @@ use crate::{
     state::AppState,
 };
 
-/// Lists every atom of the spec's input and expands them into datums.
-#[tracing::instrument(level = "debug", skip_all, fields(pipeline = spec.pipeline.name))]
-pub async fn plan(spec: &PipelineSpec) -> AppResult<Vec<PlannedDatum>> {
-    probe_egress(&spec.egress.uri).await?;
-    let mut listings = Vec::new();
-    for atom in spec.input.atoms() {
-        let storage = storage_for(&atom.uri)
-            .map_err(|err| AppError::BadRequest(format!("input {}: {err:#}", atom.repo)))?;
-        let listing = storage.list(&atom.uri).await.map_err(|err| {
-            AppError::BadRequest(format!(
-                "cannot list input {} ({}): {err:#}",
-                atom.repo, atom.uri
-            ))
-        })?;
-        listings.push(listing);
+/// A batch goes to the database once it holds this many datums or input
+/// files: big enough that a million datums are a few hundred short
+/// transactions, small enough that no writer waits long behind one.
+const FLUSH_ROWS: usize = 5_000;
+
+/// Listing pages fetched ahead of the planner and the inserts.
+const PAGES_AHEAD: usize = 4;
+
+/// Where a new job's datums come from.
+#[derive(Debug)]
+pub enum Source {
+    /// List the spec's inputs and plan them: a new job.
+    Inputs,
+    /// These datums: a retry of a finished job's failed datums.
+    Datums(Vec<PlannedDatum>),
+}
+
+/// Creates a job from `spec` and starts it. Bad inputs (unknown schemes,
+/// unlistable or unsafe listings, an unusable egress, no files at all) are
+/// a 400 and leave no job behind.
+#[tracing::instrument(level = "info", skip_all, fields(pipeline = spec.pipeline.name))]
+pub async fn create(
+    state: &AppState,
+    spec: PipelineSpec,
+    source: Source,
+    retry_of: Option<i64>,
+) -> AppResult<Job> {
+    if matches!(source, Source::Inputs) {
+        probe_egress(&spec.egress.uri).await?;
+        for atom in spec.input.atoms() {
+            atom_storage(atom)?;
+        }
     }
-    let datums = plan_datums(&spec.input, &listings)
-        .map_err(|err| AppError::BadRequest(format!("cannot plan datums: {err}")))?;
-    if datums.is_empty() {
-        return Err(AppError::BadRequest(
-            "the inputs matched no files, so the job would have no datums".to_owned(),
-        ));
+    let name = format!("{}-{}", spec.kubernetes_name(), job_suffix());
+    let worker_token = hex::encode(rand::random::<[u8; 32]>());
+    let lease_ms = state.config().lease_ms();
+    let job = {
+        let spec = spec.clone();
+        let (name, worker_token) = (name.clone(), worker_token.clone());
+        state
+            .db(move |conn| {
+                let now = db_now(conn)?;
+                let params = NewJobParams {
+                    spec: &spec,
+                    retry_of,
+                    worker_token: &worker_token,
+                    name: &name,
+                };
+                Job::begin_planning(conn, params, now, now.saturating_add(lease_ms))
+            })
+            .await?
+    };
+    let mut guard = AbandonOnDrop {
+        state: Some(state.clone()),
+        job_id: job.id,
+    };
+    let mut sink = Sink {
+        state,
+        job_id: job.id,
+        batch: DatumBatch::default(),
+        count: 0,
+    };
+    // The lease is renewed by every batch, and by this timer while a
+    // listing or a cross yields nothing to insert for a while.
+    let planned = tokio::select! {
+        planned = fill(&mut sink, &spec, source) => planned,
+        never = renew_planning_lease(state, job.id) => match never {},
+    };
+    let job = match planned {
+        Ok(()) if sink.count > 0 => {
+            let id = job.id;
+            state.db(move |conn| Job::finish_planning(conn, id)).await?
+        }
+        Ok(()) => {
+            return Err(AppError::BadRequest(
+                "the inputs matched no files, so the job would have no datums".to_owned(),
+            ));
+        }
+        Err(AppError::Conflict(why)) => {
+            // Canceled while it was being planned: it stays, canceled.
+            let id = job.id;
+            state.db(move |conn| Job::finish_planning(conn, id)).await?;
+            guard.disarm();
+            return Err(AppError::Conflict(why));
+        }
+        Err(err) => return Err(err),
+    };
+    guard.disarm();
+    if job.status() != JobStatus::Ready {
+        return Err(AppError::Conflict(format!(
+            "job {} was {} while its inputs were being listed",
+            job.name, job.status
+        )));
     }
-    Ok(datums)
+    start_detached(state, spec, job, worker_token).await
+}
+
+/// Lists and plans every part of the input, or takes the given datums,
+/// into `sink`.
+async fn fill(sink: &mut Sink<'_>, spec: &PipelineSpec, source: Source) -> AppResult<()> {
+    let parts = match source {
+        Source::Datums(datums) => {
+            for datum in datums {
+                sink.push_datum(datum).await?;
+            }
+            return sink.flush().await;
+        }
+        Source::Inputs => plan_parts(&spec.input),
+    };
+    let mut items = Vec::new();
+    for part in parts {
+        match part {
+            PlanPart::Atom(atom) => {
+                let mut planner = AtomPlanner::new(atom).map_err(plan_error)?;
+                let mut pages = list_ahead(atom_storage(atom)?, atom.uri.clone());
+                while let Some(page) = pages.recv().await {
+                    for object in &page.map_err(|err| list_error(atom, err))? {
+                        planner.push(object, &mut items).map_err(plan_error)?;
+                    }
+                    for item in items.drain(..) {
+                        sink.batch.push(item);
+                    }
+                    sink.flush_if_full().await?;
+                }
+            }
+            PlanPart::Cross(children) => {
+                let mut listings = Vec::new();
+                for atom in part.atoms() {
+                    let storage = atom_storage(atom)?;
+                    listings.push(
+                        storage
+                            .list(&atom.uri)
+                            .await
+                            .map_err(|err| list_error(atom, err))?,
+                    );
+                }
+                for datum in plan_cross(children, &listings).map_err(plan_error)? {
+                    sink.push_datum(datum).await?;
+                }
+            }
+        }
+    }
+    sink.flush().await
+}
+
+/// Lists `uri` page by page in a task of its own, a few pages ahead of the
+/// receiver. Dropping the receiver stops the task at its next page.
+fn list_ahead(
+    storage: Arc<dyn Storage>,
+    uri: String,
+) -> mpsc::Receiver<anyhow::Result<Vec<ObjectInfo>>> {
+    let (tx, rx) = mpsc::channel(PAGES_AHEAD);
+    tokio::spawn(async move {
+        let mut pages = storage.list_pages(&uri);
+        while let Some(page) = pages.next().await {
+            let failed = page.is_err();
+            if tx.send(page).await.is_err() || failed {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Batches a job's plan into [`Job::append_datums`] calls.
+struct Sink<'a> {
+    state: &'a AppState,
+    job_id: i64,
+    batch: DatumBatch,
+    /// Datums inserted so far.
+    count: i64,
+}
+
+impl Sink<'_> {
+    async fn push_datum(&mut self, datum: PlannedDatum) -> AppResult<()> {
+        self.batch.datums.push(datum);
+        self.flush_if_full().await
+    }
+
+    async fn flush_if_full(&mut self) -> AppResult<()> {
+        if self.batch.datums.len() >= FLUSH_ROWS || self.batch.file_count() >= FLUSH_ROWS {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> AppResult<()> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::take(&mut self.batch);
+        let (id, lease_ms) = (self.job_id, self.state.config().lease_ms());
+        self.count = self
+            .state
+            .db(move |conn| {
+                let now = db_now(conn)?;
+                Job::append_datums(conn, id, &batch, now, now.saturating_add(lease_ms))
+            })
+            .await?;
+        Ok(())
+    }
+}
+
+/// Renews a job's planning lease every third of a lease until dropped.
+async fn renew_planning_lease(state: &AppState, job_id: i64) -> std::convert::Infallible {
+    let lease_ms = state.config().lease_ms();
+    let mut ticks = tokio::time::interval(state.config().lease / 3);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks.tick().await;
+    loop {
+        ticks.tick().await;
+        let renewed = state
+            .db(move |conn| {
+                let now = db_now(conn)?;
+                Job::append_datums(
+                    conn,
+                    job_id,
+                    &DatumBatch::default(),
+                    now,
+                    now.saturating_add(lease_ms),
+                )
+            })
+            .await;
+        if let Err(err) = renewed {
+            // The next batch will meet the same trouble and end planning.
+            tracing::warn!(
+                job_id,
+                error = format!("{err:#}"),
+                "cannot renew the planning lease"
+            );
+        }
+    }
+}
+
+/// Deletes the half-planned job unless disarmed: on an error, and when the
+/// client hangs up (the request future is dropped mid-planning).
+struct AbandonOnDrop {
+    state: Option<AppState>,
+    job_id: i64,
+}
+
+impl AbandonOnDrop {
+    fn disarm(&mut self) {
+        self.state = None;
+    }
+}
+
+impl Drop for AbandonOnDrop {
+    fn drop(&mut self) {
+        let Some(state) = self.state.take() else {
+            return;
+        };
+        let job_id = self.job_id;
+        tokio::spawn(async move {
+            if let Err(err) = state
+                .db(move |conn| Job::abandon_planning(conn, job_id))
+                .await
+            {
+                // The babysitter deletes it once its planning lease runs out.
+                tracing::warn!(
+                    job_id,
+                    error = format!("{err:#}"),
+                    "cannot delete a half-planned job"
+                );
+            }
+        });
+    }
+}
+
+fn atom_storage(atom: &AtomInput) -> AppResult<Arc<dyn Storage>> {
+    storage_for(&atom.uri)
+        .map_err(|err| AppError::BadRequest(format!("input {}: {err:#}", atom.repo)))
+}
+
+fn list_error(atom: &AtomInput, err: anyhow::Error) -> AppError {
+    AppError::BadRequest(format!(
+        "cannot list input {} ({}): {err:#}",
+        atom.repo, atom.uri
+    ))
+}
+
+fn plan_error(err: PlanError) -> AppError {
+    AppError::BadRequest(format!("cannot plan datums: {err}"))
 }
 
 /// Refuses an egress that cannot be used before any datum runs, rather than
@@ -60,56 +333,33 @@ async fn probe_egress(uri: &str) -> AppResult<()> {
     Ok(())
 }
 
-/// [`start`] in a task of its own: once a job is inserted, its workers must
-/// be started and the job marked running even if the client hangs up, or
-/// it would sit in `ready` with nobody to run it.
-pub async fn start_detached(
+/// Starts the workers of a fully planned job and marks it running, in a
+/// task of its own: once planned, a job must be started even if the client
+/// hangs up, or it would sit in `ready` (the babysitter would take it over,
+/// but later).
+async fn start_detached(
     state: &AppState,
     spec: PipelineSpec,
-    datums: Vec<PlannedDatum>,
-    retry_of: Option<i64>,
+    job: Job,
+    worker_token: String,
 ) -> AppResult<Job> {
     let state = state.clone();
-    tokio::spawn(async move { start(&state, spec, datums, retry_of).await })
+    tokio::spawn(async move { start(&state, spec, job, worker_token).await })
         .await
         .map_err(|err| AppError::Internal(anyhow::anyhow!("job start task failed: {err}")))?
 }
 
-/// Creates a job of `datums` and starts its workers.
-#[tracing::instrument(level = "info", skip_all, fields(pipeline = spec.pipeline.name, datums = datums.len()))]
-pub async fn start(
+#[tracing::instrument(level = "info", skip_all, fields(job = job.name, datums = job.datum_count))]
+async fn start(
     state: &AppState,
     spec: PipelineSpec,
-    datums: Vec<PlannedDatum>,
-    retry_of: Option<i64>,
+    job: Job,
+    worker_token: String,
 ) -> AppResult<Job> {
-    let name = format!("{}-{}", spec.kubernetes_name(), job_suffix());
-    let worker_token = hex::encode(rand::random::<[u8; 32]>());
     let parallelism = spec
         .parallelism_spec
         .constant
-        .min(u32::try_from(datums.len()).unwrap_or(u32::MAX));
-    let job = {
-        let spec = spec.clone();
-        let name = name.clone();
-        let worker_token = worker_token.clone();
-        state
-            .db(move |conn| {
-                let now = db_now(conn)?;
-                Job::create(
-                    conn,
-                    NewJobParams {
-                        spec: &spec,
-                        datums: &datums,
-                        retry_of,
-                        worker_token: &worker_token,
-                        name: &name,
-                    },
-                    now,
-                )
-            })
-            .await?
-    };
+        .min(u32::try_from(job.datum_count).unwrap_or(u32::MAX));
     let launch = WorkerLaunch {
         job_id: job.id,
         job_name: job.name.clone(),
@@ -124,13 +374,7 @@ pub async fn start(
         state
             .db(move |conn| {
                 let now = db_now(conn)?;
-                Job::stop(
-                    conn,
-                    id,
-                    falconeri_common::status::JobStatus::Error,
-                    Some(&stop_message),
-                    now,
-                )
+                Job::stop(conn, id, JobStatus::Error, Some(&stop_message), now)
             })
             .await?;
         state.notify_change();

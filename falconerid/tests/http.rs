@@ -855,11 +855,11 @@ async fn babysitter_recovers_interrupted_starts_and_gives_up_on_failing_ones() {
                     conn,
                     NewJobParams {
                         spec: &spec,
-                        datums: &datums,
                         retry_of: None,
                         worker_token: "t0123",
                         name: "interrupted-aaaaa",
                     },
+                    &datums,
                     now,
                 )
             })

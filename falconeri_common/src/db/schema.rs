@@ -20,6 +20,7 @@ diesel::table! {
         deadline_at -> Nullable<BigInt>,
         error_message -> Nullable<Text>,
         retry_of -> Nullable<BigInt>,
+        planning_lease_until -> Nullable<BigInt>,
     }
 }
 

@@ -175,11 +175,11 @@ pub fn create_running_job(
         conn,
         NewJobParams {
             spec,
-            datums,
             retry_of: None,
             worker_token: &format!("token-{name}"),
             name,
         },
+        datums,
         now,
     )
     .expect("create job");

@@ -14,7 +14,7 @@ use crate::{
     api::{JobResponse, StatusCounts},
     db::{DbConn, schema::*, with_conn, write_tx},
     pipeline::PipelineSpec,
-    plan::{PlannedDatum, PlannedFile},
+    plan::{PlanItem, PlannedDatum, PlannedFile},
     status::{DatumStatus, JobStatus},
 };
 
@@ -41,6 +41,9 @@ pub struct Job {
     pub deadline_at: Option<Millis>,
     pub error_message: Option<String>,
     pub retry_of: Option<i64>,
+    /// Set while the job's datums are still being inserted (see
+    /// [`Job::begin_planning`]); NULL once the plan is complete.
+    pub planning_lease_until: Option<Millis>,
 }
 
 #[derive(Insertable)]
@@ -58,6 +61,7 @@ struct NewJob<'a> {
     worker_token: &'a str,
     created_at: Millis,
     retry_of: Option<i64>,
+    planning_lease_until: Option<Millis>,
 }
 
 #[derive(Insertable)]
@@ -81,11 +85,44 @@ struct NewInputFile<'a> {
     local_path: &'a str,
 }
 
-/// What [`Job::create`] needs.
+/// The next slice of a job's plan, for [`Job::append_datums`].
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct DatumBatch {
+    /// More files of the last datum of the batch before: a datum's files
+    /// may span batches.
+    pub continued: Vec<PlannedFile>,
+    /// New datums, in order. The last one may continue in the next batch.
+    pub datums: Vec<PlannedDatum>,
+}
+
+impl DatumBatch {
+    /// Adds the next item of a streamed plan: a file before any new datum
+    /// of this batch belongs to the last datum of the batch before.
+    pub fn push(&mut self, item: PlanItem) {
+        match item {
+            PlanItem::Datum => self.datums.push(PlannedDatum { files: Vec::new() }),
+            PlanItem::File(file) => match self.datums.last_mut() {
+                Some(datum) => datum.files.push(file),
+                None => self.continued.push(file),
+            },
+        }
+    }
+
+    /// Input files in the batch.
+    pub fn file_count(&self) -> usize {
+        self.continued.len() + self.datums.iter().map(|d| d.files.len()).sum::<usize>()
+    }
+
+    /// True when the batch would add nothing.
+    pub fn is_empty(&self) -> bool {
+        self.continued.is_empty() && self.datums.is_empty()
+    }
+}
+
+/// What [`Job::begin_planning`] needs.
 #[derive(Debug)]
 pub struct NewJobParams<'a> {
     pub spec: &'a PipelineSpec,
-    pub datums: &'a [PlannedDatum],
     pub retry_of: Option<i64>,
     /// A fresh random token for the job's workers.
     pub worker_token: &'a str,
@@ -112,18 +149,49 @@ impl Job {
         Ok(serde_json::from_str(&self.spec)?)
     }
 
-    /// Inserts a job in state `ready` with all its datums and input files, in
-    /// one transaction and in chunks (100,000 files are fine on both
-    /// databases).
-    #[tracing::instrument(level = "debug", skip_all, fields(name = params.name, datums = params.datums.len()))]
-    pub fn create(conn: &mut DbConn, params: NewJobParams<'_>, now: Millis) -> ModelResult<Job> {
+    /// Inserts a job in state `ready` with all of `datums`: the whole plan
+    /// at once, for plans already in memory (tests, small tools). Start-up
+    /// streams instead, through [`Job::begin_planning`].
+    pub fn create(
+        conn: &mut DbConn,
+        params: NewJobParams<'_>,
+        datums: &[PlannedDatum],
+        now: Millis,
+    ) -> ModelResult<Job> {
+        let lease = now.saturating_add(60_000);
+        let job = Job::begin_planning(conn, params, now, lease)?;
+        for chunk in datums.chunks(INSERT_CHUNK) {
+            let batch = DatumBatch {
+                continued: Vec::new(),
+                datums: chunk.to_vec(),
+            };
+            Job::append_datums(conn, job.id, &batch, now, lease)?;
+        }
+        Job::finish_planning(conn, job.id)
+    }
+
+    /// Inserts a job in state `ready` with no datums yet, holding a
+    /// planning lease until `lease_until`. Its datums follow in batches
+    /// ([`Job::append_datums`], each renewing the lease) as its inputs are
+    /// listed, so a job of a million datums never has its plan in memory
+    /// and never holds one long write transaction (on SQLite that would
+    /// stall every other writer). Nothing starts the job until
+    /// [`Job::finish_planning`]; if the planner dies first, the lease runs
+    /// out and [`Job::delete_abandoned_plans`] removes it.
+    #[tracing::instrument(level = "debug", skip_all, fields(name = params.name))]
+    pub fn begin_planning(
+        conn: &mut DbConn,
+        params: NewJobParams<'_>,
+        now: Millis,
+        lease_until: Millis,
+    ) -> ModelResult<Job> {
         let spec_json = serde_json::to_string(params.spec).map_err(anyhow::Error::from)?;
         let new_job = NewJob {
             name: params.name,
             pipeline_name: &params.spec.pipeline.name,
             spec: &spec_json,
             status: JobStatus::Ready.as_str(),
-            datum_count: i64::try_from(params.datums.len()).unwrap_or(i64::MAX),
+            datum_count: 0,
             parallelism: clamp_i32(params.spec.parallelism_spec.constant),
             datum_tries: clamp_i32(params.spec.datum_tries),
             datum_timeout_ms: params.spec.datum_timeout.as_ref().map(|d| duration_ms(d.0)),
@@ -131,19 +199,69 @@ impl Job {
             worker_token: params.worker_token,
             created_at: now,
             retry_of: params.retry_of,
+            planning_lease_until: Some(lease_until),
         };
-        let max_tries = new_job.datum_tries;
+        Ok(with_conn!(conn, c => diesel::insert_into(jobs::table)
+            .values(&new_job)
+            .returning(Job::as_returning())
+            .get_result(c))?)
+    }
+
+    /// Appends the next batch of a job's plan in one short transaction,
+    /// renews its planning lease to `lease_until`, and returns the job's
+    /// datum count so far. An empty batch only renews the lease. Fails with
+    /// a conflict once the job is no longer `ready` and being planned
+    /// (canceled meanwhile, or abandoned after its lease ran out).
+    pub fn append_datums(
+        conn: &mut DbConn,
+        id: i64,
+        batch: &DatumBatch,
+        now: Millis,
+        lease_until: Millis,
+    ) -> ModelResult<i64> {
+        let added = i64::try_from(batch.datums.len()).unwrap_or(i64::MAX);
         write_tx!(conn, c => {
-            let job: Job = diesel::insert_into(jobs::table)
-                .values(&new_job)
-                .returning(Job::as_returning())
-                .get_result(c)?;
-            for (chunk_index, chunk) in params.datums.chunks(INSERT_CHUNK).enumerate() {
-                let first_seq = i64::try_from(chunk_index * INSERT_CHUNK).unwrap_or(i64::MAX);
+            let renewed: Option<(i64, i32)> = diesel::update(jobs::table)
+                .filter(jobs::id.eq(id))
+                .filter(jobs::status.eq(JobStatus::Ready.as_str()))
+                .filter(jobs::planning_lease_until.is_not_null())
+                .set((
+                    jobs::planning_lease_until.eq(Some(lease_until)),
+                    jobs::datum_count.eq(jobs::datum_count + added),
+                ))
+                .returning((jobs::datum_count, jobs::datum_tries))
+                .get_result(c)
+                .optional()?;
+            let Some((count, max_tries)) = renewed else {
+                return Err(ModelError::Conflict(format!(
+                    "job {id} is no longer being planned (canceled, or its planning lease ran out)"
+                )));
+            };
+            let first_seq = count - added;
+            let mut files = Vec::new();
+            if !batch.continued.is_empty() {
+                let datum_id: i64 = datums::table
+                    .filter(datums::job_id.eq(id))
+                    .filter(datums::seq.eq(first_seq - 1))
+                    .select(datums::id)
+                    .first(c)
+                    .optional()?
+                    .ok_or_else(|| {
+                        ModelError::Conflict(format!("job {id} has no datum to continue"))
+                    })?;
+                files.extend(batch.continued.iter().map(|file| NewInputFile {
+                    job_id: id,
+                    datum_id,
+                    uri: &file.uri,
+                    local_path: &file.local_path,
+                }));
+            }
+            for (chunk_index, chunk) in batch.datums.chunks(INSERT_CHUNK).enumerate() {
+                let chunk_seq = first_seq + i64::try_from(chunk_index * INSERT_CHUNK).unwrap_or(0);
                 let rows: Vec<NewDatum> = (0..chunk.len())
                     .map(|i| NewDatum {
-                        job_id: job.id,
-                        seq: first_seq + i64::try_from(i).unwrap_or(0),
+                        job_id: id,
+                        seq: chunk_seq + i64::try_from(i).unwrap_or(0),
                         status: DatumStatus::Ready.as_str(),
                         attempt: 0,
                         max_tries,
@@ -152,30 +270,80 @@ impl Job {
                     })
                     .collect();
                 diesel::insert_into(datums::table).values(&rows).execute(c)?;
-                let ids: Vec<(i64, i64)> = datums::table
-                    .filter(datums::job_id.eq(job.id))
-                    .filter(datums::seq.ge(first_seq))
+                let ids: Vec<i64> = datums::table
+                    .filter(datums::job_id.eq(id))
+                    .filter(datums::seq.ge(chunk_seq))
                     .order(datums::seq)
-                    .select((datums::seq, datums::id))
+                    .select(datums::id)
                     .limit(i64::try_from(chunk.len()).unwrap_or(i64::MAX))
                     .load(c)?;
-                let mut files = Vec::new();
-                for ((_, datum_id), datum) in ids.iter().zip(chunk) {
-                    for file in &datum.files {
-                        files.push(NewInputFile {
-                            job_id: job.id,
-                            datum_id: *datum_id,
-                            uri: &file.uri,
-                            local_path: &file.local_path,
-                        });
-                    }
-                }
-                for file_chunk in files.chunks(INSERT_CHUNK) {
-                    diesel::insert_into(input_files::table).values(file_chunk).execute(c)?;
+                for (datum_id, datum) in ids.into_iter().zip(chunk) {
+                    files.extend(datum.files.iter().map(|file| NewInputFile {
+                        job_id: id,
+                        datum_id,
+                        uri: &file.uri,
+                        local_path: &file.local_path,
+                    }));
                 }
             }
-            Ok::<_, ModelError>(job)
+            for file_chunk in files.chunks(INSERT_CHUNK) {
+                diesel::insert_into(input_files::table).values(file_chunk).execute(c)?;
+            }
+            Ok::<_, ModelError>(count)
         })
+    }
+
+    /// Marks a job's plan complete, so it may start. The job is returned as
+    /// it is: a job canceled while it was planned stays canceled.
+    pub fn finish_planning(conn: &mut DbConn, id: i64) -> ModelResult<Job> {
+        let finished: Option<Job> = with_conn!(conn, c => diesel::update(jobs::table)
+            .filter(jobs::id.eq(id))
+            .filter(jobs::planning_lease_until.is_not_null())
+            .set(jobs::planning_lease_until.eq(None::<Millis>))
+            .returning(Job::as_returning())
+            .get_result(c)
+            .optional())?;
+        finished.ok_or_else(|| ModelError::Conflict(format!("job {id} is no longer being planned")))
+    }
+
+    /// Deletes a job that is still being planned, with its datums and
+    /// input files: its inputs could not be planned, and a half-planned job
+    /// must never run. Returns false if it was not being planned.
+    pub fn abandon_planning(conn: &mut DbConn, id: i64) -> ModelResult<bool> {
+        write_tx!(conn, c => {
+            let planning = jobs::table
+                .filter(jobs::id.eq(id))
+                .filter(jobs::planning_lease_until.is_not_null())
+                .select(jobs::id)
+                .first::<i64>(c)
+                .optional()?
+                .is_some();
+            if planning {
+                let datum_ids = datums::table.filter(datums::job_id.eq(id)).select(datums::id);
+                diesel::delete(input_files::table.filter(input_files::datum_id.eq_any(datum_ids)))
+                    .execute(c)?;
+                diesel::delete(datums::table.filter(datums::job_id.eq(id))).execute(c)?;
+                diesel::delete(jobs::table.filter(jobs::id.eq(id))).execute(c)?;
+            }
+            Ok::<_, ModelError>(planning)
+        })
+    }
+
+    /// Deletes the jobs whose planning lease ran out before `now`: the
+    /// falconerid planning them died or lost its database. Returns their
+    /// names.
+    pub fn delete_abandoned_plans(conn: &mut DbConn, now: Millis) -> ModelResult<Vec<String>> {
+        let stale: Vec<(i64, String)> = with_conn!(conn, c => jobs::table
+            .filter(jobs::planning_lease_until.lt(now))
+            .select((jobs::id, jobs::name))
+            .load(c))?;
+        let mut deleted = Vec::new();
+        for (id, name) in stale {
+            if Job::abandon_planning(conn, id)? {
+                deleted.push(name);
+            }
+        }
+        Ok(deleted)
     }
 
     /// Moves a `ready` job to `running` once its workers were asked to start,
@@ -381,11 +549,12 @@ impl Job {
         }
     }
 
-    /// Jobs still `ready` that were created before `before`: their start
-    /// was interrupted.
+    /// Jobs still `ready`, fully planned, that were created before
+    /// `before`: their start was interrupted.
     pub fn list_ready_before(conn: &mut DbConn, before: Millis) -> ModelResult<Vec<Job>> {
         Ok(with_conn!(conn, c => jobs::table
             .filter(jobs::status.eq(JobStatus::Ready.as_str()))
+            .filter(jobs::planning_lease_until.is_null())
             .filter(jobs::created_at.lt(before))
             .select(Job::as_select())
             .load(c))?)

@@ -11,7 +11,7 @@ mod job;
 use diesel::{QueryableByName, RunQueryDsl, sql_types::BigInt};
 
 pub use datum::{Datum, DeadOwners, InputFile, OutputFile, PodFailure};
-pub use job::{Job, NewJobParams};
+pub use job::{DatumBatch, Job, NewJobParams};
 
 use crate::{
     Millis,

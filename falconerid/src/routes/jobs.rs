@@ -55,8 +55,7 @@ async fn create(
     let text = std::str::from_utf8(&body)
         .map_err(|_| AppError::BadRequest("the spec is not UTF-8".to_owned()))?;
     let spec = PipelineSpec::from_json(text).map_err(AppError::InvalidSpec)?;
-    let datums = start_job::plan(&spec).await?;
-    let job = start_job::start_detached(&state, spec, datums, None).await?;
+    let job = start_job::create(&state, spec, start_job::Source::Inputs, None).await?;
     Ok((StatusCode::CREATED, Json(job.into())))
 }
 
@@ -179,7 +178,13 @@ async fn retry(
     let spec = job
         .spec()
         .map_err(|err| AppError::Internal(err.context("stored spec is unreadable")))?;
-    let retried = start_job::start_detached(&state, spec, datums, Some(job.id)).await?;
+    let retried = start_job::create(
+        &state,
+        spec,
+        start_job::Source::Datums(datums),
+        Some(job.id),
+    )
+    .await?;
     Ok((StatusCode::CREATED, Json(retried.into())))
 }
 
