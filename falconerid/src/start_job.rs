@@ -15,7 +15,10 @@ use std::sync::Arc;
 use falconeri_common::{
     models::{DatumBatch, Job, NewJobParams, db_now},
     pipeline::{AtomInput, PipelineSpec},
-    plan::{AtomPlanner, ObjectInfo, PlanError, PlanPart, PlannedDatum, plan_cross, plan_parts},
+    plan::{
+        AtomPlanner, ObjectInfo, PlanError, PlanItem, PlanPart, PlannedDatum, plan_cross,
+        plan_parts,
+    },
     status::JobStatus,
     storage::{STAGING_DIR, Storage, as_prefix, scheme, storage_for},
 };
@@ -28,8 +31,8 @@ use crate::{
     state::AppState,
 };
 
-/// A batch goes to the database once it holds this many datums or input
-/// files: big enough that a million datums are a few hundred short
+/// A batch goes to the database once it holds this many rows (datums plus
+/// input files): big enough that a million datums are a few hundred short
 /// transactions, small enough that no writer waits long behind one.
 const FLUSH_ROWS: usize = 5_000;
 
@@ -88,6 +91,7 @@ pub async fn create(
         state,
         job_id: job.id,
         batch: DatumBatch::default(),
+        rows: 0,
         count: 0,
     };
     // The lease is renewed by every batch, and by this timer while a
@@ -102,6 +106,7 @@ pub async fn create(
             state.db(move |conn| Job::finish_planning(conn, id)).await?
         }
         Ok(()) => {
+            guard.abandon().await;
             return Err(AppError::BadRequest(
                 "the inputs matched no files, so the job would have no datums".to_owned(),
             ));
@@ -113,7 +118,10 @@ pub async fn create(
             guard.disarm();
             return Err(AppError::Conflict(why));
         }
-        Err(err) => return Err(err),
+        Err(err) => {
+            guard.abandon().await;
+            return Err(err);
+        }
     };
     guard.disarm();
     if job.status() != JobStatus::Ready {
@@ -146,11 +154,11 @@ async fn fill(sink: &mut Sink<'_>, spec: &PipelineSpec, source: Source) -> AppRe
                 while let Some(page) = pages.recv().await {
                     for object in &page.map_err(|err| list_error(atom, err))? {
                         planner.push(object, &mut items).map_err(plan_error)?;
+                        for item in items.drain(..) {
+                            sink.push_item(item);
+                        }
+                        sink.flush_if_full().await?;
                     }
-                    for item in items.drain(..) {
-                        sink.batch.push(item);
-                    }
-                    sink.flush_if_full().await?;
                 }
             }
             PlanPart::Cross(children) => {
@@ -197,18 +205,27 @@ struct Sink<'a> {
     state: &'a AppState,
     job_id: i64,
     batch: DatumBatch,
+    /// Rows in `batch` (datums plus input files).
+    rows: usize,
     /// Datums inserted so far.
     count: i64,
 }
 
 impl Sink<'_> {
+    fn push_item(&mut self, item: PlanItem) {
+        self.rows += 1;
+        self.batch.push(item);
+    }
+
     async fn push_datum(&mut self, datum: PlannedDatum) -> AppResult<()> {
+        self.rows += 1 + datum.files.len();
         self.batch.datums.push(datum);
         self.flush_if_full().await
     }
 
+    /// Flushes at [`FLUSH_ROWS`], so one datum's files may span batches.
     async fn flush_if_full(&mut self) -> AppResult<()> {
-        if self.batch.datums.len() >= FLUSH_ROWS || self.batch.file_count() >= FLUSH_ROWS {
+        if self.rows >= FLUSH_ROWS {
             self.flush().await?;
         }
         Ok(())
@@ -219,6 +236,7 @@ impl Sink<'_> {
             return Ok(());
         }
         let batch = std::mem::take(&mut self.batch);
+        self.rows = 0;
         let (id, lease_ms) = (self.job_id, self.state.config().lease_ms());
         self.count = self
             .state
@@ -262,8 +280,9 @@ async fn renew_planning_lease(state: &AppState, job_id: i64) -> std::convert::In
     }
 }
 
-/// Deletes the half-planned job unless disarmed: on an error, and when the
-/// client hangs up (the request future is dropped mid-planning).
+/// Deletes the half-planned job unless disarmed: at once on an error (so
+/// the 400 comes after the cleanup), and from a task of its own if the
+/// client hangs up mid-planning (the request future is dropped).
 struct AbandonOnDrop {
     state: Option<AppState>,
     job_id: i64,
@@ -273,27 +292,33 @@ impl AbandonOnDrop {
     fn disarm(&mut self) {
         self.state = None;
     }
+
+    async fn abandon(&mut self) {
+        if let Some(state) = self.state.take() {
+            abandon(state, self.job_id).await;
+        }
+    }
 }
 
 impl Drop for AbandonOnDrop {
     fn drop(&mut self) {
-        let Some(state) = self.state.take() else {
-            return;
-        };
-        let job_id = self.job_id;
-        tokio::spawn(async move {
-            if let Err(err) = state
-                .db(move |conn| Job::abandon_planning(conn, job_id))
-                .await
-            {
-                // The babysitter deletes it once its planning lease runs out.
-                tracing::warn!(
-                    job_id,
-                    error = format!("{err:#}"),
-                    "cannot delete a half-planned job"
-                );
-            }
-        });
+        if let Some(state) = self.state.take() {
+            tokio::spawn(abandon(state, self.job_id));
+        }
+    }
+}
+
+async fn abandon(state: AppState, job_id: i64) {
+    if let Err(err) = state
+        .db(move |conn| Job::abandon_planning(conn, job_id))
+        .await
+    {
+        // The babysitter deletes it once its planning lease runs out.
+        tracing::warn!(
+            job_id,
+            error = format!("{err:#}"),
+            "cannot delete a half-planned job"
+        );
     }
 }
 

@@ -1048,3 +1048,139 @@ async fn an_unpublishable_output_fails_the_attempt() {
         assert!(datum["output_files"].as_array().unwrap().is_empty());
     }
 }
+
+/// How many jobs, datums and input files the server's database holds.
+async fn rows_of_jobs(server: &TestServer) -> (i64, i64, i64) {
+    server
+        .state
+        .db(|conn| Ok(falconeri_common::db::testing::row_counts(conn)))
+        .await
+        .unwrap()
+}
+
+/// One datum of 12,000 files is inserted over several batches (its files
+/// span them) and reads back whole and in order.
+#[tokio::test]
+async fn a_datum_of_12_000_files_spans_batches() {
+    let inputs = tempfile::tempdir().unwrap();
+    for file in 0..12_000 {
+        std::fs::write(inputs.path().join(format!("f{file:05}")), "").unwrap();
+    }
+    for server in TestServer::all() {
+        let mut spec = server.spec_with_inputs(&[], json!({}));
+        spec["input"]["atom"]["URI"] = json!(format!("file://{}/", inputs.path().display()));
+        spec["input"]["atom"]["glob"] = json!("/");
+        let job = create(&server, spec).await;
+        assert_eq!(job["datum_count"], 1, "{job}");
+        let id = job["id"].as_i64().unwrap();
+        let token = worker_token(&server, id);
+        let (_, reserved) = reserve(&server, id, &token, "w", 0).await;
+        let files = reserved["input_files"].as_array().unwrap();
+        assert_eq!(files.len(), 12_000);
+        for (n, file) in files.iter().enumerate() {
+            assert_eq!(file["local_path"], format!("in/f{n:05}"));
+        }
+    }
+}
+
+/// A listing that fails after thousands of datums were already inserted
+/// (the second input of a union does not exist) is a 400, and the
+/// half-planned job is gone: no job, datum or input file is left.
+#[tokio::test]
+async fn a_job_whose_planning_fails_late_leaves_nothing() {
+    let inputs = tempfile::tempdir().unwrap();
+    for file in 0..12_000 {
+        std::fs::write(inputs.path().join(format!("f{file:05}")), "").unwrap();
+    }
+    for server in TestServer::all() {
+        let mut spec = server.spec_with_inputs(&[], json!({}));
+        let good = format!("file://{}/", inputs.path().display());
+        let missing = format!("file://{}/missing/", inputs.path().display());
+        spec["input"] = json!({ "union": [
+            { "atom": { "URI": good, "repo": "in", "glob": "/*" } },
+            { "atom": { "URI": missing, "repo": "more", "glob": "/*" } },
+        ]});
+        let (status, body) = server
+            .call(Method::POST, "/v1/jobs", Some(ADMIN), Some(spec))
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("cannot list input more"),
+            "{body}"
+        );
+        assert_eq!(
+            rows_of_jobs(&server).await,
+            (0, 0, 0),
+            "jobs, datums, input files left behind"
+        );
+        assert!(server.executor.launches.lock().unwrap().is_empty());
+    }
+}
+
+/// A job whose planner died (its lease ran out) is deleted by the
+/// babysitter, never started; one still being planned is left alone.
+#[tokio::test]
+async fn babysitter_deletes_plans_whose_lease_ran_out() {
+    use falconeri_common::{
+        models::{DatumBatch, Job, NewJobParams, db_now},
+        pipeline::PipelineSpec,
+        plan::{PlannedDatum, PlannedFile},
+    };
+    for server in TestServer::all() {
+        let spec = server.spec_with_inputs(&[("x.txt", "x")], json!({}));
+        let spec = PipelineSpec::from_json(&spec.to_string()).unwrap();
+        let job = server
+            .state
+            .db(move |conn| {
+                let now = db_now(conn)?;
+                let job = Job::begin_planning(
+                    conn,
+                    NewJobParams {
+                        spec: &spec,
+                        retry_of: None,
+                        worker_token: "t-planning",
+                        name: "half-planned-aaaaa",
+                    },
+                    now,
+                    now + 30_000,
+                )?;
+                let batch = DatumBatch {
+                    continued: Vec::new(),
+                    datums: vec![PlannedDatum {
+                        files: vec![PlannedFile {
+                            uri: "file:///x".into(),
+                            local_path: "in/x".into(),
+                        }],
+                    }],
+                };
+                Job::append_datums(conn, job.id, &batch, now, now + 30_000)?;
+                Ok(job)
+            })
+            .await
+            .unwrap();
+        let path = format!("/v1/jobs/{}", job.id);
+        // Within its lease, and even a minute on (when an unstarted ready
+        // job would be taken over), a live plan is neither started nor
+        // deleted... until its lease has run out.
+        Babysitter::with_clock_skew(29_000)
+            .tick(&server.state)
+            .await
+            .unwrap();
+        let (status, shown) = server.call(Method::GET, &path, Some(ADMIN), None).await;
+        assert_eq!(
+            (status, shown["status"].as_str()),
+            (StatusCode::OK, Some("ready"))
+        );
+        Babysitter::with_clock_skew(31_000)
+            .tick(&server.state)
+            .await
+            .unwrap();
+        let (status, _) = server.call(Method::GET, &path, Some(ADMIN), None).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert!(server.executor.launches.lock().unwrap().is_empty());
+        assert_eq!(rows_of_jobs(&server).await, (0, 0, 0));
+    }
+}

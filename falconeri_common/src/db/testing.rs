@@ -186,6 +186,25 @@ pub fn create_running_job(
     Job::mark_running(conn, job.id, now).expect("start job")
 }
 
+/// How many jobs, datums and input files the database holds, whatever
+/// their state: for tests that check nothing was left behind.
+pub fn row_counts(conn: &mut DbConn) -> (i64, i64, i64) {
+    use diesel::{QueryDsl, RunQueryDsl, dsl::count_star};
+
+    use super::{
+        schema::{datums, input_files, jobs},
+        with_conn,
+    };
+    let count = with_conn!(conn, c => (|| -> diesel::QueryResult<(i64, i64, i64)> {
+        Ok((
+            jobs::table.select(count_star()).first(c)?,
+            datums::table.select(count_star()).first(c)?,
+            input_files::table.select(count_star()).first(c)?,
+        ))
+    })());
+    count.expect("count rows")
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -108,11 +108,6 @@ impl DatumBatch {
         }
     }
 
-    /// Input files in the batch.
-    pub fn file_count(&self) -> usize {
-        self.continued.len() + self.datums.iter().map(|d| d.files.len()).sum::<usize>()
-    }
-
     /// True when the batch would add nothing.
     pub fn is_empty(&self) -> bool {
         self.continued.is_empty() && self.datums.is_empty()
