@@ -207,6 +207,39 @@ fn invalid_specs_are_refused_before_anything_runs() {
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
+/// An input that fails to list after thousands of datums of an earlier
+/// input were already inserted: the CLI reports the listing error, and no
+/// job is left, half-planned or otherwise.
+#[test]
+fn a_job_whose_inputs_fail_late_leaves_no_job() {
+    let local = Local::new();
+    let input = local.work.path().join("many-in");
+    std::fs::create_dir_all(&input).unwrap();
+    for n in 0..6_000 {
+        std::fs::write(input.join(format!("f{n:05}")), "").unwrap();
+    }
+    let spec = local.write_spec(
+        "late.json",
+        &serde_json::json!({
+            "pipeline": { "name": "late" },
+            "transform": { "cmd": ["true"], "image": "alpine" },
+            "parallelism_spec": { "constant": 2 },
+            "resource_requests": { "memory": "64Mi", "cpu": 0.1 },
+            "input": { "union": [
+                { "atom": { "URI": "file://./many-in/", "repo": "in", "glob": "/*" } },
+                { "atom": { "URI": "file://./missing-in/", "repo": "more", "glob": "/*" } },
+            ]},
+            "egress": { "URI": "file://./late-out/" }
+        }),
+    );
+    let output = local.falconeri(&["job", "run", "--local", spec.to_str().unwrap()]);
+    assert!(!output.status.success(), "{}", describe(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("cannot list input more"), "{stderr}");
+    let jobs = local.json(&["job", "list", "--local", "-o", "json"]);
+    assert_eq!(jobs["jobs"], serde_json::json!([]), "{jobs}");
+}
+
 /// `local stop` in the middle of a job stops the workers, which give their
 /// datums back; the next command restarts the server, whose babysitter
 /// starts new workers, and the job finishes without using up a try.
