@@ -887,13 +887,17 @@ mod tests {
         );
     }
 
-    #[test]
-    fn atom_planner_refuses_unsorted_listings() {
-        let atom_input = AtomInput {
+    fn top_level_atom() -> AtomInput {
+        AtomInput {
             uri: "s3://b/in/".into(),
             repo: "in".into(),
             glob: Glob::TopLevelEntries,
-        };
+        }
+    }
+
+    #[test]
+    fn atom_planner_refuses_unsorted_listings() {
+        let atom_input = top_level_atom();
         let mut planner = AtomPlanner::new(&atom_input).unwrap();
         let mut items = Vec::new();
         let objects = listing("s3://b/in/", &["b", "a"]);
@@ -913,11 +917,7 @@ mod tests {
     /// conflict found 10,000 objects later is still caught.
     #[test]
     fn atom_planner_memory_is_bounded_by_depth() {
-        let atom_input = AtomInput {
-            uri: "s3://b/in/".into(),
-            repo: "in".into(),
-            glob: Glob::TopLevelEntries,
-        };
+        let atom_input = top_level_atom();
         let mut planner = AtomPlanner::new(&atom_input).unwrap();
         let mut items = Vec::new();
         let mut paths: Vec<String> = vec!["d".into()];
