@@ -492,6 +492,32 @@ fn a_200_mib_file_round_trips_byte_exact() {
 }
 
 #[test]
+fn small_s3_uploads_carry_a_crc32c_the_server_checked() {
+    run(async {
+        let bucket = Bucket::new(Kind::S3).await;
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("small.txt");
+        std::fs::write(&src, "123456789").unwrap();
+        let uri = bucket.uri("crc/small.txt");
+        S3Storage::default().upload(&src, &uri).await.unwrap();
+        let head = s3_client()
+            .await
+            .head_object()
+            .bucket(&bucket.name)
+            .key("crc/small.txt")
+            .checksum_mode(aws_sdk_s3::types::ChecksumMode::Enabled)
+            .send()
+            .await
+            .unwrap();
+        // CRC32C("123456789") = 0xe3069283, the standard check value.
+        assert_eq!(head.checksum_crc32_c(), Some("4waSgw=="), "{head:?}");
+        // The SDK's default trailer left s3s-fs storing the transfer
+        // encoding as the object's Content-Encoding.
+        assert_eq!(head.content_encoding(), None, "{head:?}");
+    });
+}
+
+#[test]
 fn large_objects_are_renamed_with_a_multipart_copy() {
     run(async {
         let bucket = Bucket::new(Kind::S3).await;
