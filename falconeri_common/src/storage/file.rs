@@ -305,7 +305,7 @@ mod tests {
         // Walking siblings by bare name would be wrong here: it visits all
         // of `a/` before `a-b` and `a.b/c`.
         let by_name: Vec<String> = walkdir::WalkDir::new(dir.path())
-            .sort_by(byte_order)
+            .sort_by_file_name()
             .into_iter()
             .map(|e| e.unwrap())
             .filter(|e| e.file_type().is_file())
