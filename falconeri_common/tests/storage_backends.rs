@@ -15,10 +15,12 @@ use std::{
     sync::LazyLock,
 };
 
+use futures::{StreamExt, TryStreamExt};
+
 use falconeri_common::{
     api::{InputFileResponse, NewOutputFile},
     pipeline::{AtomInput, Glob, Input},
-    plan::{PlanError, plan_datums},
+    plan::{ObjectInfo, PlanError, plan_datums},
     storage::{
         FileStorage, S3Storage, Storage, attempt_staging_uri, download_inputs, publish_outputs,
         storage_for, upload_outputs,
@@ -206,6 +208,92 @@ fn listing_pages_past_1000_keys() {
         // Without the trailing slash: the same prefix.
         let again = bucket.storage().list(&bucket.uri("many")).await.unwrap();
         assert_eq!(again, listing);
+    });
+}
+
+/// Keys whose byte order differs from a walk by directory (`a-b` and
+/// `a.b/c` sort before everything under `a/`), and filler after them so the
+/// first page ends inside `a/`, then more, 1,234 in all. `a` beside `a/x`
+/// is only possible on GCS: s3s-fs and a file system keep keys as files.
+fn awkward_keys(kind: Option<Kind>) -> Vec<String> {
+    let mut keys: Vec<String> = ["a-b", "a.b/c", "a/x", "a/x-y", "a0", "ab", "b c/d"]
+        .map(str::to_owned)
+        .to_vec();
+    if kind == Some(Kind::Gcs) {
+        keys.push("a".to_owned());
+    }
+    keys.extend((0..998).map(|i| format!("a/{i:05}")));
+    let more = 1_234 - keys.len();
+    keys.extend((0..more).map(|i| format!("z/{i:05}")));
+    keys
+}
+
+/// Checks the pages of a listing against its contract: at least two pages,
+/// none empty, together the same as `list`, strictly increasing in byte
+/// order across pages.
+fn check_pages(what: &str, pages: &[Vec<ObjectInfo>], listing: &[ObjectInfo], keys: &[String]) {
+    assert!(pages.len() >= 2, "{what}: {} page(s)", pages.len());
+    assert!(
+        pages.iter().all(|page| !page.is_empty()),
+        "{what}: an empty page"
+    );
+    assert_eq!(pages.concat(), listing, "{what}: pages differ from list()");
+    let paths: Vec<&str> = listing.iter().map(|o| o.relative_path.as_str()).collect();
+    for pair in paths.windows(2) {
+        assert!(
+            pair[0] < pair[1],
+            "{what}: {:?} listed before {:?}",
+            pair[0],
+            pair[1]
+        );
+    }
+    let mut expected: Vec<&str> = keys.iter().map(String::as_str).collect();
+    expected.sort_unstable();
+    assert_eq!(paths, expected, "{what}");
+}
+
+#[test]
+fn listings_arrive_in_pages_in_byte_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = awkward_keys(None);
+    for key in &keys {
+        let path = dir.path().join("pages").join(key);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, "x").unwrap();
+    }
+    run(async {
+        let uri = format!("file://{}/pages/", dir.path().display());
+        let pages: Vec<_> = FileStorage.list_pages(&uri).try_collect().await.unwrap();
+        let listing = FileStorage.list(&uri).await.unwrap();
+        check_pages("file://", &pages, &listing, &keys);
+    });
+    both(async |kind| {
+        let bucket = Bucket::new(kind).await;
+        let keys = awkward_keys(Some(kind));
+        futures::stream::iter(&keys)
+            .for_each_concurrent(64, |key| {
+                let bucket = &bucket;
+                async move { bucket.put(&format!("pages/{key}"), b"x").await }
+            })
+            .await;
+        let storage = bucket.storage();
+        for uri in [bucket.uri("pages/"), bucket.uri("pages")] {
+            let pages: Vec<_> = storage.list_pages(&uri).try_collect().await.unwrap();
+            let listing = storage.list(&uri).await.unwrap();
+            check_pages(&format!("{kind:?} {uri}"), &pages, &listing, &keys);
+        }
+        // A URI naming one object, with nothing under it as a prefix, is a
+        // listing of one page of that object.
+        let one = bucket.uri("pages/ab");
+        let pages: Vec<_> = storage.list_pages(&one).try_collect().await.unwrap();
+        assert_eq!(pages.len(), 1, "{kind:?}: {pages:?}");
+        assert_eq!(pages[0].len(), 1, "{kind:?}: {pages:?}");
+        assert_eq!(pages[0][0].relative_path, "ab");
+        assert_eq!(pages[0][0].uri, one);
+        // Nothing there at all: no page, not an empty one.
+        let none = bucket.uri("pages/nothing-here");
+        let pages: Vec<_> = storage.list_pages(&none).try_collect().await.unwrap();
+        assert!(pages.is_empty(), "{kind:?}: {pages:?}");
     });
 }
 
@@ -400,6 +488,32 @@ fn a_200_mib_file_round_trips_byte_exact() {
             .unwrap();
         assert_eq!(storage.download(&uri, &dest).await.unwrap(), 5);
         assert_eq!(std::fs::read(&dest).unwrap(), b"small");
+    });
+}
+
+#[test]
+fn small_s3_uploads_carry_a_crc32c_the_server_checked() {
+    run(async {
+        let bucket = Bucket::new(Kind::S3).await;
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("small.txt");
+        std::fs::write(&src, "123456789").unwrap();
+        let uri = bucket.uri("crc/small.txt");
+        S3Storage::default().upload(&src, &uri).await.unwrap();
+        let head = s3_client()
+            .await
+            .head_object()
+            .bucket(&bucket.name)
+            .key("crc/small.txt")
+            .checksum_mode(aws_sdk_s3::types::ChecksumMode::Enabled)
+            .send()
+            .await
+            .unwrap();
+        // CRC32C("123456789") = 0xe3069283, the standard check value.
+        assert_eq!(head.checksum_crc32_c(), Some("4waSgw=="), "{head:?}");
+        // The SDK's default trailer left s3s-fs storing the transfer
+        // encoding as the object's Content-Encoding.
+        assert_eq!(head.content_encoding(), None, "{head:?}");
     });
 }
 

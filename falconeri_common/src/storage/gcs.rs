@@ -21,7 +21,7 @@ use std::{
 
 use anyhow::{Context, Result, anyhow, bail};
 use async_trait::async_trait;
-use futures::{FutureExt, StreamExt, TryStreamExt};
+use futures::{FutureExt, Stream, StreamExt, TryStreamExt, stream::BoxStream};
 use google_cloud_auth::credentials::{CacheableResource, Credentials};
 use google_cloud_gax::retry_policy::RetryPolicyExt;
 use google_cloud_storage::{
@@ -32,8 +32,8 @@ use serde::Deserialize;
 use super::{
     Storage,
     object::{
-        ByteChunks, Fetched, ObjectUri, Tuning, backoff, check_unchanged, download_to,
-        finish_listing, listed_object, local_size,
+        ByteChunks, Fetched, KeyPage, ObjectUri, Tuning, backoff, check_unchanged, download_to,
+        local_size, object_listing,
     },
 };
 use crate::plan::ObjectInfo;
@@ -265,42 +265,52 @@ impl Clients {
         }
     }
 
-    /// Every object under `prefix`, page by page, without a delimiter (so
-    /// recursively).
-    async fn for_each_page(
-        &self,
+    /// Every object name under `prefix` with its size, page by page as
+    /// `objects.list` returns them (1,000 a page, in byte order), without a
+    /// delimiter (so recursively).
+    fn object_pages(
+        self: Arc<Self>,
         bucket: &str,
         prefix: &str,
-        mut each: impl FnMut(Vec<JsonObject>) -> Result<()>,
-    ) -> Result<()> {
+    ) -> impl Stream<Item = Result<KeyPage>> + Send + 'static {
         let url = format!(
             "{}/storage/v1/b/{}/o",
             self.endpoint,
             encode_segment(bucket)
         );
-        let mut token: Option<String> = None;
-        loop {
-            let response = self
-                .json_call(|http| {
-                    let mut request = http.get(&url).query(&[
-                        ("prefix", prefix),
-                        ("maxResults", "1000"),
-                        ("fields", "items(name,size),nextPageToken"),
-                    ]);
-                    if let Some(token) = &token {
-                        request = request.query(&[("pageToken", token)]);
-                    }
-                    request
-                })
-                .await?
-                .ok_or_else(|| anyhow!("bucket {bucket:?} does not exist"))?;
-            let page: ListPage = response.json().await.context("bad objects.list answer")?;
-            each(page.items)?;
-            match page.next_page_token.filter(|t| !t.is_empty()) {
-                Some(next) => token = Some(next),
-                None => return Ok(()),
+        let (bucket, prefix) = (bucket.to_owned(), prefix.to_owned());
+        // The state is the token of the next page: `Some(None)` for the
+        // first, `None` once the last has been read.
+        futures::stream::try_unfold(Some(None::<String>), move |token| {
+            let (clients, url, bucket, prefix) =
+                (self.clone(), url.clone(), bucket.clone(), prefix.clone());
+            async move {
+                let Some(token) = token else {
+                    return Ok(None);
+                };
+                let response = clients
+                    .json_call(|http| {
+                        let mut request = http.get(&url).query(&[
+                            ("prefix", prefix.as_str()),
+                            ("maxResults", "1000"),
+                            ("fields", "items(name,size),nextPageToken"),
+                        ]);
+                        if let Some(token) = &token {
+                            request = request.query(&[("pageToken", token)]);
+                        }
+                        request
+                    })
+                    .await?
+                    .ok_or_else(|| anyhow!("bucket {bucket:?} does not exist"))?;
+                let page: ListPage = response.json().await.context("bad objects.list answer")?;
+                let next = page.next_page_token.filter(|t| !t.is_empty()).map(Some);
+                let keys = page.items.into_iter().map(|o| {
+                    let size = o.size();
+                    (o.name, size)
+                });
+                Ok(Some((keys.collect(), next)))
             }
-        }
+        })
     }
 
     /// Deletes one object; a missing one is fine.
@@ -313,22 +323,18 @@ impl Clients {
 
 #[async_trait]
 impl Storage for GcsStorage {
-    async fn list(&self, uri: &str) -> Result<Vec<ObjectInfo>> {
-        let loc = ObjectUri::parse(uri, "gs")?;
-        let clients = clients().await?;
-        let prefix = loc.dir_prefix();
-        let mut objects = Vec::new();
-        clients
-            .for_each_page(&loc.bucket, &prefix, |page| {
-                objects.extend(
-                    page.into_iter()
-                        .filter_map(|o| listed_object(uri, &prefix, &o.name, o.size())),
-                );
-                Ok(())
-            })
-            .await
-            .with_context(|| format!("cannot list {uri}"))?;
-        finish_listing(uri, &loc, objects, || clients.size_of(&loc)).await
+    fn list_pages<'a>(&'a self, uri: &'a str) -> BoxStream<'a, Result<Vec<ObjectInfo>>> {
+        let listing = async move {
+            let loc = ObjectUri::parse(uri, "gs")?;
+            let clients = clients().await?;
+            let pages = clients.clone().object_pages(&loc.bucket, &loc.dir_prefix());
+            let size_of = {
+                let loc = loc.clone();
+                move || async move { clients.size_of(&loc).await }
+            };
+            anyhow::Ok(object_listing(uri, &loc, pages, size_of))
+        };
+        Box::pin(futures::stream::once(listing).try_flatten())
     }
 
     async fn download(&self, uri: &str, dest: &Path) -> Result<u64> {
@@ -474,12 +480,16 @@ impl Storage for GcsStorage {
             bail!("refusing to delete the whole bucket {uri:?}");
         }
         let clients = clients().await?;
-        let mut names = Vec::new();
-        clients
-            .for_each_page(&loc.bucket, &prefix, |page| {
-                names.extend(page.into_iter().map(|o| o.name));
-                Ok(())
+        // Collected first, so the deletions cannot disturb the paging of
+        // the listing, however the server encodes its page tokens.
+        let names: Vec<String> = clients
+            .clone()
+            .object_pages(&loc.bucket, &prefix)
+            .map_ok(|page| {
+                futures::stream::iter(page.into_iter().map(|(name, _)| anyhow::Ok(name)))
             })
+            .try_flatten()
+            .try_collect()
             .await?;
         futures::stream::iter(names)
             .map(|name| {

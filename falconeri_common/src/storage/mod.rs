@@ -36,15 +36,25 @@ pub use s3::S3Storage;
 pub trait Storage: Send + Sync + fmt::Debug {
     /// Every object under `uri` (a directory or key prefix), recursively,
     /// sorted by relative path. A `uri` naming one object lists just it.
-    async fn list(&self, uri: &str) -> Result<Vec<ObjectInfo>>;
+    /// Collects [`Storage::list_pages`], so both are one code path.
+    async fn list(&self, uri: &str) -> Result<Vec<ObjectInfo>> {
+        let mut objects = Vec::new();
+        let mut pages = self.list_pages(uri);
+        while let Some(page) = pages.try_next().await? {
+            objects.extend(page);
+        }
+        Ok(objects)
+    }
 
     /// The same listing as [`Storage::list`], page by page as the store
     /// returns it, so a caller can plan and insert datums while later pages
     /// are fetched. Every page is sorted by relative path, and every path of
     /// a page sorts after every path of the pages before it (byte order).
-    fn list_pages<'a>(&'a self, uri: &'a str) -> BoxStream<'a, Result<Vec<ObjectInfo>>> {
-        Box::pin(futures::stream::once(self.list(uri)))
-    }
+    ///
+    /// No page is empty; an empty listing yields no page at all. Memory is
+    /// bounded by a page (1,000 objects on every backend), however many
+    /// objects the prefix holds, as long as the caller does not keep them.
+    fn list_pages<'a>(&'a self, uri: &'a str) -> BoxStream<'a, Result<Vec<ObjectInfo>>>;
 
     /// Streams the object at `uri` into the new file `dest`, returning its size.
     /// `dest`'s directory exists and has been checked by the caller.
@@ -103,13 +113,17 @@ pub async fn publish_outputs(
                 checked_relative(&file.path)?;
                 let from = format!("{staging}{}", file.path);
                 let to = format!("{egress}{}", file.path);
-                if storage.exists(&from).await? {
-                    storage
-                        .rename(&from, &to)
-                        .await
-                        .with_context(|| format!("cannot publish {from} to {to}"))?;
-                } else if !storage.exists(&to).await? {
-                    bail!("output {:?} was not uploaded to {staging}", file.path);
+                // Rename first and ask questions only if that fails: one
+                // request less per file than checking first, on stores
+                // where every request is a round trip.
+                if let Err(err) = storage.rename(&from, &to).await {
+                    if storage.exists(&from).await? {
+                        return Err(err.context(format!("cannot publish {from} to {to}")));
+                    }
+                    // Moved by an earlier, partly failed call.
+                    if !storage.exists(&to).await? {
+                        bail!("output {:?} was not uploaded to {staging}", file.path);
+                    }
                 }
                 Ok(to)
             }

@@ -2,11 +2,11 @@
 //! URIs, transfer tuning, and the download engine that streams an object to
 //! disk whole or as parallel ranged reads, retrying a broken part on its own.
 
-use std::{path::Path, pin::Pin, time::Duration};
+use std::{future::Future, path::Path, pin::Pin, time::Duration};
 
 use anyhow::{Context, Result, anyhow, bail};
 use bytes::Bytes;
-use futures::{Stream, StreamExt, TryStreamExt, future::BoxFuture};
+use futures::{Stream, StreamExt, TryStreamExt, future::BoxFuture, stream::BoxStream};
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 
 use crate::plan::ObjectInfo;
@@ -65,34 +65,96 @@ pub(crate) fn listed_object(
     })
 }
 
-/// Ends a listing of `uri` (at `loc`): sorted by relative path, or, when
-/// nothing is under a URI without a trailing slash, the one object it may
-/// name. `size_of` is asked only then: one request less for prefixes, and
-/// some S3 servers answer a HEAD on a "directory" with an error.
-pub(crate) async fn finish_listing<F, Fut>(
-    uri: &str,
+/// One page of raw keys with their sizes, as an object store lists them.
+pub(crate) type KeyPage = Vec<(String, u64)>;
+
+/// Turns the raw key pages an object store lists under `loc.dir_prefix()`
+/// into the listing of `uri`, page by page (see [`super::Storage::list_pages`]):
+/// markers and hidden keys dropped, empty pages skipped, each page sorted,
+/// and pages out of order refused. When nothing at all is under a URI
+/// without a trailing slash, `size_of` is asked whether the URI names one
+/// object, which is then the whole listing: asked only then, which spares a
+/// request for prefixes, and some S3 servers answer a HEAD on a
+/// "directory" with an error.
+pub(crate) fn object_listing<'a, P, F, Fut>(
+    uri: &'a str,
     loc: &ObjectUri,
-    mut objects: Vec<ObjectInfo>,
+    pages: P,
     size_of: F,
-) -> Result<Vec<ObjectInfo>>
+) -> BoxStream<'a, Result<Vec<ObjectInfo>>>
 where
-    F: FnOnce() -> Fut,
-    Fut: std::future::Future<Output = Result<Option<u64>>>,
+    P: Stream<Item = Result<KeyPage>> + Send + 'a,
+    F: FnOnce() -> Fut + Send + 'a,
+    Fut: Future<Output = Result<Option<u64>>> + Send + 'a,
 {
-    if objects.is_empty()
-        && !loc.key.is_empty()
-        && !loc.key.ends_with('/')
-        && let Some(size) = size_of().await?
-    {
-        let name = loc.key.rsplit('/').next().unwrap_or(&loc.key).to_owned();
-        return Ok(vec![ObjectInfo {
-            uri: uri.to_owned(),
-            relative_path: name,
-            size,
-        }]);
+    struct State<P, F> {
+        pages: P,
+        prefix: String,
+        /// The single object `uri` may name, and how to ask for its size;
+        /// taken once the listing has yielded something or asked.
+        single: Option<(String, F)>,
+        last: Option<String>,
     }
-    objects.sort_by(|a, b| a.relative_path.cmp(&b.relative_path));
-    Ok(objects)
+    let names_object = !loc.key.is_empty() && !loc.key.ends_with('/');
+    let name = loc.key.rsplit('/').next().unwrap_or(&loc.key).to_owned();
+    let state = State {
+        pages: Box::pin(pages.fuse()),
+        prefix: loc.dir_prefix(),
+        single: names_object.then_some((name, size_of)),
+        last: None,
+    };
+    Box::pin(futures::stream::try_unfold(
+        state,
+        move |mut state| async move {
+            while let Some(raw) = state
+                .pages
+                .try_next()
+                .await
+                .with_context(|| format!("cannot list {uri}"))?
+            {
+                let mut page: Vec<ObjectInfo> = raw
+                    .into_iter()
+                    .filter_map(|(key, size)| listed_object(uri, &state.prefix, &key, size))
+                    .collect();
+                if page.is_empty() {
+                    continue;
+                }
+                page.sort_by(|a, b| a.relative_path.cmp(&b.relative_path));
+                check_page_order(uri, state.last.as_deref(), &page)?;
+                state.last = page.last().map(|o| o.relative_path.clone());
+                state.single = None;
+                return Ok(Some((page, state)));
+            }
+            if let Some((name, size_of)) = state.single.take()
+                && let Some(size) = size_of().await?
+            {
+                let one = ObjectInfo {
+                    uri: uri.to_owned(),
+                    relative_path: name,
+                    size,
+                };
+                return Ok(Some((vec![one], state)));
+            }
+            Ok(None)
+        },
+    ))
+}
+
+/// Refuses a page that does not sort after the pages before it (`last` is
+/// the last path listed so far; `page` is sorted). Stores that list in
+/// byte order (S3 general-purpose buckets, GCS) never trip this; a store
+/// that does not (S3 directory buckets) would otherwise have datums planned
+/// from a listing that breaks the order the planner relies on.
+pub(crate) fn check_page_order(uri: &str, last: Option<&str>, page: &[ObjectInfo]) -> Result<()> {
+    if let (Some(last), Some(first)) = (last, page.first())
+        && first.relative_path.as_str() <= last
+    {
+        bail!(
+            "cannot list {uri}: the store listed {:?} after {last:?}, not in byte order",
+            first.relative_path
+        );
+    }
+    Ok(())
 }
 
 /// How transfers are split and how hard they are retried. The defaults are
@@ -394,6 +456,61 @@ mod tests {
         assert!(listed_object(base, "in/", "in/a/", 0).is_none());
         assert!(listed_object(base, "in/", "in/", 0).is_none());
         assert!(listed_object(base, "in/", "in/.falconeri-staging/job-1/x", 1).is_none());
+    }
+
+    /// The pages `object_listing` makes of `raw` pages for `uri`, with the
+    /// single-object answer `single`, and whether that was asked.
+    async fn listing(
+        uri: &str,
+        raw: Vec<Vec<(&str, u64)>>,
+        single: Option<u64>,
+    ) -> (Result<Vec<Vec<String>>>, bool) {
+        let asked = std::sync::atomic::AtomicBool::new(false);
+        let raw = raw.into_iter().map(|page| {
+            Ok(page
+                .into_iter()
+                .map(|(key, size)| (key.to_owned(), size))
+                .collect())
+        });
+        let loc = ObjectUri::parse(uri, "s3").unwrap();
+        let pages = object_listing(uri, &loc, futures::stream::iter(raw), || async {
+            asked.store(true, std::sync::atomic::Ordering::SeqCst);
+            Ok(single)
+        })
+        .map_ok(|page| page.into_iter().map(|o| o.relative_path).collect())
+        .try_collect()
+        .await;
+        (pages, asked.into_inner())
+    }
+
+    #[tokio::test]
+    async fn object_listings_skip_empty_pages_and_keep_order() {
+        let raw = vec![
+            vec![("in/", 0), ("in/b", 1), ("in/a", 1)],
+            vec![("in/.falconeri-staging/job-1/x", 1)],
+            vec![],
+            vec![("in/c/d", 1)],
+        ];
+        let (pages, asked) = listing("s3://b/in", raw, Some(9)).await;
+        assert_eq!(pages.unwrap(), [vec!["a", "b"], vec!["c/d"]]);
+        assert!(!asked, "a prefix with objects is not one object");
+
+        let raw = vec![vec![("in/b", 1)], vec![("in/a", 1)]];
+        let err = listing("s3://b/in/", raw, None).await.0.unwrap_err();
+        assert!(err.to_string().contains("not in byte order"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn an_object_uri_lists_the_object_only_when_nothing_is_under_it() {
+        let (pages, asked) = listing("s3://b/in/one.txt", vec![vec![]], Some(4)).await;
+        assert_eq!(pages.unwrap(), [vec!["one.txt"]]);
+        assert!(asked);
+        let (pages, _) = listing("s3://b/in/none.txt", vec![], None).await;
+        assert!(pages.unwrap().is_empty());
+        // A prefix URI never names an object.
+        let (pages, asked) = listing("s3://b/in/", vec![], Some(4)).await;
+        assert!(pages.unwrap().is_empty());
+        assert!(!asked);
     }
 
     #[test]
