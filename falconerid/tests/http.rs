@@ -833,24 +833,14 @@ async fn big_worker_reports_are_accepted() {
 /// the job instead of retrying forever.
 #[tokio::test]
 async fn babysitter_recovers_interrupted_starts_and_gives_up_on_failing_ones() {
-    use falconeri_common::{
-        models::{Job, NewJobParams, db_now},
-        pipeline::PipelineSpec,
-        plan::{PlannedDatum, PlannedFile},
-    };
+    use falconeri_common::models::{Job, NewJobParams, db_now};
     for server in TestServer::all() {
-        let spec = server.spec_with_inputs(&[("x.txt", "x")], json!({}));
-        let spec = PipelineSpec::from_json(&spec.to_string()).unwrap();
+        let spec = one_file_spec(&server);
         let job = server
             .state
             .db(move |conn| {
                 let now = db_now(conn)?;
-                let datums = [PlannedDatum {
-                    files: vec![PlannedFile {
-                        uri: "file:///x".into(),
-                        local_path: "in/x".into(),
-                    }],
-                }];
+                let datums = [one_file_datum()];
                 Job::create(
                     conn,
                     NewJobParams {
@@ -1049,6 +1039,23 @@ async fn an_unpublishable_output_fails_the_attempt() {
     }
 }
 
+/// A stored spec of one input file, for tests that insert jobs through
+/// the models.
+fn one_file_spec(server: &TestServer) -> falconeri_common::pipeline::PipelineSpec {
+    let spec = server.spec_with_inputs(&[("x.txt", "x")], json!({}));
+    falconeri_common::pipeline::PipelineSpec::from_json(&spec.to_string()).unwrap()
+}
+
+/// A planned datum of one file.
+fn one_file_datum() -> falconeri_common::plan::PlannedDatum {
+    falconeri_common::plan::PlannedDatum {
+        files: vec![falconeri_common::plan::PlannedFile {
+            uri: "file:///x".into(),
+            local_path: "in/x".into(),
+        }],
+    }
+}
+
 /// How many jobs, datums and input files the server's database holds.
 async fn rows_of_jobs(server: &TestServer) -> (i64, i64, i64) {
     server
@@ -1124,14 +1131,9 @@ async fn a_job_whose_planning_fails_late_leaves_nothing() {
 /// babysitter, never started; one still being planned is left alone.
 #[tokio::test]
 async fn babysitter_deletes_plans_whose_lease_ran_out() {
-    use falconeri_common::{
-        models::{DatumBatch, Job, NewJobParams, db_now},
-        pipeline::PipelineSpec,
-        plan::{PlannedDatum, PlannedFile},
-    };
+    use falconeri_common::models::{DatumBatch, Job, NewJobParams, db_now};
     for server in TestServer::all() {
-        let spec = server.spec_with_inputs(&[("x.txt", "x")], json!({}));
-        let spec = PipelineSpec::from_json(&spec.to_string()).unwrap();
+        let spec = one_file_spec(&server);
         let job = server
             .state
             .db(move |conn| {
@@ -1149,12 +1151,7 @@ async fn babysitter_deletes_plans_whose_lease_ran_out() {
                 )?;
                 let batch = DatumBatch {
                     continued: Vec::new(),
-                    datums: vec![PlannedDatum {
-                        files: vec![PlannedFile {
-                            uri: "file:///x".into(),
-                            local_path: "in/x".into(),
-                        }],
-                    }],
+                    datums: vec![one_file_datum()],
                 };
                 Job::append_datums(conn, job.id, &batch, now, now + 30_000)?;
                 Ok(job)
