@@ -231,8 +231,8 @@ fn failures_retry_until_datum_tries_then_error() {
                 .unwrap()
                 .is_none()
         );
-        let failed = Job::failed_datum_inputs(&mut conn, job.id).unwrap();
-        assert_eq!(failed.len(), 1);
+        let (failed, next) = Job::failed_datum_inputs(&mut conn, job.id, 0, 10).unwrap();
+        assert_eq!((failed.len(), next), (1, None));
         assert_eq!(failed[0].files[0].local_path, "in/0/0.txt");
     }
 }
@@ -761,5 +761,60 @@ fn abandoned_plans_are_deleted_whole() {
             Err(ModelError::NotFound(_))
         ));
         assert!(Datum::list(&mut conn, done.id, None, 10).unwrap().len() == 2);
+    }
+}
+
+/// A retry reads the failed datums a page at a time, in order, skipping
+/// the ones that succeeded, and the last page says so.
+#[test]
+fn failed_datums_are_read_in_pages() {
+    for db in TestDb::all() {
+        let mut conn = db.pool.get().unwrap();
+        let job = create_job(&mut conn, 6, 1);
+        let now = db_now(&mut conn).unwrap();
+        // Datums 0, 2, 3, 4 and 5 fail; datum 1 succeeds.
+        for n in 0..6 {
+            let datum = Datum::reserve_next(&mut conn, job.id, "w", now, LEASE, None)
+                .unwrap()
+                .unwrap();
+            if n == 1 {
+                Datum::mark_done(
+                    &mut conn,
+                    datum.id,
+                    &claim(&datum),
+                    "",
+                    &[],
+                    now,
+                    publish(&[]),
+                )
+                .unwrap();
+            } else {
+                Datum::mark_error(&mut conn, datum.id, &claim(&datum), "", "failed", now).unwrap();
+            }
+        }
+        let mut pages = Vec::new();
+        let mut after = 0;
+        loop {
+            let (datums, next) = Job::failed_datum_inputs(&mut conn, job.id, after, 2).unwrap();
+            pages.push(
+                datums
+                    .iter()
+                    .map(|d| d.files[0].local_path.clone())
+                    .collect::<Vec<_>>(),
+            );
+            match next {
+                Some(next) => after = next,
+                None => break,
+            }
+        }
+        assert_eq!(
+            pages,
+            vec![
+                vec!["in/0/0.txt", "in/2/0.txt"],
+                vec!["in/3/0.txt", "in/4/0.txt"],
+                vec!["in/5/0.txt"],
+            ],
+            "{db:?}"
+        );
     }
 }

@@ -36,6 +36,9 @@ use crate::{
 /// transactions, small enough that no writer waits long behind one.
 const FLUSH_ROWS: usize = 5_000;
 
+/// Failed datums read per query when retrying a job.
+const RETRY_PAGE: i64 = 1_000;
+
 /// Listing pages fetched ahead of the planner and the inserts.
 const PAGES_AHEAD: usize = 4;
 
@@ -44,8 +47,9 @@ const PAGES_AHEAD: usize = 4;
 pub enum Source {
     /// List the spec's inputs and plan them: a new job.
     Inputs,
-    /// These datums: a retry of a finished job's failed datums.
-    Datums(Vec<PlannedDatum>),
+    /// The failed datums of this finished job (a retry), read from the
+    /// database a page at a time.
+    FailedDatumsOf(i64),
 }
 
 /// Creates a job from `spec` and starts it. Bad inputs (unknown schemes,
@@ -137,11 +141,21 @@ pub async fn create(
 /// into `sink`.
 async fn fill(sink: &mut Sink<'_>, spec: &PipelineSpec, source: Source) -> AppResult<()> {
     let parts = match source {
-        Source::Datums(datums) => {
-            for datum in datums {
-                sink.push_datum(datum).await?;
+        Source::FailedDatumsOf(retried) => {
+            let mut after = 0;
+            loop {
+                let (datums, next) = sink
+                    .state
+                    .db(move |conn| Job::failed_datum_inputs(conn, retried, after, RETRY_PAGE))
+                    .await?;
+                for datum in datums {
+                    sink.push_datum(datum).await?;
+                }
+                match next {
+                    Some(next) => after = next,
+                    None => return sink.flush().await,
+                }
             }
-            return sink.flush().await;
         }
         Source::Inputs => plan_parts(&spec.input),
     };

@@ -564,13 +564,33 @@ impl Job {
             .load(c))?)
     }
 
-    /// The input files of every datum of the job that ended in `error`,
-    /// grouped per datum, for `job retry`.
-    pub fn failed_datum_inputs(conn: &mut DbConn, id: i64) -> ModelResult<Vec<PlannedDatum>> {
+    /// The input files of job `id`'s failed datums, in datum order, a page
+    /// at a time: at most `limit` datums after datum id `after` (0 for the
+    /// first page), and the id to pass as `after` for the next page (None
+    /// once this page is the last). A retry of a million failed datums thus
+    /// never loads them all at once.
+    pub fn failed_datum_inputs(
+        conn: &mut DbConn,
+        id: i64,
+        after: i64,
+        limit: i64,
+    ) -> ModelResult<(Vec<PlannedDatum>, Option<i64>)> {
+        let ids: Vec<i64> = with_conn!(conn, c => datums::table
+            .filter(datums::job_id.eq(id))
+            .filter(datums::status.eq(DatumStatus::Error.as_str()))
+            .filter(datums::id.gt(after))
+            .order(datums::id)
+            .select(datums::id)
+            .limit(limit)
+            .load(c))?;
+        let (Some(&first), Some(&last)) = (ids.first(), ids.last()) else {
+            return Ok((Vec::new(), None));
+        };
         let rows: Vec<(i64, String, String)> = with_conn!(conn, c => input_files::table
             .inner_join(datums::table)
             .filter(datums::job_id.eq(id))
             .filter(datums::status.eq(DatumStatus::Error.as_str()))
+            .filter(datums::id.between(first, last))
             .order((input_files::datum_id, input_files::id))
             .select((input_files::datum_id, input_files::uri, input_files::local_path))
             .load(c))?;
@@ -581,11 +601,12 @@ impl Job {
                 planned.push(PlannedDatum { files: Vec::new() });
                 current = Some(datum_id);
             }
-            if let Some(last) = planned.last_mut() {
-                last.files.push(PlannedFile { uri, local_path });
+            if let Some(datum) = planned.last_mut() {
+                datum.files.push(PlannedFile { uri, local_path });
             }
         }
-        Ok(planned)
+        let next = (i64::try_from(ids.len()).unwrap_or(i64::MAX) >= limit).then_some(last);
+        Ok((planned, next))
     }
 }
 

@@ -160,8 +160,13 @@ async fn retry(
     ApiPath(id): ApiPath<i64>,
 ) -> AppResult<(StatusCode, Json<JobResponse>)> {
     principal.require_admin()?;
-    let (job, datums) = state
-        .db(move |conn| Ok((Job::find(conn, id)?, Job::failed_datum_inputs(conn, id)?)))
+    let (job, (first_failed, _)) = state
+        .db(move |conn| {
+            Ok((
+                Job::find(conn, id)?,
+                Job::failed_datum_inputs(conn, id, 0, 1)?,
+            ))
+        })
         .await?;
     if !job.status().is_terminal() {
         return Err(AppError::Conflict(format!(
@@ -169,7 +174,7 @@ async fn retry(
             job.name, job.status
         )));
     }
-    if datums.is_empty() {
+    if first_failed.is_empty() {
         return Err(AppError::Conflict(format!(
             "job {} has no failed datums to retry",
             job.name
@@ -181,7 +186,7 @@ async fn retry(
     let retried = start_job::create(
         &state,
         spec,
-        start_job::Source::Datums(datums),
+        start_job::Source::FailedDatumsOf(job.id),
         Some(job.id),
     )
     .await?;
