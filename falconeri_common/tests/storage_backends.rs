@@ -208,6 +208,17 @@ fn listing_pages_past_1000_keys() {
         // Without the trailing slash: the same prefix.
         let again = bucket.storage().list(&bucket.uri("many")).await.unwrap();
         assert_eq!(again, listing);
+        // Deleting more than a page of keys deletes them all, and nothing
+        // beside the prefix.
+        bucket
+            .storage()
+            .delete_prefix(&bucket.uri("many/"))
+            .await
+            .unwrap();
+        let left = bucket.storage().list(&bucket.uri("many/")).await.unwrap();
+        assert!(left.is_empty(), "{kind:?}: {} left", left.len());
+        let other = bucket.storage().list(&bucket.uri("other/")).await.unwrap();
+        assert_eq!(other.len(), 1, "{kind:?}");
     });
 }
 

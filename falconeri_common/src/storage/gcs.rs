@@ -480,26 +480,33 @@ impl Storage for GcsStorage {
             bail!("refusing to delete the whole bucket {uri:?}");
         }
         let clients = clients().await?;
-        // Collected first, so the deletions cannot disturb the paging of
-        // the listing, however the server encodes its page tokens.
-        let names: Vec<String> = clients
-            .clone()
-            .object_pages(&loc.bucket, &prefix)
-            .map_ok(|page| {
-                futures::stream::iter(page.into_iter().map(|(name, _)| anyhow::Ok(name)))
-            })
-            .try_flatten()
-            .try_collect()
-            .await?;
-        futures::stream::iter(names)
-            .map(|name| {
-                let clients = clients.clone();
-                let bucket = loc.bucket.clone();
-                async move { clients.delete(&bucket, &name).await }
-            })
-            .buffer_unordered(self.tuning.file_concurrency.max(1))
-            .try_collect::<()>()
-            .await
+        // Page by page from the start each time: every round deletes the
+        // first page and lists again, so memory stays at one page and no
+        // page token ever has to survive deletions (however the server
+        // encodes them). Each round removes what it saw, so this ends.
+        let mut previous_first: Option<String> = None;
+        loop {
+            let page = std::pin::pin!(clients.clone().object_pages(&loc.bucket, &prefix))
+                .try_next()
+                .await?
+                .unwrap_or_default();
+            let Some((first, _)) = page.first() else {
+                return Ok(());
+            };
+            if previous_first.as_deref() == Some(first.as_str()) {
+                bail!("{uri}: {first:?} is still listed after it was deleted");
+            }
+            previous_first = Some(first.clone());
+            futures::stream::iter(page)
+                .map(|(name, _)| {
+                    let clients = clients.clone();
+                    let bucket = loc.bucket.clone();
+                    async move { clients.delete(&bucket, &name).await }
+                })
+                .buffer_unordered(self.tuning.file_concurrency.max(1))
+                .try_collect::<()>()
+                .await?;
+        }
     }
 }
 
