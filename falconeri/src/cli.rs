@@ -155,7 +155,10 @@ pub enum JobCommand {
     /// Start a job from a pipeline spec file.
     ///
     /// Relative `file://` URIs in the spec are taken relative to the spec
-    /// file's directory.
+    /// file's directory. The server lists and plans the inputs before it
+    /// answers (a large S3 or GCS prefix takes one request per thousand
+    /// objects); interrupting this while it lists deletes the half-planned
+    /// job.
     Run {
         /// The pipeline spec (JSON).
         spec: PathBuf,
