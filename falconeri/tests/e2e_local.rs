@@ -240,6 +240,75 @@ fn a_job_whose_inputs_fail_late_leaves_no_job() {
     assert_eq!(jobs["jobs"], serde_json::json!([]), "{jobs}");
 }
 
+/// A client that goes away while the server is still listing its inputs
+/// (Ctrl-C, a killed CLI) takes the half-planned job with it: the job is
+/// deleted, never started.
+#[test]
+fn killing_job_run_while_it_lists_deletes_the_job() {
+    const FILES: usize = 100_000;
+    let local = Local::new();
+    let input = local.work.path().join("big-in");
+    std::fs::create_dir_all(&input).unwrap();
+    for n in 0..FILES {
+        std::fs::write(input.join(format!("f{n:06}")), "").unwrap();
+    }
+    let spec = small_spec(
+        &local,
+        "interrupted",
+        serde_json::json!(["true"]),
+        serde_json::json!({}),
+    );
+    let mut spec_json: Value = serde_json::from_slice(&std::fs::read(&spec).unwrap()).unwrap();
+    spec_json["input"]["atom"]["URI"] = serde_json::json!("file://./big-in/");
+    let spec = local.write_spec("interrupted.json", &spec_json);
+    // The server first, so the job run below spends its time listing.
+    let jobs = local.json(&["job", "list", "--local", "-o", "json"]);
+    assert_eq!(jobs["jobs"], serde_json::json!([]));
+
+    let mut run = support::falconeri_command()
+        .args(["job", "run", "--local", spec.to_str().unwrap()])
+        .env("FALCONERI_HOME", local.home.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait (bounded) until the job exists with part of its datums.
+    let started = Instant::now();
+    loop {
+        let jobs = local.json(&["job", "list", "--local", "-o", "json"]);
+        if let Some(job) = jobs["jobs"].as_array().unwrap().first() {
+            assert_eq!(
+                job["status"], "ready",
+                "the listing finished before it could be interrupted: {job}"
+            );
+            if job["datum_count"].as_i64().unwrap() > 0 {
+                break;
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no job appeared"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    run.kill().unwrap();
+    run.wait().unwrap();
+    // The server notices the closed connection and deletes the job at once
+    // (well before the planning lease of 30 s would run out).
+    let killed = Instant::now();
+    loop {
+        let jobs = local.json(&["job", "list", "--local", "-o", "json"]);
+        if jobs["jobs"] == serde_json::json!([]) {
+            break;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(20),
+            "the half-planned job stayed: {jobs}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// `local stop` in the middle of a job stops the workers, which give their
 /// datums back; the next command restarts the server, whose babysitter
 /// starts new workers, and the job finishes without using up a try.
