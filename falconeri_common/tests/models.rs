@@ -50,6 +50,11 @@ fn never_publish(datum: &Datum) -> anyhow::Result<Vec<String>> {
     panic!("published outputs of datum {} with a stale claim", datum.id)
 }
 
+/// Marks a reserved datum done with its claim, publishing nothing.
+fn done_without_outputs(conn: &mut DbConn, datum: &Datum, now: i64) -> Datum {
+    Datum::mark_done(conn, datum.id, &claim(datum), "", &[], now, publish(&[])).unwrap()
+}
+
 fn claim(datum: &Datum) -> Claim {
     datum.claim().expect("reserved datum has a claim")
 }
@@ -409,16 +414,7 @@ fn claim_storm_completes_each_datum_exactly_once() {
                         else {
                             break;
                         };
-                        Datum::mark_done(
-                            &mut conn,
-                            datum.id,
-                            &claim(&datum),
-                            "",
-                            &[],
-                            now,
-                            publish(&[]),
-                        )
-                        .unwrap();
+                        done_without_outputs(&mut conn, &datum, now);
                         completed.push(datum.id);
                     }
                     completed
@@ -778,16 +774,7 @@ fn failed_datums_are_read_in_pages() {
                 .unwrap()
                 .unwrap();
             if n == 1 {
-                Datum::mark_done(
-                    &mut conn,
-                    datum.id,
-                    &claim(&datum),
-                    "",
-                    &[],
-                    now,
-                    publish(&[]),
-                )
-                .unwrap();
+                done_without_outputs(&mut conn, &datum, now);
             } else {
                 Datum::mark_error(&mut conn, datum.id, &claim(&datum), "", "failed", now).unwrap();
             }
