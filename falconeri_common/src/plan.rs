@@ -217,18 +217,49 @@ pub enum PlanItem {
 
 /// Gathers [`PlanItem`]s into whole datums.
 pub fn collect_datums(items: impl IntoIterator<Item = PlanItem>) -> Vec<PlannedDatum> {
-    let mut datums: Vec<PlannedDatum> = Vec::new();
-    for item in items {
+    let mut batch = DatumBatch::default();
+    items.into_iter().for_each(|item| batch.push(item));
+    // Planners open a datum before its first file; files before any datum
+    // would make one of their own.
+    if !batch.continued.is_empty() {
+        batch.datums.insert(
+            0,
+            PlannedDatum {
+                files: batch.continued,
+            },
+        );
+    }
+    batch.datums
+}
+
+/// A slice of a streamed plan, as it goes to the database in one
+/// transaction (`Job::append_datums`).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct DatumBatch {
+    /// More files of the last datum of the batch before: a datum's files
+    /// may span batches.
+    pub continued: Vec<PlannedFile>,
+    /// New datums, in order. The last one may continue in the next batch.
+    pub datums: Vec<PlannedDatum>,
+}
+
+impl DatumBatch {
+    /// Adds the next item of a streamed plan: a file before any new datum
+    /// of this batch belongs to the last datum of the batch before.
+    pub fn push(&mut self, item: PlanItem) {
         match item {
-            PlanItem::Datum => datums.push(PlannedDatum { files: Vec::new() }),
-            PlanItem::File(file) => match datums.last_mut() {
+            PlanItem::Datum => self.datums.push(PlannedDatum { files: Vec::new() }),
+            PlanItem::File(file) => match self.datums.last_mut() {
                 Some(datum) => datum.files.push(file),
-                // AtomPlanner always opens a datum first.
-                None => datums.push(PlannedDatum { files: vec![file] }),
+                None => self.continued.push(file),
             },
         }
     }
-    datums
+
+    /// True when the batch would add nothing.
+    pub fn is_empty(&self) -> bool {
+        self.continued.is_empty() && self.datums.is_empty()
+    }
 }
 
 /// Plans one atom from its listing in byte order of relative path, one

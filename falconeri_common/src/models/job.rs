@@ -14,7 +14,7 @@ use crate::{
     api::{JobResponse, StatusCounts},
     db::{DbConn, schema::*, with_conn, write_tx},
     pipeline::PipelineSpec,
-    plan::{PlanItem, PlannedDatum, PlannedFile},
+    plan::{DatumBatch, PlannedDatum, PlannedFile},
     status::{DatumStatus, JobStatus},
 };
 
@@ -83,35 +83,6 @@ struct NewInputFile<'a> {
     datum_id: i64,
     uri: &'a str,
     local_path: &'a str,
-}
-
-/// The next slice of a job's plan, for [`Job::append_datums`].
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct DatumBatch {
-    /// More files of the last datum of the batch before: a datum's files
-    /// may span batches.
-    pub continued: Vec<PlannedFile>,
-    /// New datums, in order. The last one may continue in the next batch.
-    pub datums: Vec<PlannedDatum>,
-}
-
-impl DatumBatch {
-    /// Adds the next item of a streamed plan: a file before any new datum
-    /// of this batch belongs to the last datum of the batch before.
-    pub fn push(&mut self, item: PlanItem) {
-        match item {
-            PlanItem::Datum => self.datums.push(PlannedDatum { files: Vec::new() }),
-            PlanItem::File(file) => match self.datums.last_mut() {
-                Some(datum) => datum.files.push(file),
-                None => self.continued.push(file),
-            },
-        }
-    }
-
-    /// True when the batch would add nothing.
-    pub fn is_empty(&self) -> bool {
-        self.continued.is_empty() && self.datums.is_empty()
-    }
 }
 
 /// What [`Job::begin_planning`] needs.

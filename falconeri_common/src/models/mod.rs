@@ -11,7 +11,9 @@ mod job;
 use diesel::{QueryableByName, RunQueryDsl, sql_types::BigInt};
 
 pub use datum::{Datum, DeadOwners, InputFile, OutputFile, PodFailure};
-pub use job::{DatumBatch, Job, NewJobParams};
+pub use job::{Job, NewJobParams};
+// Where the streamed plan meets the database; defined with the plan.
+pub use crate::plan::DatumBatch;
 
 use crate::{
     Millis,
