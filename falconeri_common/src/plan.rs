@@ -187,7 +187,7 @@ impl Planner<'_> {
                 Ok(datums)
             }
             Input::Cross(inputs) => {
-                let count = count_atoms(inputs);
+                let count = PlanPart::Cross(inputs).atoms().len();
                 let listings =
                     self.listings
                         .get(self.next..self.next + count)
@@ -200,10 +200,6 @@ impl Planner<'_> {
             }
         }
     }
-}
-
-fn count_atoms(inputs: &[Input]) -> usize {
-    inputs.iter().map(|input| input.atoms().len()).sum()
 }
 
 /// What planning emits, in order: `Datum` opens a datum, and the `File`s

@@ -148,13 +148,7 @@ pub async fn apply(
                 .with_context(|| format!("cannot apply {kind}/{name}"))?;
             Action::Applied
         };
-        let step = Step {
-            kind: kind.to_owned(),
-            name: name.to_owned(),
-            action,
-        };
-        report(&step);
-        steps.push(step);
+        record(&mut steps, &mut report, kind, name, action);
     }
     Ok(steps)
 }
@@ -257,15 +251,26 @@ pub async fn delete(
                 }
             },
         };
-        let step = Step {
-            kind: kind.to_owned(),
-            name: name.to_owned(),
-            action,
-        };
-        report(&step);
-        steps.push(step);
+        record(&mut steps, &mut report, kind, name, action);
     }
     Ok(steps)
+}
+
+/// Adds one step to the result and reports it as it happens.
+fn record(
+    steps: &mut Vec<Step>,
+    report: &mut impl FnMut(&Step),
+    kind: &str,
+    name: &str,
+    action: Action,
+) {
+    let step = Step {
+        kind: kind.to_owned(),
+        name: name.to_owned(),
+        action,
+    };
+    report(&step);
+    steps.push(step);
 }
 
 /// Whether `object` carries the label every object of a deployment has.
