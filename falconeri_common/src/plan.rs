@@ -267,11 +267,10 @@ impl DatumBatch {
 #[derive(Debug)]
 pub struct AtomPlanner<'a> {
     atom: &'a AtomInput,
-    last: Option<String>,
-    /// Earlier file paths that are string prefixes of `last`, shortest
-    /// first: only these can turn out to be directories of a later path
-    /// (in byte order, anything after `last` that starts with such a path
-    /// also starts with it as a string).
+    /// The last path seen, then the earlier ones that are string prefixes
+    /// of it, longest last: only these can turn out to be directories of a
+    /// later path (in byte order, anything after the last path that starts
+    /// with such a path also starts with it as a string).
     prefix_files: Vec<String>,
     /// The top-level entry of the open datum (`/*`), or "" once the one
     /// datum of `/` is open.
@@ -287,7 +286,6 @@ impl<'a> AtomPlanner<'a> {
         })?;
         Ok(AtomPlanner {
             atom,
-            last: None,
             prefix_files: Vec::new(),
             open: None,
         })
@@ -301,7 +299,7 @@ impl<'a> AtomPlanner<'a> {
             relative_path: path.to_owned(),
             reason,
         })?;
-        if let Some(last) = &self.last {
+        if let Some(last) = self.prefix_files.last() {
             match path.cmp(last.as_str()) {
                 std::cmp::Ordering::Equal => {
                     return Err(PlanError::DuplicatePath {
@@ -338,7 +336,6 @@ impl<'a> AtomPlanner<'a> {
             });
         }
         self.prefix_files.push(path.to_owned());
-        self.last = Some(path.to_owned());
 
         let top = match self.atom.glob {
             Glob::WholeRepo => "",
