@@ -257,7 +257,7 @@ async fn reserve(
     let config = &worker.config;
     worker
         .client
-        .reserve(config.job_id, &config.worker_id, config.reserve_wait)
+        .reserve(config.job_id, &config.worker_id, config.reserve_wait, None)
         .await
 }
 

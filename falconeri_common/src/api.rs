@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     Millis,
     pipeline::SpecProblem,
-    status::{DatumStatus, JobStatus},
+    status::{DatumStatus, JobStatus, Outcome},
 };
 
 /// URL paths of the API, version 1.
@@ -61,8 +61,11 @@ pub mod paths {
     pub fn datum_release(id: i64) -> String {
         format!("/v1/datums/{id}/release")
     }
-    pub fn datum_output_files(id: i64) -> String {
-        format!("/v1/datums/{id}/output-files")
+    pub fn job_report(id: i64) -> String {
+        format!("/v1/jobs/{id}/report")
+    }
+    pub fn job_heartbeat(id: i64) -> String {
+        format!("/v1/jobs/{id}/heartbeat")
     }
 }
 
@@ -126,6 +129,9 @@ pub struct JobListResponse {
 pub struct StatusCounts {
     pub ready: i64,
     pub running: i64,
+    /// Reported done; outputs being moved into the egress.
+    #[serde(default)]
+    pub publishing: i64,
     pub done: i64,
     pub error: i64,
     pub canceled: i64,
@@ -134,7 +140,7 @@ pub struct StatusCounts {
 impl StatusCounts {
     /// All datums.
     pub fn total(&self) -> i64 {
-        self.ready + self.running + self.done + self.error + self.canceled
+        self.ready + self.running + self.publishing + self.done + self.error + self.canceled
     }
 
     /// Datums that will not run again.
@@ -147,6 +153,7 @@ impl StatusCounts {
         match status {
             DatumStatus::Ready => self.ready += n,
             DatumStatus::Running => self.running += n,
+            DatumStatus::Publishing => self.publishing += n,
             DatumStatus::Done => self.done += n,
             DatumStatus::Error => self.error += n,
             DatumStatus::Canceled => self.canceled += n,
@@ -251,8 +258,29 @@ pub struct DatumResponse {
     pub datum: DatumSummary,
     pub input_files: Vec<InputFileResponse>,
     pub output_files: Vec<OutputFileResponse>,
-    /// The tail of the command's stdout and stderr, from the last attempt.
+    /// The tail of the command's stdout and stderr, from the last attempt
+    /// (a NUL byte in it is shown as `␀`).
     pub output: Option<String>,
+    /// Every attempt, oldest first.
+    #[serde(default)]
+    pub attempts: Vec<AttemptResponse>,
+}
+
+/// One attempt at a datum: who ran it, when, and how it ended.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AttemptResponse {
+    /// 1 for the first reservation, counting up.
+    pub number: i32,
+    pub worker_id: String,
+    pub started_at: Millis,
+    pub finished_at: Option<Millis>,
+    /// None while the attempt runs.
+    pub outcome: Option<Outcome>,
+    /// The command's exit status, when the worker reported one.
+    pub exit_code: Option<i32>,
+    /// The signal that ended the command, when one did.
+    pub signal: Option<i32>,
+    pub error_message: Option<String>,
 }
 
 /// Body of `POST /v1/jobs/{id}/reserve`.
@@ -261,6 +289,12 @@ pub struct ReserveRequest {
     pub worker_id: String,
     /// How long to wait for work; the server caps it.
     pub wait_ms: Option<u64>,
+    /// Set by workers that take batches: the most datums this worker will
+    /// take at once. The server hands out up to the job's
+    /// `datums_per_reservation`, never more than this, and answers with
+    /// [`ReserveResponse::Batch`]. Unset: one datum, as `Reserved`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_datums: Option<u32>,
 }
 
 /// Answer to a reservation.
@@ -269,6 +303,10 @@ pub struct ReserveRequest {
 pub enum ReserveResponse {
     /// Here is a datum; it is yours until the lease expires.
     Reserved(Box<Reservation>),
+    /// Here are several datums (to a worker that set `max_datums`), each
+    /// with its own claim; run them in order and report them together
+    /// (`POST /v1/jobs/{id}/report`). Heartbeats keep all their leases.
+    Batch { reservations: Vec<Reservation> },
     /// Nothing is ready now but the job is not over: ask again.
     Wait,
     /// The job has no work left (or was canceled): exit.
@@ -331,6 +369,9 @@ pub struct DoneRequest {
     pub output: String,
     #[serde(default)]
     pub output_files: Vec<NewOutputFile>,
+    /// The command's exit status (0), for the attempt's record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
 }
 
 /// Body of `POST /v1/datums/{id}/error`.
@@ -339,6 +380,12 @@ pub struct ErrorRequest {
     pub claim: Claim,
     pub output: String,
     pub error: String,
+    /// The command's exit status, if it exited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// The signal that killed the command, if one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
 }
 
 /// Body of `POST /v1/datums/{id}/release`: the worker was stopped, not
@@ -349,13 +396,85 @@ pub struct ReleaseRequest {
     pub reason: String,
 }
 
-/// Body of `POST /v1/datums/{id}/output-files`: publish these staged files
-/// now, before the datum is done (for long datums that finish outputs as
-/// they go). Guarded like `done`.
+/// One datum's outcome in a batch report.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct OutputFilesRequest {
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum BatchOutcome {
+    /// As `POST /v1/datums/{id}/done`.
+    Done {
+        output: String,
+        #[serde(default)]
+        output_files: Vec<NewOutputFile>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        exit_code: Option<i32>,
+    },
+    /// As `POST /v1/datums/{id}/error`.
+    Error {
+        output: String,
+        error: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        exit_code: Option<i32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        signal: Option<i32>,
+    },
+    /// As `POST /v1/datums/{id}/release`.
+    Release { reason: String },
+}
+
+/// One datum of a batch report.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BatchReport {
+    pub datum_id: i64,
     pub claim: Claim,
-    pub files: Vec<NewOutputFile>,
+    #[serde(flatten)]
+    pub outcome: BatchOutcome,
+}
+
+/// Body of `POST /v1/jobs/{id}/report`: the final reports of several
+/// datums of one job. Each is settled on its own: a stale claim or a failed
+/// publish of one never changes another.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BatchReportRequest {
+    pub reports: Vec<BatchReport>,
+}
+
+/// How one report of a batch was settled.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BatchReportResult {
+    pub datum_id: i64,
+    /// The datum after the report, when it was accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub datum: Option<DatumSummary>,
+    /// Why it was refused (as the single-datum route's error body would say).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorDetail>,
+}
+
+/// Answer to a batch report, in request order.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BatchReportResponse {
+    pub results: Vec<BatchReportResult>,
+}
+
+/// Body of `POST /v1/jobs/{id}/heartbeat`: extend the leases of every datum
+/// of a batch at once.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BatchHeartbeatRequest {
+    pub claims: Vec<DatumClaim>,
+}
+
+/// A datum and the claim its worker holds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatumClaim {
+    pub datum_id: i64,
+    pub claim: Claim,
+}
+
+/// Answer to a batch heartbeat: the datums whose claims are still held.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BatchHeartbeatResponse {
+    pub held: Vec<i64>,
+    pub lease_expires_at: Millis,
 }
 
 #[cfg(test)]

@@ -282,10 +282,12 @@ impl Client {
         job_id: i64,
         worker_id: &str,
         wait: Duration,
+        max_datums: Option<u32>,
     ) -> Result<api::ReserveResponse, ClientError> {
         let body = api::ReserveRequest {
             worker_id: worker_id.to_owned(),
             wait_ms: Some(millis(wait)),
+            max_datums,
         };
         self.send::<(), _, _>(
             Method::POST,
@@ -337,13 +339,22 @@ impl Client {
         self.post(&paths::datum_release(datum_id), body).await
     }
 
-    /// Records output files of a datum we hold, before it is done.
-    pub async fn record_output_files(
+    /// Reports several datums of a batch at once.
+    pub async fn report_batch(
         &self,
-        datum_id: i64,
-        body: &api::OutputFilesRequest,
-    ) -> Result<serde_json::Value, ClientError> {
-        self.post(&paths::datum_output_files(datum_id), body).await
+        job_id: i64,
+        body: &api::BatchReportRequest,
+    ) -> Result<api::BatchReportResponse, ClientError> {
+        self.post(&paths::job_report(job_id), body).await
+    }
+
+    /// Extends the leases of every datum of a batch.
+    pub async fn heartbeat_batch(
+        &self,
+        job_id: i64,
+        body: &api::BatchHeartbeatRequest,
+    ) -> Result<api::BatchHeartbeatResponse, ClientError> {
+        self.post(&paths::job_heartbeat(job_id), body).await
     }
 }
 

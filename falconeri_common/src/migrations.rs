@@ -40,6 +40,7 @@ pub const POSTGRES: &[Migration] = postgres_migrations![
     "2026-11-25-000000_init",
     "2026-11-25-100000_datum_pod_failures",
     "2026-11-25-200000_job_planning_lease",
+    "2026-12-06-000000_datum_lifecycle_v2",
 ];
 
 #[cfg(test)]

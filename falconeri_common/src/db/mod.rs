@@ -98,6 +98,46 @@ impl DbConn {
         }
     }
 
+    /// Runs `f` in a write transaction on this connection: `BEGIN
+    /// IMMEDIATE` on SQLite (the write lock is taken up front, so writers
+    /// queue on the busy timeout instead of failing half-way), an ordinary
+    /// transaction on PostgreSQL, where row locks do that job. Unlike
+    /// [`write_tx!`], `f` gets the [`DbConn`] itself, so statements built at
+    /// run time for either backend (`models::sql`) can run inside.
+    pub fn write_transaction<T, E>(
+        &mut self,
+        f: impl FnOnce(&mut DbConn) -> Result<T, E>,
+    ) -> Result<T, E>
+    where
+        E: From<diesel::result::Error>,
+    {
+        use diesel::connection::{AnsiTransactionManager, TransactionManager};
+        match self {
+            DbConn::Sqlite(c) => {
+                AnsiTransactionManager::begin_transaction_sql(&mut **c, "BEGIN IMMEDIATE")?
+            }
+            #[cfg(feature = "postgres")]
+            DbConn::Postgres(c) => AnsiTransactionManager::begin_transaction(&mut **c)?,
+        }
+        let result = f(self);
+        let ended = match (&result, &mut *self) {
+            (Ok(_), DbConn::Sqlite(c)) => AnsiTransactionManager::commit_transaction(&mut **c),
+            (Err(_), DbConn::Sqlite(c)) => AnsiTransactionManager::rollback_transaction(&mut **c),
+            #[cfg(feature = "postgres")]
+            (Ok(_), DbConn::Postgres(c)) => AnsiTransactionManager::commit_transaction(&mut **c),
+            #[cfg(feature = "postgres")]
+            (Err(_), DbConn::Postgres(c)) => {
+                AnsiTransactionManager::rollback_transaction(&mut **c)
+            }
+        };
+        match (result, ended) {
+            (Ok(value), Ok(())) => Ok(value),
+            (Ok(_), Err(err)) => Err(err.into()),
+            // The body's error says more than a failed rollback would.
+            (Err(err), _) => Err(err),
+        }
+    }
+
     /// Which database this connection talks to.
     pub fn backend(&self) -> Backend {
         match self {

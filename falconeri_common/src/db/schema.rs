@@ -43,6 +43,7 @@ diesel::table! {
         created_at -> BigInt,
         updated_at -> BigInt,
         pod_failures -> Integer,
+        ready_order -> Nullable<BigInt>,
     }
 }
 
@@ -64,10 +65,29 @@ diesel::table! {
         uri -> Text,
         size -> BigInt,
         created_at -> BigInt,
+        attempt -> Integer,
+        staged_path -> Text,
+    }
+}
+
+diesel::table! {
+    attempts (id) {
+        id -> BigInt,
+        job_id -> BigInt,
+        datum_id -> BigInt,
+        number -> Integer,
+        worker_id -> Text,
+        started_at -> BigInt,
+        finished_at -> Nullable<BigInt>,
+        outcome -> Nullable<Text>,
+        exit_code -> Nullable<Integer>,
+        signal -> Nullable<Integer>,
+        error_message -> Nullable<Text>,
     }
 }
 
 diesel::joinable!(datums -> jobs (job_id));
 diesel::joinable!(input_files -> datums (datum_id));
 diesel::joinable!(output_files -> datums (datum_id));
-diesel::allow_tables_to_appear_in_same_query!(jobs, datums, input_files, output_files);
+diesel::joinable!(attempts -> datums (datum_id));
+diesel::allow_tables_to_appear_in_same_query!(jobs, datums, input_files, output_files, attempts);

@@ -1,22 +1,36 @@
-//! Datums: the unit of work a worker reserves, runs and reports on.
+//! Datums: the unit of work a worker reserves, runs and reports on, and
+//! every transition of their lifecycle (see [`crate::status`] for the
+//! diagram).
 //!
-//! The queue's invariant lives here: a datum is reserved by exactly one
-//! worker per attempt, and every later write names that attempt and owner
-//! (a [`Claim`]); a write whose claim is stale changes nothing and fails with
-//! [`ModelError::Conflict`].
+//! The queue's invariants live here:
+//! - a datum is reserved by exactly one worker per attempt, and every later
+//!   write names that attempt and owner (a [`Claim`]); a write whose claim is
+//!   stale changes nothing and fails with [`ModelError::Conflict`];
+//! - every transition that ends a claim closes the datum's open attempt row
+//!   (`attempts`) with its [`Outcome`], in the same transaction, locking the
+//!   datum row first and the attempt row second (one order everywhere, so
+//!   two transitions never deadlock on them);
+//! - no transition does storage I/O: outputs are published between
+//!   [`Datum::begin_publishing`] and [`Datum::finish_publishing`], outside
+//!   any transaction.
 
 use diesel::{
-    BoolExpressionMethods, ExpressionMethods, OptionalExtension, QueryDsl, QueryableByName,
-    RunQueryDsl, SelectableHelper,
+    ExpressionMethods, OptionalExtension, QueryDsl, QueryableByName, RunQueryDsl,
+    SelectableHelper,
     prelude::{Insertable, Queryable, Selectable},
+    sql_types::{BigInt, Integer, Nullable, Text},
 };
 
-use super::{INSERT_CHUNK, ModelError, ModelResult};
+use super::{
+    INSERT_CHUNK, ModelError, ModelResult,
+    sql::{Clock, Stmt, int_list},
+};
 use crate::{
     Millis,
-    api::{Claim, DatumSummary, InputFileResponse, NewOutputFile, OutputFileResponse},
-    db::{DbConn, schema::*, with_conn, write_tx},
-    status::DatumStatus,
+    api::{AttemptResponse, Claim, DatumSummary, InputFileResponse, NewOutputFile, OutputFileResponse},
+    db::{DbConn, schema::*, with_conn},
+    status::{DatumStatus, Outcome},
+    text::escape_nul,
 };
 
 /// A datum row.
@@ -27,7 +41,7 @@ pub struct Datum {
     pub job_id: i64,
     /// Position within the job, in planning order.
     pub seq: i64,
-    pub status: String,
+    pub status: DatumStatus,
     /// How many times the datum has been reserved; the current claim's attempt.
     pub attempt: i32,
     /// Attempts interrupted by the infrastructure; they don't use up tries.
@@ -46,6 +60,10 @@ pub struct Datum {
     /// Attempts whose worker the infrastructure ended (evicted, preempted,
     /// OOM-killed); also counted in `interrupted`.
     pub pod_failures: i32,
+    /// The datum's place in its job's queue while it is ready (its `seq`:
+    /// planning order, also after a requeue); NULL in every other state (a
+    /// CHECK constraint keeps the two in step).
+    pub ready_order: Option<i64>,
 }
 
 /// An input file row.
@@ -59,7 +77,8 @@ pub struct InputFile {
     pub local_path: String,
 }
 
-/// An output file row: published only by a guarded write.
+/// An output file row. Written when publishing starts, it is published
+/// once its datum is `done`.
 #[derive(Debug, Clone, PartialEq, Queryable, Selectable)]
 #[diesel(table_name = output_files)]
 pub struct OutputFile {
@@ -69,6 +88,39 @@ pub struct OutputFile {
     pub uri: String,
     pub size: i64,
     pub created_at: Millis,
+    /// The attempt whose staging area holds (or held) the file.
+    pub attempt: i32,
+    /// The path relative to the staging area and to the egress.
+    pub staged_path: String,
+}
+
+/// One attempt at a datum.
+#[derive(Debug, Clone, PartialEq, Queryable, Selectable)]
+#[diesel(table_name = attempts)]
+pub struct Attempt {
+    pub id: i64,
+    pub job_id: i64,
+    pub datum_id: i64,
+    /// 1 for the first reservation, then counting up (`Datum::attempt`).
+    pub number: i32,
+    pub worker_id: String,
+    pub started_at: Millis,
+    pub finished_at: Option<Millis>,
+    /// None while the attempt is the datum's current claim.
+    pub outcome: Option<Outcome>,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub error_message: Option<String>,
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = attempts)]
+struct NewAttempt<'a> {
+    job_id: i64,
+    datum_id: i64,
+    number: i32,
+    worker_id: &'a str,
+    started_at: Millis,
 }
 
 #[derive(Insertable)]
@@ -79,6 +131,32 @@ struct NewOutputFileRow<'a> {
     uri: &'a str,
     size: i64,
     created_at: Millis,
+    attempt: i32,
+    staged_path: &'a str,
+}
+
+/// A datum handed to a worker, with its input files.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reserved {
+    pub datum: Datum,
+    pub files: Vec<InputFileResponse>,
+}
+
+#[derive(QueryableByName)]
+struct ReservedRow {
+    #[diesel(embed)]
+    datum: Datum,
+    #[diesel(sql_type = Nullable<Text>)]
+    files: Option<String>,
+}
+
+/// A row changed by a transition that ends attempts.
+#[derive(QueryableByName, Debug)]
+struct EndedRow {
+    #[diesel(sql_type = BigInt)]
+    id: i64,
+    #[diesel(sql_type = Integer)]
+    attempt: i32,
 }
 
 /// A worker the infrastructure ended, for [`Datum::record_pod_failures`].
@@ -96,47 +174,81 @@ pub struct DeadOwners {
     pub worker_ids: Vec<String>,
 }
 
-const READY: &str = "ready";
-const RUNNING: &str = "running";
-
-/// Fails the current attempt of every running datum matching `$filter`, in
-/// one write transaction: requeued while tries remain, else `error`. Each
-/// statement re-checks its rows, so concurrent babysitters are safe.
-macro_rules! fail_attempts {
-    ($conn:expr, $filter:expr, $message:expr, $now:expr) => {
-        write_tx!($conn, c => {
-            let requeued = diesel::update(datums::table)
-                .filter(datums::status.eq(RUNNING))
-                .filter($filter)
-                .filter(tries_left())
-                .set(requeue_set($message, $now))
-                .execute(c)?;
-            let failed = diesel::update(datums::table)
-                .filter(datums::status.eq(RUNNING))
-                .filter($filter)
-                .set(fail_set($message, $now))
-                .execute(c)?;
-            Ok::<_, ModelError>(requeued + failed)
-        })
-    };
+/// What a worker reports with a finished command.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Report<'a> {
+    /// The tail of the command's output (any NUL is stored as `␀`).
+    pub output: &'a str,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
 }
 
-/// The reservation statement on PostgreSQL. `SKIP LOCKED` lets concurrent
-/// reservations pass each other; the outer `status = 'ready'` re-checks the
-/// row after the lock, so a datum is never handed out twice.
-#[cfg(feature = "postgres")]
-const PG_RESERVE: &str = "\
-UPDATE datums SET status = 'running', attempt = attempt + 1, owner = $1, \
-    lease_expires_at = $2, deadline_at = $3, started_at = $4, updated_at = $4, finished_at = NULL \
-WHERE id = (SELECT id FROM datums WHERE job_id = $5 AND status = 'ready' \
-            ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED) \
-  AND status = 'ready' \
-RETURNING *";
+/// The answer to a `done` report.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Completed {
+    /// No outputs: the datum is done.
+    Done(Datum),
+    /// The datum is `publishing`: move these staged files, then call
+    /// [`Datum::finish_publishing`] (or [`Datum::fail_publishing`]).
+    Publishing(Datum, Vec<OutputFile>),
+}
+
+/// Which datums a listing returns.
+#[derive(Debug, Clone, Default)]
+pub struct DatumFilter {
+    pub status: Option<DatumStatus>,
+    /// Datums with at least one attempt that ended this way.
+    pub outcome: Option<Outcome>,
+    /// Keyset paging: only datums with a larger id.
+    pub after: Option<i64>,
+}
+
+/// Whether a failed attempt puts its datum back in the queue.
+#[derive(Debug, Clone, Copy)]
+enum Requeue {
+    /// While the datum has tries left (interrupted attempts don't count).
+    IfTriesLeft,
+    /// Always, without using up a try (`interrupted` goes up).
+    Always,
+}
+
+/// How attempts end, for [`end_attempts`].
+#[derive(Debug, Clone, Copy)]
+struct Ending<'a> {
+    outcome: Outcome,
+    /// The datum's error message (and the attempt's).
+    message: &'a str,
+    /// Replaces the datum's output when set.
+    output: Option<&'a str>,
+    exit_code: Option<i32>,
+    signal: Option<i32>,
+    requeue: Requeue,
+}
+
+const RESERVE_HELD_OR_NEXT: &str = "\
+UPDATE datums SET \
+    attempt = CASE WHEN status = 'ready' THEN attempt + 1 ELSE attempt END, \
+    started_at = CASE WHEN status = 'ready' THEN {now} ELSE started_at END, \
+    deadline_at = CASE WHEN status = 'ready' THEN {deadline} ELSE deadline_at END, \
+    status = 'running', ready_order = NULL, owner = {worker}, \
+    lease_expires_at = {now} + {lease}, updated_at = {now}, finished_at = NULL \
+WHERE id IN ( \
+    SELECT id FROM datums WHERE job_id = {job} AND owner = {worker} AND status = 'running' \
+    UNION ALL \
+    SELECT id FROM ( \
+        SELECT id FROM datums \
+        WHERE job_id = {job} AND ready_order IS NOT NULL \
+          AND NOT EXISTS (SELECT 1 FROM datums h \
+                          WHERE h.job_id = {job} AND h.owner = {worker} AND h.status = 'running') \
+          AND EXISTS (SELECT 1 FROM jobs j WHERE j.id = {job} AND j.status = 'running') \
+        ORDER BY ready_order LIMIT {max} {lock}) AS next \
+) AND (status = 'ready' OR (status = 'running' AND owner = {worker})) \
+RETURNING *, {files} AS files";
 
 impl Datum {
-    /// The datum's status (an unknown value reads as `error`).
+    /// The datum's status.
     pub fn status(&self) -> DatumStatus {
-        self.status.parse().unwrap_or(DatumStatus::Error)
+        self.status
     }
 
     /// The claim of the current attempt.
@@ -164,6 +276,22 @@ impl Datum {
         status: Option<DatumStatus>,
         limit: i64,
     ) -> ModelResult<Vec<Datum>> {
+        let filter = DatumFilter {
+            status,
+            ..DatumFilter::default()
+        };
+        Datum::list_filtered(conn, job_id, &filter, limit)
+    }
+
+    /// A page of a job's datums in id order: by status, by the outcome of
+    /// any of their attempts, after an id. Each page is one index range
+    /// scan, so paging works the same at a million datums.
+    pub fn list_filtered(
+        conn: &mut DbConn,
+        job_id: i64,
+        filter: &DatumFilter,
+        limit: i64,
+    ) -> ModelResult<Vec<Datum>> {
         Ok(with_conn!(conn, c => {
             let mut query = datums::table
                 .filter(datums::job_id.eq(job_id))
@@ -171,121 +299,357 @@ impl Datum {
                 .limit(limit)
                 .select(Datum::as_select())
                 .into_boxed();
-            if let Some(status) = status {
-                query = query.filter(datums::status.eq(status.as_str()));
+            if let Some(status) = filter.status {
+                query = query.filter(datums::status.eq(status));
+            }
+            if let Some(after) = filter.after {
+                query = query.filter(datums::id.gt(after));
+            }
+            if let Some(outcome) = filter.outcome {
+                let with_outcome = attempts::table
+                    .filter(attempts::job_id.eq(job_id))
+                    .filter(attempts::outcome.eq(outcome))
+                    .select(attempts::datum_id);
+                query = query.filter(datums::id.eq_any(with_outcome));
             }
             query.load(c)
         })?)
     }
 
-    /// Reserves the next ready datum of a job for `worker_id`: one atomic
-    /// statement that bumps the attempt, records the owner, and sets the lease
-    /// (and `datum_timeout` deadline) from `now`, the database clock.
+    /// Reserves work for `worker_id` in one statement (and records the new
+    /// attempts in a second, in the same transaction): the datums the worker
+    /// still holds `running` in the job if any (the answer to its last
+    /// reservation was lost; same claim, lease extended, deadline
+    /// unchanged), else up to `max` ready datums of a running job, in queue
+    /// order. The clock is read inside the statement.
+    ///
+    /// The pick walks the partial index `datums_queue (job_id,
+    /// ready_order) WHERE ready_order IS NOT NULL`, which holds ready
+    /// datums only and is the only index in `ready_order` order, so its cost
+    /// does not grow with the rows already done. On PostgreSQL `SKIP LOCKED`
+    /// lets concurrent reservations pass each other, and the outer
+    /// `status = 'ready'` re-check after the lock means a datum is never
+    /// handed out twice; on SQLite the transaction holds the write lock.
+    ///
+    /// `timeout_ms` is the job's `datum_timeout`: each datum's server-side
+    /// deadline is `max × timeout` from now (a batch runs its datums one
+    /// after another; the worker enforces `datum_timeout` per command).
     #[tracing::instrument(level = "debug", skip(conn))]
+    pub fn reserve(
+        conn: &mut DbConn,
+        job_id: i64,
+        worker_id: &str,
+        max: u32,
+        clock: Clock,
+        lease_ms: i64,
+        timeout_ms: Option<i64>,
+    ) -> ModelResult<Vec<Reserved>> {
+        let backend = conn.backend();
+        let mut stmt = Stmt::new(backend);
+        let worker = stmt.text(Some(worker_id));
+        let now = clock.sql(backend);
+        let max = max.max(1);
+        let deadline = match timeout_ms {
+            Some(t) => format!("{now} + {}", t.saturating_mul(i64::from(max))),
+            None => "NULL".to_owned(),
+        };
+        let (lock, files) = match backend {
+            crate::db::Backend::Postgres => (
+                "FOR UPDATE SKIP LOCKED",
+                "(SELECT CAST(json_agg(json_build_array(f.uri, f.local_path) ORDER BY f.id) AS TEXT) \
+                 FROM input_files f WHERE f.datum_id = datums.id)",
+            ),
+            crate::db::Backend::Sqlite => (
+                "",
+                "(SELECT json_group_array(json_array(f.uri, f.local_path) ORDER BY f.id) \
+                 FROM input_files f WHERE f.datum_id = datums.id)",
+            ),
+        };
+        let sql = RESERVE_HELD_OR_NEXT
+            .replace("{now}", &now)
+            .replace("{deadline}", &deadline)
+            .replace("{worker}", &worker)
+            .replace("{lease}", &lease_ms.to_string())
+            .replace("{job}", &job_id.to_string())
+            .replace("{max}", &max.to_string())
+            .replace("{lock}", lock)
+            .replace("{files}", files);
+        stmt.push(&sql);
+        conn.write_transaction(|conn| {
+            let rows: Vec<ReservedRow> = stmt.load(conn)?;
+            let mut reserved = Vec::with_capacity(rows.len());
+            for row in rows {
+                let files = parse_files(row.files.as_deref())?;
+                reserved.push(Reserved {
+                    datum: row.datum,
+                    files,
+                });
+            }
+            reserved.sort_by_key(|r| r.datum.id);
+            // Held datums already have their attempt; the conflict clause
+            // skips them.
+            let attempts: Vec<NewAttempt> = reserved
+                .iter()
+                .map(|r| NewAttempt {
+                    job_id: r.datum.job_id,
+                    datum_id: r.datum.id,
+                    number: r.datum.attempt,
+                    worker_id,
+                    started_at: r.datum.started_at.unwrap_or(r.datum.updated_at),
+                })
+                .collect();
+            if !attempts.is_empty() {
+                with_conn!(conn, c => {
+                    for attempt in &attempts {
+                        diesel::insert_into(attempts::table)
+                            .values(attempt)
+                            .on_conflict((attempts::datum_id, attempts::number))
+                            .do_nothing()
+                            .execute(c)?;
+                    }
+                    Ok::<_, diesel::result::Error>(())
+                })?;
+            }
+            Ok(reserved)
+        })
+    }
+
+    /// [`Datum::reserve`] of one datum.
     pub fn reserve_next(
         conn: &mut DbConn,
         job_id: i64,
         worker_id: &str,
-        now: Millis,
+        now: impl Into<Clock> + std::fmt::Debug,
         lease_ms: i64,
         timeout_ms: Option<i64>,
     ) -> ModelResult<Option<Datum>> {
-        let lease = now.saturating_add(lease_ms);
-        let deadline = timeout_ms.map(|t| now.saturating_add(t));
-        // A worker asks for work only when it holds none. If it still holds
-        // a datum, the answer to its last reservation was lost (a reset
-        // connection, a worker restarted under the same name): hand the
-        // same claim back rather than strand that datum until its lease
-        // runs out and costs it a try.
-        let held: Vec<Datum> = with_conn!(conn, c => diesel::update(datums::table)
-            .filter(datums::job_id.eq(job_id))
-            .filter(datums::owner.eq(worker_id))
-            .filter(datums::status.eq(RUNNING))
-            .set((
-                datums::lease_expires_at.eq(Some(lease)),
-                datums::updated_at.eq(now),
-            ))
-            .returning(Datum::as_returning())
-            .get_results(c))?;
-        if let Some(datum) = held.into_iter().min_by_key(|d| d.id) {
-            return Ok(Some(datum));
-        }
-        let datum = match conn {
-            DbConn::Sqlite(c) => {
-                let c: &mut diesel::SqliteConnection = &mut *c;
-                // SQLite has one writer at a time: inside BEGIN IMMEDIATE the
-                // pick and the update cannot interleave with another reserve.
-                c.immediate_transaction(|c| {
-                    let next: Option<i64> = datums::table
-                        .filter(datums::job_id.eq(job_id))
-                        .filter(datums::status.eq(READY))
-                        .order(datums::id)
-                        .select(datums::id)
-                        .first(c)
-                        .optional()?;
-                    let Some(next) = next else { return Ok(None) };
-                    diesel::update(datums::table)
-                        .filter(datums::id.eq(next))
-                        .filter(datums::status.eq(READY))
-                        .set((
-                            datums::status.eq(RUNNING),
-                            datums::attempt.eq(datums::attempt + 1),
-                            datums::owner.eq(Some(worker_id)),
-                            datums::lease_expires_at.eq(Some(lease)),
-                            datums::deadline_at.eq(deadline),
-                            datums::started_at.eq(Some(now)),
-                            datums::updated_at.eq(now),
-                            datums::finished_at.eq(None::<i64>),
-                        ))
-                        .returning(Datum::as_returning())
-                        .get_result(c)
-                        .optional()
-                })?
-            }
-            #[cfg(feature = "postgres")]
-            DbConn::Postgres(c) => {
-                use diesel::sql_types::{BigInt, Nullable, Text};
-                let c: &mut diesel::PgConnection = &mut *c;
-                diesel::sql_query(PG_RESERVE)
-                    .bind::<Text, _>(worker_id)
-                    .bind::<BigInt, _>(lease)
-                    .bind::<Nullable<BigInt>, _>(deadline)
-                    .bind::<BigInt, _>(now)
-                    .bind::<BigInt, _>(job_id)
-                    .get_result::<Datum>(c)
-                    .optional()?
-            }
-        };
-        Ok(datum)
+        let reserved = Datum::reserve(
+            conn,
+            job_id,
+            worker_id,
+            1,
+            now.into(),
+            lease_ms,
+            timeout_ms,
+        )?;
+        Ok(reserved.into_iter().next().map(|r| r.datum))
     }
 
-    /// Extends the lease of a datum the claimant still holds.
+    /// Extends the lease of a datum the claimant still holds (a datum being
+    /// published keeps the lease its publisher set).
     pub fn heartbeat(
         conn: &mut DbConn,
         id: i64,
         claim: &Claim,
-        now: Millis,
+        now: impl Into<Clock>,
         lease_ms: i64,
     ) -> ModelResult<Millis> {
-        let lease = now.saturating_add(lease_ms);
-        let n = with_conn!(conn, c => diesel::update(datums::table)
-            .filter(held(id, claim))
-            .set((datums::lease_expires_at.eq(Some(lease)), datums::updated_at.eq(now)))
-            .execute(c))?;
-        if n == 0 {
-            return Err(Datum::why_stale(conn, id, claim));
+        let backend = conn.backend();
+        let mut stmt = Stmt::new(backend);
+        let now = now.into().sql(backend);
+        let guard = held_sql(&mut stmt, id, claim, "IN ('running', 'publishing')");
+        stmt.push(&format!(
+            "UPDATE datums SET \
+                lease_expires_at = CASE WHEN status = 'running' THEN {now} + {lease_ms} \
+                                        ELSE lease_expires_at END, \
+                updated_at = {now} \
+             WHERE {guard} RETURNING id, attempt, lease_expires_at"
+        ));
+        #[derive(QueryableByName)]
+        struct Lease {
+            #[diesel(sql_type = Nullable<BigInt>)]
+            lease_expires_at: Option<i64>,
         }
-        Ok(lease)
+        let rows: Vec<Lease> = stmt.load(conn)?;
+        match rows.into_iter().next() {
+            Some(row) => Ok(row.lease_expires_at.unwrap_or_default()),
+            None => Err(Datum::why_stale(conn, id, claim)),
+        }
     }
 
-    /// Marks a held datum done and publishes its output files, atomically:
-    /// with a stale claim nothing is written and `publish` is not called.
-    ///
-    /// `publish` moves the staged files to the egress and returns their
-    /// final URIs (in `files` order). It runs while the datum's row is
-    /// locked (the whole database on SQLite) and the claim is known to be
-    /// current; if it fails, nothing is recorded and the datum stays running.
-    #[tracing::instrument(level = "debug", skip(conn, output, files, publish))]
+    /// A worker reports its command succeeded. Without outputs the datum is
+    /// done at once (one transaction: the guarded update and the closing of
+    /// the attempt). With outputs it moves to `publishing` under its claim
+    /// and the rows of its outputs are written (`egress_uri` joined with
+    /// each path), so that whoever publishes, this server or the babysitter
+    /// after a crash, knows what to move; the lease becomes the publisher's,
+    /// `publish_lease_ms` long.
+    #[tracing::instrument(level = "debug", skip(conn, report, files, now))]
+    #[allow(clippy::too_many_arguments)]
+    pub fn complete(
+        conn: &mut DbConn,
+        id: i64,
+        claim: &Claim,
+        report: &Report<'_>,
+        files: &[NewOutputFile],
+        egress_uri: &str,
+        now: impl Into<Clock>,
+        publish_lease_ms: i64,
+    ) -> ModelResult<Completed> {
+        let backend = conn.backend();
+        let clock = now.into();
+        let now = clock.sql(backend);
+        let output = escape_nul(report.output);
+        let mut stmt = Stmt::new(backend);
+        let guard = held_sql(&mut stmt, id, claim, "= 'running'");
+        let output_param = stmt.text(Some(&output));
+        let set = if files.is_empty() {
+            format!(
+                "status = 'done', finished_at = {now}, lease_expires_at = NULL, \
+                 error_message = NULL"
+            )
+        } else {
+            format!("status = 'publishing', lease_expires_at = {now} + {publish_lease_ms}")
+        };
+        stmt.push(&format!(
+            "UPDATE datums SET {set}, output = {output_param}, deadline_at = NULL, \
+                updated_at = {now} \
+             WHERE {guard} RETURNING *"
+        ));
+        let egress = crate::storage::as_prefix(egress_uri);
+        let result = conn.write_transaction(|conn| {
+            let rows: Vec<Datum> = stmt.load(conn)?;
+            let Some(datum) = rows.into_iter().next() else {
+                return Ok(None);
+            };
+            if files.is_empty() {
+                close_attempts(
+                    conn,
+                    &[(datum.id, datum.attempt)],
+                    Outcome::Done,
+                    None,
+                    report.exit_code,
+                    report.signal,
+                    clock,
+                )?;
+                return Ok(Some(Completed::Done(datum)));
+            }
+            let created_at = datum.updated_at;
+            let uris: Vec<String> = files
+                .iter()
+                .map(|file| format!("{egress}{}", file.path))
+                .collect();
+            let rows: Vec<NewOutputFileRow> = files
+                .iter()
+                .zip(&uris)
+                .map(|(file, uri)| NewOutputFileRow {
+                    job_id: datum.job_id,
+                    datum_id: datum.id,
+                    uri,
+                    size: file.size,
+                    created_at,
+                    attempt: datum.attempt,
+                    staged_path: &file.path,
+                })
+                .collect();
+            with_conn!(conn, c => {
+                for chunk in rows.chunks(INSERT_CHUNK) {
+                    diesel::insert_into(output_files::table).values(chunk).execute(c)?;
+                }
+                Ok::<_, diesel::result::Error>(())
+            })?;
+            let outputs = Datum::pending_outputs(conn, &datum)?;
+            Ok::<_, ModelError>(Some(Completed::Publishing(datum, outputs)))
+        })?;
+        result.ok_or_else(|| Datum::why_stale(conn, id, claim))
+    }
+
+    /// The output rows of the datum's current attempt, in path order.
+    fn pending_outputs(conn: &mut DbConn, datum: &Datum) -> ModelResult<Vec<OutputFile>> {
+        Ok(with_conn!(conn, c => output_files::table
+            .filter(output_files::datum_id.eq(datum.id))
+            .filter(output_files::attempt.eq(datum.attempt))
+            .order(output_files::id)
+            .select(OutputFile::as_select())
+            .load(c))?)
+    }
+
+    /// Marks a `publishing` datum done once its outputs were moved: guarded
+    /// by the claim like every worker write, so of two publishers (a slow
+    /// one and the babysitter) exactly one records it.
+    pub fn finish_publishing(
+        conn: &mut DbConn,
+        id: i64,
+        claim: &Claim,
+        exit_code: Option<i32>,
+        now: impl Into<Clock>,
+    ) -> ModelResult<Datum> {
+        let backend = conn.backend();
+        let clock = now.into();
+        let now = clock.sql(backend);
+        let mut stmt = Stmt::new(backend);
+        let guard = held_sql(&mut stmt, id, claim, "= 'publishing'");
+        stmt.push(&format!(
+            "UPDATE datums SET status = 'done', finished_at = {now}, updated_at = {now}, \
+                lease_expires_at = NULL, error_message = NULL \
+             WHERE {guard} RETURNING *"
+        ));
+        let done = conn.write_transaction(|conn| {
+            let rows: Vec<Datum> = stmt.load(conn)?;
+            if let Some(datum) = rows.first() {
+                close_attempts(
+                    conn,
+                    &[(datum.id, datum.attempt)],
+                    Outcome::Done,
+                    None,
+                    exit_code,
+                    None,
+                    clock,
+                )?;
+            }
+            Ok::<_, ModelError>(rows.into_iter().next())
+        })?;
+        done.ok_or_else(|| Datum::why_stale(conn, id, claim))
+    }
+
+    /// Fails a `publishing` datum whose outputs could not be moved (an
+    /// output colliding with a directory in the egress, say): its output
+    /// rows are deleted and the attempt fails like any other, requeued
+    /// while tries remain.
+    pub fn fail_publishing(
+        conn: &mut DbConn,
+        id: i64,
+        claim: &Claim,
+        reason: &str,
+        now: impl Into<Clock>,
+    ) -> ModelResult<Datum> {
+        let clock = now.into();
+        let ending = Ending {
+            outcome: Outcome::PublishFailed,
+            message: reason,
+            output: None,
+            exit_code: None,
+            signal: None,
+            requeue: Requeue::IfTriesLeft,
+        };
+        let claim_owned = claim.clone();
+        let ended = conn.write_transaction(|conn| {
+            let ended = end_attempts(
+                conn,
+                |stmt| held_sql(stmt, id, &claim_owned, "= 'publishing'"),
+                &ending,
+                clock,
+            )?;
+            if !ended.is_empty() {
+                with_conn!(conn, c => diesel::delete(
+                    output_files::table
+                        .filter(output_files::datum_id.eq(id))
+                        .filter(output_files::attempt.eq(claim_owned.attempt)),
+                )
+                .execute(c))?;
+            }
+            Ok::<_, ModelError>(ended)
+        })?;
+        if ended.is_empty() {
+            return Err(Datum::why_stale(conn, id, claim));
+        }
+        Datum::find(conn, id)
+    }
+
+    /// Marks a held datum done, publishing its outputs with `publish`
+    /// between the two guarded writes (outside any transaction). For tests
+    /// and tools; the server runs the phases itself so publishing happens
+    /// off the database thread.
     pub fn mark_done<P>(
         conn: &mut DbConn,
         id: i64,
@@ -298,30 +662,21 @@ impl Datum {
     where
         P: FnOnce(&Datum) -> anyhow::Result<Vec<String>>,
     {
-        let result = write_tx!(conn, c => {
-            let updated: Option<Datum> = diesel::update(datums::table)
-                .filter(held(id, claim))
-                .set((
-                    datums::status.eq(DatumStatus::Done.as_str()),
-                    datums::output.eq(Some(output)),
-                    datums::error_message.eq(None::<String>),
-                    datums::finished_at.eq(Some(now)),
-                    datums::updated_at.eq(now),
-                    datums::lease_expires_at.eq(None::<i64>),
-                    datums::deadline_at.eq(None::<i64>),
-                ))
-                .returning(Datum::as_returning())
-                .get_result(c)
-                .optional()?;
-            if let Some(datum) = &updated {
-                let uris = publish(datum).map_err(ModelError::Publish)?;
-                for chunk in output_rows(datum, files, &uris, now).chunks(INSERT_CHUNK) {
-                    diesel::insert_into(output_files::table).values(chunk).execute(c)?;
+        let report = Report {
+            output,
+            ..Report::default()
+        };
+        match Datum::complete(conn, id, claim, &report, files, "file:///out/", now, 60_000)? {
+            Completed::Done(datum) => Ok(datum),
+            Completed::Publishing(datum, _) => match publish(&datum) {
+                Ok(_) => Datum::finish_publishing(conn, id, claim, None, now),
+                Err(err) => {
+                    let reason = format!("cannot publish outputs: {err:#}");
+                    Datum::fail_publishing(conn, id, claim, &reason, now)?;
+                    Err(ModelError::Publish(err))
                 }
-            }
-            Ok::<_, ModelError>(updated)
-        })?;
-        result.ok_or_else(|| Datum::why_stale(conn, id, claim))
+            },
+        }
     }
 
     /// Records a failed attempt on a held datum: back to `ready` while tries
@@ -333,81 +688,33 @@ impl Datum {
         claim: &Claim,
         output: &str,
         error: &str,
-        now: Millis,
+        now: impl Into<Clock> + std::fmt::Debug,
     ) -> ModelResult<Datum> {
-        let result = write_tx!(conn, c => {
-            // Two guarded statements, of which at most one can match: the
-            // first requeues (tries left), the second fails for good.
-            let requeued = diesel::update(datums::table)
-                .filter(held(id, claim))
-                .filter(tries_left())
-                .set((
-                    datums::status.eq(READY),
-                    datums::owner.eq(None::<String>),
-                    datums::output.eq(Some(output)),
-                    datums::error_message.eq(Some(error)),
-                    datums::updated_at.eq(now),
-                    datums::lease_expires_at.eq(None::<i64>),
-                    datums::deadline_at.eq(None::<i64>),
-                ))
-                .returning(Datum::as_returning())
-                .get_result(c)
-                .optional()?;
-            if requeued.is_some() {
-                return Ok::<_, ModelError>(requeued);
-            }
-            Ok(diesel::update(datums::table)
-                .filter(held(id, claim))
-                .set((
-                    datums::status.eq(DatumStatus::Error.as_str()),
-                    datums::output.eq(Some(output)),
-                    datums::error_message.eq(Some(error)),
-                    datums::finished_at.eq(Some(now)),
-                    datums::updated_at.eq(now),
-                    datums::lease_expires_at.eq(None::<i64>),
-                    datums::deadline_at.eq(None::<i64>),
-                ))
-                .returning(Datum::as_returning())
-                .get_result(c)
-                .optional()?)
-        })?;
-        result.ok_or_else(|| Datum::why_stale(conn, id, claim))
+        let report = Report {
+            output,
+            ..Report::default()
+        };
+        Datum::fail(conn, id, claim, &report, error, now.into())
     }
 
-    /// Publishes and records output files of a held datum before it is done
-    /// (for workers that publish as they go). Guarded like `mark_done`.
-    pub fn record_output_files<P>(
+    /// [`Datum::mark_error`] with the command's exit status.
+    pub fn fail(
         conn: &mut DbConn,
         id: i64,
         claim: &Claim,
-        files: &[NewOutputFile],
-        now: Millis,
-        publish: P,
-    ) -> ModelResult<()>
-    where
-        P: FnOnce(&Datum) -> anyhow::Result<Vec<String>>,
-    {
-        let ok = write_tx!(conn, c => {
-            // Touching the row locks it and checks the claim in one step.
-            let held: Option<Datum> = diesel::update(datums::table)
-                .filter(held(id, claim))
-                .set(datums::updated_at.eq(now))
-                .returning(Datum::as_returning())
-                .get_result(c)
-                .optional()?;
-            if let Some(datum) = &held {
-                let uris = publish(datum).map_err(ModelError::Publish)?;
-                for chunk in output_rows(datum, files, &uris, now).chunks(INSERT_CHUNK) {
-                    diesel::insert_into(output_files::table).values(chunk).execute(c)?;
-                }
-            }
-            Ok::<_, ModelError>(held.is_some())
-        })?;
-        if ok {
-            Ok(())
-        } else {
-            Err(Datum::why_stale(conn, id, claim))
-        }
+        report: &Report<'_>,
+        error: &str,
+        clock: Clock,
+    ) -> ModelResult<Datum> {
+        let ending = Ending {
+            outcome: Outcome::Error,
+            message: error,
+            output: Some(report.output),
+            exit_code: report.exit_code,
+            signal: report.signal,
+            requeue: Requeue::IfTriesLeft,
+        };
+        Datum::end_held(conn, id, claim, &ending, clock)
     }
 
     /// Gives a held datum back without using up a try: its worker was
@@ -419,28 +726,39 @@ impl Datum {
         id: i64,
         claim: &Claim,
         reason: &str,
-        now: Millis,
+        now: impl Into<Clock> + std::fmt::Debug,
     ) -> ModelResult<Datum> {
-        let released: Option<Datum> = with_conn!(conn, c => diesel::update(datums::table)
-            .filter(held(id, claim))
-            .set((
-                datums::status.eq(READY),
-                datums::owner.eq(None::<String>),
-                datums::interrupted.eq(datums::interrupted + 1),
-                datums::error_message.eq(Some(reason)),
-                datums::updated_at.eq(now),
-                datums::lease_expires_at.eq(None::<i64>),
-                datums::deadline_at.eq(None::<i64>),
-            ))
-            .returning(Datum::as_returning())
-            .get_result(c)
-            .optional())?;
-        released.ok_or_else(|| Datum::why_stale(conn, id, claim))
+        let ending = Ending {
+            outcome: Outcome::Interrupted,
+            message: reason,
+            output: None,
+            exit_code: None,
+            signal: None,
+            requeue: Requeue::Always,
+        };
+        Datum::end_held(conn, id, claim, &ending, now.into())
+    }
+
+    /// Ends the held attempt `claim` of datum `id`, or explains why not.
+    fn end_held(
+        conn: &mut DbConn,
+        id: i64,
+        claim: &Claim,
+        ending: &Ending<'_>,
+        clock: Clock,
+    ) -> ModelResult<Datum> {
+        let ended = conn.write_transaction(|conn| {
+            end_attempts(conn, |stmt| held_sql(stmt, id, claim, "= 'running'"), ending, clock)
+        })?;
+        if ended.is_empty() {
+            return Err(Datum::why_stale(conn, id, claim));
+        }
+        Datum::find(conn, id)
     }
 
     /// Explains a failed guarded write: the datum does not exist (404) or the
     /// claim is stale (409).
-    fn why_stale(conn: &mut DbConn, id: i64, claim: &Claim) -> ModelError {
+    pub fn why_stale(conn: &mut DbConn, id: i64, claim: &Claim) -> ModelError {
         match Datum::find(conn, id) {
             Err(err) => err,
             Ok(datum) => ModelError::Conflict(format!(
@@ -459,16 +777,96 @@ impl Datum {
 
     /// Expires the leases of running datums whose workers stopped
     /// heartbeating. Returns how many datums were affected.
-    pub fn expire_leases(conn: &mut DbConn, now: Millis) -> ModelResult<usize> {
-        let message = "lease expired: the worker stopped heartbeating";
-        fail_attempts!(conn, datums::lease_expires_at.lt(now), message, now)
+    pub fn expire_leases(conn: &mut DbConn, now: impl Into<Clock>) -> ModelResult<usize> {
+        let clock = now.into();
+        let backend = conn.backend();
+        let ending = Ending {
+            outcome: Outcome::LeaseExpired,
+            message: "lease expired: the worker stopped heartbeating",
+            output: None,
+            exit_code: None,
+            signal: None,
+            requeue: Requeue::IfTriesLeft,
+        };
+        let now_sql = clock.sql(backend);
+        let ended = conn.write_transaction(|conn| {
+            end_attempts(
+                conn,
+                |_| format!("status = 'running' AND lease_expires_at < {now_sql}"),
+                &ending,
+                clock,
+            )
+        })?;
+        Ok(ended.len())
     }
 
     /// Fails the current attempt of running datums past their
     /// `datum_timeout` deadline.
-    pub fn expire_deadlines(conn: &mut DbConn, now: Millis) -> ModelResult<usize> {
-        let message = "datum timed out (datum_timeout)";
-        fail_attempts!(conn, datums::deadline_at.lt(now), message, now)
+    pub fn expire_deadlines(conn: &mut DbConn, now: impl Into<Clock>) -> ModelResult<usize> {
+        let clock = now.into();
+        let backend = conn.backend();
+        let ending = Ending {
+            outcome: Outcome::TimedOut,
+            message: "datum timed out (datum_timeout)",
+            output: None,
+            exit_code: None,
+            signal: None,
+            requeue: Requeue::IfTriesLeft,
+        };
+        let now_sql = clock.sql(backend);
+        let ended = conn.write_transaction(|conn| {
+            end_attempts(
+                conn,
+                |_| format!("status = 'running' AND deadline_at < {now_sql}"),
+                &ending,
+                clock,
+            )
+        })?;
+        Ok(ended.len())
+    }
+
+    /// Datums left `publishing` by a publisher that died (their publishing
+    /// lease ran out), with the outputs to move: the babysitter finishes
+    /// them. At most `limit`.
+    pub fn stale_publishing(
+        conn: &mut DbConn,
+        now: Millis,
+        limit: i64,
+    ) -> ModelResult<Vec<(Datum, Vec<OutputFile>)>> {
+        let stale: Vec<Datum> = with_conn!(conn, c => datums::table
+            .filter(datums::status.eq(DatumStatus::Publishing))
+            .filter(datums::lease_expires_at.lt(now))
+            .order(datums::id)
+            .limit(limit)
+            .select(Datum::as_select())
+            .load(c))?;
+        let mut found = Vec::with_capacity(stale.len());
+        for datum in stale {
+            let outputs = Datum::pending_outputs(conn, &datum)?;
+            found.push((datum, outputs));
+        }
+        Ok(found)
+    }
+
+    /// Takes over a stale `publishing` datum: extends its publishing lease
+    /// under the same claim, so one babysitter finishes it while others
+    /// leave it alone. False if someone else got there first.
+    pub fn take_over_publishing(
+        conn: &mut DbConn,
+        id: i64,
+        claim: &Claim,
+        now: Millis,
+        publish_lease_ms: i64,
+    ) -> ModelResult<bool> {
+        let backend = conn.backend();
+        let mut stmt = Stmt::new(backend);
+        let guard = held_sql(&mut stmt, id, claim, "= 'publishing'");
+        stmt.push(&format!(
+            "UPDATE datums SET lease_expires_at = {} \
+             WHERE {guard} AND lease_expires_at < {now}",
+            now.saturating_add(publish_lease_ms)
+        ));
+        Ok(stmt.execute(conn)? == 1)
     }
 
     /// Releases datums held by workers the executor knows are gone, without
@@ -477,20 +875,41 @@ impl Datum {
     pub fn release_dead_owners(
         conn: &mut DbConn,
         dead: &DeadOwners,
-        now: Millis,
+        now: impl Into<Clock>,
     ) -> ModelResult<usize> {
         if dead.worker_ids.is_empty() {
             return Ok(0);
         }
-        let message = "the worker holding this datum exited";
-        fail_attempts!(
-            conn,
-            datums::job_id
-                .eq(dead.job_id)
-                .and(datums::owner.eq_any(&dead.worker_ids)),
-            message,
-            now
-        )
+        let clock = now.into();
+        let ending = Ending {
+            outcome: Outcome::WorkerLost,
+            message: "the worker holding this datum exited",
+            output: None,
+            exit_code: None,
+            signal: None,
+            requeue: Requeue::IfTriesLeft,
+        };
+        let mut total = 0;
+        for owners in dead.worker_ids.chunks(INSERT_CHUNK) {
+            let ended = conn.write_transaction(|conn| {
+                end_attempts(
+                    conn,
+                    |stmt| {
+                        let list: Vec<String> =
+                            owners.iter().map(|o| stmt.text(Some(o))).collect();
+                        format!(
+                            "job_id = {} AND status = 'running' AND owner IN ({})",
+                            dead.job_id,
+                            list.join(", ")
+                        )
+                    },
+                    &ending,
+                    clock,
+                )
+            })?;
+            total += ended.len();
+        }
+        Ok(total)
     }
 
     /// Gives back the datums held by workers the infrastructure ended
@@ -506,10 +925,13 @@ impl Datum {
         job_id: i64,
         failures: &[PodFailure],
         max_pod_failures: i32,
-        now: Millis,
+        now: impl Into<Clock>,
     ) -> ModelResult<usize> {
+        let clock = now.into();
         let mut changed = 0;
         for failure in failures {
+            // The message says what happens next, which depends on the
+            // datum's count: the statement picks one of the two.
             let requeue_message = format!(
                 "{} (the datum is retried; this does not use up a try, but {max_pod_failures} \
                  such failures fail it)",
@@ -520,41 +942,42 @@ impl Datum {
                 failure.message
             );
             let owner: &str = &failure.worker_id;
-            let owned = || {
-                datums::job_id
-                    .eq(job_id)
-                    .and(datums::owner.eq(owner))
-                    .and(datums::status.eq(RUNNING))
-            };
-            changed += write_tx!(conn, c => {
-                let requeued = diesel::update(datums::table)
-                    .filter(owned())
-                    .filter((datums::pod_failures + 1).lt(max_pod_failures))
-                    .set((
-                        datums::status.eq(READY),
-                        datums::owner.eq(None::<String>),
-                        datums::interrupted.eq(datums::interrupted + 1),
-                        datums::pod_failures.eq(datums::pod_failures + 1),
-                        datums::error_message.eq(Some(&requeue_message)),
-                        datums::updated_at.eq(now),
-                        datums::lease_expires_at.eq(None::<i64>),
-                        datums::deadline_at.eq(None::<i64>),
-                    ))
-                    .execute(c)?;
-                let failed = diesel::update(datums::table)
-                    .filter(owned())
-                    .set((
-                        datums::status.eq(DatumStatus::Error.as_str()),
-                        datums::pod_failures.eq(datums::pod_failures + 1),
-                        datums::error_message.eq(Some(&fail_message)),
-                        datums::finished_at.eq(Some(now)),
-                        datums::updated_at.eq(now),
-                        datums::lease_expires_at.eq(None::<i64>),
-                        datums::deadline_at.eq(None::<i64>),
-                    ))
-                    .execute(c)?;
-                Ok::<_, ModelError>(requeued + failed)
+            let ended = conn.write_transaction(|conn| {
+                let backend = conn.backend();
+                let mut stmt = Stmt::new(backend);
+                let now = clock.sql(backend);
+                let owner = stmt.text(Some(owner));
+                let requeue_message = stmt.text(Some(&escape_nul(&requeue_message)));
+                let fail_message = stmt.text(Some(&escape_nul(&fail_message)));
+                let requeue = format!("pod_failures + 1 < {max_pod_failures}");
+                stmt.push(&format!(
+                    "UPDATE datums SET \
+                        status = CASE WHEN {requeue} THEN 'ready' ELSE 'error' END, \
+                        ready_order = CASE WHEN {requeue} THEN seq END, \
+                        owner = CASE WHEN {requeue} THEN NULL ELSE owner END, \
+                        interrupted = interrupted + CASE WHEN {requeue} THEN 1 ELSE 0 END, \
+                        finished_at = CASE WHEN {requeue} THEN finished_at ELSE {now} END, \
+                        error_message = CASE WHEN {requeue} THEN {requeue_message} \
+                                             ELSE {fail_message} END, \
+                        pod_failures = pod_failures + 1, \
+                        updated_at = {now}, lease_expires_at = NULL, deadline_at = NULL \
+                     WHERE job_id = {job_id} AND owner = {owner} AND status = 'running' \
+                     RETURNING id, attempt"
+                ));
+                let rows: Vec<EndedRow> = stmt.load(conn)?;
+                let ended: Vec<(i64, i32)> = rows.iter().map(|r| (r.id, r.attempt)).collect();
+                close_attempts(
+                    conn,
+                    &ended,
+                    Outcome::PodFailure,
+                    Some(&failure.message),
+                    None,
+                    None,
+                    clock,
+                )?;
+                Ok::<_, ModelError>(ended.len())
             })?;
+            changed += ended;
         }
         Ok(changed)
     }
@@ -566,7 +989,7 @@ impl Datum {
     pub fn running_owners(conn: &mut DbConn, job_id: i64) -> ModelResult<Vec<(String, Millis)>> {
         let rows: Vec<(Option<String>, Option<Millis>)> = with_conn!(conn, c => datums::table
             .filter(datums::job_id.eq(job_id))
-            .filter(datums::status.eq(RUNNING))
+            .filter(datums::status.eq(DatumStatus::Running))
             .select((datums::owner, datums::started_at))
             .load(c))?;
         let mut owners: std::collections::BTreeMap<String, Millis> = Default::default();
@@ -582,6 +1005,27 @@ impl Datum {
         Ok(owners.into_iter().collect())
     }
 
+    /// Which of `worker_ids` ever reserved a datum of the job: a worker
+    /// that did and then exited crashed (or was killed) mid-job; one that
+    /// did not could not start.
+    pub fn workers_that_reserved(
+        conn: &mut DbConn,
+        job_id: i64,
+        worker_ids: &[String],
+    ) -> ModelResult<std::collections::HashSet<String>> {
+        let mut found = std::collections::HashSet::new();
+        for chunk in worker_ids.chunks(INSERT_CHUNK) {
+            let rows: Vec<String> = with_conn!(conn, c => attempts::table
+                .filter(attempts::job_id.eq(job_id))
+                .filter(attempts::worker_id.eq_any(chunk))
+                .select(attempts::worker_id)
+                .distinct()
+                .load(c))?;
+            found.extend(rows);
+        }
+        Ok(found)
+    }
+
     /// The datum's input files.
     pub fn input_files(conn: &mut DbConn, id: i64) -> ModelResult<Vec<InputFile>> {
         Ok(with_conn!(conn, c => input_files::table
@@ -591,7 +1035,8 @@ impl Datum {
             .load(c))?)
     }
 
-    /// The datum's published output files.
+    /// The datum's output files: published ones once it is done, or the
+    /// ones being published.
     pub fn output_files(conn: &mut DbConn, id: i64) -> ModelResult<Vec<OutputFile>> {
         Ok(with_conn!(conn, c => output_files::table
             .filter(output_files::datum_id.eq(id))
@@ -599,94 +1044,142 @@ impl Datum {
             .select(OutputFile::as_select())
             .load(c))?)
     }
+
+    /// Every attempt at the datum, oldest first.
+    pub fn attempts(conn: &mut DbConn, id: i64) -> ModelResult<Vec<Attempt>> {
+        Ok(with_conn!(conn, c => attempts::table
+            .filter(attempts::datum_id.eq(id))
+            .order(attempts::number)
+            .select(Attempt::as_select())
+            .load(c))?)
+    }
 }
 
-/// The guard of every worker write: the datum is running, at the claim's
-/// attempt, owned by the claim's worker.
-#[diesel::dsl::auto_type(no_type_alias)]
-fn held<'a>(id: i64, claim: &'a Claim) -> _ {
-    let worker_id: &'a str = &claim.worker_id;
-    let running: &'static str = RUNNING;
-    let attempt: i32 = claim.attempt;
-    datums::id
-        .eq(id)
-        .and(datums::status.eq(running))
-        .and(datums::attempt.eq(attempt))
-        .and(datums::owner.eq(worker_id))
-}
-
-/// True while the datum has tries left: interrupted attempts don't count.
-fn tries_left()
--> diesel::dsl::Lt<datums::attempt, diesel::dsl::Add<datums::max_tries, datums::interrupted>> {
-    datums::attempt.lt(datums::max_tries + datums::interrupted)
-}
-
-type RequeueSet<'a> = (
-    diesel::dsl::Eq<datums::status, &'static str>,
-    diesel::dsl::Eq<datums::owner, Option<String>>,
-    diesel::dsl::Eq<datums::error_message, Option<&'a str>>,
-    diesel::dsl::Eq<datums::updated_at, i64>,
-    diesel::dsl::Eq<datums::lease_expires_at, Option<i64>>,
-    diesel::dsl::Eq<datums::deadline_at, Option<i64>>,
-);
-
-fn requeue_set(message: &str, now: Millis) -> RequeueSet<'_> {
-    (
-        datums::status.eq(READY),
-        datums::owner.eq(None::<String>),
-        datums::error_message.eq(Some(message)),
-        datums::updated_at.eq(now),
-        datums::lease_expires_at.eq(None::<i64>),
-        datums::deadline_at.eq(None::<i64>),
+/// The guard of every worker write as SQL: the datum `id` is in `status`
+/// (an SQL predicate such as `= 'running'`), at the claim's attempt, owned
+/// by the claim's worker.
+fn held_sql(stmt: &mut Stmt, id: i64, claim: &Claim, status: &str) -> String {
+    let owner = stmt.text(Some(&claim.worker_id));
+    format!(
+        "id = {id} AND status {status} AND attempt = {} AND owner = {owner}",
+        claim.attempt
     )
 }
 
-type FailSet<'a> = (
-    diesel::dsl::Eq<datums::status, &'static str>,
-    diesel::dsl::Eq<datums::error_message, Option<&'a str>>,
-    diesel::dsl::Eq<datums::finished_at, Option<i64>>,
-    diesel::dsl::Eq<datums::updated_at, i64>,
-    diesel::dsl::Eq<datums::lease_expires_at, Option<i64>>,
-    diesel::dsl::Eq<datums::deadline_at, Option<i64>>,
-);
-
-fn fail_set(message: &str, now: Millis) -> FailSet<'_> {
-    (
-        datums::status.eq("error"),
-        datums::error_message.eq(Some(message)),
-        datums::finished_at.eq(Some(now)),
-        datums::updated_at.eq(now),
-        datums::lease_expires_at.eq(None::<i64>),
-        datums::deadline_at.eq(None::<i64>),
-    )
+/// Ends the attempts of the datums matching the SQL predicate `filter`
+/// (built with the statement, so it may bind text): one guarded statement
+/// moves each datum back to `ready` or to `error` as `ending.requeue`
+/// says, and a second closes the attempts it ended. Must run inside a write
+/// transaction. Returns the (datum, attempt) pairs ended.
+fn end_attempts(
+    conn: &mut DbConn,
+    filter: impl FnOnce(&mut Stmt) -> String,
+    ending: &Ending<'_>,
+    clock: Clock,
+) -> ModelResult<Vec<(i64, i32)>> {
+    let backend = conn.backend();
+    let mut stmt = Stmt::new(backend);
+    let now = clock.sql(backend);
+    let filter = filter(&mut stmt);
+    let message = stmt.text(Some(&escape_nul(ending.message)));
+    let output = match ending.output {
+        Some(output) => stmt.text(Some(&escape_nul(output))),
+        None => "output".to_owned(),
+    };
+    let (requeue, interrupted) = match ending.requeue {
+        Requeue::IfTriesLeft => ("attempt < max_tries + interrupted".to_owned(), "0"),
+        Requeue::Always => ("1 = 1".to_owned(), "1"),
+    };
+    stmt.push(&format!(
+        "UPDATE datums SET \
+            status = CASE WHEN {requeue} THEN 'ready' ELSE 'error' END, \
+            ready_order = CASE WHEN {requeue} THEN seq END, \
+            owner = CASE WHEN {requeue} THEN NULL ELSE owner END, \
+            interrupted = interrupted + CASE WHEN {requeue} THEN {interrupted} ELSE 0 END, \
+            finished_at = CASE WHEN {requeue} THEN finished_at ELSE {now} END, \
+            error_message = {message}, output = {output}, \
+            updated_at = {now}, lease_expires_at = NULL, deadline_at = NULL \
+         WHERE {filter} \
+         RETURNING id, attempt"
+    ));
+    let rows: Vec<EndedRow> = stmt.load(conn)?;
+    let ended: Vec<(i64, i32)> = rows.iter().map(|r| (r.id, r.attempt)).collect();
+    close_attempts(
+        conn,
+        &ended,
+        ending.outcome,
+        Some(ending.message),
+        ending.exit_code,
+        ending.signal,
+        clock,
+    )?;
+    Ok(ended)
 }
 
-fn output_rows<'a>(
-    datum: &Datum,
-    files: &[NewOutputFile],
-    uris: &'a [String],
-    now: Millis,
-) -> Vec<NewOutputFileRow<'a>> {
-    files
-        .iter()
-        .zip(uris)
-        .map(|(file, uri)| NewOutputFileRow {
-            job_id: datum.job_id,
-            datum_id: datum.id,
-            uri,
-            size: file.size,
-            created_at: now,
-        })
-        .collect()
+/// Closes the open attempts `(datum id, attempt number)` with `outcome`.
+/// Runs after the statement that changed the datums, inside its
+/// transaction: datum rows are always locked before attempt rows.
+pub(super) fn close_attempts(
+    conn: &mut DbConn,
+    ended: &[(i64, i32)],
+    outcome: Outcome,
+    message: Option<&str>,
+    exit_code: Option<i32>,
+    signal: Option<i32>,
+    clock: Clock,
+) -> ModelResult<()> {
+    if ended.is_empty() {
+        return Ok(());
+    }
+    let backend = conn.backend();
+    for chunk in ended.chunks(INSERT_CHUNK) {
+        let mut stmt = Stmt::new(backend);
+        let now = clock.sql(backend);
+        let message = match message {
+            Some(message) => stmt.text(Some(&escape_nul(message))),
+            None => "NULL".to_owned(),
+        };
+        let exit_code = exit_code.map_or("NULL".to_owned(), |c| c.to_string());
+        let signal = signal.map_or("NULL".to_owned(), |s| s.to_string());
+        // The open attempt of a datum is the only one without an outcome,
+        // so the datum ids alone find them; the numbers double-check.
+        let pairs: Vec<String> = chunk
+            .iter()
+            .map(|(id, number)| format!("(datum_id = {id} AND number = {number})"))
+            .collect();
+        stmt.push(&format!(
+            "UPDATE attempts SET outcome = '{}', finished_at = {now}, error_message = {message}, \
+                exit_code = {exit_code}, signal = {signal} \
+             WHERE outcome IS NULL AND datum_id IN ({}) AND ({})",
+            outcome.as_str(),
+            int_list(chunk.iter().map(|(id, _)| *id)),
+            pairs.join(" OR "),
+        ));
+        stmt.execute(conn)?;
+    }
+    Ok(())
+}
+
+/// The input files of a reservation, from the JSON array of
+/// `[uri, local_path]` pairs the statement aggregated.
+fn parse_files(json: Option<&str>) -> ModelResult<Vec<InputFileResponse>> {
+    let Some(json) = json else {
+        return Ok(Vec::new());
+    };
+    let pairs: Vec<(String, String)> = serde_json::from_str(json)
+        .map_err(|err| anyhow::anyhow!("unreadable input file list: {err}"))?;
+    Ok(pairs
+        .into_iter()
+        .map(|(uri, local_path)| InputFileResponse { uri, local_path })
+        .collect())
 }
 
 impl From<Datum> for DatumSummary {
     fn from(datum: Datum) -> DatumSummary {
-        let status = datum.status();
         DatumSummary {
             id: datum.id,
             job_id: datum.job_id,
-            status,
+            status: datum.status,
             attempt: datum.attempt,
             interrupted: datum.interrupted,
             max_tries: datum.max_tries,
@@ -712,6 +1205,21 @@ impl From<OutputFile> for OutputFileResponse {
         OutputFileResponse {
             uri: file.uri,
             size: file.size,
+        }
+    }
+}
+
+impl From<Attempt> for AttemptResponse {
+    fn from(attempt: Attempt) -> AttemptResponse {
+        AttemptResponse {
+            number: attempt.number,
+            worker_id: attempt.worker_id,
+            started_at: attempt.started_at,
+            finished_at: attempt.finished_at,
+            outcome: attempt.outcome,
+            exit_code: attempt.exit_code,
+            signal: attempt.signal,
+            error_message: attempt.error_message,
         }
     }
 }

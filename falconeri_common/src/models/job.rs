@@ -8,14 +8,14 @@ use diesel::{
     select,
 };
 
-use super::{INSERT_CHUNK, ModelError, ModelResult};
+use super::{INSERT_CHUNK, ModelError, ModelResult, datum::close_attempts, sql::Clock};
 use crate::{
     Millis,
     api::{JobResponse, StatusCounts},
     db::{DbConn, schema::*, with_conn, write_tx},
     pipeline::PipelineSpec,
     plan::{DatumBatch, PlannedDatum, PlannedFile},
-    status::{DatumStatus, JobStatus},
+    status::{DatumStatus, JobStatus, Outcome},
 };
 
 /// A job row.
@@ -27,7 +27,7 @@ pub struct Job {
     pub pipeline_name: String,
     /// The validated spec, as JSON.
     pub spec: String,
-    pub status: String,
+    pub status: JobStatus,
     pub datum_count: i64,
     pub parallelism: i32,
     pub datum_tries: i32,
@@ -52,7 +52,7 @@ struct NewJob<'a> {
     name: &'a str,
     pipeline_name: &'a str,
     spec: &'a str,
-    status: &'a str,
+    status: JobStatus,
     datum_count: i64,
     parallelism: i32,
     datum_tries: i32,
@@ -66,14 +66,16 @@ struct NewJob<'a> {
 
 #[derive(Insertable)]
 #[diesel(table_name = datums)]
-struct NewDatum<'a> {
+struct NewDatum {
     job_id: i64,
     seq: i64,
-    status: &'a str,
+    status: DatumStatus,
     attempt: i32,
     max_tries: i32,
     created_at: Millis,
     updated_at: Millis,
+    /// The queue position: planning order.
+    ready_order: Option<i64>,
 }
 
 #[derive(Insertable)]
@@ -96,6 +98,9 @@ pub struct NewJobParams<'a> {
     pub name: &'a str,
 }
 
+/// The datums a retry runs again.
+const RETRIED: [DatumStatus; 2] = [DatumStatus::Error, DatumStatus::Canceled];
+
 fn clamp_i32(n: u32) -> i32 {
     i32::try_from(n).unwrap_or(i32::MAX)
 }
@@ -105,9 +110,9 @@ fn duration_ms(duration: std::time::Duration) -> i64 {
 }
 
 impl Job {
-    /// The job's status (a row with an unknown status reads as `error`).
+    /// The job's status.
     pub fn status(&self) -> JobStatus {
-        self.status.parse().unwrap_or(JobStatus::Error)
+        self.status
     }
 
     /// The job's pipeline spec.
@@ -156,7 +161,7 @@ impl Job {
             name: params.name,
             pipeline_name: &params.spec.pipeline.name,
             spec: &spec_json,
-            status: JobStatus::Ready.as_str(),
+            status: JobStatus::Ready,
             datum_count: 0,
             parallelism: clamp_i32(params.spec.parallelism_spec.constant),
             datum_tries: clamp_i32(params.spec.datum_tries),
@@ -189,7 +194,7 @@ impl Job {
         write_tx!(conn, c => {
             let renewed: Option<(i64, i32)> = diesel::update(jobs::table)
                 .filter(jobs::id.eq(id))
-                .filter(jobs::status.eq(JobStatus::Ready.as_str()))
+                .filter(jobs::status.eq(JobStatus::Ready))
                 .filter(jobs::planning_lease_until.is_not_null())
                 .set((
                     jobs::planning_lease_until.eq(Some(lease_until)),
@@ -228,11 +233,12 @@ impl Job {
                     .map(|i| NewDatum {
                         job_id: id,
                         seq: chunk_seq + i64::try_from(i).unwrap_or(0),
-                        status: DatumStatus::Ready.as_str(),
+                        status: DatumStatus::Ready,
                         attempt: 0,
                         max_tries,
                         created_at: now,
                         updated_at: now,
+                        ready_order: Some(chunk_seq + i64::try_from(i).unwrap_or(0)),
                     })
                     .collect();
                 diesel::insert_into(datums::table).values(&rows).execute(c)?;
@@ -323,9 +329,9 @@ impl Job {
             .map(|timeout| now.saturating_add(duration_ms(timeout.0)));
         let started: Option<Job> = with_conn!(conn, c => diesel::update(jobs::table)
             .filter(jobs::id.eq(id))
-            .filter(jobs::status.eq(JobStatus::Ready.as_str()))
+            .filter(jobs::status.eq(JobStatus::Ready))
             .set((
-                jobs::status.eq(JobStatus::Running.as_str()),
+                jobs::status.eq(JobStatus::Running),
                 jobs::started_at.eq(Some(now)),
                 jobs::deadline_at.eq(deadline),
             ))
@@ -380,7 +386,7 @@ impl Job {
     /// Every job in state `running`.
     pub fn list_running(conn: &mut DbConn) -> ModelResult<Vec<Job>> {
         Ok(with_conn!(conn, c => jobs::table
-            .filter(jobs::status.eq(JobStatus::Running.as_str()))
+            .filter(jobs::status.eq(JobStatus::Running))
             .order(jobs::id)
             .select(Job::as_select())
             .load(c))?)
@@ -407,7 +413,7 @@ impl Job {
         Ok(with_conn!(conn, c => select(exists(
             datums::table
                 .filter(datums::job_id.eq(id))
-                .filter(datums::status.eq_any([DatumStatus::Ready.as_str(), DatumStatus::Running.as_str()])),
+                .filter(datums::status.eq_any(DatumStatus::UNFINISHED)),
         ))
         .get_result(c))?)
     }
@@ -417,7 +423,7 @@ impl Job {
         Ok(with_conn!(conn, c => select(exists(
             datums::table
                 .filter(datums::job_id.eq(id))
-                .filter(datums::status.eq(DatumStatus::Ready.as_str())),
+                .filter(datums::status.eq(DatumStatus::Ready)),
         ))
         .get_result(c))?)
     }
@@ -433,29 +439,43 @@ impl Job {
         message: Option<&str>,
         now: Millis,
     ) -> ModelResult<(Job, bool)> {
-        let stopped = write_tx!(conn, c => {
+        let stopped = conn.write_transaction(|conn| {
             // The conditional UPDATE locks the row and re-checks its state, so
             // two babysitters (or a user and a babysitter) can't both act.
-            let n = diesel::update(jobs::table)
+            let n = with_conn!(conn, c => diesel::update(jobs::table)
                 .filter(jobs::id.eq(id))
-                .filter(jobs::status.eq_any([JobStatus::Ready.as_str(), JobStatus::Running.as_str()]))
+                .filter(jobs::status.eq_any([JobStatus::Ready, JobStatus::Running]))
                 .set((
-                    jobs::status.eq(status.as_str()),
+                    jobs::status.eq(status),
                     jobs::finished_at.eq(Some(now)),
                     jobs::error_message.eq(message),
                 ))
-                .execute(c)?;
+                .execute(c))?;
             if n == 1 {
-                diesel::update(datums::table)
+                // Datums first, then their open attempts: the lock order of
+                // every transition.
+                let ended: Vec<(i64, i32)> = with_conn!(conn, c => diesel::update(datums::table)
                     .filter(datums::job_id.eq(id))
-                    .filter(datums::status.eq_any([DatumStatus::Ready.as_str(), DatumStatus::Running.as_str()]))
+                    .filter(datums::status.eq_any(DatumStatus::UNFINISHED))
                     .set((
-                        datums::status.eq(DatumStatus::Canceled.as_str()),
+                        datums::status.eq(DatumStatus::Canceled),
+                        datums::ready_order.eq(None::<i64>),
                         datums::finished_at.eq(Some(now)),
                         datums::updated_at.eq(now),
                         datums::lease_expires_at.eq(None::<i64>),
+                        datums::deadline_at.eq(None::<i64>),
                     ))
-                    .execute(c)?;
+                    .returning((datums::id, datums::attempt))
+                    .get_results(c))?;
+                close_attempts(
+                    conn,
+                    &ended,
+                    Outcome::Canceled,
+                    message,
+                    None,
+                    None,
+                    Clock::At(now),
+                )?;
             }
             Ok::<_, ModelError>(n == 1)
         })?;
@@ -475,8 +495,8 @@ impl Job {
             // Lock and re-check: only a running job can finish.
             let locked = diesel::update(jobs::table)
                 .filter(jobs::id.eq(id))
-                .filter(jobs::status.eq(JobStatus::Running.as_str()))
-                .set(jobs::status.eq(JobStatus::Running.as_str()))
+                .filter(jobs::status.eq(JobStatus::Running))
+                .set(jobs::status.eq(JobStatus::Running))
                 .execute(c)?;
             if locked == 0 {
                 return Ok::<_, ModelError>(false);
@@ -484,7 +504,7 @@ impl Job {
             let unfinished: bool = select(exists(
                 datums::table
                     .filter(datums::job_id.eq(id))
-                    .filter(datums::status.eq_any([DatumStatus::Ready.as_str(), DatumStatus::Running.as_str()])),
+                    .filter(datums::status.eq_any(DatumStatus::UNFINISHED)),
             ))
             .get_result(c)?;
             if unfinished {
@@ -493,7 +513,7 @@ impl Job {
             let any_error: bool = select(exists(
                 datums::table
                     .filter(datums::job_id.eq(id))
-                    .filter(datums::status.eq(DatumStatus::Error.as_str())),
+                    .filter(datums::status.eq(DatumStatus::Error)),
             ))
             .get_result(c)?;
             let status = JobStatus::when_finished(any_error);
@@ -501,7 +521,7 @@ impl Job {
             diesel::update(jobs::table)
                 .filter(jobs::id.eq(id))
                 .set((
-                    jobs::status.eq(status.as_str()),
+                    jobs::status.eq(status),
                     jobs::finished_at.eq(Some(now)),
                     jobs::error_message.eq(message),
                 ))
@@ -519,7 +539,7 @@ impl Job {
     /// `before`: their start was interrupted.
     pub fn list_ready_before(conn: &mut DbConn, before: Millis) -> ModelResult<Vec<Job>> {
         Ok(with_conn!(conn, c => jobs::table
-            .filter(jobs::status.eq(JobStatus::Ready.as_str()))
+            .filter(jobs::status.eq(JobStatus::Ready))
             .filter(jobs::planning_lease_until.is_null())
             .filter(jobs::created_at.lt(before))
             .select(Job::as_select())
@@ -529,13 +549,15 @@ impl Job {
     /// Running jobs whose `job_timeout` has passed.
     pub fn list_past_deadline(conn: &mut DbConn, now: Millis) -> ModelResult<Vec<Job>> {
         Ok(with_conn!(conn, c => jobs::table
-            .filter(jobs::status.eq(JobStatus::Running.as_str()))
+            .filter(jobs::status.eq(JobStatus::Running))
             .filter(jobs::deadline_at.is_not_null().and(jobs::deadline_at.lt(now)))
             .select(Job::as_select())
             .load(c))?)
     }
 
-    /// The input files of job `id`'s failed datums, in datum order, a page
+    /// The input files of job `id`'s failed and canceled datums (a job that
+    /// gave up, or was canceled, leaves work a retry should redo), in datum
+    /// order, a page
     /// at a time: at most `limit` datums after datum id `after` (0 for the
     /// first page), and the id to pass as `after` for the next page (None
     /// once this page is the last). A retry of a million failed datums thus
@@ -548,7 +570,7 @@ impl Job {
     ) -> ModelResult<(Vec<PlannedDatum>, Option<i64>)> {
         let ids: Vec<i64> = with_conn!(conn, c => datums::table
             .filter(datums::job_id.eq(id))
-            .filter(datums::status.eq(DatumStatus::Error.as_str()))
+            .filter(datums::status.eq_any(RETRIED))
             .filter(datums::id.gt(after))
             .order(datums::id)
             .select(datums::id)
@@ -560,7 +582,7 @@ impl Job {
         let rows: Vec<(i64, String, String)> = with_conn!(conn, c => input_files::table
             .inner_join(datums::table)
             .filter(datums::job_id.eq(id))
-            .filter(datums::status.eq(DatumStatus::Error.as_str()))
+            .filter(datums::status.eq_any(RETRIED))
             .filter(datums::id.between(first, last))
             .order((input_files::datum_id, input_files::id))
             .select((input_files::datum_id, input_files::uri, input_files::local_path))

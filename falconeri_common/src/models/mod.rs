@@ -7,10 +7,15 @@
 
 mod datum;
 mod job;
+pub mod sql;
 
 use diesel::{QueryableByName, RunQueryDsl, sql_types::BigInt};
 
-pub use datum::{Datum, DeadOwners, InputFile, OutputFile, PodFailure};
+pub use datum::{
+    Attempt, Completed, Datum, DatumFilter, DeadOwners, InputFile, OutputFile, PodFailure, Report,
+    Reserved,
+};
+pub use sql::Clock;
 pub use job::{Job, NewJobParams};
 // Where the streamed plan meets the database; defined with the plan.
 pub use crate::plan::DatumBatch;
