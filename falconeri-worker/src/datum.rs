@@ -101,6 +101,7 @@ pub(crate) async fn process(worker: &Worker, r: &Reservation) -> Result<Outcome>
                 claim: r.claim.clone(),
                 output,
                 output_files,
+                exit_code: Some(0),
             };
             let result = with_retries(budget, "reporting the datum done", || {
                 report_done(&worker.client, r.datum_id, &body)
@@ -396,6 +397,8 @@ fn error_request(r: &Reservation, error: String, output: String) -> ErrorRequest
         claim: r.claim.clone(),
         output,
         error,
+        exit_code: None,
+        signal: None,
     }
 }
 
@@ -497,6 +500,7 @@ mod tests {
         let claim = Claim {
             worker_id: "w".into(),
             attempt: 1,
+            scope: None,
         };
         let started = tokio::time::Instant::now();
         let beating = tokio::spawn(heartbeat(client, 1, claim, MIN_HEARTBEAT, lost.clone()));

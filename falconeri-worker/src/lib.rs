@@ -231,6 +231,16 @@ pub async fn run_until(mut config: Config, shutdown: CancellationToken) -> Resul
                     return Ok(Exit::Stopped);
                 }
             }
+            // This worker asks for one datum at a time, so a server sends a
+            // batch only by mistake; each datum is still run and reported.
+            Ok(ReserveResponse::Batch { reservations }) => {
+                backoff.reset();
+                for reservation in &reservations {
+                    if datum::process(&worker, reservation).await? == Outcome::Stopped {
+                        return Ok(Exit::Stopped);
+                    }
+                }
+            }
             Err(err) if err.is_transient() => {
                 let Some(delay) = backoff.next_delay() else {
                     return Err(anyhow!(err)).context(format!(

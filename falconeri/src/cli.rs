@@ -4,7 +4,7 @@
 use std::{ffi::OsString, path::PathBuf};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use falconeri_common::status::DatumStatus;
+use falconeri_common::status::{DatumStatus, Outcome};
 
 /// Run batch jobs: many datums, each processed by one command, in parallel.
 ///
@@ -223,9 +223,20 @@ pub enum DatumCommand {
         #[arg(long, value_name = "JOB")]
         job: String,
 
-        /// Only datums in this state: ready, running, done, error or canceled.
+        /// Only datums in this state: ready, running, publishing, done, error
+        /// or canceled.
         #[arg(long, value_name = "STATUS")]
         status: Option<DatumStatus>,
+
+        /// Only datums with an attempt that ended this way: done, error,
+        /// timed_out, lease_expired, interrupted, pod_failure, worker_lost,
+        /// canceled or publish_failed.
+        #[arg(long, value_name = "OUTCOME")]
+        outcome: Option<Outcome>,
+
+        /// Only datums after this datum id (the next page).
+        #[arg(long, value_name = "ID")]
+        after: Option<i64>,
 
         /// Show at most this many datums.
         #[arg(long, value_name = "N")]

@@ -1,7 +1,7 @@
 //! `falconeri datum ...`: the datums of a job, and one datum in full.
 
 use anyhow::{Context, Result};
-use falconeri_common::api::{DatumResponse, DatumSummary};
+use falconeri_common::api::{DatumListQuery, DatumResponse, DatumSummary};
 
 use crate::{
     cli::DatumCommand,
@@ -13,11 +13,23 @@ use crate::{
 /// Runs one `datum` subcommand.
 pub async fn run(config: &Config, command: DatumCommand) -> Result<()> {
     match command {
-        DatumCommand::List { job, status, limit } => {
+        DatumCommand::List {
+            job,
+            status,
+            outcome,
+            after,
+            limit,
+        } => {
             let client = config.client().await?;
             let job = find_job(&client, &job).await?;
+            let query = DatumListQuery {
+                status,
+                outcome,
+                after,
+                limit,
+            };
             let datums = client
-                .list_datums(job.id, status, limit)
+                .list_datums_where(job.id, &query)
                 .await
                 .with_context(|| format!("cannot list the datums of job {}", job.name))?;
             if config.json() {
@@ -85,6 +97,39 @@ fn render(datum: &DatumResponse, now: i64) -> String {
         out.push_str(&files.render());
     }
 
+    out.push_str("\nAttempts:\n");
+    if datum.attempts.is_empty() {
+        out.push_str("  (none)\n");
+    } else {
+        let mut attempts =
+            Table::with_headers(&["#", "WORKER", "STARTED", "DURATION", "OUTCOME", "EXIT", "ERROR"]);
+        for attempt in &datum.attempts {
+            let exit = match (attempt.exit_code, attempt.signal) {
+                (_, Some(signal)) => format!("signal {signal}"),
+                (Some(code), None) => code.to_string(),
+                (None, None) => NONE.to_owned(),
+            };
+            // One line per attempt: the first line of its error.
+            let error = attempt
+                .error_message
+                .as_deref()
+                .and_then(|e| e.lines().next())
+                .unwrap_or(NONE);
+            attempts.row([
+                attempt.number.to_string(),
+                attempt.worker_id.clone(),
+                output::maybe_time(Some(attempt.started_at)),
+                output::elapsed(Some(attempt.started_at), attempt.finished_at, now),
+                attempt
+                    .outcome
+                    .map_or("running".to_owned(), |o| o.as_str().to_owned()),
+                exit,
+                error.to_owned(),
+            ]);
+        }
+        out.push_str(&attempts.render());
+    }
+
     out.push_str("\nOutput files:\n");
     if datum.output_files.is_empty() {
         out.push_str("  (none)\n");
@@ -123,8 +168,8 @@ fn push_indented(out: &mut String, text: &str) {
 #[cfg(test)]
 mod tests {
     use falconeri_common::{
-        api::{DatumSummary, InputFileResponse, OutputFileResponse},
-        status::DatumStatus,
+        api::{AttemptResponse, DatumSummary, InputFileResponse, OutputFileResponse},
+        status::{DatumStatus, Outcome},
     };
 
     use super::*;
@@ -153,6 +198,28 @@ mod tests {
                 size: 2048,
             }],
             output: Some("reading a.txt\nTraceback\n".into()),
+            attempts: vec![
+                AttemptResponse {
+                    number: 1,
+                    worker_id: "w-1".into(),
+                    started_at: 0,
+                    finished_at: Some(5_000),
+                    outcome: Some(Outcome::LeaseExpired),
+                    exit_code: None,
+                    signal: None,
+                    error_message: Some("lease expired".into()),
+                },
+                AttemptResponse {
+                    number: 2,
+                    worker_id: "w-2".into(),
+                    started_at: 6_000,
+                    finished_at: Some(65_000),
+                    outcome: Some(Outcome::Error),
+                    exit_code: Some(1),
+                    signal: None,
+                    error_message: Some("exit status 1\nmore".into()),
+                },
+            ],
         };
         assert_eq!(
             render(&datum, 0),
@@ -168,6 +235,11 @@ mod tests {
              Input files:\n\
              LOCAL PATH   URI\n\
              books/a.txt  file:///data/books/a.txt\n\
+             \n\
+             Attempts:\n\
+             #  WORKER  STARTED               DURATION  OUTCOME        EXIT  ERROR\n\
+             1  w-1     1970-01-01T00:00:00Z  5s        lease_expired  -     lease expired\n\
+             2  w-2     1970-01-01T00:00:06Z  59s       error          1     exit status 1\n\
              \n\
              Output files:\n\
              SIZE     URI\n\

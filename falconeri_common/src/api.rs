@@ -194,6 +194,12 @@ pub struct ProgressResponse {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct DatumListQuery {
     pub status: Option<DatumStatus>,
+    /// Only datums with an attempt that ended this way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<Outcome>,
+    /// Only datums with a larger id (the next page after that datum).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<i64>,
     pub limit: Option<i64>,
 }
 
@@ -338,6 +344,11 @@ pub struct Reservation {
 pub struct Claim {
     pub worker_id: String,
     pub attempt: i32,
+    /// Not sent: the job the caller may write to, set by falconerid from the
+    /// worker's token so that the guarded write also checks the datum is of
+    /// that job (None for the admin).
+    #[serde(skip)]
+    pub scope: Option<i64>,
 }
 
 /// Body of `POST /v1/datums/{id}/heartbeat`.

@@ -260,11 +260,24 @@ impl Client {
         status: Option<DatumStatus>,
         limit: Option<i64>,
     ) -> Result<api::DatumListResponse, ClientError> {
-        let query = api::DatumListQuery { status, limit };
+        let query = api::DatumListQuery {
+            status,
+            limit,
+            ..api::DatumListQuery::default()
+        };
+        self.list_datums_where(job_id, &query).await
+    }
+
+    /// A job's datums by status, attempt outcome and page.
+    pub async fn list_datums_where(
+        &self,
+        job_id: i64,
+        query: &api::DatumListQuery,
+    ) -> Result<api::DatumListResponse, ClientError> {
         self.send::<_, (), _>(
             Method::GET,
             &paths::job_datums(job_id),
-            Some(&query),
+            Some(query),
             None,
             Duration::ZERO,
         )

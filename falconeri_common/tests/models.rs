@@ -155,7 +155,8 @@ fn stale_worker_writes_are_conflicts_and_change_nothing() {
             )
             .map(|_| ()),
             Datum::mark_error(&mut conn, old.id, &old_claim, "out", "boom", later).map(|_| ()),
-            Datum::record_output_files(&mut conn, old.id, &old_claim, &files, later, never_publish),
+            Datum::release(&mut conn, old.id, &old_claim, "stopped", later).map(|_| ()),
+            Datum::finish_publishing(&mut conn, old.id, &old_claim, None, later).map(|_| ()),
         ];
         for result in stale {
             assert!(
@@ -167,6 +168,7 @@ fn stale_worker_writes_are_conflicts_and_change_nothing() {
         let same_name_old_attempt = Claim {
             worker_id: "new".into(),
             attempt: 1,
+            scope: None,
         };
         assert!(matches!(
             Datum::mark_done(

@@ -60,11 +60,20 @@ impl FromRequestParts<AppState> for Principal {
         if bool::from(token.as_bytes().ct_eq(admin)) {
             return Ok(Principal::Admin);
         }
+        // A token never changes job, so a valid one is remembered: the
+        // worker's hot path reads no job row to authenticate.
+        if let Some(job_id) = state.cached_worker_token(&token) {
+            return Ok(Principal::Worker { job_id });
+        }
+        let lookup = token.clone();
         let job = state
-            .db(move |conn| Job::find_by_worker_token(conn, &token))
+            .db(move |conn| Job::find_by_worker_token(conn, &lookup))
             .await?;
         match job {
-            Some(job) => Ok(Principal::Worker { job_id: job.id }),
+            Some(job) => {
+                state.cache_worker_token(token, job.id);
+                Ok(Principal::Worker { job_id: job.id })
+            }
             None => Err(AppError::Unauthorized),
         }
     }

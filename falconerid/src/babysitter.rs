@@ -24,6 +24,7 @@ use falconeri_common::{
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    state::Change,
     executor::{PoolState, WorkerLaunch},
     state::AppState,
 };
@@ -86,10 +87,15 @@ pub async fn finish_if_complete(
         return Ok(None);
     }
     remove_staging(job).await;
+    let notifier = state.clone();
     state
-        .db_write(move |conn| {
+        .db(move |conn| {
             let now = db_now(conn)? + skew_ms;
-            Job::finish_if_complete(conn, id, now)
+            let finished = Job::finish_if_complete(conn, id, now)?;
+            if finished.is_some() {
+                notifier.notify(Change::JobState { job_id: id });
+            }
+            Ok(finished)
         })
         .await
 }
@@ -118,7 +124,7 @@ pub async fn wind_down_detached(state: &AppState, job: Job) {
     let state = state.clone();
     let task = tokio::spawn(async move {
         wind_down(&state, &job).await;
-        state.notify_change();
+        state.notify(Change::JobState { job_id: job.id });
     });
     if let Err(err) = task.await {
         tracing::warn!(error = %err, "job clean-up task failed");
@@ -245,7 +251,12 @@ impl Babysitter {
             }
         }
         if changed {
-            state.notify_change();
+            // Leases and deadlines expire across jobs: wake every running
+            // job's waiters (a pass changes something only now and then).
+            let running = state.db(Job::list_running).await?;
+            for job in running {
+                state.notify(Change::JobState { job_id: job.id });
+            }
         }
         Ok(())
     }

@@ -106,26 +106,40 @@ impl AppError {
     }
 }
 
+/// The JSON detail of an error, as its response carries it (and as a batch
+/// report carries one report's refusal). Internal errors are logged here,
+/// with the request id the answer names.
+pub fn detail_of(err: AppError) -> ErrorDetail {
+    let (_, code) = err.status_and_code();
+    let (message, problems) = match err {
+        AppError::InvalidSpec(err) => (
+            format!("invalid pipeline spec:\n{err}"),
+            err.problems.clone(),
+        ),
+        AppError::Internal(err) => {
+            // The details (SQL, paths, a backend's words) go to the log
+            // only; the client gets an id to find them by.
+            let request_id = format!("{:016x}", rand::random::<u64>());
+            tracing::error!(request_id, error = format!("{err:#}"), "internal error");
+            (
+                format!("internal error (request id {request_id}); the server log has the details"),
+                Vec::new(),
+            )
+        }
+        other => (other.to_string(), Vec::new()),
+    };
+    ErrorDetail {
+        code: code.to_owned(),
+        message,
+        problems,
+    }
+}
+
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
-        let (status, code) = self.status_and_code();
-        let (message, problems) = match self {
-            AppError::InvalidSpec(err) => (
-                format!("invalid pipeline spec:\n{err}"),
-                err.problems.clone(),
-            ),
-            AppError::Internal(err) => {
-                tracing::error!(error = format!("{err:#}"), "internal error");
-                (format!("internal error: {err:#}"), Vec::new())
-            }
-            other => (other.to_string(), Vec::new()),
-        };
+        let (status, _) = self.status_and_code();
         let body = ErrorBody {
-            error: ErrorDetail {
-                code: code.to_owned(),
-                message,
-                problems,
-            },
+            error: detail_of(self),
         };
         let mut response = (status, Json(body)).into_response();
         if status == StatusCode::UNAUTHORIZED {

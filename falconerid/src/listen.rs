@@ -74,7 +74,7 @@ async fn listen_once(
             _ = cancel.cancelled() => return Ok(()),
             result = &mut listen => return result,
             message = messages.next() => match message {
-                Some(Ok(AsyncMessage::Notification(_))) => state.notify_local(),
+                Some(Ok(AsyncMessage::Notification(note))) => state.hear(note.payload()),
                 Some(Ok(_)) => {}
                 Some(Err(err)) => return Err(err.into()),
                 None => anyhow::bail!("the database closed the connection"),
@@ -83,7 +83,7 @@ async fn listen_once(
                 ready_rx = None;
                 tracing::info!(channel = CHANGES_CHANNEL, "listening for other servers' changes");
                 // Changes made while we were not listening were missed.
-                state.notify_local();
+                state.wake_all_local();
             }
         }
     }

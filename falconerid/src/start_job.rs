@@ -26,6 +26,7 @@ use futures::StreamExt;
 use tokio::sync::mpsc;
 
 use crate::{
+    state::Change,
     error::{AppError, AppResult},
     executor::WorkerLaunch,
     state::AppState,
@@ -416,7 +417,7 @@ async fn start(
                 Job::stop(conn, id, JobStatus::Error, Some(&stop_message), now)
             })
             .await?;
-        state.notify_change();
+        state.notify(Change::JobState { job_id: id });
         return Err(AppError::Internal(anyhow::anyhow!(message)));
     }
     let id = job.id;
@@ -426,7 +427,7 @@ async fn start(
             Job::mark_running(conn, id, now)
         })
         .await?;
-    state.notify_change();
+    state.notify(Change::JobState { job_id: job.id });
     tracing::info!(job = job.name, datums = job.datum_count, "job started");
     Ok(job)
 }

@@ -1,18 +1,136 @@
-//! State shared by every request and the babysitter.
+//! State shared by every request and the babysitter: the pool, the
+//! executor, caches of what never changes about a job, and the wake-ups of
+//! long-polls.
+//!
+//! Wake-ups are targeted (issue 9): each job has its own [`JobWaiters`]. A
+//! datum becoming ready wakes one waiting worker of its job; a change of a
+//! job's counts wakes the followers of that job's progress; a job starting
+//! or ending wakes everyone waiting on it. Long-polls on other jobs sleep on.
+//! On PostgreSQL every change is also sent to the other replicas as
+//! `NOTIFY falconeri_changes, '<changes>'` (see [`Change::encode`]), from one
+//! sender thread that coalesces whatever piled up while it was sending.
 
 use std::{
-    sync::{Arc, OnceLock},
+    collections::HashMap,
+    sync::{Arc, Mutex, OnceLock, mpsc},
     time::Duration,
 };
 
 use falconeri_common::{
     db::{DbConn, DbPool},
-    models::ModelResult,
+    models::{Job, ModelResult},
+    pipeline::PipelineSpec,
 };
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::{config::Config, error::AppResult, executor::Executor};
+
+/// Something that changed, for the long-polls it concerns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Change {
+    /// `n` datums of the job became ready (requeued, retried): wake `n`
+    /// waiting workers.
+    DatumsReady { job_id: i64, n: u32 },
+    /// The job's counts changed: wake its progress followers.
+    Progress { job_id: i64 },
+    /// The job started, ended or was planned: wake everyone waiting on it.
+    JobState { job_id: i64 },
+}
+
+impl Change {
+    /// The notification payload of a list of changes: `r<job>:<n>`,
+    /// `p<job>`, `s<job>`, comma-separated.
+    pub fn encode(changes: &[Change]) -> String {
+        let parts: Vec<String> = changes
+            .iter()
+            .map(|change| match change {
+                Change::DatumsReady { job_id, n } => format!("r{job_id}:{n}"),
+                Change::Progress { job_id } => format!("p{job_id}"),
+                Change::JobState { job_id } => format!("s{job_id}"),
+            })
+            .collect();
+        parts.join(",")
+    }
+
+    /// The changes of a payload; None if it is not ours (an older replica
+    /// sends none: wake everything then).
+    pub fn decode(payload: &str) -> Option<Vec<Change>> {
+        payload
+            .split(',')
+            .filter(|part| !part.is_empty())
+            .map(|part| {
+                let (kind, rest) = part.split_at_checked(1)?;
+                match kind {
+                    "r" => {
+                        let (job, n) = rest.split_once(':')?;
+                        Some(Change::DatumsReady {
+                            job_id: job.parse().ok()?,
+                            n: n.parse().ok()?,
+                        })
+                    }
+                    "p" => Some(Change::Progress {
+                        job_id: rest.parse().ok()?,
+                    }),
+                    "s" => Some(Change::JobState {
+                        job_id: rest.parse().ok()?,
+                    }),
+                    _ => None,
+                }
+            })
+            .collect::<Option<Vec<Change>>>()
+            .filter(|changes| !changes.is_empty())
+    }
+
+    /// Merges a burst of changes: one progress and one state change per
+    /// job, ready counts summed.
+    fn coalesce(changes: Vec<Change>) -> Vec<Change> {
+        let mut ready: HashMap<i64, u32> = HashMap::new();
+        let mut rest: Vec<Change> = Vec::new();
+        for change in changes {
+            match change {
+                Change::DatumsReady { job_id, n } => {
+                    let total = ready.entry(job_id).or_default();
+                    *total = total.saturating_add(n);
+                }
+                other if !rest.contains(&other) => rest.push(other),
+                _ => {}
+            }
+        }
+        let mut merged: Vec<Change> = ready
+            .into_iter()
+            .map(|(job_id, n)| Change::DatumsReady { job_id, n })
+            .collect();
+        merged.extend(rest);
+        merged
+    }
+}
+
+/// The long-polls of one job.
+#[derive(Debug)]
+pub struct JobWaiters {
+    /// Workers waiting for a datum; `notify_one` per datum made ready.
+    pub ready: Notify,
+    /// Progress followers; bumped on every change of the job's counts.
+    pub progress: watch::Sender<u64>,
+}
+
+/// What never changes about a job, kept so that reservations need not read
+/// and parse the job row each time.
+#[derive(Debug)]
+pub struct JobInfo {
+    pub id: i64,
+    pub egress_uri: String,
+    pub datum_timeout_ms: Option<i64>,
+    pub spec: PipelineSpec,
+}
+
+/// How many jobs the caches hold before they start over (each entry is a
+/// few kilobytes; a server with more live jobs than this just reads more).
+const CACHE_LIMIT: usize = 10_000;
+
+/// PostgreSQL refuses notification payloads of 8,000 bytes or more.
+const MAX_PAYLOAD: usize = 7_000;
 
 /// Everything a handler needs: cheap to clone.
 #[derive(Clone)]
@@ -24,8 +142,16 @@ struct Inner {
     config: Config,
     pool: DbPool,
     executor: Arc<dyn Executor>,
-    /// Bumped on every change to a job or datum; long-polls wait on it.
-    changes: watch::Sender<u64>,
+    /// Each job's long-polls, created when someone first waits on it.
+    waiters: Mutex<HashMap<i64, Arc<JobWaiters>>>,
+    /// Immutable job facts by job id.
+    jobs: Mutex<HashMap<i64, Arc<JobInfo>>>,
+    /// Worker tokens seen valid, and their job.
+    worker_tokens: Mutex<HashMap<String, i64>>,
+    /// Changes for the other replicas (PostgreSQL only).
+    outbox: Option<Mutex<mpsc::Sender<Change>>>,
+    /// This server's name in its notifications, so it skips its own.
+    server_id: String,
     /// The URL workers reach us at, known once the listener is bound.
     public_url: OnceLock<String>,
     /// Cancelled when the server shuts down; long-polls answer at once.
@@ -39,12 +165,19 @@ impl AppState {
         if let Some(url) = &config.public_url {
             let _ = public_url.set(url.trim_end_matches('/').to_owned());
         }
+        let server_id = format!("{:016x}", rand::random::<u64>());
+        let outbox = (pool.backend() == falconeri_common::db::Backend::Postgres)
+            .then(|| Mutex::new(spawn_notifier(pool.clone(), server_id.clone())));
         AppState {
             inner: Arc::new(Inner {
                 config,
                 pool,
                 executor,
-                changes: watch::channel(0).0,
+                waiters: Mutex::new(HashMap::new()),
+                jobs: Mutex::new(HashMap::new()),
+                worker_tokens: Mutex::new(HashMap::new()),
+                outbox,
+                server_id,
                 public_url,
                 shutdown: CancellationToken::new(),
             }),
@@ -97,71 +230,31 @@ impl AppState {
         .map_err(|err| anyhow::anyhow!("database task failed: {err}"))?
     }
 
-    /// Like [`AppState::db`] for calls that change jobs or datums: long-polls
-    /// are told once the call succeeds, from the blocking task itself, so the
-    /// notification is not lost if the request is dropped meanwhile (a
-    /// worker killed mid-request still had its write committed).
-    pub async fn db_write<T, F>(&self, f: F) -> AppResult<T>
-    where
-        T: Send + 'static,
-        F: FnOnce(&mut DbConn) -> ModelResult<T> + Send + 'static,
-    {
-        let state = self.clone();
-        self.db(move |conn| {
-            let result = f(conn)?;
-            state.notify_change();
-            Ok(result)
-        })
-        .await
-    }
-
-    /// [`AppState::db_write`] that runs `f` again (up to three times) when
+    /// [`AppState::db`] that runs `f` again (up to three times) when
     /// PostgreSQL aborted it to break a deadlock. Statements that lock many
     /// rows (stopping a job, expiring leases across jobs) may meet in
     /// different orders; the aborted side just has to try again.
-    pub async fn db_write_retrying<T, F>(&self, f: F) -> AppResult<T>
-    where
-        T: Send + 'static,
-        F: Fn(&mut DbConn) -> ModelResult<T> + Send + Sync + 'static,
-    {
-        self.retrying(f, true).await
-    }
-
-    /// [`AppState::db`] with the deadlock retries of
-    /// [`AppState::db_write_retrying`], for callers that notify themselves
-    /// (the babysitter, which changes something only now and then).
     pub async fn db_retrying<T, F>(&self, f: F) -> AppResult<T>
     where
         T: Send + 'static,
         F: Fn(&mut DbConn) -> ModelResult<T> + Send + Sync + 'static,
     {
-        self.retrying(f, false).await
-    }
-
-    async fn retrying<T, F>(&self, f: F, notify: bool) -> AppResult<T>
-    where
-        T: Send + 'static,
-        F: Fn(&mut DbConn) -> ModelResult<T> + Send + Sync + 'static,
-    {
-        let f = std::sync::Arc::new(f);
+        let f = Arc::new(f);
         let mut tries = 0;
         loop {
             tries += 1;
             let attempt = f.clone();
-            let deadlocked = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let deadlocked = Arc::new(std::sync::atomic::AtomicBool::new(false));
             let flag = deadlocked.clone();
-            let run = move |conn: &mut DbConn| {
-                let result = attempt(conn);
-                if let Err(err) = &result {
-                    flag.store(err.is_deadlock(), std::sync::atomic::Ordering::SeqCst);
-                }
-                result
-            };
-            let result = if notify {
-                self.db_write(run).await
-            } else {
-                self.db(run).await
-            };
+            let result = self
+                .db(move |conn: &mut DbConn| {
+                    let result = attempt(conn);
+                    if let Err(err) = &result {
+                        flag.store(err.is_deadlock(), std::sync::atomic::Ordering::SeqCst);
+                    }
+                    result
+                })
+                .await;
             if tries < 3 && deadlocked.load(std::sync::atomic::Ordering::SeqCst) {
                 tracing::info!(tries, "deadlock detected; running the transaction again");
                 continue;
@@ -170,40 +263,165 @@ impl AppState {
         }
     }
 
-    /// Tells every long-poll that something changed: on this server at once,
-    /// and on the other servers sharing a PostgreSQL database through
-    /// `NOTIFY` (see [`crate::listen`]).
-    pub fn notify_change(&self) {
-        self.notify_local();
-        if self.inner.pool.backend() == falconeri_common::db::Backend::Postgres
-            && let Ok(runtime) = tokio::runtime::Handle::try_current()
-        {
-            let pool = self.inner.pool.clone();
-            runtime.spawn_blocking(move || {
-                let sent = pool.get().and_then(|mut conn| conn.notify_other_servers());
-                if let Err(err) = sent {
-                    tracing::warn!(error = format!("{err:#}"), "cannot notify other servers");
-                }
-            });
+    /// Wakes the long-polls `change` concerns, here and (PostgreSQL) on the
+    /// other replicas. Cheap and synchronous: callers in the blocking
+    /// database task call it right after their write committed, so the news
+    /// is not lost if the request is dropped meanwhile.
+    pub fn notify(&self, change: Change) {
+        self.wake_local(change);
+        if let Some(outbox) = &self.inner.outbox {
+            let sender = outbox.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            // The notifier thread only stops with the state itself.
+            let _ = sender.send(change);
         }
     }
 
-    /// Wakes this server's long-polls only (for changes other servers made).
-    pub fn notify_local(&self) {
+    /// Wakes this server's long-polls for a change (made here, or by another
+    /// replica).
+    pub fn wake_local(&self, change: Change) {
+        let job_id = match change {
+            Change::DatumsReady { job_id, .. }
+            | Change::Progress { job_id }
+            | Change::JobState { job_id } => job_id,
+        };
+        let waiters = self
+            .inner
+            .waiters
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(&job_id)
+            .cloned();
+        let Some(waiters) = waiters else { return };
+        match change {
+            Change::DatumsReady { n, .. } => {
+                // One worker per datum; a permit is kept for a worker that
+                // is between two long-polls.
+                for _ in 0..n.min(10_000) {
+                    waiters.ready.notify_one();
+                }
+                waiters.progress.send_modify(|generation| *generation += 1);
+            }
+            Change::Progress { .. } => {
+                waiters.progress.send_modify(|generation| *generation += 1);
+            }
+            Change::JobState { .. } => {
+                waiters.ready.notify_waiters();
+                // And a permit for a worker between two long-polls.
+                waiters.ready.notify_one();
+                waiters.progress.send_modify(|generation| *generation += 1);
+            }
+        }
+    }
+
+    /// Acts on a notification from the changes channel: `<server>|<changes>`
+    /// from a replica (this server's own are skipped), or anything else from
+    /// a replica that does not say what changed, which wakes everything.
+    pub fn hear(&self, payload: &str) {
+        let changes = match payload.split_once('|') {
+            Some((server, _)) if server == self.inner.server_id => return,
+            Some((_, changes)) => Change::decode(changes),
+            None => None,
+        };
+        match changes {
+            Some(changes) => changes.into_iter().for_each(|c| self.wake_local(c)),
+            None => self.wake_all_local(),
+        }
+    }
+
+    /// Wakes every long-poll of this server (a notification from a replica
+    /// that does not say what changed).
+    pub fn wake_all_local(&self) {
+        let all: Vec<i64> = self
+            .inner
+            .waiters
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .keys()
+            .copied()
+            .collect();
+        for job_id in all {
+            self.wake_local(Change::JobState { job_id });
+        }
+    }
+
+    /// The long-polls of job `job_id`. Waiters register (`notified()` +
+    /// `enable()`, or `subscribe()`) *before* looking at the database, so a
+    /// change in between is not missed.
+    pub fn waiters(&self, job_id: i64) -> Arc<JobWaiters> {
+        let mut waiters = self
+            .inner
+            .waiters
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if waiters.len() >= CACHE_LIMIT {
+            // Entries nobody holds any more (jobs long over) go first.
+            waiters.retain(|_, w| Arc::strong_count(w) > 1);
+        }
+        waiters
+            .entry(job_id)
+            .or_insert_with(|| {
+                Arc::new(JobWaiters {
+                    ready: Notify::new(),
+                    progress: watch::channel(0).0,
+                })
+            })
+            .clone()
+    }
+
+    /// What never changes about job `id`: read once, then cached.
+    pub async fn job_info(&self, id: i64) -> AppResult<Arc<JobInfo>> {
+        if let Some(info) = self
+            .inner
+            .jobs
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(&id)
+        {
+            return Ok(info.clone());
+        }
+        let job = self.db(move |conn| Job::find(conn, id)).await?;
+        let spec = job.spec().map_err(|err| {
+            crate::error::AppError::Internal(err.context("stored spec is unreadable"))
+        })?;
+        let info = Arc::new(JobInfo {
+            id: job.id,
+            egress_uri: job.egress_uri,
+            datum_timeout_ms: job.datum_timeout_ms,
+            spec,
+        });
+        let mut jobs = self
+            .inner
+            .jobs
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if jobs.len() >= CACHE_LIMIT {
+            jobs.clear();
+        }
+        jobs.insert(id, info.clone());
+        Ok(info)
+    }
+
+    /// The job a worker token belongs to, from the cache.
+    pub fn cached_worker_token(&self, token: &str) -> Option<i64> {
         self.inner
-            .changes
-            .send_modify(|generation| *generation += 1);
+            .worker_tokens
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(token)
+            .copied()
     }
 
-    /// The current change generation.
-    pub fn generation(&self) -> u64 {
-        *self.inner.changes.borrow()
-    }
-
-    /// A receiver that wakes on the next change. Subscribe *before* looking
-    /// at the database, so a change in between is not missed.
-    pub fn subscribe(&self) -> watch::Receiver<u64> {
-        self.inner.changes.subscribe()
+    /// Remembers a valid worker token (a token never changes job).
+    pub fn cache_worker_token(&self, token: String, job_id: i64) {
+        let mut tokens = self
+            .inner
+            .worker_tokens
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if tokens.len() >= CACHE_LIMIT {
+            tokens.clear();
+        }
+        tokens.insert(token, job_id);
     }
 
     /// Tells long-polls to answer now: the server is going away.
@@ -220,5 +438,80 @@ impl AppState {
     pub fn capped_wait(&self, wait_ms: Option<u64>) -> Duration {
         let max = self.inner.config.max_wait;
         wait_ms.map(Duration::from_millis).unwrap_or(max).min(max)
+    }
+}
+
+/// Starts the thread that sends this server's changes to the other replicas
+/// as PostgreSQL notifications. It blocks on the channel, then takes
+/// whatever else piled up meanwhile, so a burst of changes costs one
+/// `pg_notify` per job and kind, not one per change. It ends when the state
+/// (the channel's sender) is dropped.
+fn spawn_notifier(pool: DbPool, server_id: String) -> mpsc::Sender<Change> {
+    let (sender, receiver) = mpsc::channel::<Change>();
+    let spawned = std::thread::Builder::new()
+        .name("falconerid-notify".to_owned())
+        .spawn(move || {
+            while let Ok(first) = receiver.recv() {
+                let mut burst = vec![first];
+                burst.extend(receiver.try_iter());
+                let changes = Change::coalesce(burst);
+                let mut payloads = Vec::new();
+                let mut current: Vec<Change> = Vec::new();
+                for change in changes {
+                    current.push(change);
+                    if Change::encode(&current).len() > MAX_PAYLOAD {
+                        current.pop();
+                        payloads.push(format!("{server_id}|{}", Change::encode(&current)));
+                        current = vec![change];
+                    }
+                }
+                if !current.is_empty() {
+                    payloads.push(format!("{server_id}|{}", Change::encode(&current)));
+                }
+                let sent = pool
+                    .get()
+                    .and_then(|mut conn| payloads.iter().try_for_each(|p| conn.notify_other_servers(p)));
+                if let Err(err) = sent {
+                    tracing::warn!(error = format!("{err:#}"), "cannot notify other servers");
+                }
+            }
+        });
+    if let Err(err) = spawned {
+        tracing::warn!(error = %err, "cannot start the notifier thread; other replicas will not hear of changes");
+    }
+    sender
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn changes_round_trip_through_payloads() {
+        let changes = vec![
+            Change::DatumsReady { job_id: 7, n: 3 },
+            Change::Progress { job_id: 7 },
+            Change::JobState { job_id: 12 },
+        ];
+        assert_eq!(Change::decode(&Change::encode(&changes)), Some(changes));
+        assert_eq!(Change::decode(""), None);
+        assert_eq!(Change::decode("x1"), None);
+    }
+
+    #[test]
+    fn bursts_coalesce_per_job() {
+        let merged = Change::coalesce(vec![
+            Change::DatumsReady { job_id: 1, n: 1 },
+            Change::Progress { job_id: 1 },
+            Change::DatumsReady { job_id: 1, n: 2 },
+            Change::Progress { job_id: 1 },
+        ]);
+        assert_eq!(
+            merged,
+            vec![
+                Change::DatumsReady { job_id: 1, n: 3 },
+                Change::Progress { job_id: 1 }
+            ]
+        );
     }
 }

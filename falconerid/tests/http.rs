@@ -935,6 +935,12 @@ async fn babysitter_recovers_interrupted_starts_and_gives_up_on_failing_ones() {
 async fn replicas_wake_each_others_long_polls() {
     use falconeri_common::db::{DbPool, testing::TestDb};
     let a = TestServer::new(TestDb::postgres());
+    let job = create(
+        &a,
+        a.spec_with_inputs(&[("x.txt", "x")], json!({ "datum_tries": 2 })),
+    )
+    .await;
+    let id = job["id"].as_i64().unwrap();
     let b = {
         let mut config =
             falconerid::Config::local(a.dir.path(), ADMIN.to_owned(), vec!["unused".into()]);
@@ -943,8 +949,9 @@ async fn replicas_wake_each_others_long_polls() {
         let pool = DbPool::connect(&a.db.url, 4).unwrap();
         let state = falconerid::AppState::new(config, pool, a.executor.clone());
         let cancel = tokio_util::sync::CancellationToken::new();
-        // Subscribed before the listener starts, so its first wake-up counts.
-        let changes = state.subscribe();
+        // Subscribed to the job before the listener starts, so its first
+        // wake-up (everything registered) counts.
+        let changes = state.waiters(id).progress.subscribe();
         tokio::spawn(falconerid::listen::run(
             state.clone(),
             a.db.url.clone(),
@@ -954,12 +961,6 @@ async fn replicas_wake_each_others_long_polls() {
     };
     let (b_app, mut changes, b_cancel) = b;
 
-    let job = create(
-        &a,
-        a.spec_with_inputs(&[("x.txt", "x")], json!({ "datum_tries": 2 })),
-    )
-    .await;
-    let id = job["id"].as_i64().unwrap();
     let token = worker_token(&a, id);
     let (_, first) = reserve(&a, id, &token, "w1", 0).await;
     assert_eq!(first["status"], "reserved");

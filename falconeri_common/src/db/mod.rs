@@ -86,15 +86,22 @@ impl std::fmt::Debug for DbConn {
 pub const CHANGES_CHANNEL: &str = "falconeri_changes";
 
 impl DbConn {
-    /// Tells the other servers on this database that something changed
-    /// (PostgreSQL `NOTIFY`; SQLite has one server, so nothing to do).
-    pub fn notify_other_servers(&mut self) -> Result<()> {
+    /// Tells the other servers on this database what changed, in
+    /// `payload` (PostgreSQL `pg_notify`; SQLite has one server, so nothing
+    /// to do).
+    pub fn notify_other_servers(&mut self, payload: &str) -> Result<()> {
         match self {
             DbConn::Sqlite(_) => Ok(()),
             #[cfg(feature = "postgres")]
-            DbConn::Postgres(c) => c
-                .batch_execute(&format!("NOTIFY {CHANGES_CHANNEL}"))
-                .context("cannot notify the other servers"),
+            DbConn::Postgres(c) => {
+                use diesel::{RunQueryDsl, sql_types::Text};
+                diesel::sql_query("SELECT pg_notify($1, $2)")
+                    .bind::<Text, _>(CHANGES_CHANNEL)
+                    .bind::<Text, _>(payload)
+                    .execute(&mut **c)
+                    .map(|_| ())
+                    .context("cannot notify the other servers")
+            }
         }
     }
 
@@ -114,7 +121,15 @@ impl DbConn {
         use diesel::connection::{AnsiTransactionManager, TransactionManager};
         match self {
             DbConn::Sqlite(c) => {
-                AnsiTransactionManager::begin_transaction_sql(&mut **c, "BEGIN IMMEDIATE")?
+                // Inside a transaction already, a savepoint nests in it.
+                let nested = AnsiTransactionManager::transaction_manager_status_mut(&mut **c)
+                    .transaction_depth()?
+                    .is_some();
+                if nested {
+                    AnsiTransactionManager::begin_transaction(&mut **c)?
+                } else {
+                    AnsiTransactionManager::begin_transaction_sql(&mut **c, "BEGIN IMMEDIATE")?
+                }
             }
             #[cfg(feature = "postgres")]
             DbConn::Postgres(c) => AnsiTransactionManager::begin_transaction(&mut **c)?,

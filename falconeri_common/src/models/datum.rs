@@ -256,6 +256,7 @@ impl Datum {
         self.owner.as_ref().map(|owner| Claim {
             worker_id: owner.clone(),
             attempt: self.attempt,
+            scope: None,
         })
     }
 
@@ -761,6 +762,10 @@ impl Datum {
     pub fn why_stale(conn: &mut DbConn, id: i64, claim: &Claim) -> ModelError {
         match Datum::find(conn, id) {
             Err(err) => err,
+            // A worker of another job must not learn about this datum.
+            Ok(datum) if claim.scope.is_some_and(|job| job != datum.job_id) => {
+                ModelError::NotFound(format!("datum {id}"))
+            }
             Ok(datum) => ModelError::Conflict(format!(
                 "datum {id} is no longer held by {} (attempt {}): it is {} at attempt {}{}",
                 claim.worker_id,
@@ -1060,8 +1065,12 @@ impl Datum {
 /// by the claim's worker.
 fn held_sql(stmt: &mut Stmt, id: i64, claim: &Claim, status: &str) -> String {
     let owner = stmt.text(Some(&claim.worker_id));
+    let scope = match claim.scope {
+        Some(job_id) => format!(" AND job_id = {job_id}"),
+        None => String::new(),
+    };
     format!(
-        "id = {id} AND status {status} AND attempt = {} AND owner = {owner}",
+        "id = {id} AND status {status} AND attempt = {} AND owner = {owner}{scope}",
         claim.attempt
     )
 }

@@ -105,14 +105,16 @@ pub async fn publish_outputs(
     let staging = as_prefix(staging_uri);
     let egress = as_prefix(egress_uri);
     // Several at once: on an object store a rename is a copy and a delete.
-    futures::stream::iter(files)
-        .map(|file| {
+    // Owned values only in the stream, so callers can spawn its future.
+    let paths: Vec<String> = files.iter().map(|file| file.path.clone()).collect();
+    futures::stream::iter(paths)
+        .map(|path: String| {
             let storage = storage.clone();
-            let (staging, egress) = (&staging, &egress);
+            let from = format!("{staging}{path}");
+            let to = format!("{egress}{path}");
+            let staging = staging.clone();
             async move {
-                checked_relative(&file.path)?;
-                let from = format!("{staging}{}", file.path);
-                let to = format!("{egress}{}", file.path);
+                checked_relative(&path)?;
                 // Rename first and ask questions only if that fails: one
                 // request less per file than checking first, on stores
                 // where every request is a round trip.
@@ -122,7 +124,7 @@ pub async fn publish_outputs(
                     }
                     // Moved by an earlier, partly failed call.
                     if !storage.exists(&to).await? {
-                        bail!("output {:?} was not uploaded to {staging}", file.path);
+                        bail!("output {path:?} was not uploaded to {staging}");
                     }
                 }
                 Ok(to)

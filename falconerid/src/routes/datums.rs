@@ -25,12 +25,14 @@ async fn show(
             let datum = Datum::find(conn, id)?;
             let input_files = Datum::input_files(conn, id)?;
             let output_files = Datum::output_files(conn, id)?;
+            let attempts = Datum::attempts(conn, id)?;
             let output = datum.output.clone();
             Ok(DatumResponse {
                 datum: datum.into(),
                 input_files: input_files.into_iter().map(Into::into).collect(),
                 output_files: output_files.into_iter().map(Into::into).collect(),
                 output,
+                attempts: attempts.into_iter().map(Into::into).collect(),
             })
         })
         .await?;

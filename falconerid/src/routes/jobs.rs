@@ -13,12 +13,13 @@ use falconeri_common::{
         DatumListQuery, DatumListResponse, JobDescribeResponse, JobListQuery, JobListResponse,
         JobResponse, ProgressQuery, ProgressResponse,
     },
-    models::{Datum, Job, db_now},
+    models::{DatumFilter, Datum, Job, db_now},
     pipeline::PipelineSpec,
     status::{DatumStatus, JobStatus},
 };
 
 use crate::{
+    state::Change,
     auth::Principal,
     babysitter,
     error::{ApiPath, ApiQuery, AppError, AppResult},
@@ -124,8 +125,9 @@ async fn progress(
     ApiQuery(query): ApiQuery<ProgressQuery>,
 ) -> AppResult<Json<ProgressResponse>> {
     principal.require_admin()?;
-    let mut changes = state.subscribe();
-    if query.since == Some(state.generation()) {
+    let waiters = state.waiters(id);
+    let mut changes = waiters.progress.subscribe();
+    if query.since == Some(*changes.borrow_and_update()) {
         let wait = state.capped_wait(query.wait_ms);
         // Any outcome means "answer now"; a timeout is not an error here.
         let woken = tokio::time::timeout(wait, async {
@@ -142,7 +144,7 @@ async fn progress(
             tokio::time::sleep(PROGRESS_COALESCE).await;
         }
     }
-    let generation = state.generation();
+    let generation = *waiters.progress.borrow();
     let (job, counts) = state
         .db(move |conn| Ok((Job::find(conn, id)?, Job::counts(conn, id)?)))
         .await?;
@@ -202,7 +204,7 @@ async fn cancel(
 ) -> AppResult<Json<JobResponse>> {
     principal.require_admin()?;
     let (job, stopped) = state
-        .db_write_retrying(move |conn| {
+        .db_retrying(move |conn| {
             let now = db_now(conn)?;
             Job::stop(
                 conn,
@@ -219,6 +221,7 @@ async fn cancel(
             job.name, job.status
         )));
     }
+    state.notify(Change::JobState { job_id: job.id });
     babysitter::wind_down_detached(&state, job.clone()).await;
     Ok(Json(job.into()))
 }
@@ -231,10 +234,15 @@ async fn datums(
 ) -> AppResult<Json<DatumListResponse>> {
     principal.require_admin()?;
     let limit = query.limit.unwrap_or(1_000).clamp(1, 100_000);
+    let filter = DatumFilter {
+        status: query.status,
+        outcome: query.outcome,
+        after: query.after,
+    };
     let datums = state
         .db(move |conn| {
             Job::find(conn, id)?;
-            Datum::list(conn, id, query.status, limit)
+            Datum::list_filtered(conn, id, &filter, limit)
         })
         .await?;
     Ok(Json(DatumListResponse {

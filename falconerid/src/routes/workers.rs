@@ -1,26 +1,34 @@
-//! The worker protocol: reserve (a long-poll), heartbeat, done, error, output
-//! files. Every write after a reservation carries its [`Claim`]; a stale one
-//! gets `409 Conflict` and changes nothing.
+//! The worker protocol: reserve (a long-poll, one datum or a batch),
+//! heartbeat, and the final reports done, error and release (one datum, or
+//! a batch in one request). Every write after a reservation carries its
+//! [`Claim`]; a stale one gets `409 Conflict` and changes nothing.
+//!
+//! The hot path touches the database as little as it can: the worker's
+//! token and the job's spec come from caches, the clock is read inside the
+//! statements, a reservation is one transaction of two statements (the
+//! claim, which also returns the input files, and the attempt rows), and so
+//! is a `done` without outputs. A `done` with outputs is two such
+//! transactions with the publishing in between, outside any transaction.
 
 use axum::{Json, Router, extract::State, routing::post};
 use falconeri_common::{
-    Millis,
     api::{
-        Claim, DatumSummary, DoneRequest, ErrorRequest, HeartbeatRequest, HeartbeatResponse,
-        NewOutputFile, OutputFilesRequest, ReleaseRequest, Reservation, ReserveRequest,
-        ReserveResponse,
+        BatchHeartbeatRequest, BatchHeartbeatResponse, BatchOutcome, BatchReport,
+        BatchReportRequest, BatchReportResponse, BatchReportResult, Claim, DatumSummary,
+        DoneRequest, ErrorDetail, ErrorRequest, HeartbeatRequest, HeartbeatResponse,
+        NewOutputFile, ReleaseRequest, Reservation, ReserveRequest, ReserveResponse,
     },
-    db::DbConn,
-    models::{Datum, InputFile, Job, ModelError, ModelResult, db_now},
+    models::{Clock, Completed, Datum, Job, ModelError, Report, Reserved},
+    pipeline::MAX_DATUMS_PER_RESERVATION,
+    status::JobStatus,
     storage::{attempt_staging_uri, publish_outputs, storage_for},
 };
-use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use crate::{
     auth::Principal,
     error::{ApiJson, ApiPath, AppError, AppResult},
-    state::AppState,
+    state::{AppState, Change, JobInfo},
 };
 
 /// Longest output tail the server stores per datum.
@@ -29,24 +37,18 @@ const MAX_OUTPUT_BYTES: usize = 1024 * 1024;
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/jobs/{id}/reserve", post(reserve))
+        .route("/v1/jobs/{id}/heartbeat", post(heartbeat_batch))
+        .route("/v1/jobs/{id}/report", post(report_batch))
         .route("/v1/datums/{id}/heartbeat", post(heartbeat))
         .route("/v1/datums/{id}/done", post(done))
         .route("/v1/datums/{id}/error", post(error))
         .route("/v1/datums/{id}/release", post(release))
-        .route("/v1/datums/{id}/output-files", post(output_files))
 }
 
-enum Attempt {
-    Reserved(Box<(Datum, Vec<InputFile>, Job)>),
-    Wait,
-    /// Nothing to reserve: the job may be complete.
-    NoneReady(Box<Job>),
-    /// The job has ended.
-    Finished,
-}
-
-/// Reserves the next ready datum, waiting (up to the capped `wait_ms`) for
-/// one to appear: the answer comes within milliseconds of work existing.
+/// Reserves the next ready datum (or up to `max_datums` of them), waiting
+/// (up to the capped `wait_ms`) for one to appear: a datum made ready wakes
+/// one waiting worker of its job, so the answer comes within milliseconds
+/// of work existing, and long-polls of other jobs are not disturbed.
 async fn reserve(
     principal: Principal,
     State(state): State<AppState>,
@@ -57,47 +59,51 @@ async fn reserve(
     check_worker_id(&request.worker_id)?;
     let deadline = Instant::now() + state.capped_wait(request.wait_ms);
     let lease_ms = state.config().lease_ms();
+    let info = state.job_info(job_id).await?;
+    let max = match request.max_datums {
+        Some(max) => max
+            .min(info.spec.datums_per_reservation)
+            .clamp(1, MAX_DATUMS_PER_RESERVATION),
+        None => 1,
+    };
+    let waiters = state.waiters(job_id);
     loop {
-        let mut changes = state.subscribe();
+        // Registered before the database is asked, so a datum made ready
+        // in between still wakes this request.
+        let woken = waiters.ready.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
         let worker_id = request.worker_id.clone();
+        let timeout_ms = info.datum_timeout_ms;
         let notifier = state.clone();
-        let attempt = state
+        let reserved = state
             .db(move |conn| {
-                let job = Job::find(conn, job_id)?;
-                let status = job.status();
-                if status.is_terminal() {
-                    return Ok(Attempt::Finished);
+                let reserved =
+                    Datum::reserve(conn, job_id, &worker_id, max, Clock::DB, lease_ms, timeout_ms)?;
+                if !reserved.is_empty() {
+                    notifier.notify(Change::Progress { job_id });
                 }
-                if status != falconeri_common::status::JobStatus::Running {
-                    return Ok(Attempt::Wait);
-                }
-                let now = db_now(conn)?;
-                let reserved = Datum::reserve_next(
-                    conn,
-                    job_id,
-                    &worker_id,
-                    now,
-                    lease_ms,
-                    job.datum_timeout_ms,
-                )?;
-                match reserved {
-                    Some(datum) => {
-                        notifier.notify_change();
-                        let files = Datum::input_files(conn, datum.id)?;
-                        Ok(Attempt::Reserved(Box::new((datum, files, job))))
-                    }
-                    None => Ok(Attempt::NoneReady(Box::new(job))),
-                }
+                Ok(reserved)
             })
             .await?;
-        match attempt {
-            Attempt::Reserved(reserved) => {
-                let (datum, files, job) = *reserved;
-                return Ok(Json(ReserveResponse::Reserved(Box::new(reservation(
-                    &state, datum, files, &job,
-                )?))));
-            }
-            Attempt::NoneReady(job) => {
+        if !reserved.is_empty() {
+            let mut reservations: Vec<Reservation> = reserved
+                .into_iter()
+                .map(|r| reservation(&state, r, &info))
+                .collect::<AppResult<_>>()?;
+            return Ok(Json(match request.max_datums {
+                Some(_) => ReserveResponse::Batch { reservations },
+                None => match reservations.pop() {
+                    Some(one) => ReserveResponse::Reserved(Box::new(one)),
+                    None => ReserveResponse::Wait,
+                },
+            }));
+        }
+        // Nothing to hand out: the cold path looks at the job itself.
+        let job = state.db(move |conn| Job::find(conn, job_id)).await?;
+        match job.status() {
+            status if status.is_terminal() => return Ok(Json(ReserveResponse::Finished)),
+            JobStatus::Running => {
                 // Outside the transaction: finishing removes the staging
                 // area first, which is storage I/O.
                 if let Some(ended) = crate::babysitter::finish_if_complete(&state, &job, 0).await? {
@@ -105,28 +111,18 @@ async fn reserve(
                     return Ok(Json(ReserveResponse::Finished));
                 }
             }
-            Attempt::Finished => return Ok(Json(ReserveResponse::Finished)),
-            Attempt::Wait => {}
+            _ => {}
         }
         tokio::select! {
-            _ = changes.changed() => continue,
-            _ = tokio::time::sleep_until(deadline) => {
-                return Ok(Json(ReserveResponse::Wait));
-            }
+            _ = &mut woken => continue,
+            _ = tokio::time::sleep_until(deadline) => return Ok(Json(ReserveResponse::Wait)),
             _ = state.shutting_down() => return Ok(Json(ReserveResponse::Wait)),
         }
     }
 }
 
-fn reservation(
-    state: &AppState,
-    datum: Datum,
-    files: Vec<InputFile>,
-    job: &Job,
-) -> AppResult<Reservation> {
-    let spec = job
-        .spec()
-        .map_err(|err| AppError::Internal(err.context("stored spec is unreadable")))?;
+fn reservation(state: &AppState, reserved: Reserved, info: &JobInfo) -> AppResult<Reservation> {
+    let Reserved { datum, files } = reserved;
     let claim = datum
         .claim()
         .ok_or_else(|| AppError::Internal(anyhow::anyhow!("reserved datum has no owner")))?;
@@ -140,11 +136,11 @@ fn reservation(
         heartbeat_interval_ms: u64::try_from(lease.as_millis() / 3)
             .unwrap_or(10_000)
             .max(100),
-        timeout_ms: job.datum_timeout_ms.and_then(|ms| u64::try_from(ms).ok()),
-        cmd: spec.transform.cmd,
-        env: spec.transform.env,
-        staging_uri: attempt_staging_uri(&job.egress_uri, job.id, datum.id, datum.attempt),
-        input_files: files.into_iter().map(Into::into).collect(),
+        timeout_ms: info.datum_timeout_ms.and_then(|ms| u64::try_from(ms).ok()),
+        cmd: info.spec.transform.cmd.clone(),
+        env: info.spec.transform.env.clone(),
+        staging_uri: attempt_staging_uri(&info.egress_uri, info.id, datum.id, datum.attempt),
+        input_files: files,
     })
 }
 
@@ -157,58 +153,38 @@ fn check_worker_id(worker_id: &str) -> AppResult<()> {
     Ok(())
 }
 
-/// The job of datum `id`, once the caller is known to be allowed to write
-/// to it: the admin, or a worker of that job.
-async fn datum_job(state: &AppState, principal: &Principal, id: i64) -> AppResult<Job> {
-    let job = state
-        .db(move |conn| {
-            let datum = Datum::find(conn, id)?;
-            Job::find(conn, datum.job_id)
-        })
-        .await?;
-    principal.require_job(job.id)?;
-    Ok(job)
-}
-
-/// Where the attempt named by `claim` staged its outputs.
-fn staging_of(job: &Job, datum_id: i64, claim: &Claim) -> String {
-    attempt_staging_uri(&job.egress_uri, job.id, datum_id, claim.attempt)
-}
-
-/// Removes an attempt's staging area once its final report is settled:
-/// accepted, or refused for good (stale, gone). After a server error the
-/// worker retries, so the staged files stay.
-fn settle<T>(staging: String, result: AppResult<T>) -> AppResult<T> {
-    if matches!(
-        result,
-        Ok(_) | Err(AppError::Conflict(_)) | Err(AppError::NotFound(_))
-    ) {
-        tokio::spawn(async move {
-            let deleted = match storage_for(&staging) {
-                Ok(storage) => storage.delete_prefix(&staging).await,
-                Err(err) => Err(err),
-            };
-            if let Err(err) = deleted {
-                tracing::warn!(
-                    staging,
-                    error = format!("{err:#}"),
-                    "cannot remove staged outputs"
-                );
-            }
-        });
+/// The claim as the models should check it: a worker may write only to
+/// datums of its own job.
+fn scoped(principal: &Principal, claim: &Claim) -> Claim {
+    Claim {
+        scope: match principal {
+            Principal::Admin => None,
+            Principal::Worker { job_id } => Some(*job_id),
+        },
+        ..claim.clone()
     }
-    result
 }
 
-/// A `publish` callback for the models: moves staged files to the egress.
-/// It runs on the blocking database thread, under the datum's lock.
-fn publisher(
-    staging: String,
-    egress: String,
-    files: Vec<NewOutputFile>,
-) -> impl FnOnce(&Datum) -> anyhow::Result<Vec<String>> + Send + 'static {
-    let runtime = tokio::runtime::Handle::current();
-    move |_datum| runtime.block_on(publish_outputs(&staging, &egress, &files))
+/// Removes the staging area of an attempt once its final report is settled
+/// and the attempt is known to be the caller's: accepted, or refused because
+/// the attempt the claim names has since ended (stale). A report refused
+/// for any other reason (a claim naming an attempt that is not the caller's,
+/// a datum of another job, a server error the worker will retry) deletes
+/// nothing, so a wrong claim can never delete another attempt's outputs.
+fn settle_staging(staging: String) {
+    tokio::spawn(async move {
+        let deleted = match storage_for(&staging) {
+            Ok(storage) => storage.delete_prefix(&staging).await,
+            Err(err) => Err(err),
+        };
+        if let Err(err) = deleted {
+            tracing::warn!(
+                staging,
+                error = format!("{err:#}"),
+                "cannot remove staged outputs"
+            );
+        }
+    });
 }
 
 /// Keeps the last `MAX_OUTPUT_BYTES` of a captured output, on a char boundary.
@@ -229,43 +205,339 @@ async fn heartbeat(
     ApiPath(id): ApiPath<i64>,
     ApiJson(request): ApiJson<HeartbeatRequest>,
 ) -> AppResult<Json<HeartbeatResponse>> {
-    datum_job(&state, &principal, id).await?;
     let lease_ms = state.config().lease_ms();
+    let claim = scoped(&principal, &request.claim);
     let lease_expires_at = state
-        .db(move |conn| {
-            let now = db_now(conn)?;
-            Datum::heartbeat(conn, id, &request.claim, now, lease_ms)
-        })
+        .db(move |conn| Datum::heartbeat(conn, id, &claim, Clock::DB, lease_ms))
         .await?;
     Ok(Json(HeartbeatResponse { lease_expires_at }))
 }
 
-/// The shape every final report of an attempt shares: check the caller may
-/// write to the datum, run `report` (given the job and the attempt's staging
-/// URI, and answering the model call) as a write with the database clock,
-/// then settle the attempt's staging area.
-async fn final_report<R, F>(
+/// Extends the leases of a batch's datums; answers which are still held.
+async fn heartbeat_batch(
+    principal: Principal,
+    State(state): State<AppState>,
+    ApiPath(job_id): ApiPath<i64>,
+    ApiJson(request): ApiJson<BatchHeartbeatRequest>,
+) -> AppResult<Json<BatchHeartbeatResponse>> {
+    principal.require_job(job_id)?;
+    let lease_ms = state.config().lease_ms();
+    let claims: Vec<(i64, Claim)> = request
+        .claims
+        .iter()
+        .map(|c| (c.datum_id, scoped(&Principal::Worker { job_id }, &c.claim)))
+        .collect();
+    let (held, lease) = state
+        .db(move |conn| {
+            let mut held = Vec::new();
+            let mut lease = 0;
+            for (id, claim) in &claims {
+                match Datum::heartbeat(conn, *id, claim, Clock::DB, lease_ms) {
+                    Ok(until) => {
+                        held.push(*id);
+                        lease = until;
+                    }
+                    Err(ModelError::Conflict(_) | ModelError::NotFound(_)) => {}
+                    Err(err) => return Err(err),
+                }
+            }
+            Ok((held, lease))
+        })
+        .await?;
+    Ok(Json(BatchHeartbeatResponse {
+        held,
+        lease_expires_at: lease,
+    }))
+}
+
+/// How a final report ended, for the staging clean-up.
+enum Settled {
+    /// Accepted; the datum as it is now.
+    Accepted(Datum),
+    /// Refused: the attempt the claim named is over (the datum moved on).
+    /// Its staging area is the caller's own and may go.
+    Stale(ModelError),
+    /// Refused for another reason; nothing is deleted.
+    Refused(ModelError),
+}
+
+/// One final report, whatever its kind, on the blocking database thread.
+/// Publishing (storage I/O) never happens here: a `done` with outputs stops
+/// at `publishing` and is finished by [`publish_and_finish`].
+fn settle_report(
+    conn: &mut falconeri_common::db::DbConn,
+    state: &AppState,
+    info: &JobInfo,
+    id: i64,
+    claim: &Claim,
+    outcome: &BatchOutcome,
+    publish_lease_ms: i64,
+) -> Result<Settled, ModelError> {
+    let job_id = info.id;
+    let result = match outcome {
+        BatchOutcome::Done {
+            output,
+            output_files,
+            exit_code,
+        } => {
+            let report = Report {
+                output: output_tail(output),
+                exit_code: *exit_code,
+                signal: None,
+            };
+            Datum::complete(
+                conn,
+                id,
+                claim,
+                &report,
+                output_files,
+                &info.egress_uri,
+                Clock::DB,
+                publish_lease_ms,
+            )
+            .map(|completed| match completed {
+                Completed::Done(datum) => {
+                    state.notify(Change::Progress { job_id });
+                    datum
+                }
+                Completed::Publishing(datum, _) => datum,
+            })
+        }
+        BatchOutcome::Error {
+            output,
+            error,
+            exit_code,
+            signal,
+        } => {
+            let report = Report {
+                output: output_tail(output),
+                exit_code: *exit_code,
+                signal: *signal,
+            };
+            Datum::fail(conn, id, claim, &report, error, Clock::DB).inspect(|datum| {
+                notify_ended(state, datum);
+            })
+        }
+        BatchOutcome::Release { reason } => {
+            Datum::release(conn, id, claim, reason, Clock::DB).inspect(|datum| {
+                notify_ended(state, datum);
+            })
+        }
+    };
+    Ok(match result {
+        Ok(datum) => Settled::Accepted(datum),
+        Err(err @ ModelError::Conflict(_)) => {
+            // Stale only if the claim's attempt really was this worker's
+            // and is over: the attempt record says so.
+            let attempt_was_callers = Datum::attempts(conn, id)?
+                .iter()
+                .any(|a| a.number == claim.attempt && a.worker_id == claim.worker_id && a.outcome.is_some());
+            if attempt_was_callers {
+                Settled::Stale(err)
+            } else {
+                Settled::Refused(err)
+            }
+        }
+        Err(err @ ModelError::NotFound(_)) => Settled::Refused(err),
+        Err(err) => return Err(err),
+    })
+}
+
+/// Tells waiting workers about a datum that went back to the queue, and
+/// followers about the change.
+fn notify_ended(state: &AppState, datum: &Datum) {
+    if datum.status() == falconeri_common::status::DatumStatus::Ready {
+        state.notify(Change::DatumsReady {
+            job_id: datum.job_id,
+            n: 1,
+        });
+    } else {
+        state.notify(Change::Progress {
+            job_id: datum.job_id,
+        });
+    }
+}
+
+/// The second phase of a `done` with outputs: moves the staged files into
+/// the egress (no transaction open), then marks the datum done under its
+/// claim, or fails the attempt if the files cannot be moved.
+async fn publish_and_finish(
+    state: &AppState,
+    info: &JobInfo,
+    datum: Datum,
+    claim: &Claim,
+    files: &[NewOutputFile],
+    exit_code: Option<i32>,
+) -> AppResult<Datum> {
+    let staging = attempt_staging_uri(&info.egress_uri, info.id, datum.id, claim.attempt);
+    let published = publish_detached(staging, info.egress_uri.clone(), files.to_vec()).await;
+    let (id, claim) = (datum.id, claim.clone());
+    let notifier = state.clone();
+    match published {
+        Ok(_) => Ok(state
+            .db(move |conn| {
+                let datum = Datum::finish_publishing(conn, id, &claim, exit_code, Clock::DB)?;
+                notifier.notify(Change::Progress {
+                    job_id: datum.job_id,
+                });
+                Ok(datum)
+            })
+            .await?),
+        Err(err) => {
+            // Retrying would fail the same way (an output colliding with a
+            // directory in the egress, say), so the attempt fails here,
+            // with the reason, and is retried if it has tries left. The
+            // worker hears 409: the datum is no longer its own.
+            let reason = format!("cannot publish outputs: {err:#}");
+            let message = reason.clone();
+            state
+                .db(move |conn| {
+                    let datum = Datum::fail_publishing(conn, id, &claim, &message, Clock::DB)?;
+                    notify_ended(&notifier, &datum);
+                    Ok(datum)
+                })
+                .await?;
+            Err(AppError::Conflict(format!(
+                "{reason}; the attempt was recorded as failed"
+            )))
+        }
+    }
+}
+
+/// Moves staged outputs into the egress, on owned data (the storage
+/// futures borrow, and a handler's future must be `Send` for any lifetime).
+async fn publish_detached(
+    staging: String,
+    egress: String,
+    files: Vec<NewOutputFile>,
+) -> anyhow::Result<Vec<String>> {
+    tokio::spawn(async move { publish_outputs(&staging, &egress, &files).await })
+        .await
+        .map_err(|err| anyhow::anyhow!("publishing task failed: {err}"))?
+}
+
+/// A final report of one datum, through the same path as a batch.
+async fn final_report(
     state: &AppState,
     principal: &Principal,
     id: i64,
     claim: &Claim,
-    report: R,
-) -> AppResult<Json<DatumSummary>>
-where
-    R: FnOnce(&Job, &str) -> F,
-    F: FnOnce(&mut DbConn, Millis) -> ModelResult<Datum> + Send + 'static,
-{
-    let job = datum_job(state, principal, id).await?;
-    let staging = staging_of(&job, id, claim);
-    let call = report(&job, &staging);
-    let result = state
-        .db_write(move |conn| {
-            let now = db_now(conn)?;
-            call(conn, now)
+    outcome: BatchOutcome,
+) -> AppResult<Json<DatumSummary>> {
+    let job_id = match principal {
+        Principal::Worker { job_id } => *job_id,
+        Principal::Admin => state.db(move |conn| Ok(Datum::find(conn, id)?.job_id)).await?,
+    };
+    let report = BatchReport {
+        datum_id: id,
+        claim: claim.clone(),
+        outcome,
+    };
+    let mut results = settle_batch(state, principal, job_id, vec![report]).await?;
+    match results.pop() {
+        Some(Ok(datum)) => Ok(Json(datum.into())),
+        Some(Err(err)) => Err(err),
+        None => Err(AppError::Internal(anyhow::anyhow!("a report went missing"))),
+    }
+}
+
+/// Settles reports of one job: every report's first phase in one database
+/// task, then the publishing of those that have outputs (several at once),
+/// then the staging clean-up of the attempts that are over. Each report is
+/// settled on its own; one's failure never changes another.
+async fn settle_batch(
+    state: &AppState,
+    principal: &Principal,
+    job_id: i64,
+    reports: Vec<BatchReport>,
+) -> AppResult<Vec<AppResult<Datum>>> {
+    principal.require_job(job_id)?;
+    let info = state.job_info(job_id).await?;
+    let publish_lease_ms = state.config().lease_ms();
+    let reports: Vec<(BatchReport, Claim)> = reports
+        .into_iter()
+        .map(|r| {
+            let claim = scoped(&Principal::Worker { job_id }, &r.claim);
+            (r, claim)
         })
-        .await;
-    let datum = settle(staging, result)?;
-    Ok(Json(datum.into()))
+        .collect();
+    let phase_one = {
+        let (state, info) = (state.clone(), info.clone());
+        let reports = reports.clone();
+        // One transaction for the whole batch, so a batch of K datums costs
+        // one commit, not K; each report is still its own guarded writes
+        // (a savepoint on SQLite), and a refusal is an answer, not an error
+        // that would undo the others.
+        state
+            .clone()
+            .db(move |conn| {
+                conn.write_transaction(|conn| {
+                    reports
+                        .iter()
+                        .map(|(report, claim)| {
+                            settle_report(
+                                conn,
+                                &state,
+                                &info,
+                                report.datum_id,
+                                claim,
+                                &report.outcome,
+                                publish_lease_ms,
+                            )
+                        })
+                        .collect::<Result<Vec<_>, ModelError>>()
+                })
+            })
+            .await?
+    };
+    let mut results = Vec::with_capacity(reports.len());
+    for ((report, claim), settled) in reports.iter().zip(phase_one) {
+        let staging =
+            attempt_staging_uri(&info.egress_uri, info.id, report.datum_id, claim.attempt);
+        let result = match settled {
+            Settled::Accepted(datum)
+                if datum.status() == falconeri_common::status::DatumStatus::Publishing =>
+            {
+                let (files, exit_code) = match &report.outcome {
+                    BatchOutcome::Done {
+                        output_files,
+                        exit_code,
+                        ..
+                    } => (output_files.as_slice(), *exit_code),
+                    _ => (&[][..], None),
+                };
+                // In a task of its own: a worker that hangs up must not cut
+                // publishing short (the babysitter would finish it, but only
+                // once the publishing lease ran out).
+                let task = {
+                    let (state, info, claim) = (state.clone(), info.clone(), claim.clone());
+                    let files = files.to_vec();
+                    tokio::spawn(async move {
+                        publish_and_finish(&state, &info, datum, &claim, &files, exit_code).await
+                    })
+                };
+                let finished = task.await.unwrap_or_else(|err| {
+                    Err(AppError::Internal(anyhow::anyhow!("publishing task failed: {err}")))
+                });
+                // Published or failed for good: the staged copies are spent.
+                if !matches!(finished, Err(AppError::Internal(_) | AppError::Unavailable(_))) {
+                    settle_staging(staging);
+                }
+                finished
+            }
+            Settled::Accepted(datum) => {
+                settle_staging(staging);
+                Ok(datum)
+            }
+            Settled::Stale(err) => {
+                settle_staging(staging);
+                Err(err.into())
+            }
+            Settled::Refused(err) => Err(err.into()),
+        };
+        results.push(result);
+    }
+    Ok(results)
 }
 
 async fn done(
@@ -274,33 +546,12 @@ async fn done(
     ApiPath(id): ApiPath<i64>,
     ApiJson(request): ApiJson<DoneRequest>,
 ) -> AppResult<Json<DatumSummary>> {
-    let claim = request.claim.clone();
-    final_report(&state, &principal, id, &claim, |job, staging| {
-        let publish = publisher(
-            staging.to_owned(),
-            job.egress_uri.clone(),
-            request.output_files.clone(),
-        );
-        move |conn, now| {
-            let output = output_tail(&request.output);
-            let claim = &request.claim;
-            match Datum::mark_done(conn, id, claim, output, &request.output_files, now, publish) {
-                // Retrying would fail the same way (an output colliding with a
-                // directory in the egress, say), so the attempt fails here,
-                // with the reason, and is retried if it has tries left. The
-                // worker hears 409: the datum is no longer its own.
-                Err(ModelError::Publish(err)) => {
-                    let reason = format!("cannot publish outputs: {err:#}");
-                    Datum::mark_error(conn, id, claim, output, &reason, now)?;
-                    Err(ModelError::Conflict(format!(
-                        "{reason}; the attempt was recorded as failed"
-                    )))
-                }
-                other => other,
-            }
-        }
-    })
-    .await
+    let outcome = BatchOutcome::Done {
+        output: request.output,
+        output_files: request.output_files,
+        exit_code: request.exit_code,
+    };
+    final_report(&state, &principal, id, &request.claim, outcome).await
 }
 
 async fn error(
@@ -309,14 +560,13 @@ async fn error(
     ApiPath(id): ApiPath<i64>,
     ApiJson(request): ApiJson<ErrorRequest>,
 ) -> AppResult<Json<DatumSummary>> {
-    let claim = request.claim.clone();
-    final_report(&state, &principal, id, &claim, |_, _| {
-        move |conn, now| {
-            let output = output_tail(&request.output);
-            Datum::mark_error(conn, id, &request.claim, output, &request.error, now)
-        }
-    })
-    .await
+    let outcome = BatchOutcome::Error {
+        output: request.output,
+        error: request.error,
+        exit_code: request.exit_code,
+        signal: request.signal,
+    };
+    final_report(&state, &principal, id, &request.claim, outcome).await
 }
 
 /// The worker is being stopped (not failing): the datum goes back to the
@@ -327,31 +577,51 @@ async fn release(
     ApiPath(id): ApiPath<i64>,
     ApiJson(request): ApiJson<ReleaseRequest>,
 ) -> AppResult<Json<DatumSummary>> {
-    let claim = request.claim.clone();
-    final_report(&state, &principal, id, &claim, |_, _| {
-        move |conn, now| Datum::release(conn, id, &request.claim, &request.reason, now)
-    })
-    .await
+    let outcome = BatchOutcome::Release {
+        reason: request.reason,
+    };
+    final_report(&state, &principal, id, &request.claim, outcome).await
 }
 
-/// Publishes staged files now, before the datum is done.
-async fn output_files(
+/// The final reports of several datums of one job, in one request.
+async fn report_batch(
     principal: Principal,
     State(state): State<AppState>,
-    ApiPath(id): ApiPath<i64>,
-    ApiJson(request): ApiJson<OutputFilesRequest>,
-) -> AppResult<Json<Value>> {
-    let job = datum_job(&state, &principal, id).await?;
-    let staging = staging_of(&job, id, &request.claim);
-    let publish = publisher(staging, job.egress_uri.clone(), request.files.clone());
-    let count = request.files.len();
-    state
-        .db(move |conn| {
-            let now = db_now(conn)?;
-            Datum::record_output_files(conn, id, &request.claim, &request.files, now, publish)
+    ApiPath(job_id): ApiPath<i64>,
+    ApiJson(request): ApiJson<BatchReportRequest>,
+) -> AppResult<Json<BatchReportResponse>> {
+    let limit = usize::try_from(MAX_DATUMS_PER_RESERVATION).unwrap_or(usize::MAX);
+    if request.reports.len() > limit {
+        return Err(AppError::BadRequest(format!(
+            "a batch report may hold at most {limit} reports"
+        )));
+    }
+    let ids: Vec<i64> = request.reports.iter().map(|r| r.datum_id).collect();
+    let results = settle_batch(&state, &principal, job_id, request.reports).await?;
+    let results = ids
+        .into_iter()
+        .zip(results)
+        .map(|(datum_id, result)| match result {
+            Ok(datum) => BatchReportResult {
+                datum_id,
+                datum: Some(datum.into()),
+                error: None,
+            },
+            Err(err) => BatchReportResult {
+                datum_id,
+                datum: None,
+                error: Some(err.detail()),
+            },
         })
-        .await?;
-    Ok(Json(json!({ "published": count })))
+        .collect();
+    Ok(Json(BatchReportResponse { results }))
+}
+
+/// The error detail of a refused report, as its own route would answer.
+impl AppError {
+    fn detail(self) -> ErrorDetail {
+        crate::error::detail_of(self)
+    }
 }
 
 #[cfg(test)]
