@@ -3,23 +3,26 @@
 //! `job_timeout`, releases datums of workers that died (without using up a
 //! try when the infrastructure ended them), replaces workers that exited
 //! early (or, where the platform replaces them, as with a Kubernetes Job,
-//! fails a job whose pool failed or vanished), and finishes jobs with
-//! nothing left to run.
+//! fails a job whose pool failed or vanished), finishes publishing that a
+//! crashed falconerid left half done, and finishes jobs with nothing left to
+//! run.
 //!
 //! Every rule is a guarded statement or a lock-and-re-check transaction in
 //! the models, so any number of babysitters (one per falconerid replica) may
 //! run at once.
 
 use std::{
+    time::Duration,
     collections::{HashMap, HashSet},
     sync::Mutex,
 };
 
 use anyhow::Result;
 use falconeri_common::{
-    models::{Datum, DeadOwners, Job, PodFailure, db_now},
+    api::NewOutputFile,
+    models::{Clock, Datum, DeadOwners, Job, OutputFile, PodFailure, db_now},
     status::JobStatus,
-    storage::{job_staging_uri, storage_for},
+    storage::{attempt_staging_uri, job_staging_uri, publish_outputs, storage_for},
 };
 use tokio_util::sync::CancellationToken;
 
@@ -139,10 +142,28 @@ const STALE_READY_MS: i64 = 60_000;
 /// fails.
 const MAX_FAILED_STARTS: u32 = 3;
 
-/// Memory between passes: how often each job's workers were replaced.
+/// How many stale publishing datums one pass finishes.
+const STALE_PUBLISHING_BATCH: i64 = 100;
+
+/// The longest wait before replacing crashed workers.
+const MAX_CRASH_BACKOFF: Duration = Duration::from_secs(30);
+
+/// How a job's crashed workers are being replaced.
+#[derive(Debug)]
+struct CrashBackoff {
+    /// Dead workers that had reserved a datum, as of the last pass.
+    crashes_seen: usize,
+    /// Passes in a row that found new crashes.
+    streak: u32,
+    /// No replacement before this.
+    not_before: tokio::time::Instant,
+}
+
+/// Memory between passes: how each job's workers are being replaced.
 #[derive(Debug, Default)]
 pub struct Babysitter {
-    restarts: Mutex<HashMap<i64, u32>>,
+    /// Per job: the crash backoff of its workers.
+    restarts: Mutex<HashMap<i64, CrashBackoff>>,
     failed_starts: Mutex<HashMap<i64, u32>>,
     /// Lease expiry waits until then (see [`run`]).
     leases_trusted_after: Option<tokio::time::Instant>,
@@ -224,6 +245,17 @@ impl Babysitter {
             );
             changed = true;
         }
+        // Publishing cut short (its falconerid died between the two guarded
+        // writes): finish it. The publishing lease tells which are stale.
+        let stale_publishing = state
+            .db(move |conn| {
+                let now = db_now(conn)? + skew;
+                Datum::stale_publishing(conn, now, STALE_PUBLISHING_BATCH)
+            })
+            .await?;
+        for (datum, outputs) in stale_publishing {
+            changed |= self.finish_publishing(state, datum, outputs).await;
+        }
         for job in past_deadline {
             tracing::info!(job = job.name, "job timed out");
             wind_down(state, &job).await;
@@ -259,6 +291,78 @@ impl Babysitter {
             }
         }
         Ok(())
+    }
+
+    /// Finishes the publishing of a datum whose publisher died: takes it
+    /// over (a guarded write, so one babysitter does it), moves the staged
+    /// outputs that are left (moving is idempotent: a file already moved is
+    /// found in the egress), and marks it done under the same claim; or
+    /// fails the attempt if the files cannot be moved. Returns true if
+    /// anything changed.
+    async fn finish_publishing(&self, state: &AppState, datum: Datum, outputs: Vec<OutputFile>) -> bool {
+        let Some(claim) = datum.claim() else {
+            return false;
+        };
+        let (id, skew) = (datum.id, self.clock_skew_ms);
+        let lease_ms = state.config().lease_ms();
+        let taken = {
+            let claim = claim.clone();
+            state
+                .db(move |conn| {
+                    let now = db_now(conn)? + skew;
+                    Datum::take_over_publishing(conn, id, &claim, now, lease_ms)
+                })
+                .await
+        };
+        if !matches!(taken, Ok(true)) {
+            return false;
+        }
+        let result: anyhow::Result<()> = async {
+            let info = state.job_info(datum.job_id).await?;
+            let staging = attempt_staging_uri(&info.egress_uri, info.id, id, claim.attempt);
+            let files: Vec<NewOutputFile> = outputs
+                .iter()
+                .map(|o| NewOutputFile {
+                    path: o.staged_path.clone(),
+                    size: o.size,
+                })
+                .collect();
+            let (egress, claim) = (info.egress_uri.clone(), claim.clone());
+            let published = {
+                let (staging, files) = (staging.clone(), files.clone());
+                tokio::spawn(async move { publish_outputs(&staging, &egress, &files).await })
+                    .await
+                    .map_err(|err| anyhow::anyhow!("publishing task failed: {err}"))?
+            };
+            match published {
+                Ok(_) => {
+                    state
+                        .db(move |conn| {
+                            Datum::finish_publishing(conn, id, &claim, None, Clock::DB)
+                        })
+                        .await?;
+                    tracing::info!(datum = id, "finished publishing cut short by a crash");
+                }
+                Err(err) => {
+                    let reason = format!("cannot publish outputs: {err:#}");
+                    state
+                        .db(move |conn| Datum::fail_publishing(conn, id, &claim, &reason, Clock::DB))
+                        .await?;
+                }
+            }
+            if let Ok(storage) = storage_for(&staging) {
+                let _ = storage.delete_prefix(&staging).await;
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(err) = result {
+            tracing::warn!(datum = id, error = format!("{err:#}"), "cannot finish publishing");
+        }
+        state.notify(Change::JobState {
+            job_id: datum.job_id,
+        });
+        true
     }
 
     /// Starts the workers of a job whose start did not finish, then marks
@@ -431,20 +535,42 @@ impl Babysitter {
             }
         }
 
-        // Replace workers that exited while work remains, within a budget so
-        // a worker that cannot start doesn't respawn forever.
+        // Replace workers that exited while work remains. A worker that
+        // reserved something and then died crashed (or was killed) mid-job:
+        // it is replaced, after a backoff that grows while crashes keep
+        // coming, and its datums went back to the queue above. Only workers
+        // that died before their first reservation count toward giving up:
+        // those cannot start at all (a bad image, a broken command).
         let alive = u32::try_from(workers.iter().filter(|w| w.alive).count()).unwrap_or(u32::MAX);
         let wanted = u32::try_from(job.parallelism).unwrap_or(1).max(1);
+        let dead_ids: Vec<String> = workers
+            .iter()
+            .filter(|w| !w.alive)
+            .map(|w| w.id.clone())
+            .collect();
+        let dead_count = dead_ids.len();
+        let crashed = if dead_ids.is_empty() {
+            0
+        } else {
+            state
+                .db(move |conn| Datum::workers_that_reserved(conn, id, &dead_ids))
+                .await?
+                .len()
+        };
+        let never_started = u32::try_from(dead_count - crashed).unwrap_or(u32::MAX);
         if has_ready && alive < wanted {
             let missing = wanted - alive;
-            let restarts = self.count_restarts(job.id, missing);
             let budget = wanted.saturating_mul(state.config().worker_restarts);
-            if !workers.is_empty() && restarts > budget {
+            if never_started > budget {
                 let message = format!(
-                    "workers exited early {restarts} times; giving up (see the worker logs)"
+                    "{never_started} workers exited before reserving any datum; giving up \
+                     (see the worker logs)"
                 );
                 self.give_up(state, &job, message).await?;
                 return Ok(true);
+            }
+            if !self.crash_backoff_allows(job.id, crashed) {
+                return Ok(changed);
             }
             let spec = job.spec()?;
             let launch = WorkerLaunch {
@@ -503,14 +629,33 @@ impl Babysitter {
         Ok(())
     }
 
-    fn count_restarts(&self, job_id: i64, n: u32) -> u32 {
-        let mut restarts = self
+    /// Whether workers of a job whose workers have crashed `crashed` times
+    /// so far may be replaced now. Each pass that sees new crashes doubles
+    /// the wait before the next replacement (from half a second up to
+    /// [`MAX_CRASH_BACKOFF`]); a pass with no new crash resets it.
+    fn crash_backoff_allows(&self, job_id: i64, crashed: usize) -> bool {
+        let now = tokio::time::Instant::now();
+        let mut backoff = self
             .restarts
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let count = restarts.entry(job_id).or_default();
-        *count = count.saturating_add(n);
-        *count
+        let entry = backoff.entry(job_id).or_insert(CrashBackoff {
+            crashes_seen: 0,
+            streak: 0,
+            not_before: now,
+        });
+        if crashed > entry.crashes_seen {
+            entry.crashes_seen = crashed;
+            entry.streak = entry.streak.saturating_add(1);
+            let delay = Duration::from_millis(500)
+                .saturating_mul(1 << entry.streak.min(8))
+                .min(MAX_CRASH_BACKOFF);
+            entry.not_before = now + delay;
+            tracing::info!(job_id, crashed, ?delay, "workers crashed; replacing them after a backoff");
+        } else if now >= entry.not_before {
+            entry.streak = 0;
+        }
+        now >= entry.not_before
     }
 
     /// Applies `update` to the job's count of failed starts; returns it.
