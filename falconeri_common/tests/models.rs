@@ -13,10 +13,13 @@ use falconeri_common::{
     api::{Claim, NewOutputFile},
     db::DbConn,
     db::testing::{self, TestDb, planned},
-    models::{Datum, DatumBatch, DeadOwners, Job, ModelError, NewJobParams, db_now},
+    models::{
+        Clock, Completed, Datum, DatumBatch, DatumFilter, DeadOwners, Job, ModelError,
+        NewJobParams, Report, db_now,
+    },
     pipeline::PipelineSpec,
     plan::{PlannedDatum, PlannedFile},
-    status::{DatumStatus, JobStatus},
+    status::{DatumStatus, JobStatus, Outcome},
 };
 
 const LEASE: i64 = 30_000;
@@ -805,5 +808,232 @@ fn failed_datums_are_read_in_pages() {
             ],
             "{db:?}"
         );
+    }
+}
+
+/// Issue 9, item 1: the reservation must not be planned as a walk over the
+/// datums already done. With 100,000 done datums ahead of the ready ones,
+/// PostgreSQL's plan for the pick must use the queue index and filter no
+/// finished rows.
+#[test]
+fn reservation_plan_never_walks_done_datums() {
+    use diesel::{QueryableByName, RunQueryDsl, sql_types::Text};
+    #[derive(QueryableByName)]
+    struct PlanLine {
+        #[diesel(sql_type = Text, column_name = "QUERY PLAN")]
+        line: String,
+    }
+    let db = TestDb::postgres();
+    let mut conn = db.pool.get().unwrap();
+    let job = create_job(&mut conn, 100_010, 1);
+    let DbConn::Postgres(c) = &mut conn else {
+        panic!("not PostgreSQL")
+    };
+    // Finish the first 100,000 the cheap way, then let statistics see it.
+    diesel::sql_query(format!(
+        "UPDATE datums SET status = 'done', ready_order = NULL \
+         WHERE job_id = {} AND seq < 100000",
+        job.id
+    ))
+    .execute(&mut **c)
+    .unwrap();
+    diesel::sql_query("ANALYZE datums").execute(&mut **c).unwrap();
+    let plan: Vec<PlanLine> = diesel::sql_query(format!(
+        "EXPLAIN (ANALYZE, COSTS OFF) SELECT id FROM datums \
+         WHERE job_id = {} AND ready_order IS NOT NULL \
+         ORDER BY ready_order LIMIT 1 FOR UPDATE SKIP LOCKED",
+        job.id
+    ))
+    .load(&mut **c)
+    .unwrap();
+    let plan: Vec<String> = plan.into_iter().map(|l| l.line).collect();
+    let text = plan.join("\n");
+    assert!(text.contains("datums_queue"), "{text}");
+    assert!(!text.contains("Rows Removed by Filter"), "{text}");
+    // And the model's statement reserves the first ready datum.
+    let datum = Datum::reserve_next(&mut conn, job.id, "w", 0_i64, LEASE, None)
+        .unwrap()
+        .unwrap();
+    assert_eq!(datum.seq, 100_000);
+}
+
+/// Issue 9, defect 8: a datum that succeeds after failures keeps the
+/// reasons of its failed attempts, in its attempts.
+#[test]
+fn attempts_keep_every_outcome() {
+    for db in TestDb::all() {
+        let mut conn = db.pool.get().unwrap();
+        let job = create_job(&mut conn, 1, 3);
+        let now = db_now(&mut conn).unwrap();
+        let first = Datum::reserve_next(&mut conn, job.id, "w1", now, LEASE, None)
+            .unwrap()
+            .unwrap();
+        Datum::mark_error(&mut conn, first.id, &claim(&first), "o1", "boom one", now).unwrap();
+        let second = Datum::reserve_next(&mut conn, job.id, "w2", now, LEASE, None)
+            .unwrap()
+            .unwrap();
+        assert_eq!(Datum::expire_leases(&mut conn, now + LEASE + 1).unwrap(), 1);
+        let third = Datum::reserve_next(&mut conn, job.id, "w3", now, LEASE, None)
+            .unwrap()
+            .unwrap();
+        assert_eq!(third.attempt, 3, "{db:?}");
+        done_without_outputs(&mut conn, &third, now);
+        let attempts = Datum::attempts(&mut conn, third.id).unwrap();
+        let summary: Vec<(i32, &str, Option<Outcome>, Option<&str>)> = attempts
+            .iter()
+            .map(|a| {
+                (
+                    a.number,
+                    a.worker_id.as_str(),
+                    a.outcome,
+                    a.error_message.as_deref(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            vec![
+                (1, "w1", Some(Outcome::Error), Some("boom one")),
+                (
+                    2,
+                    "w2",
+                    Some(Outcome::LeaseExpired),
+                    Some("lease expired: the worker stopped heartbeating")
+                ),
+                (3, "w3", Some(Outcome::Done), None),
+            ],
+            "{db:?}"
+        );
+        assert!(attempts.iter().all(|a| a.finished_at.is_some()));
+        let _ = second;
+        // Listing by outcome finds the datum through any of its attempts.
+        let filter = DatumFilter {
+            outcome: Some(Outcome::LeaseExpired),
+            ..DatumFilter::default()
+        };
+        let found = Datum::list_filtered(&mut conn, job.id, &filter, 10).unwrap();
+        assert_eq!(found.len(), 1, "{db:?}");
+    }
+}
+
+/// Issue 9, defect 2: a command's output and error text with NUL bytes are
+/// stored on both databases (as ␀), never refused.
+#[test]
+fn nul_bytes_in_output_and_errors_are_stored() {
+    for db in TestDb::all() {
+        let mut conn = db.pool.get().unwrap();
+        let job = create_job(&mut conn, 2, 2);
+        let now = db_now(&mut conn).unwrap();
+        let a = Datum::reserve_next(&mut conn, job.id, "w", now, LEASE, None)
+            .unwrap()
+            .unwrap();
+        let failed =
+            Datum::mark_error(&mut conn, a.id, &claim(&a), "out\0put", "err\0or", now).unwrap();
+        assert_eq!(failed.output.as_deref(), Some("out\u{2400}put"), "{db:?}");
+        assert_eq!(failed.error_message.as_deref(), Some("err\u{2400}or"));
+        let again = Datum::reserve_next(&mut conn, job.id, "w", now, LEASE, None)
+            .unwrap()
+            .unwrap();
+        let done = Datum::mark_done(&mut conn, again.id, &claim(&again), "a\0b", &[], now, publish(&[]))
+            .unwrap();
+        assert_eq!(done.output.as_deref(), Some("a\u{2400}b"), "{db:?}");
+    }
+}
+
+/// Issue 9, item 6: done with outputs is two guarded writes; a publisher
+/// that died in between leaves the datum `publishing` with its outputs on
+/// record, and only the claim that moved it there can finish it, once.
+#[test]
+fn publishing_is_finished_once_under_its_claim() {
+    for db in TestDb::all() {
+        let mut conn = db.pool.get().unwrap();
+        let job = create_job(&mut conn, 1, 1);
+        let now = db_now(&mut conn).unwrap();
+        let datum = Datum::reserve_next(&mut conn, job.id, "w", now, LEASE, None)
+            .unwrap()
+            .unwrap();
+        let files = [NewOutputFile {
+            path: "a/b.txt".into(),
+            size: 3,
+        }];
+        let report = Report {
+            output: "out",
+            ..Report::default()
+        };
+        let completed = Datum::complete(
+            &mut conn,
+            datum.id,
+            &claim(&datum),
+            &report,
+            &files,
+            "file:///egress",
+            now,
+            1_000,
+        )
+        .unwrap();
+        let Completed::Publishing(publishing, outputs) = completed else {
+            panic!("{db:?}: outputs must be published first")
+        };
+        assert_eq!(publishing.status(), DatumStatus::Publishing);
+        assert_eq!(outputs[0].uri, "file:///egress/a/b.txt");
+        assert_eq!(outputs[0].staged_path, "a/b.txt");
+        // A second report of the same attempt changes nothing.
+        assert!(matches!(
+            Datum::complete(&mut conn, datum.id, &claim(&datum), &report, &files, "file:///egress", now, 1_000),
+            Err(ModelError::Conflict(_))
+        ));
+        // Not stale yet; then stale, and taken over once.
+        assert!(Datum::stale_publishing(&mut conn, now + 500, 10).unwrap().is_empty());
+        let stale = Datum::stale_publishing(&mut conn, now + 2_000, 10).unwrap();
+        assert_eq!(stale.len(), 1, "{db:?}");
+        assert!(Datum::take_over_publishing(&mut conn, datum.id, &claim(&datum), now + 2_000, 1_000).unwrap());
+        assert!(!Datum::take_over_publishing(&mut conn, datum.id, &claim(&datum), now + 2_000, 1_000).unwrap());
+        let done = Datum::finish_publishing(&mut conn, datum.id, &claim(&datum), Some(0), now).unwrap();
+        assert_eq!(done.status(), DatumStatus::Done);
+        assert!(matches!(
+            Datum::finish_publishing(&mut conn, datum.id, &claim(&datum), Some(0), now),
+            Err(ModelError::Conflict(_))
+        ));
+        assert_eq!(Datum::output_files(&mut conn, datum.id).unwrap().len(), 1);
+    }
+}
+
+/// Issue 9, defect 1: a job that gave up leaves canceled datums, and a
+/// retry takes them along with the failed ones.
+#[test]
+fn retries_take_failed_and_canceled_datums() {
+    for db in TestDb::all() {
+        let mut conn = db.pool.get().unwrap();
+        let job = create_job(&mut conn, 3, 1);
+        let now = db_now(&mut conn).unwrap();
+        let a = Datum::reserve_next(&mut conn, job.id, "w", now, LEASE, None)
+            .unwrap()
+            .unwrap();
+        Datum::mark_error(&mut conn, a.id, &claim(&a), "", "boom", now).unwrap();
+        Job::stop(&mut conn, job.id, JobStatus::Error, Some("gave up"), now).unwrap();
+        let (planned, _) = Job::failed_datum_inputs(&mut conn, job.id, 0, 100).unwrap();
+        assert_eq!(planned.len(), 3, "{db:?}");
+    }
+}
+
+/// Batches: each datum of a batch has its own claim and attempt.
+#[test]
+fn batch_reservations_give_each_datum_its_own_claim() {
+    for db in TestDb::all() {
+        let mut conn = db.pool.get().unwrap();
+        let job = create_job(&mut conn, 5, 1);
+        let now = db_now(&mut conn).unwrap();
+        let batch = Datum::reserve(&mut conn, job.id, "w", 3, Clock::At(now), LEASE, None).unwrap();
+        assert_eq!(batch.len(), 3, "{db:?}");
+        assert!(batch.iter().all(|r| r.datum.attempt == 1 && r.files.len() == 1));
+        // Asked again (a lost answer), the same three come back.
+        let again = Datum::reserve(&mut conn, job.id, "w", 3, Clock::At(now), LEASE, None).unwrap();
+        let ids = |rs: &[falconeri_common::models::Reserved]| rs.iter().map(|r| r.datum.id).collect::<Vec<_>>();
+        assert_eq!(ids(&again), ids(&batch), "{db:?}");
+        // One fails, the others are done: independent.
+        Datum::mark_error(&mut conn, batch[0].datum.id, &claim(&batch[0].datum), "", "x", now).unwrap();
+        done_without_outputs(&mut conn, &batch[1].datum, now);
+        let counts = Job::counts(&mut conn, job.id).unwrap();
+        assert_eq!((counts.error, counts.done, counts.running, counts.ready), (1, 1, 1, 2), "{db:?}");
     }
 }

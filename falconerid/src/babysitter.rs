@@ -630,8 +630,9 @@ impl Babysitter {
     }
 
     /// Whether workers of a job whose workers have crashed `crashed` times
-    /// so far may be replaced now. Each pass that sees new crashes doubles
-    /// the wait before the next replacement (from half a second up to
+    /// so far may be replaced now. The first pass that sees a crash replaces
+    /// at once; each further pass in a row that sees new crashes doubles the
+    /// wait before the next replacement (from half a second up to
     /// [`MAX_CRASH_BACKOFF`]); a pass with no new crash resets it.
     fn crash_backoff_allows(&self, job_id: i64, crashed: usize) -> bool {
         let now = tokio::time::Instant::now();
@@ -647,9 +648,14 @@ impl Babysitter {
         if crashed > entry.crashes_seen {
             entry.crashes_seen = crashed;
             entry.streak = entry.streak.saturating_add(1);
-            let delay = Duration::from_millis(500)
-                .saturating_mul(1 << entry.streak.min(8))
-                .min(MAX_CRASH_BACKOFF);
+            // The first crash is replaced at once; a crash loop waits
+            // 0.5 s, 1 s, 2 s, … up to the maximum.
+            let delay = match entry.streak {
+                0 | 1 => Duration::ZERO,
+                n => Duration::from_millis(500)
+                    .saturating_mul(1 << (n - 2).min(8))
+                    .min(MAX_CRASH_BACKOFF),
+            };
             entry.not_before = now + delay;
             tracing::info!(job_id, crashed, ?delay, "workers crashed; replacing them after a backoff");
         } else if now >= entry.not_before {

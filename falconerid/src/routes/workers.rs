@@ -266,14 +266,12 @@ enum Settled {
 /// at `publishing` and is finished by [`publish_and_finish`].
 fn settle_report(
     conn: &mut falconeri_common::db::DbConn,
-    state: &AppState,
     info: &JobInfo,
     id: i64,
     claim: &Claim,
     outcome: &BatchOutcome,
     publish_lease_ms: i64,
 ) -> Result<Settled, ModelError> {
-    let job_id = info.id;
     let result = match outcome {
         BatchOutcome::Done {
             output,
@@ -296,11 +294,7 @@ fn settle_report(
                 publish_lease_ms,
             )
             .map(|completed| match completed {
-                Completed::Done(datum) => {
-                    state.notify(Change::Progress { job_id });
-                    datum
-                }
-                Completed::Publishing(datum, _) => datum,
+                Completed::Done(datum) | Completed::Publishing(datum, _) => datum,
             })
         }
         BatchOutcome::Error {
@@ -314,14 +308,10 @@ fn settle_report(
                 exit_code: *exit_code,
                 signal: *signal,
             };
-            Datum::fail(conn, id, claim, &report, error, Clock::DB).inspect(|datum| {
-                notify_ended(state, datum);
-            })
+            Datum::fail(conn, id, claim, &report, error, Clock::DB)
         }
         BatchOutcome::Release { reason } => {
-            Datum::release(conn, id, claim, reason, Clock::DB).inspect(|datum| {
-                notify_ended(state, datum);
-            })
+            Datum::release(conn, id, claim, reason, Clock::DB)
         }
     };
     Ok(match result {
@@ -471,13 +461,12 @@ async fn settle_batch(
         state
             .clone()
             .db(move |conn| {
-                conn.write_transaction(|conn| {
+                let settled = conn.write_transaction(|conn| {
                     reports
                         .iter()
                         .map(|(report, claim)| {
                             settle_report(
                                 conn,
-                                &state,
                                 &info,
                                 report.datum_id,
                                 claim,
@@ -486,7 +475,15 @@ async fn settle_batch(
                             )
                         })
                         .collect::<Result<Vec<_>, ModelError>>()
-                })
+                })?;
+                // Only once committed: a worker woken earlier would not see
+                // the change yet, and its wake-up would be spent.
+                for settled in &settled {
+                    if let Settled::Accepted(datum) = settled {
+                        notify_ended(&state, datum);
+                    }
+                }
+                Ok(settled)
             })
             .await?
     };
