@@ -7,7 +7,7 @@
 //! `falconeri-worker` binary and the CLI's embedded worker both call it.
 //!
 //! - [`datum`]: one datum, from reservation to report.
-//! - [`process`]: the command's process group and its output.
+//! - [`process`]: the command, everything it starts, and its output.
 //! - [`retry`]: backoff while falconerid is unreachable.
 
 mod datum;
@@ -165,6 +165,12 @@ impl Exit {
 /// or SIGINT arrives ([`Exit::Stopped`], after reporting the datum in hand as
 /// stopped), or falconerid stays unreachable past the retry budget (Err).
 pub async fn run(config: Config) -> Result<Exit> {
+    // Orphans of the commands we run (a double-forked daemon) are
+    // reparented to us rather than to PID 1, so that the sweep after each
+    // datum finds and kills them (see `process`). Done here, not in
+    // `run_until`, because it is process-wide: only the worker's own
+    // process should take it on.
+    falconeri_common::process_tree::become_subreaper();
     let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
     let shutdown = CancellationToken::new();

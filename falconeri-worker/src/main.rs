@@ -23,6 +23,9 @@ fn main() -> ExitCode {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // Colours only for a person at a terminal: the local executor
+        // writes our stderr to a log file.
+        .with_ansi(falconeri_common::log_colors())
         .init();
     let result = tokio::runtime::Runtime::new()
         .map_err(anyhow::Error::from)

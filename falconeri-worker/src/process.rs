@@ -1,6 +1,14 @@
 //! Running a datum's command: spawning it in its own process group, streaming
 //! its stdout and stderr through to ours while keeping a bounded tail of both,
-//! and killing the whole group when the datum must stop.
+//! and killing everything it started when the datum must stop or is over.
+//!
+//! "Everything" is more than the process group: a command may `setsid` a
+//! child, or double-fork a daemon whose parent exits at once. The worker is
+//! a child subreaper ([`crate::run`]), so such orphans are reparented to it,
+//! and [`RunningCommand::finish`] kills and reaps every descendant of the
+//! worker that is not a command still running
+//! ([`falconeri_common::process_tree`]). The worker runs one command at a
+//! time, so that is exactly what this datum left behind.
 //!
 //! Nothing here talks to falconerid; [`crate::datum`] decides *when* to kill.
 
@@ -15,6 +23,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
+use falconeri_common::process_tree;
 use nix::{
     errno::Errno,
     sys::signal::{Signal, killpg},
@@ -29,9 +38,10 @@ use tokio::{
 /// How long a killed command gets to exit after SIGTERM before SIGKILL.
 pub const KILL_GRACE: Duration = Duration::from_secs(5);
 
-/// How long to wait for the output pipes to close once the command is gone.
-/// A process that left our group (`setsid`) may hold them open forever, and
-/// we would rather lose its last words than hang the worker.
+/// How long to wait for the output pipes to close once the command and all
+/// it started are gone. Where the worker cannot find every descendant (not
+/// Linux, or not a subreaper), one that escaped may hold them open forever,
+/// and we would rather lose its last words than hang the worker.
 const OUTPUT_DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The worker's token: it must never reach the user's command.
@@ -175,9 +185,13 @@ impl RunningCommand {
             // A last resort should the worker bail out between spawn and
             // reaping: never leave the leader running unsupervised.
             .kill_on_drop(true);
-        let mut child = command
-            .spawn()
-            .with_context(|| format!("cannot start {:?}", spec.program))?;
+        // Kept out of leftover sweeps while it runs: its `Child` reaps it.
+        let mut child = process_tree::spawn_kept(|| {
+            let child = command.spawn()?;
+            let pid = child.id();
+            Ok((child, pid))
+        })
+        .with_context(|| format!("cannot start {:?}", spec.program))?;
         let pgid = match child.id().map(i32::try_from) {
             Some(Ok(pid)) => Pid::from_raw(pid),
             _ => bail!("{:?} started but has no usable process id", spec.program),
@@ -217,15 +231,18 @@ impl RunningCommand {
         self.child.wait().await
     }
 
-    /// Stops the whole group: SIGTERM, up to `grace` for the leader to exit,
-    /// then SIGKILL for whatever is left. Always reaps the leader.
+    /// Stops the command: SIGTERM to its group and to every other process
+    /// it started (so a `setsid`'ed child gets the same chance to clean up),
+    /// up to `grace` for the leader to exit, then SIGKILL for whatever is
+    /// left. Always reaps the leader; [`RunningCommand::finish`] kills and
+    /// reaps the rest.
     pub async fn kill_group(&mut self, grace: Duration) -> io::Result<ExitStatus> {
-        signal_group(self.pgid, Signal::SIGTERM);
+        self.signal_all(Signal::SIGTERM);
         let status = match tokio::time::timeout(grace, self.child.wait()).await {
             Ok(status) => status,
             Err(_) => {
                 tracing::warn!(pgid = %self.pgid, "command ignored SIGTERM; sending SIGKILL");
-                signal_group(self.pgid, Signal::SIGKILL);
+                self.signal_all(Signal::SIGKILL);
                 self.child.wait().await
             }
         };
@@ -234,12 +251,27 @@ impl RunningCommand {
         status
     }
 
-    /// Ends the command's run after it exited: kills anything it left in the
-    /// background (it would otherwise keep running into the next datum), waits
-    /// briefly for the output to drain, and returns the captured tail.
+    /// Sends `signal` to the command's group and to every descendant of the
+    /// worker outside other running commands, the leader's subtree included.
+    fn signal_all(&self, signal: Signal) {
+        signal_group(self.pgid, signal);
+        process_tree::signal_descendants(signal, &[self.pgid.as_raw()]);
+    }
+
+    /// Ends the command's run after it exited: kills anything it left
+    /// running, in its group or not (it would otherwise keep running into
+    /// the next datum, or forever), reaps it, waits briefly for the output
+    /// to drain, and returns the captured tail.
     pub async fn finish(mut self) -> String {
-        if signal_group(self.pgid, Signal::SIGKILL) {
-            tracing::warn!(pgid = %self.pgid, "command left processes behind; killed them");
+        let group_left = signal_group(self.pgid, Signal::SIGKILL);
+        // Only a reaped leader may leave the kept list: until then its pid
+        // is its `Child`'s to wait for, and cannot be reused.
+        if matches!(self.child.try_wait(), Ok(Some(_))) {
+            process_tree::release(self.pgid.as_raw());
+        }
+        let killed = process_tree::kill_descendants().await;
+        if group_left || killed > 0 {
+            tracing::warn!(pgid = %self.pgid, killed, "command left processes behind; killed them");
         }
         let drain = async {
             for pump in &mut self.pumps {
@@ -260,6 +292,17 @@ impl RunningCommand {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .to_text()
+    }
+}
+
+impl Drop for RunningCommand {
+    fn drop(&mut self) {
+        // A command dropped unfinished (an error path) is killed by
+        // `kill_on_drop`; once reaped, its pid must not stay kept, or a
+        // process that reuses it would be spared by every sweep.
+        if matches!(self.child.try_wait(), Ok(Some(_))) {
+            process_tree::release(self.pgid.as_raw());
+        }
     }
 }
 
@@ -573,6 +616,79 @@ mod tests {
             Some(libc::SIGKILL)
         );
         assert!(running.finish().await.contains("ready"));
+    }
+
+    /// The pids a script wrote, one per line, once it has written `count`.
+    async fn pids_in(path: &Path, count: usize) -> Vec<i32> {
+        for _ in 0..500 {
+            if let Ok(text) = std::fs::read_to_string(path) {
+                let pids: Vec<i32> = text.lines().filter_map(|l| l.trim().parse().ok()).collect();
+                if pids.len() >= count {
+                    return pids;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("{} never held {count} pids", path.display());
+    }
+
+    /// True once `pid` is gone entirely: not running, and reaped.
+    async fn reaped(pid: i32) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if kill(Pid::from_raw(pid), None) == Err(Errno::ESRCH) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    }
+
+    /// A script that leaves a `setsid`'ed sleep (out of the command's group
+    /// and session) and a double-forked one (whose parent exits at once)
+    /// behind, recording their pids, then runs `then`.
+    fn escaping_script(pid_file: &Path, then: &str) -> String {
+        let file = pid_file.display();
+        format!(
+            "setsid sh -c 'echo $$ >> \"{file}\"; exec sleep 1000' </dev/null >/dev/null 2>&1 & \
+             (sleep 1000 </dev/null >/dev/null 2>&1 & echo $! >> \"{file}\") & \
+             while [ \"$(wc -l < \"{file}\" 2>/dev/null)\" -lt 2 ]; do sleep 0.05; done; {then}"
+        )
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn setsid_and_double_forked_children_do_not_outlive_the_command() {
+        // As `crate::run` does for the worker binary.
+        assert!(process_tree::become_subreaper());
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("pids");
+        let script = escaping_script(&pid_file, "exit 0");
+        let mut running = RunningCommand::spawn(&sh(&script, path_env()), 1024).unwrap();
+        assert!(running.wait().await.unwrap().success());
+        let pids = pids_in(&pid_file, 2).await;
+        running.finish().await;
+        for pid in pids {
+            assert!(reaped(pid).await, "{pid} outlived the command");
+        }
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn setsid_and_double_forked_children_die_with_a_killed_command() {
+        assert!(process_tree::become_subreaper());
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("pids");
+        let script = escaping_script(&pid_file, "sleep 1000");
+        let mut running = RunningCommand::spawn(&sh(&script, path_env()), 1024).unwrap();
+        let pids = pids_in(&pid_file, 2).await;
+        // What a datum timeout, a cancel or a worker stop does.
+        running.kill_group(KILL_GRACE).await.unwrap();
+        let finish = tokio::time::timeout(Duration::from_secs(1), running.finish()).await;
+        assert!(finish.is_ok(), "the output pipes stayed open");
+        for pid in pids {
+            assert!(reaped(pid).await, "{pid} outlived the killed command");
+        }
     }
 
     #[tokio::test]

@@ -14,7 +14,8 @@
 //! - `falconerid.log`: the server's stderr, appended to.
 //!
 //! The start-up handshake: the CLI spawns `falconeri internal server --home
-//! DIR` in its own process group, with stdout piped. Once listening, the
+//! DIR` detached ([`detach`]: its own session, stdin from /dev/null, stderr to
+//! the log, no descriptor of the CLI's but those), with stdout piped. Once listening, the
 //! server writes `server.json`, then prints exactly one line, `ready <url>`.
 //! The CLI waits for that line (or the pipe closing, or a timeout) without
 //! polling. Any other line is a start-up error, shown to the user.
@@ -177,17 +178,15 @@ async fn start_server(home: &Home, ready_timeout: Duration) -> Result<String> {
     .with_context(|| format!("cannot write {}", log_path.display()))?;
 
     tracing::debug!(exe = %exe.display(), home = %home.dir.display(), "starting the local server");
-    let mut child = tokio::process::Command::new(exe)
+    let mut command = tokio::process::Command::new(exe);
+    command
         .args(["internal", "server", "--home"])
         .arg(&home.dir)
-        // Its own process group, so a Ctrl-C meant for this command does not
-        // stop the server that later commands will use.
-        .process_group(0)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::from(log))
-        .spawn()
-        .context("cannot start the local server")?;
+        .stderr(Stdio::from(log));
+    detach(&mut command);
+    let mut child = command.spawn().context("cannot start the local server")?;
     let stdout = child
         .stdout
         .take()
@@ -247,6 +246,77 @@ async fn start_server(home: &Home, ready_timeout: Duration) -> Result<String> {
     }
 }
 
+/// Makes the server a daemon of its own as it starts: a session of its own
+/// (so a Ctrl-C or a hang-up meant for this command's terminal does not stop
+/// the server that later commands will use, and it has no controlling
+/// terminal), and no open file descriptor but its stdin, stdout and stderr.
+///
+/// The descriptors matter because the server outlives this command: one it
+/// inherited would stay open for the server's whole life. Ours are all
+/// close-on-exec (Rust opens files that way), but the ones *we* inherited
+/// need not be: run as `flock LOCK falconeri job run --local …`, the lock's
+/// descriptor would be held by the server, and so the lock, until
+/// `falconeri local stop`.
+///
+/// This needs `pre_exec`, which is `unsafe`: the closure runs in the forked
+/// child, where only async-signal-safe calls are allowed. There is no safe
+/// API for it (std and tokio have no "close other descriptors" option, and
+/// marking them close-on-exec from the parent would need raw descriptor
+/// numbers from /proc, which is unsafe too, and racy with other threads), so
+/// the unsafe code is this one function.
+#[allow(unsafe_code)]
+fn detach(command: &mut tokio::process::Command) {
+    // SAFETY: the closure calls only setsid(2), close_range(2), getrlimit(2)
+    // and fcntl(2), all async-signal-safe; it allocates nothing, takes no
+    // lock and touches no memory shared with the parent. It marks the
+    // descriptors close-on-exec rather than closing them, so the pipe std
+    // uses to report a failed exec (itself close-on-exec) keeps working.
+    unsafe {
+        command.pre_exec(|| {
+            nix::unistd::setsid().map_err(io::Error::from)?;
+            mark_inherited_fds_cloexec();
+            Ok(())
+        });
+    }
+}
+
+/// Sets close-on-exec on every descriptor above 2. Runs between fork and
+/// exec, so it must stay async-signal-safe (see [`detach`]).
+#[allow(unsafe_code)]
+fn mark_inherited_fds_cloexec() {
+    // SAFETY: plain system calls on descriptor numbers, with no pointers
+    // but the rlimit struct on our stack; a number that is not open fails
+    // with EBADF and is ignored.
+    unsafe {
+        // Linux 5.11 and later: one call for all of them.
+        #[cfg(target_os = "linux")]
+        if libc::syscall(
+            libc::SYS_close_range,
+            3 as libc::c_uint,
+            libc::c_uint::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        ) == 0
+        {
+            return;
+        }
+        // Older kernels and other systems: one fcntl per possible number, up
+        // to the descriptor limit (capped, so a huge limit costs no more
+        // than a few milliseconds).
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        let max = if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+            limit.rlim_cur.min(65_536) as libc::c_int
+        } else {
+            1024
+        };
+        for fd in 3..max {
+            libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+        }
+    }
+}
+
 /// The last `error: ...` line since the last start marker in the log: what
 /// a server that failed to start said as it exited (`main` prints exactly
 /// that).
@@ -276,6 +346,9 @@ fn parse_ready_line(line: &str) -> Option<&str> {
 
 /// Runs the local server in the foreground: `falconeri internal server`.
 pub async fn serve(config: &Config) -> Result<()> {
+    // As falconerid's own binary does: inherit, and so be able to kill,
+    // what a local worker killed outright leaves behind.
+    falconeri_common::process_tree::become_subreaper();
     let home = Home::new(config.home()?);
     home.create()?;
     // Held until this process exits; see the module documentation.

@@ -14,7 +14,7 @@ mod local;
 mod output;
 mod proxy;
 
-use std::{io::IsTerminal, process::ExitCode};
+use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::Parser;
@@ -89,7 +89,8 @@ fn init_tracing(default: &str) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        // Colors only for people: the local server's stderr is a log file.
-        .with_ansi(std::io::stderr().is_terminal())
+        // Colors only for people (and not with NO_COLOR): the local
+        // server's and workers' stderr is a log file.
+        .with_ansi(falconeri_common::log_colors())
         .try_init();
 }

@@ -190,6 +190,112 @@ fn cancel_kills_running_commands() {
     }
 }
 
+/// A shell snippet that leaves a `setsid`'ed sleep (out of the command's
+/// process group and session) and a double-forked one (whose parent exits at
+/// once, orphaning it) running, writes their pids to a file of its own datum
+/// in the directory `$PIDS`, and waits until both are written.
+const ESCAPING_CHILDREN: &str = "mine=\"$PIDS/$FALCONERI_DATUM_ID\"; \
+     setsid sh -c 'echo $$ >> \"$0\"; exec sleep 1000' \"$mine\" \
+     </dev/null >/dev/null 2>&1 & \
+     (sleep 1000 </dev/null >/dev/null 2>&1 & echo $! >> \"$mine\") & \
+     while [ \"$(cat \"$mine\" 2>/dev/null | wc -l)\" -lt 2 ]; do sleep 0.05; done";
+
+/// The pids the datums' commands wrote under the directory `pids`.
+fn pids_in(pids: &std::path::Path) -> Vec<i32> {
+    std::fs::read_dir(pids)
+        .unwrap()
+        .flatten()
+        .flat_map(|file| {
+            std::fs::read_to_string(file.path())
+                .unwrap()
+                .lines()
+                .filter_map(|line| line.trim().parse().ok())
+                .collect::<Vec<i32>>()
+        })
+        .collect()
+}
+
+/// Waits (bounded) until none of `pids` is running, and says which still
+/// are. A zombie counts as running: the worker reaps what it kills.
+fn still_running(pids: &[i32]) -> Vec<i32> {
+    let started = Instant::now();
+    loop {
+        let alive: Vec<i32> = pids
+            .iter()
+            .copied()
+            .filter(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists())
+            .collect();
+        if alive.is_empty() || started.elapsed() > Duration::from_secs(10) {
+            return alive;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A spec whose two datums each run `ESCAPING_CHILDREN` and then `then`,
+/// writing the pids to `pids`.
+fn escaping_spec(local: &Local, name: &str, then: &str, pids: &std::path::Path) -> PathBuf {
+    let script = format!("{ESCAPING_CHILDREN}; {then}");
+    small_spec(
+        local,
+        name,
+        serde_json::json!(["sh", "-c", script]),
+        serde_json::json!({
+            "datum_tries": 1,
+            "datum_timeout": "3s",
+            "transform": {
+                "cmd": ["sh", "-c", script],
+                "image": "alpine",
+                "env": { "PIDS": pids.to_str().unwrap() }
+            }
+        }),
+    )
+}
+
+#[test]
+fn setsid_and_double_forked_children_do_not_outlive_their_datum() {
+    let local = Local::new();
+    let pids = local.work.path().join("pids");
+    std::fs::create_dir(&pids).unwrap();
+    let spec = escaping_spec(&local, "escapes", "exit 0", &pids);
+    let output = local.falconeri(&["job", "run", "--local", "--wait", spec.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", describe(&output));
+    let pids = pids_in(&pids);
+    assert_eq!(pids.len(), 4, "two datums, two escapees each");
+    assert_eq!(
+        still_running(&pids),
+        Vec::<i32>::new(),
+        "outlived their datum"
+    );
+}
+
+#[test]
+fn setsid_and_double_forked_children_do_not_outlive_a_datum_timeout() {
+    let local = Local::new();
+    let pids = local.work.path().join("pids");
+    std::fs::create_dir(&pids).unwrap();
+    let spec = escaping_spec(&local, "escapes-slowly", "sleep 1000", &pids);
+    let output = local.falconeri(&["job", "run", "--local", "--wait", spec.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(1), "{}", describe(&output));
+    let jobs = local.json(&["job", "list", "--local", "-o", "json"]);
+    let name = jobs["jobs"][0]["name"].as_str().unwrap().to_owned();
+    let described = local.json(&["job", "describe", "--local", &name, "-o", "json"]);
+    assert!(
+        described["failed"][0]["error_message"]
+            .as_str()
+            .unwrap()
+            .contains("timed out"),
+        "{described}"
+    );
+    let pids = pids_in(&pids);
+    assert_eq!(pids.len(), 4, "two datums, two escapees each");
+    assert_eq!(
+        still_running(&pids),
+        Vec::<i32>::new(),
+        "outlived the timeout"
+    );
+}
+
 #[test]
 fn invalid_specs_are_refused_before_anything_runs() {
     let local = Local::new();
@@ -340,8 +446,14 @@ fn a_killed_worker_loses_nothing() {
     // The first command ever started hangs (and is the one whose worker we
     // kill); every later one finishes at once.
     let flag = local.work.path().join("first-attempt-started");
-    let script = "if [ -e \"$FLAG\" ]; then echo ok > \"$FALCONERI_OUT/$(ls \"$FALCONERI_PFS/in\")\"; \
-                  else touch \"$FLAG\"; sleep 300; fi";
+    // The hanging one also leaves processes outside its group, which the
+    // executor must find although their worker is gone.
+    let pids = local.work.path().join("pids");
+    std::fs::create_dir(&pids).unwrap();
+    let script = format!(
+        "if [ -e \"$FLAG\" ]; then echo ok > \"$FALCONERI_OUT/$(ls \"$FALCONERI_PFS/in\")\"; \
+         else {ESCAPING_CHILDREN}; touch \"$FLAG\"; sleep 300; fi"
+    );
     let spec = small_spec(
         &local,
         "killed-worker",
@@ -352,7 +464,7 @@ fn a_killed_worker_loses_nothing() {
             "transform": {
                 "cmd": ["sh", "-c", script],
                 "image": "alpine",
-                "env": { "FLAG": flag.to_str().unwrap() }
+                "env": { "FLAG": flag.to_str().unwrap(), "PIDS": pids.to_str().unwrap() }
             }
         }),
     );
@@ -410,6 +522,13 @@ fn a_killed_worker_loses_nothing() {
     assert!(
         !group_is_running(pgid),
         "the dead worker's command is still running"
+    );
+    let pids = pids_in(&pids);
+    assert_eq!(pids.len(), 2, "{pids:?}");
+    assert_eq!(
+        still_running(&pids),
+        Vec::<i32>::new(),
+        "what the dead worker's command started outside its group is still running"
     );
     let described = local.json(&["job", "describe", "--local", &name, "-o", "json"]);
     assert_eq!(described["counts"]["done"], 2, "{described}");
@@ -523,4 +642,66 @@ fn a_killed_server_loses_nothing() {
         assert_eq!(datum["status"], "done", "{datum}");
         assert_eq!(datum["attempt"], 1, "the first attempt finished: {datum}");
     }
+}
+
+/// Defect: the local server inherited the CLI's open descriptors, so under
+/// `flock LOCK falconeri …` it held LOCK until `falconeri local stop`.
+/// It must keep none it did not open, read /dev/null, and lead a session.
+#[test]
+fn the_local_server_keeps_no_descriptor_of_the_cli() {
+    let local = Local::new();
+    let lock = local.work.path().join("LOCK");
+    // flock(1) opens LOCK without close-on-exec and runs the CLI holding it,
+    // as a cron job guarding against overlapping runs would.
+    let output = std::process::Command::new("flock")
+        .arg(&lock)
+        .arg(env!("CARGO_BIN_EXE_falconeri"))
+        .args(["job", "list", "--local"])
+        .env("FALCONERI_HOME", local.home.path())
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", describe(&output));
+
+    let info: Value =
+        serde_json::from_slice(&std::fs::read(local.home.path().join("server.json")).unwrap())
+            .unwrap();
+    let pid = info["pid"].as_i64().unwrap();
+    let lock = std::fs::canonicalize(&lock).unwrap();
+    let mut held = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+    {
+        let fd: i32 = entry.file_name().to_str().unwrap().parse().unwrap();
+        let target = std::fs::read_link(entry.path()).unwrap_or_default();
+        if target == lock {
+            held.push(fd);
+        }
+        if fd == 0 {
+            assert_eq!(target, PathBuf::from("/dev/null"), "stdin");
+        }
+    }
+    assert_eq!(held, Vec::<i32>::new(), "the server holds LOCK");
+    // And so the lock is free while the server runs.
+    let again = std::process::Command::new("flock")
+        .args(["-n"])
+        .arg(&lock)
+        .arg("true")
+        .status()
+        .unwrap();
+    assert!(again.success(), "LOCK is still held");
+    assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
+
+    // Its own session (field 6 of stat, counted after the command name).
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let session: i64 = stat
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .nth(3)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(session, pid, "the server leads its own session");
 }

@@ -18,8 +18,14 @@ async fn main() {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // Colours only for a person at a terminal, never in a log file.
+        .with_ansi(falconeri_common::log_colors())
         .init();
     let cli = Cli::parse();
+    // A local worker killed outright leaves its command's processes behind;
+    // as their subreaper we inherit them, and the local executor kills
+    // them (see `executor::local`).
+    falconeri_common::process_tree::become_subreaper();
     if let Err(err) = falconerid::serve(cli.config, |_| {}).await {
         eprintln!("error: {err:#}");
         std::process::exit(1);

@@ -1,5 +1,8 @@
 //! The local executor: each worker is a child process with its own work
 //! directory (`pfs/` and `scratch/`) and log file under the state directory.
+//! A worker that dies outright has whatever its command left running killed
+//! here: its process group, and (when this process is a child subreaper)
+//! every other process it left behind.
 
 use std::{
     collections::HashMap,
@@ -12,6 +15,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use async_trait::async_trait;
+use falconeri_common::process_tree;
 use nix::{sys::signal::Signal, unistd::Pid};
 use tokio::sync::Notify;
 
@@ -112,6 +116,29 @@ async fn kill_orphaned_command(pgid_file: &std::path::Path) {
     let _ = tokio::fs::remove_file(pgid_file).await;
 }
 
+/// A worker killed outright also leaves what its command started outside
+/// its process group (a `setsid`'ed child, a double-forked daemon), which
+/// the group kill above misses. The worker was their subreaper; when it
+/// dies they are reparented to the nearest subreaper above it, which is
+/// this process when it made itself one (the falconerid binary and the
+/// CLI's local server do, at start-up). Then every descendant of ours that
+/// is not a live worker (those are kept) or below one is such a leftover,
+/// and is killed and reaped. Not a subreaper (a library user, a test
+/// harness), the orphans went to PID 1 and we cannot tell them apart from
+/// anyone else's: only the process group is killed.
+async fn kill_orphaned_descendants() {
+    if !process_tree::is_subreaper() {
+        return;
+    }
+    let killed = process_tree::kill_descendants().await;
+    if killed > 0 {
+        tracing::warn!(
+            killed,
+            "killed processes a dead worker's command left running"
+        );
+    }
+}
+
 fn random_suffix() -> String {
     hex::encode(rand::random::<[u8; 3]>())
 }
@@ -173,9 +200,14 @@ impl Executor for LocalExecutor {
                 // Its own process group: a Ctrl-C aimed at the server's
                 // terminal must not take the workers down mid-write.
                 .process_group(0);
-            let mut child = command
-                .spawn()
-                .with_context(|| format!("cannot start worker {:?}", self.command[0]))?;
+            // Kept out of leftover sweeps (below) until reaped: its
+            // subtree is the worker's own business while it lives.
+            let mut child = process_tree::spawn_kept(|| {
+                let child = command.spawn()?;
+                let pid = child.id();
+                Ok((child, pid))
+            })
+            .with_context(|| format!("cannot start worker {:?}", self.command[0]))?;
             let pid = child.id();
             tracing::info!(worker = id, pid, log = %log_path.display(), "started worker");
             {
@@ -200,7 +232,13 @@ impl Executor for LocalExecutor {
             tokio::spawn(async move {
                 let status = child.wait().await;
                 tracing::info!(worker = id, ?status, "worker exited");
+                if status.is_ok()
+                    && let Some(pid) = pid.and_then(|pid| i32::try_from(pid).ok())
+                {
+                    process_tree::release(pid);
+                }
                 kill_orphaned_command(&pgid_file).await;
+                kill_orphaned_descendants().await;
                 this.mark_exited(job_id, &id);
                 this.exited.notify_waiters();
                 if let Err(err) = tokio::fs::remove_dir_all(&dir).await {

@@ -1,0 +1,313 @@
+//! The processes this process started, and everything they started in turn,
+//! found and killed as one tree, so that no process a datum's command
+//! started outlives it: not a `setsid`'ed child (which leaves the command's
+//! process group), not a double-forked daemon (whose parent exits at once).
+//!
+//! How it works, on Linux:
+//! - The worker (and falconerid, for its local workers) makes itself a
+//!   *child subreaper* ([`become_subreaper`]): a process whose parent dies is
+//!   then reparented to it instead of to PID 1, so it stays in our tree.
+//! - [`descendants`] walks `/proc` and follows parent links from this process
+//!   down. A process group or session id can be changed by the process; its
+//!   parent, under a subreaper, cannot be escaped.
+//! - Children we start on purpose and still supervise (a running command, a
+//!   live worker) are *kept*: [`spawn_kept`] registers them, under the same
+//!   lock the sweep takes, so a sweep never kills or reaps a child that a
+//!   `tokio::process::Child` still owns, nor one that is being started.
+//! - [`kill_descendants`] sends SIGKILL to every descendant outside the kept
+//!   subtrees and reaps them, round after round, until none is left.
+//!
+//! Elsewhere (no `/proc`, or `prctl` refused) the tree is empty and callers
+//! fall back on killing the command's process group, which is all they did
+//! before.
+
+use std::{
+    collections::{HashMap, HashSet},
+    io,
+    sync::{Mutex, MutexGuard, PoisonError},
+    time::Duration,
+};
+
+use nix::{
+    errno::Errno,
+    sys::{signal::Signal, wait::waitpid},
+    unistd::Pid,
+};
+
+/// At most this many kill-and-reap rounds: each round reaps at least one
+/// process, and a round is needed only for processes forked between a scan
+/// and their parent's death, so this bounds a fork bomb, not normal work.
+const MAX_ROUNDS: usize = 64;
+
+/// How long one round waits for its killed children to exit. SIGKILL takes
+/// effect at once except for a process stuck in the kernel (an unreachable
+/// NFS server); we would rather leave that one than hang the caller.
+const REAP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Pids of the children this process supervises itself (see the module doc).
+static KEPT: Mutex<Vec<i32>> = Mutex::new(Vec::new());
+
+fn kept() -> MutexGuard<'static, Vec<i32>> {
+    // The list is only pids; a panic elsewhere cannot leave it half-written.
+    KEPT.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Makes this process a child subreaper, so orphaned descendants are
+/// reparented to it rather than escaping to PID 1. Process-wide, so only
+/// binaries call it (never a library or a test harness that runs other
+/// tests' children). Returns false where that is not possible.
+pub fn become_subreaper() -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        match nix::sys::prctl::set_child_subreaper(true) {
+            Ok(()) => true,
+            Err(err) => {
+                tracing::warn!(%err, "cannot become a child subreaper; orphaned processes may escape");
+                false
+            }
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    false
+}
+
+/// True if this process is a child subreaper.
+pub fn is_subreaper() -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        nix::sys::prctl::get_child_subreaper().unwrap_or(false)
+    }
+    #[cfg(not(target_os = "linux"))]
+    false
+}
+
+/// Runs `spawn` (which starts one child and returns it with its pid) under
+/// the sweep's lock and keeps that pid out of every sweep until
+/// [`release`]d. Hold nothing else across it: the lock is held for the
+/// fork and exec only.
+pub fn spawn_kept<T>(spawn: impl FnOnce() -> io::Result<(T, Option<u32>)>) -> io::Result<T> {
+    let mut kept = kept();
+    let (child, pid) = spawn()?;
+    if let Some(pid) = pid.and_then(|pid| i32::try_from(pid).ok()) {
+        kept.push(pid);
+    }
+    Ok(child)
+}
+
+/// Lets sweeps see `pid` again, once its owner has reaped it (or given it up).
+pub fn release(pid: i32) {
+    let mut kept = kept();
+    if let Some(index) = kept.iter().position(|&p| p == pid) {
+        kept.swap_remove(index);
+    }
+}
+
+/// One process, as `/proc/<pid>/stat` describes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Process {
+    pub pid: i32,
+    pub ppid: i32,
+    /// Exited but not yet reaped.
+    pub zombie: bool,
+}
+
+/// Every process on the machine (Linux); empty elsewhere. Processes that
+/// exit during the walk are skipped.
+pub fn all_processes() -> Vec<Process> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let pid = entry.file_name().to_str()?.parse::<i32>().ok()?;
+            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            parse_stat(pid, &stat)
+        })
+        .collect()
+}
+
+/// Reads the state and parent from a `/proc/<pid>/stat` line. The command
+/// name comes first in parentheses and may itself hold `)` or spaces, so the
+/// fields are counted from the last `)`.
+fn parse_stat(pid: i32, stat: &str) -> Option<Process> {
+    let (_, rest) = stat.rsplit_once(')')?;
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?;
+    let ppid = fields.next()?.parse().ok()?;
+    Some(Process {
+        pid,
+        ppid,
+        zombie: state == "Z",
+    })
+}
+
+/// The processes below `root` in `processes`, parents before children,
+/// leaving out the subtree of every pid in `skip`.
+pub fn descendants(processes: &[Process], root: i32, skip: &[i32]) -> Vec<Process> {
+    let mut children: HashMap<i32, Vec<Process>> = HashMap::new();
+    for process in processes {
+        children.entry(process.ppid).or_default().push(*process);
+    }
+    let mut found = Vec::new();
+    let mut seen = HashSet::from([root]);
+    let mut next = vec![root];
+    while let Some(parent) = next.pop() {
+        for child in children.get(&parent).into_iter().flatten() {
+            if skip.contains(&child.pid) || !seen.insert(child.pid) {
+                continue;
+            }
+            found.push(*child);
+            next.push(child.pid);
+        }
+    }
+    found
+}
+
+fn this_pid() -> i32 {
+    nix::unistd::getpid().as_raw()
+}
+
+/// Sends `signal` to every descendant of this process outside the kept
+/// subtrees, and to the subtrees of `also` (kept children the caller owns,
+/// themselves included). Returns how many processes got it.
+pub fn signal_descendants(signal: Signal, also: &[i32]) -> usize {
+    let kept = kept();
+    let skip: Vec<i32> = kept.iter().copied().filter(|p| !also.contains(p)).collect();
+    let victims = descendants(&all_processes(), this_pid(), &skip);
+    drop(kept);
+    victims
+        .iter()
+        .filter(|process| !process.zombie && send(process.pid, signal))
+        .count()
+}
+
+/// Kills (SIGKILL) every descendant of this process outside the kept
+/// subtrees and reaps it, until none is left. Returns how many live
+/// processes were killed; zombies that were merely reaped don't count.
+///
+/// Each round kills what it finds and then waits for the ones that are our
+/// own children. The top of the found tree always is (that is what being
+/// below us means), so each round reaps something; their children, killed
+/// in the same round, become ours when they die (we are their subreaper) and
+/// are reaped in the next. A process forked just before its parent was
+/// killed is found the same way.
+pub async fn kill_descendants() -> usize {
+    let me = this_pid();
+    let mut killed = 0;
+    for _ in 0..MAX_ROUNDS {
+        // Scan and signal under the lock, so nothing that is being spawned
+        // (and so not yet kept) can be taken for a leftover.
+        let ours: Vec<i32> = {
+            let kept = kept();
+            let victims = descendants(&all_processes(), me, &kept);
+            if victims.is_empty() {
+                return killed;
+            }
+            for victim in victims.iter().filter(|process| !process.zombie) {
+                if send(victim.pid, Signal::SIGKILL) {
+                    killed += 1;
+                }
+            }
+            victims
+                .iter()
+                .filter(|process| process.ppid == me)
+                .map(|process| process.pid)
+                .collect()
+        };
+        // Blocking waits on processes that were sent SIGKILL (or are
+        // zombies already): no polling, and they return promptly. Each pid
+        // is ours and not kept, so no `Child` handle is waiting on it.
+        let reap = tokio::task::spawn_blocking(move || {
+            for pid in ours {
+                match waitpid(Pid::from_raw(pid), None) {
+                    Ok(_) | Err(Errno::ECHILD) => {}
+                    Err(err) => tracing::warn!(pid, %err, "cannot reap a killed process"),
+                }
+            }
+        });
+        if tokio::time::timeout(REAP_TIMEOUT, reap).await.is_err() {
+            tracing::warn!("a killed process did not exit; leaving it");
+            return killed;
+        }
+    }
+    tracing::warn!(
+        rounds = MAX_ROUNDS,
+        "processes kept appearing while their tree was killed; some may be left"
+    );
+    killed
+}
+
+/// Sends `signal` to `pid`; true if it was delivered.
+fn send(pid: i32, signal: Signal) -> bool {
+    match nix::sys::signal::kill(Pid::from_raw(pid), signal) {
+        Ok(()) => true,
+        Err(Errno::ESRCH) => false,
+        Err(err) => {
+            tracing::warn!(pid, ?signal, %err, "cannot signal a process");
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn process(pid: i32, ppid: i32) -> Process {
+        Process {
+            pid,
+            ppid,
+            zombie: false,
+        }
+    }
+
+    #[test]
+    fn stat_lines_are_read_past_odd_command_names() {
+        assert_eq!(
+            parse_stat(42, "42 (a) b (c)) S 7 42 42 0 -1"),
+            Some(process(42, 7))
+        );
+        assert_eq!(
+            parse_stat(9, "9 (sleep) Z 1 9 9"),
+            Some(Process {
+                pid: 9,
+                ppid: 1,
+                zombie: true
+            })
+        );
+        assert_eq!(parse_stat(9, "9 (sleep"), None);
+    }
+
+    #[test]
+    fn descendants_follow_parents_and_skip_kept_subtrees() {
+        let all = [
+            process(1, 0),
+            process(10, 1),
+            process(11, 10),
+            process(12, 11),
+            process(20, 10),
+            process(21, 20),
+            process(30, 1),
+        ];
+        let mut found: Vec<i32> = descendants(&all, 10, &[]).iter().map(|p| p.pid).collect();
+        found.sort_unstable();
+        assert_eq!(found, [11, 12, 20, 21]);
+        let mut found: Vec<i32> = descendants(&all, 10, &[20]).iter().map(|p| p.pid).collect();
+        found.sort_unstable();
+        assert_eq!(found, [11, 12]);
+        assert!(descendants(&all, 30, &[]).is_empty());
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn this_process_is_found_under_its_parent() {
+        let me = this_pid();
+        let parent = nix::unistd::getppid().as_raw();
+        assert!(
+            descendants(&all_processes(), parent, &[])
+                .iter()
+                .any(|p| p.pid == me)
+        );
+    }
+}
