@@ -173,8 +173,8 @@ async fn measure_rest(backend: &str, size: usize, workers: usize) -> Result<(Str
     let db = fresh_db(backend)?;
     let label = backend_label(&db)?;
     let pool = db.pool.clone();
-    let job = tokio::task::spawn_blocking(move || create_running_job(&pool, "dispatch", size))
-        .await??;
+    let job =
+        tokio::task::spawn_blocking(move || create_running_job(&pool, "dispatch", size)).await??;
     let dir = tempfile::tempdir()?;
     let stop = CancellationToken::new();
     let (addr, server) = start_server(&db, dir.path(), stop.clone()).await?;

@@ -143,8 +143,8 @@ async fn drain(
     let pool = db.pool.clone();
     let name = name.to_owned();
     let label = name.clone();
-    let job = tokio::task::spawn_blocking(move || create_running_job(&pool, &name, datums))
-        .await??;
+    let job =
+        tokio::task::spawn_blocking(move || create_running_job(&pool, &name, datums)).await??;
     let done = Arc::new(AtomicU64::new(0));
     let progress = bench_support::report_progress(label, done.clone(), datums);
     let before = server.cpu(ticks)?;
@@ -276,7 +276,7 @@ async fn main() -> Result<()> {
 
     println!(
         "| backend | datums | idle workers | drain s | datums/s | falconerid CPU s \
-         | CPU ms/datum | × alone | idle polls made |"
+         | CPU ms/datum | × alone | answers to idle workers |"
     );
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for backend in &backends {

@@ -250,8 +250,8 @@ pub mod rest {
 
     /// A worker of a job with nothing ready: long-polls until `stop`
     /// resolves. `ready` is counted once its first (immediate) answer came
-    /// back, so the caller knows it is connected. Answers the number of
-    /// long-polls it made.
+    /// back, so the caller knows it is connected. Answers how many
+    /// answers it got (each one a `wait` that ran out, or the first).
     pub async fn idle_poll(
         client: Client,
         job_id: i64,
@@ -274,7 +274,10 @@ pub mod rest {
             match answer {
                 Ok(ReserveResponse::Wait) => {}
                 Ok(ReserveResponse::Reserved(r)) => {
-                    bail!("idle worker {worker} got datum {}: the job was not idle", r.datum_id)
+                    bail!(
+                        "idle worker {worker} got datum {}: the job was not idle",
+                        r.datum_id
+                    )
                 }
                 Ok(ReserveResponse::Finished) => bail!("idle job {job_id} finished"),
                 Err(err) if err.is_transient() => {}
