@@ -1,0 +1,385 @@
+//! Dispatch benchmark: how fast falconerid hands out and takes back no-op
+//! datums over REST, against the floor of the bare SQL a queue needs. Run it
+//! with `bench/dispatch`, which provides a PostgreSQL cluster with fsync on;
+//! it prints a Markdown table (see guide/src/performance.md, "Dispatch").
+//!
+//! For each backend and size it
+//! 1. inserts a running job of that many no-op datums through the models
+//!    (no workers are started: the executor starts nothing),
+//! 2. serves the real falconerid app in this process on 127.0.0.1 (with its
+//!    babysitter, and on PostgreSQL its change listener) and drains the job
+//!    with 16 client tasks through the typed REST client, each with its own
+//!    worker id and the job's worker token, timing every reserve and done,
+//! 3. counts every SQL statement diesel sends meanwhile (transaction
+//!    statements and pool check-out pings included), through diesel's
+//!    instrumentation, which sees the in-process server's connections,
+//! 4. drains a fresh job of the same size with the floor: 16 threads, each
+//!    on its own connection, running only a claim statement (`UPDATE … WHERE
+//!    id = (SELECT … FOR UPDATE SKIP LOCKED)` on PostgreSQL) and a completion
+//!    `UPDATE` per datum, straight over diesel.
+//!
+//! Environment: `BENCH_SIZES` (comma-separated datum counts, default
+//! `1000,20000,100000,1000000`), `BENCH_BACKENDS` (default
+//! `postgres,sqlite`), `BENCH_WORKERS` (default 16), and
+//! `FALCONERI_TEST_POSTGRES_URL` (set by scripts/test).
+
+#[path = "bench_support/mod.rs"]
+mod bench_support;
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc, Barrier,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context, Result, bail};
+use async_trait::async_trait;
+use bench_support::{ADMIN_TOKEN, BenchJob, create_running_job, percentile_ms, rest};
+use diesel::{
+    QueryableByName, RunQueryDsl,
+    connection::{Instrumentation, InstrumentationEvent, set_default_instrumentation},
+    sql_types::{BigInt, Integer, Text},
+};
+use falconeri_common::db::{Backend, DbConn, DbPool, testing::TestDb};
+use falconerid::{
+    AppState, Config,
+    executor::{Executor, WorkerLaunch, WorkerState},
+};
+use tokio_util::sync::CancellationToken;
+
+/// Every statement any diesel connection of this process has sent.
+static STATEMENTS: AtomicU64 = AtomicU64::new(0);
+
+/// diesel's per-connection instrumentation: counts statements. Set before
+/// the first connection, so every pool's connections carry it.
+fn count_statements() -> Option<Box<dyn Instrumentation>> {
+    Some(Box::new(|event: InstrumentationEvent<'_>| {
+        if matches!(event, InstrumentationEvent::StartQuery { .. }) {
+            STATEMENTS.fetch_add(1, Ordering::Relaxed);
+        }
+    }))
+}
+
+/// An executor that starts nothing: the benchmark's tasks are the workers.
+struct NoWorkers;
+
+#[async_trait]
+impl Executor for NoWorkers {
+    fn name(&self) -> &'static str {
+        "none"
+    }
+    async fn start_workers(&self, _launch: &WorkerLaunch, _count: u32) -> Result<()> {
+        Ok(())
+    }
+    async fn stop_workers(&self, _job_id: i64) -> Result<()> {
+        Ok(())
+    }
+    async fn workers(&self, _job_id: i64) -> Result<Vec<WorkerState>> {
+        Ok(Vec::new())
+    }
+}
+
+/// falconerid serving `pool` on a free port of 127.0.0.1, as `serve` runs
+/// it (API, babysitter, PostgreSQL change listener), until `stop` fires.
+async fn start_server(
+    db: &TestDb,
+    dir: &std::path::Path,
+    stop: CancellationToken,
+) -> Result<(SocketAddr, tokio::task::JoinHandle<Result<()>>)> {
+    let mut config = Config::local(dir, ADMIN_TOKEN.to_owned(), vec!["true".into()]);
+    // falconerid's own defaults, not the embedded server's.
+    config.database_url = db.url.clone();
+    config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    config.listen_fallback = false;
+    config.db_pool_size = 16;
+    config.babysitter_interval = Duration::from_secs(2);
+    let state = AppState::new(config, db.pool.clone(), Arc::new(NoWorkers));
+    let listener = tokio::net::TcpListener::bind(state.config().listen).await?;
+    let addr = listener.local_addr()?;
+    state.set_public_url(format!("http://{addr}"));
+    tokio::spawn(falconerid::babysitter::run(state.clone(), stop.clone()));
+    if db.backend() == Backend::Postgres {
+        tokio::spawn(falconerid::listen::run(
+            state.clone(),
+            db.url.clone(),
+            stop.clone(),
+        ));
+    }
+    let app = falconerid::app(state.clone());
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                stop.cancelled().await;
+                state.begin_shutdown();
+            })
+            .await
+            .context("server failed")
+    });
+    Ok((addr, server))
+}
+
+/// A fresh database of `backend`.
+fn fresh_db(backend: &str) -> Result<TestDb> {
+    Ok(match backend {
+        "sqlite" => TestDb::sqlite(),
+        "postgres" => TestDb::postgres(),
+        other => bail!("unknown backend {other:?} in BENCH_BACKENDS (sqlite, postgres)"),
+    })
+}
+
+/// How a backend is labelled in the table: PostgreSQL with its durability
+/// settings, so a table from an fsync-off cluster cannot pass for this one.
+fn backend_label(db: &TestDb) -> Result<String> {
+    #[derive(QueryableByName)]
+    struct Setting {
+        #[diesel(sql_type = Text)]
+        setting: String,
+    }
+    let mut conn = db.pool.get()?;
+    match &mut conn {
+        DbConn::Sqlite(_) => Ok("sqlite".to_owned()),
+        DbConn::Postgres(c) => {
+            let read = |c: &mut diesel::PgConnection, name: &str| -> Result<String> {
+                Ok(
+                    diesel::sql_query("SELECT setting FROM pg_settings WHERE name = $1")
+                        .bind::<Text, _>(name)
+                        .get_result::<Setting>(c)?
+                        .setting,
+                )
+            };
+            let fsync = read(c, "fsync")?;
+            let commit = read(c, "synchronous_commit")?;
+            if fsync != "on" || commit != "on" {
+                eprintln!(
+                    "warning: PostgreSQL runs with fsync={fsync}, synchronous_commit={commit}; \
+                     run through bench/dispatch (FALCONERI_TEST_PG_FSYNC=1) for durable numbers"
+                );
+            }
+            Ok(format!("postgres (fsync {fsync})"))
+        }
+    }
+}
+
+/// What the REST drain of one size measured.
+struct Measured {
+    drain: rest::Drain,
+    statements: u64,
+}
+
+async fn measure_rest(backend: &str, size: usize, workers: usize) -> Result<(String, Measured)> {
+    let db = fresh_db(backend)?;
+    let label = backend_label(&db)?;
+    let pool = db.pool.clone();
+    let job =
+        tokio::task::spawn_blocking(move || create_running_job(&pool, "dispatch", size)).await??;
+    let dir = tempfile::tempdir()?;
+    let stop = CancellationToken::new();
+    let (addr, server) = start_server(&db, dir.path(), stop.clone()).await?;
+    let done = Arc::new(AtomicU64::new(0));
+    let progress =
+        bench_support::report_progress(format!("{backend} {size} REST"), done.clone(), size);
+    let before = STATEMENTS.load(Ordering::Relaxed);
+    let drain = rest::drain(&format!("http://{addr}"), &job, workers, done).await?;
+    let statements = STATEMENTS.load(Ordering::Relaxed) - before;
+    progress.abort();
+    stop.cancel();
+    server.await??;
+    if drain.completed != size {
+        bail!("{backend}: {} of {size} datums completed", drain.completed);
+    }
+    if drain.retried > 0 {
+        eprintln!("  {backend} {size}: {} requests retried", drain.retried);
+    }
+    Ok((label, Measured { drain, statements }))
+}
+
+/// The floor's claim on PostgreSQL: one statement picks and takes the next
+/// ready datum, skipping rows other claimers hold.
+const PG_CLAIM: &str = "\
+UPDATE datums SET status = 'running', attempt = attempt + 1, owner = $1, \
+    lease_expires_at = $2, started_at = $3, updated_at = $3 \
+WHERE id = (SELECT id FROM datums WHERE job_id = $4 AND status = 'ready' \
+            ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED) \
+RETURNING id, attempt";
+
+/// SQLite has one writer at a time, so the same statement needs no row
+/// locks.
+const SQLITE_CLAIM: &str = "\
+UPDATE datums SET status = 'running', attempt = attempt + 1, owner = $1, \
+    lease_expires_at = $2, started_at = $3, updated_at = $3 \
+WHERE id = (SELECT id FROM datums WHERE job_id = $4 AND status = 'ready' \
+            ORDER BY id LIMIT 1) \
+RETURNING id, attempt";
+
+/// The floor's completion, guarded by the claim like the real one.
+const COMPLETE: &str = "\
+UPDATE datums SET status = 'done', finished_at = $1, updated_at = $1, lease_expires_at = NULL \
+WHERE id = $2 AND owner = $3 AND attempt = $4 AND status = 'running'";
+
+#[derive(QueryableByName)]
+struct Claimed {
+    #[diesel(sql_type = BigInt)]
+    id: i64,
+    #[diesel(sql_type = Integer)]
+    attempt: i32,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Claims and completes one datum of `$job_id` as `$worker` on the
+/// concrete connection `$c`; evaluates to false when nothing was left to
+/// claim. A macro, because the statements are the same text for both
+/// connection types but diesel's bounds differ.
+macro_rules! claim_and_complete {
+    ($c:expr, $claim_sql:expr, $job_id:expr, $worker:expr) => {{
+        let now = now_ms();
+        let claimed: Option<Claimed> = diesel::sql_query($claim_sql)
+            .bind::<Text, _>($worker)
+            .bind::<BigInt, _>(now + 30_000)
+            .bind::<BigInt, _>(now)
+            .bind::<BigInt, _>($job_id)
+            .get_results($c)?
+            .into_iter()
+            .next();
+        match claimed {
+            None => false,
+            Some(claimed) => {
+                let updated = diesel::sql_query(COMPLETE)
+                    .bind::<BigInt, _>(now_ms())
+                    .bind::<BigInt, _>(claimed.id)
+                    .bind::<Text, _>($worker)
+                    .bind::<Integer, _>(claimed.attempt)
+                    .execute($c)?;
+                if updated != 1 {
+                    bail!("the floor lost its claim on datum {}", claimed.id);
+                }
+                true
+            }
+        }
+    }};
+}
+
+/// Drains `job` with the bare claim + complete pair on `workers` threads;
+/// answers the wall time and the statements sent.
+fn floor(pool: &DbPool, job: &BenchJob, workers: usize) -> Result<(Duration, u64)> {
+    let barrier = Arc::new(Barrier::new(workers + 1));
+    let done = Arc::new(AtomicU64::new(0));
+    let handles: Vec<_> = (0..workers)
+        .map(|w| {
+            let (pool, barrier, done, job_id) =
+                (pool.clone(), barrier.clone(), done.clone(), job.id);
+            std::thread::spawn(move || -> Result<()> {
+                let mut conn = pool.get()?;
+                let worker = format!("floor-{w}");
+                barrier.wait();
+                loop {
+                    let more = match &mut conn {
+                        DbConn::Sqlite(c) => {
+                            let c: &mut diesel::SqliteConnection = &mut *c;
+                            claim_and_complete!(c, SQLITE_CLAIM, job_id, &worker)
+                        }
+                        DbConn::Postgres(c) => {
+                            let c: &mut diesel::PgConnection = &mut *c;
+                            claim_and_complete!(c, PG_CLAIM, job_id, &worker)
+                        }
+                    };
+                    if !more {
+                        return Ok(());
+                    }
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    barrier.wait();
+    let before = STATEMENTS.load(Ordering::Relaxed);
+    let started = Instant::now();
+    for handle in handles {
+        handle
+            .join()
+            .map_err(|_| anyhow::anyhow!("a floor thread panicked"))??;
+    }
+    let elapsed = started.elapsed();
+    let statements = STATEMENTS.load(Ordering::Relaxed) - before;
+    let completed = done.load(Ordering::Relaxed);
+    if usize::try_from(completed).ok() != Some(job.datums) {
+        bail!("the floor completed {completed} of {} datums", job.datums);
+    }
+    Ok((elapsed, statements))
+}
+
+async fn measure_floor(backend: &str, size: usize, workers: usize) -> Result<(Duration, u64)> {
+    let db = fresh_db(backend)?;
+    let pool = DbPool::connect(&db.url, u32::try_from(workers).unwrap_or(16))?;
+    let label = format!("{backend} {size}");
+    tokio::task::spawn_blocking(move || {
+        let job = create_running_job(&pool, "dispatch-floor", size)?;
+        eprintln!("{label}: floor drain with {workers} threads");
+        floor(&pool, &job, workers)
+    })
+    .await?
+}
+
+fn env_list(name: &str, default: &str) -> Vec<String> {
+    std::env::var(name)
+        .unwrap_or_else(|_| default.to_owned())
+        .split(',')
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    set_default_instrumentation(count_statements).context("install the statement counter")?;
+    let sizes: Vec<usize> = env_list("BENCH_SIZES", "1000,20000,100000,1000000")
+        .iter()
+        .map(|s| s.replace('_', "").parse::<usize>())
+        .collect::<Result<_, _>>()
+        .context("BENCH_SIZES must be comma-separated numbers")?;
+    let backends = env_list("BENCH_BACKENDS", "postgres,sqlite");
+    let workers: usize = std::env::var("BENCH_WORKERS")
+        .unwrap_or_else(|_| "16".to_owned())
+        .parse()
+        .context("BENCH_WORKERS must be a number")?;
+
+    println!(
+        "| backend | datums | datums/s | µs/datum | reserve p50 / p99 ms | done p50 / p99 ms \
+         | statements/datum | floor datums/s | floor statements/datum | × floor | size took s |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for backend in &backends {
+        for &size in &sizes {
+            let size_started = Instant::now();
+            eprintln!("{backend} {size}: REST drain with {workers} workers");
+            let (label, mut rest) = measure_rest(backend, size, workers).await?;
+            let (floor_elapsed, floor_statements) = measure_floor(backend, size, workers).await?;
+            let n = size as f64;
+            let rate = n / rest.drain.elapsed.as_secs_f64();
+            let floor_rate = n / floor_elapsed.as_secs_f64();
+            let took = size_started.elapsed().as_secs_f64();
+            eprintln!("{backend} {size}: took {took:.1} s");
+            println!(
+                "| {label} | {size} | {rate:.0} | {:.0} | {:.2} / {:.2} | {:.2} / {:.2} | {:.1} \
+                 | {floor_rate:.0} | {:.1} | {:.2} | {took:.0} |",
+                1e6 / rate,
+                percentile_ms(&mut rest.drain.reserve_us, 50.0),
+                percentile_ms(&mut rest.drain.reserve_us, 99.0),
+                percentile_ms(&mut rest.drain.done_us, 50.0),
+                percentile_ms(&mut rest.drain.done_us, 99.0),
+                rest.statements as f64 / n,
+                floor_statements as f64 / n,
+                rate / floor_rate,
+            );
+        }
+    }
+    Ok(())
+}
