@@ -11,6 +11,7 @@ pub mod pipeline;
 pub mod plan;
 pub mod status;
 pub mod storage;
+pub mod text;
 
 #[cfg(feature = "db")]
 pub mod db;
