@@ -99,7 +99,13 @@ mod tests {
 
     #[test]
     fn text_without_nul_is_borrowed_unchanged() {
-        for text in ["", "plain", "tab\tand\nnewline", "already ␀ escaped", "\u{1}\u{7f}"] {
+        for text in [
+            "",
+            "plain",
+            "tab\tand\nnewline",
+            "already ␀ escaped",
+            "\u{1}\u{7f}",
+        ] {
             check(text, text);
             assert!(matches!(escape_nul(text), Cow::Borrowed(_)), "{text:?}");
         }

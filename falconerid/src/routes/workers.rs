@@ -13,6 +13,7 @@ use falconeri_common::{
     db::DbConn,
     models::{Datum, InputFile, Job, ModelError, ModelResult, db_now},
     storage::{attempt_staging_uri, publish_outputs, storage_for},
+    text::escape_nul,
 };
 use serde_json::{Value, json};
 use tokio::time::Instant;
@@ -282,7 +283,8 @@ async fn done(
             request.output_files.clone(),
         );
         move |conn, now| {
-            let output = output_tail(&request.output);
+            let output = escape_nul(&request.output);
+            let output = output_tail(&output);
             let claim = &request.claim;
             match Datum::mark_done(conn, id, claim, output, &request.output_files, now, publish) {
                 // Retrying would fail the same way (an output colliding with a
@@ -312,8 +314,10 @@ async fn error(
     let claim = request.claim.clone();
     final_report(&state, &principal, id, &claim, |_, _| {
         move |conn, now| {
-            let output = output_tail(&request.output);
-            Datum::mark_error(conn, id, &request.claim, output, &request.error, now)
+            let output = escape_nul(&request.output);
+            let output = output_tail(&output);
+            let error = escape_nul(&request.error);
+            Datum::mark_error(conn, id, &request.claim, output, &error, now)
         }
     })
     .await
@@ -329,7 +333,10 @@ async fn release(
 ) -> AppResult<Json<DatumSummary>> {
     let claim = request.claim.clone();
     final_report(&state, &principal, id, &claim, |_, _| {
-        move |conn, now| Datum::release(conn, id, &request.claim, &request.reason, now)
+        move |conn, now| {
+            let reason = escape_nul(&request.reason);
+            Datum::release(conn, id, &request.claim, &reason, now)
+        }
     })
     .await
 }
