@@ -794,7 +794,7 @@ impl PipelineSpec {
                 return;
             }
         };
-        for path in crate::text::nul_paths(&json, &[]) {
+        for path in crate::nul_check::nul_paths(&json, &[]) {
             let already_refused = problems.0.iter().any(|problem| problem.path == path);
             if !already_refused {
                 problems.push(&path, "must not contain a NUL byte (\\u0000)");

@@ -9,7 +9,7 @@
 //! NUL byte in any field with a 400 naming it, for every route alike:
 //! PostgreSQL cannot store one in text (SQLite can), so without this the
 //! same request would be a 500 on one database and accepted on the other.
-//! The worker's free text ([`FREE_TEXT_FIELDS`]) is let through; handlers
+//! The worker's free text ([`FREE_TEXT_FIELDS`]) is let through; the models
 //! store it through `falconeri_common::text::escape_nul`.
 
 use axum::{
@@ -25,8 +25,9 @@ use axum::{
 use falconeri_common::{
     api::{ErrorBody, ErrorDetail},
     models::ModelError,
+    nul_check::nul_paths,
     pipeline::{SpecError, SpecProblem},
-    text::{escape_nul, nul_paths},
+    text::escape_nul,
 };
 use serde::de::DeserializeOwned;
 
@@ -175,34 +176,48 @@ impl AppError {
     }
 }
 
+/// The JSON detail of an error, as its response carries it (and as a batch
+/// report carries one report's refusal). Internal errors are logged here,
+/// with the request id the answer names.
+pub fn detail_of(err: AppError) -> ErrorDetail {
+    let (_, code) = err.status_and_code();
+    let message = err.to_string();
+    let (message, problems) = match err {
+        AppError::InvalidSpec(err) => (
+            format!("invalid pipeline spec:\n{err}"),
+            err.problems.clone(),
+        ),
+        AppError::InvalidField { field, problem, .. } => (
+            message,
+            vec![SpecProblem {
+                path: field,
+                message: problem.to_owned(),
+            }],
+        ),
+        AppError::Internal(err) => {
+            // The details (SQL, paths, a backend's words) go to the log
+            // only; the client gets an id to find them by.
+            let request_id = format!("{:016x}", rand::random::<u64>());
+            tracing::error!(request_id, error = format!("{err:#}"), "internal error");
+            (
+                format!("internal error (request id {request_id}); the server log has the details"),
+                Vec::new(),
+            )
+        }
+        other => (other.to_string(), Vec::new()),
+    };
+    ErrorDetail {
+        code: code.to_owned(),
+        message,
+        problems,
+    }
+}
+
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
-        let (status, code) = self.status_and_code();
-        let self_message = self.to_string();
-        let (message, problems) = match self {
-            AppError::InvalidSpec(err) => (
-                format!("invalid pipeline spec:\n{err}"),
-                err.problems.clone(),
-            ),
-            AppError::InvalidField { field, problem, .. } => (
-                self_message,
-                vec![SpecProblem {
-                    path: field,
-                    message: problem.to_owned(),
-                }],
-            ),
-            AppError::Internal(err) => {
-                tracing::error!(error = format!("{err:#}"), "internal error");
-                (format!("internal error: {err:#}"), Vec::new())
-            }
-            other => (other.to_string(), Vec::new()),
-        };
+        let (status, _) = self.status_and_code();
         let body = ErrorBody {
-            error: ErrorDetail {
-                code: code.to_owned(),
-                message,
-                problems,
-            },
+            error: detail_of(self),
         };
         let mut response = (status, Json(body)).into_response();
         if status == StatusCode::UNAUTHORIZED {

@@ -13,7 +13,6 @@ use falconeri_common::{
     db::DbConn,
     models::{Datum, InputFile, Job, ModelError, ModelResult, db_now},
     storage::{attempt_staging_uri, publish_outputs, storage_for},
-    text::escape_nul,
 };
 use serde_json::{Value, json};
 use tokio::time::Instant;
@@ -283,8 +282,7 @@ async fn done(
             request.output_files.clone(),
         );
         move |conn, now| {
-            let output = escape_nul(&request.output);
-            let output = output_tail(&output);
+            let output = output_tail(&request.output);
             let claim = &request.claim;
             match Datum::mark_done(conn, id, claim, output, &request.output_files, now, publish) {
                 // Retrying would fail the same way (an output colliding with a
@@ -314,10 +312,8 @@ async fn error(
     let claim = request.claim.clone();
     final_report(&state, &principal, id, &claim, |_, _| {
         move |conn, now| {
-            let output = escape_nul(&request.output);
-            let output = output_tail(&output);
-            let error = escape_nul(&request.error);
-            Datum::mark_error(conn, id, &request.claim, output, &error, now)
+            let output = output_tail(&request.output);
+            Datum::mark_error(conn, id, &request.claim, output, &request.error, now)
         }
     })
     .await
@@ -333,10 +329,7 @@ async fn release(
 ) -> AppResult<Json<DatumSummary>> {
     let claim = request.claim.clone();
     final_report(&state, &principal, id, &claim, |_, _| {
-        move |conn, now| {
-            let reason = escape_nul(&request.reason);
-            Datum::release(conn, id, &request.claim, &reason, now)
-        }
+        move |conn, now| Datum::release(conn, id, &request.claim, &request.reason, now)
     })
     .await
 }
