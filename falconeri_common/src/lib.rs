@@ -7,6 +7,7 @@
 pub mod api;
 pub mod client;
 pub mod migrations;
+pub mod nul_check;
 pub mod pipeline;
 pub mod plan;
 pub mod process_tree;

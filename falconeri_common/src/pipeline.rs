@@ -794,7 +794,33 @@ impl PipelineSpec {
         if let Err(message) = check_uri(&self.egress.uri) {
             problems.push("egress.URI", message);
         }
+        self.validate_no_nul(&mut problems);
         problems.into_result()
+    }
+
+    /// Refuses a NUL byte in any string of the spec. None can mean anything:
+    /// a command's arguments and environment cannot hold one, Kubernetes
+    /// refuses them, and PostgreSQL cannot store the job's name or egress
+    /// with one. The checks above already refuse some (names, URIs); this
+    /// one names every other path, so no NUL gets past validation. The spec
+    /// is walked as the JSON it serializes to, whose paths are the ones the
+    /// user wrote.
+    fn validate_no_nul(&self, problems: &mut Problems) {
+        let json = match serde_json::to_value(self) {
+            Ok(json) => json,
+            // Cannot happen (every map key is a string), but a spec we
+            // could not check is not a valid one.
+            Err(err) => {
+                problems.push(ROOT_PATH, format!("cannot be checked for NUL bytes: {err}"));
+                return;
+            }
+        };
+        for path in crate::nul_check::nul_paths(&json, &[]) {
+            let already_refused = problems.0.iter().any(|problem| problem.path == path);
+            if !already_refused {
+                problems.push(&path, "must not contain a NUL byte (\\u0000)");
+            }
+        }
     }
 
     fn validate_name(&self, problems: &mut Problems) {
@@ -2054,6 +2080,35 @@ mod tests {
                 &[&format!("input.cross[0].atom.URI: {message}")],
             );
         }
+    }
+
+    /// A NUL in any string is refused with its path, once, whatever other
+    /// check also refuses it; before, most of them were accepted and only
+    /// failed when a worker tried to run the command.
+    #[test]
+    fn nul_bytes_are_refused_with_their_paths() {
+        let nul = |text: &str| json!(format!("{text}\u{0}"));
+        check(
+            &with(|s| s["transform"]["cmd"][1] = nul("-c")),
+            &["transform.cmd[1]: must not contain a NUL byte"],
+        );
+        check(
+            &with(|s| {
+                s["transform"]["image"] = nul("alpine");
+                s["transform"]["env"]["GREETING"] = nul("hi");
+                s["transform"]["cmd"][0] = nul("python3");
+            }),
+            &[
+                "transform.image: must not contain a NUL byte",
+                "transform.env.GREETING: must not contain a NUL byte",
+                "transform.cmd[0]: must not contain a NUL byte",
+            ],
+        );
+        // Checks that already refuse a NUL say so themselves, only once.
+        check(
+            &with(|s| s["egress"]["URI"] = nul("s3://bucket/out/")),
+            &["egress.URI: must not contain NUL or line breaks"],
+        );
     }
 
     #[test]

@@ -69,6 +69,13 @@ pub struct Config {
     #[arg(long, env = "FALCONERI_DB_POOL_SIZE", default_value_t = 16)]
     pub db_pool_size: u32,
 
+    /// The longest a request waits for a database connection before it
+    /// fails with 503 (the database is down, or every connection is busy).
+    /// PostgreSQL connection attempts time out after as long (at least 2s).
+    /// `/readyz` never waits more than 1s.
+    #[arg(long, env = "FALCONERI_DB_WAIT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub db_wait: Duration,
+
     /// If `listen`'s port is taken, listen on any free port instead (the
     /// embedded default prefers its previous port, so workers that outlived
     /// a crashed server find the new one; any port will do otherwise).
@@ -137,6 +144,8 @@ impl std::fmt::Debug for Config {
             .field("lease", &self.lease)
             .field("max_wait", &self.max_wait)
             .field("babysitter_interval", &self.babysitter_interval)
+            .field("db_pool_size", &self.db_pool_size)
+            .field("db_wait", &self.db_wait)
             .field("kubernetes_namespace", &self.kubernetes_namespace)
             .field("worker_image", &self.worker_image)
             .finish_non_exhaustive()
@@ -180,6 +189,7 @@ impl Config {
             max_wait: Duration::from_secs(30),
             babysitter_interval: Duration::from_secs(1),
             db_pool_size: 8,
+            db_wait: falconeri_common::db::DEFAULT_WAIT,
             listen_fallback: true,
             worker_restarts: 3,
             kubernetes_namespace: None,
@@ -198,6 +208,9 @@ impl Config {
         }
         if self.lease < Duration::from_secs(1) {
             bail!("--lease must be at least 1s");
+        }
+        if self.db_wait.is_zero() {
+            bail!("--db-wait must be longer than zero");
         }
         if self.executor == ExecutorKind::Kubernetes {
             match &self.worker_image {

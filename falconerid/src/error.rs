@@ -4,24 +4,45 @@
 //! and only this module knows status codes. Every error answers with the JSON
 //! [`ErrorBody`]; internal failures are logged in full and answered with a
 //! short message, never a panic.
+//!
+//! The extractors [`ApiJson`], [`ApiPath`] and [`ApiQuery`] also refuse a
+//! NUL byte in any field with a 400 naming it, for every route alike:
+//! PostgreSQL cannot store one in text (SQLite can), so without this the
+//! same request would be a 500 on one database and accepted on the other.
+//! The worker's free text ([`FREE_TEXT_FIELDS`]) is let through; the models
+//! store it through `falconeri_common::text::escape_nul`.
 
 use axum::{
     Json,
-    extract::rejection::{BytesRejection, JsonRejection, PathRejection, QueryRejection},
-    http::{HeaderValue, StatusCode, header},
+    body::Bytes,
+    extract::{
+        FromRequest, FromRequestParts, RawPathParams, Request,
+        rejection::{BytesRejection, JsonRejection, PathRejection, QueryRejection},
+    },
+    http::{HeaderMap, HeaderValue, StatusCode, header, request::Parts},
     response::{IntoResponse, Response},
 };
 use falconeri_common::{
     api::{ErrorBody, ErrorDetail},
     models::ModelError,
-    pipeline::SpecError,
+    nul_check::nul_paths,
+    pipeline::{SpecError, SpecProblem},
+    text::escape_nul,
 };
+use serde::de::DeserializeOwned;
 
 /// An error answered to an HTTP client.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     #[error("{0}")]
     BadRequest(String),
+    /// One field of the request holds what no field may: a NUL byte.
+    #[error("{place} `{field}` {problem}")]
+    InvalidField {
+        place: FieldPlace,
+        field: String,
+        problem: &'static str,
+    },
     #[error("invalid pipeline spec")]
     InvalidSpec(SpecError),
     #[error("missing or invalid bearer token")]
@@ -45,11 +66,58 @@ pub enum AppError {
 /// Result of a handler.
 pub type AppResult<T> = Result<T, AppError>;
 
+/// Where in a request an [`AppError::InvalidField`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FieldPlace {
+    /// A member of the JSON body, named by its path (`claim.worker_id`).
+    Body,
+    /// A parameter of the URL path (`name` in `/v1/jobs/by-name/{name}`).
+    Path,
+    /// A parameter of the query string.
+    Query,
+}
+
+impl std::fmt::Display for FieldPlace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            FieldPlace::Body => "JSON field",
+            FieldPlace::Path => "path parameter",
+            FieldPlace::Query => "query parameter",
+        })
+    }
+}
+
+/// What [`AppError::InvalidField`] says of a NUL byte.
+const NUL_PROBLEM: &str = "must not contain a NUL byte";
+
+/// Members of a JSON body that are free text from a worker's command (what
+/// it printed, why it failed or stopped): they may hold any character, and
+/// a NUL in them is stored as U+2400 (`␀`) instead of being refused.
+pub const FREE_TEXT_FIELDS: &[&str] = &["output", "error", "reason"];
+
+impl AppError {
+    /// The NUL-byte refusal for `field` at `place`; `field` is shown escaped.
+    fn nul_in(place: FieldPlace, field: &str) -> AppError {
+        AppError::InvalidField {
+            place,
+            field: escape_nul(field).into_owned(),
+            problem: NUL_PROBLEM,
+        }
+    }
+}
+
 impl From<ModelError> for AppError {
     fn from(err: ModelError) -> AppError {
         match err {
             ModelError::NotFound(what) => AppError::NotFound(what),
             ModelError::Conflict(why) => AppError::Conflict(why),
+            // The connection died under the request (the database
+            // restarted, or the backend was terminated). The pool drops that
+            // connection (see `falconeri_common::db`), so trying again is the
+            // cure: a 503, which clients retry, not a 500.
+            ModelError::Database(err) if falconeri_common::db::is_closed_connection(&err) => {
+                AppError::Unavailable(format!("the database connection was lost: {err}"))
+            }
             ModelError::Database(err) => {
                 AppError::Internal(anyhow::Error::new(err).context("database error"))
             }
@@ -92,7 +160,9 @@ impl From<PathRejection> for AppError {
 impl AppError {
     fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
-            AppError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            AppError::BadRequest(_) | AppError::InvalidField { .. } => {
+                (StatusCode::BAD_REQUEST, "bad_request")
+            }
             AppError::InvalidSpec(_) => (StatusCode::BAD_REQUEST, "invalid_spec"),
             AppError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             AppError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
@@ -111,10 +181,18 @@ impl AppError {
 /// with the request id the answer names.
 pub fn detail_of(err: AppError) -> ErrorDetail {
     let (_, code) = err.status_and_code();
+    let message = err.to_string();
     let (message, problems) = match err {
         AppError::InvalidSpec(err) => (
             format!("invalid pipeline spec:\n{err}"),
             err.problems.clone(),
+        ),
+        AppError::InvalidField { field, problem, .. } => (
+            message,
+            vec![SpecProblem {
+                path: field,
+                message: problem.to_owned(),
+            }],
         ),
         AppError::Internal(err) => {
             // The details (SQL, paths, a backend's words) go to the log
@@ -151,17 +229,131 @@ impl IntoResponse for AppError {
     }
 }
 
-/// A JSON body extractor whose failures are [`AppError`]s (JSON, not text).
-#[derive(Debug, Clone, Copy, Default, axum::extract::FromRequest)]
-#[from_request(via(axum::Json), rejection(AppError))]
+/// A JSON body extractor whose failures are [`AppError`]s (JSON, not text),
+/// and which refuses a NUL byte anywhere but in [`FREE_TEXT_FIELDS`].
+#[derive(Debug, Clone, Copy, Default)]
 pub struct ApiJson<T>(pub T);
 
-/// A query extractor whose failures are [`AppError`]s.
-#[derive(Debug, Clone, Copy, Default, axum::extract::FromRequestParts)]
-#[from_request(via(axum::extract::Query), rejection(AppError))]
+impl<S, T> FromRequest<S> for ApiJson<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned,
+{
+    type Rejection = AppError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, AppError> {
+        if !has_json_content_type(request.headers()) {
+            return Err(AppError::BadRequest(
+                "invalid JSON body: Expected request with `Content-Type: application/json`"
+                    .to_owned(),
+            ));
+        }
+        let body = Bytes::from_request(request, state).await?;
+        let Json(value) = Json::<T>::from_bytes(&body)?;
+        check_json_for_nul(&body)?;
+        Ok(ApiJson(value))
+    }
+}
+
+/// Whether the request says its body is JSON (`application/json`, or an
+/// `application/…+json` type), as axum's own `Json` requires.
+fn has_json_content_type(headers: &HeaderMap) -> bool {
+    let Some(Ok(content_type)) = headers.get(header::CONTENT_TYPE).map(|v| v.to_str()) else {
+        return false;
+    };
+    let essence = content_type.split(';').next().unwrap_or_default().trim();
+    let Some((kind, subtype)) = essence.split_once('/') else {
+        return false;
+    };
+    let subtype = subtype.to_ascii_lowercase();
+    kind.eq_ignore_ascii_case("application") && (subtype == "json" || subtype.ends_with("+json"))
+}
+
+/// Refuses a NUL in any member of the (already parsed, so valid) JSON
+/// `body` but the free-text ones. JSON can only spell a NUL as the escape
+/// `\u0000` (a raw one is a syntax error), so one scan of the raw text
+/// clears nearly every request; only a body that has the escape is parsed
+/// again, to name the field.
+fn check_json_for_nul(body: &[u8]) -> Result<(), AppError> {
+    // Valid JSON is valid UTF-8: the parse above succeeded.
+    let Ok(text) = std::str::from_utf8(body) else {
+        return Ok(());
+    };
+    if !text.contains("\\u0000") {
+        return Ok(());
+    }
+    let value: serde_json::Value = serde_json::from_str(text)
+        .map_err(|err| AppError::BadRequest(format!("invalid JSON body: {err}")))?;
+    // The escape may have been inside free text, or been an escaped
+    // backslash followed by `u0000`: only a real NUL outside free text counts.
+    match nul_paths(&value, FREE_TEXT_FIELDS).first() {
+        Some(path) => Err(AppError::nul_in(FieldPlace::Body, path)),
+        None => Ok(()),
+    }
+}
+
+/// A query extractor whose failures are [`AppError`]s, and which refuses a
+/// NUL byte (`%00`) in any parameter.
+#[derive(Debug, Clone, Copy, Default)]
 pub struct ApiQuery<T>(pub T);
 
-/// A path extractor whose failures are [`AppError`]s.
-#[derive(Debug, Clone, Copy, Default, axum::extract::FromRequestParts)]
-#[from_request(via(axum::extract::Path), rejection(AppError))]
+impl<S, T> FromRequestParts<S> for ApiQuery<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned,
+{
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, AppError> {
+        check_query_for_nul(&parts.uri)?;
+        let axum::extract::Query(value) = axum::extract::Query::<T>::try_from_uri(&parts.uri)?;
+        Ok(ApiQuery(value))
+    }
+}
+
+/// Refuses a NUL in any query parameter, named or naming. A URI cannot
+/// hold a raw NUL, so it can only come percent-encoded as `%00`; the query
+/// is decoded only when that appears.
+fn check_query_for_nul(uri: &axum::http::Uri) -> Result<(), AppError> {
+    let Some(query) = uri.query() else {
+        return Ok(());
+    };
+    if !query.contains("%00") {
+        return Ok(());
+    }
+    let axum::extract::Query(pairs) =
+        axum::extract::Query::<Vec<(String, String)>>::try_from_uri(uri)?;
+    for (name, value) in &pairs {
+        if name.contains('\0') || value.contains('\0') {
+            return Err(AppError::nul_in(FieldPlace::Query, name));
+        }
+    }
+    Ok(())
+}
+
+/// A path extractor whose failures are [`AppError`]s, and which refuses a
+/// NUL byte (`%00`) in any path parameter.
+#[derive(Debug, Clone, Copy, Default)]
 pub struct ApiPath<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for ApiPath<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned + Send,
+{
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, AppError> {
+        // Checked before the typed parse, so `/v1/jobs/1%00` is refused as
+        // a NUL like any other parameter, not as a bad number. Parameters
+        // that are not UTF-8 are left to the typed parse, which names them.
+        if let Ok(params) = RawPathParams::from_request_parts(parts, state).await
+            && let Some((name, _)) = params.iter().find(|(_, value)| value.contains('\0'))
+        {
+            return Err(AppError::nul_in(FieldPlace::Path, name));
+        }
+        let axum::extract::Path(value) =
+            axum::extract::Path::<T>::from_request_parts(parts, state).await?;
+        Ok(ApiPath(value))
+    }
+}

@@ -46,9 +46,13 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
 pub async fn build_state(config: Config) -> Result<AppState> {
     config.validate()?;
     let executor = build_executor(&config).await?;
-    let (url, size) = (config.database_url.clone(), config.db_pool_size);
+    let (url, size, wait) = (
+        config.database_url.clone(),
+        config.db_pool_size,
+        config.db_wait,
+    );
     let pool = tokio::task::spawn_blocking(move || {
-        let pool = DbPool::connect(&url, size)?;
+        let pool = DbPool::connect_waiting(&url, size, wait)?;
         pool.run_migrations()?;
         Ok::<_, anyhow::Error>(pool)
     })

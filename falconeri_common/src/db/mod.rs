@@ -5,17 +5,28 @@
 //! [`with_conn!`] and [`write_tx!`] macros, which expand their body for every
 //! connection type. Only the few statements that differ (reservation) are
 //! written per backend.
+//!
+//! Waiting: a request waits at most the pool's `wait` for a connection
+//! (`falconerid --db-wait`), so with the database down it fails in seconds
+//! instead of hanging; PostgreSQL connection attempts give up after about as
+//! long (`connect_timeout`). Connections are not tested with a query at each
+//! check-out, which would cost a round trip per request: a PostgreSQL
+//! connection that fails because it was closed is marked broken by
+//! [`PgManager`] and dropped when it returns to the pool, so only the request
+//! that met it fails (with a closed-connection error, see
+//! [`is_closed_connection`]) and the next one gets a fresh connection.
 
 pub mod schema;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use diesel::{
     connection::SimpleConnection,
     r2d2::{ConnectionManager, CustomizeConnection, Pool, PooledConnection},
+    result::{DatabaseErrorKind, Error as DieselError},
     sqlite::SqliteConnection,
 };
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
@@ -59,7 +70,7 @@ impl Backend {
 pub enum DbPool {
     Sqlite(Pool<ConnectionManager<SqliteConnection>>),
     #[cfg(feature = "postgres")]
-    Postgres(Pool<ConnectionManager<PgConnection>>),
+    Postgres(Pool<PgManager>),
 }
 
 impl std::fmt::Debug for DbPool {
@@ -72,7 +83,7 @@ impl std::fmt::Debug for DbPool {
 pub enum DbConn {
     Sqlite(PooledConnection<ConnectionManager<SqliteConnection>>),
     #[cfg(feature = "postgres")]
-    Postgres(PooledConnection<ConnectionManager<PgConnection>>),
+    Postgres(PooledConnection<PgManager>),
 }
 
 impl std::fmt::Debug for DbConn {
@@ -219,10 +230,117 @@ impl CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for SqliteSetup 
     }
 }
 
+/// How long a request waits for a database connection unless told
+/// otherwise (`falconerid --db-wait`).
+pub const DEFAULT_WAIT: Duration = Duration::from_secs(5);
+
+/// True when `err` says the connection to the database was lost (the server
+/// restarted, or the backend was terminated): trying again on another
+/// connection is the cure.
+pub fn is_closed_connection(err: &DieselError) -> bool {
+    matches!(
+        err,
+        DieselError::DatabaseError(DatabaseErrorKind::ClosedConnection, _)
+    )
+}
+
+/// True when a connection that failed with `err` must not be used again.
+/// Besides a closed connection, libpq reports a dead socket as a command it
+/// could not send; that kind has one other cause (too many bind
+/// parameters), after which dropping a healthy connection costs only a
+/// reconnect.
+#[cfg(feature = "postgres")]
+fn breaks_connection(err: &DieselError) -> bool {
+    is_closed_connection(err)
+        || matches!(
+            err,
+            DieselError::DatabaseError(DatabaseErrorKind::UnableToSendCommand, _)
+        )
+}
+
+/// Remembers, inside a PostgreSQL connection, whether one of its statements
+/// failed because the connection is gone. diesel's own
+/// `ConnectionManager::has_broken` only looks at the transaction state, so a
+/// connection whose plain query met a terminated backend would otherwise go
+/// back to the pool and fail every request that drew it. falconeri installs
+/// no other instrumentation, so this one replaces nothing.
+#[cfg(feature = "postgres")]
+#[derive(Debug, Default)]
+struct BrokenWatch {
+    broken: bool,
+}
+
+#[cfg(feature = "postgres")]
+impl diesel::connection::Instrumentation for BrokenWatch {
+    fn on_connection_event(&mut self, event: diesel::connection::InstrumentationEvent<'_>) {
+        if let diesel::connection::InstrumentationEvent::FinishQuery {
+            error: Some(err), ..
+        } = event
+            && breaks_connection(err)
+        {
+            self.broken = true;
+        }
+    }
+}
+
+/// diesel's PostgreSQL connection manager, plus [`BrokenWatch`]: a
+/// connection that lost its server is dropped when it returns to the pool
+/// instead of being handed to the next request.
+#[cfg(feature = "postgres")]
+#[derive(Debug)]
+pub struct PgManager(ConnectionManager<PgConnection>);
+
+#[cfg(feature = "postgres")]
+impl diesel::r2d2::ManageConnection for PgManager {
+    type Connection = PgConnection;
+    type Error = diesel::r2d2::Error;
+
+    fn connect(&self) -> Result<PgConnection, diesel::r2d2::Error> {
+        use diesel::Connection;
+        let mut conn = self.0.connect()?;
+        conn.set_instrumentation(BrokenWatch::default());
+        Ok(conn)
+    }
+
+    fn is_valid(&self, conn: &mut PgConnection) -> Result<(), diesel::r2d2::Error> {
+        self.0.is_valid(conn)
+    }
+
+    fn has_broken(&self, conn: &mut PgConnection) -> bool {
+        use diesel::Connection;
+        self.0.has_broken(conn)
+            || conn
+                .instrumentation()
+                .downcast_ref::<BrokenWatch>()
+                .is_some_and(|watch| watch.broken)
+    }
+}
+
+/// `url` with libpq's `connect_timeout` set to about `wait` (libpq counts
+/// whole seconds and treats less than 2 as 2), unless the URL sets one: a
+/// server that does not answer (a host that drops packets) then fails a
+/// connection attempt as soon as a request would stop waiting for it.
+#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+fn with_connect_timeout(url: &str, wait: Duration) -> String {
+    if url.contains("connect_timeout=") {
+        return url.to_owned();
+    }
+    let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    let separator = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{separator}connect_timeout={}", seconds.max(2))
+}
+
 impl DbPool {
     /// Connects to `url` (see [`Backend::for_url`]) with up to `max_size`
-    /// connections.
+    /// connections, waiting [`DEFAULT_WAIT`] for one.
     pub fn connect(url: &str, max_size: u32) -> Result<DbPool> {
+        DbPool::connect_waiting(url, max_size, DEFAULT_WAIT)
+    }
+
+    /// Connects to `url` with up to `max_size` connections. Getting a
+    /// connection fails after `wait`, and so does opening the pool if the
+    /// database does not answer.
+    pub fn connect_waiting(url: &str, max_size: u32, wait: Duration) -> Result<DbPool> {
         match Backend::for_url(url) {
             Backend::Sqlite => {
                 let path = url.strip_prefix("sqlite://").unwrap_or(url);
@@ -245,7 +363,9 @@ impl DbPool {
                 }
                 let pool = Pool::builder()
                     .max_size(max_size)
-                    .connection_timeout(Duration::from_secs(30))
+                    .connection_timeout(wait)
+                    // An SQLite connection cannot lose its server.
+                    .test_on_check_out(false)
                     .connection_customizer(Box::new(SqliteSetup))
                     .build(ConnectionManager::<SqliteConnection>::new(path))
                     .with_context(|| format!("cannot open SQLite database {path}"))?;
@@ -253,10 +373,14 @@ impl DbPool {
             }
             #[cfg(feature = "postgres")]
             Backend::Postgres => {
+                let url = with_connect_timeout(url, wait);
                 let pool = Pool::builder()
                     .max_size(max_size)
-                    .connection_timeout(Duration::from_secs(30))
-                    .build(ConnectionManager::<PgConnection>::new(url))
+                    .connection_timeout(wait)
+                    // No `SELECT 1` per request: a lost connection is found
+                    // by the statement that meets it (see `PgManager`).
+                    .test_on_check_out(false)
+                    .build(PgManager(ConnectionManager::<PgConnection>::new(url)))
                     .context("cannot connect to PostgreSQL")?;
                 Ok(DbPool::Postgres(pool))
             }
@@ -306,11 +430,49 @@ impl DbPool {
         }
     }
 
-    /// True when the database answers a trivial query.
-    pub fn is_ready(&self) -> bool {
-        self.get()
-            .map(|mut conn| with_conn!(&mut conn, c => c.batch_execute("SELECT 1").is_ok()))
-            .unwrap_or(false)
+    /// True when the database answers a trivial query within `budget`,
+    /// however long the pool itself would wait. A pooled connection that
+    /// fails the query (its server went away) is dropped and the next one
+    /// tried, so after a database restart the probe answers for the
+    /// database, not for one stale connection. The database may still hang
+    /// a query on a half-open socket; callers bound the whole call too.
+    pub fn is_ready(&self, budget: Duration) -> bool {
+        let deadline = Instant::now() + budget;
+        // Every pooled connection may be stale, plus one fresh one.
+        for _ in 0..=self.max_size() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            let Ok(mut conn) = self.get_timeout(left) else {
+                return false;
+            };
+            if with_conn!(&mut conn, c => c.batch_execute("SELECT 1").is_ok()) {
+                return true;
+            }
+        }
+        false
+    }
+
+    fn max_size(&self) -> u32 {
+        match self {
+            DbPool::Sqlite(pool) => pool.max_size(),
+            #[cfg(feature = "postgres")]
+            DbPool::Postgres(pool) => pool.max_size(),
+        }
+    }
+
+    /// A connection from the pool, waiting at most `wait`.
+    pub fn get_timeout(&self, wait: Duration) -> Result<DbConn> {
+        Ok(match self {
+            DbPool::Sqlite(pool) => {
+                DbConn::Sqlite(pool.get_timeout(wait).context("no database connection")?)
+            }
+            #[cfg(feature = "postgres")]
+            DbPool::Postgres(pool) => {
+                DbConn::Postgres(pool.get_timeout(wait).context("no database connection")?)
+            }
+        })
     }
 }
 
@@ -337,4 +499,32 @@ fn run_postgres_migrations(
     let applied = applied?;
     unlocked?;
     Ok(applied)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connect_timeout_follows_the_wait_unless_set() {
+        let wait = Duration::from_secs(5);
+        assert_eq!(
+            with_connect_timeout("postgres://u@h/db", wait),
+            "postgres://u@h/db?connect_timeout=5"
+        );
+        assert_eq!(
+            with_connect_timeout(
+                "postgres://u@h/db?sslmode=disable",
+                Duration::from_millis(2500)
+            ),
+            "postgres://u@h/db?sslmode=disable&connect_timeout=3"
+        );
+        // libpq's minimum.
+        assert_eq!(
+            with_connect_timeout("postgres://u@h/db", Duration::from_millis(300)),
+            "postgres://u@h/db?connect_timeout=2"
+        );
+        let own = "postgres://u@h/db?connect_timeout=30";
+        assert_eq!(with_connect_timeout(own, wait), own);
+    }
 }

@@ -1,5 +1,7 @@
 //! Liveness, readiness and version.
 
+use std::time::Duration;
+
 use axum::{Json, Router, routing::get};
 use falconeri_common::api::{VersionResponse, paths};
 use serde_json::{Value, json};
@@ -22,14 +24,25 @@ async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
-/// The database answers too.
+/// How long `/readyz` waits for a connection and its answer. Probes
+/// (Kubernetes' default timeout is 1 s) want an answer quickly, whatever
+/// `--db-wait` says, and a database that takes longer than this to answer
+/// `SELECT 1` is not ready.
+const READY_BUDGET: Duration = Duration::from_secs(1);
+
+/// The database answers too: 503 within [`READY_BUDGET`] (plus a margin for
+/// a busy machine) when it does not.
 async fn readyz(
     axum::extract::State(state): axum::extract::State<AppState>,
 ) -> AppResult<Json<Value>> {
     let pool = state.pool().clone();
-    let ready = tokio::task::spawn_blocking(move || pool.is_ready())
-        .await
-        .unwrap_or(false);
+    let probe = tokio::task::spawn_blocking(move || pool.is_ready(READY_BUDGET));
+    // `is_ready` keeps its budget unless a query hangs on a dead socket; the
+    // answer must not hang with it (the blocking probe ends on its own).
+    let ready = matches!(
+        tokio::time::timeout(READY_BUDGET + READY_BUDGET / 2, probe).await,
+        Ok(Ok(true))
+    );
     if ready {
         Ok(Json(json!({ "status": "ready" })))
     } else {

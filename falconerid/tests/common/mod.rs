@@ -79,12 +79,19 @@ pub struct TestServer {
 
 impl TestServer {
     pub fn new(db: TestDb) -> TestServer {
+        let pool = db.pool.clone();
+        TestServer::with_pool(db, pool)
+    }
+
+    /// A server on `db` that reaches it through `pool` (a pool of its own
+    /// settings, or over another route).
+    pub fn with_pool(db: TestDb, pool: falconeri_common::db::DbPool) -> TestServer {
         let dir = tempfile::tempdir().unwrap();
         let mut config = Config::local(dir.path(), ADMIN.to_owned(), vec!["unused".into()]);
         config.database_url = db.url.clone();
         config.max_wait = std::time::Duration::from_secs(5);
         let executor = Arc::new(RecordingExecutor::default());
-        let state = AppState::new(config, db.pool.clone(), executor.clone());
+        let state = AppState::new(config, pool, executor.clone());
         let app = app(state.clone());
         TestServer {
             db,
