@@ -199,19 +199,19 @@ async fn measure_rest(backend: &str, size: usize, workers: usize) -> Result<(Str
 /// The floor's claim on PostgreSQL: one statement picks and takes the next
 /// ready datum, skipping rows other claimers hold.
 const PG_CLAIM: &str = "\
-UPDATE datums SET status = 'running', attempt = attempt + 1, owner = $1, \
+UPDATE datums SET status = 'running', ready_order = NULL, attempt = attempt + 1, owner = $1, \
     lease_expires_at = $2, started_at = $3, updated_at = $3 \
-WHERE id = (SELECT id FROM datums WHERE job_id = $4 AND status = 'ready' \
-            ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED) \
+WHERE id = (SELECT id FROM datums WHERE job_id = $4 AND ready_order IS NOT NULL \
+            ORDER BY ready_order LIMIT 1 FOR UPDATE SKIP LOCKED) \
 RETURNING id, attempt";
 
 /// SQLite has one writer at a time, so the same statement needs no row
 /// locks.
 const SQLITE_CLAIM: &str = "\
-UPDATE datums SET status = 'running', attempt = attempt + 1, owner = $1, \
+UPDATE datums SET status = 'running', ready_order = NULL, attempt = attempt + 1, owner = $1, \
     lease_expires_at = $2, started_at = $3, updated_at = $3 \
-WHERE id = (SELECT id FROM datums WHERE job_id = $4 AND status = 'ready' \
-            ORDER BY id LIMIT 1) \
+WHERE id = (SELECT id FROM datums WHERE job_id = $4 AND ready_order IS NOT NULL \
+            ORDER BY ready_order LIMIT 1) \
 RETURNING id, attempt";
 
 /// The floor's completion, guarded by the claim like the real one.

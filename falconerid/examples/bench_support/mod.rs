@@ -208,8 +208,9 @@ pub mod rest {
         let mut mine = Drain::default();
         loop {
             let started = Instant::now();
-            let reservation = match client.reserve(job_id, worker, RESERVE_WAIT).await {
+            let reservation = match client.reserve(job_id, worker, RESERVE_WAIT, None).await {
                 Ok(ReserveResponse::Reserved(reservation)) => reservation,
+                Ok(ReserveResponse::Batch { .. }) => bail!("a batch was not asked for"),
                 Ok(ReserveResponse::Wait) => continue,
                 Ok(ReserveResponse::Finished) => return Ok(mine),
                 Err(err) if err.is_transient() => {
@@ -223,6 +224,7 @@ pub mod rest {
                 claim: reservation.claim.clone(),
                 output: String::new(),
                 output_files: Vec::new(),
+                exit_code: Some(0),
             };
             let started = Instant::now();
             loop {
@@ -242,7 +244,7 @@ pub mod rest {
     /// the job then has nothing ready until the lease runs out.
     pub async fn hold_one(base: &str, job: &BenchJob, worker: &str) -> Result<()> {
         let client = Client::new(base, Some(job.worker_token.clone()))?;
-        match client.reserve(job.id, worker, Duration::ZERO).await? {
+        match client.reserve(job.id, worker, Duration::ZERO, None).await? {
             ReserveResponse::Reserved(_) => Ok(()),
             other => bail!("job {} had no datum to hold: {other:?}", job.id),
         }
@@ -264,7 +266,7 @@ pub mod rest {
         loop {
             let answer = tokio::select! {
                 _ = stop.cancelled() => return Ok(polls),
-                answer = client.reserve(job_id, &worker, wait) => answer,
+                answer = client.reserve(job_id, &worker, wait, None) => answer,
             };
             polls += 1;
             if wait.is_zero() {
@@ -279,6 +281,7 @@ pub mod rest {
                         r.datum_id
                     )
                 }
+                Ok(ReserveResponse::Batch { .. }) => bail!("idle worker {worker} got a batch"),
                 Ok(ReserveResponse::Finished) => bail!("idle job {job_id} finished"),
                 Err(err) if err.is_transient() => {}
                 Err(err) => return Err(err.into()),
