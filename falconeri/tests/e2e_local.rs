@@ -501,12 +501,9 @@ fn a_killed_server_loses_nothing() {
     let info: Value =
         serde_json::from_slice(&std::fs::read(local.home.path().join("server.json")).unwrap())
             .unwrap();
-    let pid = i32::try_from(info["pid"].as_u64().unwrap()).unwrap();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
+    // (Not waiting for the process to be gone made `job wait` race its
+    // exit and, now and then, find a server holding its lock but deaf.)
+    kill_server(&local);
 
     let waited = local.falconeri(&["job", "wait", "--local", &name]);
     assert!(waited.status.success(), "{}", describe(&waited));
@@ -527,10 +524,11 @@ fn a_killed_server_loses_nothing() {
 
 /// The live (not zombie) worker processes of the local setup at `home`:
 /// `falconeri internal worker` processes whose directory is under its
-/// `work/`.
+/// `work/`. A worker's command, forked but not yet exec'd, looks the same
+/// for a moment; it is told apart by its parent, a worker.
 fn local_workers(home: &std::path::Path) -> Vec<u32> {
     let work = home.join("work");
-    let mut pids = Vec::new();
+    let mut candidates = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
             continue;
@@ -539,17 +537,54 @@ fn local_workers(home: &std::path::Path) -> Vec<u32> {
             .is_ok_and(|cmdline| cmdline.windows(16).any(|w| w == b"internal\0worker\0"));
         let in_home =
             std::fs::read_link(entry.path().join("cwd")).is_ok_and(|cwd| cwd.starts_with(&work));
-        let running = std::fs::read_to_string(entry.path().join("stat")).is_ok_and(|stat| {
-            stat.rsplit(')')
-                .next()
-                .and_then(|rest| rest.split_whitespace().next())
-                .is_some_and(|state| state != "Z")
-        });
+        // Fields after the command name: state, ppid, ...
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        let fields: Vec<&str> = stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .collect();
+        let running = fields.first().is_some_and(|state| *state != "Z");
+        let ppid: u32 = fields.get(1).and_then(|p| p.parse().ok()).unwrap_or(0);
         if is_worker && in_home && running {
-            pids.push(pid);
+            candidates.push((pid, ppid));
         }
     }
-    pids
+    let pids: Vec<u32> = candidates.iter().map(|(pid, _)| *pid).collect();
+    candidates
+        .into_iter()
+        .filter(|(_, ppid)| !pids.contains(ppid))
+        .map(|(pid, _)| pid)
+        .collect()
+}
+
+/// Kills the local server with SIGKILL and waits (bounded) until it has
+/// exited, so the next command sees its locks released rather than a
+/// server that no longer answers.
+fn kill_server(local: &Local) {
+    let info: Value =
+        serde_json::from_slice(&std::fs::read(local.home.path().join("server.json")).unwrap())
+            .unwrap();
+    let pid = i32::try_from(info["pid"].as_u64().unwrap()).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let started = Instant::now();
+    while std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit(')')
+            .next()
+            .and_then(|rest| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z")
+    }) {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the server survived SIGKILL"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// Issue 9, defect 4: a restarted falconerid neither adopted nor stopped
@@ -601,15 +636,7 @@ fn a_restarted_server_adopts_the_previous_workers() {
 
     let name = local.start_and_wait_until_running(&spec, 2);
     for _ in 0..2 {
-        let info: Value =
-            serde_json::from_slice(&std::fs::read(local.home.path().join("server.json")).unwrap())
-                .unwrap();
-        let pid = i32::try_from(info["pid"].as_u64().unwrap()).unwrap();
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGKILL,
-        )
-        .unwrap();
+        kill_server(&local);
         // The next command starts a new server; give its babysitter a few
         // passes (1 s apart) in which it could start too many workers.
         let described = local.json(&["job", "describe", "--local", &name, "-o", "json"]);
