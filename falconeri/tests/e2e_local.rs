@@ -620,12 +620,9 @@ fn a_killed_server_loses_nothing() {
     let info: Value =
         serde_json::from_slice(&std::fs::read(local.home.path().join("server.json")).unwrap())
             .unwrap();
-    let pid = i32::try_from(info["pid"].as_u64().unwrap()).unwrap();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
+    // (Not waiting for the process to be gone made `job wait` race its
+    // exit and, now and then, find a server holding its lock but deaf.)
+    kill_server(&local);
 
     let waited = local.falconeri(&["job", "wait", "--local", &name]);
     assert!(waited.status.success(), "{}", describe(&waited));
@@ -704,4 +701,171 @@ fn the_local_server_keeps_no_descriptor_of_the_cli() {
         .parse()
         .unwrap();
     assert_eq!(session, pid, "the server leads its own session");
+}
+
+/// The live (not zombie) worker processes of the local setup at `home`:
+/// `falconeri internal worker` processes whose directory is under its
+/// `work/`. A worker's command, forked but not yet exec'd, looks the same
+/// for a moment; it is told apart by its parent, a worker.
+fn local_workers(home: &std::path::Path) -> Vec<u32> {
+    let work = home.join("work");
+    let mut candidates = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let is_worker = std::fs::read(entry.path().join("cmdline"))
+            .is_ok_and(|cmdline| cmdline.windows(16).any(|w| w == b"internal\0worker\0"));
+        let in_home =
+            std::fs::read_link(entry.path().join("cwd")).is_ok_and(|cwd| cwd.starts_with(&work));
+        // Fields after the command name: state, ppid, ...
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        let fields: Vec<&str> = stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .collect();
+        let running = fields.first().is_some_and(|state| *state != "Z");
+        let ppid: u32 = fields.get(1).and_then(|p| p.parse().ok()).unwrap_or(0);
+        if is_worker && in_home && running {
+            candidates.push((pid, ppid));
+        }
+    }
+    let pids: Vec<u32> = candidates.iter().map(|(pid, _)| *pid).collect();
+    candidates
+        .into_iter()
+        .filter(|(_, ppid)| !pids.contains(ppid))
+        .map(|(pid, _)| pid)
+        .collect()
+}
+
+/// Kills the local server with SIGKILL and waits (bounded) until it has
+/// exited, so the next command sees its locks released rather than a
+/// server that no longer answers.
+fn kill_server(local: &Local) {
+    let info: Value =
+        serde_json::from_slice(&std::fs::read(local.home.path().join("server.json")).unwrap())
+            .unwrap();
+    let pid = i32::try_from(info["pid"].as_u64().unwrap()).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let started = Instant::now();
+    while std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit(')')
+            .next()
+            .and_then(|rest| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z")
+    }) {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the server survived SIGKILL"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Issue 9, defect 4: a restarted falconerid neither adopted nor stopped
+/// the previous server's workers, so after two restarts a parallelism-2 job
+/// ran up to 6 workers, and the orphans' work directories stayed behind.
+/// Now the server is killed (SIGKILL) twice mid-job; each new server adopts
+/// the running workers, never more than 2 run at once, every datum's
+/// command runs exactly once, and no work directory is left.
+#[test]
+fn a_restarted_server_adopts_the_previous_workers() {
+    let local = Local::new();
+    let runs = local.work.path().join("runs.log");
+    let script = "f=$(ls \"$FALCONERI_PFS/in\"); echo \"$f\" >> \"$RUNS\"; sleep 2; \
+                  echo ok > \"$FALCONERI_OUT/$f\"";
+    let spec = small_spec(
+        &local,
+        "adopted",
+        serde_json::json!(["sh", "-c", script]),
+        serde_json::json!({
+            "datum_tries": 1,
+            "transform": {
+                "cmd": ["sh", "-c", script],
+                "image": "alpine",
+                "env": { "RUNS": runs.to_str().unwrap() }
+            }
+        }),
+    );
+    let mut inputs = vec!["one.txt".to_owned(), "two.txt".to_owned()];
+    for i in 3..=8 {
+        let file = format!("{i}.txt");
+        std::fs::write(local.work.path().join("adopted-in").join(&file), "x").unwrap();
+        inputs.push(file);
+    }
+
+    // Counts the workers all along, from outside (test code may poll).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let most = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let sampler = {
+        let (stop, most) = (stop.clone(), most.clone());
+        let home = local.home.path().to_owned();
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let count = local_workers(&home).len();
+                most.fetch_max(count, std::sync::atomic::Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+
+    let name = local.start_and_wait_until_running(&spec, 2);
+    for _ in 0..2 {
+        kill_server(&local);
+        // The next command starts a new server; give its babysitter a few
+        // passes (1 s apart) in which it could start too many workers.
+        let described = local.json(&["job", "describe", "--local", &name, "-o", "json"]);
+        assert_eq!(described["job"]["status"], "running", "{described}");
+        std::thread::sleep(Duration::from_secs(3));
+    }
+
+    let waited = local.falconeri(&["job", "wait", "--local", &name]);
+    assert!(waited.status.success(), "{}", describe(&waited));
+    // Workers exit once they find the job finished; then their directories
+    // go (bounded wait).
+    let work = local.home.path().join("work").join(&name);
+    let started = Instant::now();
+    while std::fs::read_dir(&work).is_ok_and(|mut dirs| dirs.next().is_some()) {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "work directories left behind: {:?}",
+            std::fs::read_dir(&work)
+                .unwrap()
+                .flatten()
+                .map(|e| e.file_name())
+                .collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    sampler.join().unwrap();
+    let most = most.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(most <= 2, "{most} workers ran at once for parallelism 2");
+    assert!(local_workers(local.home.path()).is_empty());
+
+    let datums = local.json(&["datum", "list", "--local", "--job", &name, "-o", "json"]);
+    let datums = datums["datums"].as_array().unwrap();
+    assert_eq!(datums.len(), inputs.len());
+    for datum in datums {
+        assert_eq!(datum["status"], "done", "{datum}");
+        assert_eq!(datum["attempt"], 1, "ran once: {datum}");
+    }
+    let mut ran: Vec<String> = std::fs::read_to_string(&runs)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    ran.sort();
+    inputs.sort();
+    assert_eq!(ran, inputs, "each datum's command ran exactly once");
+    for file in &inputs {
+        let out = local.work.path().join("adopted-out").join(file);
+        assert_eq!(std::fs::read_to_string(&out).unwrap(), "ok\n");
+    }
 }

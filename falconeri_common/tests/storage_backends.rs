@@ -436,6 +436,80 @@ fn zero_byte_files_round_trip() {
     });
 }
 
+/// Issue 9, defect 3, through the helpers falconerid and the worker use:
+/// a worker's outputs are staged and published into a `file://` egress in
+/// which someone planted `sub -> elsewhere`, and a staged symbolic link to a
+/// secret is reported as an output. Neither is published, nothing lands
+/// elsewhere, and each error names the path it refused.
+#[test]
+fn publishing_follows_no_symlink_in_a_file_egress() {
+    run(async {
+        let dir = tempfile::tempdir().unwrap();
+        let work = dir.path().join("work");
+        let out = work.join("pfs/out");
+        std::fs::create_dir_all(out.join("sub")).unwrap();
+        std::fs::write(out.join("sub/planted.txt"), "planted").unwrap();
+        std::fs::write(out.join("fine.txt"), "fine").unwrap();
+        let egress = dir.path().join("egress");
+        std::fs::create_dir(&egress).unwrap();
+        let elsewhere = dir.path().join("elsewhere");
+        std::fs::create_dir(&elsewhere).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, egress.join("sub")).unwrap();
+        let egress_uri = format!("file://{}/", egress.display());
+
+        let staging = attempt_staging_uri(&egress_uri, 1, 1, 1);
+        let uploaded = upload_outputs(&out, &work, &staging).await.unwrap();
+        let err = publish_outputs(&staging, &egress_uri, &uploaded)
+            .await
+            .unwrap_err();
+        let message = format!("{err:#}");
+        assert!(
+            message.contains("symbolic link")
+                && message.contains(&egress.join("sub").display().to_string()),
+            "{message}"
+        );
+        assert!(!elsewhere.join("planted.txt").exists());
+
+        // A staged link to a secret, reported as an output.
+        let secret = dir.path().join("shadow");
+        std::fs::write(&secret, "secret").unwrap();
+        let staging = attempt_staging_uri(&egress_uri, 1, 2, 1);
+        let staged = egress.join(".falconeri-staging/job-1/datum-2-attempt-1");
+        std::fs::create_dir_all(&staged).unwrap();
+        std::os::unix::fs::symlink(&secret, staged.join("shadow.txt")).unwrap();
+        let reported = [NewOutputFile {
+            path: "shadow.txt".into(),
+            size: 6,
+        }];
+        let err = publish_outputs(&staging, &egress_uri, &reported)
+            .await
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("symbolic link"), "{err:#}");
+        assert!(std::fs::symlink_metadata(egress.join("shadow.txt")).is_err());
+    });
+}
+
+/// The same nested output publishes normally to S3 and GCS: object stores
+/// have no links, so the default `Storage::publish` (a rename) is safe and
+/// unchanged there.
+#[test]
+fn object_stores_publish_nested_outputs() {
+    both(async |kind| {
+        let bucket = Bucket::new(kind).await;
+        let dir = tempfile::tempdir().unwrap();
+        let work = dir.path().join("work");
+        let out = work.join("pfs/out");
+        std::fs::create_dir_all(out.join("sub")).unwrap();
+        std::fs::write(out.join("sub/planted.txt"), "planted").unwrap();
+        let egress = bucket.uri("egress/");
+        let staging = attempt_staging_uri(&egress, 1, 1, 1);
+        let uploaded = upload_outputs(&out, &work, &staging).await.unwrap();
+        let published = publish_outputs(&staging, &egress, &uploaded).await.unwrap();
+        assert_eq!(published, [format!("{egress}sub/planted.txt")], "{kind:?}");
+        assert!(bucket.storage().exists(&published[0]).await.unwrap());
+    });
+}
+
 /// Writes `size` bytes of a fixed pseudo-random sequence to `path`.
 fn write_pattern(path: &Path, size: usize) {
     let mut file = std::io::BufWriter::new(std::fs::File::create(path).unwrap());

@@ -64,10 +64,13 @@ pub async fn build_state(config: Config) -> Result<AppState> {
 /// The executor `config` asks for.
 async fn build_executor(config: &Config) -> Result<Arc<dyn Executor>> {
     Ok(match config.executor {
-        ExecutorKind::Local => Arc::new(LocalExecutor::new(
-            config.worker_command()?,
-            config.state_dir.clone(),
-        )?),
+        ExecutorKind::Local => {
+            let executor = LocalExecutor::new(config.worker_command()?, config.state_dir.clone())?;
+            // Before the babysitter can start any worker: the previous
+            // server's workers count toward their jobs' parallelism.
+            executor.recover().await?;
+            Arc::new(executor)
+        }
         ExecutorKind::Kubernetes => {
             let executor =
                 KubernetesExecutor::connect(config.kubernetes_namespace.clone(), |namespace| {

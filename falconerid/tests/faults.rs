@@ -108,12 +108,12 @@ async fn nul_bytes_in_request_fields_get_400_naming_the_field() {
         let answer = server
             .call(
                 Method::POST,
-                &format!("/v1/datums/{datum_id}/output-files"),
+                &format!("/v1/datums/{datum_id}/done"),
                 Some(&token),
-                Some(json!({ "claim": claim, "files": files })),
+                Some(json!({ "claim": claim, "output": "", "output_files": files })),
             )
             .await;
-        assert_nul_refused(db, &answer, "JSON field", "files[1].path");
+        assert_nul_refused(db, &answer, "JSON field", "output_files[1].path");
 
         // A job name in the path.
         let answer = server

@@ -2,13 +2,21 @@
 //! and for tests. URIs are `file:///absolute/path`.
 
 use std::{
-    os::unix::ffi::OsStrExt,
-    path::{Path, PathBuf},
+    ffi::{OsStr, OsString},
+    os::{
+        fd::{AsRawFd, OwnedFd},
+        unix::ffi::OsStrExt,
+    },
+    path::{Component, Path, PathBuf},
 };
 
 use anyhow::{Context, Result, anyhow, bail};
 use async_trait::async_trait;
 use futures::{StreamExt, stream::BoxStream};
+use rustix::{
+    fs::{AtFlags, FileType, Mode, OFlags},
+    io::Errno,
+};
 use tokio::io::AsyncWriteExt;
 
 use super::Storage;
@@ -59,40 +67,50 @@ impl Storage for FileStorage {
 
     async fn upload(&self, src: &Path, uri: &str) -> Result<u64> {
         let dest = file_uri_path(uri)?;
-        create_parent(&dest).await?;
-        let parent = dest
-            .parent()
-            .ok_or_else(|| anyhow!("{uri:?} has no parent directory"))?;
+        let target = WriteTarget::of(&dest)?;
+        let name = target.name.clone();
         // Write beside the destination and rename, so nobody sees half a file.
-        let file_name = dest
-            .file_name()
-            .ok_or_else(|| anyhow!("{uri:?} names no file"))?
-            .to_string_lossy()
-            .into_owned();
-        let tmp = parent.join(format!(
-            ".{file_name}.falconeri-{}.tmp",
+        let tmp = OsString::from(format!(
+            ".{}.falconeri-{}.tmp",
+            name.to_string_lossy(),
             hex::encode(rand::random::<[u8; 6]>())
         ));
+        let mut reader = tokio::fs::File::open(src)
+            .await
+            .with_context(|| format!("cannot open {}", src.display()))?;
+        let (dir, writer) = {
+            let tmp = tmp.clone();
+            tokio::task::spawn_blocking(move || -> Result<_> {
+                let dir = target.open_dir()?;
+                let file = rustix::fs::openat(
+                    &dir,
+                    tmp.as_os_str(),
+                    OFlags::WRONLY
+                        | OFlags::CREATE
+                        | OFlags::EXCL
+                        | OFlags::NOFOLLOW
+                        | OFlags::CLOEXEC,
+                    Mode::from_raw_mode(0o666),
+                )
+                .map_err(std::io::Error::from)
+                .with_context(|| format!("cannot create {}", target.shown(&tmp).display()))?;
+                Ok((dir, std::fs::File::from(file)))
+            })
+            .await
+            .context("upload task panicked")??
+        };
+        let mut writer = tokio::fs::File::from_std(writer);
         let result = async {
-            let mut reader = tokio::fs::File::open(src)
-                .await
-                .with_context(|| format!("cannot open {}", src.display()))?;
-            let mut writer = tokio::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&tmp)
-                .await
-                .with_context(|| format!("cannot create {}", tmp.display()))?;
             let size = tokio::io::copy(&mut reader, &mut writer).await?;
             writer.sync_all().await?;
-            tokio::fs::rename(&tmp, &dest)
-                .await
+            rustix::fs::renameat(&dir, tmp.as_os_str(), &dir, name.as_os_str())
+                .map_err(std::io::Error::from)
                 .with_context(|| format!("cannot move output into {}", dest.display()))?;
             anyhow::Ok(size)
         }
         .await;
         if result.is_err() {
-            let _ = tokio::fs::remove_file(&tmp).await;
+            let _ = rustix::fs::unlinkat(&dir, tmp.as_os_str(), AtFlags::empty());
         }
         result
     }
@@ -106,31 +124,95 @@ impl Storage for FileStorage {
             .with_context(|| format!("cannot move {} to {}", from.display(), to.display()))
     }
 
+    /// Publishing beneath the egress never follows a symbolic link, neither
+    /// in the directories on the way (a planted `egress/sub -> /etc` would
+    /// otherwise put `sub/x` into `/etc` as whoever runs falconerid) nor as
+    /// the staged file itself (a staged link to `/etc/shadow` would be
+    /// published as a link). The egress root itself is taken as the spec
+    /// names it, links and all: that path is the user's choice.
+    async fn publish(&self, staging: &str, egress: &str, relative: &str) -> Result<()> {
+        let root = file_uri_path(egress)?;
+        let staging_dir = file_uri_path(staging)?;
+        let staging_parts = staging_dir
+            .strip_prefix(&root)
+            .ok()
+            .and_then(plain_parts)
+            .ok_or_else(|| {
+                anyhow!("the staging area {staging} is not beneath the egress {egress}")
+            })?;
+        let relative = relative.to_owned();
+        tokio::task::spawn_blocking(move || publish_beneath(&root, &staging_parts, &relative))
+            .await
+            .context("publishing task panicked")?
+    }
+
     async fn exists(&self, uri: &str) -> Result<bool> {
         let path = file_uri_path(uri)?;
         Ok(tokio::fs::symlink_metadata(&path).await.is_ok())
     }
 
+    /// Like writes, deletion never follows a link beneath the egress: a
+    /// planted `.falconeri-staging -> /srv` must not make falconerid delete
+    /// `/srv/job-7/`.
     async fn delete_prefix(&self, uri: &str) -> Result<()> {
         let path = file_uri_path(uri)?;
-        match tokio::fs::remove_dir_all(&path).await {
-            Ok(()) => {}
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-            Err(err) => {
-                return Err(err).with_context(|| format!("cannot delete {}", path.display()));
-            }
-        }
-        // Directories are not objects: leave no empty staging folder behind
-        // in the egress. (Fails harmlessly while other jobs still stage.)
-        if let Some(parent) = path.parent()
-            && parent
-                .file_name()
-                .is_some_and(|name| name == super::STAGING_DIR)
-        {
-            let _ = tokio::fs::remove_dir(parent).await;
-        }
-        Ok(())
+        let path: PathBuf = path.components().collect();
+        let target = WriteTarget::of(&path)?;
+        tokio::task::spawn_blocking(move || delete_beneath(&target))
+            .await
+            .context("deleting task panicked")?
     }
+}
+
+/// Deletes `target` (a file or a whole tree) from a directory resolved
+/// without following links, then the staging folder it was in if that is
+/// now empty. Blocking.
+fn delete_beneath(target: &WriteTarget) -> Result<()> {
+    let root = match open_root(&target.root) {
+        Ok(root) => root,
+        // No egress, nothing staged in it.
+        Err(err) if is_not_found(&err) => return Ok(()),
+        Err(err) => return Err(err),
+    };
+    let parts: Vec<&OsStr> = target.parts.iter().map(OsString::as_os_str).collect();
+    let Some(dir) = open_dir_beneath(&root, &target.root, &parts, false)? else {
+        return Ok(());
+    };
+    // `/proc/self/fd/N` names the very directory just resolved, so the
+    // removal cannot be redirected after the check; `remove_dir_all` itself
+    // never follows links beneath the path it is given.
+    let path = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd())).join(&target.name);
+    let shown = target.shown(&target.name);
+    match std::fs::remove_dir_all(&path) {
+        Ok(()) => {}
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Err(err) if err.kind() == std::io::ErrorKind::NotADirectory => {
+            rustix::fs::unlinkat(&dir, target.name.as_os_str(), AtFlags::empty())
+                .map_err(std::io::Error::from)
+                .with_context(|| format!("cannot delete {}", shown.display()))?;
+        }
+        Err(err) => {
+            return Err(err).with_context(|| format!("cannot delete {}", shown.display()));
+        }
+    }
+    // Directories are not objects: leave no empty staging folder behind in
+    // the egress. (Fails harmlessly while other jobs still stage.)
+    if let Some((last, above)) = parts.split_last()
+        && *last == super::STAGING_DIR
+        && let Ok(Some(parent)) = open_dir_beneath(&root, &target.root, above, false)
+    {
+        let _ = rustix::fs::unlinkat(&parent, *last, AtFlags::REMOVEDIR);
+    }
+    Ok(())
+}
+
+/// Whether `err` says a file or directory does not exist.
+fn is_not_found(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound)
+    })
 }
 
 /// Creates the parent directory of `path`.
@@ -139,6 +221,240 @@ async fn create_parent(path: &Path) -> Result<()> {
         tokio::fs::create_dir_all(parent)
             .await
             .with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    Ok(())
+}
+
+/// Where a `file://` write lands: a root directory, taken as named (links
+/// and all), the directories beneath it, which are created as needed and
+/// never followed if they are links, and the file's name.
+///
+/// For a staging URI (`<egress>/.falconeri-staging/…`) the root is the
+/// egress, so a worker's upload cannot be diverted by a link planted
+/// anywhere in the egress. Any other URI (tests, tools) is written into its
+/// parent directory as named.
+#[derive(Debug)]
+struct WriteTarget {
+    root: PathBuf,
+    parts: Vec<OsString>,
+    name: OsString,
+}
+
+impl WriteTarget {
+    fn of(dest: &Path) -> Result<WriteTarget> {
+        let name = dest
+            .file_name()
+            .ok_or_else(|| anyhow!("{} names no file", dest.display()))?
+            .to_owned();
+        let parent = dest
+            .parent()
+            .ok_or_else(|| anyhow!("{} has no parent directory", dest.display()))?;
+        let staging = parent
+            .ancestors()
+            .find(|dir| dir.file_name().is_some_and(|n| n == super::STAGING_DIR));
+        let (root, parts) = match staging.and_then(|dir| dir.parent()) {
+            Some(root) => {
+                let parts = parent
+                    .strip_prefix(root)
+                    .ok()
+                    .and_then(plain_parts)
+                    .ok_or_else(|| anyhow!("unsafe path {}", dest.display()))?;
+                (root.to_owned(), parts)
+            }
+            None => (parent.to_owned(), Vec::new()),
+        };
+        Ok(WriteTarget { root, parts, name })
+    }
+
+    /// Opens (creating) the directory the file goes into. Blocking.
+    fn open_dir(&self) -> Result<OwnedFd> {
+        std::fs::create_dir_all(&self.root)
+            .with_context(|| format!("cannot create {}", self.root.display()))?;
+        let root = open_root(&self.root)?;
+        let parts: Vec<&OsStr> = self.parts.iter().map(OsString::as_os_str).collect();
+        open_dir_beneath(&root, &self.root, &parts, true)?
+            .ok_or_else(|| anyhow!("cannot create {}", self.root.display()))
+    }
+
+    /// The full path of `name` in the target directory, for messages.
+    fn shown(&self, name: &OsStr) -> PathBuf {
+        let mut path = self.root.clone();
+        path.extend(&self.parts);
+        path.join(name)
+    }
+}
+
+/// The parts of a relative path, if every one is a plain name (no `..`,
+/// `.` or root), as `Path::strip_prefix` leaves them.
+fn plain_parts(path: &Path) -> Option<Vec<OsString>> {
+    path.components()
+        .map(|part| match part {
+            Component::Normal(name) => Some(name.to_owned()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Opens the directory `root`, following links in it: it is a path the
+/// user named. Blocking.
+fn open_root(root: &Path) -> Result<OwnedFd> {
+    rustix::fs::openat(
+        rustix::fs::CWD,
+        root,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(std::io::Error::from)
+    .with_context(|| format!("cannot open {}", root.display()))
+}
+
+/// Opens the directory `parts` beneath the open directory `root` (shown as
+/// `root_path`) one part at a time, each with `O_NOFOLLOW`, so no symbolic
+/// link is followed on the way; with `create`, missing parts are made
+/// (`mkdirat` in the directory already opened, which cannot follow a link
+/// either). `None` when a part is missing and `create` is false. The parts
+/// are plain names, so this is `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`
+/// without needing `openat2` (Linux 5.6) or anything Linux-only. Blocking.
+fn open_dir_beneath(
+    root: &OwnedFd,
+    root_path: &Path,
+    parts: &[&OsStr],
+    create: bool,
+) -> Result<Option<OwnedFd>> {
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let mut dir = root
+        .try_clone()
+        .with_context(|| format!("cannot open {}", root_path.display()))?;
+    let mut shown = root_path.to_owned();
+    for part in parts {
+        shown.push(part);
+        let opened = match rustix::fs::openat(&dir, *part, flags, Mode::empty()) {
+            Err(Errno::NOENT) if create => {
+                match rustix::fs::mkdirat(&dir, *part, Mode::from_raw_mode(0o777)) {
+                    // Another upload may have made it meanwhile.
+                    Ok(()) | Err(Errno::EXIST) => {}
+                    Err(err) => {
+                        return Err(std::io::Error::from(err))
+                            .with_context(|| format!("cannot create {}", shown.display()));
+                    }
+                }
+                rustix::fs::openat(&dir, *part, flags, Mode::empty())
+            }
+            other => other,
+        };
+        dir = match opened {
+            Ok(next) => next,
+            Err(Errno::NOENT) => return Ok(None),
+            Err(err @ (Errno::LOOP | Errno::NOTDIR)) => {
+                let is_link = rustix::fs::statat(&dir, *part, AtFlags::SYMLINK_NOFOLLOW)
+                    .is_ok_and(|stat| FileType::from_raw_mode(stat.st_mode) == FileType::Symlink);
+                if is_link {
+                    bail!(
+                        "refusing {}: it is a symbolic link, and nothing beneath {} is written \
+                         through one",
+                        shown.display(),
+                        root_path.display()
+                    );
+                }
+                return Err(std::io::Error::from(err))
+                    .with_context(|| format!("cannot open {}", shown.display()));
+            }
+            Err(err) => {
+                return Err(std::io::Error::from(err))
+                    .with_context(|| format!("cannot open {}", shown.display()));
+            }
+        };
+    }
+    Ok(Some(dir))
+}
+
+/// The type and identity of `name` in `dir`, without following a link;
+/// `None` if there is nothing there. Blocking.
+fn lstat_in(dir: &OwnedFd, name: &OsStr) -> std::io::Result<Option<rustix::fs::Stat>> {
+    match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(stat) => Ok(Some(stat)),
+        Err(Errno::NOENT) => Ok(None),
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// Moves the staged file `<root>/<staging_parts>/<relative>` to
+/// `<root>/<relative>`, both resolved without following links, and refuses
+/// a staged file that is not a regular file. Idempotent like
+/// `publish_outputs`: a file an earlier call already moved is left there.
+/// Blocking.
+fn publish_beneath(root_path: &Path, staging_parts: &[OsString], relative: &str) -> Result<()> {
+    let relative_path = super::checked_relative(relative)?;
+    let parts: Vec<&OsStr> = relative_path.iter().collect();
+    let Some((name, dir_parts)) = parts.split_last() else {
+        bail!("unsafe path {relative:?}");
+    };
+    let mut staged_parts: Vec<&OsStr> = staging_parts.iter().map(OsString::as_os_str).collect();
+    staged_parts.extend(dir_parts);
+    let mut staged_path = root_path.to_owned();
+    staged_path.extend(&staged_parts);
+    let staged_path = staged_path.join(name);
+    let dest_path = root_path.join(&relative_path);
+
+    let root = open_root(root_path)?;
+    let from_dir = open_dir_beneath(&root, root_path, &staged_parts, false)?;
+    let staged = match &from_dir {
+        Some(dir) => {
+            lstat_in(dir, name).with_context(|| format!("cannot read {}", staged_path.display()))?
+        }
+        None => None,
+    };
+    let (Some(from_dir), Some(staged)) = (from_dir, staged) else {
+        // Moved by an earlier, partly failed call?
+        let published = match open_dir_beneath(&root, root_path, dir_parts, false)? {
+            Some(dir) => lstat_in(&dir, name)?,
+            None => None,
+        };
+        if published
+            .is_some_and(|stat| FileType::from_raw_mode(stat.st_mode) == FileType::RegularFile)
+        {
+            return Ok(());
+        }
+        bail!(
+            "output {relative:?} was not uploaded to {}",
+            staged_path.display()
+        );
+    };
+    match FileType::from_raw_mode(staged.st_mode) {
+        FileType::RegularFile => {}
+        FileType::Symlink => bail!(
+            "refusing to publish {relative:?}: the staged {} is a symbolic link, and \
+             outputs are published only as regular files",
+            staged_path.display()
+        ),
+        other => bail!(
+            "refusing to publish {relative:?}: the staged {} is not a regular file ({other:?})",
+            staged_path.display()
+        ),
+    }
+    let to_dir = open_dir_beneath(&root, root_path, dir_parts, true)?
+        .ok_or_else(|| anyhow!("cannot create the directory of {}", dest_path.display()))?;
+    // `renameat` replaces whatever is at the destination name, a link
+    // included, rather than writing through it.
+    rustix::fs::renameat(&from_dir, *name, &to_dir, *name)
+        .map_err(std::io::Error::from)
+        .with_context(|| {
+            format!(
+                "cannot publish {} to {}",
+                staged_path.display(),
+                dest_path.display()
+            )
+        })?;
+    // The staged name was checked before the move, so it could have been
+    // swapped for a link in between: check that what arrived is the file
+    // that was checked, and take anything else back out of the egress.
+    let arrived = lstat_in(&to_dir, name)?;
+    if arrived.is_none_or(|stat| (stat.st_dev, stat.st_ino) != (staged.st_dev, staged.st_ino)) {
+        let _ = rustix::fs::unlinkat(&to_dir, *name, AtFlags::empty());
+        bail!(
+            "refusing to publish {relative:?}: {} was replaced while it was being published",
+            staged_path.display()
+        );
     }
     Ok(())
 }
@@ -375,6 +691,171 @@ mod tests {
         );
         let one = format!("file://{}/d/00007", dir.path().display());
         assert_eq!(page_paths(&one, 10).await, [["00007"]]);
+    }
+
+    /// An egress with one staged output, `relative`, of `attempt` of datum
+    /// 1 of job 1; returns (egress dir, egress URI, staging URI).
+    async fn staged(dir: &Path, attempt: i32, relative: &str) -> (PathBuf, String, String) {
+        let egress = dir.join("egress");
+        std::fs::create_dir_all(&egress).unwrap();
+        let egress_uri = format!("file://{}/", egress.display());
+        let staging = super::super::attempt_staging_uri(&egress_uri, 1, 1, attempt);
+        let src = dir.join("src.txt");
+        std::fs::write(&src, "output").unwrap();
+        FileStorage
+            .upload(&src, &format!("{staging}{relative}"))
+            .await
+            .unwrap();
+        (egress, egress_uri, staging)
+    }
+
+    /// Issue 9, defect 3: with `egress/sub -> /some/dir` planted, the output
+    /// `sub/planted.txt` was written to `/some/dir/planted.txt`.
+    #[tokio::test]
+    async fn publishing_never_follows_a_link_planted_in_the_egress() {
+        let dir = tempfile::tempdir().unwrap();
+        let (egress, egress_uri, staging) = staged(dir.path(), 1, "sub/planted.txt").await;
+        let elsewhere = dir.path().join("elsewhere");
+        std::fs::create_dir(&elsewhere).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, egress.join("sub")).unwrap();
+
+        let err = FileStorage
+            .publish(&staging, &egress_uri, "sub/planted.txt")
+            .await
+            .unwrap_err();
+        let message = format!("{err:#}");
+        assert!(message.contains("symbolic link"), "{message}");
+        assert!(
+            message.contains(&egress.join("sub").display().to_string()),
+            "the error names the link: {message}"
+        );
+        assert!(!elsewhere.join("planted.txt").exists());
+        // Deeper down too: a link two directories beneath the egress.
+        std::fs::remove_file(egress.join("sub")).unwrap();
+        std::fs::create_dir(egress.join("sub")).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, egress.join("sub/planted.txt")).unwrap();
+        let (_, _, deeper) = staged(dir.path(), 2, "sub/planted.txt/x").await;
+        assert!(
+            FileStorage
+                .publish(&deeper, &egress_uri, "sub/planted.txt/x")
+                .await
+                .is_err()
+        );
+        assert!(!elsewhere.join("x").exists());
+    }
+
+    /// A staged symbolic link is not published (it would hand out
+    /// `/etc/shadow` to whoever reads the egress), and the staged file is
+    /// not read through a link in the staging folder either.
+    #[tokio::test]
+    async fn a_staged_symlink_is_not_published() {
+        let dir = tempfile::tempdir().unwrap();
+        let (egress, egress_uri, staging) = staged(dir.path(), 1, "real.txt").await;
+        let secret = dir.path().join("shadow");
+        std::fs::write(&secret, "secret").unwrap();
+        let staging_dir = file_uri_path(&staging).unwrap();
+        std::os::unix::fs::symlink(&secret, staging_dir.join("leak.txt")).unwrap();
+
+        let err = FileStorage
+            .publish(&staging, &egress_uri, "leak.txt")
+            .await
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("symbolic link"), "{err:#}");
+        assert!(std::fs::symlink_metadata(egress.join("leak.txt")).is_err());
+
+        // The staging folder itself swapped for a link to a folder holding
+        // a file of the same name: refused, nothing moved out of it.
+        let decoy = dir.path().join("decoy");
+        std::fs::create_dir(&decoy).unwrap();
+        std::fs::write(decoy.join("real.txt"), "decoy").unwrap();
+        let job_dir = staging_dir.parent().unwrap();
+        // Without the trailing slash, which `symlink` would not accept.
+        let attempt_dir = job_dir.join("datum-1-attempt-1");
+        std::fs::rename(&attempt_dir, dir.path().join("moved-away")).unwrap();
+        std::os::unix::fs::symlink(&decoy, &attempt_dir).unwrap();
+        let err = FileStorage
+            .publish(&staging, &egress_uri, "real.txt")
+            .await
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("symbolic link"), "{err:#}");
+        assert!(decoy.join("real.txt").exists());
+        assert!(!egress.join("real.txt").exists());
+        assert!(job_dir.is_dir());
+    }
+
+    /// A link planted at an output's own name is replaced, never written
+    /// through; a second publish of the same output is harmless.
+    #[tokio::test]
+    async fn publishing_replaces_a_link_at_the_destination() {
+        let dir = tempfile::tempdir().unwrap();
+        let (egress, egress_uri, staging) = staged(dir.path(), 1, "a/out.txt").await;
+        let target = dir.path().join("target");
+        std::fs::write(&target, "untouched").unwrap();
+        std::fs::create_dir(egress.join("a")).unwrap();
+        std::os::unix::fs::symlink(&target, egress.join("a/out.txt")).unwrap();
+
+        FileStorage
+            .publish(&staging, &egress_uri, "a/out.txt")
+            .await
+            .unwrap();
+        let meta = std::fs::symlink_metadata(egress.join("a/out.txt")).unwrap();
+        assert!(meta.is_file());
+        assert_eq!(
+            std::fs::read_to_string(egress.join("a/out.txt")).unwrap(),
+            "output"
+        );
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "untouched");
+        FileStorage
+            .publish(&staging, &egress_uri, "a/out.txt")
+            .await
+            .unwrap();
+        let err = FileStorage
+            .publish(&staging, &egress_uri, "never.txt")
+            .await
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("was not uploaded"), "{err:#}");
+    }
+
+    /// A worker's upload to its staging area is not diverted by a link
+    /// planted in the egress (`.falconeri-staging -> /etc`).
+    #[tokio::test]
+    async fn uploads_to_staging_never_follow_a_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let egress = dir.path().join("egress");
+        std::fs::create_dir(&egress).unwrap();
+        let elsewhere = dir.path().join("elsewhere");
+        std::fs::create_dir(&elsewhere).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, egress.join(super::super::STAGING_DIR)).unwrap();
+        let src = dir.path().join("src.txt");
+        std::fs::write(&src, "output").unwrap();
+        let egress_uri = format!("file://{}", egress.display());
+        let staging = super::super::attempt_staging_uri(&egress_uri, 1, 1, 1);
+        let err = FileStorage
+            .upload(&src, &format!("{staging}x.txt"))
+            .await
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("symbolic link"), "{err:#}");
+        assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
+    }
+
+    /// Deleting a job's staging folder never follows a link planted in
+    /// the egress; a real one is deleted with the staging folder above it.
+    #[tokio::test]
+    async fn deleting_staging_never_follows_a_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let (egress, egress_uri, _) = staged(dir.path(), 1, "a.txt").await;
+        let job = super::super::job_staging_uri(&egress_uri, 1);
+        FileStorage.delete_prefix(&job).await.unwrap();
+        assert!(!egress.join(super::super::STAGING_DIR).exists());
+        FileStorage.delete_prefix(&job).await.unwrap();
+
+        let precious = dir.path().join("precious");
+        std::fs::create_dir_all(precious.join("job-1")).unwrap();
+        std::fs::write(precious.join("job-1/data"), "keep").unwrap();
+        std::os::unix::fs::symlink(&precious, egress.join(super::super::STAGING_DIR)).unwrap();
+        let err = FileStorage.delete_prefix(&job).await.unwrap_err();
+        assert!(format!("{err:#}").contains("symbolic link"), "{err:#}");
+        assert!(precious.join("job-1/data").exists());
     }
 
     #[tokio::test]

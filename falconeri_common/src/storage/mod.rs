@@ -4,7 +4,9 @@
 //! Backends stream: no object is ever held in memory whole. The helpers here,
 //! not the backends, decide where local files go, and they refuse any path
 //! that would land outside the datum's directory (`..`, absolute components,
-//! symlinks pointing elsewhere).
+//! symlinks pointing elsewhere). On the server side, publishing a staged
+//! output into a `file://` egress never follows a symbolic link beneath the
+//! egress, nor publishes one ([`Storage::publish`]).
 
 mod file;
 mod gcs;
@@ -70,6 +72,33 @@ pub trait Storage: Send + Sync + fmt::Debug {
     /// Whether an object exists at `uri`.
     async fn exists(&self, uri: &str) -> Result<bool>;
 
+    /// Moves the staged output `relative` from the prefix `staging` to the
+    /// prefix `egress` (both end in `/`; `staging` lies beneath `egress`).
+    /// Idempotent: an output an earlier, partly failed call already moved
+    /// is left where it is.
+    ///
+    /// The default suits object stores, which have no links: a key is a
+    /// key, so nothing can divert a copy elsewhere, and `rename` is all it
+    /// takes. The `file://` backend overrides it to resolve both paths
+    /// beneath the egress without following symbolic links.
+    async fn publish(&self, staging: &str, egress: &str, relative: &str) -> Result<()> {
+        let from = format!("{staging}{relative}");
+        let to = format!("{egress}{relative}");
+        // Rename first and ask questions only if that fails: one request
+        // less per file than checking first, on stores where every request
+        // is a round trip.
+        if let Err(err) = self.rename(&from, &to).await {
+            if self.exists(&from).await? {
+                return Err(err.context(format!("cannot publish {from} to {to}")));
+            }
+            // Moved by an earlier, partly failed call.
+            if !self.exists(&to).await? {
+                bail!("output {relative:?} was not uploaded to {staging}");
+            }
+        }
+        Ok(())
+    }
+
     /// Deletes everything under the prefix `uri`; nothing there is fine.
     async fn delete_prefix(&self, uri: &str) -> Result<()>;
 }
@@ -93,8 +122,11 @@ pub fn attempt_staging_uri(egress_uri: &str, job_id: i64, datum_id: i64, attempt
 
 /// Moves staged outputs to the egress and returns their final URIs.
 /// Idempotent for one attempt: a file already moved by an earlier, partly
-/// failed call is left where it is. The caller holds the attempt's claim
-/// (under a lock), so nobody else publishes these paths meanwhile.
+/// failed call is left where it is. The caller moved the datum to
+/// `publishing` under the attempt's claim, so no other attempt publishes
+/// these paths; a second publisher of the same attempt (the babysitter,
+/// after the publishing lease ran out) is harmless, since moving is
+/// idempotent. No database transaction is open while this runs.
 #[tracing::instrument(level = "debug", skip(files))]
 pub async fn publish_outputs(
     staging_uri: &str,
@@ -110,23 +142,11 @@ pub async fn publish_outputs(
     futures::stream::iter(paths)
         .map(|path: String| {
             let storage = storage.clone();
-            let from = format!("{staging}{path}");
             let to = format!("{egress}{path}");
-            let staging = staging.clone();
+            let (staging, egress) = (staging.clone(), egress.clone());
             async move {
                 checked_relative(&path)?;
-                // Rename first and ask questions only if that fails: one
-                // request less per file than checking first, on stores
-                // where every request is a round trip.
-                if let Err(err) = storage.rename(&from, &to).await {
-                    if storage.exists(&from).await? {
-                        return Err(err.context(format!("cannot publish {from} to {to}")));
-                    }
-                    // Moved by an earlier, partly failed call.
-                    if !storage.exists(&to).await? {
-                        bail!("output {path:?} was not uploaded to {staging}");
-                    }
-                }
+                storage.publish(&staging, &egress, &path).await?;
                 Ok(to)
             }
         })

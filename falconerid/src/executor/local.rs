@@ -3,11 +3,21 @@
 //! A worker that dies outright has whatever its command left running killed
 //! here: its process group, and (when this process is a child subreaper)
 //! every other process it left behind.
+//!
+//! Each worker is also recorded in `<state dir>/workers/<id>.json` (its pid
+//! and the start time that proves the pid was not reused) until it has been
+//! reaped and its directory removed. A falconerid that restarts on the same
+//! state directory reads those records in [`LocalExecutor::recover`] and
+//! *adopts* the workers still running: they count toward the job's
+//! parallelism, are stopped like its own, and are reaped through a pidfd
+//! (they are no longer its children, so `waitpid` cannot). Workers that
+//! died meanwhile are cleaned up at once.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     ffi::OsString,
-    path::PathBuf,
+    os::fd::OwnedFd,
+    path::{Path, PathBuf},
     process::Stdio,
     sync::{Arc, Mutex},
     time::Duration,
@@ -17,6 +27,7 @@ use anyhow::{Context, Result, bail};
 use async_trait::async_trait;
 use falconeri_common::process_tree;
 use nix::{sys::signal::Signal, unistd::Pid};
+use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
 use super::{Executor, WorkerLaunch, WorkerState};
@@ -29,7 +40,22 @@ const STOP_GRACE: Duration = Duration::from_secs(10);
 struct LocalWorker {
     id: String,
     pid: Option<u32>,
+    /// For a worker adopted from a previous server: a pidfd, through which
+    /// it is signalled, so a reused pid can never receive the signal.
+    pidfd: Option<Arc<OwnedFd>>,
     alive: bool,
+}
+
+/// What `<state dir>/workers/<id>.json` holds about one running worker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct WorkerRecord {
+    job_id: i64,
+    job_name: String,
+    worker_id: String,
+    pid: u32,
+    /// The process's start time (clock ticks after boot, field 22 of
+    /// `/proc/<pid>/stat`): a pid reused by another process has another.
+    start_time: u64,
 }
 
 /// Runs workers as processes on this machine.
@@ -59,6 +85,183 @@ impl LocalExecutor {
             exited: Arc::default(),
             closed: Arc::default(),
         })
+    }
+
+    /// Finds the workers a previous falconerid on this state directory left
+    /// running and adopts them; cleans up after those that died (kills the
+    /// command a killed worker left running, removes its work directory).
+    /// Work directories nobody records are removed too. Call it once, before
+    /// any worker starts: then no directory under `work/` belongs to a
+    /// worker of this server.
+    ///
+    /// Adopting rather than stopping them keeps their datums running: a
+    /// killed server costs no attempt, and the workers, which retry their
+    /// requests, report to the new server (which takes the old port).
+    pub async fn recover(&self) -> Result<()> {
+        let records_dir = self.records_dir();
+        let mut entries = match tokio::fs::read_dir(&records_dir).await {
+            Ok(entries) => entries,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                self.remove_unrecorded_work(&HashSet::new()).await;
+                return Ok(());
+            }
+            Err(err) => {
+                return Err(err).with_context(|| format!("cannot read {}", records_dir.display()));
+            }
+        };
+        let mut adopted = HashSet::new();
+        while let Some(entry) = entries.next_entry().await? {
+            let path = entry.path();
+            if path.extension().is_none_or(|ext| ext != "json") {
+                // A record half-written by a server that died: its worker,
+                // if any, is unknown (see `write_record`).
+                let _ = tokio::fs::remove_file(&path).await;
+                continue;
+            }
+            let record: WorkerRecord = match tokio::fs::read(&path)
+                .await
+                .map_err(anyhow::Error::from)
+                .and_then(|bytes| Ok(serde_json::from_slice(&bytes)?))
+            {
+                Ok(record) => record,
+                Err(err) => {
+                    tracing::warn!(path = %path.display(), error = %err, "ignoring a bad worker record");
+                    let _ = tokio::fs::remove_file(&path).await;
+                    continue;
+                }
+            };
+            match open_if_same_process(record.pid, record.start_time) {
+                Some(pidfd) => {
+                    tracing::info!(
+                        worker = record.worker_id,
+                        pid = record.pid,
+                        "adopting a worker of the previous server"
+                    );
+                    adopted.insert(record.worker_id.clone());
+                    self.adopt(record, pidfd);
+                }
+                None => {
+                    tracing::info!(
+                        worker = record.worker_id,
+                        "a worker of the previous server is gone; cleaning up after it"
+                    );
+                    let dir = self.work_dir(&record.job_name, &record.worker_id);
+                    kill_orphaned_command_started_after(
+                        &dir.join("command.pgid"),
+                        record.start_time,
+                    )
+                    .await;
+                    self.clean_up(&record.worker_id, &dir).await;
+                }
+            }
+        }
+        self.remove_unrecorded_work(&adopted).await;
+        Ok(())
+    }
+
+    /// Counts an adopted worker as this server's and reaps it when its
+    /// pidfd says it has exited.
+    fn adopt(&self, record: WorkerRecord, pidfd: OwnedFd) {
+        let waiter = pidfd.try_clone();
+        self.lock()
+            .entry(record.job_id)
+            .or_default()
+            .push(LocalWorker {
+                id: record.worker_id.clone(),
+                pid: Some(record.pid),
+                pidfd: Some(Arc::new(pidfd)),
+                alive: true,
+            });
+        let this = self.clone();
+        tokio::spawn(async move {
+            // A pidfd becomes readable when its process exits, whoever its
+            // parent is: the notification `waitpid` gives only to parents.
+            match waiter.and_then(watch_pidfd) {
+                Ok(fd) => {
+                    let _ = fd.readable().await;
+                }
+                Err(err) => {
+                    // Cannot happen short of running out of descriptors;
+                    // then the worker stays counted until it is stopped.
+                    tracing::warn!(worker = record.worker_id, error = %err, "cannot watch an adopted worker");
+                    return;
+                }
+            }
+            tracing::info!(worker = record.worker_id, "adopted worker exited");
+            let dir = this.work_dir(&record.job_name, &record.worker_id);
+            kill_orphaned_command(&dir.join("command.pgid")).await;
+            this.mark_exited(record.job_id, &record.worker_id);
+            this.exited.notify_waiters();
+            this.clean_up(&record.worker_id, &dir).await;
+        });
+    }
+
+    /// Removes what an exited worker leaves: its work directory, then its
+    /// record (in that order, so a crash in between leaves the record and
+    /// the next `recover` removes the directory).
+    async fn clean_up(&self, worker_id: &str, dir: &Path) {
+        match tokio::fs::remove_dir_all(dir).await {
+            Ok(()) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => {
+                tracing::warn!(worker = worker_id, error = %err, "cannot remove work directory");
+            }
+        }
+        let _ = tokio::fs::remove_file(self.record_path(worker_id)).await;
+    }
+
+    /// Removes every worker directory under `work/` but those of `keep`,
+    /// and job directories left empty: they belonged to workers of an
+    /// earlier server that were never recorded (a server older than the
+    /// records, or one killed between starting a worker and recording it).
+    async fn remove_unrecorded_work(&self, keep: &HashSet<String>) {
+        let work = self.state_dir.join("work");
+        let Ok(mut jobs) = tokio::fs::read_dir(&work).await else {
+            return;
+        };
+        while let Ok(Some(job)) = jobs.next_entry().await {
+            let Ok(mut workers) = tokio::fs::read_dir(job.path()).await else {
+                continue;
+            };
+            while let Ok(Some(worker)) = workers.next_entry().await {
+                if !keep.contains(worker.file_name().to_string_lossy().as_ref()) {
+                    tracing::info!(dir = %worker.path().display(), "removing a stale work directory");
+                    let _ = tokio::fs::remove_dir_all(worker.path()).await;
+                }
+            }
+            // Only succeeds once empty.
+            let _ = tokio::fs::remove_dir(job.path()).await;
+        }
+    }
+
+    fn records_dir(&self) -> PathBuf {
+        self.state_dir.join("workers")
+    }
+
+    fn record_path(&self, worker_id: &str) -> PathBuf {
+        self.records_dir().join(format!("{worker_id}.json"))
+    }
+
+    fn work_dir(&self, job_name: &str, worker_id: &str) -> PathBuf {
+        self.state_dir.join("work").join(job_name).join(worker_id)
+    }
+
+    /// Writes a worker's record atomically: a temporary file renamed into
+    /// place, so `recover` reads a whole record or none. No fsync: records
+    /// matter across a crash of falconerid, not of the machine, which takes
+    /// the workers with it.
+    async fn write_record(&self, record: &WorkerRecord) -> Result<()> {
+        let dir = self.records_dir();
+        tokio::fs::create_dir_all(&dir)
+            .await
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        let tmp = dir.join(format!("{}.tmp", record.worker_id));
+        tokio::fs::write(&tmp, serde_json::to_vec(record)?)
+            .await
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        tokio::fs::rename(&tmp, self.record_path(&record.worker_id))
+            .await
+            .with_context(|| format!("cannot record worker {}", record.worker_id))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<i64, Vec<LocalWorker>>> {
@@ -139,6 +342,111 @@ async fn kill_orphaned_descendants() {
     }
 }
 
+/// Like [`kill_orphaned_command`], for a worker found dead by `recover`,
+/// perhaps long after it died: its command's group id may have been reused
+/// since, so the group is killed only if one of its processes started after
+/// the worker did (`worker_start`, in clock ticks after boot).
+async fn kill_orphaned_command_started_after(pgid_file: &Path, worker_start: u64) {
+    let Ok(text) = tokio::fs::read_to_string(pgid_file).await else {
+        return;
+    };
+    let Ok(pgid) = text.trim().parse::<i32>() else {
+        return;
+    };
+    let ours = tokio::task::spawn_blocking(move || group_started_after(pgid, worker_start))
+        .await
+        .unwrap_or(false);
+    if ours {
+        kill_orphaned_command(pgid_file).await;
+    } else {
+        let _ = tokio::fs::remove_file(pgid_file).await;
+    }
+}
+
+/// Whether a live process of group `pgid` started at or after `start`.
+fn group_started_after(pgid: i32, start: u64) -> bool {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    entries.flatten().any(|entry| {
+        std::fs::read_to_string(entry.path().join("stat"))
+            .ok()
+            .and_then(|stat| parse_stat(&stat))
+            .is_some_and(|stat| stat.pgrp == pgid && stat.state != 'Z' && stat.start_time >= start)
+    })
+}
+
+/// The fields of `/proc/<pid>/stat` falconerid needs.
+#[derive(Debug, PartialEq, Eq)]
+struct ProcStat {
+    state: char,
+    pgrp: i32,
+    start_time: u64,
+}
+
+/// Parses `/proc/<pid>/stat`. The command name (field 2) may hold spaces
+/// and parentheses, so the fields are counted from the last `)`.
+fn parse_stat(stat: &str) -> Option<ProcStat> {
+    let (_, rest) = stat.rsplit_once(')')?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // `rest` starts at field 3 (state); pgrp is field 5, starttime 22.
+    Some(ProcStat {
+        state: fields.first()?.chars().next()?,
+        pgrp: fields.get(2)?.parse().ok()?,
+        start_time: fields.get(19)?.parse().ok()?,
+    })
+}
+
+/// The start time of process `pid`, if it exists.
+fn process_start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_stat(&stat)
+        .filter(|stat| stat.state != 'Z')
+        .map(|stat| stat.start_time)
+}
+
+/// A pidfd for `pid` if it is still the process that started at
+/// `start_time` and has not exited. The pidfd is opened first and the start
+/// time checked after: if the check passes, the pidfd refers to that very
+/// process, whatever happens to the pid later.
+fn open_if_same_process(pid: u32, start_time: u64) -> Option<OwnedFd> {
+    let raw = i32::try_from(pid).ok()?;
+    let pidfd = rustix::process::pidfd_open(
+        rustix::process::Pid::from_raw(raw)?,
+        rustix::process::PidfdFlags::empty(),
+    )
+    .ok()?;
+    (process_start_time(pid) == Some(start_time)).then_some(pidfd)
+}
+
+/// Registers a pidfd with Tokio's reactor, to learn when its process exits.
+///
+/// Tokio 1.54 deprecated its safe constructors in favour of an `unsafe`
+/// one (workspace lints deny `unsafe`), because an arbitrary `AsRawFd` type
+/// may close or swap its descriptor while registered. An `OwnedFd` owned by
+/// the `AsyncFd` cannot: it stays open, and the same, until dropped with it.
+#[allow(deprecated)]
+fn watch_pidfd(pidfd: OwnedFd) -> std::io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {
+    tokio::io::unix::AsyncFd::with_interest(pidfd, tokio::io::Interest::READABLE)
+}
+
+/// Sends `signal` to a worker: through its pidfd if it was adopted, else by
+/// pid (a child: its pid cannot be reused before falconerid reaps it).
+fn signal_worker(pid: i32, pidfd: Option<&OwnedFd>, signal: Signal) {
+    match pidfd {
+        Some(pidfd) => {
+            let signal = match signal {
+                Signal::SIGKILL => rustix::process::Signal::KILL,
+                _ => rustix::process::Signal::TERM,
+            };
+            let _ = rustix::process::pidfd_send_signal(pidfd, signal);
+        }
+        None => {
+            let _ = nix::sys::signal::kill(Pid::from_raw(pid), signal);
+        }
+    }
+}
+
 fn random_suffix() -> String {
     hex::encode(rand::random::<[u8; 3]>())
 }
@@ -156,7 +464,7 @@ impl Executor for LocalExecutor {
                 bail!("falconerid is shutting down");
             }
             let id = format!("{}-{}", launch.job_name, random_suffix());
-            let dir = self.state_dir.join("work").join(&launch.job_name).join(&id);
+            let dir = self.work_dir(&launch.job_name, &id);
             let pfs = dir.join("pfs");
             let pgid_file = dir.join("command.pgid");
             let scratch = dir.join("scratch");
@@ -222,8 +530,29 @@ impl Executor for LocalExecutor {
                 workers.entry(launch.job_id).or_default().push(LocalWorker {
                     id: id.clone(),
                     pid,
+                    pidfd: None,
                     alive: true,
                 });
+            }
+            // Recorded for the next server, should this one die. (Killed
+            // between the spawn and here, it leaves a worker nobody records;
+            // the next server then removes its directory from under it.)
+            let start_time = pid.and_then(process_start_time);
+            if let (Some(pid), Some(start_time)) = (pid, start_time) {
+                let record = WorkerRecord {
+                    job_id: launch.job_id,
+                    job_name: launch.job_name.clone(),
+                    worker_id: id.clone(),
+                    pid,
+                    start_time,
+                };
+                if let Err(err) = self.write_record(&record).await {
+                    tracing::warn!(
+                        worker = id,
+                        error = format!("{err:#}"),
+                        "cannot record worker"
+                    );
+                }
             }
 
             // Reap the child, then clean up its work directory.
@@ -241,9 +570,7 @@ impl Executor for LocalExecutor {
                 kill_orphaned_descendants().await;
                 this.mark_exited(job_id, &id);
                 this.exited.notify_waiters();
-                if let Err(err) = tokio::fs::remove_dir_all(&dir).await {
-                    tracing::warn!(worker = id, error = %err, "cannot remove work directory");
-                }
+                this.clean_up(&id, &dir).await;
             });
         }
         Ok(())
@@ -251,23 +578,24 @@ impl Executor for LocalExecutor {
 
     #[tracing::instrument(level = "debug", skip(self))]
     async fn stop_workers(&self, job_id: i64) -> Result<()> {
-        let pids: Vec<(String, u32)> = self
+        type Target = (String, i32, Option<Arc<OwnedFd>>);
+        let targets: Vec<Target> = self
             .lock()
             .get(&job_id)
             .map(|workers| {
                 workers
                     .iter()
                     .filter(|w| w.alive)
-                    .filter_map(|w| w.pid.map(|pid| (w.id.clone(), pid)))
+                    .filter_map(|w| {
+                        let pid = i32::try_from(w.pid?).ok()?;
+                        Some((w.id.clone(), pid, w.pidfd.clone()))
+                    })
                     .collect()
             })
             .unwrap_or_default();
-        for (id, pid) in pids {
-            let Ok(raw) = i32::try_from(pid) else {
-                continue;
-            };
+        for (id, pid, pidfd) in targets {
             tracing::info!(worker = id, pid, "stopping worker");
-            let _ = nix::sys::signal::kill(Pid::from_raw(raw), Signal::SIGTERM);
+            signal_worker(pid, pidfd.as_deref(), Signal::SIGTERM);
             // Escalate later without holding up the caller.
             let this = self.clone();
             tokio::spawn(async move {
@@ -278,7 +606,7 @@ impl Executor for LocalExecutor {
                     .is_some_and(|ws| ws.iter().any(|w| w.id == id && w.alive));
                 if still_alive {
                     tracing::warn!(worker = id, "worker ignored SIGTERM; killing it");
-                    let _ = nix::sys::signal::kill(Pid::from_raw(raw), Signal::SIGKILL);
+                    signal_worker(pid, pidfd.as_deref(), Signal::SIGKILL);
                 }
             });
         }
@@ -368,5 +696,89 @@ mod tests {
             .unwrap()
             .count();
         assert_eq!(logs, 2);
+    }
+    /// Waits (bounded) for `done`, which the executor's own tasks make
+    /// true; the wake-up is `exited`, not a sleep loop.
+    async fn until(executor: &LocalExecutor, done: impl Fn() -> bool) {
+        tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                let exited = executor.exited.notified();
+                if done() {
+                    return;
+                }
+                // Cleanup runs just after the notification: check again soon.
+                let _ = tokio::time::timeout(Duration::from_millis(100), exited).await;
+            }
+        })
+        .await
+        .expect("timed out");
+    }
+
+    /// Issue 9, defect 4: a restarted falconerid neither adopted nor stopped
+    /// the previous server's workers. The second executor on the same state
+    /// directory (the first one "crashed": dropped without `shutdown`)
+    /// counts the running worker as its own, stops it through its pidfd,
+    /// and removes its directory and record once it has exited.
+    #[tokio::test]
+    async fn a_restarted_executor_adopts_the_previous_workers() {
+        let dir = tempfile::tempdir().unwrap();
+        let command = vec!["sleep".into(), "100".into()];
+        let first = LocalExecutor::new(command.clone(), dir.path().to_owned()).unwrap();
+        first.start_workers(&launch(), 1).await.unwrap();
+        let id = first.workers(1).await.unwrap()[0].id.clone();
+        let work = dir.path().join("work/t-aaaaa").join(&id);
+        assert!(work.is_dir());
+        let record = dir.path().join("workers").join(format!("{id}.json"));
+        assert!(record.is_file());
+        // A directory nobody records (a server killed mid-start, or an
+        // older one) and a record of a worker that died meanwhile.
+        let stale = dir.path().join("work/t-aaaaa/t-aaaaa-dead00");
+        std::fs::create_dir_all(stale.join("pfs")).unwrap();
+        let gone = WorkerRecord {
+            job_id: 1,
+            job_name: "t-aaaaa".into(),
+            worker_id: "t-aaaaa-gone00".into(),
+            pid: std::process::id(),
+            start_time: 1,
+        };
+        let gone_dir = dir.path().join("work/t-aaaaa/t-aaaaa-gone00");
+        std::fs::create_dir_all(&gone_dir).unwrap();
+        first.write_record(&gone).await.unwrap();
+
+        let second = LocalExecutor::new(command, dir.path().to_owned()).unwrap();
+        second.recover().await.unwrap();
+        assert_eq!(
+            second.workers(1).await.unwrap(),
+            [WorkerState {
+                id: id.clone(),
+                alive: true
+            }]
+        );
+        assert!(work.is_dir(), "an adopted worker keeps its directory");
+        assert!(!stale.exists() && !gone_dir.exists());
+        assert!(!dir.path().join("workers/t-aaaaa-gone00.json").exists());
+
+        second.stop_workers(1).await.unwrap();
+        until(&second, || {
+            second.lock()[&1].iter().all(|w| !w.alive) && !work.exists() && !record.exists()
+        })
+        .await;
+    }
+
+    #[test]
+    fn stat_lines_parse_past_odd_command_names() {
+        let line = "42 (a) b (c) S 1 42 42 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 123456 1000 10";
+        assert_eq!(
+            parse_stat(line),
+            Some(ProcStat {
+                state: 'S',
+                pgrp: 42,
+                start_time: 123456
+            })
+        );
+        assert_eq!(parse_stat("garbage"), None);
+        let own = process_start_time(std::process::id()).unwrap();
+        assert!(open_if_same_process(std::process::id(), own).is_some());
+        assert!(open_if_same_process(std::process::id(), own + 1).is_none());
     }
 }

@@ -118,9 +118,10 @@ pub trait Executor: Send + Sync {
     /// Stops every worker of the job (they kill their commands first).
     async fn stop_workers(&self, job_id: i64) -> Result<()>;
 
-    /// The workers this executor started for the job, and which still run.
-    /// Workers it does not know about (say, from before a restart) are absent:
-    /// their datums are recovered by lease expiry instead.
+    /// The workers this executor started (or, locally, adopted from the
+    /// previous server on its state directory) for the job, and which still
+    /// run. Workers it does not know about are absent: their datums are
+    /// recovered by lease expiry instead.
     async fn workers(&self, job_id: i64) -> Result<Vec<WorkerState>>;
 
     /// What the babysitter needs to know about a job's workers. The default
