@@ -1180,3 +1180,125 @@ async fn babysitter_deletes_plans_whose_lease_ran_out() {
         assert_eq!(rows_of_jobs(&server).await, (0, 0, 0));
     }
 }
+
+/// Issue 9, defect 5: a refused report deleted the staging area its claim
+/// named, so a claim naming another worker's attempt deleted that attempt's
+/// staged outputs. A refusal now deletes only staging the attempt record
+/// proves was the caller's and is over.
+#[tokio::test]
+async fn a_refused_report_never_deletes_another_attempts_staging() {
+    for server in TestServer::all() {
+        let spec = server.spec_with_inputs(&[("x.txt", "x")], json!({ "datum_tries": 3 }));
+        let job = create(&server, spec).await;
+        let id = job["id"].as_i64().unwrap();
+        let token = worker_token(&server, id);
+        let (_, first) = reserve(&server, id, &token, "first", 0).await;
+        let datum_id = first["datum_id"].as_i64().unwrap();
+        // The first attempt expires; a second worker holds attempt 2 and
+        // has staged its output.
+        Babysitter::with_clock_skew(60_000)
+            .tick(&server.state)
+            .await
+            .unwrap();
+        let (_, second) = reserve(&server, id, &token, "second", 0).await;
+        assert_eq!(second["claim"]["attempt"], 2);
+        stage(&second, "result.txt", "precious");
+        let staged = std::path::PathBuf::from(
+            second["staging_uri"]
+                .as_str()
+                .unwrap()
+                .strip_prefix("file://")
+                .unwrap(),
+        )
+        .join("result.txt");
+
+        // The first worker reports with a claim naming attempt 2, which was
+        // never its own: refused, and attempt 2's staging stays.
+        let wrong = json!({ "worker_id": "first", "attempt": 2 });
+        for (path, body) in [
+            ("done", json!({ "claim": wrong, "output": "" })),
+            ("error", json!({ "claim": wrong, "output": "", "error": "x" })),
+            ("release", json!({ "claim": wrong, "reason": "x" })),
+        ] {
+            let (status, answer) = post_datum(&server, &token, datum_id, path, body).await;
+            assert_eq!(status, StatusCode::CONFLICT, "{path}: {answer}");
+        }
+        // Its own, stale, attempt 1 is refused too, and its clean-up (a task)
+        // touches only attempt 1's staging.
+        let (status, _) = post_datum(
+            &server,
+            &token,
+            datum_id,
+            "done",
+            json!({ "claim": first["claim"], "output": "" }),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CONFLICT);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            std::fs::read_to_string(&staged).unwrap(),
+            "precious",
+            "attempt 2's staged output survived every refused report"
+        );
+        // The datum still succeeds with it.
+        let (status, body) = post_datum(&server, &token, datum_id, "done", json!({ "claim": second["claim"], "output": "", "output_files": [{ "path": "result.txt", "size": 8 }] })).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let (_, datum) = server
+            .call(Method::GET, &format!("/v1/datums/{datum_id}"), Some(ADMIN), None)
+            .await;
+        let outcomes: Vec<&str> = datum["attempts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["outcome"].as_str().unwrap())
+            .collect();
+        assert_eq!(outcomes, ["lease_expired", "done"], "{datum}");
+    }
+}
+
+/// Issue 9, item 3: a change wakes only the long-polls it concerns. A
+/// worker long-polling one job sleeps through a datum requeued in another
+/// job, and wakes at once for its own.
+#[tokio::test]
+async fn wake_ups_are_targeted_at_the_job_that_changed() {
+    for server in TestServer::all() {
+        let quiet = create(
+            &server,
+            server.spec_with_inputs(&[("q.txt", "q")], json!({ "datum_tries": 2 })),
+        )
+        .await;
+        let busy = create(
+            &server,
+            server.spec_with_inputs(&[("b.txt", "b")], json!({ "datum_tries": 2 })),
+        )
+        .await;
+        let (quiet_id, busy_id) = (quiet["id"].as_i64().unwrap(), busy["id"].as_i64().unwrap());
+        let (quiet_token, busy_token) = (
+            worker_token(&server, quiet_id),
+            worker_token(&server, busy_id),
+        );
+        let (_, held_quiet) = reserve(&server, quiet_id, &quiet_token, "q1", 0).await;
+        let (_, held_busy) = reserve(&server, busy_id, &busy_token, "b1", 0).await;
+        let waiters = server.state.waiters(quiet_id);
+        let woken = waiters.ready.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        // The busy job's datum goes back to the queue: only its job hears.
+        let busy_datum = held_busy["datum_id"].as_i64().unwrap();
+        let (status, _) = post_datum(&server, &busy_token, busy_datum, "error", json!({ "claim": held_busy["claim"], "output": "", "error": "x" })).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), &mut woken)
+                .await
+                .is_err(),
+            "a requeue in another job woke this job's worker"
+        );
+        // Its own requeue wakes it.
+        let quiet_datum = held_quiet["datum_id"].as_i64().unwrap();
+        let (status, _) = post_datum(&server, &quiet_token, quiet_datum, "error", json!({ "claim": held_quiet["claim"], "output": "", "error": "x" })).await;
+        assert_eq!(status, StatusCode::OK);
+        tokio::time::timeout(Duration::from_secs(5), &mut woken)
+            .await
+            .expect("the job's own requeue wakes its waiting worker");
+    }
+}

@@ -461,7 +461,7 @@ async fn settle_batch(
         state
             .clone()
             .db(move |conn| {
-                let settled = conn.write_transaction(|conn| {
+                let settle_all = |conn: &mut falconeri_common::db::DbConn| {
                     reports
                         .iter()
                         .map(|(report, claim)| {
@@ -475,7 +475,14 @@ async fn settle_batch(
                             )
                         })
                         .collect::<Result<Vec<_>, ModelError>>()
-                })?;
+                };
+                // A single report is its own transaction already; wrapping
+                // it would only add a savepoint.
+                let settled = if reports.len() == 1 {
+                    settle_all(conn)?
+                } else {
+                    conn.write_transaction(settle_all)?
+                };
                 // Only once committed: a worker woken earlier would not see
                 // the change yet, and its wake-up would be spent.
                 for settled in &settled {
