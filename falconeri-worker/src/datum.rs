@@ -30,16 +30,16 @@ use crate::{
 
 /// After this many heartbeat periods without an answer (a lease is three),
 /// the worker gives its datum up.
-const ORPHANED_AFTER_PERIODS: u32 = 4;
+pub(crate) const ORPHANED_AFTER_PERIODS: u32 = 4;
 
 /// The shortest heartbeat period we accept, whatever the server says, so a
 /// zero from a misconfigured server cannot make us spin.
-const MIN_HEARTBEAT: Duration = Duration::from_millis(100);
+pub(crate) const MIN_HEARTBEAT: Duration = Duration::from_millis(100);
 
 /// How long a stopping worker waits for falconerid to take its last report.
 /// With [`KILL_GRACE`] this stays within the 10 s the local executor and the
 /// 30 s Kubernetes give a worker between SIGTERM and SIGKILL.
-const STOP_REPORT_TIMEOUT: Duration = Duration::from_secs(3);
+pub(crate) const STOP_REPORT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// What the run loop should do after a datum.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,7 +52,7 @@ pub(crate) enum Outcome {
 
 /// How one attempt at a datum ended, before reporting it.
 #[derive(Debug)]
-enum Attempt {
+pub(crate) enum Attempt {
     Succeeded {
         output: String,
         output_files: Vec<NewOutputFile>,
@@ -159,7 +159,7 @@ pub(crate) async fn process(worker: &Worker, r: &Reservation) -> Result<Outcome>
 }
 
 /// Everything between reservation and report.
-async fn attempt(worker: &Worker, r: &Reservation, lost: &CancellationToken) -> Attempt {
+pub(crate) async fn attempt(worker: &Worker, r: &Reservation, lost: &CancellationToken) -> Attempt {
     let config = &worker.config;
     let shutdown = &worker.shutdown;
     let pfs = config.pfs.as_path();

@@ -6,10 +6,12 @@
 //! ([`falconeri_common::client::Client`]). [`run`] is the whole worker; the
 //! `falconeri-worker` binary and the CLI's embedded worker both call it.
 //!
+//! - [`batch`]: a batch of datums, from reservation to one report.
 //! - [`datum`]: one datum, from reservation to report.
 //! - [`process`]: the command, everything it starts, and its output.
 //! - [`retry`]: backoff while falconerid is unreachable.
 
+mod batch;
 mod datum;
 mod process;
 mod retry;
@@ -17,7 +19,9 @@ mod retry;
 use std::{fmt, path::PathBuf, time::Duration};
 
 use anyhow::{Context, Result, anyhow};
-use falconeri_common::{api::ReserveResponse, client::Client};
+use falconeri_common::{
+    api::ReserveResponse, client::Client, pipeline::MAX_DATUMS_PER_RESERVATION,
+};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::{sync::CancellationToken, task::AbortOnDropHandle};
 
@@ -231,20 +235,17 @@ pub async fn run_until(mut config: Config, shutdown: CancellationToken) -> Resul
                 tracing::info!("the job has no work left; exiting");
                 return Ok(Exit::Finished);
             }
+            // An older server, which knows no batches, answers this way.
             Ok(ReserveResponse::Reserved(reservation)) => {
                 backoff.reset();
                 if datum::process(&worker, &reservation).await? == Outcome::Stopped {
                     return Ok(Exit::Stopped);
                 }
             }
-            // This worker asks for one datum at a time, so a server sends a
-            // batch only by mistake; each datum is still run and reported.
             Ok(ReserveResponse::Batch { reservations }) => {
                 backoff.reset();
-                for reservation in &reservations {
-                    if datum::process(&worker, reservation).await? == Outcome::Stopped {
-                        return Ok(Exit::Stopped);
-                    }
+                if batch::process_batch(&worker, &reservations).await? == Outcome::Stopped {
+                    return Ok(Exit::Stopped);
                 }
             }
             Err(err) if err.is_transient() => {
@@ -265,7 +266,10 @@ pub async fn run_until(mut config: Config, shutdown: CancellationToken) -> Resul
     }
 }
 
-/// Asks falconerid for the job's next datum, waiting up to `reserve_wait`.
+/// Asks falconerid for the job's next datums, waiting up to `reserve_wait`.
+/// The worker takes as many as the server will give: the job's
+/// `datums_per_reservation` caps the batch, so a job that wants one datum at
+/// a time gets a batch of one.
 #[tracing::instrument(skip_all, fields(job_id = worker.config.job_id))]
 async fn reserve(
     worker: &Worker,
@@ -273,7 +277,12 @@ async fn reserve(
     let config = &worker.config;
     worker
         .client
-        .reserve(config.job_id, &config.worker_id, config.reserve_wait, None)
+        .reserve(
+            config.job_id,
+            &config.worker_id,
+            config.reserve_wait,
+            Some(MAX_DATUMS_PER_RESERVATION),
+        )
         .await
 }
 

@@ -869,3 +869,138 @@ fn a_restarted_server_adopts_the_previous_workers() {
         assert_eq!(std::fs::read_to_string(&out).unwrap(), "ok\n");
     }
 }
+
+/// A job of twelve inputs taken five at a time (`datums_per_reservation`),
+/// under `cmd`: writes the spec and returns it with the names of its inputs
+/// and the file where every command appends the input it ran on.
+fn batch_spec(local: &Local, name: &str, cmd: &str) -> (PathBuf, Vec<String>, PathBuf) {
+    let runs = local.work.path().join(format!("{name}-runs"));
+    let spec = small_spec(
+        local,
+        name,
+        serde_json::json!([]),
+        serde_json::json!({
+            "datums_per_reservation": 5,
+            "datum_tries": 1,
+            "transform": {
+                "cmd": ["sh", "-c", cmd],
+                "image": "alpine",
+                "env": { "RUNS": runs.to_str().unwrap() }
+            }
+        }),
+    );
+    // `small_spec` wrote one.txt and two.txt.
+    let input = local.work.path().join(format!("{name}-in"));
+    let mut inputs = vec!["one.txt".to_owned(), "two.txt".to_owned()];
+    for n in 3..=12 {
+        let file = format!("file-{n:02}.txt");
+        std::fs::write(input.join(&file), format!("content {n}")).unwrap();
+        inputs.push(file);
+    }
+    inputs.sort();
+    (spec, inputs, runs)
+}
+
+/// Every command copies its input to an output of the same name and logs
+/// the run; the one for `bad.txt`, if any, fails instead.
+const BATCH_COMMAND: &str = "f=$(ls \"$FALCONERI_PFS/in\"); echo \"$f\" >> \"$RUNS\"; \
+     if [ \"$f\" = bad.txt ]; then echo bad input; exit 3; fi; \
+     cp \"$FALCONERI_PFS/in/$f\" \"$FALCONERI_OUT/$f\"";
+
+#[test]
+fn a_batched_job_runs_every_datum_once_and_publishes_every_output() {
+    let local = Local::new();
+    let (spec, inputs, runs) = batch_spec(&local, "batched", BATCH_COMMAND);
+    let output = local.falconeri(&["job", "run", "--local", "--wait", spec.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", describe(&output));
+
+    let jobs = local.json(&["job", "list", "--local", "-o", "json"]);
+    let name = jobs["jobs"][0]["name"].as_str().unwrap().to_owned();
+    let datums = local.json(&["datum", "list", "--local", "--job", &name, "-o", "json"]);
+    let datums = datums["datums"].as_array().unwrap();
+    assert_eq!(datums.len(), 12);
+    for datum in datums {
+        assert_eq!(datum["status"], "done", "{datum}");
+        assert_eq!(datum["attempt"], 1, "ran once: {datum}");
+    }
+    // Datums reserved together were reserved by one statement, at one
+    // instant: five of them share their start, and never more than five.
+    let mut batches = std::collections::BTreeMap::<String, usize>::new();
+    for datum in datums {
+        *batches.entry(datum["started_at"].to_string()).or_default() += 1;
+    }
+    assert_eq!(batches.values().max(), Some(&5), "{batches:?}");
+
+    let mut ran: Vec<String> = std::fs::read_to_string(&runs)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    ran.sort();
+    assert_eq!(ran, inputs, "each datum's command ran exactly once");
+    let input = local.work.path().join("batched-in");
+    for file in &inputs {
+        let out = local.work.path().join("batched-out").join(file);
+        assert_eq!(
+            std::fs::read_to_string(&out).unwrap(),
+            std::fs::read_to_string(input.join(file)).unwrap(),
+            "{}",
+            out.display()
+        );
+    }
+}
+
+#[test]
+fn one_failing_datum_of_a_batch_fails_alone() {
+    let local = Local::new();
+    let (spec, mut inputs, runs) = batch_spec(&local, "batch-fails", BATCH_COMMAND);
+    std::fs::write(local.work.path().join("batch-fails-in/bad.txt"), "bad").unwrap();
+    inputs.push("bad.txt".to_owned());
+    inputs.sort();
+    let output = local.falconeri(&["job", "run", "--local", "--wait", spec.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(1), "{}", describe(&output));
+
+    let jobs = local.json(&["job", "list", "--local", "-o", "json"]);
+    let name = jobs["jobs"][0]["name"].as_str().unwrap().to_owned();
+    let datums = local.json(&["datum", "list", "--local", "--job", &name, "-o", "json"]);
+    let datums = datums["datums"].as_array().unwrap();
+    assert_eq!(datums.len(), 13);
+    let mut failed = Vec::new();
+    for datum in datums {
+        assert_eq!(datum["attempt"], 1, "ran once: {datum}");
+        let id = datum["id"].to_string();
+        let described = local.json(&["datum", "describe", "--local", &id, "-o", "json"]);
+        let is_bad = described["input_files"].to_string().contains("bad.txt");
+        match datum["status"].as_str().unwrap() {
+            "error" => {
+                assert!(is_bad, "only bad.txt fails: {described}");
+                assert!(
+                    datum["error_message"].as_str().unwrap().contains('3'),
+                    "{datum}"
+                );
+                assert!(
+                    described["output"].as_str().unwrap().contains("bad input"),
+                    "{described}"
+                );
+                failed.push(id);
+            }
+            "done" => assert!(!is_bad, "bad.txt cannot be done: {described}"),
+            other => panic!("datum {id} ended {other}: {described}"),
+        }
+    }
+    assert_eq!(failed.len(), 1, "{datums:?}");
+
+    let mut ran: Vec<String> = std::fs::read_to_string(&runs)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    ran.sort();
+    assert_eq!(ran, inputs, "each datum's command ran exactly once");
+    let published: Vec<String> = std::fs::read_dir(local.work.path().join("batch-fails-out"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(published.len(), 12, "every other output: {published:?}");
+    assert!(!published.contains(&"bad.txt".to_owned()));
+}

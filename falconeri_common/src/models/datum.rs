@@ -783,46 +783,49 @@ impl Datum {
     /// Expires the leases of running datums whose workers stopped
     /// heartbeating. Returns how many datums were affected.
     pub fn expire_leases(conn: &mut DbConn, now: impl Into<Clock>) -> ModelResult<usize> {
-        let clock = now.into();
-        let backend = conn.backend();
-        let ending = Ending {
-            outcome: Outcome::LeaseExpired,
-            message: "lease expired: the worker stopped heartbeating",
-            output: None,
-            exit_code: None,
-            signal: None,
-            requeue: Requeue::IfTriesLeft,
-        };
-        let now_sql = clock.sql(backend);
-        let ended = conn.write_transaction(|conn| {
-            end_attempts(
-                conn,
-                |_| format!("status = 'running' AND lease_expires_at < {now_sql}"),
-                &ending,
-                clock,
-            )
-        })?;
-        Ok(ended.len())
+        Datum::expire_running(
+            conn,
+            "lease_expires_at",
+            Outcome::LeaseExpired,
+            "lease expired: the worker stopped heartbeating",
+            now.into(),
+        )
     }
 
     /// Fails the current attempt of running datums past their
     /// `datum_timeout` deadline.
     pub fn expire_deadlines(conn: &mut DbConn, now: impl Into<Clock>) -> ModelResult<usize> {
-        let clock = now.into();
-        let backend = conn.backend();
+        Datum::expire_running(
+            conn,
+            "deadline_at",
+            Outcome::TimedOut,
+            "datum timed out (datum_timeout)",
+            now.into(),
+        )
+    }
+
+    /// Fails the attempts of running datums whose `column` (a lease or a
+    /// deadline) is before now: requeued while tries remain, else `error`.
+    fn expire_running(
+        conn: &mut DbConn,
+        column: &'static str,
+        outcome: Outcome,
+        message: &str,
+        clock: Clock,
+    ) -> ModelResult<usize> {
         let ending = Ending {
-            outcome: Outcome::TimedOut,
-            message: "datum timed out (datum_timeout)",
+            outcome,
+            message,
             output: None,
             exit_code: None,
             signal: None,
             requeue: Requeue::IfTriesLeft,
         };
-        let now_sql = clock.sql(backend);
+        let now_sql = clock.sql(conn.backend());
         let ended = conn.write_transaction(|conn| {
             end_attempts(
                 conn,
-                |_| format!("status = 'running' AND deadline_at < {now_sql}"),
+                |_| format!("status = 'running' AND {column} < {now_sql}"),
                 &ending,
                 clock,
             )
