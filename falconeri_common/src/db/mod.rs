@@ -92,6 +92,10 @@ impl std::fmt::Debug for DbConn {
     }
 }
 
+/// One SQLite write transaction at a time in this process (see
+/// [`DbConn::write_transaction`]).
+static SQLITE_WRITER: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// The PostgreSQL notification channel on which servers tell each other
 /// that jobs or datums changed, so long-polls on every replica wake up.
 pub const CHANGES_CHANNEL: &str = "falconeri_changes";
@@ -130,6 +134,8 @@ impl DbConn {
         E: From<diesel::result::Error>,
     {
         use diesel::connection::{AnsiTransactionManager, TransactionManager};
+        // Held until the transaction ends (dropped after the commit below).
+        let mut _writer = None;
         match self {
             DbConn::Sqlite(c) => {
                 // Inside a transaction already, a savepoint nests in it.
@@ -139,6 +145,15 @@ impl DbConn {
                 if nested {
                     AnsiTransactionManager::begin_transaction(&mut **c)?
                 } else {
+                    // SQLite has one writer; writers that find the lock taken
+                    // wait in its busy handler, which sleeps 1 ms, 2 ms, … up
+                    // to 100 ms between tries. Queueing on a mutex instead
+                    // hands the lock over the moment it is free.
+                    _writer = Some(
+                        SQLITE_WRITER
+                            .lock()
+                            .unwrap_or_else(|poisoned| poisoned.into_inner()),
+                    );
                     AnsiTransactionManager::begin_transaction_sql(&mut **c, "BEGIN IMMEDIATE")?
                 }
             }
@@ -262,12 +277,21 @@ fn breaks_connection(err: &DieselError) -> bool {
 /// failed because the connection is gone. diesel's own
 /// `ConnectionManager::has_broken` only looks at the transaction state, so a
 /// connection whose plain query met a terminated backend would otherwise go
-/// back to the pool and fail every request that drew it. falconeri installs
-/// no other instrumentation, so this one replaces nothing.
+/// back to the pool and fail every request that drew it. Events are passed
+/// on to the process's default instrumentation, if any (a benchmark counts
+/// statements with it), which this one would otherwise replace.
 #[cfg(feature = "postgres")]
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct BrokenWatch {
     broken: bool,
+    inner: Option<Box<dyn diesel::connection::Instrumentation>>,
+}
+
+#[cfg(feature = "postgres")]
+impl std::fmt::Debug for BrokenWatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BrokenWatch").field("broken", &self.broken).finish()
+    }
 }
 
 #[cfg(feature = "postgres")]
@@ -275,10 +299,13 @@ impl diesel::connection::Instrumentation for BrokenWatch {
     fn on_connection_event(&mut self, event: diesel::connection::InstrumentationEvent<'_>) {
         if let diesel::connection::InstrumentationEvent::FinishQuery {
             error: Some(err), ..
-        } = event
+        } = &event
             && breaks_connection(err)
         {
             self.broken = true;
+        }
+        if let Some(inner) = &mut self.inner {
+            inner.on_connection_event(event);
         }
     }
 }
@@ -298,7 +325,10 @@ impl diesel::r2d2::ManageConnection for PgManager {
     fn connect(&self) -> Result<PgConnection, diesel::r2d2::Error> {
         use diesel::Connection;
         let mut conn = self.0.connect()?;
-        conn.set_instrumentation(BrokenWatch::default());
+        conn.set_instrumentation(BrokenWatch {
+            broken: false,
+            inner: diesel::connection::get_default_instrumentation(),
+        });
         Ok(conn)
     }
 

@@ -375,6 +375,32 @@ impl Datum {
             .replace("{max}", &max.to_string())
             .replace("{lock}", lock)
             .replace("{files}", files);
+        if backend == crate::db::Backend::Postgres {
+            // One statement, so one round trip and no BEGIN/COMMIT: the claim
+            // and the attempt rows commit together (a data-modifying CTE),
+            // and the input files come back with each datum.
+            let claim = sql.replace(&format!(" RETURNING *, {files} AS files"), " RETURNING *");
+            stmt.push(&format!(
+                "WITH claimed AS ({claim}), \
+                 recorded AS (INSERT INTO attempts (job_id, datum_id, number, worker_id, started_at) \
+                     SELECT job_id, id, attempt, owner, started_at FROM claimed \
+                     ON CONFLICT (datum_id, number) DO NOTHING) \
+                 SELECT claimed.*, {} AS files FROM claimed",
+                files.replace("datums.id", "claimed.id")
+            ));
+            let rows: Vec<ReservedRow> = stmt.load(conn)?;
+            let mut reserved = rows
+                .into_iter()
+                .map(|row| {
+                    Ok(Reserved {
+                        files: parse_files(row.files.as_deref())?,
+                        datum: row.datum,
+                    })
+                })
+                .collect::<ModelResult<Vec<_>>>()?;
+            reserved.sort_by_key(|r| r.datum.id);
+            return Ok(reserved);
+        }
         stmt.push(&sql);
         conn.write_transaction(|conn| {
             let rows: Vec<ReservedRow> = stmt.load(conn)?;
@@ -507,6 +533,25 @@ impl Datum {
                 updated_at = {now} \
              WHERE {guard} RETURNING *"
         ));
+        if backend == crate::db::Backend::Postgres && files.is_empty() {
+            // One statement: the datum and its attempt change together.
+            let exit_code = report.exit_code.map_or("NULL".to_owned(), |c| c.to_string());
+            let signal = report.signal.map_or("NULL".to_owned(), |s| s.to_string());
+            let update = std::mem::take(&mut stmt.sql);
+            stmt.push(&format!(
+                "WITH done AS ({update}), \
+                 closed AS (UPDATE attempts a SET outcome = 'done', finished_at = {now}, \
+                     exit_code = {exit_code}, signal = {signal} \
+                     FROM done WHERE a.datum_id = done.id AND a.number = done.attempt \
+                     AND a.outcome IS NULL) \
+                 SELECT * FROM done"
+            ));
+            let rows: Vec<Datum> = stmt.load(conn)?;
+            return match rows.into_iter().next() {
+                Some(datum) => Ok(Completed::Done(datum)),
+                None => Err(Datum::why_stale(conn, id, claim)),
+            };
+        }
         let egress = crate::storage::as_prefix(egress_uri);
         let result = conn.write_transaction(|conn| {
             let rows: Vec<Datum> = stmt.load(conn)?;
