@@ -171,7 +171,11 @@ struct Measured {
 
 async fn measure_rest(backend: &str, size: usize, workers: usize) -> Result<(String, Measured)> {
     let db = fresh_db(backend)?;
-    let label = backend_label(&db)?;
+    let mut label = backend_label(&db)?;
+    let batch = bench_support::batch_size();
+    if batch > 1 {
+        label.push_str(&format!(", batches of {batch}"));
+    }
     let pool = db.pool.clone();
     let job =
         tokio::task::spawn_blocking(move || create_running_job(&pool, "dispatch", size)).await??;

@@ -1302,3 +1302,84 @@ async fn wake_ups_are_targeted_at_the_job_that_changed() {
             .expect("the job's own requeue wakes its waiting worker");
     }
 }
+
+/// Issue 9, item 4: a batch is reserved in one request and reported in
+/// one; each datum keeps its own claim and outcome, and a refused or failed
+/// report never changes another.
+#[tokio::test]
+async fn batches_are_reserved_and_reported_datum_by_datum() {
+    for server in TestServer::all() {
+        let inputs: Vec<(String, &str)> = (0..6).map(|i| (format!("f{i}.txt"), "x")).collect();
+        let inputs: Vec<(&str, &str)> = inputs.iter().map(|(p, c)| (p.as_str(), *c)).collect();
+        let job = create(
+            &server,
+            server.spec_with_inputs(&inputs, json!({ "datums_per_reservation": 4 })),
+        )
+        .await;
+        let id = job["id"].as_i64().unwrap();
+        let token = worker_token(&server, id);
+        let (status, batch) = server
+            .call(
+                Method::POST,
+                &format!("/v1/jobs/{id}/reserve"),
+                Some(&token),
+                Some(json!({ "worker_id": "w", "wait_ms": 0, "max_datums": 10 })),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{batch}");
+        assert_eq!(batch["status"], "batch", "{batch}");
+        let reservations = batch["reservations"].as_array().unwrap().clone();
+        assert_eq!(reservations.len(), 4, "capped at datums_per_reservation");
+        let claims: Vec<Value> = reservations
+            .iter()
+            .map(|r| json!({ "datum_id": r["datum_id"], "claim": r["claim"] }))
+            .collect();
+        let (status, beat) = server
+            .call(
+                Method::POST,
+                &format!("/v1/jobs/{id}/heartbeat"),
+                Some(&token),
+                Some(json!({ "claims": claims })),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{beat}");
+        assert_eq!(beat["held"].as_array().unwrap().len(), 4);
+
+        let stale = json!({ "worker_id": "w", "attempt": 7 });
+        let reports = json!({ "reports": [
+            { "datum_id": reservations[0]["datum_id"], "claim": reservations[0]["claim"],
+              "outcome": "done", "output": "ok" },
+            { "datum_id": reservations[1]["datum_id"], "claim": reservations[1]["claim"],
+              "outcome": "error", "output": "", "error": "boom", "exit_code": 3 },
+            { "datum_id": reservations[2]["datum_id"], "claim": stale,
+              "outcome": "done", "output": "" },
+            { "datum_id": reservations[3]["datum_id"], "claim": reservations[3]["claim"],
+              "outcome": "done", "output": "ok" },
+        ]});
+        let (status, answer) = server
+            .call(
+                Method::POST,
+                &format!("/v1/jobs/{id}/report"),
+                Some(&token),
+                Some(reports),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+        let results = answer["results"].as_array().unwrap();
+        assert_eq!(results[0]["datum"]["status"], "done", "{answer}");
+        assert_eq!(results[1]["datum"]["status"], "error", "{answer}");
+        assert_eq!(results[2]["error"]["code"], "conflict", "{answer}");
+        assert_eq!(results[3]["datum"]["status"], "done", "{answer}");
+        // The datum of the refused report is still running, its claim intact.
+        let refused = reservations[2]["datum_id"].as_i64().unwrap();
+        let (_, datum) = server
+            .call(Method::GET, &format!("/v1/datums/{refused}"), Some(ADMIN), None)
+            .await;
+        assert_eq!(datum["datum"]["status"], "running", "{datum}");
+        let failed = reservations[1]["datum_id"].as_i64().unwrap();
+        let (_, datum) = server
+            .call(Method::GET, &format!("/v1/datums/{failed}"), Some(ADMIN), None)
+            .await;
+        assert_eq!(datum["attempts"][0]["outcome"], "error", "{datum}");
+    }
+}

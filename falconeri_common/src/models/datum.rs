@@ -600,6 +600,57 @@ impl Datum {
         result.ok_or_else(|| Datum::why_stale(conn, id, claim))
     }
 
+    /// Marks many held datums done at once, none with outputs: one
+    /// statement for the whole batch (PostgreSQL only; the batch report of
+    /// a worker that reserved many tiny datums). Each row is guarded by its
+    /// own claim; the datums whose claims were stale are simply not among
+    /// the answer (the caller settles those one by one to learn why).
+    pub fn complete_many(
+        conn: &mut DbConn,
+        reports: &[(i64, Claim, Report<'_>)],
+        now: impl Into<Clock>,
+    ) -> ModelResult<Vec<Datum>> {
+        if reports.is_empty() {
+            return Ok(Vec::new());
+        }
+        let backend = conn.backend();
+        if backend != crate::db::Backend::Postgres {
+            return Err(ModelError::Other(anyhow::anyhow!(
+                "complete_many is for PostgreSQL"
+            )));
+        }
+        let now = now.into().sql(backend);
+        let mut stmt = Stmt::new(backend);
+        let mut rows = Vec::with_capacity(reports.len());
+        for (id, claim, report) in reports {
+            let owner = stmt.text(Some(&claim.worker_id));
+            let output = stmt.text(Some(&escape_nul(report.output)));
+            let exit_code = report.exit_code.map_or("NULL".to_owned(), |c| c.to_string());
+            let scope = claim.scope.map_or("NULL".to_owned(), |j| j.to_string());
+            rows.push(format!(
+                "({id}::BIGINT, {}::INTEGER, {owner}::TEXT, {output}::TEXT, \
+                 {exit_code}::INTEGER, {scope}::BIGINT)",
+                claim.attempt
+            ));
+        }
+        stmt.push(&format!(
+            "WITH v (id, attempt, owner, output, exit_code, scope) AS (VALUES {}), \
+             done AS (UPDATE datums d SET status = 'done', finished_at = {now}, \
+                 updated_at = {now}, lease_expires_at = NULL, deadline_at = NULL, \
+                 error_message = NULL, output = v.output \
+                 FROM v WHERE d.id = v.id AND d.status = 'running' AND d.attempt = v.attempt \
+                 AND d.owner = v.owner AND (v.scope IS NULL OR d.job_id = v.scope) \
+                 RETURNING d.*), \
+             closed AS (UPDATE attempts a SET outcome = 'done', finished_at = {now}, \
+                 exit_code = v.exit_code \
+                 FROM done JOIN v ON v.id = done.id \
+                 WHERE a.datum_id = done.id AND a.number = done.attempt AND a.outcome IS NULL) \
+             SELECT * FROM done",
+            rows.join(", ")
+        ));
+        stmt.load(conn)
+    }
+
     /// The output rows of the datum's current attempt, in path order.
     fn pending_outputs(conn: &mut DbConn, datum: &Datum) -> ModelResult<Vec<OutputFile>> {
         Ok(with_conn!(conn, c => output_files::table

@@ -37,9 +37,11 @@ const INSERT_BATCH: usize = 10_000;
 /// (plan in batches, finish planning, mark running), without starting any
 /// worker. Progress goes to stderr for big jobs.
 pub fn create_running_job(pool: &DbPool, name: &str, datums: usize) -> Result<BenchJob> {
+    let batch = batch_size();
     let spec = PipelineSpec::from_json(&format!(
         r#"{{
             "pipeline": {{ "name": "{name}" }},
+            "datums_per_reservation": {batch},
             "transform": {{ "cmd": ["true"], "image": "alpine" }},
             "parallelism_spec": {{ "constant": 16 }},
             "resource_requests": {{ "memory": "64Mi", "cpu": 0.1 }},
@@ -95,6 +97,17 @@ pub fn create_running_job(pool: &DbPool, name: &str, datums: usize) -> Result<Be
 
 /// The `p`-th percentile (0 to 100) of `values` in microseconds, as
 /// milliseconds; sorts `values`.
+/// `BENCH_BATCH`: how many datums a REST worker reserves and reports at
+/// once (the job's `datums_per_reservation`); 1, the default, uses the
+/// single-datum routes.
+pub fn batch_size() -> u32 {
+    std::env::var("BENCH_BATCH")
+        .ok()
+        .and_then(|b| b.parse().ok())
+        .unwrap_or(1)
+        .clamp(1, falconeri_common::pipeline::MAX_DATUMS_PER_RESERVATION)
+}
+
 pub fn percentile_ms(values: &mut [u32], p: f64) -> f64 {
     if values.is_empty() {
         return f64::NAN;
@@ -205,6 +218,10 @@ pub mod rest {
 
     /// One worker's loop: reserve → done with no command and no outputs.
     async fn work(client: &Client, job_id: i64, worker: &str, done: &AtomicU64) -> Result<Drain> {
+        let batch = super::batch_size();
+        if batch > 1 {
+            return work_in_batches(client, job_id, worker, batch, done).await;
+        }
         let mut mine = Drain::default();
         loop {
             let started = Instant::now();
@@ -237,6 +254,63 @@ pub mod rest {
             mine.done_us.push(micros(started.elapsed()));
             mine.completed += 1;
             done.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// [`work`] with batches: reserve up to `batch` datums, report them all
+    /// done in one request. Latencies are per request.
+    async fn work_in_batches(
+        client: &Client,
+        job_id: i64,
+        worker: &str,
+        batch: u32,
+        done: &AtomicU64,
+    ) -> Result<Drain> {
+        use falconeri_common::api::{BatchOutcome, BatchReport, BatchReportRequest};
+        let mut mine = Drain::default();
+        loop {
+            let started = Instant::now();
+            let reservations = match client.reserve(job_id, worker, RESERVE_WAIT, Some(batch)).await {
+                Ok(ReserveResponse::Batch { reservations }) => reservations,
+                Ok(ReserveResponse::Reserved(reservation)) => vec![*reservation],
+                Ok(ReserveResponse::Wait) => continue,
+                Ok(ReserveResponse::Finished) => return Ok(mine),
+                Err(err) if err.is_transient() => {
+                    mine.retried += 1;
+                    continue;
+                }
+                Err(err) => return Err(err.into()),
+            };
+            mine.reserve_us.push(micros(started.elapsed()));
+            let body = BatchReportRequest {
+                reports: reservations
+                    .iter()
+                    .map(|r| BatchReport {
+                        datum_id: r.datum_id,
+                        claim: r.claim.clone(),
+                        outcome: BatchOutcome::Done {
+                            output: String::new(),
+                            output_files: Vec::new(),
+                            exit_code: Some(0),
+                        },
+                    })
+                    .collect(),
+            };
+            let started = Instant::now();
+            let answer = loop {
+                match client.report_batch(job_id, &body).await {
+                    Ok(answer) => break answer,
+                    Err(err) if err.is_transient() => mine.retried += 1,
+                    Err(err) => return Err(err.into()),
+                }
+            };
+            mine.done_us.push(micros(started.elapsed()));
+            let accepted = answer.results.iter().filter(|r| r.datum.is_some()).count();
+            if accepted != reservations.len() {
+                bail!("{} of {} batch reports refused", reservations.len() - accepted, reservations.len());
+            }
+            mine.completed += accepted;
+            done.fetch_add(u64::try_from(accepted).unwrap_or(0), Ordering::Relaxed);
         }
     }
 

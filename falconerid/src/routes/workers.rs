@@ -333,6 +333,65 @@ fn settle_report(
     })
 }
 
+/// Settles a batch on PostgreSQL: every `done` without outputs in one
+/// statement ([`Datum::complete_many`]), the rest (and any whose claim was
+/// refused, to learn why) one by one. Answers in request order.
+fn settle_many_on_postgres(
+    conn: &mut falconeri_common::db::DbConn,
+    reports: &[(BatchReport, Claim)],
+    settle_each: impl Fn(
+        &mut falconeri_common::db::DbConn,
+        &[(BatchReport, Claim)],
+    ) -> Result<Vec<Settled>, ModelError>,
+) -> Result<Vec<Settled>, ModelError> {
+    let fast: Vec<(i64, Claim, Report<'_>)> = reports
+        .iter()
+        .filter_map(|(report, claim)| match &report.outcome {
+            BatchOutcome::Done {
+                output,
+                output_files,
+                exit_code,
+            } if output_files.is_empty() => Some((
+                report.datum_id,
+                claim.clone(),
+                Report {
+                    output: output_tail(output),
+                    exit_code: *exit_code,
+                    signal: None,
+                },
+            )),
+            _ => None,
+        })
+        .collect();
+    let mut done: std::collections::HashMap<i64, Datum> =
+        Datum::complete_many(conn, &fast, Clock::DB)?
+            .into_iter()
+            .map(|datum| (datum.id, datum))
+            .collect();
+    let mut settled: Vec<Option<Settled>> = Vec::with_capacity(reports.len());
+    let mut rest: Vec<(BatchReport, Claim)> = Vec::new();
+    for (report, claim) in reports {
+        match done.remove(&report.datum_id) {
+            Some(datum) => settled.push(Some(Settled::Accepted(datum))),
+            None => {
+                settled.push(None);
+                rest.push((report.clone(), claim.clone()));
+            }
+        }
+    }
+    let mut rest = if rest.is_empty() {
+        Vec::new()
+    } else {
+        conn.write_transaction(|conn| settle_each(conn, &rest))?
+    }
+    .into_iter();
+    Ok(settled
+        .into_iter()
+        .map(|s| s.or_else(|| rest.next()))
+        .collect::<Option<Vec<Settled>>>()
+        .ok_or_else(|| ModelError::Other(anyhow::anyhow!("a report went unsettled")))?)
+}
+
 /// Tells waiting workers about a datum that went back to the queue, and
 /// followers about the change.
 fn notify_ended(state: &AppState, datum: &Datum) {
@@ -461,7 +520,8 @@ async fn settle_batch(
         state
             .clone()
             .db(move |conn| {
-                let settle_all = |conn: &mut falconeri_common::db::DbConn| {
+                let settle_all = |conn: &mut falconeri_common::db::DbConn,
+                                  reports: &[(BatchReport, Claim)]| {
                     reports
                         .iter()
                         .map(|(report, claim)| {
@@ -479,9 +539,11 @@ async fn settle_batch(
                 // A single report is its own transaction already; wrapping
                 // it would only add a savepoint.
                 let settled = if reports.len() == 1 {
-                    settle_all(conn)?
+                    settle_all(conn, &reports)?
+                } else if conn.backend() == falconeri_common::db::Backend::Postgres {
+                    settle_many_on_postgres(conn, &reports, settle_all)?
                 } else {
-                    conn.write_transaction(settle_all)?
+                    conn.write_transaction(|conn| settle_all(conn, &reports))?
                 };
                 // Only once committed: a worker woken earlier would not see
                 // the change yet, and its wake-up would be spent.
