@@ -101,8 +101,9 @@ fn render(datum: &DatumResponse, now: i64) -> String {
     if datum.attempts.is_empty() {
         out.push_str("  (none)\n");
     } else {
-        let mut attempts =
-            Table::with_headers(&["#", "WORKER", "STARTED", "DURATION", "OUTCOME", "EXIT", "ERROR"]);
+        let mut attempts = Table::with_headers(&[
+            "#", "WORKER", "STARTED", "DURATION", "OUTCOME", "EXIT", "ERROR",
+        ]);
         for attempt in &datum.attempts {
             let exit = match (attempt.exit_code, attempt.signal) {
                 (_, Some(signal)) => format!("signal {signal}"),

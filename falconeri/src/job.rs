@@ -204,10 +204,15 @@ fn job_table(job: &JobResponse, now: i64) -> Table {
     table
 }
 
-/// `Datums: 10 (3 ready, 2 running, 4 done, 1 error, 0 canceled)`.
+/// `Datums: 10 (3 ready, 2 running, 4 done, 1 error, 0 canceled)`, with
+/// `N publishing` after running while outputs are being moved.
 fn counts_line(counts: &StatusCounts) -> String {
+    let publishing = match counts.publishing {
+        0 => String::new(),
+        n => format!(", {n} publishing"),
+    };
     format!(
-        "Datums: {} ({} ready, {} running, {} done, {} error, {} canceled)",
+        "Datums: {} ({} ready, {} running{publishing}, {} done, {} error, {} canceled)",
         counts.total(),
         counts.ready,
         counts.running,
@@ -535,6 +540,25 @@ mod tests {
             datum_table(&[datum], 0).render(),
             "ID  STATUS  TRIES  OWNER  STARTED               DURATION  ERROR\n\
              3   error   2/3    -      1970-01-01T00:00:00Z  2s        exit status 1\n"
+        );
+    }
+
+    #[test]
+    fn counts_show_publishing_only_when_some_are() {
+        let mut counts = StatusCounts {
+            ready: 1,
+            running: 2,
+            done: 3,
+            ..StatusCounts::default()
+        };
+        assert_eq!(
+            counts_line(&counts),
+            "Datums: 6 (1 ready, 2 running, 3 done, 0 error, 0 canceled)"
+        );
+        counts.publishing = 4;
+        assert_eq!(
+            counts_line(&counts),
+            "Datums: 10 (1 ready, 2 running, 4 publishing, 3 done, 0 error, 0 canceled)"
         );
     }
 }

@@ -176,7 +176,10 @@ pub struct UnknownStatus {
 impl JobStatus {
     /// True once nothing more will happen.
     pub fn is_terminal(self) -> bool {
-        matches!(self, JobStatus::Done | JobStatus::Error | JobStatus::Canceled)
+        matches!(
+            self,
+            JobStatus::Done | JobStatus::Error | JobStatus::Canceled
+        )
     }
 
     /// The final status of a job once none of its datums can run any more.

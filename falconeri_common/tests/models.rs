@@ -837,7 +837,9 @@ fn reservation_plan_never_walks_done_datums() {
     ))
     .execute(&mut **c)
     .unwrap();
-    diesel::sql_query("ANALYZE datums").execute(&mut **c).unwrap();
+    diesel::sql_query("ANALYZE datums")
+        .execute(&mut **c)
+        .unwrap();
     let plan: Vec<PlanLine> = diesel::sql_query(format!(
         "EXPLAIN (ANALYZE, COSTS OFF) SELECT id FROM datums \
          WHERE job_id = {} AND ready_order IS NOT NULL \
@@ -934,8 +936,16 @@ fn nul_bytes_in_output_and_errors_are_stored() {
         let again = Datum::reserve_next(&mut conn, job.id, "w", now, LEASE, None)
             .unwrap()
             .unwrap();
-        let done = Datum::mark_done(&mut conn, again.id, &claim(&again), "a\0b", &[], now, publish(&[]))
-            .unwrap();
+        let done = Datum::mark_done(
+            &mut conn,
+            again.id,
+            &claim(&again),
+            "a\0b",
+            &[],
+            now,
+            publish(&[]),
+        )
+        .unwrap();
         assert_eq!(done.output.as_deref(), Some("a\u{2400}b"), "{db:?}");
     }
 }
@@ -979,16 +989,36 @@ fn publishing_is_finished_once_under_its_claim() {
         assert_eq!(outputs[0].staged_path, "a/b.txt");
         // A second report of the same attempt changes nothing.
         assert!(matches!(
-            Datum::complete(&mut conn, datum.id, &claim(&datum), &report, &files, "file:///egress", now, 1_000),
+            Datum::complete(
+                &mut conn,
+                datum.id,
+                &claim(&datum),
+                &report,
+                &files,
+                "file:///egress",
+                now,
+                1_000
+            ),
             Err(ModelError::Conflict(_))
         ));
         // Not stale yet; then stale, and taken over once.
-        assert!(Datum::stale_publishing(&mut conn, now + 500, 10).unwrap().is_empty());
+        assert!(
+            Datum::stale_publishing(&mut conn, now + 500, 10)
+                .unwrap()
+                .is_empty()
+        );
         let stale = Datum::stale_publishing(&mut conn, now + 2_000, 10).unwrap();
         assert_eq!(stale.len(), 1, "{db:?}");
-        assert!(Datum::take_over_publishing(&mut conn, datum.id, &claim(&datum), now + 2_000, 1_000).unwrap());
-        assert!(!Datum::take_over_publishing(&mut conn, datum.id, &claim(&datum), now + 2_000, 1_000).unwrap());
-        let done = Datum::finish_publishing(&mut conn, datum.id, &claim(&datum), Some(0), now).unwrap();
+        assert!(
+            Datum::take_over_publishing(&mut conn, datum.id, &claim(&datum), now + 2_000, 1_000)
+                .unwrap()
+        );
+        assert!(
+            !Datum::take_over_publishing(&mut conn, datum.id, &claim(&datum), now + 2_000, 1_000)
+                .unwrap()
+        );
+        let done =
+            Datum::finish_publishing(&mut conn, datum.id, &claim(&datum), Some(0), now).unwrap();
         assert_eq!(done.status(), DatumStatus::Done);
         assert!(matches!(
             Datum::finish_publishing(&mut conn, datum.id, &claim(&datum), Some(0), now),
@@ -1025,15 +1055,33 @@ fn batch_reservations_give_each_datum_its_own_claim() {
         let now = db_now(&mut conn).unwrap();
         let batch = Datum::reserve(&mut conn, job.id, "w", 3, Clock::At(now), LEASE, None).unwrap();
         assert_eq!(batch.len(), 3, "{db:?}");
-        assert!(batch.iter().all(|r| r.datum.attempt == 1 && r.files.len() == 1));
+        assert!(
+            batch
+                .iter()
+                .all(|r| r.datum.attempt == 1 && r.files.len() == 1)
+        );
         // Asked again (a lost answer), the same three come back.
         let again = Datum::reserve(&mut conn, job.id, "w", 3, Clock::At(now), LEASE, None).unwrap();
-        let ids = |rs: &[falconeri_common::models::Reserved]| rs.iter().map(|r| r.datum.id).collect::<Vec<_>>();
+        let ids = |rs: &[falconeri_common::models::Reserved]| {
+            rs.iter().map(|r| r.datum.id).collect::<Vec<_>>()
+        };
         assert_eq!(ids(&again), ids(&batch), "{db:?}");
         // One fails, the others are done: independent.
-        Datum::mark_error(&mut conn, batch[0].datum.id, &claim(&batch[0].datum), "", "x", now).unwrap();
+        Datum::mark_error(
+            &mut conn,
+            batch[0].datum.id,
+            &claim(&batch[0].datum),
+            "",
+            "x",
+            now,
+        )
+        .unwrap();
         done_without_outputs(&mut conn, &batch[1].datum, now);
         let counts = Job::counts(&mut conn, job.id).unwrap();
-        assert_eq!((counts.error, counts.done, counts.running, counts.ready), (1, 1, 1, 2), "{db:?}");
+        assert_eq!(
+            (counts.error, counts.done, counts.running, counts.ready),
+            (1, 1, 1, 2),
+            "{db:?}"
+        );
     }
 }

@@ -12,9 +12,9 @@
 //! run at once.
 
 use std::{
-    time::Duration,
     collections::{HashMap, HashSet},
     sync::Mutex,
+    time::Duration,
 };
 
 use anyhow::Result;
@@ -27,9 +27,9 @@ use falconeri_common::{
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    state::Change,
     executor::{PoolState, WorkerLaunch},
     state::AppState,
+    state::Change,
 };
 
 /// Runs passes every `babysitter_interval` until `cancel` fires.
@@ -299,7 +299,12 @@ impl Babysitter {
     /// found in the egress), and marks it done under the same claim; or
     /// fails the attempt if the files cannot be moved. Returns true if
     /// anything changed.
-    async fn finish_publishing(&self, state: &AppState, datum: Datum, outputs: Vec<OutputFile>) -> bool {
+    async fn finish_publishing(
+        &self,
+        state: &AppState,
+        datum: Datum,
+        outputs: Vec<OutputFile>,
+    ) -> bool {
         let Some(claim) = datum.claim() else {
             return false;
         };
@@ -337,16 +342,16 @@ impl Babysitter {
             match published {
                 Ok(_) => {
                     state
-                        .db(move |conn| {
-                            Datum::finish_publishing(conn, id, &claim, None, Clock::DB)
-                        })
+                        .db(move |conn| Datum::finish_publishing(conn, id, &claim, None, Clock::DB))
                         .await?;
                     tracing::info!(datum = id, "finished publishing cut short by a crash");
                 }
                 Err(err) => {
                     let reason = format!("cannot publish outputs: {err:#}");
                     state
-                        .db(move |conn| Datum::fail_publishing(conn, id, &claim, &reason, Clock::DB))
+                        .db(move |conn| {
+                            Datum::fail_publishing(conn, id, &claim, &reason, Clock::DB)
+                        })
                         .await?;
                 }
             }
@@ -357,7 +362,11 @@ impl Babysitter {
         }
         .await;
         if let Err(err) = result {
-            tracing::warn!(datum = id, error = format!("{err:#}"), "cannot finish publishing");
+            tracing::warn!(
+                datum = id,
+                error = format!("{err:#}"),
+                "cannot finish publishing"
+            );
         }
         state.notify(Change::JobState {
             job_id: datum.job_id,
@@ -657,7 +666,12 @@ impl Babysitter {
                     .min(MAX_CRASH_BACKOFF),
             };
             entry.not_before = now + delay;
-            tracing::info!(job_id, crashed, ?delay, "workers crashed; replacing them after a backoff");
+            tracing::info!(
+                job_id,
+                crashed,
+                ?delay,
+                "workers crashed; replacing them after a backoff"
+            );
         } else if now >= entry.not_before {
             entry.streak = 0;
         }

@@ -82,8 +82,10 @@ pub struct Config {
     #[arg(skip)]
     pub listen_fallback: bool,
 
-    /// How many times the workers of one job may exit early and be replaced
-    /// before the job fails, as a multiple of its parallelism.
+    /// How many of a job's workers may exit before reserving any datum (they
+    /// cannot start: a bad image or command) before the job fails, as a
+    /// multiple of its parallelism. Workers that crash after reserving are
+    /// replaced with a growing backoff and do not count.
     #[arg(long, env = "FALCONERI_WORKER_RESTARTS", default_value_t = 3)]
     pub worker_restarts: u32,
 

@@ -26,10 +26,10 @@ use futures::StreamExt;
 use tokio::sync::mpsc;
 
 use crate::{
-    state::Change,
     error::{AppError, AppResult},
     executor::WorkerLaunch,
     state::AppState,
+    state::Change,
 };
 
 /// A batch goes to the database once it holds this many rows (datums plus

@@ -270,7 +270,9 @@ impl AppState {
     pub fn notify(&self, change: Change) {
         self.wake_local(change);
         if let Some(outbox) = &self.inner.outbox {
-            let sender = outbox.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let sender = outbox
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
             // The notifier thread only stops with the state itself.
             let _ = sender.send(change);
         }
@@ -468,9 +470,11 @@ fn spawn_notifier(pool: DbPool, server_id: String) -> mpsc::Sender<Change> {
                 if !current.is_empty() {
                     payloads.push(format!("{server_id}|{}", Change::encode(&current)));
                 }
-                let sent = pool
-                    .get()
-                    .and_then(|mut conn| payloads.iter().try_for_each(|p| conn.notify_other_servers(p)));
+                let sent = pool.get().and_then(|mut conn| {
+                    payloads
+                        .iter()
+                        .try_for_each(|p| conn.notify_other_servers(p))
+                });
                 if let Err(err) = sent {
                     tracing::warn!(error = format!("{err:#}"), "cannot notify other servers");
                 }

@@ -1217,7 +1217,10 @@ async fn a_refused_report_never_deletes_another_attempts_staging() {
         let wrong = json!({ "worker_id": "first", "attempt": 2 });
         for (path, body) in [
             ("done", json!({ "claim": wrong, "output": "" })),
-            ("error", json!({ "claim": wrong, "output": "", "error": "x" })),
+            (
+                "error",
+                json!({ "claim": wrong, "output": "", "error": "x" }),
+            ),
             ("release", json!({ "claim": wrong, "reason": "x" })),
         ] {
             let (status, answer) = post_datum(&server, &token, datum_id, path, body).await;
@@ -1244,7 +1247,12 @@ async fn a_refused_report_never_deletes_another_attempts_staging() {
         let (status, body) = post_datum(&server, &token, datum_id, "done", json!({ "claim": second["claim"], "output": "", "output_files": [{ "path": "result.txt", "size": 8 }] })).await;
         assert_eq!(status, StatusCode::OK, "{body}");
         let (_, datum) = server
-            .call(Method::GET, &format!("/v1/datums/{datum_id}"), Some(ADMIN), None)
+            .call(
+                Method::GET,
+                &format!("/v1/datums/{datum_id}"),
+                Some(ADMIN),
+                None,
+            )
             .await;
         let outcomes: Vec<&str> = datum["attempts"]
             .as_array()
@@ -1285,7 +1293,14 @@ async fn wake_ups_are_targeted_at_the_job_that_changed() {
         woken.as_mut().enable();
         // The busy job's datum goes back to the queue: only its job hears.
         let busy_datum = held_busy["datum_id"].as_i64().unwrap();
-        let (status, _) = post_datum(&server, &busy_token, busy_datum, "error", json!({ "claim": held_busy["claim"], "output": "", "error": "x" })).await;
+        let (status, _) = post_datum(
+            &server,
+            &busy_token,
+            busy_datum,
+            "error",
+            json!({ "claim": held_busy["claim"], "output": "", "error": "x" }),
+        )
+        .await;
         assert_eq!(status, StatusCode::OK);
         assert!(
             tokio::time::timeout(Duration::from_millis(300), &mut woken)
@@ -1295,7 +1310,14 @@ async fn wake_ups_are_targeted_at_the_job_that_changed() {
         );
         // Its own requeue wakes it.
         let quiet_datum = held_quiet["datum_id"].as_i64().unwrap();
-        let (status, _) = post_datum(&server, &quiet_token, quiet_datum, "error", json!({ "claim": held_quiet["claim"], "output": "", "error": "x" })).await;
+        let (status, _) = post_datum(
+            &server,
+            &quiet_token,
+            quiet_datum,
+            "error",
+            json!({ "claim": held_quiet["claim"], "output": "", "error": "x" }),
+        )
+        .await;
         assert_eq!(status, StatusCode::OK);
         tokio::time::timeout(Duration::from_secs(5), &mut woken)
             .await
@@ -1373,12 +1395,22 @@ async fn batches_are_reserved_and_reported_datum_by_datum() {
         // The datum of the refused report is still running, its claim intact.
         let refused = reservations[2]["datum_id"].as_i64().unwrap();
         let (_, datum) = server
-            .call(Method::GET, &format!("/v1/datums/{refused}"), Some(ADMIN), None)
+            .call(
+                Method::GET,
+                &format!("/v1/datums/{refused}"),
+                Some(ADMIN),
+                None,
+            )
             .await;
         assert_eq!(datum["datum"]["status"], "running", "{datum}");
         let failed = reservations[1]["datum_id"].as_i64().unwrap();
         let (_, datum) = server
-            .call(Method::GET, &format!("/v1/datums/{failed}"), Some(ADMIN), None)
+            .call(
+                Method::GET,
+                &format!("/v1/datums/{failed}"),
+                Some(ADMIN),
+                None,
+            )
             .await;
         assert_eq!(datum["attempts"][0]["outcome"], "error", "{datum}");
     }

@@ -167,9 +167,7 @@ impl DbConn {
             #[cfg(feature = "postgres")]
             (Ok(_), DbConn::Postgres(c)) => AnsiTransactionManager::commit_transaction(&mut **c),
             #[cfg(feature = "postgres")]
-            (Err(_), DbConn::Postgres(c)) => {
-                AnsiTransactionManager::rollback_transaction(&mut **c)
-            }
+            (Err(_), DbConn::Postgres(c)) => AnsiTransactionManager::rollback_transaction(&mut **c),
         };
         match (result, ended) {
             (Ok(value), Ok(())) => Ok(value),
@@ -290,7 +288,9 @@ struct BrokenWatch {
 #[cfg(feature = "postgres")]
 impl std::fmt::Debug for BrokenWatch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BrokenWatch").field("broken", &self.broken).finish()
+        f.debug_struct("BrokenWatch")
+            .field("broken", &self.broken)
+            .finish()
     }
 }
 

@@ -15,8 +15,7 @@
 //!   any transaction.
 
 use diesel::{
-    ExpressionMethods, OptionalExtension, QueryDsl, QueryableByName, RunQueryDsl,
-    SelectableHelper,
+    ExpressionMethods, OptionalExtension, QueryDsl, QueryableByName, RunQueryDsl, SelectableHelper,
     prelude::{Insertable, Queryable, Selectable},
     sql_types::{BigInt, Integer, Nullable, Text},
 };
@@ -27,7 +26,9 @@ use super::{
 };
 use crate::{
     Millis,
-    api::{AttemptResponse, Claim, DatumSummary, InputFileResponse, NewOutputFile, OutputFileResponse},
+    api::{
+        AttemptResponse, Claim, DatumSummary, InputFileResponse, NewOutputFile, OutputFileResponse,
+    },
     db::{DbConn, schema::*, with_conn},
     status::{DatumStatus, Outcome},
     text::escape_nul,
@@ -450,15 +451,8 @@ impl Datum {
         lease_ms: i64,
         timeout_ms: Option<i64>,
     ) -> ModelResult<Option<Datum>> {
-        let reserved = Datum::reserve(
-            conn,
-            job_id,
-            worker_id,
-            1,
-            now.into(),
-            lease_ms,
-            timeout_ms,
-        )?;
+        let reserved =
+            Datum::reserve(conn, job_id, worker_id, 1, now.into(), lease_ms, timeout_ms)?;
         Ok(reserved.into_iter().next().map(|r| r.datum))
     }
 
@@ -535,7 +529,9 @@ impl Datum {
         ));
         if backend == crate::db::Backend::Postgres && files.is_empty() {
             // One statement: the datum and its attempt change together.
-            let exit_code = report.exit_code.map_or("NULL".to_owned(), |c| c.to_string());
+            let exit_code = report
+                .exit_code
+                .map_or("NULL".to_owned(), |c| c.to_string());
             let signal = report.signal.map_or("NULL".to_owned(), |s| s.to_string());
             let update = std::mem::take(&mut stmt.sql);
             stmt.push(&format!(
@@ -625,7 +621,9 @@ impl Datum {
         for (id, claim, report) in reports {
             let owner = stmt.text(Some(&claim.worker_id));
             let output = stmt.text(Some(&escape_nul(report.output)));
-            let exit_code = report.exit_code.map_or("NULL".to_owned(), |c| c.to_string());
+            let exit_code = report
+                .exit_code
+                .map_or("NULL".to_owned(), |c| c.to_string());
             let scope = claim.scope.map_or("NULL".to_owned(), |j| j.to_string());
             rows.push(format!(
                 "({id}::BIGINT, {}::INTEGER, {owner}::TEXT, {output}::TEXT, \
@@ -845,7 +843,12 @@ impl Datum {
         clock: Clock,
     ) -> ModelResult<Datum> {
         let ended = conn.write_transaction(|conn| {
-            end_attempts(conn, |stmt| held_sql(stmt, id, claim, "= 'running'"), ending, clock)
+            end_attempts(
+                conn,
+                |stmt| held_sql(stmt, id, claim, "= 'running'"),
+                ending,
+                clock,
+            )
         })?;
         if ended.is_empty() {
             return Err(Datum::why_stale(conn, id, claim));
@@ -999,8 +1002,7 @@ impl Datum {
                 end_attempts(
                     conn,
                     |stmt| {
-                        let list: Vec<String> =
-                            owners.iter().map(|o| stmt.text(Some(o))).collect();
+                        let list: Vec<String> = owners.iter().map(|o| stmt.text(Some(o))).collect();
                         format!(
                             "job_id = {} AND status = 'running' AND owner IN ({})",
                             dead.job_id,

@@ -15,8 +15,8 @@ pub use datum::{
     Attempt, Completed, Datum, DatumFilter, DeadOwners, InputFile, OutputFile, PodFailure, Report,
     Reserved,
 };
-pub use sql::Clock;
 pub use job::{Job, NewJobParams};
+pub use sql::Clock;
 // Where the streamed plan meets the database; defined with the plan.
 pub use crate::plan::DatumBatch;
 

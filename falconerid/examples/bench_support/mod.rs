@@ -270,7 +270,10 @@ pub mod rest {
         let mut mine = Drain::default();
         loop {
             let started = Instant::now();
-            let reservations = match client.reserve(job_id, worker, RESERVE_WAIT, Some(batch)).await {
+            let reservations = match client
+                .reserve(job_id, worker, RESERVE_WAIT, Some(batch))
+                .await
+            {
                 Ok(ReserveResponse::Batch { reservations }) => reservations,
                 Ok(ReserveResponse::Reserved(reservation)) => vec![*reservation],
                 Ok(ReserveResponse::Wait) => continue,
@@ -307,7 +310,11 @@ pub mod rest {
             mine.done_us.push(micros(started.elapsed()));
             let accepted = answer.results.iter().filter(|r| r.datum.is_some()).count();
             if accepted != reservations.len() {
-                bail!("{} of {} batch reports refused", reservations.len() - accepted, reservations.len());
+                bail!(
+                    "{} of {} batch reports refused",
+                    reservations.len() - accepted,
+                    reservations.len()
+                );
             }
             mine.completed += accepted;
             done.fetch_add(u64::try_from(accepted).unwrap_or(0), Ordering::Relaxed);

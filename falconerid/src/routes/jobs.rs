@@ -13,18 +13,18 @@ use falconeri_common::{
         DatumListQuery, DatumListResponse, JobDescribeResponse, JobListQuery, JobListResponse,
         JobResponse, ProgressQuery, ProgressResponse,
     },
-    models::{DatumFilter, Datum, Job, db_now},
+    models::{Datum, DatumFilter, Job, db_now},
     pipeline::PipelineSpec,
     status::{DatumStatus, JobStatus},
 };
 
 use crate::{
-    state::Change,
     auth::Principal,
     babysitter,
     error::{ApiPath, ApiQuery, AppError, AppResult},
     start_job,
     state::AppState,
+    state::Change,
 };
 
 /// How long a woken progress long-poll gathers further changes.

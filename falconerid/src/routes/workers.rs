@@ -15,8 +15,8 @@ use falconeri_common::{
     api::{
         BatchHeartbeatRequest, BatchHeartbeatResponse, BatchOutcome, BatchReport,
         BatchReportRequest, BatchReportResponse, BatchReportResult, Claim, DatumSummary,
-        DoneRequest, ErrorDetail, ErrorRequest, HeartbeatRequest, HeartbeatResponse,
-        NewOutputFile, ReleaseRequest, Reservation, ReserveRequest, ReserveResponse,
+        DoneRequest, ErrorDetail, ErrorRequest, HeartbeatRequest, HeartbeatResponse, NewOutputFile,
+        ReleaseRequest, Reservation, ReserveRequest, ReserveResponse,
     },
     models::{Clock, Completed, Datum, Job, ModelError, Report, Reserved},
     pipeline::MAX_DATUMS_PER_RESERVATION,
@@ -78,8 +78,15 @@ async fn reserve(
         let notifier = state.clone();
         let reserved = state
             .db(move |conn| {
-                let reserved =
-                    Datum::reserve(conn, job_id, &worker_id, max, Clock::DB, lease_ms, timeout_ms)?;
+                let reserved = Datum::reserve(
+                    conn,
+                    job_id,
+                    &worker_id,
+                    max,
+                    Clock::DB,
+                    lease_ms,
+                    timeout_ms,
+                )?;
                 if !reserved.is_empty() {
                     notifier.notify(Change::Progress { job_id });
                 }
@@ -310,18 +317,16 @@ fn settle_report(
             };
             Datum::fail(conn, id, claim, &report, error, Clock::DB)
         }
-        BatchOutcome::Release { reason } => {
-            Datum::release(conn, id, claim, reason, Clock::DB)
-        }
+        BatchOutcome::Release { reason } => Datum::release(conn, id, claim, reason, Clock::DB),
     };
     Ok(match result {
         Ok(datum) => Settled::Accepted(datum),
         Err(err @ ModelError::Conflict(_)) => {
             // Stale only if the claim's attempt really was this worker's
             // and is over: the attempt record says so.
-            let attempt_was_callers = Datum::attempts(conn, id)?
-                .iter()
-                .any(|a| a.number == claim.attempt && a.worker_id == claim.worker_id && a.outcome.is_some());
+            let attempt_was_callers = Datum::attempts(conn, id)?.iter().any(|a| {
+                a.number == claim.attempt && a.worker_id == claim.worker_id && a.outcome.is_some()
+            });
             if attempt_was_callers {
                 Settled::Stale(err)
             } else {
@@ -385,11 +390,11 @@ fn settle_many_on_postgres(
         conn.write_transaction(|conn| settle_each(conn, &rest))?
     }
     .into_iter();
-    Ok(settled
+    settled
         .into_iter()
         .map(|s| s.or_else(|| rest.next()))
         .collect::<Option<Vec<Settled>>>()
-        .ok_or_else(|| ModelError::Other(anyhow::anyhow!("a report went unsettled")))?)
+        .ok_or_else(|| ModelError::Other(anyhow::anyhow!("a report went unsettled")))
 }
 
 /// Tells waiting workers about a datum that went back to the queue, and
@@ -475,7 +480,11 @@ async fn final_report(
 ) -> AppResult<Json<DatumSummary>> {
     let job_id = match principal {
         Principal::Worker { job_id } => *job_id,
-        Principal::Admin => state.db(move |conn| Ok(Datum::find(conn, id)?.job_id)).await?,
+        Principal::Admin => {
+            state
+                .db(move |conn| Ok(Datum::find(conn, id)?.job_id))
+                .await?
+        }
     };
     let report = BatchReport {
         datum_id: id,
@@ -520,22 +529,22 @@ async fn settle_batch(
         state
             .clone()
             .db(move |conn| {
-                let settle_all = |conn: &mut falconeri_common::db::DbConn,
-                                  reports: &[(BatchReport, Claim)]| {
-                    reports
-                        .iter()
-                        .map(|(report, claim)| {
-                            settle_report(
-                                conn,
-                                &info,
-                                report.datum_id,
-                                claim,
-                                &report.outcome,
-                                publish_lease_ms,
-                            )
-                        })
-                        .collect::<Result<Vec<_>, ModelError>>()
-                };
+                let settle_all =
+                    |conn: &mut falconeri_common::db::DbConn, reports: &[(BatchReport, Claim)]| {
+                        reports
+                            .iter()
+                            .map(|(report, claim)| {
+                                settle_report(
+                                    conn,
+                                    &info,
+                                    report.datum_id,
+                                    claim,
+                                    &report.outcome,
+                                    publish_lease_ms,
+                                )
+                            })
+                            .collect::<Result<Vec<_>, ModelError>>()
+                    };
                 // A single report is its own transaction already; wrapping
                 // it would only add a savepoint.
                 let settled = if reports.len() == 1 {
@@ -583,10 +592,15 @@ async fn settle_batch(
                     })
                 };
                 let finished = task.await.unwrap_or_else(|err| {
-                    Err(AppError::Internal(anyhow::anyhow!("publishing task failed: {err}")))
+                    Err(AppError::Internal(anyhow::anyhow!(
+                        "publishing task failed: {err}"
+                    )))
                 });
                 // Published or failed for good: the staged copies are spent.
-                if !matches!(finished, Err(AppError::Internal(_) | AppError::Unavailable(_))) {
+                if !matches!(
+                    finished,
+                    Err(AppError::Internal(_) | AppError::Unavailable(_))
+                ) {
                     settle_staging(staging);
                 }
                 finished
