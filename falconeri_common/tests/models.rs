@@ -852,6 +852,14 @@ fn reservation_plan_never_walks_done_datums() {
     let text = plan.join("\n");
     assert!(text.contains("datums_queue"), "{text}");
     assert!(!text.contains("Rows Removed by Filter"), "{text}");
+    // The whole statement the model runs: the pick through the queue index,
+    // the update through the primary key, never a scan of the job's rows.
+    let full = Datum::reservation_plan(&mut conn, job.id)
+        .unwrap()
+        .join("\n");
+    assert!(full.contains("datums_queue"), "{full}");
+    assert!(!full.contains("Seq Scan on datums"), "{full}");
+    assert!(full.contains("datums_pkey"), "{full}");
     // And the model's statement reserves the first ready datum.
     let datum = Datum::reserve_next(&mut conn, job.id, "w", 0_i64, LEASE, None)
         .unwrap()

@@ -233,7 +233,7 @@ UPDATE datums SET \
     deadline_at = CASE WHEN status = 'ready' THEN {deadline} ELSE deadline_at END, \
     status = 'running', ready_order = NULL, owner = {worker}, \
     lease_expires_at = {now} + {lease}, updated_at = {now}, finished_at = NULL \
-WHERE id IN ( \
+WHERE id {in} ( \
     SELECT id FROM datums WHERE job_id = {job} AND owner = {worker} AND status = 'running' \
     UNION ALL \
     SELECT id FROM ( \
@@ -243,7 +243,7 @@ WHERE id IN ( \
                           WHERE h.job_id = {job} AND h.owner = {worker} AND h.status = 'running') \
           AND EXISTS (SELECT 1 FROM jobs j WHERE j.id = {job} AND j.status = 'running') \
         ORDER BY ready_order LIMIT {max} {lock}) AS next \
-) AND (status = 'ready' OR (status = 'running' AND owner = {worker})) \
+){close} AND (status = 'ready' OR (status = 'running' AND owner = {worker})) \
 RETURNING *, {files} AS files";
 
 impl Datum {
@@ -347,48 +347,9 @@ impl Datum {
         timeout_ms: Option<i64>,
     ) -> ModelResult<Vec<Reserved>> {
         let backend = conn.backend();
-        let mut stmt = Stmt::new(backend);
-        let worker = stmt.text(Some(worker_id));
-        let now = clock.sql(backend);
-        let max = max.max(1);
-        let deadline = match timeout_ms {
-            Some(t) => format!("{now} + {}", t.saturating_mul(i64::from(max))),
-            None => "NULL".to_owned(),
-        };
-        let (lock, files) = match backend {
-            crate::db::Backend::Postgres => (
-                "FOR UPDATE SKIP LOCKED",
-                "(SELECT CAST(json_agg(json_build_array(f.uri, f.local_path) ORDER BY f.id) AS TEXT) \
-                 FROM input_files f WHERE f.datum_id = datums.id)",
-            ),
-            crate::db::Backend::Sqlite => (
-                "",
-                "(SELECT json_group_array(json_array(f.uri, f.local_path) ORDER BY f.id) \
-                 FROM input_files f WHERE f.datum_id = datums.id)",
-            ),
-        };
-        let sql = RESERVE_HELD_OR_NEXT
-            .replace("{now}", &now)
-            .replace("{deadline}", &deadline)
-            .replace("{worker}", &worker)
-            .replace("{lease}", &lease_ms.to_string())
-            .replace("{job}", &job_id.to_string())
-            .replace("{max}", &max.to_string())
-            .replace("{lock}", lock)
-            .replace("{files}", files);
+        let stmt =
+            Datum::reservation_stmt(backend, job_id, worker_id, max, clock, lease_ms, timeout_ms);
         if backend == crate::db::Backend::Postgres {
-            // One statement, so one round trip and no BEGIN/COMMIT: the claim
-            // and the attempt rows commit together (a data-modifying CTE),
-            // and the input files come back with each datum.
-            let claim = sql.replace(&format!(" RETURNING *, {files} AS files"), " RETURNING *");
-            stmt.push(&format!(
-                "WITH claimed AS ({claim}), \
-                 recorded AS (INSERT INTO attempts (job_id, datum_id, number, worker_id, started_at) \
-                     SELECT job_id, id, attempt, owner, started_at FROM claimed \
-                     ON CONFLICT (datum_id, number) DO NOTHING) \
-                 SELECT claimed.*, {} AS files FROM claimed",
-                files.replace("datums.id", "claimed.id")
-            ));
             let rows: Vec<ReservedRow> = stmt.load(conn)?;
             let mut reserved = rows
                 .into_iter()
@@ -402,7 +363,6 @@ impl Datum {
             reserved.sort_by_key(|r| r.datum.id);
             return Ok(reserved);
         }
-        stmt.push(&sql);
         conn.write_transaction(|conn| {
             let rows: Vec<ReservedRow> = stmt.load(conn)?;
             let mut reserved = Vec::with_capacity(rows.len());
@@ -440,6 +400,98 @@ impl Datum {
             }
             Ok(reserved)
         })
+    }
+
+    /// The reservation statement (see [`Datum::reserve`]): on PostgreSQL
+    /// the whole CTE, on SQLite the claim alone.
+    fn reservation_stmt(
+        backend: crate::db::Backend,
+        job_id: i64,
+        worker_id: &str,
+        max: u32,
+        clock: Clock,
+        lease_ms: i64,
+        timeout_ms: Option<i64>,
+    ) -> Stmt {
+        let mut stmt = Stmt::new(backend);
+        let worker = stmt.text(Some(worker_id));
+        let now = clock.sql(backend);
+        let max = max.max(1);
+        let deadline = match timeout_ms {
+            Some(t) => format!("{now} + {}", t.saturating_mul(i64::from(max))),
+            None => "NULL".to_owned(),
+        };
+        // On PostgreSQL the picked ids are gathered into an array first
+        // (`= ANY(ARRAY(…))`): the update then finds them through the
+        // primary key, never by a scan of the job's rows joined to the pick,
+        // which the planner chooses for `IN (…)` when it cannot tell how few
+        // rows the pick returns.
+        let (open, close) = match backend {
+            crate::db::Backend::Postgres => ("= ANY(ARRAY(", ")"),
+            crate::db::Backend::Sqlite => ("IN (", ""),
+        };
+        let (lock, files) = match backend {
+            crate::db::Backend::Postgres => (
+                "FOR UPDATE SKIP LOCKED",
+                "(SELECT CAST(json_agg(json_build_array(f.uri, f.local_path) ORDER BY f.id) AS TEXT) \
+                 FROM input_files f WHERE f.datum_id = datums.id)",
+            ),
+            crate::db::Backend::Sqlite => (
+                "",
+                "(SELECT json_group_array(json_array(f.uri, f.local_path) ORDER BY f.id) \
+                 FROM input_files f WHERE f.datum_id = datums.id)",
+            ),
+        };
+        let sql = RESERVE_HELD_OR_NEXT
+            .replace("{in} (", open)
+            .replace("{close}", close)
+            .replace("{now}", &now)
+            .replace("{deadline}", &deadline)
+            .replace("{worker}", &worker)
+            .replace("{lease}", &lease_ms.to_string())
+            .replace("{job}", &job_id.to_string())
+            .replace("{max}", &max.to_string())
+            .replace("{lock}", lock)
+            .replace("{files}", files);
+        if backend == crate::db::Backend::Postgres {
+            // One statement, so one round trip and no BEGIN/COMMIT: the claim
+            // and the attempt rows commit together (a data-modifying CTE),
+            // and the input files come back with each datum.
+            let claim = sql.replace(&format!(" RETURNING *, {files} AS files"), " RETURNING *");
+            stmt.push(&format!(
+                "WITH claimed AS ({claim}), \
+                 recorded AS (INSERT INTO attempts (job_id, datum_id, number, worker_id, started_at) \
+                     SELECT job_id, id, attempt, owner, started_at FROM claimed \
+                     ON CONFLICT (datum_id, number) DO NOTHING) \
+                 SELECT claimed.*, {} AS files FROM claimed",
+                files.replace("datums.id", "claimed.id")
+            ));
+        } else {
+            stmt.push(&sql);
+        }
+        stmt
+    }
+
+    /// PostgreSQL's plan for reserving one datum of job `job_id` (plan
+    /// only, nothing runs), one line per element: for the test that proves
+    /// the reservation never walks a job's finished rows.
+    #[doc(hidden)]
+    pub fn reservation_plan(conn: &mut DbConn, job_id: i64) -> ModelResult<Vec<String>> {
+        #[derive(QueryableByName)]
+        struct PlanLine {
+            #[diesel(sql_type = Text, column_name = "QUERY PLAN")]
+            line: String,
+        }
+        let stmt =
+            Datum::reservation_stmt(conn.backend(), job_id, "explain", 1, Clock::DB, 1_000, None);
+        // The one bound text is the worker id; written in, the statement
+        // can be explained without binding it.
+        let sql = format!(
+            "EXPLAIN (COSTS OFF) {}",
+            stmt.sql.replace("$1", "'explain'")
+        );
+        let lines: Vec<PlanLine> = with_conn!(conn, c => diesel::sql_query(&sql).load(c))?;
+        Ok(lines.into_iter().map(|l| l.line).collect())
     }
 
     /// [`Datum::reserve`] of one datum.
