@@ -1415,3 +1415,156 @@ async fn batches_are_reserved_and_reported_datum_by_datum() {
         assert_eq!(datum["attempts"][0]["outcome"], "error", "{datum}");
     }
 }
+
+/// Issue 9, defect 1: workers killed mid-job (after they reserved) were
+/// counted as workers that cannot start, so a few kills failed the job and
+/// canceled its datums. Crashed workers are replaced; only workers that die
+/// before reserving anything count toward giving up.
+#[tokio::test]
+async fn crashed_workers_are_replaced_and_never_fail_the_job() {
+    for server in TestServer::all() {
+        let inputs: Vec<(String, &str)> = (0..40).map(|i| (format!("f{i}.txt"), "x")).collect();
+        let inputs: Vec<(&str, &str)> = inputs.iter().map(|(p, c)| (p.as_str(), *c)).collect();
+        let job = create(
+            &server,
+            server.spec_with_inputs(&inputs, json!({ "datum_tries": 5 })),
+        )
+        .await;
+        let id = job["id"].as_i64().unwrap();
+        let token = worker_token(&server, id);
+        // Far more crashes than parallelism (2) × --worker-restarts (3):
+        // each crashed worker had reserved a datum first.
+        let mut dead = Vec::new();
+        for n in 0..12 {
+            let worker = format!("crash-{n}");
+            let (_, held) = reserve(&server, id, &token, &worker, 0).await;
+            assert_eq!(held["status"], "reserved", "{held}");
+            dead.push(WorkerState {
+                id: worker,
+                alive: false,
+            });
+            server
+                .executor
+                .workers
+                .lock()
+                .unwrap()
+                .insert(id, dead.clone());
+            Babysitter::default().tick(&server.state).await.unwrap();
+        }
+        let (_, job) = server
+            .call(Method::GET, &format!("/v1/jobs/{id}"), Some(ADMIN), None)
+            .await;
+        assert_eq!(job["status"], "running", "{job}");
+        assert!(
+            !server.executor.stopped.lock().unwrap().contains(&id),
+            "the job was given up"
+        );
+
+        // Workers that die before reserving anything do fail it.
+        for n in 0..7 {
+            dead.push(WorkerState {
+                id: format!("never-started-{n}"),
+                alive: false,
+            });
+        }
+        server
+            .executor
+            .workers
+            .lock()
+            .unwrap()
+            .insert(id, dead.clone());
+        Babysitter::default().tick(&server.state).await.unwrap();
+        let (_, job) = server
+            .call(Method::GET, &format!("/v1/jobs/{id}"), Some(ADMIN), None)
+            .await;
+        assert_eq!(job["status"], "error", "{job}");
+        assert!(
+            job["error_message"]
+                .as_str()
+                .unwrap()
+                .contains("exited before reserving any datum"),
+            "{job}"
+        );
+        // And a retry takes the datums the give-up canceled.
+        let (status, retried) = server
+            .call(
+                Method::POST,
+                &format!("/v1/jobs/{id}/retry"),
+                Some(ADMIN),
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{retried}");
+        assert_eq!(retried["datum_count"], 40, "{retried}");
+    }
+}
+
+/// Issue 9, item 6: a falconerid that dies between the two writes of a
+/// `done` leaves the datum `publishing`; once the publishing lease runs out
+/// the babysitter publishes the staged outputs and finishes the datum.
+#[tokio::test]
+async fn the_babysitter_finishes_publishing_a_crash_left_behind() {
+    use falconeri_common::{
+        api::NewOutputFile,
+        models::{Clock, Completed, Datum, Report},
+    };
+    for server in TestServer::all() {
+        let spec = server.spec_with_inputs(&[("x.txt", "x")], json!({}));
+        let egress = std::path::PathBuf::from(
+            spec["egress"]["URI"]
+                .as_str()
+                .unwrap()
+                .strip_prefix("file://")
+                .unwrap(),
+        );
+        let egress_uri = spec["egress"]["URI"].as_str().unwrap().to_owned();
+        let job = create(&server, spec).await;
+        let id = job["id"].as_i64().unwrap();
+        let token = worker_token(&server, id);
+        let (_, held) = reserve(&server, id, &token, "w", 0).await;
+        let datum_id = held["datum_id"].as_i64().unwrap();
+        stage(&held, "out/result.txt", "published by the babysitter");
+        // The first phase only, as a server that died right after it.
+        let claim: falconeri_common::api::Claim =
+            serde_json::from_value(held["claim"].clone()).unwrap();
+        let completed = server
+            .state
+            .db(move |conn| {
+                let files = [NewOutputFile {
+                    path: "out/result.txt".into(),
+                    size: 27,
+                }];
+                Datum::complete(
+                    conn,
+                    datum_id,
+                    &claim,
+                    &Report::default(),
+                    &files,
+                    &egress_uri,
+                    Clock::DB,
+                    30_000,
+                )
+            })
+            .await
+            .unwrap();
+        assert!(matches!(completed, Completed::Publishing(..)));
+        // Within the lease nothing happens; after it, the babysitter
+        // finishes the job's datum.
+        Babysitter::default().tick(&server.state).await.unwrap();
+        assert!(!egress.join("out/result.txt").exists());
+        Babysitter::with_clock_skew(31_000)
+            .tick(&server.state)
+            .await
+            .unwrap();
+        assert_eq!(
+            std::fs::read_to_string(egress.join("out/result.txt")).unwrap(),
+            "published by the babysitter"
+        );
+        let (_, datum) = server
+            .call(Method::GET, &format!("/v1/datums/{datum_id}"), Some(ADMIN), None)
+            .await;
+        assert_eq!(datum["datum"]["status"], "done", "{datum}");
+        assert_eq!(datum["attempts"][0]["outcome"], "done", "{datum}");
+        assert_eq!(datum["output_files"].as_array().unwrap().len(), 1);
+    }
+}
