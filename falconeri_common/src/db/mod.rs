@@ -178,6 +178,43 @@ impl DbConn {
         }
     }
 
+    /// Makes sure this PostgreSQL connection has the server-side prepared
+    /// statement `name` (`PREPARE name (types) AS sql`), preparing it on
+    /// first use. Returns false where that cannot be done (SQLite, or a
+    /// connection not made by [`PgManager`]): the caller then runs its
+    /// statement as plain SQL.
+    ///
+    /// Why: the hot-path statements are planned by PostgreSQL anew on every
+    /// run otherwise, and parsing and planning them costs more than running
+    /// them. Their plans are safe to reuse: the reservation's pick has one
+    /// index in its order, and its update goes through the primary key.
+    pub fn ensure_prepared(
+        &mut self,
+        name: &'static str,
+        types: &str,
+        sql: &str,
+    ) -> std::result::Result<bool, diesel::result::Error> {
+        match self {
+            DbConn::Sqlite(_) => Ok(false),
+            #[cfg(feature = "postgres")]
+            DbConn::Postgres(c) => {
+                use diesel::Connection;
+                let known = match c.instrumentation().downcast_ref::<BrokenWatch>() {
+                    Some(watch) => watch.prepared.contains(name),
+                    None => return Ok(false),
+                };
+                if known {
+                    return Ok(true);
+                }
+                c.batch_execute(&format!("PREPARE {name} ({types}) AS {sql}"))?;
+                if let Some(watch) = c.instrumentation().downcast_mut::<BrokenWatch>() {
+                    watch.prepared.insert(name);
+                }
+                Ok(true)
+            }
+        }
+    }
+
     /// Which database this connection talks to.
     pub fn backend(&self) -> Backend {
         match self {
@@ -284,6 +321,10 @@ fn breaks_connection(err: &DieselError) -> bool {
 struct BrokenWatch {
     broken: bool,
     inner: Option<Box<dyn diesel::connection::Instrumentation>>,
+    /// The server-side prepared statements this connection has (see
+    /// [`DbConn::ensure_prepared`]); kept here, the one per-connection
+    /// state diesel lets us attach.
+    prepared: std::collections::HashSet<&'static str>,
 }
 
 #[cfg(feature = "postgres")]
@@ -329,6 +370,7 @@ impl diesel::r2d2::ManageConnection for PgManager {
         conn.set_instrumentation(BrokenWatch {
             broken: false,
             inner: diesel::connection::get_default_instrumentation(),
+            prepared: Default::default(),
         });
         Ok(conn)
     }

@@ -347,21 +347,41 @@ impl Datum {
         timeout_ms: Option<i64>,
     ) -> ModelResult<Vec<Reserved>> {
         let backend = conn.backend();
+        if backend == crate::db::Backend::Postgres
+            && clock == Clock::DB
+            && !worker_id.contains('\0')
+        {
+            let prepared = reservation_sql(
+                backend,
+                &ReservationParams {
+                    job: "$1",
+                    worker: "$2",
+                    max: "$3",
+                    lease: "$4",
+                    deadline: &format!("{} + $5", Clock::DB.sql(backend)),
+                    now: &Clock::DB.sql(backend),
+                },
+            );
+            let (name, types) = PREPARED_RESERVE;
+            if conn.ensure_prepared(name, types, &prepared)? {
+                let max = max.max(1);
+                let deadline = timeout_ms.map_or("NULL".to_owned(), |t| {
+                    t.saturating_mul(i64::from(max)).to_string()
+                });
+                let execute = format!(
+                    "EXECUTE {name}({job_id}, {}, {max}, {lease_ms}, {deadline})",
+                    sql_literal(worker_id)
+                );
+                let rows: Vec<ReservedRow> =
+                    with_conn!(conn, c => diesel::sql_query(&execute).load(c))?;
+                return collect_reserved(rows);
+            }
+        }
         let stmt =
             Datum::reservation_stmt(backend, job_id, worker_id, max, clock, lease_ms, timeout_ms);
         if backend == crate::db::Backend::Postgres {
             let rows: Vec<ReservedRow> = stmt.load(conn)?;
-            let mut reserved = rows
-                .into_iter()
-                .map(|row| {
-                    Ok(Reserved {
-                        files: parse_files(row.files.as_deref())?,
-                        datum: row.datum,
-                    })
-                })
-                .collect::<ModelResult<Vec<_>>>()?;
-            reserved.sort_by_key(|r| r.datum.id);
-            return Ok(reserved);
+            return collect_reserved(rows);
         }
         conn.write_transaction(|conn| {
             let rows: Vec<ReservedRow> = stmt.load(conn)?;
@@ -403,7 +423,7 @@ impl Datum {
     }
 
     /// The reservation statement (see [`Datum::reserve`]): on PostgreSQL
-    /// the whole CTE, on SQLite the claim alone.
+    /// the whole CTE, on SQLite the claim alone, with the worker id bound.
     fn reservation_stmt(
         backend: crate::db::Backend,
         job_id: i64,
@@ -421,54 +441,18 @@ impl Datum {
             Some(t) => format!("{now} + {}", t.saturating_mul(i64::from(max))),
             None => "NULL".to_owned(),
         };
-        // On PostgreSQL the picked ids are gathered into an array first
-        // (`= ANY(ARRAY(…))`): the update then finds them through the
-        // primary key, never by a scan of the job's rows joined to the pick,
-        // which the planner chooses for `IN (…)` when it cannot tell how few
-        // rows the pick returns.
-        let (open, close) = match backend {
-            crate::db::Backend::Postgres => ("= ANY(ARRAY(", ")"),
-            crate::db::Backend::Sqlite => ("IN (", ""),
-        };
-        let (lock, files) = match backend {
-            crate::db::Backend::Postgres => (
-                "FOR UPDATE SKIP LOCKED",
-                "(SELECT CAST(json_agg(json_build_array(f.uri, f.local_path) ORDER BY f.id) AS TEXT) \
-                 FROM input_files f WHERE f.datum_id = datums.id)",
-            ),
-            crate::db::Backend::Sqlite => (
-                "",
-                "(SELECT json_group_array(json_array(f.uri, f.local_path) ORDER BY f.id) \
-                 FROM input_files f WHERE f.datum_id = datums.id)",
-            ),
-        };
-        let sql = RESERVE_HELD_OR_NEXT
-            .replace("{in} (", open)
-            .replace("{close}", close)
-            .replace("{now}", &now)
-            .replace("{deadline}", &deadline)
-            .replace("{worker}", &worker)
-            .replace("{lease}", &lease_ms.to_string())
-            .replace("{job}", &job_id.to_string())
-            .replace("{max}", &max.to_string())
-            .replace("{lock}", lock)
-            .replace("{files}", files);
-        if backend == crate::db::Backend::Postgres {
-            // One statement, so one round trip and no BEGIN/COMMIT: the claim
-            // and the attempt rows commit together (a data-modifying CTE),
-            // and the input files come back with each datum.
-            let claim = sql.replace(&format!(" RETURNING *, {files} AS files"), " RETURNING *");
-            stmt.push(&format!(
-                "WITH claimed AS ({claim}), \
-                 recorded AS (INSERT INTO attempts (job_id, datum_id, number, worker_id, started_at) \
-                     SELECT job_id, id, attempt, owner, started_at FROM claimed \
-                     ON CONFLICT (datum_id, number) DO NOTHING) \
-                 SELECT claimed.*, {} AS files FROM claimed",
-                files.replace("datums.id", "claimed.id")
-            ));
-        } else {
-            stmt.push(&sql);
-        }
+        let sql = reservation_sql(
+            backend,
+            &ReservationParams {
+                job: &job_id.to_string(),
+                worker: &worker,
+                max: &max.to_string(),
+                lease: &lease_ms.to_string(),
+                deadline: &deadline,
+                now: &now,
+            },
+        );
+        stmt.push(&sql);
         stmt
     }
 
@@ -1213,6 +1197,83 @@ impl Datum {
     }
 }
 
+/// The pieces of the reservation statement that vary: SQL expressions,
+/// either literals or a prepared statement's parameters.
+struct ReservationParams<'a> {
+    job: &'a str,
+    worker: &'a str,
+    max: &'a str,
+    lease: &'a str,
+    deadline: &'a str,
+    now: &'a str,
+}
+
+/// The reservation's SQL (see [`Datum::reserve`]).
+fn reservation_sql(backend: crate::db::Backend, p: &ReservationParams<'_>) -> String {
+    // On PostgreSQL the picked ids are gathered into an array first
+    // (`= ANY(ARRAY(…))`): the update then finds them through the
+    // primary key, never by a scan of the job's rows joined to the pick,
+    // which the planner chooses for `IN (…)` when it cannot tell how few
+    // rows the pick returns.
+    let (open, close) = match backend {
+        crate::db::Backend::Postgres => ("= ANY(ARRAY(", ")"),
+        crate::db::Backend::Sqlite => ("IN (", ""),
+    };
+    let (lock, files) = match backend {
+        crate::db::Backend::Postgres => (
+            "FOR UPDATE SKIP LOCKED",
+            "(SELECT CAST(json_agg(json_build_array(f.uri, f.local_path) ORDER BY f.id) AS TEXT) \
+             FROM input_files f WHERE f.datum_id = datums.id)",
+        ),
+        crate::db::Backend::Sqlite => (
+            "",
+            "(SELECT json_group_array(json_array(f.uri, f.local_path) ORDER BY f.id) \
+             FROM input_files f WHERE f.datum_id = datums.id)",
+        ),
+    };
+    let sql = RESERVE_HELD_OR_NEXT
+        .replace("{in} (", open)
+        .replace("{close}", close)
+        .replace("{now}", p.now)
+        .replace("{deadline}", p.deadline)
+        .replace("{worker}", p.worker)
+        .replace("{lease}", p.lease)
+        .replace("{job}", p.job)
+        .replace("{max}", p.max)
+        .replace("{lock}", lock)
+        .replace("{files}", files);
+    if backend == crate::db::Backend::Sqlite {
+        return sql;
+    }
+    // One statement, so one round trip and no BEGIN/COMMIT: the claim and
+    // the attempt rows commit together (a data-modifying CTE), and the
+    // input files come back with each datum.
+    let claim = sql.replace(&format!(" RETURNING *, {files} AS files"), " RETURNING *");
+    format!(
+        "WITH claimed AS ({claim}), \
+         recorded AS (INSERT INTO attempts (job_id, datum_id, number, worker_id, started_at) \
+             SELECT job_id, id, attempt, owner, started_at FROM claimed \
+             ON CONFLICT (datum_id, number) DO NOTHING) \
+         SELECT claimed.*, {} AS files FROM claimed",
+        files.replace("datums.id", "claimed.id")
+    )
+}
+
+/// The name of the prepared reservation on PostgreSQL, and its parameter
+/// types: job, worker, max, lease (ms), deadline offset (ms, or NULL).
+const PREPARED_RESERVE: (&str, &str) = (
+    "falconeri_reserve",
+    "BIGINT, TEXT, INTEGER, BIGINT, BIGINT",
+);
+
+/// A string as an SQL literal. `standard_conforming_strings` is on (the
+/// default since PostgreSQL 9.1, and what diesel expects), so only quotes
+/// need doubling; a NUL never gets here (requests with one are refused,
+/// free text is escaped first).
+fn sql_literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
 /// The guard of every worker write as SQL: the datum `id` is in `status`
 /// (an SQL predicate such as `= 'running'`), at the claim's attempt, owned
 /// by the claim's worker.
@@ -1320,6 +1381,21 @@ pub(super) fn close_attempts(
         stmt.execute(conn)?;
     }
     Ok(())
+}
+
+/// Reserved datums from the rows of the reservation, in id order.
+fn collect_reserved(rows: Vec<ReservedRow>) -> ModelResult<Vec<Reserved>> {
+    let mut reserved = rows
+        .into_iter()
+        .map(|row| {
+            Ok(Reserved {
+                files: parse_files(row.files.as_deref())?,
+                datum: row.datum,
+            })
+        })
+        .collect::<ModelResult<Vec<_>>>()?;
+    reserved.sort_by_key(|r| r.datum.id);
+    Ok(reserved)
 }
 
 /// The input files of a reservation, from the JSON array of
