@@ -563,6 +563,40 @@ impl Datum {
                 updated_at = {now} \
              WHERE {guard} RETURNING *"
         ));
+        if backend == crate::db::Backend::Postgres && files.is_empty() && clock == Clock::DB {
+            let now = Clock::DB.sql(backend);
+            let prepared = format!(
+                "WITH done AS (UPDATE datums SET status = 'done', finished_at = {now}, \
+                     lease_expires_at = NULL, error_message = NULL, output = $4, \
+                     deadline_at = NULL, updated_at = {now} \
+                     WHERE id = $1 AND status = 'running' AND attempt = $2 AND owner = $3 \
+                     AND ($6::BIGINT IS NULL OR job_id = $6) RETURNING *), \
+                 closed AS (UPDATE attempts a SET outcome = 'done', finished_at = {now}, \
+                     exit_code = $5, signal = NULL \
+                     FROM done WHERE a.datum_id = done.id AND a.number = done.attempt \
+                     AND a.outcome IS NULL) \
+                 SELECT * FROM done"
+            );
+            let (name, types) = PREPARED_DONE;
+            if report.signal.is_none()
+                && !claim.worker_id.contains('\0')
+                && conn.ensure_prepared(name, types, &prepared)?
+            {
+                let execute = format!(
+                    "EXECUTE {name}({id}, {}, {}, {}, {}, {})",
+                    claim.attempt,
+                    sql_literal(&claim.worker_id),
+                    sql_literal(&output),
+                    report.exit_code.map_or("NULL".to_owned(), |c| c.to_string()),
+                    claim.scope.map_or("NULL".to_owned(), |j| j.to_string()),
+                );
+                let rows: Vec<Datum> = with_conn!(conn, c => diesel::sql_query(&execute).load(c))?;
+                return match rows.into_iter().next() {
+                    Some(datum) => Ok(Completed::Done(datum)),
+                    None => Err(Datum::why_stale(conn, id, claim)),
+                };
+            }
+        }
         if backend == crate::db::Backend::Postgres && files.is_empty() {
             // One statement: the datum and its attempt change together.
             let exit_code = report
@@ -1264,6 +1298,13 @@ fn reservation_sql(backend: crate::db::Backend, p: &ReservationParams<'_>) -> St
 const PREPARED_RESERVE: (&str, &str) = (
     "falconeri_reserve",
     "BIGINT, TEXT, INTEGER, BIGINT, BIGINT",
+);
+
+/// The prepared `done` of a datum without outputs on PostgreSQL, and its
+/// parameter types: datum, attempt, owner, output, exit code, job scope.
+const PREPARED_DONE: (&str, &str) = (
+    "falconeri_done",
+    "BIGINT, INTEGER, TEXT, TEXT, INTEGER, BIGINT",
 );
 
 /// A string as an SQL literal. `standard_conforming_strings` is on (the
