@@ -58,6 +58,24 @@ fn three_texts() -> Vec<(&'static str, &'static str)> {
     vec![("a.txt", "a"), ("b.txt", "bb"), ("dir/c.txt", "ccc")]
 }
 
+/// `GET /v1/jobs/{id}` as the admin.
+async fn get_job(server: &TestServer, id: i64) -> Value {
+    let (status, job) = server
+        .call(Method::GET, &format!("/v1/jobs/{id}"), Some(ADMIN), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{job}");
+    job
+}
+
+/// `GET /v1/datums/{id}` as the admin.
+async fn get_datum(server: &TestServer, id: i64) -> Value {
+    let (status, datum) = server
+        .call(Method::GET, &format!("/v1/datums/{id}"), Some(ADMIN), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{datum}");
+    datum
+}
+
 async fn create(server: &TestServer, spec: Value) -> Value {
     let (status, job) = server
         .call(Method::POST, "/v1/jobs", Some(ADMIN), Some(spec))
@@ -259,9 +277,7 @@ async fn a_job_runs_through_the_worker_protocol() {
             done += 1;
         }
         assert_eq!(done, 3);
-        let (_, job) = server
-            .call(Method::GET, &format!("/v1/jobs/{id}"), Some(ADMIN), None)
-            .await;
+        let job = get_job(&server, id).await;
         assert_eq!(job["status"], "done");
 
         let (_, described) = server
@@ -282,14 +298,7 @@ async fn a_job_runs_through_the_worker_protocol() {
             )
             .await;
         let datum_id = datums["datums"][0]["id"].as_i64().unwrap();
-        let (_, datum) = server
-            .call(
-                Method::GET,
-                &format!("/v1/datums/{datum_id}"),
-                Some(ADMIN),
-                None,
-            )
-            .await;
+        let datum = get_datum(&server, datum_id).await;
         assert_eq!(datum["output"], "hello");
         assert_eq!(datum["output_files"].as_array().unwrap().len(), 1);
         let (status, _) = server
@@ -492,9 +501,7 @@ async fn retry_runs_only_the_failed_datums() {
             let body = json!({ "claim": answer["claim"], "output": "", "error": "bad" });
             post_datum(&server, &token, datum_id, outcome, body).await;
         }
-        let (_, job) = server
-            .call(Method::GET, &format!("/v1/jobs/{id}"), Some(ADMIN), None)
-            .await;
+        let job = get_job(&server, id).await;
         assert_eq!(job["status"], "error");
         let (status, retried) = server
             .call(
@@ -528,14 +535,7 @@ async fn babysitter_enforces_timeouts_retries_and_replaces_workers() {
             .tick(&server.state)
             .await
             .unwrap();
-        let (_, datum) = server
-            .call(
-                Method::GET,
-                &format!("/v1/datums/{datum_id}"),
-                Some(ADMIN),
-                None,
-            )
-            .await;
+        let datum = get_datum(&server, datum_id).await;
         assert_eq!(datum["datum"]["status"], "ready", "one try left: {datum}");
         assert!(
             datum["datum"]["error_message"]
@@ -556,14 +556,7 @@ async fn babysitter_enforces_timeouts_retries_and_replaces_workers() {
         let starts_before = server.executor.started.lock().unwrap().len();
         Babysitter::default().tick(&server.state).await.unwrap();
         let datum_id = held["datum_id"].as_i64().unwrap();
-        let (_, datum) = server
-            .call(
-                Method::GET,
-                &format!("/v1/datums/{datum_id}"),
-                Some(ADMIN),
-                None,
-            )
-            .await;
+        let datum = get_datum(&server, datum_id).await;
         assert!(
             datum["datum"]["error_message"]
                 .as_str()
@@ -581,9 +574,7 @@ async fn babysitter_enforces_timeouts_retries_and_replaces_workers() {
             .tick(&server.state)
             .await
             .unwrap();
-        let (_, job) = server
-            .call(Method::GET, &format!("/v1/jobs/{id}"), Some(ADMIN), None)
-            .await;
+        let job = get_job(&server, id).await;
         assert_eq!(job["status"], "error");
         assert!(job["error_message"].as_str().unwrap().contains("timed out"));
         assert!(server.executor.stopped.lock().unwrap().contains(&id));
@@ -608,9 +599,7 @@ async fn babysitter_expires_leases_until_tries_run_out_and_finishes_the_job() {
                 .await
                 .unwrap();
         }
-        let (_, job) = server
-            .call(Method::GET, &format!("/v1/jobs/{id}"), Some(ADMIN), None)
-            .await;
+        let job = get_job(&server, id).await;
         assert_eq!(job["status"], "error", "{job}");
         let (_, described) = server
             .call(
@@ -747,14 +736,7 @@ async fn a_stale_worker_never_publishes_outputs() {
             std::fs::read_to_string(egress.join("result.txt")).unwrap(),
             "fresh"
         );
-        let (_, datum) = server
-            .call(
-                Method::GET,
-                &format!("/v1/datums/{datum_id}"),
-                Some(ADMIN),
-                None,
-            )
-            .await;
+        let datum = get_datum(&server, datum_id).await;
         assert_eq!(
             datum["output_files"][0]["uri"],
             format!(
@@ -1018,14 +1000,7 @@ async fn an_unpublishable_output_fails_the_attempt() {
         let path = stage(&held, "result.txt", "out");
         let (status, body) = post_datum(&server, &token, datum_id, "done", json!({ "claim": held["claim"], "output": "", "output_files": [{ "path": path, "size": 3 }] })).await;
         assert_eq!(status, StatusCode::CONFLICT, "{body}");
-        let (_, datum) = server
-            .call(
-                Method::GET,
-                &format!("/v1/datums/{datum_id}"),
-                Some(ADMIN),
-                None,
-            )
-            .await;
+        let datum = get_datum(&server, datum_id).await;
         assert_eq!(datum["datum"]["status"], "ready", "one try left: {datum}");
         assert!(
             datum["datum"]["error_message"]
@@ -1246,14 +1221,7 @@ async fn a_refused_report_never_deletes_another_attempts_staging() {
         // The datum still succeeds with it.
         let (status, body) = post_datum(&server, &token, datum_id, "done", json!({ "claim": second["claim"], "output": "", "output_files": [{ "path": "result.txt", "size": 8 }] })).await;
         assert_eq!(status, StatusCode::OK, "{body}");
-        let (_, datum) = server
-            .call(
-                Method::GET,
-                &format!("/v1/datums/{datum_id}"),
-                Some(ADMIN),
-                None,
-            )
-            .await;
+        let datum = get_datum(&server, datum_id).await;
         let outcomes: Vec<&str> = datum["attempts"]
             .as_array()
             .unwrap()
@@ -1394,24 +1362,10 @@ async fn batches_are_reserved_and_reported_datum_by_datum() {
         assert_eq!(results[3]["datum"]["status"], "done", "{answer}");
         // The datum of the refused report is still running, its claim intact.
         let refused = reservations[2]["datum_id"].as_i64().unwrap();
-        let (_, datum) = server
-            .call(
-                Method::GET,
-                &format!("/v1/datums/{refused}"),
-                Some(ADMIN),
-                None,
-            )
-            .await;
+        let datum = get_datum(&server, refused).await;
         assert_eq!(datum["datum"]["status"], "running", "{datum}");
         let failed = reservations[1]["datum_id"].as_i64().unwrap();
-        let (_, datum) = server
-            .call(
-                Method::GET,
-                &format!("/v1/datums/{failed}"),
-                Some(ADMIN),
-                None,
-            )
-            .await;
+        let datum = get_datum(&server, failed).await;
         assert_eq!(datum["attempts"][0]["outcome"], "error", "{datum}");
     }
 }
@@ -1451,9 +1405,7 @@ async fn crashed_workers_are_replaced_and_never_fail_the_job() {
                 .insert(id, dead.clone());
             Babysitter::default().tick(&server.state).await.unwrap();
         }
-        let (_, job) = server
-            .call(Method::GET, &format!("/v1/jobs/{id}"), Some(ADMIN), None)
-            .await;
+        let job = get_job(&server, id).await;
         assert_eq!(job["status"], "running", "{job}");
         assert!(
             !server.executor.stopped.lock().unwrap().contains(&id),
@@ -1474,9 +1426,7 @@ async fn crashed_workers_are_replaced_and_never_fail_the_job() {
             .unwrap()
             .insert(id, dead.clone());
         Babysitter::default().tick(&server.state).await.unwrap();
-        let (_, job) = server
-            .call(Method::GET, &format!("/v1/jobs/{id}"), Some(ADMIN), None)
-            .await;
+        let job = get_job(&server, id).await;
         assert_eq!(job["status"], "error", "{job}");
         assert!(
             job["error_message"]
@@ -1560,9 +1510,7 @@ async fn the_babysitter_finishes_publishing_a_crash_left_behind() {
             std::fs::read_to_string(egress.join("out/result.txt")).unwrap(),
             "published by the babysitter"
         );
-        let (_, datum) = server
-            .call(Method::GET, &format!("/v1/datums/{datum_id}"), Some(ADMIN), None)
-            .await;
+        let datum = get_datum(&server, datum_id).await;
         assert_eq!(datum["datum"]["status"], "done", "{datum}");
         assert_eq!(datum["attempts"][0]["outcome"], "done", "{datum}");
         assert_eq!(datum["output_files"].as_array().unwrap().len(), 1);

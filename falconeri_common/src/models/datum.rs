@@ -587,7 +587,9 @@ impl Datum {
                     claim.attempt,
                     sql_literal(&claim.worker_id),
                     sql_literal(&output),
-                    report.exit_code.map_or("NULL".to_owned(), |c| c.to_string()),
+                    report
+                        .exit_code
+                        .map_or("NULL".to_owned(), |c| c.to_string()),
                     claim.scope.map_or("NULL".to_owned(), |j| j.to_string()),
                 );
                 let rows: Vec<Datum> = with_conn!(conn, c => diesel::sql_query(&execute).load(c))?;
@@ -1295,10 +1297,8 @@ fn reservation_sql(backend: crate::db::Backend, p: &ReservationParams<'_>) -> St
 
 /// The name of the prepared reservation on PostgreSQL, and its parameter
 /// types: job, worker, max, lease (ms), deadline offset (ms, or NULL).
-const PREPARED_RESERVE: (&str, &str) = (
-    "falconeri_reserve",
-    "BIGINT, TEXT, INTEGER, BIGINT, BIGINT",
-);
+const PREPARED_RESERVE: (&str, &str) =
+    ("falconeri_reserve", "BIGINT, TEXT, INTEGER, BIGINT, BIGINT");
 
 /// The prepared `done` of a datum without outputs on PostgreSQL, and its
 /// parameter types: datum, attempt, owner, output, exit code, job scope.
