@@ -540,6 +540,74 @@ fn a_lost_reservation_answer_is_handed_back() {
     }
 }
 
+/// One reservation serves several workers (the server gathers the
+/// reservations that arrive together): each gets its own datums in queue
+/// order and request order, a worker that still holds datums gets those
+/// back, a worker named twice is served once, and every new claim has its
+/// attempt row. Through the prepared statement (the database's clock) and
+/// the literal one (a fixed clock) alike.
+#[test]
+fn one_reservation_serves_many_workers_each_their_own() {
+    use falconeri_common::models::ReserveWant;
+    let want = |w: &str, max: u32| ReserveWant {
+        worker_id: w.to_owned(),
+        max,
+    };
+    for db in TestDb::all() {
+        for clock in [Clock::DB, Clock::At(1_000_000)] {
+            let mut conn = db.pool.get().unwrap();
+            let job = create_job(&mut conn, 10, 1);
+            let held = Datum::reserve(&mut conn, job.id, "held", 1, clock, LEASE, Some(50))
+                .unwrap()
+                .remove(0)
+                .datum;
+            let wants = [want("a", 2), want("held", 3), want("b", 1), want("a", 1)];
+            let reserved =
+                Datum::reserve_many(&mut conn, job.id, &wants, clock, LEASE, Some(50)).unwrap();
+            let mut got: Vec<(String, i64, i32)> = reserved
+                .iter()
+                .map(|r| (r.datum.owner.clone().unwrap(), r.datum.seq, r.datum.attempt))
+                .collect();
+            got.sort();
+            assert_eq!(
+                got,
+                vec![
+                    ("a".to_owned(), 1, 1),
+                    ("a".to_owned(), 2, 1),
+                    ("b".to_owned(), 3, 1),
+                    ("held".to_owned(), held.seq, held.attempt),
+                ],
+                "{db:?} {clock:?}"
+            );
+            for r in &reserved {
+                assert_eq!(r.files.len(), 1, "{db:?}: each datum comes with its file");
+                let started = r.datum.started_at.unwrap();
+                let k = if r.datum.owner.as_deref() == Some("a") {
+                    2
+                } else {
+                    1
+                };
+                assert_eq!(
+                    r.datum.deadline_at,
+                    Some(started + 50 * k),
+                    "{db:?} {clock:?}"
+                );
+                let attempts = Datum::attempts(&mut conn, r.datum.id).unwrap();
+                assert_eq!(attempts.len(), 1, "{db:?}");
+                assert_eq!(Some(&attempts[0].worker_id), r.datum.owner.as_ref());
+            }
+            let rest =
+                Datum::reserve_many(&mut conn, job.id, &[want("c", 100)], clock, LEASE, None)
+                    .unwrap();
+            let seqs: Vec<i64> = rest.iter().map(|r| r.datum.seq).collect();
+            assert_eq!(seqs, (4..10).collect::<Vec<_>>(), "{db:?} {clock:?}");
+            let none = Datum::reserve_many(&mut conn, job.id, &[want("d", 1)], clock, LEASE, None)
+                .unwrap();
+            assert!(none.is_empty(), "{db:?}");
+        }
+    }
+}
+
 /// Replicas starting together on a fresh PostgreSQL database each migrate it;
 /// without the advisory lock, diesel's bookkeeping table creation races and
 /// some of them fail.
@@ -852,14 +920,24 @@ fn reservation_plan_never_walks_done_datums() {
     let text = plan.join("\n");
     assert!(text.contains("datums_queue"), "{text}");
     assert!(!text.contains("Rows Removed by Filter"), "{text}");
-    // The whole statement the model runs: the pick through the queue index,
-    // the update through the primary key, never a scan of the job's rows.
-    let full = Datum::reservation_plan(&mut conn, job.id)
-        .unwrap()
-        .join("\n");
-    assert!(full.contains("datums_queue"), "{full}");
-    assert!(!full.contains("Seq Scan on datums"), "{full}");
-    assert!(full.contains("datums_pkey"), "{full}");
+    // The whole statement the model runs, in the generic plan PostgreSQL
+    // settles on for the prepared statement: the pick through the queue
+    // index, the held check through the held index, the update through the
+    // primary key; never a scan of the job's rows, bitmap or sequential.
+    let full = Datum::reservation_plan(&mut conn, job.id).unwrap();
+    let text = full.join("\n");
+    assert!(text.contains("datums_queue"), "{text}");
+    assert!(text.contains("datums_pkey"), "{text}");
+    for line in &full {
+        if line.contains(" on datums") && !line.contains("Update on datums") {
+            assert!(
+                ["datums_queue", "datums_held", "datums_pkey"]
+                    .iter()
+                    .any(|index| line.contains(&format!("Index Scan using {index} on datums"))),
+                "a scan that is not one of the three narrow indexes: {line}\n{text}"
+            );
+        }
+    }
     // And the model's statement reserves the first ready datum.
     let datum = Datum::reserve_next(&mut conn, job.id, "w", 0_i64, LEASE, None)
         .unwrap()

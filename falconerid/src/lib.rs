@@ -7,6 +7,7 @@
 
 pub mod auth;
 pub mod babysitter;
+pub mod combine;
 pub mod config;
 pub mod error;
 pub mod executor;

@@ -17,14 +17,18 @@ use std::{
 };
 
 use falconeri_common::{
+    api::{BatchReport, Claim},
     db::{DbConn, DbPool},
-    models::{Job, ModelResult},
-    pipeline::PipelineSpec,
+    models::{Job, ModelResult, ReserveWant, Reserved},
+    pipeline::{MAX_DATUMS_PER_RESERVATION, PipelineSpec},
 };
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::{config::Config, error::AppResult, executor::Executor};
+use crate::{
+    combine::Combiner, config::Config, error::AppResult, executor::Executor,
+    routes::workers::Settled,
+};
 
 /// Something that changed, for the long-polls it concerns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -113,7 +117,27 @@ pub struct JobWaiters {
     pub ready: Notify,
     /// Progress followers; bumped on every change of the job's counts.
     pub progress: watch::Sender<u64>,
+    /// Reservations gathered into one statement each.
+    pub(crate) reserving: Arc<Combiner<ReserveWant, Vec<Reserved>>>,
+    /// The first phase of final reports, gathered into one transaction each.
+    pub(crate) reporting: Arc<Combiner<(BatchReport, Claim), Settled>>,
 }
+
+/// Workers served by one reservation statement at most: the statement's
+/// arrays stay small, and a group is still large enough that its commit
+/// and start-up cost next to nothing per datum.
+const RESERVATIONS_PER_GROUP: usize = 64;
+
+fn runners() -> usize {
+    std::env::var("FALCONERI_RUNNERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1)
+}
+
+/// Reports settled in one transaction at most (a batch report alone may
+/// hold this many).
+const REPORTS_PER_GROUP: usize = MAX_DATUMS_PER_RESERVATION as usize;
 
 /// What never changes about a job, kept so that reservations need not read
 /// and parse the job row each time.
@@ -365,6 +389,8 @@ impl AppState {
                 Arc::new(JobWaiters {
                     ready: Notify::new(),
                     progress: watch::channel(0).0,
+                    reserving: Arc::new(Combiner::new(RESERVATIONS_PER_GROUP, runners())),
+                    reporting: Arc::new(Combiner::new(REPORTS_PER_GROUP, runners())),
                 })
             })
             .clone()

@@ -245,6 +245,69 @@ WHERE id {in} ( \
         ORDER BY ready_order LIMIT {max} {lock}) AS next \
 ){close} AND (status = 'ready' OR (status = 'running' AND owner = {worker})) \
 RETURNING *, {files} AS files";
+/// One statement that reserves for several workers at once on PostgreSQL
+/// (the server gathers the reservations that arrive while one runs; see
+/// `falconerid`'s `combine` module): each worker gets back what it still
+/// holds `running` in the job, or else the next `k` ready datums in queue
+/// order. The picks are numbered in queue order and dealt out to the
+/// workers that hold nothing, `k` each, in request order.
+///
+/// The update reaches the rows through the primary key: it joins `unnest`
+/// of arrays built from the assignment, which the planner estimates as a
+/// handful of rows, never as a scan of the job's datums. The claim and its
+/// attempt rows commit together (a data-modifying CTE), and the input files
+/// come back with each datum, so a reservation is one round trip.
+const RESERVE_MANY_PG: &str = "\
+WITH req AS ( \
+    SELECT r.owner, r.k, r.ord \
+    FROM unnest({workers}, {maxes}) WITH ORDINALITY AS r (owner, k, ord)), \
+held AS ( \
+    SELECT d.id, d.owner FROM datums d \
+    WHERE d.job_id = {job} AND d.owner = ANY({workers}) AND d.status = 'running'), \
+need AS ( \
+    SELECT owner, k, SUM(k) OVER (ORDER BY ord) - k AS first FROM req \
+    WHERE owner NOT IN (SELECT owner FROM held)), \
+pick AS ( \
+    SELECT p.id, ROW_NUMBER() OVER (ORDER BY p.ready_order) - 1 AS n FROM ( \
+        SELECT id, ready_order FROM datums \
+        WHERE job_id = {job} AND ready_order IS NOT NULL \
+          AND EXISTS (SELECT 1 FROM jobs j WHERE j.id = {job} AND j.status = 'running') \
+        ORDER BY ready_order LIMIT (SELECT COALESCE(SUM(k), 0) FROM need) \
+        FOR UPDATE SKIP LOCKED) AS p), \
+assign AS ( \
+    SELECT id, owner, 0 AS k FROM held \
+    UNION ALL \
+    SELECT pick.id, need.owner, need.k FROM pick \
+    JOIN need ON pick.n >= need.first AND pick.n < need.first + need.k), \
+claimed AS ( \
+    UPDATE datums d SET \
+        attempt = CASE WHEN d.status = 'ready' THEN d.attempt + 1 ELSE d.attempt END, \
+        started_at = CASE WHEN d.status = 'ready' THEN {now} ELSE d.started_at END, \
+        deadline_at = CASE WHEN d.status = 'ready' THEN {now} + {timeout} * a.k \
+                           ELSE d.deadline_at END, \
+        status = 'running', ready_order = NULL, owner = a.owner, \
+        lease_expires_at = {now} + {lease}, updated_at = {now}, finished_at = NULL \
+    FROM unnest(ARRAY(SELECT id FROM assign ORDER BY id), \
+                ARRAY(SELECT owner FROM assign ORDER BY id), \
+                ARRAY(SELECT k FROM assign ORDER BY id)) AS a (id, owner, k) \
+    WHERE d.id = a.id \
+      AND (d.status = 'ready' OR (d.status = 'running' AND d.owner = a.owner)) \
+    RETURNING d.*), \
+recorded AS ( \
+    INSERT INTO attempts (job_id, datum_id, number, worker_id, started_at) \
+    SELECT job_id, id, attempt, owner, started_at FROM claimed \
+    ON CONFLICT (datum_id, number) DO NOTHING) \
+SELECT claimed.*, \
+    (SELECT CAST(json_agg(json_build_array(f.uri, f.local_path) ORDER BY f.id) AS TEXT) \
+     FROM input_files f WHERE f.datum_id = claimed.id) AS files \
+FROM claimed";
+
+/// What one worker asks of a reservation: up to `max` datums.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReserveWant {
+    pub worker_id: String,
+    pub max: u32,
+}
 
 impl Datum {
     /// The datum's status.
@@ -318,12 +381,33 @@ impl Datum {
         })?)
     }
 
-    /// Reserves work for `worker_id` in one statement (and records the new
-    /// attempts in a second, in the same transaction): the datums the worker
-    /// still holds `running` in the job if any (the answer to its last
-    /// reservation was lost; same claim, lease extended, deadline
-    /// unchanged), else up to `max` ready datums of a running job, in queue
-    /// order. The clock is read inside the statement.
+    /// Reserves work for `worker_id`: the datums the worker still holds
+    /// `running` in the job if any (the answer to its last reservation was
+    /// lost; same claim, lease extended, deadline unchanged), else up to
+    /// `max` ready datums of a running job, in queue order. See
+    /// [`Datum::reserve_many`].
+    #[tracing::instrument(level = "debug", skip(conn))]
+    pub fn reserve(
+        conn: &mut DbConn,
+        job_id: i64,
+        worker_id: &str,
+        max: u32,
+        clock: Clock,
+        lease_ms: i64,
+        timeout_ms: Option<i64>,
+    ) -> ModelResult<Vec<Reserved>> {
+        let want = ReserveWant {
+            worker_id: worker_id.to_owned(),
+            max,
+        };
+        Datum::reserve_many(conn, job_id, &[want], clock, lease_ms, timeout_ms)
+    }
+
+    /// [`Datum::reserve`] for several workers of one job at once, in one
+    /// statement on PostgreSQL and one transaction on SQLite; each
+    /// [`Reserved`] names its worker as the datum's owner. A worker named
+    /// twice is served once, with the larger `max`. The clock is read
+    /// inside the statement.
     ///
     /// The pick walks the partial index `datums_queue (job_id,
     /// ready_order) WHERE ready_order IS NOT NULL`, which holds ready
@@ -337,128 +421,145 @@ impl Datum {
     /// deadline is `max × timeout` from now (a batch runs its datums one
     /// after another; the worker enforces `datum_timeout` per command).
     #[tracing::instrument(level = "debug", skip(conn))]
-    pub fn reserve(
+    pub fn reserve_many(
         conn: &mut DbConn,
         job_id: i64,
-        worker_id: &str,
-        max: u32,
+        wants: &[ReserveWant],
+        clock: Clock,
+        lease_ms: i64,
+        timeout_ms: Option<i64>,
+    ) -> ModelResult<Vec<Reserved>> {
+        let mut merged: Vec<ReserveWant> = Vec::with_capacity(wants.len());
+        for want in wants {
+            let max = want.max.max(1);
+            match merged.iter_mut().find(|m| m.worker_id == want.worker_id) {
+                Some(seen) => seen.max = seen.max.max(max),
+                None => merged.push(ReserveWant {
+                    worker_id: want.worker_id.clone(),
+                    max,
+                }),
+            }
+        }
+        if merged.is_empty() {
+            return Ok(Vec::new());
+        }
+        let backend = conn.backend();
+        if backend == crate::db::Backend::Postgres {
+            let timeout = timeout_ms.map_or("NULL".to_owned(), |t| t.to_string());
+            let maxes = format!(
+                "ARRAY[{}]::INTEGER[]",
+                merged
+                    .iter()
+                    .map(|w| w.max.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            // A NUL cannot be written into the statement's text; it goes
+            // the bound way, where PostgreSQL refuses it as it should.
+            if clock == Clock::DB && merged.iter().all(|w| !w.worker_id.contains('\0')) {
+                let (name, types) = PREPARED_RESERVE;
+                if conn.ensure_prepared(name, types, &prepared_reservation_sql())? {
+                    let workers = format!(
+                        "ARRAY[{}]::TEXT[]",
+                        merged
+                            .iter()
+                            .map(|w| sql_literal(&w.worker_id))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    );
+                    let execute = format!(
+                        "EXECUTE {name}({job_id}, {workers}, {maxes}, {lease_ms}, {timeout})"
+                    );
+                    let rows: Vec<ReservedRow> =
+                        with_conn!(conn, c => diesel::sql_query(&execute).load(c))?;
+                    return collect_reserved(rows);
+                }
+            }
+            let mut stmt = Stmt::new(backend);
+            let workers = format!(
+                "ARRAY[{}]::TEXT[]",
+                merged
+                    .iter()
+                    .map(|w| stmt.text(Some(&w.worker_id)))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            stmt.push(&reserve_many_sql(&ReserveManyParams {
+                job: &job_id.to_string(),
+                workers: &workers,
+                maxes: &maxes,
+                lease: &lease_ms.to_string(),
+                timeout: &format!("CAST({timeout} AS BIGINT)"),
+                now: &clock.sql(backend),
+            }));
+            let rows: Vec<ReservedRow> = stmt.load(conn)?;
+            return collect_reserved(rows);
+        }
+        conn.write_transaction(|conn| {
+            let mut reserved = Vec::new();
+            for want in &merged {
+                reserved.extend(Datum::reserve_on_sqlite(
+                    conn, job_id, want, clock, lease_ms, timeout_ms,
+                )?);
+            }
+            reserved.sort_by_key(|r| r.datum.id);
+            Ok(reserved)
+        })
+    }
+
+    /// One worker's reservation on SQLite, inside the caller's write
+    /// transaction: the claim, then the new attempts' rows.
+    fn reserve_on_sqlite(
+        conn: &mut DbConn,
+        job_id: i64,
+        want: &ReserveWant,
         clock: Clock,
         lease_ms: i64,
         timeout_ms: Option<i64>,
     ) -> ModelResult<Vec<Reserved>> {
         let backend = conn.backend();
-        if backend == crate::db::Backend::Postgres
-            && clock == Clock::DB
-            && !worker_id.contains('\0')
-        {
-            let prepared = reservation_sql(
-                backend,
-                &ReservationParams {
-                    job: "$1",
-                    worker: "$2",
-                    max: "$3",
-                    lease: "$4",
-                    deadline: &format!("{} + $5", Clock::DB.sql(backend)),
-                    now: &Clock::DB.sql(backend),
-                },
-            );
-            let (name, types) = PREPARED_RESERVE;
-            if conn.ensure_prepared(name, types, &prepared)? {
-                let max = max.max(1);
-                let deadline = timeout_ms.map_or("NULL".to_owned(), |t| {
-                    t.saturating_mul(i64::from(max)).to_string()
-                });
-                let execute = format!(
-                    "EXECUTE {name}({job_id}, {}, {max}, {lease_ms}, {deadline})",
-                    sql_literal(worker_id)
-                );
-                let rows: Vec<ReservedRow> =
-                    with_conn!(conn, c => diesel::sql_query(&execute).load(c))?;
-                return collect_reserved(rows);
-            }
-        }
-        let stmt =
-            Datum::reservation_stmt(backend, job_id, worker_id, max, clock, lease_ms, timeout_ms);
-        if backend == crate::db::Backend::Postgres {
-            let rows: Vec<ReservedRow> = stmt.load(conn)?;
-            return collect_reserved(rows);
-        }
-        conn.write_transaction(|conn| {
-            let rows: Vec<ReservedRow> = stmt.load(conn)?;
-            let mut reserved = Vec::with_capacity(rows.len());
-            for row in rows {
-                let files = parse_files(row.files.as_deref())?;
-                reserved.push(Reserved {
-                    datum: row.datum,
-                    files,
-                });
-            }
-            reserved.sort_by_key(|r| r.datum.id);
-            // Held datums already have their attempt; the conflict clause
-            // skips them.
-            let attempts: Vec<NewAttempt> = reserved
-                .iter()
-                .map(|r| NewAttempt {
-                    job_id: r.datum.job_id,
-                    datum_id: r.datum.id,
-                    number: r.datum.attempt,
-                    worker_id,
-                    started_at: r.datum.started_at.unwrap_or(r.datum.updated_at),
-                })
-                .collect();
-            if !attempts.is_empty() {
-                with_conn!(conn, c => {
-                    for attempt in &attempts {
-                        diesel::insert_into(attempts::table)
-                            .values(attempt)
-                            .on_conflict((attempts::datum_id, attempts::number))
-                            .do_nothing()
-                            .execute(c)?;
-                    }
-                    Ok::<_, diesel::result::Error>(())
-                })?;
-            }
-            Ok(reserved)
-        })
-    }
-
-    /// The reservation statement (see [`Datum::reserve`]): on PostgreSQL
-    /// the whole CTE, on SQLite the claim alone, with the worker id bound.
-    fn reservation_stmt(
-        backend: crate::db::Backend,
-        job_id: i64,
-        worker_id: &str,
-        max: u32,
-        clock: Clock,
-        lease_ms: i64,
-        timeout_ms: Option<i64>,
-    ) -> Stmt {
         let mut stmt = Stmt::new(backend);
-        let worker = stmt.text(Some(worker_id));
+        let worker = stmt.text(Some(&want.worker_id));
         let now = clock.sql(backend);
-        let max = max.max(1);
         let deadline = match timeout_ms {
-            Some(t) => format!("{now} + {}", t.saturating_mul(i64::from(max))),
+            Some(t) => format!("{now} + {}", t.saturating_mul(i64::from(want.max))),
             None => "NULL".to_owned(),
         };
-        let sql = reservation_sql(
-            backend,
-            &ReservationParams {
-                job: &job_id.to_string(),
-                worker: &worker,
-                max: &max.to_string(),
-                lease: &lease_ms.to_string(),
-                deadline: &deadline,
-                now: &now,
-            },
-        );
-        stmt.push(&sql);
-        stmt
+        stmt.push(&reservation_sql(&ReservationParams {
+            job: &job_id.to_string(),
+            worker: &worker,
+            max: &want.max.to_string(),
+            lease: &lease_ms.to_string(),
+            deadline: &deadline,
+            now: &now,
+        }));
+        let rows: Vec<ReservedRow> = stmt.load(conn)?;
+        let reserved = collect_reserved(rows)?;
+        // Held datums already have their attempt; the conflict clause
+        // skips them.
+        with_conn!(conn, c => {
+            for r in &reserved {
+                diesel::insert_into(attempts::table)
+                    .values(NewAttempt {
+                        job_id: r.datum.job_id,
+                        datum_id: r.datum.id,
+                        number: r.datum.attempt,
+                        worker_id: &want.worker_id,
+                        started_at: r.datum.started_at.unwrap_or(r.datum.updated_at),
+                    })
+                    .on_conflict((attempts::datum_id, attempts::number))
+                    .do_nothing()
+                    .execute(c)?;
+            }
+            Ok::<_, diesel::result::Error>(())
+        })?;
+        Ok(reserved)
     }
 
-    /// PostgreSQL's plan for reserving one datum of job `job_id` (plan
-    /// only, nothing runs), one line per element: for the test that proves
-    /// the reservation never walks a job's finished rows.
+    /// PostgreSQL's generic plan of the prepared reservation (plan only,
+    /// nothing runs), one line per element: the plan every execution uses
+    /// once PostgreSQL settles on it, for the test that proves the
+    /// reservation never walks a job's finished rows.
     #[doc(hidden)]
     pub fn reservation_plan(conn: &mut DbConn, job_id: i64) -> ModelResult<Vec<String>> {
         #[derive(QueryableByName)]
@@ -466,16 +567,23 @@ impl Datum {
             #[diesel(sql_type = Text, column_name = "QUERY PLAN")]
             line: String,
         }
-        let stmt =
-            Datum::reservation_stmt(conn.backend(), job_id, "explain", 1, Clock::DB, 1_000, None);
-        // The one bound text is the worker id; written in, the statement
-        // can be explained without binding it.
-        let sql = format!(
-            "EXPLAIN (COSTS OFF) {}",
-            stmt.sql.replace("$1", "'explain'")
-        );
-        let lines: Vec<PlanLine> = with_conn!(conn, c => diesel::sql_query(&sql).load(c))?;
-        Ok(lines.into_iter().map(|l| l.line).collect())
+        let (name, types) = PREPARED_RESERVE;
+        if !conn.ensure_prepared(name, types, &prepared_reservation_sql())? {
+            return Err(ModelError::Other(anyhow::anyhow!(
+                "the reservation is prepared on PostgreSQL only"
+            )));
+        }
+        with_conn!(conn, c => {
+            use diesel::connection::SimpleConnection;
+            c.batch_execute("SET plan_cache_mode = force_generic_plan")?;
+            let lines: Result<Vec<PlanLine>, _> = diesel::sql_query(format!(
+                "EXPLAIN (COSTS OFF) EXECUTE {name}({job_id}, ARRAY['explain']::TEXT[], \
+                 ARRAY[1]::INTEGER[], 1000, NULL)"
+            ))
+            .load(c);
+            c.batch_execute("RESET plan_cache_mode")?;
+            Ok(lines?.into_iter().map(|l| l.line).collect())
+        })
     }
 
     /// [`Datum::reserve`] of one datum.
@@ -1244,61 +1352,69 @@ struct ReservationParams<'a> {
     now: &'a str,
 }
 
-/// The reservation's SQL (see [`Datum::reserve`]).
-fn reservation_sql(backend: crate::db::Backend, p: &ReservationParams<'_>) -> String {
-    // On PostgreSQL the picked ids are gathered into an array first
-    // (`= ANY(ARRAY(…))`): the update then finds them through the
-    // primary key, never by a scan of the job's rows joined to the pick,
-    // which the planner chooses for `IN (…)` when it cannot tell how few
-    // rows the pick returns.
-    let (open, close) = match backend {
-        crate::db::Backend::Postgres => ("= ANY(ARRAY(", ")"),
-        crate::db::Backend::Sqlite => ("IN (", ""),
-    };
-    let (lock, files) = match backend {
-        crate::db::Backend::Postgres => (
-            "FOR UPDATE SKIP LOCKED",
-            "(SELECT CAST(json_agg(json_build_array(f.uri, f.local_path) ORDER BY f.id) AS TEXT) \
-             FROM input_files f WHERE f.datum_id = datums.id)",
-        ),
-        crate::db::Backend::Sqlite => (
-            "",
-            "(SELECT json_group_array(json_array(f.uri, f.local_path) ORDER BY f.id) \
-             FROM input_files f WHERE f.datum_id = datums.id)",
-        ),
-    };
-    let sql = RESERVE_HELD_OR_NEXT
-        .replace("{in} (", open)
-        .replace("{close}", close)
+/// One worker's reservation on SQLite (see [`Datum::reserve_many`]).
+fn reservation_sql(p: &ReservationParams<'_>) -> String {
+    RESERVE_HELD_OR_NEXT
+        .replace("{in} (", "IN (")
+        .replace("{close}", "")
         .replace("{now}", p.now)
         .replace("{deadline}", p.deadline)
         .replace("{worker}", p.worker)
         .replace("{lease}", p.lease)
         .replace("{job}", p.job)
         .replace("{max}", p.max)
-        .replace("{lock}", lock)
-        .replace("{files}", files);
-    if backend == crate::db::Backend::Sqlite {
-        return sql;
-    }
-    // One statement, so one round trip and no BEGIN/COMMIT: the claim and
-    // the attempt rows commit together (a data-modifying CTE), and the
-    // input files come back with each datum.
-    let claim = sql.replace(&format!(" RETURNING *, {files} AS files"), " RETURNING *");
-    format!(
-        "WITH claimed AS ({claim}), \
-         recorded AS (INSERT INTO attempts (job_id, datum_id, number, worker_id, started_at) \
-             SELECT job_id, id, attempt, owner, started_at FROM claimed \
-             ON CONFLICT (datum_id, number) DO NOTHING) \
-         SELECT claimed.*, {} AS files FROM claimed",
-        files.replace("datums.id", "claimed.id")
-    )
+        .replace("{lock}", "")
+        .replace(
+            "{files}",
+            "(SELECT json_group_array(json_array(f.uri, f.local_path) ORDER BY f.id) \
+             FROM input_files f WHERE f.datum_id = datums.id)",
+        )
+}
+
+/// The SQL expressions [`RESERVE_MANY_PG`] is built from: placeholders of
+/// the prepared statement, or literals and binds.
+struct ReserveManyParams<'a> {
+    job: &'a str,
+    /// `TEXT[]` of worker ids.
+    workers: &'a str,
+    /// `INTEGER[]` of how many datums each worker asks for.
+    maxes: &'a str,
+    lease: &'a str,
+    /// A `BIGINT`: `datum_timeout` in milliseconds, or NULL.
+    timeout: &'a str,
+    now: &'a str,
+}
+
+/// The multi-worker reservation on PostgreSQL (see [`Datum::reserve_many`]).
+fn reserve_many_sql(p: &ReserveManyParams<'_>) -> String {
+    RESERVE_MANY_PG
+        .replace("{workers}", p.workers)
+        .replace("{maxes}", p.maxes)
+        .replace("{timeout}", p.timeout)
+        .replace("{lease}", p.lease)
+        .replace("{now}", p.now)
+        .replace("{job}", p.job)
+}
+
+/// The text of the prepared reservation, [`PREPARED_RESERVE`].
+fn prepared_reservation_sql() -> String {
+    reserve_many_sql(&ReserveManyParams {
+        job: "$1",
+        workers: "$2",
+        maxes: "$3",
+        lease: "$4",
+        timeout: "$5",
+        now: &Clock::DB.sql(crate::db::Backend::Postgres),
+    })
 }
 
 /// The name of the prepared reservation on PostgreSQL, and its parameter
-/// types: job, worker, max, lease (ms), deadline offset (ms, or NULL).
-const PREPARED_RESERVE: (&str, &str) =
-    ("falconeri_reserve", "BIGINT, TEXT, INTEGER, BIGINT, BIGINT");
+/// types: job, workers, how many each, lease (ms), `datum_timeout` (ms,
+/// or NULL).
+const PREPARED_RESERVE: (&str, &str) = (
+    "falconeri_reserve_many",
+    "BIGINT, TEXT[], INTEGER[], BIGINT, BIGINT",
+);
 
 /// The prepared `done` of a datum without outputs on PostgreSQL, and its
 /// parameter types: datum, attempt, owner, output, exit code, job scope.

@@ -13,7 +13,7 @@ use diesel::{QueryableByName, RunQueryDsl, sql_types::BigInt};
 
 pub use datum::{
     Attempt, Completed, Datum, DatumFilter, DeadOwners, InputFile, OutputFile, PodFailure, Report,
-    Reserved,
+    ReserveWant, Reserved,
 };
 pub use job::{Job, NewJobParams};
 pub use sql::Clock;

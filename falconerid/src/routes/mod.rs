@@ -5,7 +5,7 @@
 mod datums;
 mod health;
 mod jobs;
-mod workers;
+pub(crate) mod workers;
 
 use axum::Router;
 

@@ -18,7 +18,7 @@ use falconeri_common::{
         DoneRequest, ErrorDetail, ErrorRequest, HeartbeatRequest, HeartbeatResponse, NewOutputFile,
         ReleaseRequest, Reservation, ReserveRequest, ReserveResponse,
     },
-    models::{Clock, Completed, Datum, Job, ModelError, Report, Reserved},
+    models::{Clock, Completed, Datum, Job, ModelError, Report, ReserveWant, Reserved},
     pipeline::MAX_DATUMS_PER_RESERVATION,
     status::JobStatus,
     storage::{attempt_staging_uri, publish_outputs, storage_for},
@@ -67,32 +67,26 @@ async fn reserve(
         None => 1,
     };
     let waiters = state.waiters(job_id);
+    let timeout_ms = info.datum_timeout_ms;
     loop {
         // Registered before the database is asked, so a datum made ready
         // in between still wakes this request.
         let woken = waiters.ready.notified();
         tokio::pin!(woken);
         woken.as_mut().enable();
-        let worker_id = request.worker_id.clone();
-        let timeout_ms = info.datum_timeout_ms;
-        let notifier = state.clone();
-        let reserved = state
-            .db(move |conn| {
-                let reserved = Datum::reserve(
-                    conn,
-                    job_id,
-                    &worker_id,
-                    max,
-                    Clock::DB,
-                    lease_ms,
-                    timeout_ms,
-                )?;
-                if !reserved.is_empty() {
-                    notifier.notify(Change::Progress { job_id });
-                }
-                Ok(reserved)
+        let want = ReserveWant {
+            worker_id: request.worker_id.clone(),
+            max,
+        };
+        let group_state = state.clone();
+        let reserved = waiters
+            .reserving
+            .submit(vec![want], move |wants| {
+                reserve_group(group_state.clone(), job_id, wants, lease_ms, timeout_ms)
             })
-            .await?;
+            .await?
+            .pop()
+            .unwrap_or_default();
         if !reserved.is_empty() {
             let mut reservations: Vec<Reservation> = reserved
                 .into_iter()
@@ -126,6 +120,44 @@ async fn reserve(
             _ = state.shutting_down() => return Ok(Json(ReserveResponse::Wait)),
         }
     }
+}
+
+/// Serves the reservations of one job gathered while the last statement
+/// ran (see [`crate::combine`]): one statement for all of them, then each
+/// worker gets the datums it now holds.
+async fn reserve_group(
+    state: AppState,
+    job_id: i64,
+    wants: Vec<ReserveWant>,
+    lease_ms: i64,
+    timeout_ms: Option<i64>,
+) -> AppResult<Vec<Vec<Reserved>>> {
+    let workers: Vec<String> = wants.iter().map(|w| w.worker_id.clone()).collect();
+    let notifier = state.clone();
+    let reserved = state
+        .db(move |conn| {
+            let reserved =
+                Datum::reserve_many(conn, job_id, &wants, Clock::DB, lease_ms, timeout_ms)?;
+            // The statement has committed: a follower woken now sees it.
+            if !reserved.is_empty() {
+                notifier.notify(Change::Progress { job_id });
+            }
+            Ok(reserved)
+        })
+        .await?;
+    let mut by_worker: std::collections::HashMap<String, Vec<Reserved>> =
+        std::collections::HashMap::new();
+    for r in reserved {
+        if let Some(owner) = r.datum.owner.clone() {
+            by_worker.entry(owner).or_default().push(r);
+        }
+    }
+    // A worker named twice in one group (a retried request) gets the same
+    // answer twice: the datums it holds.
+    Ok(workers
+        .iter()
+        .map(|w| by_worker.get(w).cloned().unwrap_or_default())
+        .collect())
 }
 
 fn reservation(state: &AppState, reserved: Reserved, info: &JobInfo) -> AppResult<Reservation> {
@@ -258,7 +290,7 @@ async fn heartbeat_batch(
 }
 
 /// How a final report ended, for the staging clean-up.
-enum Settled {
+pub(crate) enum Settled {
     /// Accepted; the datum as it is now.
     Accepted(Datum),
     /// Refused: the attempt the claim named is over (the datum moved on).
@@ -499,6 +531,56 @@ async fn final_report(
     }
 }
 
+/// The first phase of a group of reports of one job, in one transaction,
+/// so a group of K reports costs one commit, not K; each report is still
+/// its own guarded writes (a savepoint on SQLite), and a refusal is an
+/// answer, not an error that would undo the others.
+async fn settle_group(
+    state: AppState,
+    info: std::sync::Arc<JobInfo>,
+    reports: Vec<(BatchReport, Claim)>,
+    publish_lease_ms: i64,
+) -> AppResult<Vec<Settled>> {
+    state
+        .clone()
+        .db(move |conn| {
+            let settle_all = |conn: &mut falconeri_common::db::DbConn,
+                              reports: &[(BatchReport, Claim)]| {
+                reports
+                    .iter()
+                    .map(|(report, claim)| {
+                        settle_report(
+                            conn,
+                            &info,
+                            report.datum_id,
+                            claim,
+                            &report.outcome,
+                            publish_lease_ms,
+                        )
+                    })
+                    .collect::<Result<Vec<_>, ModelError>>()
+            };
+            // A single report is its own transaction already; wrapping
+            // it would only add a savepoint.
+            let settled = if reports.len() == 1 {
+                settle_all(conn, &reports)?
+            } else if conn.backend() == falconeri_common::db::Backend::Postgres {
+                settle_many_on_postgres(conn, &reports, settle_all)?
+            } else {
+                conn.write_transaction(|conn| settle_all(conn, &reports))?
+            };
+            // Only once committed: a worker woken earlier would not see
+            // the change yet, and its wake-up would be spent.
+            for settled in &settled {
+                if let Settled::Accepted(datum) = settled {
+                    notify_ended(&state, datum);
+                }
+            }
+            Ok(settled)
+        })
+        .await
+}
+
 /// Settles reports of one job: every report's first phase in one database
 /// task, then the publishing of those that have outputs (several at once),
 /// then the staging clean-up of the attempts that are over. Each report is
@@ -519,49 +601,16 @@ async fn settle_batch(
             (r, claim)
         })
         .collect();
+    // The first phase of the reports of this job that arrive while one
+    // group is being settled runs in the next group, together (see
+    // `crate::combine`).
     let phase_one = {
-        let (state, info) = (state.clone(), info.clone());
-        let reports = reports.clone();
-        // One transaction for the whole batch, so a batch of K datums costs
-        // one commit, not K; each report is still its own guarded writes
-        // (a savepoint on SQLite), and a refusal is an answer, not an error
-        // that would undo the others.
+        let (group_state, info) = (state.clone(), info.clone());
         state
-            .clone()
-            .db(move |conn| {
-                let settle_all =
-                    |conn: &mut falconeri_common::db::DbConn, reports: &[(BatchReport, Claim)]| {
-                        reports
-                            .iter()
-                            .map(|(report, claim)| {
-                                settle_report(
-                                    conn,
-                                    &info,
-                                    report.datum_id,
-                                    claim,
-                                    &report.outcome,
-                                    publish_lease_ms,
-                                )
-                            })
-                            .collect::<Result<Vec<_>, ModelError>>()
-                    };
-                // A single report is its own transaction already; wrapping
-                // it would only add a savepoint.
-                let settled = if reports.len() == 1 {
-                    settle_all(conn, &reports)?
-                } else if conn.backend() == falconeri_common::db::Backend::Postgres {
-                    settle_many_on_postgres(conn, &reports, settle_all)?
-                } else {
-                    conn.write_transaction(|conn| settle_all(conn, &reports))?
-                };
-                // Only once committed: a worker woken earlier would not see
-                // the change yet, and its wake-up would be spent.
-                for settled in &settled {
-                    if let Settled::Accepted(datum) = settled {
-                        notify_ended(&state, datum);
-                    }
-                }
-                Ok(settled)
+            .waiters(job_id)
+            .reporting
+            .submit(reports.clone(), move |reports| {
+                settle_group(group_state.clone(), info.clone(), reports, publish_lease_ms)
             })
             .await?
     };
