@@ -28,6 +28,15 @@ fn spec(tries: u32) -> PipelineSpec {
     testing::spec("model-test", 2, tries)
 }
 
+/// Runs `sql` as is, on either database: for states no model reaches.
+fn with_raw(conn: &mut DbConn, sql: &str) {
+    use diesel::connection::SimpleConnection;
+    match conn {
+        DbConn::Sqlite(c) => c.batch_execute(sql).unwrap(),
+        DbConn::Postgres(c) => c.batch_execute(sql).unwrap(),
+    }
+}
+
 fn create_job(conn: &mut DbConn, datums: usize, tries: u32) -> Job {
     let name = format!("model-test-{}", rand_suffix());
     testing::create_running_job(conn, &spec(tries), &planned(datums, 1), &name)
@@ -548,7 +557,7 @@ fn a_lost_reservation_answer_is_handed_back() {
 /// the literal one (a fixed clock) alike.
 #[test]
 fn one_reservation_serves_many_workers_each_their_own() {
-    use falconeri_common::models::ReserveWant;
+    use falconeri_common::models::{Frontier, ReserveWant};
     let want = |w: &str, max: u32| ReserveWant {
         worker_id: w.to_owned(),
         max,
@@ -557,13 +566,15 @@ fn one_reservation_serves_many_workers_each_their_own() {
         for clock in [Clock::DB, Clock::At(1_000_000)] {
             let mut conn = db.pool.get().unwrap();
             let job = create_job(&mut conn, 10, 1);
+            let frontier = Frontier::default();
             let held = Datum::reserve(&mut conn, job.id, "held", 1, clock, LEASE, Some(50))
                 .unwrap()
                 .remove(0)
                 .datum;
             let wants = [want("a", 2), want("held", 3), want("b", 1), want("a", 1)];
             let reserved =
-                Datum::reserve_many(&mut conn, job.id, &wants, clock, LEASE, Some(50)).unwrap();
+                Datum::reserve_many(&mut conn, job.id, &wants, &frontier, clock, LEASE, Some(50))
+                    .unwrap();
             let mut got: Vec<(String, i64, i32)> = reserved
                 .iter()
                 .map(|r| (r.datum.owner.clone().unwrap(), r.datum.seq, r.datum.attempt))
@@ -596,15 +607,89 @@ fn one_reservation_serves_many_workers_each_their_own() {
                 assert_eq!(attempts.len(), 1, "{db:?}");
                 assert_eq!(Some(&attempts[0].worker_id), r.datum.owner.as_ref());
             }
-            let rest =
-                Datum::reserve_many(&mut conn, job.id, &[want("c", 100)], clock, LEASE, None)
-                    .unwrap();
+            let rest = Datum::reserve_many(
+                &mut conn,
+                job.id,
+                &[want("c", 100)],
+                &frontier,
+                clock,
+                LEASE,
+                None,
+            )
+            .unwrap();
             let seqs: Vec<i64> = rest.iter().map(|r| r.datum.seq).collect();
             assert_eq!(seqs, (4..10).collect::<Vec<_>>(), "{db:?} {clock:?}");
-            let none = Datum::reserve_many(&mut conn, job.id, &[want("d", 1)], clock, LEASE, None)
-                .unwrap();
+            let none = Datum::reserve_many(
+                &mut conn,
+                job.id,
+                &[want("d", 1)],
+                &frontier,
+                clock,
+                LEASE,
+                None,
+            )
+            .unwrap();
             assert!(none.is_empty(), "{db:?}");
         }
+    }
+}
+
+/// The frontier is only a hint: a fresh datum left below it (here, a
+/// claim undone as a rollback would undo it) is still handed out, once the
+/// datums above it are gone; and requeued datums come before fresh ones.
+#[test]
+fn a_datum_below_the_frontier_is_still_handed_out() {
+    use falconeri_common::models::{Frontier, ReserveWant};
+    for db in TestDb::all() {
+        let mut conn = db.pool.get().unwrap();
+        let job = create_job(&mut conn, 10, 2);
+        let frontier = Frontier::default();
+        let reserve = |conn: &mut DbConn, worker: &str| {
+            let want = ReserveWant {
+                worker_id: worker.to_owned(),
+                max: 1,
+            };
+            Datum::reserve_many(conn, job.id, &[want], &frontier, Clock::DB, LEASE, None)
+                .unwrap()
+                .into_iter()
+                .map(|r| r.datum)
+                .next()
+        };
+        let mut claimed = Vec::new();
+        for i in 0..9 {
+            claimed.push(reserve(&mut conn, &format!("w{i}")).unwrap());
+        }
+        // Undo the claim of seq 4 behind the frontier's back.
+        let undone = &claimed[4];
+        with_raw(
+            &mut conn,
+            &format!(
+                "UPDATE datums SET status = 'ready', ready_order = seq, owner = NULL, attempt = 0, \
+             lease_expires_at = NULL, started_at = NULL WHERE id = {}",
+                undone.id
+            ),
+        );
+        // A failed datum goes back to the queue ahead of every fresh one.
+        let failed = &claimed[7];
+        Datum::fail(
+            &mut conn,
+            failed.id,
+            &failed.claim().unwrap(),
+            &Report::default(),
+            "try again",
+            Clock::DB,
+        )
+        .unwrap();
+        let order: Vec<i64> = (0..3)
+            .map(|i| reserve(&mut conn, &format!("late{i}")).unwrap().seq)
+            .collect();
+        // The requeued datum first; then the rest, in queue order on
+        // SQLite, and on PostgreSQL the one left below the frontier last.
+        assert_eq!(order[0], 7, "{db:?}");
+        let mut rest = order[1..].to_vec();
+        rest.sort();
+        assert_eq!(rest, vec![4, 9], "{db:?}");
+        assert!(reserve(&mut conn, "idle").is_none(), "{db:?}");
     }
 }
 
@@ -943,6 +1028,15 @@ fn reservation_plan_never_walks_done_datums() {
         .unwrap()
         .unwrap();
     assert_eq!(datum.seq, 100_000);
+    // The 100,000 done datums left their entries in the queue index (no
+    // VACUUM ran): a pick from the start of the job walks them, one from
+    // the frontier does not.
+    let from_start = Datum::reservation_buffers(&mut conn, job.id, "a", 0).unwrap();
+    let from_frontier = Datum::reservation_buffers(&mut conn, job.id, "b", 100_001).unwrap();
+    assert!(
+        from_start > 100 && from_frontier * 10 < from_start,
+        "buffers touched: {from_start} from the start, {from_frontier} from the frontier"
+    );
 }
 
 /// Issue 9, defect 8: a datum that succeeds after failures keeps the

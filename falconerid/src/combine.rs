@@ -11,9 +11,9 @@
 //! the job, the larger the groups. Each item keeps its own answer: a group
 //! is only a way to send many guarded writes in one round trip.
 //!
-//! One runner per combiner at a time, in a task of its own, so a client
-//! that hangs up never cuts a group short (its answer is dropped; what the
-//! database did for it stands, as if the response had been lost).
+//! Each group runs in a task of its own (a few at once at most), so a
+//! client that hangs up never cuts a group short (its answer is dropped;
+//! what the database did for it stands, as if the response had been lost).
 
 use std::{future::Future, sync::Mutex};
 

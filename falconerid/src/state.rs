@@ -19,7 +19,7 @@ use std::{
 use falconeri_common::{
     api::{BatchReport, Claim},
     db::{DbConn, DbPool},
-    models::{Job, ModelResult, ReserveWant, Reserved},
+    models::{Frontier, Job, ModelResult, ReserveWant, Reserved},
     pipeline::{MAX_DATUMS_PER_RESERVATION, PipelineSpec},
 };
 use tokio::sync::{Notify, watch};
@@ -117,6 +117,8 @@ pub struct JobWaiters {
     pub ready: Notify,
     /// Progress followers; bumped on every change of the job's counts.
     pub progress: watch::Sender<u64>,
+    /// Where this server last found fresh datums of the job in the queue.
+    pub frontier: Frontier,
     /// Reservations gathered into one statement each.
     pub(crate) reserving: Arc<Combiner<ReserveWant, Vec<Reserved>>>,
     /// The first phase of final reports, gathered into one transaction each.
@@ -134,6 +136,12 @@ fn runners() -> usize {
         .and_then(|v| v.parse().ok())
         .unwrap_or(1)
 }
+
+/// Groups of one kind for one job that one server runs at once. Two: while
+/// one group waits for its commit to reach the disk, the next one runs
+/// (one alone left the database idle between groups; more split the
+/// requests into smaller groups, which cost more statements per datum).
+const GROUPS_IN_FLIGHT: usize = 2;
 
 /// Reports settled in one transaction at most (a batch report alone may
 /// hold this many).
@@ -389,8 +397,9 @@ impl AppState {
                 Arc::new(JobWaiters {
                     ready: Notify::new(),
                     progress: watch::channel(0).0,
-                    reserving: Arc::new(Combiner::new(RESERVATIONS_PER_GROUP, runners())),
-                    reporting: Arc::new(Combiner::new(REPORTS_PER_GROUP, runners())),
+                    frontier: Frontier::default(),
+                    reserving: Arc::new(Combiner::new(RESERVATIONS_PER_GROUP, GROUPS_IN_FLIGHT)),
+                    reporting: Arc::new(Combiner::new(REPORTS_PER_GROUP, GROUPS_IN_FLIGHT)),
                 })
             })
             .clone()

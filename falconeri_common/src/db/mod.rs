@@ -194,6 +194,9 @@ impl DbConn {
         types: &str,
         sql: &str,
     ) -> std::result::Result<bool, diesel::result::Error> {
+        // Without PostgreSQL support there is nothing to prepare.
+        #[cfg(not(feature = "postgres"))]
+        let _ = (name, types, sql);
         match self {
             DbConn::Sqlite(_) => Ok(false),
             #[cfg(feature = "postgres")]

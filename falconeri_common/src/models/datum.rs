@@ -211,6 +211,9 @@ enum Requeue {
     IfTriesLeft,
     /// Always, without using up a try (`interrupted` goes up).
     Always,
+    /// The infrastructure ended the worker: like `Always`, and the datum's
+    /// `pod_failures` goes up, until its `max`-th such failure fails it.
+    PodFailure { max: i32 },
 }
 
 /// How attempts end, for [`end_attempts`].
@@ -219,6 +222,10 @@ struct Ending<'a> {
     outcome: Outcome,
     /// The datum's error message (and the attempt's).
     message: &'a str,
+    /// The datum's message instead when it is not requeued.
+    final_message: Option<&'a str>,
+    /// The attempt's message instead.
+    attempt_message: Option<&'a str>,
     /// Replaces the datum's output when set.
     output: Option<&'a str>,
     exit_code: Option<i32>,
@@ -252,6 +259,12 @@ RETURNING *, {files} AS files";
 /// order. The picks are numbered in queue order and dealt out to the
 /// workers that hold nothing, `k` each, in request order.
 ///
+/// The queue is read in two index ranges: the requeued datums (negative
+/// `ready_order`, see [`REQUEUED_BELOW_FRESH`]), then the fresh ones from
+/// `{frontier}` on (see [`Frontier`]). The second range is only read when
+/// the first did not fill the group, and each is locked row by row as the
+/// limit pulls it, so no row is locked that is not handed out.
+///
 /// The update reaches the rows through the primary key: it joins `unnest`
 /// of arrays built from the assignment, which the planner estimates as a
 /// handful of rows, never as a scan of the job's datums. The claim and its
@@ -267,13 +280,23 @@ held AS ( \
 need AS ( \
     SELECT owner, k, SUM(k) OVER (ORDER BY ord) - k AS first FROM req \
     WHERE owner NOT IN (SELECT owner FROM held)), \
+total AS (SELECT COALESCE(SUM(k), 0) AS want FROM need), \
 pick AS ( \
     SELECT p.id, ROW_NUMBER() OVER (ORDER BY p.ready_order) - 1 AS n FROM ( \
-        SELECT id, ready_order FROM datums \
-        WHERE job_id = {job} AND ready_order IS NOT NULL \
-          AND EXISTS (SELECT 1 FROM jobs j WHERE j.id = {job} AND j.status = 'running') \
-        ORDER BY ready_order LIMIT (SELECT COALESCE(SUM(k), 0) FROM need) \
-        FOR UPDATE SKIP LOCKED) AS p), \
+        SELECT id, ready_order FROM ( \
+            SELECT * FROM ( \
+                SELECT id, ready_order FROM datums \
+                WHERE job_id = {job} AND ready_order < 0 \
+                ORDER BY ready_order LIMIT (SELECT want FROM total) \
+                FOR UPDATE SKIP LOCKED) AS requeued \
+            UNION ALL \
+            SELECT * FROM ( \
+                SELECT id, ready_order FROM datums \
+                WHERE job_id = {job} AND ready_order >= {frontier} \
+                ORDER BY ready_order LIMIT (SELECT want FROM total) \
+                FOR UPDATE SKIP LOCKED) AS fresh) AS u \
+        WHERE EXISTS (SELECT 1 FROM jobs j WHERE j.id = {job} AND j.status = 'running') \
+        LIMIT (SELECT want FROM total)) AS p), \
 assign AS ( \
     SELECT id, owner, 0 AS k FROM held \
     UNION ALL \
@@ -301,6 +324,41 @@ SELECT claimed.*, \
     (SELECT CAST(json_agg(json_build_array(f.uri, f.local_path) ORDER BY f.id) AS TEXT) \
      FROM input_files f WHERE f.datum_id = claimed.id) AS files \
 FROM claimed";
+
+/// Where one server last found fresh datums of a job in the queue: a
+/// lower bound of the fresh part, so that the next reservation starts
+/// there. Why: on PostgreSQL the queue index keeps an entry for every datum
+/// claimed since the table was last vacuumed; a pick that starts at the
+/// beginning of the job walks all of them, and on a million-datum job that
+/// is hundreds of thousands of entries per pick. The frontier is a hint
+/// only: a reservation that comes up short looks again from the start, so
+/// a fresh datum left behind it (a concurrent claim that rolled back) is
+/// still handed out, last. SQLite removes index entries at once and needs
+/// none.
+#[derive(Debug, Default)]
+pub struct Frontier(std::sync::atomic::AtomicI64);
+
+impl Frontier {
+    fn get(&self) -> i64 {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Moves the frontier up to the lowest fresh datum `reserved` claimed:
+    /// every fresh datum below it was claimed, or locked by a claim then.
+    fn passed(&self, reserved: &[Reserved]) {
+        // A datum on its first attempt was fresh until this claim (a
+        // requeued one has been claimed before); its `seq` was its place.
+        if let Some(lowest) = reserved
+            .iter()
+            .filter(|r| r.datum.attempt == 1)
+            .map(|r| r.datum.seq)
+            .min()
+        {
+            self.0
+                .fetch_max(lowest, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
 
 /// What one worker asks of a reservation: up to `max` datums.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -400,7 +458,15 @@ impl Datum {
             worker_id: worker_id.to_owned(),
             max,
         };
-        Datum::reserve_many(conn, job_id, &[want], clock, lease_ms, timeout_ms)
+        Datum::reserve_many(
+            conn,
+            job_id,
+            &[want],
+            &Frontier::default(),
+            clock,
+            lease_ms,
+            timeout_ms,
+        )
     }
 
     /// [`Datum::reserve`] for several workers of one job at once, in one
@@ -425,6 +491,7 @@ impl Datum {
         conn: &mut DbConn,
         job_id: i64,
         wants: &[ReserveWant],
+        frontier: &Frontier,
         clock: Clock,
         lease_ms: i64,
         timeout_ms: Option<i64>,
@@ -445,55 +512,31 @@ impl Datum {
         }
         let backend = conn.backend();
         if backend == crate::db::Backend::Postgres {
-            let timeout = timeout_ms.map_or("NULL".to_owned(), |t| t.to_string());
-            let maxes = format!(
-                "ARRAY[{}]::INTEGER[]",
-                merged
+            let from = frontier.get();
+            let mut reserved = Datum::reserve_many_on_postgres(
+                conn, job_id, &merged, from, clock, lease_ms, timeout_ms,
+            )?;
+            // Short: the queue may have fresh datums below the frontier
+            // (a claim that rolled back after passing them by). Ask again
+            // from the start; what the first statement claimed comes back
+            // as held.
+            let short = merged.iter().any(|want| {
+                let got = reserved
                     .iter()
-                    .map(|w| w.max.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
-            // A NUL cannot be written into the statement's text; it goes
-            // the bound way, where PostgreSQL refuses it as it should.
-            if clock == Clock::DB && merged.iter().all(|w| !w.worker_id.contains('\0')) {
-                let (name, types) = PREPARED_RESERVE;
-                if conn.ensure_prepared(name, types, &prepared_reservation_sql())? {
-                    let workers = format!(
-                        "ARRAY[{}]::TEXT[]",
-                        merged
-                            .iter()
-                            .map(|w| sql_literal(&w.worker_id))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    );
-                    let execute = format!(
-                        "EXECUTE {name}({job_id}, {workers}, {maxes}, {lease_ms}, {timeout})"
-                    );
-                    let rows: Vec<ReservedRow> =
-                        with_conn!(conn, c => diesel::sql_query(&execute).load(c))?;
-                    return collect_reserved(rows);
-                }
+                    .filter(|r| r.datum.owner.as_deref() == Some(want.worker_id.as_str()))
+                    .count();
+                got < usize::try_from(want.max).unwrap_or(usize::MAX)
+            });
+            if short && from > 0 {
+                let first = reserved;
+                reserved = Datum::reserve_many_on_postgres(
+                    conn, job_id, &merged, 0, clock, lease_ms, timeout_ms,
+                )?;
+                frontier.passed(&first);
+            } else {
+                frontier.passed(&reserved);
             }
-            let mut stmt = Stmt::new(backend);
-            let workers = format!(
-                "ARRAY[{}]::TEXT[]",
-                merged
-                    .iter()
-                    .map(|w| stmt.text(Some(&w.worker_id)))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
-            stmt.push(&reserve_many_sql(&ReserveManyParams {
-                job: &job_id.to_string(),
-                workers: &workers,
-                maxes: &maxes,
-                lease: &lease_ms.to_string(),
-                timeout: &format!("CAST({timeout} AS BIGINT)"),
-                now: &clock.sql(backend),
-            }));
-            let rows: Vec<ReservedRow> = stmt.load(conn)?;
-            return collect_reserved(rows);
+            return Ok(reserved);
         }
         conn.write_transaction(|conn| {
             let mut reserved = Vec::new();
@@ -505,6 +548,70 @@ impl Datum {
             reserved.sort_by_key(|r| r.datum.id);
             Ok(reserved)
         })
+    }
+
+    /// One run of [`RESERVE_MANY_PG`] for `wants` (merged: each worker
+    /// once), reading fresh datums from `frontier` on.
+    fn reserve_many_on_postgres(
+        conn: &mut DbConn,
+        job_id: i64,
+        wants: &[ReserveWant],
+        frontier: i64,
+        clock: Clock,
+        lease_ms: i64,
+        timeout_ms: Option<i64>,
+    ) -> ModelResult<Vec<Reserved>> {
+        let timeout = timeout_ms.map_or("NULL".to_owned(), |t| t.to_string());
+        let maxes = format!(
+            "ARRAY[{}]::INTEGER[]",
+            wants
+                .iter()
+                .map(|w| w.max.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        // A NUL cannot be written into the statement's text; it goes the
+        // bound way, where PostgreSQL refuses it as it should.
+        if clock == Clock::DB && wants.iter().all(|w| !w.worker_id.contains('\0')) {
+            let (name, types) = PREPARED_RESERVE;
+            if conn.ensure_prepared(name, types, &prepared_reservation_sql())? {
+                let workers = format!(
+                    "ARRAY[{}]::TEXT[]",
+                    wants
+                        .iter()
+                        .map(|w| sql_literal(&w.worker_id))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                let execute = format!(
+                    "EXECUTE {name}({job_id}, {workers}, {maxes}, {lease_ms}, {timeout}, \
+                     {frontier})"
+                );
+                let rows: Vec<ReservedRow> =
+                    with_conn!(conn, c => diesel::sql_query(&execute).load(c))?;
+                return collect_reserved(rows);
+            }
+        }
+        let mut stmt = Stmt::new(conn.backend());
+        let workers = format!(
+            "ARRAY[{}]::TEXT[]",
+            wants
+                .iter()
+                .map(|w| stmt.text(Some(&w.worker_id)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        stmt.push(&reserve_many_sql(&ReserveManyParams {
+            job: &job_id.to_string(),
+            workers: &workers,
+            maxes: &maxes,
+            lease: &lease_ms.to_string(),
+            timeout: &format!("CAST({timeout} AS BIGINT)"),
+            frontier: &frontier.to_string(),
+            now: &clock.sql(conn.backend()),
+        }));
+        let rows: Vec<ReservedRow> = stmt.load(conn)?;
+        collect_reserved(rows)
     }
 
     /// One worker's reservation on SQLite, inside the caller's write
@@ -578,12 +685,48 @@ impl Datum {
             c.batch_execute("SET plan_cache_mode = force_generic_plan")?;
             let lines: Result<Vec<PlanLine>, _> = diesel::sql_query(format!(
                 "EXPLAIN (COSTS OFF) EXECUTE {name}({job_id}, ARRAY['explain']::TEXT[], \
-                 ARRAY[1]::INTEGER[], 1000, NULL)"
+                 ARRAY[1]::INTEGER[], 1000, NULL, 0)"
             ))
             .load(c);
             c.batch_execute("RESET plan_cache_mode")?;
             Ok(lines?.into_iter().map(|l| l.line).collect())
         })
+    }
+
+    /// Runs the prepared reservation once for `worker_id` with fresh
+    /// datums read from `frontier` on (it claims what it finds), and
+    /// answers how many buffers it touched: for the test that proves the
+    /// frontier spares a pick the queue entries of datums claimed before.
+    #[doc(hidden)]
+    pub fn reservation_buffers(
+        conn: &mut DbConn,
+        job_id: i64,
+        worker_id: &str,
+        frontier: i64,
+    ) -> ModelResult<u64> {
+        #[derive(QueryableByName)]
+        struct PlanJson {
+            #[diesel(sql_type = Text, column_name = "QUERY PLAN")]
+            json: String,
+        }
+        let (name, types) = PREPARED_RESERVE;
+        if !conn.ensure_prepared(name, types, &prepared_reservation_sql())? {
+            return Err(ModelError::Other(anyhow::anyhow!(
+                "the reservation is prepared on PostgreSQL only"
+            )));
+        }
+        let sql = format!(
+            "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) EXECUTE {name}({job_id}, \
+             ARRAY[{}]::TEXT[], ARRAY[1]::INTEGER[], 1000, NULL, {frontier})",
+            sql_literal(worker_id)
+        );
+        let plans: Vec<PlanJson> = with_conn!(conn, c => diesel::sql_query(&sql).load(c))?;
+        let json = plans.first().map(|p| p.json.as_str()).unwrap_or("[]");
+        let value: serde_json::Value =
+            serde_json::from_str(json).map_err(|err| anyhow::anyhow!("unreadable plan: {err}"))?;
+        let plan = &value[0]["Plan"];
+        let blocks = |key: &str| plan[key].as_u64().unwrap_or(0);
+        Ok(blocks("Shared Hit Blocks") + blocks("Shared Read Blocks"))
     }
 
     /// [`Datum::reserve`] of one datum.
@@ -890,6 +1033,8 @@ impl Datum {
     ) -> ModelResult<Datum> {
         let clock = now.into();
         let ending = Ending {
+            final_message: None,
+            attempt_message: None,
             outcome: Outcome::PublishFailed,
             message: reason,
             output: None,
@@ -982,6 +1127,8 @@ impl Datum {
         clock: Clock,
     ) -> ModelResult<Datum> {
         let ending = Ending {
+            final_message: None,
+            attempt_message: None,
             outcome: Outcome::Error,
             message: error,
             output: Some(report.output),
@@ -1004,6 +1151,8 @@ impl Datum {
         now: impl Into<Clock> + std::fmt::Debug,
     ) -> ModelResult<Datum> {
         let ending = Ending {
+            final_message: None,
+            attempt_message: None,
             outcome: Outcome::Interrupted,
             message: reason,
             output: None,
@@ -1093,6 +1242,8 @@ impl Datum {
         clock: Clock,
     ) -> ModelResult<usize> {
         let ending = Ending {
+            final_message: None,
+            attempt_message: None,
             outcome,
             message,
             output: None,
@@ -1169,6 +1320,8 @@ impl Datum {
         }
         let clock = now.into();
         let ending = Ending {
+            final_message: None,
+            attempt_message: None,
             outcome: Outcome::WorkerLost,
             message: "the worker holding this datum exited",
             output: None,
@@ -1227,42 +1380,30 @@ impl Datum {
                 "{} (the datum's worker pods failed {max_pod_failures} times; giving up)",
                 failure.message
             );
-            let owner: &str = &failure.worker_id;
+            let ending = Ending {
+                outcome: Outcome::PodFailure,
+                message: &requeue_message,
+                final_message: Some(&fail_message),
+                attempt_message: Some(&failure.message),
+                output: None,
+                exit_code: None,
+                signal: None,
+                requeue: Requeue::PodFailure {
+                    max: max_pod_failures,
+                },
+            };
             let ended = conn.write_transaction(|conn| {
-                let backend = conn.backend();
-                let mut stmt = Stmt::new(backend);
-                let now = clock.sql(backend);
-                let owner = stmt.text(Some(owner));
-                let requeue_message = stmt.text(Some(&escape_nul(&requeue_message)));
-                let fail_message = stmt.text(Some(&escape_nul(&fail_message)));
-                let requeue = format!("pod_failures + 1 < {max_pod_failures}");
-                stmt.push(&format!(
-                    "UPDATE datums SET \
-                        status = CASE WHEN {requeue} THEN 'ready' ELSE 'error' END, \
-                        ready_order = CASE WHEN {requeue} THEN seq END, \
-                        owner = CASE WHEN {requeue} THEN NULL ELSE owner END, \
-                        interrupted = interrupted + CASE WHEN {requeue} THEN 1 ELSE 0 END, \
-                        finished_at = CASE WHEN {requeue} THEN finished_at ELSE {now} END, \
-                        error_message = CASE WHEN {requeue} THEN {requeue_message} \
-                                             ELSE {fail_message} END, \
-                        pod_failures = pod_failures + 1, \
-                        updated_at = {now}, lease_expires_at = NULL, deadline_at = NULL \
-                     WHERE job_id = {job_id} AND owner = {owner} AND status = 'running' \
-                     RETURNING id, attempt"
-                ));
-                let rows: Vec<EndedRow> = stmt.load(conn)?;
-                let ended: Vec<(i64, i32)> = rows.iter().map(|r| (r.id, r.attempt)).collect();
-                close_attempts(
+                end_attempts(
                     conn,
-                    &ended,
-                    Outcome::PodFailure,
-                    Some(&failure.message),
-                    None,
-                    None,
+                    |stmt| {
+                        let owner = stmt.text(Some(&failure.worker_id));
+                        format!("job_id = {job_id} AND owner = {owner} AND status = 'running'")
+                    },
+                    &ending,
                     clock,
-                )?;
-                Ok::<_, ModelError>(ended.len())
+                )
             })?;
+            let ended = ended.len();
             changed += ended;
         }
         Ok(changed)
@@ -1382,6 +1523,8 @@ struct ReserveManyParams<'a> {
     lease: &'a str,
     /// A `BIGINT`: `datum_timeout` in milliseconds, or NULL.
     timeout: &'a str,
+    /// A `BIGINT`: where the fresh part of the queue starts, at the lowest.
+    frontier: &'a str,
     now: &'a str,
 }
 
@@ -1391,6 +1534,7 @@ fn reserve_many_sql(p: &ReserveManyParams<'_>) -> String {
         .replace("{workers}", p.workers)
         .replace("{maxes}", p.maxes)
         .replace("{timeout}", p.timeout)
+        .replace("{frontier}", p.frontier)
         .replace("{lease}", p.lease)
         .replace("{now}", p.now)
         .replace("{job}", p.job)
@@ -1404,16 +1548,17 @@ fn prepared_reservation_sql() -> String {
         maxes: "$3",
         lease: "$4",
         timeout: "$5",
+        frontier: "$6",
         now: &Clock::DB.sql(crate::db::Backend::Postgres),
     })
 }
 
 /// The name of the prepared reservation on PostgreSQL, and its parameter
 /// types: job, workers, how many each, lease (ms), `datum_timeout` (ms,
-/// or NULL).
+/// or NULL), frontier.
 const PREPARED_RESERVE: (&str, &str) = (
     "falconeri_reserve_many",
-    "BIGINT, TEXT[], INTEGER[], BIGINT, BIGINT",
+    "BIGINT, TEXT[], INTEGER[], BIGINT, BIGINT, BIGINT",
 );
 
 /// The prepared `done` of a datum without outputs on PostgreSQL, and its
@@ -1446,6 +1591,19 @@ fn held_sql(stmt: &mut Stmt, id: i64, claim: &Claim, status: &str) -> String {
     )
 }
 
+/// How far below every fresh datum a requeued one goes in the queue
+/// (`ready_order`): fresh datums stand at their `seq` (0 and up), requeued
+/// ones at the time they were requeued minus this, so they come first, in
+/// the order they were requeued. Fresh datums never come back to the fresh
+/// part of the queue, so where a server last found fresh datums is a lower
+/// bound of the fresh part (see [`Frontier`]).
+const REQUEUED_BELOW_FRESH: i64 = 1 << 62;
+
+/// The `ready_order` of a datum requeued at `now` (SQL).
+fn requeue_order_sql(now: &str) -> String {
+    format!("({now} - {REQUEUED_BELOW_FRESH})")
+}
+
 /// Ends the attempts of the datums matching the SQL predicate `filter`
 /// (built with the statement, so it may bind text): one guarded statement
 /// moves each datum back to `ready` or to `error` as `ending.requeue`
@@ -1466,18 +1624,31 @@ fn end_attempts(
         Some(output) => stmt.text(Some(&escape_nul(output))),
         None => "output".to_owned(),
     };
-    let (requeue, interrupted) = match ending.requeue {
-        Requeue::IfTriesLeft => ("attempt < max_tries + interrupted".to_owned(), "0"),
-        Requeue::Always => ("1 = 1".to_owned(), "1"),
+    let final_message = match ending.final_message {
+        Some(text) => stmt.text(Some(&escape_nul(text))),
+        None => message.clone(),
     };
+    let (requeue, interrupted, pod_failures) = match ending.requeue {
+        Requeue::IfTriesLeft => ("attempt < max_tries + interrupted".to_owned(), "0", ""),
+        Requeue::Always => ("1 = 1".to_owned(), "1", ""),
+        Requeue::PodFailure { max } => (
+            format!("pod_failures + 1 < {max}"),
+            "1",
+            "pod_failures = pod_failures + 1, ",
+        ),
+    };
+    let requeue_order = requeue_order_sql(&now);
+    // Every SET expression reads the row as it was, so `requeue` decides
+    // each column by the same, old, counts.
     stmt.push(&format!(
         "UPDATE datums SET \
             status = CASE WHEN {requeue} THEN 'ready' ELSE 'error' END, \
-            ready_order = CASE WHEN {requeue} THEN seq END, \
+            ready_order = CASE WHEN {requeue} THEN {requeue_order} END, \
             owner = CASE WHEN {requeue} THEN NULL ELSE owner END, \
             interrupted = interrupted + CASE WHEN {requeue} THEN {interrupted} ELSE 0 END, \
             finished_at = CASE WHEN {requeue} THEN finished_at ELSE {now} END, \
-            error_message = {message}, output = {output}, \
+            error_message = CASE WHEN {requeue} THEN {message} ELSE {final_message} END, \
+            output = {output}, {pod_failures}\
             updated_at = {now}, lease_expires_at = NULL, deadline_at = NULL \
          WHERE {filter} \
          RETURNING id, attempt"
@@ -1488,7 +1659,7 @@ fn end_attempts(
         conn,
         &ended,
         ending.outcome,
-        Some(ending.message),
+        Some(ending.attempt_message.unwrap_or(ending.message)),
         ending.exit_code,
         ending.signal,
         clock,

@@ -12,8 +12,8 @@ pub mod sql;
 use diesel::{QueryableByName, RunQueryDsl, sql_types::BigInt};
 
 pub use datum::{
-    Attempt, Completed, Datum, DatumFilter, DeadOwners, InputFile, OutputFile, PodFailure, Report,
-    ReserveWant, Reserved,
+    Attempt, Completed, Datum, DatumFilter, DeadOwners, Frontier, InputFile, OutputFile,
+    PodFailure, Report, ReserveWant, Reserved,
 };
 pub use job::{Job, NewJobParams};
 pub use sql::Clock;

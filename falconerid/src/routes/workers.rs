@@ -28,7 +28,7 @@ use tokio::time::Instant;
 use crate::{
     auth::Principal,
     error::{ApiJson, ApiPath, AppError, AppResult},
-    state::{AppState, Change, JobInfo},
+    state::{AppState, Change, JobInfo, JobWaiters},
 };
 
 /// Longest output tail the server stores per datum.
@@ -78,11 +78,18 @@ async fn reserve(
             worker_id: request.worker_id.clone(),
             max,
         };
-        let group_state = state.clone();
+        let (group_state, group_waiters) = (state.clone(), waiters.clone());
         let reserved = waiters
             .reserving
             .submit(vec![want], move |wants| {
-                reserve_group(group_state.clone(), job_id, wants, lease_ms, timeout_ms)
+                reserve_group(
+                    group_state.clone(),
+                    group_waiters.clone(),
+                    job_id,
+                    wants,
+                    lease_ms,
+                    timeout_ms,
+                )
             })
             .await?
             .pop()
@@ -127,6 +134,7 @@ async fn reserve(
 /// worker gets the datums it now holds.
 async fn reserve_group(
     state: AppState,
+    waiters: std::sync::Arc<JobWaiters>,
     job_id: i64,
     wants: Vec<ReserveWant>,
     lease_ms: i64,
@@ -136,8 +144,15 @@ async fn reserve_group(
     let notifier = state.clone();
     let reserved = state
         .db(move |conn| {
-            let reserved =
-                Datum::reserve_many(conn, job_id, &wants, Clock::DB, lease_ms, timeout_ms)?;
+            let reserved = Datum::reserve_many(
+                conn,
+                job_id,
+                &wants,
+                &waiters.frontier,
+                Clock::DB,
+                lease_ms,
+                timeout_ms,
+            )?;
             // The statement has committed: a follower woken now sees it.
             if !reserved.is_empty() {
                 notifier.notify(Change::Progress { job_id });
