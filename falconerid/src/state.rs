@@ -130,13 +130,6 @@ pub struct JobWaiters {
 /// and start-up cost next to nothing per datum.
 const RESERVATIONS_PER_GROUP: usize = 64;
 
-fn runners() -> usize {
-    std::env::var("FALCONERI_RUNNERS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1)
-}
-
 /// Groups of one kind for one job that one server runs at once. Two: while
 /// one group waits for its commit to reach the disk, the next one runs
 /// (one alone left the database idle between groups; more split the
