@@ -104,14 +104,26 @@ fn bash_completes_commands_subcommands_and_values() {
     let job: BTreeSet<String> = bash_complete(&script, "falconeri job ")
         .into_iter()
         .collect();
-    for command in ["run", "list", "describe", "wait", "retry", "cancel", "validate"] {
-        assert!(job.contains(command), "`job {command}` missing from {job:?}");
+    for command in [
+        "run", "list", "describe", "wait", "retry", "cancel", "validate",
+    ] {
+        assert!(
+            job.contains(command),
+            "`job {command}` missing from {job:?}"
+        );
     }
     assert_eq!(
         bash_complete(&script, "falconeri datum list --status ")
             .into_iter()
             .collect::<BTreeSet<_>>(),
-        words(&["ready", "running", "publishing", "done", "error", "canceled"])
+        words(&[
+            "ready",
+            "running",
+            "publishing",
+            "done",
+            "error",
+            "canceled"
+        ])
     );
     assert_eq!(
         bash_complete(&script, "falconeri job list -o j"),
@@ -206,7 +218,11 @@ fn man_out_writes_a_clean_page_per_command() {
         );
     }
     assert_eq!(names.len(), 25, "{names:?}");
-    for name in ["falconeri.1", "falconeri-job-run.1", "falconeri-db-console.1"] {
+    for name in [
+        "falconeri.1",
+        "falconeri-job-run.1",
+        "falconeri-db-console.1",
+    ] {
         assert!(names.contains(name), "{name} missing from {names:?}");
     }
 
