@@ -31,9 +31,11 @@ clippy:
 deny:
     cargo deny check
 
-# Build the mdBook guide into guide/book.
+# Build the mdBook guide into guide/book and check its internal links
+# (scripts/test does the same with the mdBook version it pins).
 guide:
     mdbook build guide
+    python3 scripts/check-guide-links guide/book
 
 # Everything to run before asking for a review.
 check: fmt-check clippy deny test

@@ -3,7 +3,7 @@
 
 use std::{ffi::OsString, path::PathBuf};
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum, builder::TypedValueParser};
 use falconeri_common::status::{DatumStatus, Outcome};
 
 /// Run batch jobs: many datums, each processed by one command, in parallel.
@@ -145,6 +145,38 @@ pub enum Command {
     /// too. The namespace itself is never deleted.
     Undeploy(UndeployArgs),
 
+    /// Print a shell completion script.
+    ///
+    /// Load it in your shell's startup file, for example:
+    ///
+    ///   bash: `source <(falconeri completions bash)` in ~/.bashrc
+    ///
+    ///   zsh:  `falconeri completions zsh > ~/.zfunc/_falconeri`, with
+    ///         ~/.zfunc in `fpath` before `compinit`
+    ///
+    ///   fish: `falconeri completions fish > ~/.config/fish/completions/falconeri.fish`
+    ///
+    /// The script completes commands and flags, and the values of flags
+    /// with a fixed set of values (such as --output or --status).
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_name = "SHELL")]
+        shell: clap_complete::Shell,
+    },
+
+    /// Print falconeri's man page, or write one page per command.
+    ///
+    /// Without --out, prints falconeri(1) as roff on stdout: view it with
+    /// `falconeri man | man -l -`. With --out, writes falconeri.1 and one
+    /// page per command (falconeri-job-run.1, ...) into DIR, creating it if
+    /// needed, for a directory on MANPATH such as ~/.local/share/man/man1.
+    Man {
+        /// Write every page into this directory instead of printing
+        /// falconeri(1).
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
+
     /// Commands falconeri runs itself; not for people.
     #[command(subcommand, hide = true)]
     Internal(InternalCommand),
@@ -223,15 +255,12 @@ pub enum DatumCommand {
         #[arg(long, value_name = "JOB")]
         job: String,
 
-        /// Only datums in this state: ready, running, publishing, done, error
-        /// or canceled.
-        #[arg(long, value_name = "STATUS")]
+        /// Only datums in this state.
+        #[arg(long, value_name = "STATUS", value_parser = status_value(DatumStatus::ALL, DatumStatus::as_str))]
         status: Option<DatumStatus>,
 
-        /// Only datums with an attempt that ended this way: done, error,
-        /// timed_out, lease_expired, interrupted, pod_failure, worker_lost,
-        /// canceled or publish_failed.
-        #[arg(long, value_name = "OUTCOME")]
+        /// Only datums with an attempt that ended this way.
+        #[arg(long, value_name = "OUTCOME", value_parser = status_value(Outcome::ALL, Outcome::as_str))]
         outcome: Option<Outcome>,
 
         /// Only datums after this datum id (the next page).
@@ -248,6 +277,28 @@ pub enum DatumCommand {
         /// The datum's id, as shown by `job describe` or `datum list`.
         id: i64,
     },
+}
+
+/// A parser for one of falconeri_common's status enums that knows every
+/// value, so `--help`, the error for a wrong value and the shell completions
+/// list them (those enums implement `FromStr`, which alone tells clap
+/// nothing about the possible values).
+fn status_value<T>(
+    all: &'static [T],
+    name: fn(T) -> &'static str,
+) -> impl TypedValueParser<Value = T>
+where
+    T: Copy + Send + Sync + 'static,
+{
+    clap::builder::PossibleValuesParser::new(all.iter().map(|value| name(*value))).try_map(
+        move |text| {
+            all.iter()
+                .copied()
+                .find(|value| name(*value) == text)
+                // Unreachable: the possible values are exactly these names.
+                .ok_or_else(|| format!("unknown value {text:?}"))
+        },
+    )
 }
 
 /// `falconeri proxy`.

@@ -9,6 +9,7 @@ mod datum;
 mod db;
 mod deploy;
 mod error;
+mod generate;
 mod job;
 mod local;
 mod output;
@@ -62,6 +63,8 @@ async fn dispatch(config: &Config, command: Command) -> Result<()> {
         Command::Db(command) => db::run(config, command).await,
         Command::Deploy(args) => deploy::deploy(config, &args).await,
         Command::Undeploy(args) => deploy::undeploy(config, &args).await,
+        Command::Completions { shell } => generate::completions(shell),
+        Command::Man { out } => generate::man(config, out.as_deref()),
     }
 }
 

@@ -145,10 +145,11 @@ impl Executor for KubernetesExecutor {
     /// Job controller, not falconerid, keeps its workers running from then
     /// on, so there is never a second count to reconcile.
     ///
-    /// A Job stops starting pods once one of them succeeds, and a worker
-    /// stopped gracefully (preempted, drained) exits successfully; so a pool
-    /// can complete while work remains. Then a new Job is created, named
-    /// with the next generation (`<name>-<id>-<n>`, never reused). Replicas racing to
+    /// A Job stops starting pods once one of them succeeds. A worker
+    /// succeeds only once its job has ended (stopped, it exits 143), but
+    /// should a pool complete while work remains all the same (pods that
+    /// exit 0 for another reason), a new Job is created, named with the next
+    /// generation (`<name>-<id>-<n>`, never reused). Replicas racing to
     /// create the same generation meet at `409 AlreadyExists`, which counts
     /// as started.
     #[tracing::instrument(level = "debug", skip(self, launch), fields(job = launch.job_name))]

@@ -158,9 +158,10 @@ fn whole_seconds(duration: std::time::Duration) -> i64 {
 /// The batch/v1 Job that runs `parallelism` workers for `launch`.
 ///
 /// - Work-queue style: `parallelism` pods, no `completions`; the Job starts
-///   no more pods once a worker exits successfully, which a worker does when
-///   the job has no work left, or when stopped gracefully (then the
-///   babysitter starts a new `generation`).
+///   no more pods once a worker exits successfully, which a worker does only
+///   once the job has ended (a stopped worker exits 143). Should pods
+///   succeed while work remains all the same, the babysitter starts a new
+///   `generation`.
 /// - The Job controller replaces failed pods. Pods ended by a disruption
 ///   (eviction, preemption, node loss: the `DisruptionTarget` condition) are
 ///   ignored by the pod failure policy; other failures (OOM kills, crashed
