@@ -221,13 +221,18 @@ pub async fn run_until(mut config: Config, shutdown: CancellationToken) -> Resul
     };
 
     let mut backoff = Backoff::new(worker.config.retry_budget);
+    // Whether the server may have given us datums we never heard of: at
+    // start (a worker id may be reused), and after a reservation that got
+    // no answer. Then the server looks for them first.
+    let mut resume = true;
     loop {
         let answer = tokio::select! {
             // A datum reserved by a request we drop here is retried when its
             // lease expires; stopping promptly matters more.
             () = worker.shutdown.cancelled() => return Ok(Exit::Stopped),
-            answer = reserve(&worker) => answer,
+            answer = reserve(&worker, resume) => answer,
         };
+        resume = answer.is_err();
         match answer {
             // The server already waited for us (long poll), so ask again now.
             Ok(ReserveResponse::Wait) => backoff.reset(),
@@ -273,6 +278,7 @@ pub async fn run_until(mut config: Config, shutdown: CancellationToken) -> Resul
 #[tracing::instrument(skip_all, fields(job_id = worker.config.job_id))]
 async fn reserve(
     worker: &Worker,
+    resume: bool,
 ) -> Result<ReserveResponse, falconeri_common::client::ClientError> {
     let config = &worker.config;
     worker
@@ -282,6 +288,7 @@ async fn reserve(
             &config.worker_id,
             config.reserve_wait,
             Some(MAX_DATUMS_PER_RESERVATION),
+            resume,
         )
         .await
 }

@@ -301,6 +301,17 @@ pub struct ReserveRequest {
     /// [`ReserveResponse::Batch`]. Unset: one datum, as `Reserved`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_datums: Option<u32>,
+    /// The worker may hold datums of this job it was never told about:
+    /// it has just started, or its last reservation got no answer. The
+    /// server then hands back what the worker holds before anything new.
+    /// A worker whose last reservation was answered sends `false`, which
+    /// spares the server that look-up. Absent: `true`.
+    #[serde(default = "yes")]
+    pub resume: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Answer to a reservation.

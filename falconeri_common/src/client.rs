@@ -290,17 +290,21 @@ impl Client {
     }
 
     /// Reserves the next ready datum of a job, waiting up to `wait` for one.
+    /// `resume`: the worker may hold datums it was never told about (see
+    /// [`api::ReserveRequest::resume`]).
     pub async fn reserve(
         &self,
         job_id: i64,
         worker_id: &str,
         wait: Duration,
         max_datums: Option<u32>,
+        resume: bool,
     ) -> Result<api::ReserveResponse, ClientError> {
         let body = api::ReserveRequest {
             worker_id: worker_id.to_owned(),
             wait_ms: Some(millis(wait)),
             max_datums,
+            resume,
         };
         self.send::<(), _, _>(
             Method::POST,

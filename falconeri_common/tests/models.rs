@@ -561,6 +561,7 @@ fn one_reservation_serves_many_workers_each_their_own() {
     let want = |w: &str, max: u32| ReserveWant {
         worker_id: w.to_owned(),
         max,
+        resume: true,
     };
     for db in TestDb::all() {
         for clock in [Clock::DB, Clock::At(1_000_000)] {
@@ -630,6 +631,26 @@ fn one_reservation_serves_many_workers_each_their_own() {
             )
             .unwrap();
             assert!(none.is_empty(), "{db:?}");
+            // A worker that says it holds nothing is not looked up: it gets
+            // new work (here none is left) and keeps what it held.
+            let job = create_job(&mut conn, 2, 1);
+            let first = Datum::reserve(&mut conn, job.id, "w", 1, clock, LEASE, None).unwrap();
+            let fresh = ReserveWant {
+                resume: false,
+                ..want("w", 1)
+            };
+            let second =
+                Datum::reserve_many(&mut conn, job.id, &[fresh], &frontier, clock, LEASE, None)
+                    .unwrap();
+            assert_eq!(second.len(), 1, "{db:?}");
+            assert_ne!(second[0].datum.id, first[0].datum.id, "{db:?}");
+            assert_eq!(
+                Datum::find(&mut conn, first[0].datum.id)
+                    .unwrap()
+                    .owner
+                    .as_deref(),
+                Some("w")
+            );
         }
     }
 }
@@ -648,6 +669,7 @@ fn a_datum_below_the_frontier_is_still_handed_out() {
             let want = ReserveWant {
                 worker_id: worker.to_owned(),
                 max: 1,
+                resume: false,
             };
             Datum::reserve_many(conn, job.id, &[want], &frontier, Clock::DB, LEASE, None)
                 .unwrap()
@@ -1005,22 +1027,28 @@ fn reservation_plan_never_walks_done_datums() {
     let text = plan.join("\n");
     assert!(text.contains("datums_queue"), "{text}");
     assert!(!text.contains("Rows Removed by Filter"), "{text}");
-    // The whole statement the model runs, in the generic plan PostgreSQL
-    // settles on for the prepared statement: the pick through the queue
-    // index, the held check through the held index, the update through the
-    // primary key; never a scan of the job's rows, bitmap or sequential.
-    let full = Datum::reservation_plan(&mut conn, job.id).unwrap();
-    let text = full.join("\n");
-    assert!(text.contains("datums_queue"), "{text}");
-    assert!(text.contains("datums_pkey"), "{text}");
-    for line in &full {
-        if line.contains(" on datums") && !line.contains("Update on datums") {
-            assert!(
-                ["datums_queue", "datums_held", "datums_pkey"]
-                    .iter()
-                    .any(|index| line.contains(&format!("Index Scan using {index} on datums"))),
-                "a scan that is not one of the three narrow indexes: {line}\n{text}"
-            );
+    // The hot-path statements the model runs, in the generic plans
+    // PostgreSQL settles on for prepared statements: the pick through the
+    // queue index, the held check through the held index, the updates
+    // through the primary key; never a scan of the job's rows, bitmap or
+    // sequential, nor of the attempts.
+    for (name, plan) in Datum::hot_path_plans(&mut conn, job.id).unwrap() {
+        let text = plan.join("\n");
+        assert!(text.contains("datums_pkey"), "{name}: {text}");
+        assert!(!text.contains("Seq Scan on datums"), "{name}: {text}");
+        assert!(!text.contains("Seq Scan on attempts"), "{name}: {text}");
+        if name.contains("reserve") {
+            assert!(text.contains("datums_queue"), "{name}: {text}");
+        }
+        for line in &plan {
+            if line.contains(" on datums") && !line.contains("Update on datums") {
+                assert!(
+                    ["datums_queue", "datums_held", "datums_pkey"]
+                        .iter()
+                        .any(|index| line.contains(&format!("Index Scan using {index} on datums"))),
+                    "{name}: a scan that is not one of the three narrow indexes: {line}\n{text}"
+                );
+            }
         }
     }
     // And the model's statement reserves the first ready datum.

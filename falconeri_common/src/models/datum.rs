@@ -241,13 +241,14 @@ UPDATE datums SET \
     status = 'running', ready_order = NULL, owner = {worker}, \
     lease_expires_at = {now} + {lease}, updated_at = {now}, finished_at = NULL \
 WHERE id {in} ( \
-    SELECT id FROM datums WHERE job_id = {job} AND owner = {worker} AND status = 'running' \
+    SELECT id FROM datums \
+    WHERE {resume} AND job_id = {job} AND owner = {worker} AND status = 'running' \
     UNION ALL \
     SELECT id FROM ( \
         SELECT id FROM datums \
         WHERE job_id = {job} AND ready_order IS NOT NULL \
-          AND NOT EXISTS (SELECT 1 FROM datums h \
-                          WHERE h.job_id = {job} AND h.owner = {worker} AND h.status = 'running') \
+          AND NOT EXISTS (SELECT 1 FROM datums h WHERE {resume} AND h.job_id = {job} \
+                          AND h.owner = {worker} AND h.status = 'running') \
           AND EXISTS (SELECT 1 FROM jobs j WHERE j.id = {job} AND j.status = 'running') \
         ORDER BY ready_order LIMIT {max} {lock}) AS next \
 ){close} AND (status = 'ready' OR (status = 'running' AND owner = {worker})) \
@@ -272,11 +273,12 @@ RETURNING *, {files} AS files";
 /// come back with each datum, so a reservation is one round trip.
 const RESERVE_MANY_PG: &str = "\
 WITH req AS ( \
-    SELECT r.owner, r.k, r.ord \
-    FROM unnest({workers}, {maxes}) WITH ORDINALITY AS r (owner, k, ord)), \
+    SELECT r.owner, r.k, r.resume, r.ord \
+    FROM unnest({workers}, {maxes}, {resumes}) WITH ORDINALITY AS r (owner, k, resume, ord)), \
 held AS ( \
     SELECT d.id, d.owner FROM datums d \
-    WHERE d.job_id = {job} AND d.owner = ANY({workers}) AND d.status = 'running'), \
+    WHERE d.job_id = {job} AND d.status = 'running' \
+      AND d.owner = ANY(ARRAY(SELECT owner FROM req WHERE resume))), \
 need AS ( \
     SELECT owner, k, SUM(k) OVER (ORDER BY ord) - k AS first FROM req \
     WHERE owner NOT IN (SELECT owner FROM held)), \
@@ -365,6 +367,11 @@ impl Frontier {
 pub struct ReserveWant {
     pub worker_id: String,
     pub max: u32,
+    /// Look for datums the worker already holds first (its last answer
+    /// was lost). On PostgreSQL that look-up walks the held index's
+    /// entries of the worker's past datums not yet vacuumed away, so
+    /// workers that know they hold nothing skip it.
+    pub resume: bool,
 }
 
 impl Datum {
@@ -457,6 +464,7 @@ impl Datum {
         let want = ReserveWant {
             worker_id: worker_id.to_owned(),
             max,
+            resume: true,
         };
         Datum::reserve_many(
             conn,
@@ -500,10 +508,14 @@ impl Datum {
         for want in wants {
             let max = want.max.max(1);
             match merged.iter_mut().find(|m| m.worker_id == want.worker_id) {
-                Some(seen) => seen.max = seen.max.max(max),
+                Some(seen) => {
+                    seen.max = seen.max.max(max);
+                    seen.resume |= want.resume;
+                }
                 None => merged.push(ReserveWant {
                     worker_id: want.worker_id.clone(),
                     max,
+                    resume: want.resume,
                 }),
             }
         }
@@ -570,6 +582,14 @@ impl Datum {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
+        let resumes = format!(
+            "ARRAY[{}]::BOOLEAN[]",
+            wants
+                .iter()
+                .map(|w| w.resume.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
         // A NUL cannot be written into the statement's text; it goes the
         // bound way, where PostgreSQL refuses it as it should.
         if clock == Clock::DB && wants.iter().all(|w| !w.worker_id.contains('\0')) {
@@ -585,7 +605,7 @@ impl Datum {
                 );
                 let execute = format!(
                     "EXECUTE {name}({job_id}, {workers}, {maxes}, {lease_ms}, {timeout}, \
-                     {frontier})"
+                     {frontier}, {resumes})"
                 );
                 let rows: Vec<ReservedRow> =
                     with_conn!(conn, c => diesel::sql_query(&execute).load(c))?;
@@ -605,6 +625,7 @@ impl Datum {
             job: &job_id.to_string(),
             workers: &workers,
             maxes: &maxes,
+            resumes: &resumes,
             lease: &lease_ms.to_string(),
             timeout: &format!("CAST({timeout} AS BIGINT)"),
             frontier: &frontier.to_string(),
@@ -633,6 +654,7 @@ impl Datum {
             None => "NULL".to_owned(),
         };
         stmt.push(&reservation_sql(&ReservationParams {
+            resume: if want.resume { "1" } else { "0" },
             job: &job_id.to_string(),
             worker: &worker,
             max: &want.max.to_string(),
@@ -663,34 +685,56 @@ impl Datum {
         Ok(reserved)
     }
 
-    /// PostgreSQL's generic plan of the prepared reservation (plan only,
-    /// nothing runs), one line per element: the plan every execution uses
-    /// once PostgreSQL settles on it, for the test that proves the
-    /// reservation never walks a job's finished rows.
+    /// PostgreSQL's generic plans of the two hot-path statements, the
+    /// reservation and the `done` without outputs (plan only, nothing
+    /// runs), one line per element: the plans every execution uses once
+    /// PostgreSQL settles on them, for the test that proves neither walks
+    /// a job's rows.
     #[doc(hidden)]
-    pub fn reservation_plan(conn: &mut DbConn, job_id: i64) -> ModelResult<Vec<String>> {
+    pub fn hot_path_plans(
+        conn: &mut DbConn,
+        job_id: i64,
+    ) -> ModelResult<Vec<(String, Vec<String>)>> {
         #[derive(QueryableByName)]
         struct PlanLine {
             #[diesel(sql_type = Text, column_name = "QUERY PLAN")]
             line: String,
         }
-        let (name, types) = PREPARED_RESERVE;
-        if !conn.ensure_prepared(name, types, &prepared_reservation_sql())? {
-            return Err(ModelError::Other(anyhow::anyhow!(
-                "the reservation is prepared on PostgreSQL only"
-            )));
+        let statements = [
+            (
+                PREPARED_RESERVE,
+                prepared_reservation_sql(),
+                format!(
+                    "({job_id}, ARRAY['explain']::TEXT[], ARRAY[1]::INTEGER[], 1000, NULL, 0, ARRAY[true])"
+                ),
+            ),
+            (
+                PREPARED_DONE,
+                prepared_done_sql(),
+                "(ARRAY[1]::BIGINT[], ARRAY[1]::INTEGER[], ARRAY['explain']::TEXT[], \
+                 ARRAY['']::TEXT[], ARRAY[0]::INTEGER[], ARRAY[NULL]::INTEGER[], \
+                 ARRAY[NULL]::BIGINT[], 'running')"
+                    .to_owned(),
+            ),
+        ];
+        let mut plans = Vec::new();
+        for ((name, types), sql, args) in statements {
+            if !conn.ensure_prepared(name, types, &sql)? {
+                return Err(ModelError::Other(anyhow::anyhow!(
+                    "the hot-path statements are prepared on PostgreSQL only"
+                )));
+            }
+            let lines = with_conn!(conn, c => {
+                use diesel::connection::SimpleConnection;
+                c.batch_execute("SET plan_cache_mode = force_generic_plan")?;
+                let lines: Result<Vec<PlanLine>, _> =
+                    diesel::sql_query(format!("EXPLAIN (COSTS OFF) EXECUTE {name}{args}")).load(c);
+                c.batch_execute("RESET plan_cache_mode")?;
+                lines
+            })?;
+            plans.push((name.to_owned(), lines.into_iter().map(|l| l.line).collect()));
         }
-        with_conn!(conn, c => {
-            use diesel::connection::SimpleConnection;
-            c.batch_execute("SET plan_cache_mode = force_generic_plan")?;
-            let lines: Result<Vec<PlanLine>, _> = diesel::sql_query(format!(
-                "EXPLAIN (COSTS OFF) EXECUTE {name}({job_id}, ARRAY['explain']::TEXT[], \
-                 ARRAY[1]::INTEGER[], 1000, NULL, 0)"
-            ))
-            .load(c);
-            c.batch_execute("RESET plan_cache_mode")?;
-            Ok(lines?.into_iter().map(|l| l.line).collect())
-        })
+        Ok(plans)
     }
 
     /// Runs the prepared reservation once for `worker_id` with fresh
@@ -717,7 +761,7 @@ impl Datum {
         }
         let sql = format!(
             "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) EXECUTE {name}({job_id}, \
-             ARRAY[{}]::TEXT[], ARRAY[1]::INTEGER[], 1000, NULL, {frontier})",
+             ARRAY[{}]::TEXT[], ARRAY[1]::INTEGER[], 1000, NULL, {frontier}, ARRAY[false])",
             sql_literal(worker_id)
         );
         let plans: Vec<PlanJson> = with_conn!(conn, c => diesel::sql_query(&sql).load(c))?;
@@ -814,59 +858,10 @@ impl Datum {
                 updated_at = {now} \
              WHERE {guard} RETURNING *"
         ));
-        if backend == crate::db::Backend::Postgres && files.is_empty() && clock == Clock::DB {
-            let now = Clock::DB.sql(backend);
-            let prepared = format!(
-                "WITH done AS (UPDATE datums SET status = 'done', finished_at = {now}, \
-                     lease_expires_at = NULL, error_message = NULL, output = $4, \
-                     deadline_at = NULL, updated_at = {now} \
-                     WHERE id = $1 AND status = 'running' AND attempt = $2 AND owner = $3 \
-                     AND ($6::BIGINT IS NULL OR job_id = $6) RETURNING *), \
-                 closed AS (UPDATE attempts a SET outcome = 'done', finished_at = {now}, \
-                     exit_code = $5, signal = NULL \
-                     FROM done WHERE a.datum_id = done.id AND a.number = done.attempt \
-                     AND a.outcome IS NULL) \
-                 SELECT * FROM done"
-            );
-            let (name, types) = PREPARED_DONE;
-            if report.signal.is_none()
-                && !claim.worker_id.contains('\0')
-                && conn.ensure_prepared(name, types, &prepared)?
-            {
-                let execute = format!(
-                    "EXECUTE {name}({id}, {}, {}, {}, {}, {})",
-                    claim.attempt,
-                    sql_literal(&claim.worker_id),
-                    sql_literal(&output),
-                    report
-                        .exit_code
-                        .map_or("NULL".to_owned(), |c| c.to_string()),
-                    claim.scope.map_or("NULL".to_owned(), |j| j.to_string()),
-                );
-                let rows: Vec<Datum> = with_conn!(conn, c => diesel::sql_query(&execute).load(c))?;
-                return match rows.into_iter().next() {
-                    Some(datum) => Ok(Completed::Done(datum)),
-                    None => Err(Datum::why_stale(conn, id, claim)),
-                };
-            }
-        }
         if backend == crate::db::Backend::Postgres && files.is_empty() {
             // One statement: the datum and its attempt change together.
-            let exit_code = report
-                .exit_code
-                .map_or("NULL".to_owned(), |c| c.to_string());
-            let signal = report.signal.map_or("NULL".to_owned(), |s| s.to_string());
-            let update = std::mem::take(&mut stmt.sql);
-            stmt.push(&format!(
-                "WITH done AS ({update}), \
-                 closed AS (UPDATE attempts a SET outcome = 'done', finished_at = {now}, \
-                     exit_code = {exit_code}, signal = {signal} \
-                     FROM done WHERE a.datum_id = done.id AND a.number = done.attempt \
-                     AND a.outcome IS NULL) \
-                 SELECT * FROM done"
-            ));
-            let rows: Vec<Datum> = stmt.load(conn)?;
-            return match rows.into_iter().next() {
+            let done = Datum::complete_many(conn, &[(id, claim.clone(), *report)], clock)?;
+            return match done.into_iter().next() {
                 Some(datum) => Ok(Completed::Done(datum)),
                 None => Err(Datum::why_stale(conn, id, claim)),
             };
@@ -938,37 +933,74 @@ impl Datum {
                 "complete_many is for PostgreSQL"
             )));
         }
-        let now = now.into().sql(backend);
-        let mut stmt = Stmt::new(backend);
-        let mut rows = Vec::with_capacity(reports.len());
-        for (id, claim, report) in reports {
-            let owner = stmt.text(Some(&claim.worker_id));
-            let output = stmt.text(Some(&escape_nul(report.output)));
-            let exit_code = report
-                .exit_code
-                .map_or("NULL".to_owned(), |c| c.to_string());
-            let scope = claim.scope.map_or("NULL".to_owned(), |j| j.to_string());
-            rows.push(format!(
-                "({id}::BIGINT, {}::INTEGER, {owner}::TEXT, {output}::TEXT, \
-                 {exit_code}::INTEGER, {scope}::BIGINT)",
-                claim.attempt
-            ));
+        let clock = now.into();
+        let join = |items: Vec<String>| items.join(", ");
+        let int = |value: Option<i64>| value.map_or("NULL".to_owned(), |v| v.to_string());
+        let ids = join(reports.iter().map(|(id, _, _)| id.to_string()).collect());
+        let attempts = join(
+            reports
+                .iter()
+                .map(|(_, c, _)| c.attempt.to_string())
+                .collect(),
+        );
+        let exit_codes = join(
+            reports
+                .iter()
+                .map(|(_, _, r)| int(r.exit_code.map(i64::from)))
+                .collect(),
+        );
+        let signals = join(
+            reports
+                .iter()
+                .map(|(_, _, r)| int(r.signal.map(i64::from)))
+                .collect(),
+        );
+        let scopes = join(reports.iter().map(|(_, c, _)| int(c.scope)).collect());
+        let outputs: Vec<String> = reports
+            .iter()
+            .map(|(_, _, r)| escape_nul(r.output).into_owned())
+            .collect();
+        // Worker ids with a NUL cannot be written into the statement's
+        // text; they go the bound way, where PostgreSQL refuses them.
+        if clock == Clock::DB && reports.iter().all(|(_, c, _)| !c.worker_id.contains('\0')) {
+            let (name, types) = PREPARED_DONE;
+            if conn.ensure_prepared(name, types, &prepared_done_sql())? {
+                let owners = join(
+                    reports
+                        .iter()
+                        .map(|(_, c, _)| sql_literal(&c.worker_id))
+                        .collect(),
+                );
+                let outputs = join(outputs.iter().map(|o| sql_literal(o)).collect());
+                let execute = format!(
+                    "EXECUTE {name}(ARRAY[{ids}]::BIGINT[], ARRAY[{attempts}]::INTEGER[], \
+                     ARRAY[{owners}]::TEXT[], ARRAY[{outputs}]::TEXT[], \
+                     ARRAY[{exit_codes}]::INTEGER[], ARRAY[{signals}]::INTEGER[], \
+                     ARRAY[{scopes}]::BIGINT[], 'running')"
+                );
+                return Ok(with_conn!(conn, c => diesel::sql_query(&execute).load(c))?);
+            }
         }
-        stmt.push(&format!(
-            "WITH v (id, attempt, owner, output, exit_code, scope) AS (VALUES {}), \
-             done AS (UPDATE datums d SET status = 'done', finished_at = {now}, \
-                 updated_at = {now}, lease_expires_at = NULL, deadline_at = NULL, \
-                 error_message = NULL, output = v.output \
-                 FROM v WHERE d.id = v.id AND d.status = 'running' AND d.attempt = v.attempt \
-                 AND d.owner = v.owner AND (v.scope IS NULL OR d.job_id = v.scope) \
-                 RETURNING d.*), \
-             closed AS (UPDATE attempts a SET outcome = 'done', finished_at = {now}, \
-                 exit_code = v.exit_code \
-                 FROM done JOIN v ON v.id = done.id \
-                 WHERE a.datum_id = done.id AND a.number = done.attempt AND a.outcome IS NULL) \
-             SELECT * FROM done",
-            rows.join(", ")
-        ));
+        let mut stmt = Stmt::new(backend);
+        let owners = join(
+            reports
+                .iter()
+                .map(|(_, c, _)| stmt.text(Some(&c.worker_id)))
+                .collect(),
+        );
+        let outputs = join(outputs.iter().map(|o| stmt.text(Some(o))).collect());
+        let running = stmt.text(Some("running"));
+        stmt.push(&done_many_sql(&DoneManyParams {
+            ids: &format!("ARRAY[{ids}]::BIGINT[]"),
+            attempts: &format!("ARRAY[{attempts}]::INTEGER[]"),
+            owners: &format!("ARRAY[{owners}]::TEXT[]"),
+            outputs: &format!("ARRAY[{outputs}]::TEXT[]"),
+            exit_codes: &format!("ARRAY[{exit_codes}]::INTEGER[]"),
+            signals: &format!("ARRAY[{signals}]::INTEGER[]"),
+            scopes: &format!("ARRAY[{scopes}]::BIGINT[]"),
+            running: &running,
+            now: &clock.sql(backend),
+        }));
         stmt.load(conn)
     }
 
@@ -1485,6 +1517,8 @@ impl Datum {
 /// The pieces of the reservation statement that vary: SQL expressions,
 /// either literals or a prepared statement's parameters.
 struct ReservationParams<'a> {
+    /// `1` to look for held datums first, `0` not to.
+    resume: &'a str,
     job: &'a str,
     worker: &'a str,
     max: &'a str,
@@ -1505,6 +1539,7 @@ fn reservation_sql(p: &ReservationParams<'_>) -> String {
         .replace("{job}", p.job)
         .replace("{max}", p.max)
         .replace("{lock}", "")
+        .replace("{resume}", p.resume)
         .replace(
             "{files}",
             "(SELECT json_group_array(json_array(f.uri, f.local_path) ORDER BY f.id) \
@@ -1520,6 +1555,8 @@ struct ReserveManyParams<'a> {
     workers: &'a str,
     /// `INTEGER[]` of how many datums each worker asks for.
     maxes: &'a str,
+    /// `BOOLEAN[]`: whether each worker may hold datums already.
+    resumes: &'a str,
     lease: &'a str,
     /// A `BIGINT`: `datum_timeout` in milliseconds, or NULL.
     timeout: &'a str,
@@ -1533,6 +1570,7 @@ fn reserve_many_sql(p: &ReserveManyParams<'_>) -> String {
     RESERVE_MANY_PG
         .replace("{workers}", p.workers)
         .replace("{maxes}", p.maxes)
+        .replace("{resumes}", p.resumes)
         .replace("{timeout}", p.timeout)
         .replace("{frontier}", p.frontier)
         .replace("{lease}", p.lease)
@@ -1549,24 +1587,93 @@ fn prepared_reservation_sql() -> String {
         lease: "$4",
         timeout: "$5",
         frontier: "$6",
+        resumes: "$7",
         now: &Clock::DB.sql(crate::db::Backend::Postgres),
     })
 }
 
 /// The name of the prepared reservation on PostgreSQL, and its parameter
 /// types: job, workers, how many each, lease (ms), `datum_timeout` (ms,
-/// or NULL), frontier.
+/// or NULL), frontier, whether each worker may hold datums already.
 const PREPARED_RESERVE: (&str, &str) = (
     "falconeri_reserve_many",
-    "BIGINT, TEXT[], INTEGER[], BIGINT, BIGINT, BIGINT",
+    "BIGINT, TEXT[], INTEGER[], BIGINT, BIGINT, BIGINT, BOOLEAN[]",
 );
 
-/// The prepared `done` of a datum without outputs on PostgreSQL, and its
-/// parameter types: datum, attempt, owner, output, exit code, job scope.
+/// The prepared `done` of datums without outputs on PostgreSQL, and its
+/// parameter types: datums, attempts, owners, outputs, exit codes,
+/// signals, job scopes (one element per datum).
 const PREPARED_DONE: (&str, &str) = (
-    "falconeri_done",
-    "BIGINT, INTEGER, TEXT, TEXT, INTEGER, BIGINT",
+    "falconeri_done_many",
+    "BIGINT[], INTEGER[], TEXT[], TEXT[], INTEGER[], INTEGER[], BIGINT[], TEXT",
 );
+
+/// Marks datums done under their claims and closes their attempts, in one
+/// statement (see [`Datum::complete_many`]). The rows are reached through
+/// the primary key (`id = ANY(…)`), never by a join the planner might
+/// answer with a scan of every running datum.
+const DONE_MANY_PG: &str = "\
+WITH done AS ( \
+    UPDATE datums d SET status = 'done', finished_at = {now}, updated_at = {now}, \
+        lease_expires_at = NULL, deadline_at = NULL, error_message = NULL, output = v.output \
+    FROM unnest({ids}, {attempts}, {owners}, {outputs}, {scopes}) \
+        AS v (id, attempt, owner, output, scope) \
+    WHERE d.id = ANY({ids}) AND d.id = v.id AND d.status = {running} \
+        AND d.attempt = v.attempt AND d.owner = v.owner \
+        AND (v.scope IS NULL OR d.job_id = v.scope) \
+    RETURNING d.*), \
+closed AS ( \
+    UPDATE attempts a SET outcome = 'done', finished_at = {now}, exit_code = e.exit_code, \
+        signal = e.signal \
+    FROM done JOIN unnest({ids}, {exit_codes}, {signals}) AS e (id, exit_code, signal) \
+        ON e.id = done.id \
+    WHERE a.datum_id = done.id AND a.number = done.attempt AND a.outcome IS NULL) \
+SELECT * FROM done";
+
+/// The SQL expressions [`DONE_MANY_PG`] is built from (arrays).
+struct DoneManyParams<'a> {
+    ids: &'a str,
+    attempts: &'a str,
+    owners: &'a str,
+    outputs: &'a str,
+    exit_codes: &'a str,
+    signals: &'a str,
+    scopes: &'a str,
+    /// `'running'`, as a parameter: a generic plan then cannot answer the
+    /// statement from the partial indexes on running datums (which keep an
+    /// entry for every datum that ran since the last VACUUM) and goes
+    /// through the primary key.
+    running: &'a str,
+    now: &'a str,
+}
+
+fn done_many_sql(p: &DoneManyParams<'_>) -> String {
+    DONE_MANY_PG
+        .replace("{ids}", p.ids)
+        .replace("{attempts}", p.attempts)
+        .replace("{owners}", p.owners)
+        .replace("{outputs}", p.outputs)
+        .replace("{exit_codes}", p.exit_codes)
+        .replace("{signals}", p.signals)
+        .replace("{scopes}", p.scopes)
+        .replace("{running}", p.running)
+        .replace("{now}", p.now)
+}
+
+/// The text of the prepared `done`, [`PREPARED_DONE`].
+fn prepared_done_sql() -> String {
+    done_many_sql(&DoneManyParams {
+        ids: "$1",
+        attempts: "$2",
+        owners: "$3",
+        outputs: "$4",
+        exit_codes: "$5",
+        signals: "$6",
+        scopes: "$7",
+        running: "$8",
+        now: &Clock::DB.sql(crate::db::Backend::Postgres),
+    })
+}
 
 /// A string as an SQL literal. `standard_conforming_strings` is on (the
 /// default since PostgreSQL 9.1, and what diesel expects), so only quotes

@@ -223,9 +223,16 @@ pub mod rest {
             return work_in_batches(client, job_id, worker, batch, done).await;
         }
         let mut mine = Drain::default();
+        // As the worker does: look for held datums at start and after a
+        // reservation that got no answer only.
+        let mut resume = true;
         loop {
             let started = Instant::now();
-            let reservation = match client.reserve(job_id, worker, RESERVE_WAIT, None).await {
+            let answer = client
+                .reserve(job_id, worker, RESERVE_WAIT, None, resume)
+                .await;
+            resume = answer.is_err();
+            let reservation = match answer {
                 Ok(ReserveResponse::Reserved(reservation)) => reservation,
                 Ok(ReserveResponse::Batch { .. }) => bail!("a batch was not asked for"),
                 Ok(ReserveResponse::Wait) => continue,
@@ -268,12 +275,14 @@ pub mod rest {
     ) -> Result<Drain> {
         use falconeri_common::api::{BatchOutcome, BatchReport, BatchReportRequest};
         let mut mine = Drain::default();
+        let mut resume = true;
         loop {
             let started = Instant::now();
-            let reservations = match client
-                .reserve(job_id, worker, RESERVE_WAIT, Some(batch))
-                .await
-            {
+            let answer = client
+                .reserve(job_id, worker, RESERVE_WAIT, Some(batch), resume)
+                .await;
+            resume = answer.is_err();
+            let reservations = match answer {
                 Ok(ReserveResponse::Batch { reservations }) => reservations,
                 Ok(ReserveResponse::Reserved(reservation)) => vec![*reservation],
                 Ok(ReserveResponse::Wait) => continue,
@@ -325,7 +334,10 @@ pub mod rest {
     /// the job then has nothing ready until the lease runs out.
     pub async fn hold_one(base: &str, job: &BenchJob, worker: &str) -> Result<()> {
         let client = Client::new(base, Some(job.worker_token.clone()))?;
-        match client.reserve(job.id, worker, Duration::ZERO, None).await? {
+        match client
+            .reserve(job.id, worker, Duration::ZERO, None, true)
+            .await?
+        {
             ReserveResponse::Reserved(_) => Ok(()),
             other => bail!("job {} had no datum to hold: {other:?}", job.id),
         }
@@ -347,7 +359,7 @@ pub mod rest {
         loop {
             let answer = tokio::select! {
                 _ = stop.cancelled() => return Ok(polls),
-                answer = client.reserve(job_id, &worker, wait, None) => answer,
+                answer = client.reserve(job_id, &worker, wait, None, true) => answer,
             };
             polls += 1;
             if wait.is_zero() {

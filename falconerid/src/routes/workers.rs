@@ -77,6 +77,7 @@ async fn reserve(
         let want = ReserveWant {
             worker_id: request.worker_id.clone(),
             max,
+            resume: request.resume,
         };
         let (group_state, group_waiters) = (state.clone(), waiters.clone());
         let reserved = waiters
