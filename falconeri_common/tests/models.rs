@@ -632,8 +632,9 @@ fn one_reservation_serves_many_workers_each_their_own() {
             .unwrap();
             assert!(none.is_empty(), "{db:?}");
             // A worker that says it holds nothing is not looked up: it gets
-            // new work (here none is left) and keeps what it held.
+            // new work and keeps what it held.
             let job = create_job(&mut conn, 2, 1);
+            let frontier = Frontier::default();
             let first = Datum::reserve(&mut conn, job.id, "w", 1, clock, LEASE, None).unwrap();
             let fresh = ReserveWant {
                 resume: false,
@@ -702,15 +703,38 @@ fn a_datum_below_the_frontier_is_still_handed_out() {
             Clock::DB,
         )
         .unwrap();
-        let order: Vec<i64> = (0..3)
-            .map(|i| reserve(&mut conn, &format!("late{i}")).unwrap().seq)
+        let first = reserve(&mut conn, "late0").unwrap().seq;
+        assert_eq!(first, 7, "{db:?}: the requeued datum goes first");
+        // Two workers at once, one datum above the frontier and one below:
+        // the first look comes up short, and the second must give the
+        // first's datum back to its worker, not a second one.
+        let wants = ["late1", "late2"].map(|w| ReserveWant {
+            worker_id: w.to_owned(),
+            max: 1,
+            resume: false,
+        });
+        let got = Datum::reserve_many(&mut conn, job.id, &wants, &frontier, Clock::DB, LEASE, None)
+            .unwrap();
+        let handed: Vec<(String, i64)> = got
+            .iter()
+            .map(|r| (r.datum.owner.clone().unwrap(), r.datum.seq))
             .collect();
-        // The requeued datum first; then the rest, in queue order on
-        // SQLite, and on PostgreSQL the one left below the frontier last.
-        assert_eq!(order[0], 7, "{db:?}");
-        let mut rest = order[1..].to_vec();
-        rest.sort();
-        assert_eq!(rest, vec![4, 9], "{db:?}");
+        let mut seqs: Vec<i64> = handed.iter().map(|(_, seq)| *seq).collect();
+        seqs.sort();
+        assert_eq!(seqs, vec![4, 9], "{db:?}: {handed:?}");
+        let running = Datum::list(&mut conn, job.id, Some(DatumStatus::Running), 100).unwrap();
+        for (worker, seq) in &handed {
+            let held: Vec<i64> = running
+                .iter()
+                .filter(|d| d.owner.as_deref() == Some(worker.as_str()))
+                .map(|d| d.seq)
+                .collect();
+            assert_eq!(
+                held,
+                vec![*seq],
+                "{db:?}: {worker} holds exactly what it was told"
+            );
+        }
         assert!(reserve(&mut conn, "idle").is_none(), "{db:?}");
     }
 }

@@ -530,8 +530,8 @@ impl Datum {
             )?;
             // Short: the queue may have fresh datums below the frontier
             // (a claim that rolled back after passing them by). Ask again
-            // from the start; what the first statement claimed comes back
-            // as held.
+            // from the start, with every worker's held datums looked up,
+            // so what the first statement claimed comes back as held.
             let short = merged.iter().any(|want| {
                 let got = reserved
                     .iter()
@@ -541,8 +541,17 @@ impl Datum {
             });
             if short && from > 0 {
                 let first = reserved;
+                // Every worker now may hold what the first statement gave
+                // it, and must get exactly that back, not more.
+                let again: Vec<ReserveWant> = merged
+                    .iter()
+                    .map(|want| ReserveWant {
+                        resume: true,
+                        ..want.clone()
+                    })
+                    .collect();
                 reserved = Datum::reserve_many_on_postgres(
-                    conn, job_id, &merged, 0, clock, lease_ms, timeout_ms,
+                    conn, job_id, &again, 0, clock, lease_ms, timeout_ms,
                 )?;
                 frontier.passed(&first);
             } else {
