@@ -591,8 +591,6 @@ pub struct LogAppendRequest {
 pub struct LogAppendResponse {
     /// False for a resent chunk (already stored).
     pub stored: bool,
-    /// Bytes of the attempt's output cut by the log cap so far.
-    pub cut_bytes: i64,
 }
 
 /// Query of `GET /v1/datums/{id}/logs`.
