@@ -45,8 +45,12 @@ impl LogSink {
 
     /// A line of the worker's own, with its newline.
     pub(crate) async fn worker(&self, message: &str) {
-        self.line(LogStream::Worker, now_millis(), format!("{message}\n").as_bytes())
-            .await;
+        self.line(
+            LogStream::Worker,
+            now_millis(),
+            format!("{message}\n").as_bytes(),
+        )
+        .await;
     }
 }
 

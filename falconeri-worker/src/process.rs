@@ -22,6 +22,7 @@ use std::{
     time::Duration,
 };
 
+use crate::logs::{LineSplitter, LogSink};
 use anyhow::{Context, Result, bail};
 use falconeri_common::{api::LogStream, process_tree};
 use nix::{
@@ -29,7 +30,6 @@ use nix::{
     sys::signal::{Signal, killpg},
     unistd::Pid,
 };
-use crate::logs::{LineSplitter, LogSink};
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     process::{Child, Command},
@@ -215,7 +215,8 @@ impl RunningCommand {
                 stdout,
                 tokio::io::stdout(),
                 tail.clone(),
-                log.clone().map(|sink| (sink, LineSplitter::new(LogStream::Stdout))),
+                log.clone()
+                    .map(|sink| (sink, LineSplitter::new(LogStream::Stdout))),
             )));
         }
         if let Some(stderr) = child.stderr.take() {

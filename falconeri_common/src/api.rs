@@ -697,7 +697,12 @@ mod tests {
 
     #[test]
     fn log_lines_keep_every_byte() {
-        for bytes in [&b"plain\n"[..], b"nul \0 inside", b"\xff\xfe not utf-8", b""] {
+        for bytes in [
+            &b"plain\n"[..],
+            b"nul \0 inside",
+            b"\xff\xfe not utf-8",
+            b"",
+        ] {
             let line = LogLine::new(LogStream::Stdout, 1, bytes);
             assert_eq!(line.bytes().unwrap(), bytes);
             let json = serde_json::to_string(&line).unwrap();

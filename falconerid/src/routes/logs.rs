@@ -14,6 +14,7 @@
 
 use std::{collections::HashMap, convert::Infallible, time::Duration};
 
+use axum::response::IntoResponse as _;
 use axum::{
     Json, Router,
     extract::State,
@@ -28,7 +29,6 @@ use falconeri_common::{
     },
     models::{Clock, Datum, Job, LogChunk, StoredLine, db_now, decode_lines},
 };
-use axum::response::IntoResponse as _;
 use futures::StreamExt as _;
 use tokio::sync::mpsc;
 
@@ -134,22 +134,25 @@ async fn datum_logs(
         None => (1..=datum.attempt).collect(),
     };
     let follow = query.follow;
-    Ok(event_stream(state.clone(), move |state, events| async move {
-        let last = attempts.len().saturating_sub(1);
-        for (i, attempt) in attempts.into_iter().enumerate() {
-            let reader = AttemptReader {
-                state: &state,
-                events: &events,
-                job_id: datum.job_id,
-                datum_id: datum.id,
-                attempt,
-            };
-            if !reader.run(follow && i == last).await? {
-                break;
+    Ok(event_stream(
+        state.clone(),
+        move |state, events| async move {
+            let last = attempts.len().saturating_sub(1);
+            for (i, attempt) in attempts.into_iter().enumerate() {
+                let reader = AttemptReader {
+                    state: &state,
+                    events: &events,
+                    job_id: datum.job_id,
+                    datum_id: datum.id,
+                    attempt,
+                };
+                if !reader.run(follow && i == last).await? {
+                    break;
+                }
             }
-        }
-        Ok(())
-    }))
+            Ok(())
+        },
+    ))
 }
 
 /// Reads one attempt's log into a stream.
@@ -205,7 +208,9 @@ impl AttemptReader<'_> {
                 let end = LogEvent::AttemptEnd {
                     datum_id,
                     attempt: number,
-                    outcome: ended.outcome.unwrap_or(falconeri_common::status::Outcome::Error),
+                    outcome: ended
+                        .outcome
+                        .unwrap_or(falconeri_common::status::Outcome::Error),
                     exit_code: ended.exit_code,
                     signal: ended.signal,
                     error_message: ended.error_message,
@@ -293,15 +298,18 @@ async fn job_logs(
 ) -> AppResult<EventStream> {
     principal.require_admin()?;
     let job = state.db(move |conn| Job::find(conn, id)).await?;
-    Ok(event_stream(state.clone(), move |state, events| async move {
-        let mut reader = JobReader {
-            state: &state,
-            events: &events,
-            job_id: job.id,
-            seen: HashMap::new(),
-        };
-        reader.run(query.follow, query.failed).await
-    }))
+    Ok(event_stream(
+        state.clone(),
+        move |state, events| async move {
+            let mut reader = JobReader {
+                state: &state,
+                events: &events,
+                job_id: job.id,
+                seen: HashMap::new(),
+            };
+            reader.run(query.follow, query.failed).await
+        },
+    ))
 }
 
 /// Reads a job's logs into a stream.
