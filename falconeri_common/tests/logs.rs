@@ -10,15 +10,18 @@ use falconeri_common::{
         DbConn,
         testing::{self, TestDb, planned},
     },
-    models::{
-        Clock, Datum, Job, LogChunk, ModelError, Report, StoredLine, db_now, decode_lines,
-    },
+    models::{Clock, Datum, Job, LogChunk, ModelError, Report, StoredLine, db_now, decode_lines},
 };
 
 const LEASE: i64 = 30_000;
 
 fn create_job(conn: &mut DbConn, name: &str) -> Job {
-    testing::create_running_job(conn, &testing::spec("logs-test", 2, 2), &planned(2, 1), name)
+    testing::create_running_job(
+        conn,
+        &testing::spec("logs-test", 2, 2),
+        &planned(2, 1),
+        name,
+    )
 }
 
 fn line(stream: LogStream, bytes: &[u8]) -> StoredLine {
@@ -62,13 +65,13 @@ fn chunks_are_stored_under_the_claim_and_resends_are_ignored() {
             line(LogStream::Stdout, b"out\n"),
             line(LogStream::Stderr, b"err\n"),
         ];
-        let stored = LogChunk::append(&mut conn, datum.id, &claim, 0, &first, 1 << 20, Clock::DB)
-            .unwrap();
+        let stored =
+            LogChunk::append(&mut conn, datum.id, &claim, 0, &first, 1 << 20, Clock::DB).unwrap();
         assert!(stored.stored, "{db:?}");
         assert_eq!(stored.job_id, job.id);
         // A resend of chunk 0 is not stored twice.
-        let again = LogChunk::append(&mut conn, datum.id, &claim, 0, &first, 1 << 20, Clock::DB)
-            .unwrap();
+        let again =
+            LogChunk::append(&mut conn, datum.id, &claim, 0, &first, 1 << 20, Clock::DB).unwrap();
         assert!(!again.stored);
         let worker = [line(LogStream::Worker, b"uploading\n")];
         LogChunk::append(&mut conn, datum.id, &claim, 1, &worker, 1 << 20, Clock::DB).unwrap();
@@ -98,8 +101,16 @@ fn chunks_are_stored_under_the_claim_and_resends_are_ignored() {
             scope: Some(job.id + 1000),
             ..claim.clone()
         };
-        let err = LogChunk::append(&mut conn, datum.id, &other_job, 5, &worker, 1 << 20, Clock::DB)
-            .unwrap_err();
+        let err = LogChunk::append(
+            &mut conn,
+            datum.id,
+            &other_job,
+            5,
+            &worker,
+            1 << 20,
+            Clock::DB,
+        )
+        .unwrap_err();
         assert!(matches!(err, ModelError::NotFound(_)), "{db:?}: {err:?}");
 
         // Once the attempt is over, its log is closed too.
@@ -137,7 +148,13 @@ fn the_cap_keeps_the_head_and_the_tail_and_counts_the_cut() {
         let (lines, cuts) = read_all(&mut conn, datum.id, 1);
         let kept: Vec<i64> = lines
             .iter()
-            .map(|l| std::str::from_utf8(&l.bytes).unwrap().trim().parse().unwrap())
+            .map(|l| {
+                std::str::from_utf8(&l.bytes)
+                    .unwrap()
+                    .trim()
+                    .parse()
+                    .unwrap()
+            })
             .collect();
         assert_eq!(kept, vec![0, 1, 2, 3, 4, 95, 96, 97, 98, 99], "{db:?}");
         assert_eq!(cuts, vec![9_000], "{db:?}");
