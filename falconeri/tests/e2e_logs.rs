@@ -8,7 +8,7 @@
 use std::{
     io::{BufRead, BufReader},
     process::Stdio,
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{SystemTime, UNIX_EPOCH},
 };
 
 use serde_json::Value;
