@@ -24,6 +24,7 @@ use tokio_util::{sync::CancellationToken, task::AbortOnDropHandle};
 
 use crate::{
     Worker,
+    logs::{LogShipper, LogSink},
     process::{CommandSpec, DatumEnv, KILL_GRACE, RunningCommand, command_env},
     retry::with_retries,
 };
@@ -158,8 +159,45 @@ pub(crate) async fn process(worker: &Worker, r: &Reservation) -> Result<Outcome>
     }
 }
 
-/// Everything between reservation and report.
+/// Everything between reservation and report, with the attempt's log
+/// shipped to falconerid meanwhile and complete before this returns (so
+/// before the report).
 pub(crate) async fn attempt(worker: &Worker, r: &Reservation, lost: &CancellationToken) -> Attempt {
+    let shipper = LogShipper::start(
+        worker.client.clone(),
+        r.datum_id,
+        r.claim.clone(),
+        worker.config.retry_budget,
+    );
+    let log = shipper.sink();
+    let result = run_attempt(worker, r, lost, &log).await;
+    match &result {
+        Attempt::Succeeded { output_files, .. } => {
+            log.worker(&format!("uploaded {} output files", output_files.len()))
+                .await;
+        }
+        Attempt::Failed { error, .. } | Attempt::Broken { error } => {
+            log.worker(&format!("attempt failed: {error}")).await;
+        }
+        Attempt::Stopped { .. } => log.worker("worker stopping; giving the datum back").await,
+        Attempt::Lost => {}
+    }
+    drop(log);
+    // A stopping worker has seconds left; a lost attempt's lines are refused.
+    let limit = match result {
+        Attempt::Stopped { .. } | Attempt::Lost => STOP_REPORT_TIMEOUT,
+        _ => worker.config.retry_budget,
+    };
+    shipper.finish(limit).await;
+    result
+}
+
+async fn run_attempt(
+    worker: &Worker,
+    r: &Reservation,
+    lost: &CancellationToken,
+    log: &LogSink,
+) -> Attempt {
     let config = &worker.config;
     let shutdown = &worker.shutdown;
     let pfs = config.pfs.as_path();
@@ -171,13 +209,23 @@ pub(crate) async fn attempt(worker: &Worker, r: &Reservation, lost: &Cancellatio
         };
     }
 
+    log.worker(&format!(
+        "attempt {} on {}: downloading {} input files",
+        r.claim.attempt,
+        r.claim.worker_id,
+        r.input_files.len()
+    ))
+    .await;
     let downloaded = tokio::select! {
         result = download_inputs(&r.input_files, pfs) => result,
         () = lost.cancelled() => return Attempt::Lost,
         () = shutdown.cancelled() => return Attempt::Stopped { output: String::new() },
     };
     match downloaded {
-        Ok(bytes) => tracing::info!(bytes, "downloaded inputs"),
+        Ok(bytes) => {
+            tracing::info!(bytes, "downloaded inputs");
+            log.worker(&format!("downloaded {bytes} bytes")).await;
+        }
         Err(err) => {
             return Attempt::Failed {
                 error: format!("cannot download inputs: {err:#}"),
@@ -206,15 +254,17 @@ pub(crate) async fn attempt(worker: &Worker, r: &Reservation, lost: &Cancellatio
             },
         ),
     };
-    let mut running = match RunningCommand::spawn(&spec, config.output_tail_bytes) {
-        Ok(running) => running,
-        Err(err) => {
-            return Attempt::Failed {
-                error: format!("{err:#}"),
-                output: String::new(),
-            };
-        }
-    };
+    log.worker(&format!("running {:?}", r.cmd)).await;
+    let mut running =
+        match RunningCommand::spawn_logged(&spec, config.output_tail_bytes, Some(log.clone())) {
+            Ok(running) => running,
+            Err(err) => {
+                return Attempt::Failed {
+                    error: format!("{err:#}"),
+                    output: String::new(),
+                };
+            }
+        };
     if let Some(path) = &config.command_pgid_file {
         // Best effort: it only matters if this worker dies unexpectedly.
         if let Err(err) = std::fs::write(path, running.pgid().to_string()) {
@@ -254,6 +304,7 @@ pub(crate) async fn attempt(worker: &Worker, r: &Reservation, lost: &Cancellatio
         Ending::Stopped => return Attempt::Stopped { output },
     }
 
+    log.worker("command succeeded; uploading outputs").await;
     let work_root = work_root(pfs, &config.scratch);
     let uploaded = tokio::select! {
         result = upload_outputs(&out, &work_root, &r.staging_uri) => result,

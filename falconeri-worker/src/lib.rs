@@ -9,10 +9,12 @@
 //! - [`batch`]: a batch of datums, from reservation to one report.
 //! - [`datum`]: one datum, from reservation to report.
 //! - [`process`]: the command, everything it starts, and its output.
+//! - [`logs`]: the attempt's log, shipped to falconerid as it is written.
 //! - [`retry`]: backoff while falconerid is unreachable.
 
 mod batch;
 mod datum;
+mod logs;
 mod process;
 mod retry;
 

@@ -22,8 +22,9 @@ use std::{
     time::Duration,
 };
 
+use crate::logs::{LineSplitter, LogSink};
 use anyhow::{Context, Result, bail};
-use falconeri_common::process_tree;
+use falconeri_common::{api::LogStream, process_tree};
 use nix::{
     errno::Errno,
     sys::signal::{Signal, killpg},
@@ -169,7 +170,18 @@ impl RunningCommand {
     /// Starts `spec` with stdin closed, in a new process group, with its
     /// output streamed to the worker's stdout and stderr and captured into a
     /// tail of `tail_bytes` bytes.
+    #[cfg(test)]
     pub fn spawn(spec: &CommandSpec, tail_bytes: usize) -> Result<RunningCommand> {
+        RunningCommand::spawn_logged(spec, tail_bytes, None)
+    }
+
+    /// [`RunningCommand::spawn`], also sending every line of stdout and
+    /// stderr to `log` as it is read (the attempt's stored log).
+    pub fn spawn_logged(
+        spec: &CommandSpec,
+        tail_bytes: usize,
+        log: Option<LogSink>,
+    ) -> Result<RunningCommand> {
         let mut command = Command::new(&spec.program);
         command
             .args(&spec.args)
@@ -203,6 +215,8 @@ impl RunningCommand {
                 stdout,
                 tokio::io::stdout(),
                 tail.clone(),
+                log.clone()
+                    .map(|sink| (sink, LineSplitter::new(LogStream::Stdout))),
             )));
         }
         if let Some(stderr) = child.stderr.take() {
@@ -210,6 +224,7 @@ impl RunningCommand {
                 stderr,
                 tokio::io::stderr(),
                 tail.clone(),
+                log.map(|sink| (sink, LineSplitter::new(LogStream::Stderr))),
             )));
         }
         Ok(RunningCommand {
@@ -319,16 +334,36 @@ fn signal_group(pgid: Pid, signal: Signal) -> bool {
     }
 }
 
-/// Copies `source` to `sink` as it arrives, keeping a copy in `tail`.
+/// Copies `source` to `sink` as it arrives, keeping a copy in `tail` and
+/// sending its lines to the attempt's log, if any. A line still being
+/// written goes to the log when it is due (see [`LineSplitter`]).
 async fn pump(
     mut source: impl AsyncRead + Unpin,
     mut sink: impl AsyncWrite + Unpin,
     tail: Arc<Mutex<TailBuffer>>,
+    mut log: Option<(LogSink, LineSplitter)>,
 ) {
     let mut chunk = vec![0u8; 8 * 1024];
     let mut sink_ok = true;
     loop {
-        let n = match source.read(&mut chunk).await {
+        let due = log.as_ref().and_then(|(_, splitter)| splitter.due());
+        let wait = async {
+            match due {
+                Some(due) => tokio::time::sleep_until(due).await,
+                None => std::future::pending().await,
+            }
+        };
+        // `read` is cancel-safe: a read that loses the race reads nothing.
+        let read = tokio::select! {
+            read = source.read(&mut chunk) => read,
+            () = wait => {
+                if let Some((log, splitter)) = &mut log {
+                    splitter.flush(log).await;
+                }
+                continue;
+            }
+        };
+        let n = match read {
             Ok(0) => break,
             Ok(n) => n,
             Err(err) => {
@@ -337,6 +372,9 @@ async fn pump(
             }
         };
         let data = &chunk[..n];
+        if let Some((log, splitter)) = &mut log {
+            splitter.push(log, data).await;
+        }
         tail.lock()
             .unwrap_or_else(PoisonError::into_inner)
             .push(data);
@@ -352,6 +390,9 @@ async fn pump(
                 sink_ok = false;
             }
         }
+    }
+    if let Some((log, splitter)) = &mut log {
+        splitter.flush(log).await;
     }
 }
 

@@ -238,6 +238,27 @@ pub enum JobCommand {
         job: String,
     },
 
+    /// Show a job's logs: the lines of every attempt of every datum, each
+    /// prefixed with its datum, attempt, time and stream.
+    ///
+    /// With --follow, then prints the lines of its running datums as they
+    /// come and exits when the job ends, as `job wait` does: 0 if it ended
+    /// `done`, 1 if not. With `-o json`, one JSON object per line of
+    /// output (`kind`: line, cut, job_end).
+    Logs {
+        /// The job's name, or its numeric id.
+        job: String,
+
+        /// Keep printing lines as they come until the job ends.
+        #[arg(short, long)]
+        follow: bool,
+
+        /// Only the datums that failed (status `error`), every attempt of
+        /// each; following, each one's logs once it failed.
+        #[arg(long)]
+        failed: bool,
+    },
+
     /// Check a pipeline spec file without contacting a server.
     ///
     /// Exits 0 if it is valid, or 2 listing every problem with its JSON path.
@@ -276,6 +297,28 @@ pub enum DatumCommand {
     Describe {
         /// The datum's id, as shown by `job describe` or `datum list`.
         id: i64,
+    },
+    /// Show a datum's logs: every line its attempts' commands printed on
+    /// stdout and stderr, and the worker's own lines, each with its time and
+    /// stream.
+    ///
+    /// Logs are kept after the worker is gone, up to the server's
+    /// --max-log-bytes per attempt (the head and the tail; a line says how
+    /// much was cut). With --follow, prints the lines of the latest attempt
+    /// as they come and exits when it ends: 0 if it succeeded, 1 if not.
+    /// With `-o json`, one JSON object per line of output (`kind`: line,
+    /// cut, attempt_end).
+    Logs {
+        /// The datum's id, as shown by `job describe` or `datum list`.
+        id: i64,
+
+        /// Only this attempt (default: every attempt, oldest first).
+        #[arg(long, value_name = "N")]
+        attempt: Option<i32>,
+
+        /// Keep printing lines as they come until the attempt ends.
+        #[arg(short, long)]
+        follow: bool,
     },
 }
 

@@ -1,7 +1,7 @@
 //! `falconeri datum ...`: the datums of a job, and one datum in full.
 
 use anyhow::{Context, Result};
-use falconeri_common::api::{DatumListQuery, DatumResponse, DatumSummary};
+use falconeri_common::api::{DatumListQuery, DatumLogsQuery, DatumResponse, DatumSummary};
 
 use crate::{
     cli::DatumCommand,
@@ -55,6 +55,23 @@ pub async fn run(config: &Config, command: DatumCommand) -> Result<()> {
                 return output::print_json(&datum);
             }
             print!("{}", render(&datum, output::now_millis()));
+            Ok(())
+        }
+        DatumCommand::Logs {
+            id,
+            attempt,
+            follow,
+        } => {
+            let client = config.client().await?;
+            let query = DatumLogsQuery { attempt, follow };
+            let events = client
+                .datum_logs(id, &query)
+                .await
+                .with_context(|| format!("cannot read the logs of datum {id}"))?;
+            let ended = crate::logs::print(events, config.json(), false).await?;
+            if follow {
+                crate::logs::attempt_status(id, &ended)?;
+            }
             Ok(())
         }
     }

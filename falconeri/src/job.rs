@@ -39,6 +39,11 @@ pub async fn run(config: &Config, command: JobCommand) -> Result<()> {
         }
         JobCommand::Retry { job, wait } => retry(config, &job, wait).await,
         JobCommand::Cancel { job } => cancel(config, &job).await,
+        JobCommand::Logs {
+            job,
+            follow,
+            failed,
+        } => logs(config, &job, follow, failed).await,
         JobCommand::Validate { spec } => {
             load_spec(&spec)?;
             println!("{} is valid", spec.display());
@@ -349,6 +354,23 @@ fn outcome(job: &JobResponse, counts: &StatusCounts) -> Result<()> {
         name = job.name,
         status = job.status,
     )
+}
+
+/// `job logs`: every datum's lines, then (following) the new ones until
+/// the job ends; the exit status is the job's, as for `job wait`.
+async fn logs(config: &Config, name: &str, follow: bool, failed: bool) -> Result<()> {
+    let client = config.client().await?;
+    let job = find_job(&client, name).await?;
+    let query = falconeri_common::api::JobLogsQuery { follow, failed };
+    let events = client
+        .job_logs(job.id, &query)
+        .await
+        .with_context(|| format!("cannot read the logs of job {}", job.name))?;
+    let ended = crate::logs::print(events, config.json(), true).await?;
+    if follow {
+        crate::logs::job_status(&job.name, &ended)?;
+    }
+    Ok(())
 }
 
 /// `job retry`.

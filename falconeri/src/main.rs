@@ -12,6 +12,7 @@ mod error;
 mod generate;
 mod job;
 mod local;
+mod logs;
 mod output;
 mod proxy;
 

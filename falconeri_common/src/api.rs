@@ -67,6 +67,12 @@ pub mod paths {
     pub fn job_heartbeat(id: i64) -> String {
         format!("/v1/jobs/{id}/heartbeat")
     }
+    pub fn datum_logs(id: i64) -> String {
+        format!("/v1/datums/{id}/logs")
+    }
+    pub fn job_logs(id: i64) -> String {
+        format!("/v1/jobs/{id}/logs")
+    }
 }
 
 /// The body of every error response.
@@ -499,6 +505,185 @@ pub struct BatchHeartbeatResponse {
     pub lease_expires_at: Millis,
 }
 
+/// Which stream a log line came from: the command's stdout or stderr, or
+/// the worker's own account of the attempt (downloads, uploads, retries).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogStream {
+    Stdout,
+    Stderr,
+    Worker,
+}
+
+impl LogStream {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogStream::Stdout => "stdout",
+            LogStream::Stderr => "stderr",
+            LogStream::Worker => "worker",
+        }
+    }
+}
+
+impl std::fmt::Display for LogStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The longest piece of a line the worker sends as one [`LogLine`]: a
+/// longer line (or output that never ends a line) is split into pieces,
+/// each but the last without its newline.
+pub const MAX_LOG_LINE_BYTES: usize = 64 * 1024;
+
+/// One line of an attempt's log, with its newline if it had one (a piece
+/// of a longer line, or the last line of output without a newline, has
+/// none; the pieces of a stream put together are exactly what was printed).
+/// The bytes are in `text` when they are UTF-8 without a NUL, else in
+/// `base64`, so any byte a command prints travels in JSON unchanged.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogLine {
+    pub stream: LogStream,
+    /// When the worker read the line's first byte (its clock).
+    pub at: Millis,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base64: Option<String>,
+}
+
+impl LogLine {
+    /// A line holding `bytes`, as `text` when it can be.
+    pub fn new(stream: LogStream, at: Millis, bytes: &[u8]) -> LogLine {
+        use base64::Engine as _;
+        let (text, base64) = match std::str::from_utf8(bytes) {
+            Ok(text) if !text.contains('\0') => (Some(text.to_owned()), None),
+            _ => (
+                None,
+                Some(base64::engine::general_purpose::STANDARD.encode(bytes)),
+            ),
+        };
+        LogLine {
+            stream,
+            at,
+            text,
+            base64,
+        }
+    }
+
+    /// The line's bytes; the error says which field is wrong.
+    pub fn bytes(&self) -> Result<Vec<u8>, String> {
+        use base64::Engine as _;
+        match (&self.text, &self.base64) {
+            (Some(text), None) => Ok(text.as_bytes().to_vec()),
+            (None, Some(encoded)) => base64::engine::general_purpose::STANDARD
+                .decode(encoded)
+                .map_err(|err| format!("base64: {err}")),
+            (Some(_), Some(_)) => Err("text and base64 are both set".to_owned()),
+            (None, None) => Err("neither text nor base64 is set".to_owned()),
+        }
+    }
+}
+
+/// Body of `POST /v1/datums/{id}/logs`: the next chunk of the claimed
+/// attempt's log.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LogAppendRequest {
+    pub claim: Claim,
+    /// The worker's number for this chunk, counting up from 0 within the
+    /// attempt. A chunk whose number was taken already is a resend and is
+    /// not stored again.
+    pub seq: i64,
+    pub lines: Vec<LogLine>,
+}
+
+/// Answer to `POST /v1/datums/{id}/logs`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LogAppendResponse {
+    /// False for a resent chunk (already stored).
+    pub stored: bool,
+}
+
+/// Query of `GET /v1/datums/{id}/logs`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct DatumLogsQuery {
+    /// Only this attempt (default: every attempt, oldest first).
+    pub attempt: Option<i32>,
+    /// Keep the stream open until the (last) attempt ends.
+    #[serde(default)]
+    pub follow: bool,
+}
+
+/// Query of `GET /v1/jobs/{id}/logs`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct JobLogsQuery {
+    /// Keep the stream open until the job ends.
+    #[serde(default)]
+    pub follow: bool,
+    /// Only the datums that failed (status `error`), every attempt of each.
+    #[serde(default)]
+    pub failed: bool,
+}
+
+/// One event of a log stream: the `data` of a server-sent event whose
+/// `event` is the same `kind`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum LogEvent {
+    /// A line of an attempt's log (see [`LogLine`]).
+    Line {
+        datum_id: i64,
+        attempt: i32,
+        stream: LogStream,
+        at: Millis,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        text: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        base64: Option<String>,
+    },
+    /// The log cap cut `bytes` bytes of the attempt's output here.
+    Cut {
+        datum_id: i64,
+        attempt: i32,
+        bytes: i64,
+    },
+    /// The attempt is over; its log is complete.
+    AttemptEnd {
+        datum_id: i64,
+        attempt: i32,
+        outcome: Outcome,
+        exit_code: Option<i32>,
+        signal: Option<i32>,
+        error_message: Option<String>,
+    },
+    /// The job is over (the last event when following a job).
+    JobEnd { job_id: i64, status: JobStatus },
+}
+
+impl LogEvent {
+    /// The event of a stored line.
+    pub fn line(datum_id: i64, attempt: i32, line: LogLine) -> LogEvent {
+        LogEvent::Line {
+            datum_id,
+            attempt,
+            stream: line.stream,
+            at: line.at,
+            text: line.text,
+            base64: line.base64,
+        }
+    }
+
+    /// The event's `kind`, also its server-sent event name.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            LogEvent::Line { .. } => "line",
+            LogEvent::Cut { .. } => "cut",
+            LogEvent::AttemptEnd { .. } => "attempt_end",
+            LogEvent::JobEnd { .. } => "job_end",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -519,5 +704,40 @@ mod tests {
         counts.add(DatumStatus::Ready, 2);
         assert_eq!(counts.total(), 6);
         assert_eq!(counts.finished(), 4);
+    }
+
+    #[test]
+    fn log_lines_keep_every_byte() {
+        for bytes in [
+            &b"plain\n"[..],
+            b"nul \0 inside",
+            b"\xff\xfe not utf-8",
+            b"",
+        ] {
+            let line = LogLine::new(LogStream::Stdout, 1, bytes);
+            assert_eq!(line.bytes().unwrap(), bytes);
+            let json = serde_json::to_string(&line).unwrap();
+            let back: LogLine = serde_json::from_str(&json).unwrap();
+            assert_eq!(back.bytes().unwrap(), bytes);
+        }
+        assert!(LogLine::new(LogStream::Stderr, 1, b"ok").text.is_some());
+        assert!(LogLine::new(LogStream::Stderr, 1, b"\0").base64.is_some());
+        let both = LogLine {
+            base64: Some(String::new()),
+            ..LogLine::new(LogStream::Worker, 1, b"x")
+        };
+        assert!(both.bytes().unwrap_err().contains("both"));
+    }
+
+    #[test]
+    fn log_events_are_tagged() {
+        let event = LogEvent::Cut {
+            datum_id: 1,
+            attempt: 2,
+            bytes: 3,
+        };
+        let json = serde_json::to_value(&event).unwrap();
+        assert_eq!(json["kind"], "cut");
+        assert_eq!(event.kind(), "cut");
     }
 }

@@ -38,6 +38,9 @@ pub enum ClientError {
     },
     #[error("bad server URL {0:?}")]
     BadUrl(String),
+    /// A log stream sent something this client cannot read.
+    #[error("bad log stream from falconerid at {url}: {message}")]
+    Stream { url: String, message: String },
 }
 
 impl ClientError {
@@ -393,6 +396,73 @@ fn encode_segment(segment: &str) -> String {
     out
 }
 
+impl Client {
+    /// Sends the next chunk of an attempt's log (worker).
+    pub async fn append_logs(
+        &self,
+        datum_id: i64,
+        body: &api::LogAppendRequest,
+    ) -> Result<api::LogAppendResponse, ClientError> {
+        self.post(&paths::datum_logs(datum_id), body).await
+    }
+
+    /// A datum's logs as a stream of events (see `GET /v1/datums/{id}/logs`).
+    pub async fn datum_logs(
+        &self,
+        datum_id: i64,
+        query: &api::DatumLogsQuery,
+    ) -> Result<LogEvents, ClientError> {
+        self.open_stream(&paths::datum_logs(datum_id), query).await
+    }
+
+    /// A job's logs as a stream of events (see `GET /v1/jobs/{id}/logs`).
+    pub async fn job_logs(
+        &self,
+        job_id: i64,
+        query: &api::JobLogsQuery,
+    ) -> Result<LogEvents, ClientError> {
+        self.open_stream(&paths::job_logs(job_id), query).await
+    }
+
+    /// Opens a server-sent event stream. No overall timeout: a follow lasts
+    /// as long as its job; [`LogEvents::next`] notices a silent server.
+    async fn open_stream<Q: Serialize + ?Sized>(
+        &self,
+        path: &str,
+        query: &Q,
+    ) -> Result<LogEvents, ClientError> {
+        let url = self
+            .base
+            .join(path)
+            .map_err(|_| ClientError::BadUrl(format!("{}{path}", self.base)))?;
+        let mut request = self
+            .http
+            .get(url.clone())
+            .query(query)
+            .header(reqwest::header::ACCEPT, "text/event-stream");
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|source| ClientError::Transport {
+                url: url.to_string(),
+                source,
+            })?;
+        let status = response.status();
+        if !status.is_success() {
+            let text = response.text().await.unwrap_or_default();
+            return Err(api_error(status, &text));
+        }
+        Ok(LogEvents {
+            url: url.to_string(),
+            response,
+            buffer: Vec::new(),
+        })
+    }
+}
+
 async fn decode<T: DeserializeOwned>(
     url: Url,
     response: reqwest::Response,
@@ -408,7 +478,13 @@ async fn decode<T: DeserializeOwned>(
             });
     }
     let text = response.text().await.unwrap_or_default();
-    let body = serde_json::from_str::<api::ErrorBody>(&text).unwrap_or_else(|_| api::ErrorBody {
+    Err(api_error(status, &text))
+}
+
+/// The error of a non-2xx answer whose body is `text`: the server's JSON
+/// error, or the text itself.
+fn api_error(status: StatusCode, text: &str) -> ClientError {
+    let body = serde_json::from_str::<api::ErrorBody>(text).unwrap_or_else(|_| api::ErrorBody {
         error: api::ErrorDetail {
             code: "http".to_owned(),
             message: if text.trim().is_empty() {
@@ -422,7 +498,94 @@ async fn decode<T: DeserializeOwned>(
             problems: Vec::new(),
         },
     });
-    Err(ClientError::Api { status, body })
+    ClientError::Api { status, body }
+}
+
+/// How long a log stream may stay silent: the server sends a keep-alive
+/// every 15 s, so this long without a byte means the connection is gone.
+const STREAM_SILENCE: Duration = Duration::from_secs(60);
+
+/// The events of a log stream (server-sent events), one at a time.
+pub struct LogEvents {
+    url: String,
+    response: reqwest::Response,
+    buffer: Vec<u8>,
+}
+
+impl std::fmt::Debug for LogEvents {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogEvents").field("url", &self.url).finish()
+    }
+}
+
+impl LogEvents {
+    /// The next event, or None once the stream ended. An `error` event
+    /// (the server failed after the stream began) is an error.
+    pub async fn next(&mut self) -> Option<Result<api::LogEvent, ClientError>> {
+        loop {
+            if let Some(block) = self.take_block() {
+                match self.parse(&block) {
+                    Some(result) => return Some(result),
+                    // A keep-alive comment.
+                    None => continue,
+                }
+            }
+            let chunk = match tokio::time::timeout(STREAM_SILENCE, self.response.chunk()).await {
+                Ok(Ok(Some(chunk))) => chunk,
+                Ok(Ok(None)) => return None,
+                Ok(Err(source)) => {
+                    return Some(Err(ClientError::Transport {
+                        url: self.url.clone(),
+                        source,
+                    }));
+                }
+                Err(_) => {
+                    return Some(Err(self.bad(format!(
+                        "nothing received for {}s",
+                        STREAM_SILENCE.as_secs()
+                    ))));
+                }
+            };
+            self.buffer.extend_from_slice(&chunk);
+        }
+    }
+
+    /// The next complete event block (up to a blank line), if any.
+    fn take_block(&mut self) -> Option<String> {
+        let end = self.buffer.windows(2).position(|pair| pair == b"\n\n")?;
+        let block: Vec<u8> = self.buffer.drain(..end + 2).collect();
+        Some(String::from_utf8_lossy(&block[..end]).into_owned())
+    }
+
+    /// One event block: `event:` and `data:` lines (`:` starts a comment).
+    fn parse(&self, block: &str) -> Option<Result<api::LogEvent, ClientError>> {
+        let mut name = "message";
+        let mut data = String::new();
+        for line in block.lines() {
+            if let Some(value) = line.strip_prefix("event:") {
+                name = value.trim_start();
+            } else if let Some(value) = line.strip_prefix("data:") {
+                if !data.is_empty() {
+                    data.push('\n');
+                }
+                data.push_str(value.strip_prefix(' ').unwrap_or(value));
+            }
+        }
+        if data.is_empty() {
+            return None;
+        }
+        if name == "error" {
+            return Some(Err(api_error(StatusCode::INTERNAL_SERVER_ERROR, &data)));
+        }
+        Some(serde_json::from_str(&data).map_err(|err| self.bad(format!("{err}"))))
+    }
+
+    fn bad(&self, message: String) -> ClientError {
+        ClientError::Stream {
+            url: self.url.clone(),
+            message,
+        }
+    }
 }
 
 #[cfg(test)]

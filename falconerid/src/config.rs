@@ -131,6 +131,16 @@ pub struct Config {
     /// the job fails. Kubernetes itself would retry forever.
     #[arg(long, env = "FALCONERI_KUBERNETES_START_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration)]
     pub kubernetes_start_timeout: Duration,
+    /// The most of one attempt's log (stdout, stderr and the worker's own
+    /// lines) kept, in bytes. Beyond it the first half and the last half
+    /// are kept, and readers are told how many bytes were cut between them.
+    #[arg(
+        long,
+        env = "FALCONERI_MAX_LOG_BYTES",
+        default_value_t = falconeri_common::models::DEFAULT_MAX_LOG_BYTES,
+        value_parser = clap::value_parser!(i64).range(1..)
+    )]
+    pub max_log_bytes: i64,
 }
 
 impl std::fmt::Debug for Config {
@@ -150,6 +160,7 @@ impl std::fmt::Debug for Config {
             .field("db_wait", &self.db_wait)
             .field("kubernetes_namespace", &self.kubernetes_namespace)
             .field("worker_image", &self.worker_image)
+            .field("max_log_bytes", &self.max_log_bytes)
             .finish_non_exhaustive()
     }
 }
@@ -200,6 +211,7 @@ impl Config {
             kubernetes_job_ttl: Duration::from_secs(3600),
             kubernetes_max_pod_failures: 3,
             kubernetes_start_timeout: Duration::from_secs(300),
+            max_log_bytes: falconeri_common::models::DEFAULT_MAX_LOG_BYTES,
         }
     }
 

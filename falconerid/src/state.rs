@@ -40,6 +40,8 @@ pub enum Change {
     Progress { job_id: i64 },
     /// The job started, ended or was planned: wake everyone waiting on it.
     JobState { job_id: i64 },
+    /// A chunk of an attempt's log was stored: wake the job's log followers.
+    Logs { job_id: i64 },
 }
 
 impl Change {
@@ -52,6 +54,7 @@ impl Change {
                 Change::DatumsReady { job_id, n } => format!("r{job_id}:{n}"),
                 Change::Progress { job_id } => format!("p{job_id}"),
                 Change::JobState { job_id } => format!("s{job_id}"),
+                Change::Logs { job_id } => format!("l{job_id}"),
             })
             .collect();
         parts.join(",")
@@ -77,6 +80,9 @@ impl Change {
                         job_id: rest.parse().ok()?,
                     }),
                     "s" => Some(Change::JobState {
+                        job_id: rest.parse().ok()?,
+                    }),
+                    "l" => Some(Change::Logs {
                         job_id: rest.parse().ok()?,
                     }),
                     _ => None,
@@ -117,6 +123,9 @@ pub struct JobWaiters {
     pub ready: Notify,
     /// Progress followers; bumped on every change of the job's counts.
     pub progress: watch::Sender<u64>,
+    /// Log followers; bumped on every stored log chunk (attempt and job
+    /// ends reach them through `progress`).
+    pub logs: watch::Sender<u64>,
     /// Where this server last found fresh datums of the job in the queue.
     pub frontier: Frontier,
     /// Reservations gathered into one statement each.
@@ -309,7 +318,8 @@ impl AppState {
         let job_id = match change {
             Change::DatumsReady { job_id, .. }
             | Change::Progress { job_id }
-            | Change::JobState { job_id } => job_id,
+            | Change::JobState { job_id }
+            | Change::Logs { job_id } => job_id,
         };
         let waiters = self
             .inner
@@ -330,6 +340,9 @@ impl AppState {
             }
             Change::Progress { .. } => {
                 waiters.progress.send_modify(|generation| *generation += 1);
+            }
+            Change::Logs { .. } => {
+                waiters.logs.send_modify(|generation| *generation += 1);
             }
             Change::JobState { .. } => {
                 waiters.ready.notify_waiters();
@@ -390,6 +403,7 @@ impl AppState {
                 Arc::new(JobWaiters {
                     ready: Notify::new(),
                     progress: watch::channel(0).0,
+                    logs: watch::channel(0).0,
                     frontier: Frontier::default(),
                     reserving: Arc::new(Combiner::new(RESERVATIONS_PER_GROUP, GROUPS_IN_FLIGHT)),
                     reporting: Arc::new(Combiner::new(REPORTS_PER_GROUP, GROUPS_IN_FLIGHT)),
@@ -524,6 +538,7 @@ mod tests {
             Change::DatumsReady { job_id: 7, n: 3 },
             Change::Progress { job_id: 7 },
             Change::JobState { job_id: 12 },
+            Change::Logs { job_id: 12 },
         ];
         assert_eq!(Change::decode(&Change::encode(&changes)), Some(changes));
         assert_eq!(Change::decode(""), None);

@@ -86,8 +86,29 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    log_chunks (datum_id, attempt, seq) {
+        datum_id -> BigInt,
+        attempt -> Integer,
+        seq -> BigInt,
+        job_id -> BigInt,
+        start_offset -> BigInt,
+        end_offset -> BigInt,
+        created_at -> BigInt,
+        data -> Binary,
+    }
+}
+
 diesel::joinable!(datums -> jobs (job_id));
 diesel::joinable!(input_files -> datums (datum_id));
 diesel::joinable!(output_files -> datums (datum_id));
 diesel::joinable!(attempts -> datums (datum_id));
-diesel::allow_tables_to_appear_in_same_query!(jobs, datums, input_files, output_files, attempts);
+diesel::joinable!(log_chunks -> datums (datum_id));
+diesel::allow_tables_to_appear_in_same_query!(
+    jobs,
+    datums,
+    input_files,
+    output_files,
+    attempts,
+    log_chunks
+);

@@ -7,6 +7,7 @@
 
 mod datum;
 mod job;
+mod logs;
 pub mod sql;
 
 use diesel::{QueryableByName, RunQueryDsl, sql_types::BigInt};
@@ -16,6 +17,9 @@ pub use datum::{
     PodFailure, Report, ReserveWant, Reserved,
 };
 pub use job::{Job, NewJobParams};
+pub use logs::{
+    Appended, ChunkKey, DEFAULT_MAX_LOG_BYTES, LogChunk, StoredLine, decode_lines, encode_lines,
+};
 pub use sql::Clock;
 // Where the streamed plan meets the database; defined with the plan.
 pub use crate::plan::DatumBatch;

@@ -5,6 +5,7 @@
 mod datums;
 mod health;
 mod jobs;
+mod logs;
 pub(crate) mod workers;
 
 use axum::Router;
@@ -17,6 +18,7 @@ pub fn router() -> Router<AppState> {
         .merge(health::router())
         .merge(jobs::router())
         .merge(datums::router())
+        .merge(logs::router())
         .merge(workers::router())
         .fallback(|| async { AppError::NotFound("route".to_owned()) })
         .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })

@@ -1,0 +1,255 @@
+//! Shipping an attempt's log to falconerid as it is written: the command's
+//! stdout and stderr, line by line, and the worker's own lines about the
+//! attempt (downloads, the command's end, uploads).
+//!
+//! Lines go through a bounded channel to one task per attempt, which sends
+//! them in chunks: as soon as 64 KiB are waiting, or 200 ms after the first
+//! waiting line, whichever comes first, so a line reaches followers well
+//! within a second while a chatty command costs one request per 64 KiB.
+//! A full channel holds the pumps back (and, through its pipe, the command)
+//! rather than dropping lines or growing without bound. Every chunk carries
+//! the attempt's claim and a number; a resend after a lost answer is
+//! recognized by the server. Once the server refuses the claim (409/404)
+//! the attempt is no longer ours and the rest is dropped.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use falconeri_common::{
+    Millis,
+    api::{Claim, LogAppendRequest, LogLine, LogStream, MAX_LOG_LINE_BYTES},
+    client::Client,
+};
+use tokio::{sync::mpsc, task::JoinHandle, time::Instant};
+
+use crate::retry::with_retries;
+
+/// Bytes of lines that make a chunk go at once.
+pub(crate) const CHUNK_BYTES: usize = 64 * 1024;
+
+/// How long the first waiting line may wait for others.
+pub(crate) const CHUNK_DELAY: Duration = Duration::from_millis(200);
+
+/// Lines in flight between the pumps and the sender.
+const CHANNEL_LINES: usize = 256;
+
+/// Where the pumps and the worker write an attempt's lines.
+#[derive(Clone, Debug)]
+pub(crate) struct LogSink(mpsc::Sender<LogLine>);
+
+impl LogSink {
+    /// Queues one line (or piece of one) of `stream`, read at `at`.
+    pub(crate) async fn line(&self, stream: LogStream, at: Millis, bytes: &[u8]) {
+        // Closed only when the shipper gave up (the attempt is not ours).
+        let _ = self.0.send(LogLine::new(stream, at, bytes)).await;
+    }
+
+    /// A line of the worker's own, with its newline.
+    pub(crate) async fn worker(&self, message: &str) {
+        self.line(
+            LogStream::Worker,
+            now_millis(),
+            format!("{message}\n").as_bytes(),
+        )
+        .await;
+    }
+}
+
+/// The task sending one attempt's log.
+#[derive(Debug)]
+pub(crate) struct LogShipper {
+    sink: LogSink,
+    task: JoinHandle<()>,
+}
+
+impl LogShipper {
+    /// Starts shipping the log of the attempt `claim` holds on `datum_id`.
+    pub(crate) fn start(
+        client: Client,
+        datum_id: i64,
+        claim: Claim,
+        retry_budget: Duration,
+    ) -> LogShipper {
+        let (sender, receiver) = mpsc::channel(CHANNEL_LINES);
+        let task = tokio::spawn(ship(client, datum_id, claim, retry_budget, receiver));
+        LogShipper {
+            sink: LogSink(sender),
+            task,
+        }
+    }
+
+    pub(crate) fn sink(&self) -> LogSink {
+        self.sink.clone()
+    }
+
+    /// Sends what is still waiting and ends, waiting at most `limit`: the
+    /// attempt's report must not go before its last lines.
+    pub(crate) async fn finish(self, limit: Duration) {
+        let LogShipper { sink, mut task } = self;
+        drop(sink);
+        if tokio::time::timeout(limit, &mut task).await.is_err() {
+            tracing::warn!("the attempt's last log lines could not be sent in time");
+            task.abort();
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch on this machine's clock.
+pub(crate) fn now_millis() -> Millis {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| Millis::try_from(d.as_millis()).unwrap_or(Millis::MAX))
+        .unwrap_or(0)
+}
+
+async fn ship(
+    client: Client,
+    datum_id: i64,
+    claim: Claim,
+    retry_budget: Duration,
+    mut receiver: mpsc::Receiver<LogLine>,
+) {
+    let mut batch: Vec<LogLine> = Vec::new();
+    let mut size = 0;
+    let mut due: Option<Instant> = None;
+    let mut seq = 0;
+    loop {
+        let wait = async {
+            match due {
+                Some(due) => tokio::time::sleep_until(due).await,
+                None => std::future::pending().await,
+            }
+        };
+        let closed = tokio::select! {
+            line = receiver.recv() => match line {
+                Some(line) => {
+                    size += line.text.as_ref().map_or(0, String::len)
+                        + line.base64.as_ref().map_or(0, String::len);
+                    batch.push(line);
+                    due.get_or_insert_with(|| Instant::now() + CHUNK_DELAY);
+                    if size < CHUNK_BYTES {
+                        continue;
+                    }
+                    false
+                }
+                None => true,
+            },
+            () = wait => false,
+        };
+        if !batch.is_empty() {
+            let body = LogAppendRequest {
+                claim: claim.clone(),
+                seq,
+                lines: std::mem::take(&mut batch),
+            };
+            seq += 1;
+            (size, due) = (0, None);
+            let sent = with_retries(retry_budget, "sending log lines", || {
+                client.append_logs(datum_id, &body)
+            })
+            .await;
+            if let Err(err) = sent {
+                if err.is_conflict() || err.is_not_found() {
+                    tracing::debug!(error = %err, "the attempt is over; dropping its log");
+                } else {
+                    tracing::warn!(error = %err, "cannot send log lines; dropping the rest");
+                }
+                return;
+            }
+        }
+        if closed {
+            return;
+        }
+    }
+}
+
+/// Splits a stream's output into lines as it is read: whole lines go at
+/// once; a line still being written goes after [`CHUNK_DELAY`] or at
+/// [`MAX_LOG_LINE_BYTES`], as a piece without its newline.
+#[derive(Debug)]
+pub(crate) struct LineSplitter {
+    stream: LogStream,
+    partial: Vec<u8>,
+    /// When the partial line's first byte was read.
+    started: Option<(Millis, Instant)>,
+}
+
+impl LineSplitter {
+    pub(crate) fn new(stream: LogStream) -> LineSplitter {
+        LineSplitter {
+            stream,
+            partial: Vec::new(),
+            started: None,
+        }
+    }
+
+    /// Takes newly read bytes; sends every finished line.
+    pub(crate) async fn push(&mut self, sink: &LogSink, mut data: &[u8]) {
+        while !data.is_empty() {
+            if self.started.is_none() {
+                self.started = Some((now_millis(), Instant::now()));
+            }
+            let room = MAX_LOG_LINE_BYTES - self.partial.len();
+            let (take, ends) = match data.iter().take(room).position(|b| *b == b'\n') {
+                Some(newline) => (newline + 1, true),
+                None => (data.len().min(room), data.len() >= room),
+            };
+            self.partial.extend_from_slice(&data[..take]);
+            data = &data[take..];
+            if ends {
+                self.flush(sink).await;
+            }
+        }
+    }
+
+    /// When the partial line must go even without its newline.
+    pub(crate) fn due(&self) -> Option<Instant> {
+        self.started.map(|(_, at)| at + CHUNK_DELAY)
+    }
+
+    /// Sends whatever is waiting.
+    pub(crate) async fn flush(&mut self, sink: &LogSink) {
+        if let Some((at, _)) = self.started.take() {
+            sink.line(self.stream, at, &self.partial).await;
+            self.partial.clear();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn split(chunks: &[&[u8]]) -> Vec<LogLine> {
+        let (sender, mut receiver) = mpsc::channel(1024);
+        let sink = LogSink(sender);
+        let mut splitter = LineSplitter::new(LogStream::Stdout);
+        for chunk in chunks {
+            splitter.push(&sink, chunk).await;
+        }
+        splitter.flush(&sink).await;
+        drop(sink);
+        let mut lines = Vec::new();
+        while let Some(line) = receiver.recv().await {
+            lines.push(line);
+        }
+        lines
+    }
+
+    #[tokio::test]
+    async fn lines_are_split_at_newlines_and_kept_whole() {
+        let lines = split(&[b"one\ntw", b"o\n\0three"]).await;
+        let bytes: Vec<Vec<u8>> = lines.iter().map(|l| l.bytes().unwrap()).collect();
+        assert_eq!(
+            bytes,
+            vec![b"one\n".to_vec(), b"two\n".to_vec(), b"\0three".to_vec()]
+        );
+    }
+
+    #[tokio::test]
+    async fn huge_lines_are_cut_into_pieces() {
+        let huge = vec![b'x'; MAX_LOG_LINE_BYTES * 2 + 10];
+        let lines = split(&[&huge]).await;
+        let sizes: Vec<usize> = lines.iter().map(|l| l.bytes().unwrap().len()).collect();
+        assert_eq!(sizes, vec![MAX_LOG_LINE_BYTES, MAX_LOG_LINE_BYTES, 10]);
+    }
+}

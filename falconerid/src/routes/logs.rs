@@ -1,0 +1,517 @@
+//! Attempt logs. The worker appends chunks of its attempt's log under its
+//! claim (`POST /v1/datums/{id}/logs`); people read a datum's or a job's
+//! logs (`GET /v1/datums/{id}/logs`, `GET /v1/jobs/{id}/logs`) as
+//! server-sent events, one [`LogEvent`] per event, optionally following them
+//! until the attempt or the job ends.
+//!
+//! Why server-sent events rather than long-polls: one request carries the
+//! whole log and then the live lines, with no cursor to hand back and forth
+//! and no re-request per line, browsers read it with `EventSource`, and
+//! proxies know not to buffer `text/event-stream`. A stream is produced by a
+//! task of its own that reads a few chunks at a time and waits on the job's
+//! wake-ups (`JobWaiters::logs` for new chunks, `progress` for attempts and
+//! jobs that end), never on a timer; it stops when the client hangs up.
+
+use std::{collections::HashMap, convert::Infallible, time::Duration};
+
+use axum::response::IntoResponse as _;
+use axum::{
+    Json, Router,
+    extract::State,
+    response::sse::{Event, KeepAlive, Sse},
+    routing::{get, post},
+};
+use falconeri_common::{
+    Millis,
+    api::{
+        Claim, DatumLogsQuery, ErrorBody, JobLogsQuery, LogAppendRequest, LogAppendResponse,
+        LogEvent, LogLine,
+    },
+    models::{Clock, Datum, Job, LogChunk, StoredLine, db_now, decode_lines},
+};
+use futures::StreamExt as _;
+use tokio::sync::mpsc;
+
+use crate::{
+    auth::Principal,
+    error::{ApiJson, ApiPath, ApiQuery, AppError, AppResult},
+    state::{AppState, Change},
+};
+
+/// Chunks read per database call: at most this many (64 KiB each, about)
+/// are in memory per stream.
+const PAGE: i64 = 8;
+
+/// Events a stream may have ready before its reader takes them.
+const BUFFERED_EVENTS: usize = 64;
+
+/// How long a chunk may take from being stamped to being committed, as
+/// far as a job's follower is concerned: each look also re-reads (keys
+/// only) the chunks stamped this long before the previous look, because on
+/// PostgreSQL one append may commit after another that was stamped later.
+const COMMIT_MARGIN_MS: Millis = 2_000;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/datums/{id}/logs", post(append).get(datum_logs))
+        .route("/v1/jobs/{id}/logs", get(job_logs))
+}
+
+/// Stores the next chunk of the claimed attempt's log. A worker may write
+/// only to datums of its own job; a stale claim gets 409 and changes nothing.
+async fn append(
+    principal: Principal,
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<i64>,
+    ApiJson(request): ApiJson<LogAppendRequest>,
+) -> AppResult<Json<LogAppendResponse>> {
+    if request.seq < 0 {
+        return Err(AppError::BadRequest("seq: must be 0 or more".to_owned()));
+    }
+    let lines = request
+        .lines
+        .iter()
+        .enumerate()
+        .map(|(i, line)| stored(line).map_err(|err| format!("lines[{i}].{err}")))
+        .collect::<Result<Vec<StoredLine>, String>>()
+        .map_err(AppError::BadRequest)?;
+    let claim = Claim {
+        scope: match principal {
+            Principal::Admin => None,
+            Principal::Worker { job_id } => Some(job_id),
+        },
+        ..request.claim
+    };
+    let (seq, max) = (request.seq, state.config().max_log_bytes);
+    let notifier = state.clone();
+    let appended = state
+        .db(move |conn| {
+            let appended = LogChunk::append(conn, id, &claim, seq, &lines, max, Clock::DB)?;
+            // Committed: a follower woken now finds the chunk.
+            if appended.stored {
+                notifier.notify(Change::Logs {
+                    job_id: appended.job_id,
+                });
+            }
+            Ok(appended)
+        })
+        .await?;
+    Ok(Json(LogAppendResponse {
+        stored: appended.stored,
+    }))
+}
+
+/// A line of a request as stored; the error names the field.
+fn stored(line: &LogLine) -> Result<StoredLine, String> {
+    Ok(StoredLine {
+        stream: line.stream,
+        at: line.at,
+        bytes: line.bytes()?,
+    })
+}
+
+type EventStream = axum::response::Response;
+
+/// A datum's logs: one attempt, or every attempt oldest first; with
+/// `follow`, the stream stays open until that (or the latest) attempt ends.
+async fn datum_logs(
+    principal: Principal,
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<i64>,
+    ApiQuery(query): ApiQuery<DatumLogsQuery>,
+) -> AppResult<EventStream> {
+    principal.require_admin()?;
+    let datum = state.db(move |conn| Datum::find(conn, id)).await?;
+    let attempts: Vec<i32> = match query.attempt {
+        Some(number) => {
+            state
+                .db(move |conn| LogChunk::attempt(conn, id, number))
+                .await?;
+            vec![number]
+        }
+        // Not reserved yet: following waits for the first attempt.
+        None if datum.attempt == 0 && query.follow => vec![1],
+        None => (1..=datum.attempt).collect(),
+    };
+    let follow = query.follow;
+    Ok(event_stream(
+        state.clone(),
+        move |state, events| async move {
+            let last = attempts.len().saturating_sub(1);
+            for (i, attempt) in attempts.into_iter().enumerate() {
+                let reader = AttemptReader {
+                    state: &state,
+                    events: &events,
+                    job_id: datum.job_id,
+                    datum_id: datum.id,
+                    attempt,
+                };
+                if !reader.run(follow && i == last).await? {
+                    break;
+                }
+            }
+            Ok(())
+        },
+    ))
+}
+
+/// Reads one attempt's log into a stream.
+struct AttemptReader<'a> {
+    state: &'a AppState,
+    events: &'a mpsc::Sender<LogEvent>,
+    job_id: i64,
+    datum_id: i64,
+    attempt: i32,
+}
+
+impl AttemptReader<'_> {
+    /// Sends the attempt's lines, and its end if it is over; following,
+    /// waits for more until it ends. False when the reader hung up.
+    async fn run(&self, follow: bool) -> AppResult<bool> {
+        let waiters = self.state.waiters(self.job_id);
+        let mut logs = waiters.logs.subscribe();
+        let mut progress = waiters.progress.subscribe();
+        let (datum_id, number) = (self.datum_id, self.attempt);
+        let mut cursor = Cursor::default();
+        loop {
+            // Marked seen before looking: a change from now on wakes us.
+            logs.borrow_and_update();
+            progress.borrow_and_update();
+            // Read before the chunks: an attempt seen over has all its
+            // chunks committed (appends after its end are refused).
+            let attempt = match self
+                .state
+                .db(move |conn| LogChunk::attempt(conn, datum_id, number))
+                .await
+            {
+                Ok(attempt) => Some(attempt),
+                Err(AppError::NotFound(_)) => None,
+                Err(err) => return Err(err),
+            };
+            loop {
+                let after = cursor.seq;
+                let page = self
+                    .state
+                    .db(move |conn| LogChunk::page(conn, datum_id, number, after, PAGE))
+                    .await?;
+                let full = page.len() as i64 == PAGE;
+                for chunk in page {
+                    if !send_chunk(self.events, &mut cursor, chunk).await? {
+                        return Ok(false);
+                    }
+                }
+                if !full {
+                    break;
+                }
+            }
+            if let Some(ended) = attempt.filter(|a| a.outcome.is_some()) {
+                let end = LogEvent::AttemptEnd {
+                    datum_id,
+                    attempt: number,
+                    outcome: ended
+                        .outcome
+                        .unwrap_or(falconeri_common::status::Outcome::Error),
+                    exit_code: ended.exit_code,
+                    signal: ended.signal,
+                    error_message: ended.error_message,
+                };
+                return Ok(self.events.send(end).await.is_ok());
+            }
+            if !follow {
+                return Ok(true);
+            }
+            tokio::select! {
+                _ = logs.changed() => {}
+                _ = progress.changed() => {}
+                () = self.events.closed() => return Ok(false),
+                () = self.state.shutting_down() => return Ok(false),
+            }
+        }
+    }
+}
+
+/// Where a reader is in one attempt's log.
+#[derive(Debug, Clone, Copy)]
+struct Cursor {
+    /// The last chunk sent.
+    seq: i64,
+    /// The output bytes sent or reported cut so far.
+    offset: i64,
+    /// When the last chunk sent was stamped.
+    created_at: Millis,
+}
+
+impl Default for Cursor {
+    fn default() -> Cursor {
+        Cursor {
+            seq: -1,
+            offset: 0,
+            created_at: 0,
+        }
+    }
+}
+
+/// Sends a chunk's lines, after a `cut` event if bytes before it were cut.
+/// False when the reader hung up.
+async fn send_chunk(
+    events: &mpsc::Sender<LogEvent>,
+    cursor: &mut Cursor,
+    chunk: LogChunk,
+) -> AppResult<bool> {
+    let (datum_id, attempt) = (chunk.datum_id, chunk.attempt);
+    if chunk.start_offset > cursor.offset {
+        let cut = LogEvent::Cut {
+            datum_id,
+            attempt,
+            bytes: chunk.start_offset - cursor.offset,
+        };
+        if events.send(cut).await.is_err() {
+            return Ok(false);
+        }
+    }
+    *cursor = Cursor {
+        seq: chunk.seq,
+        offset: chunk.end_offset,
+        created_at: chunk.created_at,
+    };
+    for line in decode_lines(&chunk.data).map_err(AppError::from)? {
+        let line = LogLine::new(line.stream, line.at, &line.bytes);
+        if events
+            .send(LogEvent::line(datum_id, attempt, line))
+            .await
+            .is_err()
+        {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// A job's logs: every attempt of every datum (or of the failed ones), in
+/// datum order; with `follow`, then the lines of its running datums as they
+/// come, until the job ends.
+async fn job_logs(
+    principal: Principal,
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<i64>,
+    ApiQuery(query): ApiQuery<JobLogsQuery>,
+) -> AppResult<EventStream> {
+    principal.require_admin()?;
+    let job = state.db(move |conn| Job::find(conn, id)).await?;
+    Ok(event_stream(
+        state.clone(),
+        move |state, events| async move {
+            let mut reader = JobReader {
+                state: &state,
+                events: &events,
+                job_id: job.id,
+                seen: HashMap::new(),
+            };
+            reader.run(query.follow, query.failed).await
+        },
+    ))
+}
+
+/// Reads a job's logs into a stream.
+struct JobReader<'a> {
+    state: &'a AppState,
+    events: &'a mpsc::Sender<LogEvent>,
+    job_id: i64,
+    /// Following: where each recently active attempt is.
+    seen: HashMap<(i64, i32), Cursor>,
+}
+
+impl JobReader<'_> {
+    async fn run(&mut self, follow: bool, failed: bool) -> AppResult<()> {
+        let job_id = self.job_id;
+        let waiters = self.state.waiters(job_id);
+        let mut logs = waiters.logs.subscribe();
+        let mut progress = waiters.progress.subscribe();
+        logs.borrow_and_update();
+        progress.borrow_and_update();
+        let mut since = self.state.db(db_now).await?;
+        // Everything so far, in datum order.
+        let mut after = (i64::MIN, 0, -1);
+        let mut failed_sent: std::collections::HashSet<i64> = Default::default();
+        loop {
+            let page = self
+                .state
+                .db(move |conn| LogChunk::job_page(conn, job_id, failed, after, PAGE))
+                .await?;
+            let full = page.len() as i64 == PAGE;
+            for chunk in page {
+                after = (chunk.datum_id, chunk.attempt, chunk.seq);
+                failed_sent.insert(chunk.datum_id);
+                let key = (chunk.datum_id, chunk.attempt);
+                let mut cursor = self.seen.get(&key).copied().unwrap_or_default();
+                if !send_chunk(self.events, &mut cursor, chunk).await? {
+                    return Ok(());
+                }
+                self.seen.insert(key, cursor);
+            }
+            if !full {
+                break;
+            }
+        }
+        if !follow {
+            return Ok(());
+        }
+        // Only recent attempts can grow; the rest need no cursor.
+        self.seen
+            .retain(|_, cursor| cursor.created_at >= since - COMMIT_MARGIN_MS);
+        loop {
+            let look = self.state.db(db_now).await?;
+            // Read before the chunks: a job seen over has every chunk
+            // committed (its datums were all reported).
+            let job = self.state.db(move |conn| Job::find(conn, job_id)).await?;
+            let more = if failed {
+                self.send_new_failures(&mut failed_sent).await?
+            } else {
+                self.send_new_chunks(since).await?
+            };
+            if !more {
+                return Ok(());
+            }
+            if job.status().is_terminal() {
+                let end = LogEvent::JobEnd {
+                    job_id,
+                    status: job.status(),
+                };
+                let _ = self.events.send(end).await;
+                return Ok(());
+            }
+            self.seen
+                .retain(|_, cursor| cursor.created_at >= look - COMMIT_MARGIN_MS);
+            since = look;
+            tokio::select! {
+                // The failed datums change with the counts only.
+                _ = logs.changed(), if !failed => {}
+                _ = progress.changed() => {}
+                () = self.events.closed() => return Ok(()),
+                () = self.state.shutting_down() => return Ok(()),
+            }
+            logs.borrow_and_update();
+            progress.borrow_and_update();
+        }
+    }
+
+    /// Sends the chunks stored since `since` (less the margin) that were
+    /// not sent yet, attempt by attempt. False when the reader hung up.
+    async fn send_new_chunks(&mut self, since: Millis) -> AppResult<bool> {
+        let job_id = self.job_id;
+        let keys = self
+            .state
+            .db(move |conn| LogChunk::job_keys_since(conn, job_id, since - COMMIT_MARGIN_MS))
+            .await?;
+        let mut attempts: Vec<(i64, i32)> = Vec::new();
+        for key in keys {
+            let pair = (key.datum_id, key.attempt);
+            let sent = self.seen.get(&pair).map_or(-1, |cursor| cursor.seq);
+            if key.seq > sent && !attempts.contains(&pair) {
+                attempts.push(pair);
+            }
+        }
+        for (datum_id, attempt) in attempts {
+            let mut cursor = self
+                .seen
+                .get(&(datum_id, attempt))
+                .copied()
+                .unwrap_or_default();
+            loop {
+                let after = cursor.seq;
+                let page = self
+                    .state
+                    .db(move |conn| LogChunk::page(conn, datum_id, attempt, after, PAGE))
+                    .await?;
+                let full = page.len() as i64 == PAGE;
+                for chunk in page {
+                    if !send_chunk(self.events, &mut cursor, chunk).await? {
+                        return Ok(false);
+                    }
+                }
+                if !full {
+                    break;
+                }
+            }
+            self.seen.insert((datum_id, attempt), cursor);
+        }
+        Ok(true)
+    }
+
+    /// Sends every attempt of the datums that failed since the last look.
+    /// False when the reader hung up.
+    async fn send_new_failures(
+        &mut self,
+        sent: &mut std::collections::HashSet<i64>,
+    ) -> AppResult<bool> {
+        let job_id = self.job_id;
+        let failed = self
+            .state
+            .db(move |conn| LogChunk::failed_datums(conn, job_id))
+            .await?;
+        for datum_id in failed {
+            if !sent.insert(datum_id) {
+                continue;
+            }
+            let attempts = self
+                .state
+                .db(move |conn| Datum::attempts(conn, datum_id))
+                .await?;
+            for attempt in attempts {
+                let reader = AttemptReader {
+                    state: self.state,
+                    events: self.events,
+                    job_id,
+                    datum_id,
+                    attempt: attempt.number,
+                };
+                if !reader.run(false).await? {
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// Runs `produce` in a task of its own, feeding a server-sent event stream
+/// that ends when `produce` does. An error after the stream started is
+/// sent as an `error` event (the status line is gone by then).
+fn event_stream<F, Fut>(state: AppState, produce: F) -> EventStream
+where
+    F: FnOnce(AppState, mpsc::Sender<LogEvent>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = AppResult<()>> + Send + 'static,
+{
+    let (events, receiver) = mpsc::channel::<LogEvent>(BUFFERED_EVENTS);
+    let (errors, error) = tokio::sync::oneshot::channel::<ErrorBody>();
+    tokio::spawn(async move {
+        if let Err(err) = produce(state, events).await {
+            let _ = errors.send(ErrorBody {
+                error: crate::error::detail_of(err),
+            });
+        }
+    });
+    let lines = futures::stream::unfold(receiver, |mut receiver| async move {
+        let event = receiver.recv().await?;
+        let sse = Event::default()
+            .event(event.kind())
+            .json_data(&event)
+            .unwrap_or_else(|_| Event::default().event("error"));
+        Some((Ok::<Event, Infallible>(sse), receiver))
+    });
+    let tail = futures::stream::once(async move {
+        error.await.ok().map(|body| {
+            Ok::<Event, Infallible>(
+                Event::default()
+                    .event("error")
+                    .json_data(&body)
+                    .unwrap_or_else(|_| Event::default().event("error")),
+            )
+        })
+    })
+    .filter_map(std::future::ready);
+    let stream = lines.chain(tail);
+    Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response()
+}

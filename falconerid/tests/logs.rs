@@ -1,0 +1,319 @@
+//! Attempt logs through `app()`, on SQLite and PostgreSQL: a worker appends
+//! under its claim, readers get server-sent events, a follower sees a line
+//! within a second and its stream ends with the attempt; stale claims and
+//! other jobs' tokens are refused.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use axum::{
+    body::Body,
+    http::{Method, Request, StatusCode, header},
+};
+use common::{ADMIN, TestServer};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+async fn create(server: &TestServer, files: &[(&str, &str)]) -> i64 {
+    let spec = server.spec_with_inputs(files, json!({}));
+    let (status, job) = server
+        .call(Method::POST, "/v1/jobs", Some(ADMIN), Some(spec))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{job}");
+    job["id"].as_i64().unwrap()
+}
+
+fn worker_token(server: &TestServer, job_id: i64) -> String {
+    server
+        .executor
+        .launches
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|launch| launch.job_id == job_id)
+        .map(|launch| launch.worker_token.clone())
+        .unwrap()
+}
+
+async fn reserve(server: &TestServer, job_id: i64, token: &str) -> Value {
+    let (status, reserved) = server
+        .call(
+            Method::POST,
+            &format!("/v1/jobs/{job_id}/reserve"),
+            Some(token),
+            Some(json!({ "worker_id": "w1", "wait_ms": 0 })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{reserved}");
+    reserved
+}
+
+async fn append(
+    server: &TestServer,
+    token: &str,
+    datum_id: i64,
+    claim: &Value,
+    seq: i64,
+    lines: Value,
+) -> (StatusCode, Value) {
+    server
+        .call(
+            Method::POST,
+            &format!("/v1/datums/{datum_id}/logs"),
+            Some(token),
+            Some(json!({ "claim": claim, "seq": seq, "lines": lines })),
+        )
+        .await
+}
+
+/// An open event stream: its events arrive as the body's frames do.
+struct Events {
+    body: Body,
+    buffer: String,
+}
+
+impl Events {
+    async fn open(server: &TestServer, path: &str, token: &str) -> Result<Events, StatusCode> {
+        let request = Request::builder()
+            .uri(path)
+            .header(header::AUTHORIZATION, format!("Bearer {token}"))
+            .body(Body::empty())
+            .unwrap();
+        let response = server.app.clone().oneshot(request).await.unwrap();
+        if response.status() != StatusCode::OK {
+            return Err(response.status());
+        }
+        assert_eq!(
+            response.headers()[header::CONTENT_TYPE],
+            "text/event-stream"
+        );
+        Ok(Events {
+            body: response.into_body(),
+            buffer: String::new(),
+        })
+    }
+
+    /// The next event's data, or None at the end of the stream.
+    async fn next(&mut self) -> Option<Value> {
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                let data: Vec<&str> = block
+                    .lines()
+                    .filter_map(|line| line.strip_prefix("data: "))
+                    .collect();
+                if data.is_empty() {
+                    continue;
+                }
+                return Some(serde_json::from_str(&data.join("\n")).unwrap());
+            }
+            let frame = tokio::time::timeout(Duration::from_secs(10), self.body.frame())
+                .await
+                .expect("the stream went silent")?
+                .unwrap();
+            if let Ok(data) = frame.into_data() {
+                self.buffer.push_str(std::str::from_utf8(&data).unwrap());
+            }
+        }
+    }
+
+    async fn all(mut self) -> Vec<Value> {
+        let mut events = Vec::new();
+        while let Some(event) = self.next().await {
+            events.push(event);
+        }
+        events
+    }
+}
+
+#[tokio::test]
+async fn a_follower_gets_lines_within_a_second_and_ends_with_the_attempt() {
+    for server in TestServer::all() {
+        let job_id = create(&server, &[("a.txt", "a")]).await;
+        let token = worker_token(&server, job_id);
+        let reserved = reserve(&server, job_id, &token).await;
+        let datum_id = reserved["datum_id"].as_i64().unwrap();
+        let claim = reserved["claim"].clone();
+
+        let mut follower = Events::open(
+            &server,
+            &format!("/v1/datums/{datum_id}/logs?follow=true"),
+            ADMIN,
+        )
+        .await
+        .unwrap();
+        let sent = Instant::now();
+        let (status, body) = append(
+            &server,
+            &token,
+            datum_id,
+            &claim,
+            0,
+            json!([
+                { "stream": "stdout", "at": 1, "text": "hello\n" },
+                // 0xff, NUL, newline: not text.
+                { "stream": "stderr", "at": 2, "base64": "/wAK" },
+            ]),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["stored"], true);
+        let first = follower.next().await.unwrap();
+        let latency = sent.elapsed();
+        assert!(latency < Duration::from_secs(1), "{latency:?}");
+        assert_eq!(
+            (&first["kind"], &first["stream"], &first["text"]),
+            (&json!("line"), &json!("stdout"), &json!("hello\n"))
+        );
+        let second = follower.next().await.unwrap();
+        assert_eq!(
+            (&second["stream"], &second["base64"]),
+            (&json!("stderr"), &json!("/wAK"))
+        );
+
+        // A resend is accepted and not stored again.
+        let (status, body) = append(&server, &token, datum_id, &claim, 0, json!([])).await;
+        assert_eq!((status, &body["stored"]), (StatusCode::OK, &json!(false)));
+        // A stale claim changes nothing.
+        let mut stale = claim.clone();
+        stale["attempt"] = json!(7);
+        let line = json!([{ "stream": "stdout", "at": 3, "text": "stale\n" }]);
+        let (status, body) = append(&server, &token, datum_id, &stale, 1, line.clone()).await;
+        assert_eq!(status, StatusCode::CONFLICT, "{body}");
+        // Bad lines are refused, naming the field.
+        let bad = json!([{ "stream": "stdout", "at": 3 }]);
+        let (status, body) = append(&server, &token, datum_id, &claim, 1, bad).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("lines[0]"),
+            "{body}"
+        );
+
+        // The attempt ends: the follower hears it, and its stream ends.
+        let (status, body) = server
+            .call(
+                Method::POST,
+                &format!("/v1/datums/{datum_id}/error"),
+                Some(&token),
+                Some(json!({ "claim": claim, "output": "", "error": "boom", "exit_code": 3 })),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let end = follower.next().await.unwrap();
+        assert_eq!(end["kind"], "attempt_end", "{end}");
+        assert_eq!(end["exit_code"], 3);
+        assert!(follower.next().await.is_none());
+        // After the attempt, its log is closed.
+        let (status, _) = append(&server, &token, datum_id, &claim, 5, line).await;
+        assert_eq!(status, StatusCode::CONFLICT);
+
+        // Read again, not following: the same lines, then the end.
+        let events = Events::open(&server, &format!("/v1/datums/{datum_id}/logs"), ADMIN)
+            .await
+            .unwrap()
+            .all()
+            .await;
+        let kinds: Vec<&str> = events.iter().map(|e| e["kind"].as_str().unwrap()).collect();
+        assert_eq!(kinds, ["line", "line", "attempt_end"]);
+        // The job's logs carry each line's datum.
+        let events = Events::open(&server, &format!("/v1/jobs/{job_id}/logs"), ADMIN)
+            .await
+            .unwrap()
+            .all()
+            .await;
+        assert_eq!(events.len(), 2, "{events:?}");
+        assert!(events.iter().all(|e| e["datum_id"] == datum_id));
+    }
+}
+
+#[tokio::test]
+async fn following_a_job_ends_with_the_job() {
+    for server in TestServer::all() {
+        let job_id = create(&server, &[("a.txt", "a")]).await;
+        let token = worker_token(&server, job_id);
+        let reserved = reserve(&server, job_id, &token).await;
+        let datum_id = reserved["datum_id"].as_i64().unwrap();
+        let claim = reserved["claim"].clone();
+        let mut follower = Events::open(
+            &server,
+            &format!("/v1/jobs/{job_id}/logs?follow=true"),
+            ADMIN,
+        )
+        .await
+        .unwrap();
+        let sent = Instant::now();
+        let line = json!([{ "stream": "stdout", "at": 1, "text": "live\n" }]);
+        append(&server, &token, datum_id, &claim, 0, line).await;
+        let event = follower.next().await.unwrap();
+        assert!(
+            sent.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            sent.elapsed()
+        );
+        assert_eq!(
+            (&event["datum_id"], &event["text"]),
+            (&json!(datum_id), &json!("live\n"))
+        );
+        let (status, body) = server
+            .call(
+                Method::POST,
+                &format!("/v1/datums/{datum_id}/done"),
+                Some(&token),
+                Some(json!({ "claim": claim, "output": "" })),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        // The job finishes when a worker finds nothing left.
+        let (_, answer) = server
+            .call(
+                Method::POST,
+                &format!("/v1/jobs/{job_id}/reserve"),
+                Some(&token),
+                Some(json!({ "worker_id": "w1", "wait_ms": 0 })),
+            )
+            .await;
+        assert_eq!(answer["status"], "finished", "{answer}");
+        let end = follower.next().await.unwrap();
+        assert_eq!(
+            (&end["kind"], &end["status"]),
+            (&json!("job_end"), &json!("done"))
+        );
+        assert!(follower.next().await.is_none());
+    }
+}
+
+#[tokio::test]
+async fn other_jobs_workers_can_neither_write_nor_read() {
+    for server in TestServer::all() {
+        let a = create(&server, &[("a.txt", "a")]).await;
+        let b = create(&server, &[("b.txt", "b")]).await;
+        let (token_a, token_b) = (worker_token(&server, a), worker_token(&server, b));
+        let reserved = reserve(&server, b, &token_b).await;
+        let datum_b = reserved["datum_id"].as_i64().unwrap();
+        let line = json!([{ "stream": "stdout", "at": 1, "text": "x\n" }]);
+        let (status, _) = append(&server, &token_a, datum_b, &reserved["claim"], 0, line).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        for path in [
+            format!("/v1/datums/{datum_b}/logs"),
+            format!("/v1/jobs/{b}/logs"),
+        ] {
+            for token in [&token_a, &token_b] {
+                let refused = Events::open(&server, &path, token).await.err();
+                assert_eq!(refused, Some(StatusCode::FORBIDDEN), "{path}");
+            }
+        }
+        let events = Events::open(&server, &format!("/v1/datums/{datum_b}/logs"), ADMIN)
+            .await
+            .unwrap()
+            .all()
+            .await;
+        assert!(events.is_empty(), "{events:?}");
+    }
+}
