@@ -7,6 +7,7 @@
 pub mod api;
 pub mod client;
 pub mod migrations;
+pub mod glob;
 pub mod nul_check;
 pub mod pipeline;
 pub mod plan;
