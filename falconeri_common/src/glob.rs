@@ -72,7 +72,9 @@ impl GlobMatcher {
     /// Compiles `glob`, which must start with `/`.
     pub fn new(glob: &str) -> Result<GlobMatcher, String> {
         let Some(pattern) = glob.strip_prefix('/') else {
-            return Err(format!("`{glob}` must start with `/` (the root of the input)"));
+            return Err(format!(
+                "`{glob}` must start with `/` (the root of the input)"
+            ));
         };
         let list_prefix = literal_prefix(pattern);
         let simple = |kind| {
@@ -364,7 +366,11 @@ mod tests {
         );
         check(
             "/logs/**",
-            &[("logs/a", Some("logs/a")), ("logs/x/y", Some("logs/x/y")), ("other/a", None)],
+            &[
+                ("logs/a", Some("logs/a")),
+                ("logs/x/y", Some("logs/x/y")),
+                ("other/a", None),
+            ],
         );
         check(
             "/**/*.csv",
@@ -378,7 +384,12 @@ mod tests {
         );
         check(
             "/*.csv",
-            &[("a.csv", Some("a.csv")), ("a.txt", None), ("x/a.csv", None), (".csv", Some(".csv"))],
+            &[
+                ("a.csv", Some("a.csv")),
+                ("a.txt", None),
+                ("x/a.csv", None),
+                (".csv", Some(".csv")),
+            ],
         );
         check(
             "/2024-??-*",
@@ -391,16 +402,29 @@ mod tests {
         );
         check(
             "/{a,b}*",
-            &[("apple", Some("apple")), ("bee/x", Some("bee")), ("cat", None)],
+            &[
+                ("apple", Some("apple")),
+                ("bee/x", Some("bee")),
+                ("cat", None),
+            ],
         );
         check(
             "/[a-c]?",
-            &[("a1", Some("a1")), ("d1", None), ("b", None), ("c2/x", Some("c2"))],
+            &[
+                ("a1", Some("a1")),
+                ("d1", None),
+                ("b", None),
+                ("c2/x", Some("c2")),
+            ],
         );
         check("/[!a-c]*", &[("a1", None), ("d1", Some("d1"))]);
         check(
             "/data/*",
-            &[("data/x", Some("data/x")), ("data/x/y", Some("data/x")), ("data", None)],
+            &[
+                ("data/x", Some("data/x")),
+                ("data/x/y", Some("data/x")),
+                ("data", None),
+            ],
         );
         // `*` never crosses a `/`.
         check("/a*z", &[("a/z", None), ("abz", Some("abz"))]);
@@ -423,7 +447,11 @@ mod tests {
             ("/abc", "abc"),
             ("/a\\*b", "a"),
         ] {
-            assert_eq!(GlobMatcher::new(glob).unwrap().list_prefix(), prefix, "{glob}");
+            assert_eq!(
+                GlobMatcher::new(glob).unwrap().list_prefix(),
+                prefix,
+                "{glob}"
+            );
         }
     }
 
@@ -449,7 +477,12 @@ mod tests {
                 "{glob} {template:?}"
             );
         }
-        assert_eq!(GlobMatcher::new("/*/(bar-(123))/*").unwrap().capture_groups(), 2);
+        assert_eq!(
+            GlobMatcher::new("/*/(bar-(123))/*")
+                .unwrap()
+                .capture_groups(),
+            2
+        );
         assert_eq!(GlobMatcher::new("/*").unwrap().capture_groups(), 0);
     }
 

@@ -6,8 +6,8 @@
 
 pub mod api;
 pub mod client;
-pub mod migrations;
 pub mod glob;
+pub mod migrations;
 pub mod nul_check;
 pub mod pipeline;
 pub mod plan;

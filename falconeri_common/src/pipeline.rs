@@ -42,7 +42,10 @@ pub struct PipelineSpec {
     pub resource_requests: ResourceRequests,
     /// How many times a datum may be attempted in all, the first included.
     /// `null` means the default, as falconeri v2 accepted.
-    #[serde(default = "default_datum_tries", deserialize_with = "datum_tries_or_default")]
+    #[serde(
+        default = "default_datum_tries",
+        deserialize_with = "datum_tries_or_default"
+    )]
     #[schemars(with = "Option<u32>")]
     pub datum_tries: u32,
     /// The longest the whole job may run, e.g. "2h 30m".
@@ -1118,7 +1121,10 @@ enum Parent {
 fn validate_input(input: &Input, path: &str, parent: Parent, problems: &mut Problems) {
     match input {
         Input::Atom(atom) => validate_atom(atom, &format!("{path}.atom"), parent, problems),
-        Input::Cross(inputs) | Input::Union(inputs) | Input::Join(inputs) | Input::Group(inputs) => {
+        Input::Cross(inputs)
+        | Input::Union(inputs)
+        | Input::Join(inputs)
+        | Input::Group(inputs) => {
             let (kind, child_parent) = match input {
                 Input::Cross(_) => ("cross", Parent::Other),
                 Input::Union(_) => ("union", Parent::Other),
@@ -1196,7 +1202,11 @@ fn validate_atom(atom: &AtomInput, path: &str, parent: Parent, problems: &mut Pr
         ("group_by", atom.group_by.is_some(), Parent::Group),
     ] {
         if set && parent != under {
-            let operator = if under == Parent::Join { "join" } else { "group" };
+            let operator = if under == Parent::Join {
+                "join"
+            } else {
+                "group"
+            };
             problems.push(
                 format!("{path}.{other}"),
                 format!("means something only for an input of a `{operator}`"),
@@ -1603,7 +1613,9 @@ mod tests {
         assert!(out["transform"]["secrets"][1].get("optional").is_none());
         check(
             &with(|s| s["transform"]["secrets"][0]["optional"] = json!(true)),
-            &["transform.secrets[0]: `optional` applies only to a secret exposed as an environment variable"],
+            &[
+                "transform.secrets[0]: `optional` applies only to a secret exposed as an environment variable",
+            ],
         );
         check(
             &with(|s| s["transform"]["secrets"][1]["optional"] = json!("yes")),
@@ -1642,8 +1654,19 @@ mod tests {
 
     #[test]
     fn globs_parse_and_are_checked() {
-        for glob in ["/", "/*", "/*/*", "/**", "/*.csv", "/2024-??-*", "/{a,b}*", "/[a-c]x"] {
-            let spec = parse(&with(|s| s["input"]["cross"][0]["atom"]["glob"] = json!(glob)));
+        for glob in [
+            "/",
+            "/*",
+            "/*/*",
+            "/**",
+            "/*.csv",
+            "/2024-??-*",
+            "/{a,b}*",
+            "/[a-c]x",
+        ] {
+            let spec = parse(&with(|s| {
+                s["input"]["cross"][0]["atom"]["glob"] = json!(glob)
+            }));
             let Input::Cross(children) = &spec.input else {
                 panic!()
             };
@@ -1735,7 +1758,10 @@ mod tests {
             &with(|s| s["input"]["cross"][0]["atom"]["group_by"] = json!("$1")),
             &["input.cross[0].atom.group_by: means something only for an input of a `group`"],
         );
-        check(&join_spec("join", json!([])), &["input.join: must contain at least one input"]);
+        check(
+            &join_spec("join", json!([])),
+            &["input.join: must contain at least one input"],
+        );
     }
 
     #[test]
@@ -2589,6 +2615,9 @@ mod tests {
             .flat_map(|variant| variant["required"].as_array().unwrap())
             .map(|kind| kind.as_str().unwrap())
             .collect();
-        assert_eq!(input_kinds, ["atom", "cross", "union", "join", "group", "pfs"]);
+        assert_eq!(
+            input_kinds,
+            ["atom", "cross", "union", "join", "group", "pfs"]
+        );
     }
 }

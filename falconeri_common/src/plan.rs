@@ -212,12 +212,13 @@ impl Planner<'_> {
                 let mut combiner = KeyedCombiner::new(kind, &atoms);
                 let mut files = Vec::new();
                 for (index, atom) in atoms.iter().enumerate() {
-                    let listing = self.listings.get(self.next).ok_or_else(|| {
-                        PlanError::ListingCount {
-                            expected: self.next + 1,
-                            actual: self.listings.len(),
-                        }
-                    })?;
+                    let listing =
+                        self.listings
+                            .get(self.next)
+                            .ok_or_else(|| PlanError::ListingCount {
+                                expected: self.next + 1,
+                                actual: self.listings.len(),
+                            })?;
                     self.next += 1;
                     let mut sorted: Vec<&ObjectInfo> = listing.iter().collect();
                     sorted.sort_by(|a, b| a.relative_path.cmp(&b.relative_path));
@@ -343,10 +344,13 @@ impl<'a> AtomPlanner<'a> {
             repo: atom.repo.clone(),
             reason,
         })?;
-        let matcher = atom.glob.matcher().map_err(|reason| PlanError::InvalidGlob {
-            repo: atom.repo.clone(),
-            reason,
-        })?;
+        let matcher = atom
+            .glob
+            .matcher()
+            .map_err(|reason| PlanError::InvalidGlob {
+                repo: atom.repo.clone(),
+                reason,
+            })?;
         Ok(AtomPlanner {
             atom,
             matcher,
@@ -1195,21 +1199,31 @@ mod tests {
             ),
             (
                 "/*/*",
-                &[&["apple/core.txt"], &["bee/hive/honey.csv"], &["bee/wax.txt"]],
+                &[
+                    &["apple/core.txt"],
+                    &["bee/hive/honey.csv"],
+                    &["bee/wax.txt"],
+                ],
             ),
-            ("/**", &[
-                &["2023-12-31.log"],
-                &["2024-01-02.log"],
-                &["2024-01-x.csv"],
-                &["a.csv"],
-                &["apple/core.txt"],
-                &["b.txt"],
-                &["bee/hive/honey.csv"],
-                &["bee/wax.txt"],
-                &["cat"],
-            ]),
+            (
+                "/**",
+                &[
+                    &["2023-12-31.log"],
+                    &["2024-01-02.log"],
+                    &["2024-01-x.csv"],
+                    &["a.csv"],
+                    &["apple/core.txt"],
+                    &["b.txt"],
+                    &["bee/hive/honey.csv"],
+                    &["bee/wax.txt"],
+                    &["cat"],
+                ],
+            ),
             ("/*.csv", &[&["2024-01-x.csv"], &["a.csv"]]),
-            ("/**/*.csv", &[&["2024-01-x.csv"], &["a.csv"], &["bee/hive/honey.csv"]]),
+            (
+                "/**/*.csv",
+                &[&["2024-01-x.csv"], &["a.csv"], &["bee/hive/honey.csv"]],
+            ),
             ("/2024-??-*", &[&["2024-01-02.log"], &["2024-01-x.csv"]]),
             (
                 "/{a,b}*",
@@ -1221,7 +1235,10 @@ mod tests {
                 ],
             ),
             ("/[ab]??", &[&["bee/hive/honey.csv", "bee/wax.txt"]]),
-            ("/[!0-9a]*", &[&["b.txt"], &["bee/hive/honey.csv", "bee/wax.txt"], &["cat"]]),
+            (
+                "/[!0-9a]*",
+                &[&["b.txt"], &["bee/hive/honey.csv", "bee/wax.txt"], &["cat"]],
+            ),
             ("/bee/*", &[&["bee/hive/honey.csv"], &["bee/wax.txt"]]),
             ("/nothing*", &[]),
         ];
@@ -1279,7 +1296,15 @@ mod tests {
         ]);
         let listings = [
             listing("s3://b/r/", &["ID1.txt", "ID2.txt", "ID4.txt", "other.txt"]),
-            listing("s3://b/p/", &["x/part-1.csv", "y/part-1.csv", "x/part-3.csv", "x/part-4.csv"]),
+            listing(
+                "s3://b/p/",
+                &[
+                    "x/part-1.csv",
+                    "y/part-1.csv",
+                    "x/part-3.csv",
+                    "x/part-4.csv",
+                ],
+            ),
         ];
         let datums = plan_datums(&input, &listings).unwrap();
         local_paths(&datums)
@@ -1330,7 +1355,10 @@ mod tests {
             keyed_atom("s3://b/r/", "r", "/(*).txt", "$1", false),
             keyed_atom("s3://b/p/", "p", "/(*).csv", "$1", false),
         ]);
-        let listings = [listing("s3://b/r/", &["a.txt"]), listing("s3://b/p/", &["b.csv"])];
+        let listings = [
+            listing("s3://b/r/", &["a.txt"]),
+            listing("s3://b/p/", &["b.csv"]),
+        ];
         assert_eq!(plan_datums(&input, &listings).unwrap(), vec![]);
     }
 
@@ -1374,7 +1402,11 @@ mod tests {
         let input = Input::Group(vec![group_atom("s3://b/r/", "r", "/*-(*).txt", "$1")]);
         assert_eq!(
             local_paths(&plan_datums(&input, &listings[..1]).unwrap()),
-            vec![vec!["r/1-a.txt", "r/2-a.txt"], vec!["r/1-b.txt"], vec!["r/9-z.txt"]]
+            vec![
+                vec!["r/1-a.txt", "r/2-a.txt"],
+                vec!["r/1-b.txt"],
+                vec!["r/9-z.txt"]
+            ]
         );
     }
 

@@ -204,6 +204,9 @@ fn falconeri_v2_specs_parse() {
     ));
     assert!(matches!(
         &spec.transform.secrets[0],
-        Secret::Env { optional: false, .. }
+        Secret::Env {
+            optional: false,
+            ..
+        }
     ));
 }

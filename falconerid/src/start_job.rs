@@ -224,7 +224,9 @@ async fn fill(sink: &mut Sink<'_>, spec: &PipelineSpec, source: Source) -> AppRe
                         (sorted, chunk)
                     })
                     .await
-                    .map_err(|err| AppError::Internal(anyhow::anyhow!("sort task failed: {err}")))?;
+                    .map_err(|err| {
+                        AppError::Internal(anyhow::anyhow!("sort task failed: {err}"))
+                    })?;
                     let chunk = chunk.map_err(sort_error)?;
                     if chunk.len() == KEYED_CHUNK {
                         reader = Some(sorted);
@@ -606,8 +608,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut atoms = Vec::new();
         for (repo, names) in [
-            ("a", ["k9.x", "k1.x", "k5.x", "k2.x", "k7.x", "é3.x", "k4.x"]),
-            ("b", ["k2.x", "k9.x", "k0.x", "k5.x", "k1.x", "k8.x", "k3.x"]),
+            (
+                "a",
+                ["k9.x", "k1.x", "k5.x", "k2.x", "k7.x", "é3.x", "k4.x"],
+            ),
+            (
+                "b",
+                ["k2.x", "k9.x", "k0.x", "k5.x", "k1.x", "k8.x", "k3.x"],
+            ),
         ] {
             for name in names {
                 let path = dir.path().join(repo).join(name);

@@ -1529,11 +1529,20 @@ async fn globs_joins_and_groups_are_planned_through_the_server() {
     );
     common::write_files(
         &root.join("parts"),
-        &[("x/part-1.csv", "d"), ("x/part-3.csv", "e"), ("y/part-1.csv", "f")],
+        &[
+            ("x/part-1.csv", "d"),
+            ("x/part-3.csv", "e"),
+            ("y/part-1.csv", "f"),
+        ],
     );
     common::write_files(
         &root.join("logs"),
-        &[("2024-01-a.log", "g"), ("2024-01-b.log", "h"), ("2024-02-a.log", "i"), ("2023-12-z.log", "j")],
+        &[
+            ("2024-01-a.log", "g"),
+            ("2024-01-b.log", "h"),
+            ("2024-02-a.log", "i"),
+            ("2023-12-z.log", "j"),
+        ],
     );
     let uri = |dir: &str| format!("file://{}/", root.join(dir).display());
     for server in TestServer::all() {
@@ -1604,7 +1613,10 @@ async fn a_join_without_matches_is_refused() {
             .await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
         assert!(
-            body["error"]["message"].as_str().unwrap().contains("matched no files"),
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("matched no files"),
             "{body}"
         );
         assert_eq!(rows_of_jobs(&server).await, (0, 0, 0));

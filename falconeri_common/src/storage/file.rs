@@ -643,21 +643,37 @@ mod tests {
     async fn listing_from_a_prefix_walks_only_it() {
         let dir = tempfile::tempdir().unwrap();
         let files = [
-            "2023-12/x", "2024-01/a", "2024-01/b/c", "2024-02.log", "2024/z", "logs/2024/a.csv",
-            "logs/2025/b.csv", "logs/x",
+            "2023-12/x",
+            "2024-01/a",
+            "2024-01/b/c",
+            "2024-02.log",
+            "2024/z",
+            "logs/2024/a.csv",
+            "logs/2025/b.csv",
+            "logs/x",
         ];
         tree(dir.path(), &files);
         let uri = format!("file://{}/", dir.path().display());
         let from = async |start: &str| -> Vec<String> {
             list_pages_of(&uri, start, 2)
-                .map_ok(|page| page.into_iter().map(|o| o.relative_path).collect::<Vec<_>>())
+                .map_ok(|page| {
+                    page.into_iter()
+                        .map(|o| o.relative_path)
+                        .collect::<Vec<_>>()
+                })
                 .try_concat()
                 .await
                 .unwrap()
         };
-        assert_eq!(from("2024-").await, ["2024-01/a", "2024-01/b/c", "2024-02.log"]);
+        assert_eq!(
+            from("2024-").await,
+            ["2024-01/a", "2024-01/b/c", "2024-02.log"]
+        );
         assert_eq!(from("logs/2024/").await, ["logs/2024/a.csv"]);
-        assert_eq!(from("logs/20").await, ["logs/2024/a.csv", "logs/2025/b.csv"]);
+        assert_eq!(
+            from("logs/20").await,
+            ["logs/2024/a.csv", "logs/2025/b.csv"]
+        );
         assert_eq!(from("").await.len(), files.len());
         // Nothing there, or a file where a directory was named: nothing.
         assert!(from("missing/").await.is_empty());

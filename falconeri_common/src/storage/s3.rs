@@ -397,7 +397,11 @@ impl Storage for S3Storage {
         let listing = async move {
             let loc = ObjectUri::parse(uri, "s3")?;
             let client = client().await?;
-            let pages = Self::key_pages(&client, &loc.bucket, &format!("{}{start}", loc.dir_prefix()));
+            let pages = Self::key_pages(
+                &client,
+                &loc.bucket,
+                &format!("{}{start}", loc.dir_prefix()),
+            );
             let head = {
                 let loc = loc.clone();
                 move || async move { Self::head(&client, &loc).await }
