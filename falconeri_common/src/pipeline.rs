@@ -1219,10 +1219,8 @@ fn validate_atom(atom: &AtomInput, path: &str, parent: Parent, problems: &mut Pr
     let Some(template) = template else {
         problems.push(
             format!("{path}.{field}"),
-            format!(
-                "is required here: it names the capture groups of `glob` that make the key, \
-                 e.g. \"$1\""
-            ),
+            "is required here: it names the capture groups of `glob` that make the key, \
+             e.g. \"$1\"",
         );
         return;
     };

@@ -177,22 +177,44 @@ struct Planner<'a> {
     next: usize,
 }
 
-impl Planner<'_> {
+/// The datums of a join or group whose files all fit in memory.
+fn combine_in_memory(
+    kind: KeyedKind,
+    atoms: &[&AtomInput],
+    mut files: Vec<KeyedFile>,
+) -> Result<Vec<PlannedDatum>, PlanError> {
+    files.sort();
+    let mut combiner = KeyedCombiner::new(kind, atoms);
+    let mut datums = Vec::new();
+    for file in files {
+        combiner.push(file, &mut datums)?;
+    }
+    combiner.finish(&mut datums)?;
+    Ok(datums)
+}
+
+impl<'l> Planner<'l> {
+    /// The next atom's listing, sorted by path.
+    fn next_listing(&mut self) -> Result<Vec<&'l ObjectInfo>, PlanError> {
+        // `plan_datums` checked the count, so this only fails if the walk
+        // order ever drifts from `Input::atoms`.
+        let listing = self
+            .listings
+            .get(self.next)
+            .ok_or_else(|| PlanError::ListingCount {
+                expected: self.next + 1,
+                actual: self.listings.len(),
+            })?;
+        self.next += 1;
+        let mut sorted: Vec<&ObjectInfo> = listing.iter().collect();
+        sorted.sort_by(|a, b| a.relative_path.cmp(&b.relative_path));
+        Ok(sorted)
+    }
+
     fn plan(&mut self, input: &Input) -> Result<Vec<PlannedDatum>, PlanError> {
         match input {
             Input::Atom(atom) => {
-                // `plan_datums` checked the count, so this only fails if the
-                // walk order ever drifts from `Input::atoms`.
-                let listing =
-                    self.listings
-                        .get(self.next)
-                        .ok_or_else(|| PlanError::ListingCount {
-                            expected: self.next + 1,
-                            actual: self.listings.len(),
-                        })?;
-                self.next += 1;
-                let mut sorted: Vec<&ObjectInfo> = listing.iter().collect();
-                sorted.sort_by(|a, b| a.relative_path.cmp(&b.relative_path));
+                let sorted = self.next_listing()?;
                 let mut planner = AtomPlanner::new(atom)?;
                 let mut items = Vec::new();
                 for object in sorted {
@@ -209,31 +231,15 @@ impl Planner<'_> {
                 check_distinct_repos(inputs)?;
                 let part = PlanPart::Keyed(kind, inputs);
                 let atoms = part.atoms();
-                let mut combiner = KeyedCombiner::new(kind, &atoms);
                 let mut files = Vec::new();
                 for (index, atom) in atoms.iter().enumerate() {
-                    let listing =
-                        self.listings
-                            .get(self.next)
-                            .ok_or_else(|| PlanError::ListingCount {
-                                expected: self.next + 1,
-                                actual: self.listings.len(),
-                            })?;
-                    self.next += 1;
-                    let mut sorted: Vec<&ObjectInfo> = listing.iter().collect();
-                    sorted.sort_by(|a, b| a.relative_path.cmp(&b.relative_path));
+                    let sorted = self.next_listing()?;
                     let mut planner = AtomPlanner::new(atom)?.keyed(index)?;
                     for object in sorted {
                         planner.push_keyed(object, &mut files)?;
                     }
                 }
-                files.sort();
-                let mut datums = Vec::new();
-                for file in files {
-                    combiner.push(file, &mut datums)?;
-                }
-                combiner.finish(&mut datums)?;
-                Ok(datums)
+                combine_in_memory(kind, &atoms, files)
             }
             Input::Union(inputs) => {
                 let mut datums = Vec::new();
@@ -1114,12 +1120,7 @@ mod tests {
                             planner.push_keyed(object, &mut files)?;
                         }
                     }
-                    files.sort();
-                    let mut combiner = KeyedCombiner::new(kind, &atoms);
-                    for file in files {
-                        combiner.push(file, &mut datums)?;
-                    }
-                    combiner.finish(&mut datums)?;
+                    datums.extend(combine_in_memory(kind, &atoms, files)?);
                 }
             }
         }

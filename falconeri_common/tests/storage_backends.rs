@@ -185,6 +185,18 @@ fn atom(uri: &str, glob: Glob) -> Input {
     Input::Atom(AtomInput::new(uri, "in", glob))
 }
 
+/// `tree` written under a temporary directory's `tree/`, and its URI.
+fn local_tree(tree: &[(&str, &[u8])]) -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    for (path, body) in tree {
+        let path = dir.path().join("tree").join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, body).unwrap();
+    }
+    let uri = format!("file://{}/tree/", dir.path().display());
+    (dir, uri)
+}
+
 /// What start-up does with one atom: list only the glob's literal prefix,
 /// then plan; the datums as local paths.
 async fn plan_from_prefix(storage: &dyn Storage, uri: &str, glob: &str) -> Vec<Vec<String>> {
@@ -233,13 +245,7 @@ fn pattern_globs_list_their_prefix_on_every_backend() {
         ("/bee/*", 2),
         ("/zzz*", 0),
     ];
-    let dir = tempfile::tempdir().unwrap();
-    for (path, body) in tree {
-        let path = dir.path().join("tree").join(path);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(path, body).unwrap();
-    }
-    let file_uri = format!("file://{}/tree/", dir.path().display());
+    let (_dir, file_uri) = local_tree(&tree);
     let expected = run(async {
         let mut expected = Vec::new();
         for (glob, count) in globs {
@@ -407,13 +413,7 @@ fn globs_mean_the_same_on_every_backend() {
         ("f/g.txt", b""),
         ("h.txt", b"h"),
     ];
-    let dir = tempfile::tempdir().unwrap();
-    for (path, body) in tree {
-        let path = dir.path().join("tree").join(path);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(path, body).unwrap();
-    }
-    let file_uri = format!("file://{}/tree/", dir.path().display());
+    let (_dir, file_uri) = local_tree(&tree);
     let local_paths = |input: &Input, listing| {
         plan_datums(input, &[listing])
             .unwrap()
