@@ -70,13 +70,13 @@ pub mod paths {
 }
 
 /// The body of every error response.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
 /// What went wrong, for people (`message`) and programs (`code`).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
     /// A stable machine-readable code such as `invalid_spec`, `not_found`,
     /// `conflict`, `unauthorized`.
@@ -88,7 +88,7 @@ pub struct ErrorDetail {
 }
 
 /// `GET /v1/version`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct VersionResponse {
     pub version: String,
     /// `sqlite` or `postgres`.
@@ -98,7 +98,7 @@ pub struct VersionResponse {
 }
 
 /// A job as the API shows it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JobResponse {
     pub id: i64,
     /// Unique: the pipeline name plus a random suffix.
@@ -119,13 +119,13 @@ pub struct JobResponse {
 }
 
 /// `GET /v1/jobs`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JobListResponse {
     pub jobs: Vec<JobResponse>,
 }
 
 /// How many datums of a job are in each state.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StatusCounts {
     pub ready: i64,
     pub running: i64,
@@ -162,7 +162,7 @@ impl StatusCounts {
 }
 
 /// `GET /v1/jobs/{id}/describe`: a job, its counts, and the datums worth a look.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JobDescribeResponse {
     pub job: JobResponse,
     pub counts: StatusCounts,
@@ -173,7 +173,7 @@ pub struct JobDescribeResponse {
 }
 
 /// Query of `GET /v1/jobs/{id}/progress`, a long-poll.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ProgressQuery {
     /// The `generation` of the last answer; the request waits until something
     /// changed after it (or `wait_ms` passed). Omit to answer at once.
@@ -182,7 +182,7 @@ pub struct ProgressQuery {
 }
 
 /// `GET /v1/jobs/{id}/progress`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ProgressResponse {
     pub job: JobResponse,
     pub counts: StatusCounts,
@@ -191,7 +191,7 @@ pub struct ProgressResponse {
 }
 
 /// Query of `GET /v1/jobs/{id}/datums`.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DatumListQuery {
     pub status: Option<DatumStatus>,
     /// Only datums with an attempt that ended this way.
@@ -204,13 +204,13 @@ pub struct DatumListQuery {
 }
 
 /// Query of `GET /v1/jobs`.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JobListQuery {
     pub limit: Option<i64>,
 }
 
 /// A datum without its files and output.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DatumSummary {
     pub id: i64,
     pub job_id: i64,
@@ -237,13 +237,13 @@ impl DatumSummary {
 }
 
 /// `GET /v1/jobs/{id}/datums`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DatumListResponse {
     pub datums: Vec<DatumSummary>,
 }
 
 /// One input file of a datum.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct InputFileResponse {
     pub uri: String,
     /// Where the worker puts it, relative to its pfs directory:
@@ -252,14 +252,14 @@ pub struct InputFileResponse {
 }
 
 /// One file a datum published to the egress.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct OutputFileResponse {
     pub uri: String,
     pub size: i64,
 }
 
 /// `GET /v1/datums/{id}`: a datum with its files and captured output.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DatumResponse {
     pub datum: DatumSummary,
     pub input_files: Vec<InputFileResponse>,
@@ -273,7 +273,7 @@ pub struct DatumResponse {
 }
 
 /// One attempt at a datum: who ran it, when, and how it ended.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AttemptResponse {
     /// 1 for the first reservation, counting up.
     pub number: i32,
@@ -290,7 +290,7 @@ pub struct AttemptResponse {
 }
 
 /// Body of `POST /v1/jobs/{id}/reserve`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ReserveRequest {
     pub worker_id: String,
     /// How long to wait for work; the server caps it.
@@ -304,7 +304,7 @@ pub struct ReserveRequest {
 }
 
 /// Answer to a reservation.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum ReserveResponse {
     /// Here is a datum; it is yours until the lease expires.
@@ -320,7 +320,7 @@ pub enum ReserveResponse {
 }
 
 /// A reserved datum and everything needed to run it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Reservation {
     pub datum_id: i64,
     pub job_id: i64,
@@ -340,7 +340,7 @@ pub struct Reservation {
 }
 
 /// Proof of ownership carried by every worker write.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Claim {
     pub worker_id: String,
     pub attempt: i32,
@@ -352,19 +352,19 @@ pub struct Claim {
 }
 
 /// Body of `POST /v1/datums/{id}/heartbeat`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct HeartbeatRequest {
     pub claim: Claim,
 }
 
 /// Answer to a heartbeat.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct HeartbeatResponse {
     pub lease_expires_at: Millis,
 }
 
 /// An output file the worker uploaded to its staging area.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NewOutputFile {
     /// Relative to `pfs/out` (and to the staging and egress prefixes).
     pub path: String,
@@ -374,7 +374,7 @@ pub struct NewOutputFile {
 /// Body of `POST /v1/datums/{id}/done`. The output files are moved from
 /// staging to the egress under the same guarded write that marks the datum
 /// done.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DoneRequest {
     pub claim: Claim,
     pub output: String,
@@ -386,7 +386,7 @@ pub struct DoneRequest {
 }
 
 /// Body of `POST /v1/datums/{id}/error`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorRequest {
     pub claim: Claim,
     pub output: String,
@@ -401,14 +401,14 @@ pub struct ErrorRequest {
 
 /// Body of `POST /v1/datums/{id}/release`: the worker was stopped, not
 /// failed; the datum goes back to `ready` without using up a try.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ReleaseRequest {
     pub claim: Claim,
     pub reason: String,
 }
 
 /// One datum's outcome in a batch report.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum BatchOutcome {
     /// As `POST /v1/datums/{id}/done`.
@@ -433,7 +433,7 @@ pub enum BatchOutcome {
 }
 
 /// One datum of a batch report.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BatchReport {
     pub datum_id: i64,
     pub claim: Claim,
@@ -444,13 +444,13 @@ pub struct BatchReport {
 /// Body of `POST /v1/jobs/{id}/report`: the final reports of several
 /// datums of one job. Each is settled on its own: a stale claim or a failed
 /// publish of one never changes another.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BatchReportRequest {
     pub reports: Vec<BatchReport>,
 }
 
 /// How one report of a batch was settled.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BatchReportResult {
     pub datum_id: i64,
     /// The datum after the report, when it was accepted.
@@ -462,27 +462,27 @@ pub struct BatchReportResult {
 }
 
 /// Answer to a batch report, in request order.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BatchReportResponse {
     pub results: Vec<BatchReportResult>,
 }
 
 /// Body of `POST /v1/jobs/{id}/heartbeat`: extend the leases of every datum
 /// of a batch at once.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BatchHeartbeatRequest {
     pub claims: Vec<DatumClaim>,
 }
 
 /// A datum and the claim its worker holds.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DatumClaim {
     pub datum_id: i64,
     pub claim: Claim,
 }
 
 /// Answer to a batch heartbeat: the datums whose claims are still held.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BatchHeartbeatResponse {
     pub held: Vec<i64>,
     pub lease_expires_at: Millis,

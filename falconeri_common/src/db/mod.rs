@@ -20,12 +20,21 @@ pub mod schema;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context, Result, bail};
 use diesel::{
     connection::SimpleConnection,
-    r2d2::{ConnectionManager, CustomizeConnection, Pool, PooledConnection},
+    r2d2::{
+        ConnectionManager, CustomizeConnection, HandleEvent, Pool, PooledConnection,
+        event::{CheckoutEvent, TimeoutEvent},
+    },
     result::{DatabaseErrorKind, Error as DieselError},
     sqlite::SqliteConnection,
 };
@@ -67,10 +76,61 @@ impl Backend {
 
 /// A pool of connections to one database.
 #[derive(Clone)]
-pub enum DbPool {
+pub struct DbPool {
+    kind: PoolKind,
+    /// What the pool's event handler counted (see [`PoolStats`]).
+    events: Arc<PoolEvents>,
+}
+
+#[derive(Clone)]
+enum PoolKind {
     Sqlite(Pool<ConnectionManager<SqliteConnection>>),
     #[cfg(feature = "postgres")]
     Postgres(Pool<PgManager>),
+}
+
+/// How a pool is used, for falconerid's `/metrics`: a snapshot of its
+/// connections and the totals of its check-outs since it opened.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct PoolStats {
+    /// Connections open now, busy or idle.
+    pub connections: u32,
+    /// Open connections nobody holds.
+    pub idle: u32,
+    /// The most the pool opens.
+    pub max_size: u32,
+    /// Connections handed out.
+    pub checkouts: u64,
+    /// Time spent waiting for those connections, in seconds (opening one
+    /// included, when the pool had none idle).
+    pub wait_seconds: f64,
+    /// Requests that gave up waiting (`--db-wait`), answered 503.
+    pub timeouts: u64,
+}
+
+/// Counters fed by r2d2's event hooks: two relaxed atomic additions per
+/// check-out, so the pool's hot path pays nothing measurable.
+#[derive(Debug, Default)]
+struct PoolEvents {
+    checkouts: AtomicU64,
+    wait_nanos: AtomicU64,
+    timeouts: AtomicU64,
+}
+
+/// The handler r2d2 calls on every check-out and time-out.
+#[derive(Debug)]
+struct PoolEventHandler(Arc<PoolEvents>);
+
+impl HandleEvent for PoolEventHandler {
+    fn handle_checkout(&self, event: CheckoutEvent) {
+        let nanos = u64::try_from(event.duration().as_nanos()).unwrap_or(u64::MAX);
+        self.0.checkouts.fetch_add(1, Ordering::Relaxed);
+        self.0.wait_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+
+    fn handle_timeout(&self, _event: TimeoutEvent) {
+        self.0.timeouts.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 impl std::fmt::Debug for DbPool {
@@ -437,28 +497,38 @@ impl DbPool {
                     conn.batch_execute("PRAGMA busy_timeout = 30000; PRAGMA journal_mode = WAL;")
                         .with_context(|| format!("cannot enable WAL on {path}"))?;
                 }
+                let events = Arc::new(PoolEvents::default());
                 let pool = Pool::builder()
                     .max_size(max_size)
                     .connection_timeout(wait)
+                    .event_handler(Box::new(PoolEventHandler(events.clone())))
                     // An SQLite connection cannot lose its server.
                     .test_on_check_out(false)
                     .connection_customizer(Box::new(SqliteSetup))
                     .build(ConnectionManager::<SqliteConnection>::new(path))
                     .with_context(|| format!("cannot open SQLite database {path}"))?;
-                Ok(DbPool::Sqlite(pool))
+                Ok(DbPool {
+                    kind: PoolKind::Sqlite(pool),
+                    events,
+                })
             }
             #[cfg(feature = "postgres")]
             Backend::Postgres => {
                 let url = with_connect_timeout(url, wait);
+                let events = Arc::new(PoolEvents::default());
                 let pool = Pool::builder()
                     .max_size(max_size)
                     .connection_timeout(wait)
+                    .event_handler(Box::new(PoolEventHandler(events.clone())))
                     // No `SELECT 1` per request: a lost connection is found
                     // by the statement that meets it (see `PgManager`).
                     .test_on_check_out(false)
                     .build(PgManager(ConnectionManager::<PgConnection>::new(url)))
                     .context("cannot connect to PostgreSQL")?;
-                Ok(DbPool::Postgres(pool))
+                Ok(DbPool {
+                    kind: PoolKind::Postgres(pool),
+                    events,
+                })
             }
             #[cfg(not(feature = "postgres"))]
             Backend::Postgres => {
@@ -469,19 +539,19 @@ impl DbPool {
 
     /// Which database this pool talks to.
     pub fn backend(&self) -> Backend {
-        match self {
-            DbPool::Sqlite(_) => Backend::Sqlite,
+        match &self.kind {
+            PoolKind::Sqlite(_) => Backend::Sqlite,
             #[cfg(feature = "postgres")]
-            DbPool::Postgres(_) => Backend::Postgres,
+            PoolKind::Postgres(_) => Backend::Postgres,
         }
     }
 
     /// A connection from the pool.
     pub fn get(&self) -> Result<DbConn> {
-        Ok(match self {
-            DbPool::Sqlite(pool) => DbConn::Sqlite(pool.get().context("no database connection")?),
+        Ok(match &self.kind {
+            PoolKind::Sqlite(pool) => DbConn::Sqlite(pool.get().context("no database connection")?),
             #[cfg(feature = "postgres")]
-            DbPool::Postgres(pool) => {
+            PoolKind::Postgres(pool) => {
                 DbConn::Postgres(pool.get().context("no database connection")?)
             }
         })
@@ -531,21 +601,39 @@ impl DbPool {
     }
 
     fn max_size(&self) -> u32 {
-        match self {
-            DbPool::Sqlite(pool) => pool.max_size(),
+        match &self.kind {
+            PoolKind::Sqlite(pool) => pool.max_size(),
             #[cfg(feature = "postgres")]
-            DbPool::Postgres(pool) => pool.max_size(),
+            PoolKind::Postgres(pool) => pool.max_size(),
+        }
+    }
+
+    /// How the pool is used now and has been since it opened.
+    pub fn stats(&self) -> PoolStats {
+        let state = match &self.kind {
+            PoolKind::Sqlite(pool) => pool.state(),
+            #[cfg(feature = "postgres")]
+            PoolKind::Postgres(pool) => pool.state(),
+        };
+        PoolStats {
+            connections: state.connections,
+            idle: state.idle_connections,
+            max_size: self.max_size(),
+            checkouts: self.events.checkouts.load(Ordering::Relaxed),
+            wait_seconds: Duration::from_nanos(self.events.wait_nanos.load(Ordering::Relaxed))
+                .as_secs_f64(),
+            timeouts: self.events.timeouts.load(Ordering::Relaxed),
         }
     }
 
     /// A connection from the pool, waiting at most `wait`.
     pub fn get_timeout(&self, wait: Duration) -> Result<DbConn> {
-        Ok(match self {
-            DbPool::Sqlite(pool) => {
+        Ok(match &self.kind {
+            PoolKind::Sqlite(pool) => {
                 DbConn::Sqlite(pool.get_timeout(wait).context("no database connection")?)
             }
             #[cfg(feature = "postgres")]
-            DbPool::Postgres(pool) => {
+            PoolKind::Postgres(pool) => {
                 DbConn::Postgres(pool.get_timeout(wait).context("no database connection")?)
             }
         })
