@@ -173,7 +173,10 @@ pub struct JobDescribeResponse {
 }
 
 /// Query of `GET /v1/jobs/{id}/progress`, a long-poll.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(
+    Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema, utoipa::IntoParams,
+)]
+#[into_params(parameter_in = Query)]
 pub struct ProgressQuery {
     /// The `generation` of the last answer; the request waits until something
     /// changed after it (or `wait_ms` passed). Omit to answer at once.
@@ -191,7 +194,10 @@ pub struct ProgressResponse {
 }
 
 /// Query of `GET /v1/jobs/{id}/datums`.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(
+    Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema, utoipa::IntoParams,
+)]
+#[into_params(parameter_in = Query)]
 pub struct DatumListQuery {
     pub status: Option<DatumStatus>,
     /// Only datums with an attempt that ended this way.
@@ -204,7 +210,10 @@ pub struct DatumListQuery {
 }
 
 /// Query of `GET /v1/jobs`.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(
+    Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema, utoipa::IntoParams,
+)]
+#[into_params(parameter_in = Query)]
 pub struct JobListQuery {
     pub limit: Option<i64>,
 }

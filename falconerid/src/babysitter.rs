@@ -49,9 +49,11 @@ pub async fn run(state: AppState, cancel: CancellationToken) {
             _ = interval.tick() => {
                 // A failed pass is logged and retried on the next tick; the
                 // loop itself never dies.
+                let started = std::time::Instant::now();
                 if let Err(err) = babysitter.tick(&state).await {
                     tracing::warn!(error = format!("{err:#}"), "babysitter pass failed");
                 }
+                crate::metrics::babysitter_pass(started.elapsed());
             }
         }
     }

@@ -20,13 +20,7 @@ pub mod schema;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use diesel::{
@@ -78,8 +72,6 @@ impl Backend {
 #[derive(Clone)]
 pub struct DbPool {
     kind: PoolKind,
-    /// What the pool's event handler counted (see [`PoolStats`]).
-    events: Arc<PoolEvents>,
 }
 
 #[derive(Clone)]
@@ -89,9 +81,12 @@ enum PoolKind {
     Postgres(Pool<PgManager>),
 }
 
-/// How a pool is used, for falconerid's `/metrics`: a snapshot of its
-/// connections and the totals of its check-outs since it opened.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+/// How a pool's connections are used right now, for falconerid's
+/// `/metrics`. The waits for a connection are recorded as they happen, as
+/// the histogram [`POOL_WAIT_METRIC`] (and the give-ups as the counter
+/// [`POOL_TIMEOUTS_METRIC`]), through the `metrics` facade: a no-op until
+/// falconerid installs its recorder.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PoolStats {
     /// Connections open now, busy or idle.
     pub connections: u32,
@@ -99,37 +94,25 @@ pub struct PoolStats {
     pub idle: u32,
     /// The most the pool opens.
     pub max_size: u32,
-    /// Connections handed out.
-    pub checkouts: u64,
-    /// Time spent waiting for those connections, in seconds (opening one
-    /// included, when the pool had none idle).
-    pub wait_seconds: f64,
-    /// Requests that gave up waiting (`--db-wait`), answered 503.
-    pub timeouts: u64,
 }
 
-/// Counters fed by r2d2's event hooks: two relaxed atomic additions per
-/// check-out, so the pool's hot path pays nothing measurable.
-#[derive(Debug, Default)]
-struct PoolEvents {
-    checkouts: AtomicU64,
-    wait_nanos: AtomicU64,
-    timeouts: AtomicU64,
-}
+/// The histogram of how long each check-out of a pooled connection waited
+/// (opening a connection included, when none was idle).
+pub const POOL_WAIT_METRIC: &str = "falconeri_db_pool_wait_seconds";
+/// The counter of requests that gave up waiting for a connection (`--db-wait`).
+pub const POOL_TIMEOUTS_METRIC: &str = "falconeri_db_pool_timeouts_total";
 
 /// The handler r2d2 calls on every check-out and time-out.
 #[derive(Debug)]
-struct PoolEventHandler(Arc<PoolEvents>);
+struct PoolEventHandler;
 
 impl HandleEvent for PoolEventHandler {
     fn handle_checkout(&self, event: CheckoutEvent) {
-        let nanos = u64::try_from(event.duration().as_nanos()).unwrap_or(u64::MAX);
-        self.0.checkouts.fetch_add(1, Ordering::Relaxed);
-        self.0.wait_nanos.fetch_add(nanos, Ordering::Relaxed);
+        metrics::histogram!(POOL_WAIT_METRIC).record(event.duration());
     }
 
     fn handle_timeout(&self, _event: TimeoutEvent) {
-        self.0.timeouts.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(POOL_TIMEOUTS_METRIC).increment(1);
     }
 }
 
@@ -497,11 +480,10 @@ impl DbPool {
                     conn.batch_execute("PRAGMA busy_timeout = 30000; PRAGMA journal_mode = WAL;")
                         .with_context(|| format!("cannot enable WAL on {path}"))?;
                 }
-                let events = Arc::new(PoolEvents::default());
                 let pool = Pool::builder()
                     .max_size(max_size)
                     .connection_timeout(wait)
-                    .event_handler(Box::new(PoolEventHandler(events.clone())))
+                    .event_handler(Box::new(PoolEventHandler))
                     // An SQLite connection cannot lose its server.
                     .test_on_check_out(false)
                     .connection_customizer(Box::new(SqliteSetup))
@@ -509,17 +491,15 @@ impl DbPool {
                     .with_context(|| format!("cannot open SQLite database {path}"))?;
                 Ok(DbPool {
                     kind: PoolKind::Sqlite(pool),
-                    events,
                 })
             }
             #[cfg(feature = "postgres")]
             Backend::Postgres => {
                 let url = with_connect_timeout(url, wait);
-                let events = Arc::new(PoolEvents::default());
                 let pool = Pool::builder()
                     .max_size(max_size)
                     .connection_timeout(wait)
-                    .event_handler(Box::new(PoolEventHandler(events.clone())))
+                    .event_handler(Box::new(PoolEventHandler))
                     // No `SELECT 1` per request: a lost connection is found
                     // by the statement that meets it (see `PgManager`).
                     .test_on_check_out(false)
@@ -527,7 +507,6 @@ impl DbPool {
                     .context("cannot connect to PostgreSQL")?;
                 Ok(DbPool {
                     kind: PoolKind::Postgres(pool),
-                    events,
                 })
             }
             #[cfg(not(feature = "postgres"))]
@@ -608,7 +587,7 @@ impl DbPool {
         }
     }
 
-    /// How the pool is used now and has been since it opened.
+    /// How the pool's connections are used now.
     pub fn stats(&self) -> PoolStats {
         let state = match &self.kind {
             PoolKind::Sqlite(pool) => pool.state(),
@@ -619,10 +598,6 @@ impl DbPool {
             connections: state.connections,
             idle: state.idle_connections,
             max_size: self.max_size(),
-            checkouts: self.events.checkouts.load(Ordering::Relaxed),
-            wait_seconds: Duration::from_nanos(self.events.wait_nanos.load(Ordering::Relaxed))
-                .as_secs_f64(),
-            timeouts: self.events.timeouts.load(Ordering::Relaxed),
         }
     }
 
