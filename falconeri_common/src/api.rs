@@ -109,9 +109,12 @@ pub struct JobResponse {
     pub parallelism: i32,
     pub egress_uri: String,
     pub created_at: Millis,
+    #[schema(value_type = Option<i64>)]
     pub started_at: Option<Millis>,
+    #[schema(value_type = Option<i64>)]
     pub finished_at: Option<Millis>,
     /// When the job will be stopped by its `job_timeout`.
+    #[schema(value_type = Option<i64>)]
     pub deadline_at: Option<Millis>,
     pub error_message: Option<String>,
     /// The job this one retries, for `job retry`.
@@ -233,7 +236,9 @@ pub struct DatumSummary {
     pub max_tries: i32,
     /// The worker holding the datum, while it runs.
     pub owner: Option<String>,
+    #[schema(value_type = Option<i64>)]
     pub started_at: Option<Millis>,
+    #[schema(value_type = Option<i64>)]
     pub finished_at: Option<Millis>,
     pub error_message: Option<String>,
 }
@@ -288,6 +293,7 @@ pub struct AttemptResponse {
     pub number: i32,
     pub worker_id: String,
     pub started_at: Millis,
+    #[schema(value_type = Option<i64>)]
     pub finished_at: Option<Millis>,
     /// None while the attempt runs.
     pub outcome: Option<Outcome>,

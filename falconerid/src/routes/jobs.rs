@@ -1,11 +1,7 @@
 //! Jobs: create, list, find, describe, follow, retry, cancel.
 
 use axum::{
-    Json,
-    body::Bytes,
-    extract::State,
-    extract::rejection::BytesRejection,
-    http::StatusCode,
+    Json, body::Bytes, extract::State, extract::rejection::BytesRejection, http::StatusCode,
 };
 use falconeri_common::{
     api::{
