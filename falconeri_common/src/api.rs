@@ -183,7 +183,9 @@ pub struct JobDescribeResponse {
 pub struct ProgressQuery {
     /// The `generation` of the last answer; the request waits until something
     /// changed after it (or `wait_ms` passed). Omit to answer at once.
+    #[param(maximum = 18446744073709551615_u64)]
     pub since: Option<u64>,
+    #[param(maximum = 18446744073709551615_u64)]
     pub wait_ms: Option<u64>,
 }
 
@@ -307,8 +309,10 @@ pub struct AttemptResponse {
 /// Body of `POST /v1/jobs/{id}/reserve`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ReserveRequest {
+    #[schema(min_length = 1, max_length = 253, pattern = "^[^\\u0000]*$")]
     pub worker_id: String,
     /// How long to wait for work; the server caps it.
+    #[schema(maximum = 18446744073709551615_u64)]
     pub wait_ms: Option<u64>,
     /// Set by workers that take batches: the most datums this worker will
     /// take at once. The server hands out up to the job's
@@ -357,6 +361,7 @@ pub struct Reservation {
 /// Proof of ownership carried by every worker write.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Claim {
+    #[schema(pattern = "^[^\\u0000]*$")]
     pub worker_id: String,
     pub attempt: i32,
     /// Not sent: the job the caller may write to, set by falconerid from the
@@ -382,6 +387,7 @@ pub struct HeartbeatResponse {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NewOutputFile {
     /// Relative to `pfs/out` (and to the staging and egress prefixes).
+    #[schema(pattern = "^[^\\u0000]*$")]
     pub path: String,
     pub size: i64,
 }

@@ -19,6 +19,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 /// A datum with its input and output files and its captured output.
 #[utoipa::path(
     get,
+    operation_id = "show_datum",
     path = "/v1/datums/{id}",
     tag = "datums",
     summary = "A datum, its files, output and attempts",

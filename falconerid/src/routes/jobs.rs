@@ -49,6 +49,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 /// The body is the pipeline spec itself, exactly as users write it.
 #[utoipa::path(
     post,
+    operation_id = "create_job",
     path = "/v1/jobs",
     tag = "jobs",
     summary = "Start a job",
@@ -79,6 +80,7 @@ async fn create(
 /// The newest jobs first.
 #[utoipa::path(
     get,
+    operation_id = "list_jobs",
     path = "/v1/jobs",
     tag = "jobs",
     summary = "List jobs",
@@ -103,6 +105,7 @@ async fn list(
 
 #[utoipa::path(
     get,
+    operation_id = "show_job",
     path = "/v1/jobs/{id}",
     tag = "jobs",
     summary = "A job",
@@ -124,10 +127,16 @@ async fn show(
 
 #[utoipa::path(
     get,
+    operation_id = "show_job_by_name",
     path = "/v1/jobs/by-name/{name}",
     tag = "jobs",
     summary = "A job, by its name",
-    params(("name" = String, Path, description = "The job's name")),
+    params((
+        "name" = String,
+        Path,
+        description = "The job's name",
+        pattern = "^[^\\u0000]*$"
+    )),
     responses(
         (status = 200, description = "The job", body = JobResponse),
         BadRequest, Unauthorized, Forbidden, NotFound, Unavailable, Internal,
@@ -145,6 +154,7 @@ async fn show_by_name(
 
 #[utoipa::path(
     get,
+    operation_id = "describe_job",
     path = "/v1/jobs/{id}/describe",
     tag = "jobs",
     summary = "A job, its counts and the datums worth a look",
@@ -181,6 +191,7 @@ async fn describe(
 /// wait. Clients follow a job without sleeping between requests.
 #[utoipa::path(
     get,
+    operation_id = "job_progress",
     path = "/v1/jobs/{id}/progress",
     tag = "jobs",
     summary = "Follow a job (long-poll)",
@@ -230,6 +241,7 @@ async fn progress(
 /// Starts a new job of the datums that failed in a finished job.
 #[utoipa::path(
     post,
+    operation_id = "retry_job",
     path = "/v1/jobs/{id}/retry",
     tag = "jobs",
     summary = "Retry a finished job's failed datums, as a new job",
@@ -282,6 +294,7 @@ async fn retry(
 /// (they kill their commands).
 #[utoipa::path(
     post,
+    operation_id = "cancel_job",
     path = "/v1/jobs/{id}/cancel",
     tag = "jobs",
     summary = "Cancel a job",
@@ -323,6 +336,7 @@ async fn cancel(
 /// A page of a job's datums, by id.
 #[utoipa::path(
     get,
+    operation_id = "list_job_datums",
     path = "/v1/jobs/{id}/datums",
     tag = "jobs",
     summary = "A job's datums",
