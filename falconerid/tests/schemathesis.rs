@@ -70,7 +70,14 @@ async fn schemathesis_finds_no_server_error_and_no_answer_off_the_document() {
         // One worker: Python 3.11's parser can fail when hypothesis
         // describes strategies from two threads at once ("AST constructor
         // recursion depth mismatch", a CPython bug).
-        .args(["--seed", "20261210", "--max-examples", "30", "--workers", "1"])
+        .args([
+            "--seed",
+            "20261210",
+            "--max-examples",
+            "30",
+            "--workers",
+            "1",
+        ])
         .args(["--generation-database", "none", "--no-color"])
         .current_dir(work.path())
         .stdin(Stdio::null())
