@@ -285,9 +285,20 @@ fn with_whole_floats_as_integers(body: &[u8]) -> Option<serde_json::Value> {
                     _ => false,
                 }
             }
-            serde_json::Value::Array(items) => items.iter_mut().fold(false, |acc, v| fix(v) || acc),
+            // Every member is visited, so no short-circuiting `any`.
+            serde_json::Value::Array(items) => {
+                let mut changed = false;
+                for item in items {
+                    changed |= fix(item);
+                }
+                changed
+            }
             serde_json::Value::Object(members) => {
-                members.values_mut().fold(false, |acc, v| fix(v) || acc)
+                let mut changed = false;
+                for member in members.values_mut() {
+                    changed |= fix(member);
+                }
+                changed
             }
             _ => false,
         }

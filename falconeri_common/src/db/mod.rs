@@ -645,6 +645,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn pool_stats_count_connections_in_use_and_idle() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}", dir.path().join("stats.sqlite3").display());
+        let pool = DbPool::connect(&url, 3).expect("open SQLite");
+        let held = pool.get().expect("a connection");
+        let stats = pool.stats();
+        assert_eq!(stats.max_size, 3);
+        assert!(stats.connections >= 1);
+        assert_eq!(stats.idle, stats.connections - 1, "{stats:?}");
+        drop(held);
+        let stats = pool.stats();
+        assert_eq!(stats.idle, stats.connections, "{stats:?}");
+    }
+
+    #[test]
     fn connect_timeout_follows_the_wait_unless_set() {
         let wait = Duration::from_secs(5);
         assert_eq!(
