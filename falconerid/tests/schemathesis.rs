@@ -59,10 +59,20 @@ async fn schemathesis_finds_no_server_error_and_no_answer_off_the_document() {
     let work = tempfile::tempdir().unwrap();
     let config = work.path().join("schemathesis.toml");
     std::fs::write(&config, config_text(job_id, &job_name, datum_id)).unwrap();
+    // The document as the server serves it, from a file: loaded from its
+    // URL, schemathesis would leave out the operation that serves it.
+    let (status, document) = server
+        .call(Method::GET, "/v1/openapi.json", None, None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let document_file = work.path().join("openapi.json");
+    std::fs::write(&document_file, document.to_string()).unwrap();
     let output = tokio::process::Command::new(&program)
         .arg("--config-file")
         .arg(&config)
-        .args(["run", &format!("http://{addr}/v1/openapi.json")])
+        .arg("run")
+        .arg(&document_file)
+        .args(["--url", &format!("http://{addr}")])
         .args(["--checks", "all"])
         .args(["--header", &format!("Authorization: Bearer {ADMIN}")])
         // Reproducible, and small enough for the suite: every operation
@@ -90,15 +100,15 @@ async fn schemathesis_finds_no_server_error_and_no_answer_off_the_document() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(output.status.success(), "schemathesis failed:\n{report}");
-    // Every documented operation ran (none skipped or errored).
-    let operations = falconerid::openapi::document()["paths"]
+    // Every documented operation was tested.
+    let operations = document["paths"]
         .as_object()
         .unwrap()
         .values()
         .map(|item| item.as_object().unwrap().len())
         .sum::<usize>();
     assert!(
-        report.contains(&format!("{operations} selected")),
+        report.contains(&format!("Tested: {operations}\n")),
         "expected all {operations} operations to run:\n{report}"
     );
 }
