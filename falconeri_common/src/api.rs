@@ -552,6 +552,14 @@ impl std::fmt::Display for LogStream {
     }
 }
 
+/// Standard base64, accepting nonzero bits after the last symbol: the
+/// document's pattern for `base64` cannot tell those apart, so the server
+/// must not either.
+const LENIENT_BASE64: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    base64::engine::GeneralPurposeConfig::new().with_decode_allow_trailing_bits(true),
+);
+
 /// The longest piece of a line the worker sends as one [`LogLine`]: a
 /// longer line (or output that never ends a line) is split into pieces,
 /// each but the last without its newline.
@@ -562,7 +570,7 @@ pub const MAX_LOG_LINE_BYTES: usize = 64 * 1024;
 /// none; the pieces of a stream put together are exactly what was printed).
 /// The bytes are in `text` when they are UTF-8 without a NUL, else in
 /// `base64`, so any byte a command prints travels in JSON unchanged.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogLine {
     pub stream: LogStream,
     /// When the worker read the line's first byte (its clock).
@@ -571,6 +579,59 @@ pub struct LogLine {
     pub text: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base64: Option<String>,
+}
+
+// Written out, not derived: the schema must say that exactly one of `text`
+// and `base64` is set, which the derive cannot express.
+impl utoipa::PartialSchema for LogLine {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        // `oneOf` of "has text" and "has base64": exactly one may match.
+        let schema = serde_json::json!({
+            "allOf": [
+                {
+                    "type": "object",
+                    "description": "One line of an attempt's log, with its newline if it had \
+                        one. Exactly one of `text` (UTF-8 without a NUL) and `base64` holds \
+                        its bytes.",
+                    "required": ["stream", "at"],
+                    "properties": {
+                        "stream": {"$ref": "#/components/schemas/LogStream"},
+                        "at": {"type": "integer", "format": "int64",
+                               "description": "When the worker read the line's first byte (ms)."},
+                        "text": {"type": "string"},
+                        "base64": {
+                            "type": "string",
+                            "contentEncoding": "base64",
+                            "pattern": "^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$",
+                        },
+                    },
+                },
+                {"oneOf": [
+                    {"type": "object", "required": ["text"]},
+                    {"type": "object", "required": ["base64"]},
+                ]},
+            ],
+        });
+        serde_json::from_value(schema).unwrap_or_else(|_| {
+            utoipa::openapi::RefOr::T(utoipa::openapi::schema::Schema::Object(
+                utoipa::openapi::schema::Object::new(),
+            ))
+        })
+    }
+}
+
+impl utoipa::ToSchema for LogLine {
+    fn schemas(
+        schemas: &mut Vec<(
+            String,
+            utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+        )>,
+    ) {
+        schemas.push((
+            "LogStream".to_owned(),
+            <LogStream as utoipa::PartialSchema>::schema(),
+        ));
+    }
 }
 
 impl LogLine {
@@ -597,7 +658,7 @@ impl LogLine {
         use base64::Engine as _;
         match (&self.text, &self.base64) {
             (Some(text), None) => Ok(text.as_bytes().to_vec()),
-            (None, Some(encoded)) => base64::engine::general_purpose::STANDARD
+            (None, Some(encoded)) => LENIENT_BASE64
                 .decode(encoded)
                 .map_err(|err| format!("base64: {err}")),
             (Some(_), Some(_)) => Err("text and base64 are both set".to_owned()),
@@ -614,6 +675,7 @@ pub struct LogAppendRequest {
     /// The worker's number for this chunk, counting up from 0 within the
     /// attempt. A chunk whose number was taken already is a resend and is
     /// not stored again.
+    #[schema(minimum = 0)]
     pub seq: i64,
     pub lines: Vec<LogLine>,
 }
@@ -713,6 +775,25 @@ impl LogEvent {
 
 #[cfg(test)]
 mod tests {
+    /// The written-out schema of a log line parses (it is not the empty
+    /// fallback) and says exactly one of `text` and `base64` is set.
+    #[test]
+    fn log_line_schema_requires_exactly_one_encoding() {
+        let schema =
+            serde_json::to_value(<super::LogLine as utoipa::PartialSchema>::schema()).unwrap();
+        let parts = &schema["allOf"];
+        assert_eq!(
+            parts[1]["oneOf"].as_array().map(Vec::len),
+            Some(2),
+            "{schema}"
+        );
+        assert_eq!(
+            parts[1]["oneOf"][0]["required"],
+            serde_json::json!(["text"])
+        );
+        assert_eq!(parts[0]["required"], serde_json::json!(["stream", "at"]));
+    }
+
     use super::*;
 
     #[test]

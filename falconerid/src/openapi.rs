@@ -54,6 +54,18 @@ use utoipa::{
 )]
 pub struct ApiDoc;
 
+/// One server-sent event of a log stream, as the document describes it
+/// (the log routes answer `text/event-stream`, a sequence of these).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct LogStreamEvent {
+    /// The `kind` of the `LogEvent` in `data`.
+    event: String,
+    /// A `LogEvent`, in JSON.
+    #[schema(content_media_type = "application/json")]
+    data: String,
+}
+
 /// Adds the `bearer` security scheme every operation names.
 struct BearerAuth;
 

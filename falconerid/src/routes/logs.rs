@@ -141,7 +141,7 @@ type EventStream = axum::response::Response;
     description = "Each event's `data` is a `LogEvent` in JSON, its `event` the same `kind`.",
     params(("id" = i64, Path, description = "The datum's id"), DatumLogsQuery),
     responses(
-        (status = 200, description = "A stream of server-sent events", content_type = "text/event-stream", body = String),
+        (status = 200, description = "A stream of server-sent events", content_type = "text/event-stream", body = crate::openapi::LogStreamEvent),
         BadRequest, Unauthorized, Forbidden, NotFound, Unavailable, Internal,
     ),
 )]
@@ -330,7 +330,7 @@ async fn send_chunk(
     description = "Each event's `data` is a `LogEvent` in JSON, its `event` the same `kind`.",
     params(("id" = i64, Path, description = "The job's id"), JobLogsQuery),
     responses(
-        (status = 200, description = "A stream of server-sent events", content_type = "text/event-stream", body = String),
+        (status = 200, description = "A stream of server-sent events", content_type = "text/event-stream", body = crate::openapi::LogStreamEvent),
         BadRequest, Unauthorized, Forbidden, NotFound, Unavailable, Internal,
     ),
 )]
