@@ -37,6 +37,11 @@ guide:
     mdbook build guide
     python3 scripts/check-guide-links guide/book
 
+# Rewrite guide/src/openapi.json from the code after a deliberate API change
+# (the test `openapi_document_matches_the_committed_copy` compares them).
+openapi:
+    FALCONERI_UPDATE_OPENAPI=1 cargo test -p falconerid --test openapi
+
 # Everything to run before asking for a review.
 check: fmt-check clippy deny test
 

@@ -76,13 +76,13 @@ pub mod paths {
 }
 
 /// The body of every error response.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
 /// What went wrong, for people (`message`) and programs (`code`).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
     /// A stable machine-readable code such as `invalid_spec`, `not_found`,
     /// `conflict`, `unauthorized`.
@@ -94,7 +94,7 @@ pub struct ErrorDetail {
 }
 
 /// `GET /v1/version`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct VersionResponse {
     pub version: String,
     /// `sqlite` or `postgres`.
@@ -104,7 +104,7 @@ pub struct VersionResponse {
 }
 
 /// A job as the API shows it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JobResponse {
     pub id: i64,
     /// Unique: the pipeline name plus a random suffix.
@@ -115,9 +115,12 @@ pub struct JobResponse {
     pub parallelism: i32,
     pub egress_uri: String,
     pub created_at: Millis,
+    #[schema(value_type = Option<i64>)]
     pub started_at: Option<Millis>,
+    #[schema(value_type = Option<i64>)]
     pub finished_at: Option<Millis>,
     /// When the job will be stopped by its `job_timeout`.
+    #[schema(value_type = Option<i64>)]
     pub deadline_at: Option<Millis>,
     pub error_message: Option<String>,
     /// The job this one retries, for `job retry`.
@@ -125,13 +128,13 @@ pub struct JobResponse {
 }
 
 /// `GET /v1/jobs`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JobListResponse {
     pub jobs: Vec<JobResponse>,
 }
 
 /// How many datums of a job are in each state.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StatusCounts {
     pub ready: i64,
     pub running: i64,
@@ -168,7 +171,7 @@ impl StatusCounts {
 }
 
 /// `GET /v1/jobs/{id}/describe`: a job, its counts, and the datums worth a look.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JobDescribeResponse {
     pub job: JobResponse,
     pub counts: StatusCounts,
@@ -179,16 +182,21 @@ pub struct JobDescribeResponse {
 }
 
 /// Query of `GET /v1/jobs/{id}/progress`, a long-poll.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(
+    Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema, utoipa::IntoParams,
+)]
+#[into_params(parameter_in = Query)]
 pub struct ProgressQuery {
     /// The `generation` of the last answer; the request waits until something
     /// changed after it (or `wait_ms` passed). Omit to answer at once.
+    #[param(maximum = 18446744073709551615_u64)]
     pub since: Option<u64>,
+    #[param(maximum = 18446744073709551615_u64)]
     pub wait_ms: Option<u64>,
 }
 
 /// `GET /v1/jobs/{id}/progress`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ProgressResponse {
     pub job: JobResponse,
     pub counts: StatusCounts,
@@ -197,7 +205,10 @@ pub struct ProgressResponse {
 }
 
 /// Query of `GET /v1/jobs/{id}/datums`.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(
+    Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema, utoipa::IntoParams,
+)]
+#[into_params(parameter_in = Query)]
 pub struct DatumListQuery {
     pub status: Option<DatumStatus>,
     /// Only datums with an attempt that ended this way.
@@ -210,13 +221,16 @@ pub struct DatumListQuery {
 }
 
 /// Query of `GET /v1/jobs`.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(
+    Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema, utoipa::IntoParams,
+)]
+#[into_params(parameter_in = Query)]
 pub struct JobListQuery {
     pub limit: Option<i64>,
 }
 
 /// A datum without its files and output.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DatumSummary {
     pub id: i64,
     pub job_id: i64,
@@ -230,7 +244,9 @@ pub struct DatumSummary {
     pub max_tries: i32,
     /// The worker holding the datum, while it runs.
     pub owner: Option<String>,
+    #[schema(value_type = Option<i64>)]
     pub started_at: Option<Millis>,
+    #[schema(value_type = Option<i64>)]
     pub finished_at: Option<Millis>,
     pub error_message: Option<String>,
 }
@@ -243,13 +259,13 @@ impl DatumSummary {
 }
 
 /// `GET /v1/jobs/{id}/datums`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DatumListResponse {
     pub datums: Vec<DatumSummary>,
 }
 
 /// One input file of a datum.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct InputFileResponse {
     pub uri: String,
     /// Where the worker puts it, relative to its pfs directory:
@@ -258,14 +274,14 @@ pub struct InputFileResponse {
 }
 
 /// One file a datum published to the egress.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct OutputFileResponse {
     pub uri: String,
     pub size: i64,
 }
 
 /// `GET /v1/datums/{id}`: a datum with its files and captured output.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DatumResponse {
     pub datum: DatumSummary,
     pub input_files: Vec<InputFileResponse>,
@@ -279,12 +295,13 @@ pub struct DatumResponse {
 }
 
 /// One attempt at a datum: who ran it, when, and how it ended.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AttemptResponse {
     /// 1 for the first reservation, counting up.
     pub number: i32,
     pub worker_id: String,
     pub started_at: Millis,
+    #[schema(value_type = Option<i64>)]
     pub finished_at: Option<Millis>,
     /// None while the attempt runs.
     pub outcome: Option<Outcome>,
@@ -296,10 +313,12 @@ pub struct AttemptResponse {
 }
 
 /// Body of `POST /v1/jobs/{id}/reserve`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ReserveRequest {
+    #[schema(min_length = 1, max_length = 253, pattern = "^[^\\u0000]*$")]
     pub worker_id: String,
     /// How long to wait for work; the server caps it.
+    #[schema(maximum = 18446744073709551615_u64)]
     pub wait_ms: Option<u64>,
     /// Set by workers that take batches: the most datums this worker will
     /// take at once. The server hands out up to the job's
@@ -321,7 +340,7 @@ fn yes() -> bool {
 }
 
 /// Answer to a reservation.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum ReserveResponse {
     /// Here is a datum; it is yours until the lease expires.
@@ -337,7 +356,7 @@ pub enum ReserveResponse {
 }
 
 /// A reserved datum and everything needed to run it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Reservation {
     pub datum_id: i64,
     pub job_id: i64,
@@ -357,8 +376,9 @@ pub struct Reservation {
 }
 
 /// Proof of ownership carried by every worker write.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Claim {
+    #[schema(pattern = "^[^\\u0000]*$")]
     pub worker_id: String,
     pub attempt: i32,
     /// Not sent: the job the caller may write to, set by falconerid from the
@@ -369,21 +389,22 @@ pub struct Claim {
 }
 
 /// Body of `POST /v1/datums/{id}/heartbeat`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct HeartbeatRequest {
     pub claim: Claim,
 }
 
 /// Answer to a heartbeat.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct HeartbeatResponse {
     pub lease_expires_at: Millis,
 }
 
 /// An output file the worker uploaded to its staging area.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NewOutputFile {
     /// Relative to `pfs/out` (and to the staging and egress prefixes).
+    #[schema(pattern = "^[^\\u0000]*$")]
     pub path: String,
     pub size: i64,
 }
@@ -391,7 +412,7 @@ pub struct NewOutputFile {
 /// Body of `POST /v1/datums/{id}/done`. The output files are moved from
 /// staging to the egress under the same guarded write that marks the datum
 /// done.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DoneRequest {
     pub claim: Claim,
     pub output: String,
@@ -403,7 +424,7 @@ pub struct DoneRequest {
 }
 
 /// Body of `POST /v1/datums/{id}/error`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorRequest {
     pub claim: Claim,
     pub output: String,
@@ -418,14 +439,14 @@ pub struct ErrorRequest {
 
 /// Body of `POST /v1/datums/{id}/release`: the worker was stopped, not
 /// failed; the datum goes back to `ready` without using up a try.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ReleaseRequest {
     pub claim: Claim,
     pub reason: String,
 }
 
 /// One datum's outcome in a batch report.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum BatchOutcome {
     /// As `POST /v1/datums/{id}/done`.
@@ -450,7 +471,7 @@ pub enum BatchOutcome {
 }
 
 /// One datum of a batch report.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BatchReport {
     pub datum_id: i64,
     pub claim: Claim,
@@ -461,13 +482,13 @@ pub struct BatchReport {
 /// Body of `POST /v1/jobs/{id}/report`: the final reports of several
 /// datums of one job. Each is settled on its own: a stale claim or a failed
 /// publish of one never changes another.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BatchReportRequest {
     pub reports: Vec<BatchReport>,
 }
 
 /// How one report of a batch was settled.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BatchReportResult {
     pub datum_id: i64,
     /// The datum after the report, when it was accepted.
@@ -479,27 +500,27 @@ pub struct BatchReportResult {
 }
 
 /// Answer to a batch report, in request order.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BatchReportResponse {
     pub results: Vec<BatchReportResult>,
 }
 
 /// Body of `POST /v1/jobs/{id}/heartbeat`: extend the leases of every datum
 /// of a batch at once.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BatchHeartbeatRequest {
     pub claims: Vec<DatumClaim>,
 }
 
 /// A datum and the claim its worker holds.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DatumClaim {
     pub datum_id: i64,
     pub claim: Claim,
 }
 
 /// Answer to a batch heartbeat: the datums whose claims are still held.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BatchHeartbeatResponse {
     pub held: Vec<i64>,
     pub lease_expires_at: Millis,
@@ -507,7 +528,7 @@ pub struct BatchHeartbeatResponse {
 
 /// Which stream a log line came from: the command's stdout or stderr, or
 /// the worker's own account of the attempt (downloads, uploads, retries).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum LogStream {
     Stdout,
@@ -531,6 +552,14 @@ impl std::fmt::Display for LogStream {
     }
 }
 
+/// Standard base64, accepting nonzero bits after the last symbol: the
+/// document's pattern for `base64` cannot tell those apart, so the server
+/// must not either.
+const LENIENT_BASE64: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    base64::engine::GeneralPurposeConfig::new().with_decode_allow_trailing_bits(true),
+);
+
 /// The longest piece of a line the worker sends as one [`LogLine`]: a
 /// longer line (or output that never ends a line) is split into pieces,
 /// each but the last without its newline.
@@ -550,6 +579,59 @@ pub struct LogLine {
     pub text: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base64: Option<String>,
+}
+
+// Written out, not derived: the schema must say that exactly one of `text`
+// and `base64` is set, which the derive cannot express.
+impl utoipa::PartialSchema for LogLine {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        // `oneOf` of "has text" and "has base64": exactly one may match.
+        let schema = serde_json::json!({
+            "allOf": [
+                {
+                    "type": "object",
+                    "description": "One line of an attempt's log, with its newline if it had \
+                        one. Exactly one of `text` (UTF-8 without a NUL) and `base64` holds \
+                        its bytes.",
+                    "required": ["stream", "at"],
+                    "properties": {
+                        "stream": {"$ref": "#/components/schemas/LogStream"},
+                        "at": {"type": "integer", "format": "int64",
+                               "description": "When the worker read the line's first byte (ms)."},
+                        "text": {"type": "string"},
+                        "base64": {
+                            "type": "string",
+                            "contentEncoding": "base64",
+                            "pattern": "^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$",
+                        },
+                    },
+                },
+                {"oneOf": [
+                    {"type": "object", "required": ["text"]},
+                    {"type": "object", "required": ["base64"]},
+                ]},
+            ],
+        });
+        serde_json::from_value(schema).unwrap_or_else(|_| {
+            utoipa::openapi::RefOr::T(utoipa::openapi::schema::Schema::Object(
+                utoipa::openapi::schema::Object::new(),
+            ))
+        })
+    }
+}
+
+impl utoipa::ToSchema for LogLine {
+    fn schemas(
+        schemas: &mut Vec<(
+            String,
+            utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+        )>,
+    ) {
+        schemas.push((
+            "LogStream".to_owned(),
+            <LogStream as utoipa::PartialSchema>::schema(),
+        ));
+    }
 }
 
 impl LogLine {
@@ -576,7 +658,7 @@ impl LogLine {
         use base64::Engine as _;
         match (&self.text, &self.base64) {
             (Some(text), None) => Ok(text.as_bytes().to_vec()),
-            (None, Some(encoded)) => base64::engine::general_purpose::STANDARD
+            (None, Some(encoded)) => LENIENT_BASE64
                 .decode(encoded)
                 .map_err(|err| format!("base64: {err}")),
             (Some(_), Some(_)) => Err("text and base64 are both set".to_owned()),
@@ -587,25 +669,29 @@ impl LogLine {
 
 /// Body of `POST /v1/datums/{id}/logs`: the next chunk of the claimed
 /// attempt's log.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LogAppendRequest {
     pub claim: Claim,
     /// The worker's number for this chunk, counting up from 0 within the
     /// attempt. A chunk whose number was taken already is a resend and is
     /// not stored again.
+    #[schema(minimum = 0)]
     pub seq: i64,
     pub lines: Vec<LogLine>,
 }
 
 /// Answer to `POST /v1/datums/{id}/logs`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LogAppendResponse {
     /// False for a resent chunk (already stored).
     pub stored: bool,
 }
 
 /// Query of `GET /v1/datums/{id}/logs`.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(
+    Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema, utoipa::IntoParams,
+)]
+#[into_params(parameter_in = Query)]
 pub struct DatumLogsQuery {
     /// Only this attempt (default: every attempt, oldest first).
     pub attempt: Option<i32>,
@@ -615,7 +701,10 @@ pub struct DatumLogsQuery {
 }
 
 /// Query of `GET /v1/jobs/{id}/logs`.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(
+    Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema, utoipa::IntoParams,
+)]
+#[into_params(parameter_in = Query)]
 pub struct JobLogsQuery {
     /// Keep the stream open until the job ends.
     #[serde(default)]
@@ -627,7 +716,7 @@ pub struct JobLogsQuery {
 
 /// One event of a log stream: the `data` of a server-sent event whose
 /// `event` is the same `kind`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum LogEvent {
     /// A line of an attempt's log (see [`LogLine`]).
@@ -686,6 +775,25 @@ impl LogEvent {
 
 #[cfg(test)]
 mod tests {
+    /// The written-out schema of a log line parses (it is not the empty
+    /// fallback) and says exactly one of `text` and `base64` is set.
+    #[test]
+    fn log_line_schema_requires_exactly_one_encoding() {
+        let schema =
+            serde_json::to_value(<super::LogLine as utoipa::PartialSchema>::schema()).unwrap();
+        let parts = &schema["allOf"];
+        assert_eq!(
+            parts[1]["oneOf"].as_array().map(Vec::len),
+            Some(2),
+            "{schema}"
+        );
+        assert_eq!(
+            parts[1]["oneOf"][0]["required"],
+            serde_json::json!(["text"])
+        );
+        assert_eq!(parts[0]["required"], serde_json::json!(["stream", "at"]));
+    }
+
     use super::*;
 
     #[test]

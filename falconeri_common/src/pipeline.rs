@@ -781,7 +781,7 @@ pub struct Egress {
 }
 
 /// One thing wrong with a spec.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
 pub struct SpecProblem {
     /// The JSON path of the offending value, e.g. `transform.cmd`.
     pub path: String,

@@ -181,8 +181,15 @@ impl Babysitter {
         }
     }
 
-    /// One pass over every rule.
+    /// One pass over every rule, timed for `/metrics`.
     pub async fn tick(&self, state: &AppState) -> Result<()> {
+        let started = std::time::Instant::now();
+        let result = self.pass(state).await;
+        crate::metrics::babysitter_pass(started.elapsed());
+        result
+    }
+
+    async fn pass(&self, state: &AppState) -> Result<()> {
         let mut changed = false;
 
         let skew = self.clock_skew_ms;

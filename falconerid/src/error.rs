@@ -29,7 +29,7 @@ use falconeri_common::{
     pipeline::{SpecError, SpecProblem},
     text::escape_nul,
 };
-use serde::de::DeserializeOwned;
+use serde::{Serialize, de::DeserializeOwned};
 
 /// An error answered to an HTTP client.
 #[derive(Debug, thiserror::Error)]
@@ -237,7 +237,7 @@ pub struct ApiJson<T>(pub T);
 impl<S, T> FromRequest<S> for ApiJson<T>
 where
     S: Send + Sync,
-    T: DeserializeOwned,
+    T: DeserializeOwned + Serialize,
 {
     type Rejection = AppError;
 
@@ -249,10 +249,62 @@ where
             ));
         }
         let body = Bytes::from_request(request, state).await?;
-        let Json(value) = Json::<T>::from_bytes(&body)?;
-        check_json_for_nul(&body)?;
+        let value = match Json::<T>::from_bytes(&body) {
+            Ok(Json(value)) => value,
+            // Only a body that failed is looked at again: the hot path
+            // parses once.
+            Err(rejection) => match with_whole_floats_as_integers(&body)
+                .and_then(|value| serde_json::from_value::<T>(value).ok())
+            {
+                Some(value) => value,
+                None => return Err(rejection.into()),
+            },
+        };
+        check_json_for_nul(&body, &value)?;
         Ok(ApiJson(value))
     }
+}
+
+/// The body with every number that is a whole float (`3.0`) turned into
+/// that integer, or None when it has none (or is not JSON). JSON Schema,
+/// and so the OpenAPI document, counts `3.0` as an integer, and clients
+/// whose numbers are all floats send them so; serde would refuse them for
+/// an integer field. Beyond 2^53 a float no longer names one integer, so
+/// those stay floats (and are refused).
+fn with_whole_floats_as_integers(body: &[u8]) -> Option<serde_json::Value> {
+    fn fix(value: &mut serde_json::Value) -> bool {
+        const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53
+        match value {
+            serde_json::Value::Number(n) if !n.is_i64() && !n.is_u64() => {
+                match n.as_f64() {
+                    #[allow(clippy::cast_possible_truncation)] // Checked whole and in range.
+                    Some(f) if f.fract() == 0.0 && f.abs() <= EXACT => {
+                        *value = serde_json::Value::from(f as i64);
+                        true
+                    }
+                    _ => false,
+                }
+            }
+            // Every member is visited, so no short-circuiting `any`.
+            serde_json::Value::Array(items) => {
+                let mut changed = false;
+                for item in items {
+                    changed |= fix(item);
+                }
+                changed
+            }
+            serde_json::Value::Object(members) => {
+                let mut changed = false;
+                for member in members.values_mut() {
+                    changed |= fix(member);
+                }
+                changed
+            }
+            _ => false,
+        }
+    }
+    let mut value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    fix(&mut value).then_some(value)
 }
 
 /// Whether the request says its body is JSON (`application/json`, or an
@@ -269,12 +321,15 @@ fn has_json_content_type(headers: &HeaderMap) -> bool {
     kind.eq_ignore_ascii_case("application") && (subtype == "json" || subtype.ends_with("+json"))
 }
 
-/// Refuses a NUL in any member of the (already parsed, so valid) JSON
+/// Refuses a NUL in any member of the request `parsed` from the JSON
 /// `body` but the free-text ones. JSON can only spell a NUL as the escape
 /// `\u0000` (a raw one is a syntax error), so one scan of the raw text
-/// clears nearly every request; only a body that has the escape is parsed
-/// again, to name the field.
-fn check_json_for_nul(body: &[u8]) -> Result<(), AppError> {
+/// clears nearly every request; only for a body that has the escape is the
+/// request turned back into JSON, to name the field. That JSON holds only
+/// the members the server reads: a NUL in a member it ignores (the
+/// document allows unknown members) never reaches the database, and is
+/// not refused.
+fn check_json_for_nul<T: Serialize>(body: &[u8], parsed: &T) -> Result<(), AppError> {
     // Valid JSON is valid UTF-8: the parse above succeeded.
     let Ok(text) = std::str::from_utf8(body) else {
         return Ok(());
@@ -282,10 +337,11 @@ fn check_json_for_nul(body: &[u8]) -> Result<(), AppError> {
     if !text.contains("\\u0000") {
         return Ok(());
     }
-    let value: serde_json::Value = serde_json::from_str(text)
-        .map_err(|err| AppError::BadRequest(format!("invalid JSON body: {err}")))?;
-    // The escape may have been inside free text, or been an escaped
-    // backslash followed by `u0000`: only a real NUL outside free text counts.
+    let value = serde_json::to_value(parsed)
+        .map_err(|err| AppError::Internal(anyhow::Error::new(err).context("request to JSON")))?;
+    // The escape may have been inside free text, in an ignored member, or
+    // been an escaped backslash followed by `u0000`: only a real NUL in a
+    // member the server reads, outside free text, counts.
     match nul_paths(&value, FREE_TEXT_FIELDS).first() {
         Some(path) => Err(AppError::nul_in(FieldPlace::Body, path)),
         None => Ok(()),
@@ -355,5 +411,24 @@ where
         let axum::extract::Path(value) =
             axum::extract::Path::<T>::from_request_parts(parts, state).await?;
         Ok(ApiPath(value))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn whole_floats_become_integers_and_nothing_else_changes() {
+        let body = json!({"a": 2.0, "b": [1.5, -3.0, 7], "c": 1e300, "d": "4.0"}).to_string();
+        assert_eq!(
+            with_whole_floats_as_integers(body.as_bytes()),
+            Some(json!({"a": 2, "b": [1.5, -3, 7], "c": 1e300, "d": "4.0"}))
+        );
+        // Nothing to change: the original error stands.
+        assert_eq!(with_whole_floats_as_integers(br#"{"a": 1.5}"#), None);
+        assert_eq!(with_whole_floats_as_integers(b"not json"), None);
     }
 }

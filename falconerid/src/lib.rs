@@ -13,6 +13,8 @@ pub mod error;
 pub mod executor;
 #[cfg(feature = "postgres")]
 pub mod listen;
+pub mod metrics;
+pub mod openapi;
 pub mod routes;
 pub mod start_job;
 pub mod state;
@@ -31,7 +33,11 @@ pub use state::AppState;
 
 /// The HTTP application for `state`.
 pub fn app(state: AppState) -> Router {
+    metrics::install();
     routes::router()
+        // Inside the trace layer and the body limit, so it sees their
+        // answers too, and after routing, so the route template is known.
+        .layer(axum::middleware::from_fn(metrics::track_http))
         // Worker reports carry up to 1 MiB of output, which JSON escaping
         // can triple, plus their output file lists; specs may list many
         // inputs. axum's 2 MB default is too small for either.
@@ -117,6 +123,7 @@ where
 
     let babysitter_cancel = CancellationToken::new();
     let babysitter = tokio::spawn(babysitter::run(state.clone(), babysitter_cancel.clone()));
+    tokio::spawn(metrics::run_upkeep(babysitter_cancel.clone()));
     #[cfg(feature = "postgres")]
     if state.pool().backend() == falconeri_common::db::Backend::Postgres {
         tokio::spawn(listen::run(

@@ -25,7 +25,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use diesel::{
     connection::SimpleConnection,
-    r2d2::{ConnectionManager, CustomizeConnection, Pool, PooledConnection},
+    r2d2::{
+        ConnectionManager, CustomizeConnection, HandleEvent, Pool, PooledConnection,
+        event::{CheckoutEvent, TimeoutEvent},
+    },
     result::{DatabaseErrorKind, Error as DieselError},
     sqlite::SqliteConnection,
 };
@@ -67,10 +70,50 @@ impl Backend {
 
 /// A pool of connections to one database.
 #[derive(Clone)]
-pub enum DbPool {
+pub struct DbPool {
+    kind: PoolKind,
+}
+
+#[derive(Clone)]
+enum PoolKind {
     Sqlite(Pool<ConnectionManager<SqliteConnection>>),
     #[cfg(feature = "postgres")]
     Postgres(Pool<PgManager>),
+}
+
+/// How a pool's connections are used right now, for falconerid's
+/// `/metrics`. The waits for a connection are recorded as they happen, as
+/// the histogram [`POOL_WAIT_METRIC`] (and the give-ups as the counter
+/// [`POOL_TIMEOUTS_METRIC`]), through the `metrics` facade: a no-op until
+/// falconerid installs its recorder.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Connections open now, busy or idle.
+    pub connections: u32,
+    /// Open connections nobody holds.
+    pub idle: u32,
+    /// The most the pool opens.
+    pub max_size: u32,
+}
+
+/// The histogram of how long each check-out of a pooled connection waited
+/// (opening a connection included, when none was idle).
+pub const POOL_WAIT_METRIC: &str = "falconeri_db_pool_wait_seconds";
+/// The counter of requests that gave up waiting for a connection (`--db-wait`).
+pub const POOL_TIMEOUTS_METRIC: &str = "falconeri_db_pool_timeouts_total";
+
+/// The handler r2d2 calls on every check-out and time-out.
+#[derive(Debug)]
+struct PoolEventHandler;
+
+impl HandleEvent for PoolEventHandler {
+    fn handle_checkout(&self, event: CheckoutEvent) {
+        metrics::histogram!(POOL_WAIT_METRIC).record(event.duration());
+    }
+
+    fn handle_timeout(&self, _event: TimeoutEvent) {
+        metrics::counter!(POOL_TIMEOUTS_METRIC).increment(1);
+    }
 }
 
 impl std::fmt::Debug for DbPool {
@@ -440,12 +483,15 @@ impl DbPool {
                 let pool = Pool::builder()
                     .max_size(max_size)
                     .connection_timeout(wait)
+                    .event_handler(Box::new(PoolEventHandler))
                     // An SQLite connection cannot lose its server.
                     .test_on_check_out(false)
                     .connection_customizer(Box::new(SqliteSetup))
                     .build(ConnectionManager::<SqliteConnection>::new(path))
                     .with_context(|| format!("cannot open SQLite database {path}"))?;
-                Ok(DbPool::Sqlite(pool))
+                Ok(DbPool {
+                    kind: PoolKind::Sqlite(pool),
+                })
             }
             #[cfg(feature = "postgres")]
             Backend::Postgres => {
@@ -453,12 +499,15 @@ impl DbPool {
                 let pool = Pool::builder()
                     .max_size(max_size)
                     .connection_timeout(wait)
+                    .event_handler(Box::new(PoolEventHandler))
                     // No `SELECT 1` per request: a lost connection is found
                     // by the statement that meets it (see `PgManager`).
                     .test_on_check_out(false)
                     .build(PgManager(ConnectionManager::<PgConnection>::new(url)))
                     .context("cannot connect to PostgreSQL")?;
-                Ok(DbPool::Postgres(pool))
+                Ok(DbPool {
+                    kind: PoolKind::Postgres(pool),
+                })
             }
             #[cfg(not(feature = "postgres"))]
             Backend::Postgres => {
@@ -469,19 +518,19 @@ impl DbPool {
 
     /// Which database this pool talks to.
     pub fn backend(&self) -> Backend {
-        match self {
-            DbPool::Sqlite(_) => Backend::Sqlite,
+        match &self.kind {
+            PoolKind::Sqlite(_) => Backend::Sqlite,
             #[cfg(feature = "postgres")]
-            DbPool::Postgres(_) => Backend::Postgres,
+            PoolKind::Postgres(_) => Backend::Postgres,
         }
     }
 
     /// A connection from the pool.
     pub fn get(&self) -> Result<DbConn> {
-        Ok(match self {
-            DbPool::Sqlite(pool) => DbConn::Sqlite(pool.get().context("no database connection")?),
+        Ok(match &self.kind {
+            PoolKind::Sqlite(pool) => DbConn::Sqlite(pool.get().context("no database connection")?),
             #[cfg(feature = "postgres")]
-            DbPool::Postgres(pool) => {
+            PoolKind::Postgres(pool) => {
                 DbConn::Postgres(pool.get().context("no database connection")?)
             }
         })
@@ -531,21 +580,35 @@ impl DbPool {
     }
 
     fn max_size(&self) -> u32 {
-        match self {
-            DbPool::Sqlite(pool) => pool.max_size(),
+        match &self.kind {
+            PoolKind::Sqlite(pool) => pool.max_size(),
             #[cfg(feature = "postgres")]
-            DbPool::Postgres(pool) => pool.max_size(),
+            PoolKind::Postgres(pool) => pool.max_size(),
+        }
+    }
+
+    /// How the pool's connections are used now.
+    pub fn stats(&self) -> PoolStats {
+        let state = match &self.kind {
+            PoolKind::Sqlite(pool) => pool.state(),
+            #[cfg(feature = "postgres")]
+            PoolKind::Postgres(pool) => pool.state(),
+        };
+        PoolStats {
+            connections: state.connections,
+            idle: state.idle_connections,
+            max_size: self.max_size(),
         }
     }
 
     /// A connection from the pool, waiting at most `wait`.
     pub fn get_timeout(&self, wait: Duration) -> Result<DbConn> {
-        Ok(match self {
-            DbPool::Sqlite(pool) => {
+        Ok(match &self.kind {
+            PoolKind::Sqlite(pool) => {
                 DbConn::Sqlite(pool.get_timeout(wait).context("no database connection")?)
             }
             #[cfg(feature = "postgres")]
-            DbPool::Postgres(pool) => {
+            PoolKind::Postgres(pool) => {
                 DbConn::Postgres(pool.get_timeout(wait).context("no database connection")?)
             }
         })
@@ -580,6 +643,21 @@ fn run_postgres_migrations(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pool_stats_count_connections_in_use_and_idle() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}", dir.path().join("stats.sqlite3").display());
+        let pool = DbPool::connect(&url, 3).expect("open SQLite");
+        let held = pool.get().expect("a connection");
+        let stats = pool.stats();
+        assert_eq!(stats.max_size, 3);
+        assert!(stats.connections >= 1);
+        assert_eq!(stats.idle, stats.connections - 1, "{stats:?}");
+        drop(held);
+        let stats = pool.stats();
+        assert_eq!(stats.idle, stats.connections, "{stats:?}");
+    }
 
     #[test]
     fn connect_timeout_follows_the_wait_unless_set() {

@@ -1,19 +1,34 @@
 //! Datums as users see them.
 
-use axum::{Json, Router, extract::State, routing::get};
+use axum::{Json, extract::State};
 use falconeri_common::{api::DatumResponse, models::Datum};
+
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
     auth::Principal,
     error::{ApiPath, AppResult},
+    openapi::{BadRequest, Forbidden, Internal, NotFound, Unauthorized, Unavailable},
     state::AppState,
 };
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/v1/datums/{id}", get(show))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(show))
 }
 
 /// A datum with its input and output files and its captured output.
+#[utoipa::path(
+    get,
+    operation_id = "show_datum",
+    path = "/v1/datums/{id}",
+    tag = "datums",
+    summary = "A datum, its files, output and attempts",
+    params(("id" = i64, Path, description = "The datum's id")),
+    responses(
+        (status = 200, description = "The datum", body = DatumResponse),
+        BadRequest, Unauthorized, Forbidden, NotFound, Unavailable, Internal,
+    ),
+)]
 async fn show(
     principal: Principal,
     State(state): State<AppState>,

@@ -2,24 +2,43 @@
 
 use std::time::Duration;
 
-use axum::{Json, Router, routing::get};
-use falconeri_common::api::{VersionResponse, paths};
+use axum::Json;
+use falconeri_common::api::VersionResponse;
 use serde_json::{Value, json};
+
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
     auth::Principal,
     error::{AppError, AppResult},
+    openapi::{Internal, Unauthorized, Unavailable},
     state::AppState,
 };
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route(paths::HEALTHZ, get(healthz))
-        .route(paths::READYZ, get(readyz))
-        .route(paths::VERSION, get(version))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(version))
+}
+
+/// The body of `/healthz` and `/readyz`.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[allow(dead_code)] // Describes the JSON the handlers build.
+struct HealthStatus {
+    /// `ok` (`/healthz`) or `ready` (`/readyz`).
+    status: String,
 }
 
 /// The process answers: no dependencies checked.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "health",
+    summary = "Liveness",
+    responses((status = 200, description = "The process answers", body = HealthStatus)),
+    security(()),
+)]
 async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
@@ -32,6 +51,17 @@ const READY_BUDGET: Duration = Duration::from_secs(1);
 
 /// The database answers too: 503 within [`READY_BUDGET`] (plus a margin for
 /// a busy machine) when it does not.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "health",
+    summary = "Readiness: the database answers",
+    responses(
+        (status = 200, description = "The database answers", body = HealthStatus),
+        Unavailable,
+    ),
+    security(()),
+)]
 async fn readyz(
     axum::extract::State(state): axum::extract::State<AppState>,
 ) -> AppResult<Json<Value>> {
@@ -52,6 +82,19 @@ async fn readyz(
     }
 }
 
+/// The server's version, database and executor.
+#[utoipa::path(
+    get,
+    path = "/v1/version",
+    tag = "health",
+    summary = "Version, database and executor",
+    responses(
+        (status = 200, description = "The server's version", body = VersionResponse),
+        Unauthorized,
+        Unavailable,
+        Internal,
+    ),
+)]
 async fn version(
     _principal: Principal,
     axum::extract::State(state): axum::extract::State<AppState>,

@@ -1,12 +1,7 @@
 //! Jobs: create, list, find, describe, follow, retry, cancel.
 
 use axum::{
-    Json, Router,
-    body::Bytes,
-    extract::State,
-    extract::rejection::BytesRejection,
-    http::StatusCode,
-    routing::{get, post},
+    Json, body::Bytes, extract::State, extract::rejection::BytesRejection, http::StatusCode,
 };
 use falconeri_common::{
     api::{
@@ -18,10 +13,16 @@ use falconeri_common::{
     status::{DatumStatus, JobStatus},
 };
 
+use utoipa_axum::{router::OpenApiRouter, routes};
+
 use crate::{
     auth::Principal,
     babysitter,
     error::{ApiPath, ApiQuery, AppError, AppResult},
+    openapi::{
+        BadRequest, Conflict, Forbidden, Internal, NotFound, PayloadTooLarge, Unauthorized,
+        Unavailable,
+    },
     start_job,
     state::AppState,
     state::Change,
@@ -33,19 +34,35 @@ const PROGRESS_COALESCE: std::time::Duration = std::time::Duration::from_millis(
 /// How many running and failed datums `describe` shows.
 const DESCRIBE_LIMIT: i64 = 50;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/jobs", post(create).get(list))
-        .route("/v1/jobs/{id}", get(show))
-        .route("/v1/jobs/by-name/{name}", get(show_by_name))
-        .route("/v1/jobs/{id}/describe", get(describe))
-        .route("/v1/jobs/{id}/progress", get(progress))
-        .route("/v1/jobs/{id}/retry", post(retry))
-        .route("/v1/jobs/{id}/cancel", post(cancel))
-        .route("/v1/jobs/{id}/datums", get(datums))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create, list))
+        .routes(routes!(show))
+        .routes(routes!(show_by_name))
+        .routes(routes!(describe))
+        .routes(routes!(progress))
+        .routes(routes!(retry))
+        .routes(routes!(cancel))
+        .routes(routes!(datums))
 }
 
 /// The body is the pipeline spec itself, exactly as users write it.
+#[utoipa::path(
+    post,
+    operation_id = "create_job",
+    path = "/v1/jobs",
+    tag = "jobs",
+    summary = "Start a job",
+    request_body(
+        content = ref("#/components/schemas/PipelineSpec"),
+        content_type = "application/json",
+        description = "The pipeline spec, as users write it",
+    ),
+    responses(
+        (status = 201, description = "The job, planned and starting", body = JobResponse),
+        BadRequest, Unauthorized, Forbidden, Conflict, PayloadTooLarge, Unavailable, Internal,
+    ),
+)]
 async fn create(
     principal: Principal,
     State(state): State<AppState>,
@@ -60,6 +77,19 @@ async fn create(
     Ok((StatusCode::CREATED, Json(job.into())))
 }
 
+/// The newest jobs first.
+#[utoipa::path(
+    get,
+    operation_id = "list_jobs",
+    path = "/v1/jobs",
+    tag = "jobs",
+    summary = "List jobs",
+    params(JobListQuery),
+    responses(
+        (status = 200, description = "The newest jobs", body = JobListResponse),
+        BadRequest, Unauthorized, Forbidden, Unavailable, Internal,
+    ),
+)]
 async fn list(
     principal: Principal,
     State(state): State<AppState>,
@@ -73,6 +103,18 @@ async fn list(
     }))
 }
 
+#[utoipa::path(
+    get,
+    operation_id = "show_job",
+    path = "/v1/jobs/{id}",
+    tag = "jobs",
+    summary = "A job",
+    params(("id" = i64, Path, description = "The job's id")),
+    responses(
+        (status = 200, description = "The job", body = JobResponse),
+        BadRequest, Unauthorized, Forbidden, NotFound, Unavailable, Internal,
+    ),
+)]
 async fn show(
     principal: Principal,
     State(state): State<AppState>,
@@ -83,6 +125,23 @@ async fn show(
     Ok(Json(job.into()))
 }
 
+#[utoipa::path(
+    get,
+    operation_id = "show_job_by_name",
+    path = "/v1/jobs/by-name/{name}",
+    tag = "jobs",
+    summary = "A job, by its name",
+    params((
+        "name" = String,
+        Path,
+        description = "The job's name",
+        pattern = "^[^\\u0000]*$"
+    )),
+    responses(
+        (status = 200, description = "The job", body = JobResponse),
+        BadRequest, Unauthorized, Forbidden, NotFound, Unavailable, Internal,
+    ),
+)]
 async fn show_by_name(
     principal: Principal,
     State(state): State<AppState>,
@@ -93,6 +152,18 @@ async fn show_by_name(
     Ok(Json(job.into()))
 }
 
+#[utoipa::path(
+    get,
+    operation_id = "describe_job",
+    path = "/v1/jobs/{id}/describe",
+    tag = "jobs",
+    summary = "A job, its counts and the datums worth a look",
+    params(("id" = i64, Path, description = "The job's id")),
+    responses(
+        (status = 200, description = "The job described", body = JobDescribeResponse),
+        BadRequest, Unauthorized, Forbidden, NotFound, Unavailable, Internal,
+    ),
+)]
 async fn describe(
     principal: Principal,
     State(state): State<AppState>,
@@ -118,6 +189,18 @@ async fn describe(
 
 /// A long-poll: answers when anything changed since `since`, or after the
 /// wait. Clients follow a job without sleeping between requests.
+#[utoipa::path(
+    get,
+    operation_id = "job_progress",
+    path = "/v1/jobs/{id}/progress",
+    tag = "jobs",
+    summary = "Follow a job (long-poll)",
+    params(("id" = i64, Path, description = "The job's id"), ProgressQuery),
+    responses(
+        (status = 200, description = "The job and its counts", body = ProgressResponse),
+        BadRequest, Unauthorized, Forbidden, NotFound, Unavailable, Internal,
+    ),
+)]
 async fn progress(
     principal: Principal,
     State(state): State<AppState>,
@@ -156,6 +239,18 @@ async fn progress(
 }
 
 /// Starts a new job of the datums that failed in a finished job.
+#[utoipa::path(
+    post,
+    operation_id = "retry_job",
+    path = "/v1/jobs/{id}/retry",
+    tag = "jobs",
+    summary = "Retry a finished job's failed datums, as a new job",
+    params(("id" = i64, Path, description = "The job's id")),
+    responses(
+        (status = 201, description = "The new job", body = JobResponse),
+        BadRequest, Unauthorized, Forbidden, NotFound, Conflict, Unavailable, Internal,
+    ),
+)]
 async fn retry(
     principal: Principal,
     State(state): State<AppState>,
@@ -197,6 +292,18 @@ async fn retry(
 
 /// Cancels a job: unfinished datums become canceled and its workers stop
 /// (they kill their commands).
+#[utoipa::path(
+    post,
+    operation_id = "cancel_job",
+    path = "/v1/jobs/{id}/cancel",
+    tag = "jobs",
+    summary = "Cancel a job",
+    params(("id" = i64, Path, description = "The job's id")),
+    responses(
+        (status = 200, description = "The canceled job", body = JobResponse),
+        BadRequest, Unauthorized, Forbidden, NotFound, Conflict, Unavailable, Internal,
+    ),
+)]
 async fn cancel(
     principal: Principal,
     State(state): State<AppState>,
@@ -226,6 +333,19 @@ async fn cancel(
     Ok(Json(job.into()))
 }
 
+/// A page of a job's datums, by id.
+#[utoipa::path(
+    get,
+    operation_id = "list_job_datums",
+    path = "/v1/jobs/{id}/datums",
+    tag = "jobs",
+    summary = "A job's datums",
+    params(("id" = i64, Path, description = "The job's id"), DatumListQuery),
+    responses(
+        (status = 200, description = "A page of datums", body = DatumListResponse),
+        BadRequest, Unauthorized, Forbidden, NotFound, Unavailable, Internal,
+    ),
+)]
 async fn datums(
     principal: Principal,
     State(state): State<AppState>,

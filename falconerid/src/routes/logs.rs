@@ -16,10 +16,9 @@ use std::{collections::HashMap, convert::Infallible, time::Duration};
 
 use axum::response::IntoResponse as _;
 use axum::{
-    Json, Router,
+    Json,
     extract::State,
     response::sse::{Event, KeepAlive, Sse},
-    routing::{get, post},
 };
 use falconeri_common::{
     Millis,
@@ -31,10 +30,15 @@ use falconeri_common::{
 };
 use futures::StreamExt as _;
 use tokio::sync::mpsc;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
     auth::Principal,
     error::{ApiJson, ApiPath, ApiQuery, AppError, AppResult},
+    openapi::{
+        BadRequest, Conflict, Forbidden, Internal, NotFound, PayloadTooLarge, Unauthorized,
+        Unavailable,
+    },
     state::{AppState, Change},
 };
 
@@ -51,14 +55,28 @@ const BUFFERED_EVENTS: usize = 64;
 /// PostgreSQL one append may commit after another that was stamped later.
 const COMMIT_MARGIN_MS: Millis = 2_000;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/datums/{id}/logs", post(append).get(datum_logs))
-        .route("/v1/jobs/{id}/logs", get(job_logs))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(append, datum_logs))
+        .routes(routes!(job_logs))
 }
 
 /// Stores the next chunk of the claimed attempt's log. A worker may write
 /// only to datums of its own job; a stale claim gets 409 and changes nothing.
+#[utoipa::path(
+    post,
+    operation_id = "append_datum_log",
+    path = "/v1/datums/{id}/logs",
+    tag = "workers",
+    summary = "Append a chunk to the claimed attempt's log",
+    params(("id" = i64, Path, description = "The datum's id")),
+    request_body = LogAppendRequest,
+    responses(
+        (status = 200, description = "Stored, or recognised as a resend", body = LogAppendResponse),
+        BadRequest, Unauthorized, Forbidden, NotFound, Conflict, PayloadTooLarge, Unavailable,
+        Internal,
+    ),
+)]
 async fn append(
     principal: Principal,
     State(state): State<AppState>,
@@ -114,6 +132,19 @@ type EventStream = axum::response::Response;
 
 /// A datum's logs: one attempt, or every attempt oldest first; with
 /// `follow`, the stream stays open until that (or the latest) attempt ends.
+#[utoipa::path(
+    get,
+    operation_id = "datum_logs",
+    path = "/v1/datums/{id}/logs",
+    tag = "datums",
+    summary = "A datum's logs, as server-sent events",
+    description = "Each event's `data` is a `LogEvent` in JSON, its `event` the same `kind`.",
+    params(("id" = i64, Path, description = "The datum's id"), DatumLogsQuery),
+    responses(
+        (status = 200, description = "A stream of server-sent events", content_type = "text/event-stream", body = crate::openapi::LogStreamEvent),
+        BadRequest, Unauthorized, Forbidden, NotFound, Unavailable, Internal,
+    ),
+)]
 async fn datum_logs(
     principal: Principal,
     State(state): State<AppState>,
@@ -290,6 +321,19 @@ async fn send_chunk(
 /// A job's logs: every attempt of every datum (or of the failed ones), in
 /// datum order; with `follow`, then the lines of its running datums as they
 /// come, until the job ends.
+#[utoipa::path(
+    get,
+    operation_id = "job_logs",
+    path = "/v1/jobs/{id}/logs",
+    tag = "jobs",
+    summary = "A job's logs, as server-sent events",
+    description = "Each event's `data` is a `LogEvent` in JSON, its `event` the same `kind`.",
+    params(("id" = i64, Path, description = "The job's id"), JobLogsQuery),
+    responses(
+        (status = 200, description = "A stream of server-sent events", content_type = "text/event-stream", body = crate::openapi::LogStreamEvent),
+        BadRequest, Unauthorized, Forbidden, NotFound, Unavailable, Internal,
+    ),
+)]
 async fn job_logs(
     principal: Principal,
     State(state): State<AppState>,

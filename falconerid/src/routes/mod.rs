@@ -1,6 +1,13 @@
 //! The HTTP API: one module per resource, each exposing a `router()`.
 //! Handlers extract, call one model or service function, and answer an API
 //! type from `falconeri_common::api`, never a database row.
+//!
+//! Every route is registered here or in a module's `router()` through
+//! utoipa-axum's `routes!`, from the handler's `#[utoipa::path]` attribute,
+//! never with a bare `Router::route`: [`api`] is then the one table of
+//! routes from which both the router and the OpenAPI document
+//! ([`crate::openapi`]) are built. A new resource adds its module's
+//! `router()` to [`api`]; its handlers carry the attribute.
 
 mod datums;
 mod health;
@@ -9,17 +16,27 @@ mod logs;
 pub(crate) mod workers;
 
 use axum::Router;
+use utoipa::OpenApi;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{error::AppError, state::AppState};
 
-/// Every route.
-pub fn router() -> Router<AppState> {
-    Router::new()
+/// Every route, with its OpenAPI description.
+pub fn api() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(crate::openapi::ApiDoc::openapi())
         .merge(health::router())
         .merge(jobs::router())
         .merge(datums::router())
         .merge(logs::router())
         .merge(workers::router())
+        .routes(routes!(crate::metrics::scrape))
+        .routes(routes!(crate::openapi::serve))
+}
+
+/// Every route, and JSON answers for unknown routes and methods.
+pub fn router() -> Router<AppState> {
+    let (router, _) = api().split_for_parts();
+    router
         .fallback(|| async { AppError::NotFound("route".to_owned()) })
         .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
 }

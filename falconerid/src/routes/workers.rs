@@ -10,7 +10,7 @@
 //! is a `done` without outputs. A `done` with outputs is two such
 //! transactions with the publishing in between, outside any transaction.
 
-use axum::{Json, Router, extract::State, routing::post};
+use axum::{Json, extract::State};
 use falconeri_common::{
     api::{
         BatchHeartbeatRequest, BatchHeartbeatResponse, BatchOutcome, BatchReport,
@@ -24,40 +24,59 @@ use falconeri_common::{
     storage::{attempt_staging_uri, publish_outputs, storage_for},
 };
 use tokio::time::Instant;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
     auth::Principal,
     error::{ApiJson, ApiPath, AppError, AppResult},
+    openapi::{
+        BadRequest, Conflict, Forbidden, Internal, NotFound, PayloadTooLarge, Unauthorized,
+        Unavailable,
+    },
     state::{AppState, Change, JobInfo, JobWaiters},
 };
 
 /// Longest output tail the server stores per datum.
 const MAX_OUTPUT_BYTES: usize = 1024 * 1024;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/jobs/{id}/reserve", post(reserve))
-        .route("/v1/jobs/{id}/heartbeat", post(heartbeat_batch))
-        .route("/v1/jobs/{id}/report", post(report_batch))
-        .route("/v1/datums/{id}/heartbeat", post(heartbeat))
-        .route("/v1/datums/{id}/done", post(done))
-        .route("/v1/datums/{id}/error", post(error))
-        .route("/v1/datums/{id}/release", post(release))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(reserve))
+        .routes(routes!(heartbeat_batch))
+        .routes(routes!(report_batch))
+        .routes(routes!(heartbeat))
+        .routes(routes!(done))
+        .routes(routes!(error))
+        .routes(routes!(release))
 }
 
 /// Reserves the next ready datum (or up to `max_datums` of them), waiting
 /// (up to the capped `wait_ms`) for one to appear: a datum made ready wakes
 /// one waiting worker of its job, so the answer comes within milliseconds
 /// of work existing, and long-polls of other jobs are not disturbed.
+#[utoipa::path(
+    post,
+    path = "/v1/jobs/{id}/reserve",
+    tag = "workers",
+    summary = "Reserve datums (long-poll)",
+    params(("id" = i64, Path, description = "The job's id")),
+    request_body = ReserveRequest,
+    responses(
+        (status = 200, description = "A reservation, or why there is none", body = ReserveResponse),
+        BadRequest, Unauthorized, Forbidden, NotFound, Conflict, PayloadTooLarge, Unavailable,
+        Internal,
+    ),
+)]
 async fn reserve(
     principal: Principal,
     State(state): State<AppState>,
     ApiPath(job_id): ApiPath<i64>,
     ApiJson(request): ApiJson<ReserveRequest>,
 ) -> AppResult<Json<ReserveResponse>> {
+    let arrived = Instant::now();
     principal.require_job(job_id)?;
     check_worker_id(&request.worker_id)?;
-    let deadline = Instant::now() + state.capped_wait(request.wait_ms);
+    let deadline = arrived + state.capped_wait(request.wait_ms);
     let lease_ms = state.config().lease_ms();
     let info = state.job_info(job_id).await?;
     let max = match request.max_datums {
@@ -80,6 +99,7 @@ async fn reserve(
             resume: request.resume,
         };
         let (group_state, group_waiters) = (state.clone(), waiters.clone());
+        let submitted = Instant::now();
         let reserved = waiters
             .reserving
             .submit(vec![want], move |wants| {
@@ -96,38 +116,48 @@ async fn reserve(
             .pop()
             .unwrap_or_default();
         if !reserved.is_empty() {
+            crate::metrics::dispatched(reserved.len(), submitted.elapsed());
             let mut reservations: Vec<Reservation> = reserved
                 .into_iter()
                 .map(|r| reservation(&state, r, &info))
                 .collect::<AppResult<_>>()?;
-            return Ok(Json(match request.max_datums {
-                Some(_) => ReserveResponse::Batch { reservations },
-                None => match reservations.pop() {
-                    Some(one) => ReserveResponse::Reserved(Box::new(one)),
-                    None => ReserveResponse::Wait,
+            return answer(
+                arrived,
+                match request.max_datums {
+                    Some(_) => ReserveResponse::Batch { reservations },
+                    None => match reservations.pop() {
+                        Some(one) => ReserveResponse::Reserved(Box::new(one)),
+                        None => ReserveResponse::Wait,
+                    },
                 },
-            }));
+            );
         }
         // Nothing to hand out: the cold path looks at the job itself.
         let job = state.db(move |conn| Job::find(conn, job_id)).await?;
         match job.status() {
-            status if status.is_terminal() => return Ok(Json(ReserveResponse::Finished)),
+            status if status.is_terminal() => return answer(arrived, ReserveResponse::Finished),
             JobStatus::Running => {
                 // Outside the transaction: finishing removes the staging
                 // area first, which is storage I/O.
                 if let Some(ended) = crate::babysitter::finish_if_complete(&state, &job, 0).await? {
                     crate::babysitter::wind_down_detached(&state, ended).await;
-                    return Ok(Json(ReserveResponse::Finished));
+                    return answer(arrived, ReserveResponse::Finished);
                 }
             }
             _ => {}
         }
         tokio::select! {
             _ = &mut woken => continue,
-            _ = tokio::time::sleep_until(deadline) => return Ok(Json(ReserveResponse::Wait)),
-            _ = state.shutting_down() => return Ok(Json(ReserveResponse::Wait)),
+            _ = tokio::time::sleep_until(deadline) => return answer(arrived, ReserveResponse::Wait),
+            _ = state.shutting_down() => return answer(arrived, ReserveResponse::Wait),
         }
     }
+}
+
+/// Answers a reservation, recording how long it waited.
+fn answer(arrived: Instant, response: ReserveResponse) -> AppResult<Json<ReserveResponse>> {
+    crate::metrics::reserve_answered(&response, arrived.elapsed());
+    Ok(Json(response))
 }
 
 /// Serves the reservations of one job gathered while the last statement
@@ -254,6 +284,19 @@ fn output_tail(output: &str) -> &str {
     &output[start..]
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/datums/{id}/heartbeat",
+    tag = "workers",
+    summary = "Extend a datum's lease",
+    params(("id" = i64, Path, description = "The datum's id")),
+    request_body = HeartbeatRequest,
+    responses(
+        (status = 200, description = "The new lease", body = HeartbeatResponse),
+        BadRequest, Unauthorized, Forbidden, NotFound, Conflict, PayloadTooLarge, Unavailable,
+        Internal,
+    ),
+)]
 async fn heartbeat(
     principal: Principal,
     State(state): State<AppState>,
@@ -269,6 +312,19 @@ async fn heartbeat(
 }
 
 /// Extends the leases of a batch's datums; answers which are still held.
+#[utoipa::path(
+    post,
+    path = "/v1/jobs/{id}/heartbeat",
+    tag = "workers",
+    summary = "Extend the leases of a batch",
+    params(("id" = i64, Path, description = "The job's id")),
+    request_body = BatchHeartbeatRequest,
+    responses(
+        (status = 200, description = "The datums still held", body = BatchHeartbeatResponse),
+        BadRequest, Unauthorized, Forbidden, NotFound, Conflict, PayloadTooLarge, Unavailable,
+        Internal,
+    ),
+)]
 async fn heartbeat_batch(
     principal: Principal,
     State(state): State<AppState>,
@@ -680,11 +736,25 @@ async fn settle_batch(
             }
             Settled::Refused(err) => Err(err.into()),
         };
+        crate::metrics::report_settled(&report.outcome, &result);
         results.push(result);
     }
     Ok(results)
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/datums/{id}/done",
+    tag = "workers",
+    summary = "Report a datum done",
+    params(("id" = i64, Path, description = "The datum's id")),
+    request_body = DoneRequest,
+    responses(
+        (status = 200, description = "The datum, done", body = DatumSummary),
+        BadRequest, Unauthorized, Forbidden, NotFound, Conflict, PayloadTooLarge, Unavailable,
+        Internal,
+    ),
+)]
 async fn done(
     principal: Principal,
     State(state): State<AppState>,
@@ -699,6 +769,19 @@ async fn done(
     final_report(&state, &principal, id, &request.claim, outcome).await
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/datums/{id}/error",
+    tag = "workers",
+    summary = "Report a datum failed",
+    params(("id" = i64, Path, description = "The datum's id")),
+    request_body = ErrorRequest,
+    responses(
+        (status = 200, description = "The datum after the failure", body = DatumSummary),
+        BadRequest, Unauthorized, Forbidden, NotFound, Conflict, PayloadTooLarge, Unavailable,
+        Internal,
+    ),
+)]
 async fn error(
     principal: Principal,
     State(state): State<AppState>,
@@ -716,6 +799,19 @@ async fn error(
 
 /// The worker is being stopped (not failing): the datum goes back to the
 /// queue without using up a try.
+#[utoipa::path(
+    post,
+    path = "/v1/datums/{id}/release",
+    tag = "workers",
+    summary = "Give a datum back",
+    params(("id" = i64, Path, description = "The datum's id")),
+    request_body = ReleaseRequest,
+    responses(
+        (status = 200, description = "The datum, ready again", body = DatumSummary),
+        BadRequest, Unauthorized, Forbidden, NotFound, Conflict, PayloadTooLarge, Unavailable,
+        Internal,
+    ),
+)]
 async fn release(
     principal: Principal,
     State(state): State<AppState>,
@@ -729,6 +825,19 @@ async fn release(
 }
 
 /// The final reports of several datums of one job, in one request.
+#[utoipa::path(
+    post,
+    path = "/v1/jobs/{id}/report",
+    tag = "workers",
+    summary = "Report a batch of datums",
+    params(("id" = i64, Path, description = "The job's id")),
+    request_body = BatchReportRequest,
+    responses(
+        (status = 200, description = "How each report was settled", body = BatchReportResponse),
+        BadRequest, Unauthorized, Forbidden, NotFound, Conflict, PayloadTooLarge, Unavailable,
+        Internal,
+    ),
+)]
 async fn report_batch(
     principal: Principal,
     State(state): State<AppState>,
