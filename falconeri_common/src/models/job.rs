@@ -474,6 +474,7 @@ impl Job {
                     message,
                     None,
                     None,
+                    None,
                     Clock::At(now),
                 )?;
             }

@@ -1,4 +1,4 @@
-//! Jobs: create, list, find, describe, follow, retry, cancel.
+//! Jobs: create, list, find, describe, statistics, follow, retry, cancel.
 
 use axum::{
     Json, Router,
@@ -11,9 +11,9 @@ use axum::{
 use falconeri_common::{
     api::{
         DatumListQuery, DatumListResponse, JobDescribeResponse, JobListQuery, JobListResponse,
-        JobResponse, ProgressQuery, ProgressResponse,
+        JobResponse, JobStatsResponse, ProgressQuery, ProgressResponse,
     },
-    models::{Datum, DatumFilter, Job, db_now},
+    models::{Datum, DatumFilter, Job, db_now, stats::job_stats},
     pipeline::PipelineSpec,
     status::{DatumStatus, JobStatus},
 };
@@ -43,6 +43,7 @@ pub fn router() -> Router<AppState> {
         .route("/v1/jobs/{id}/retry", post(retry))
         .route("/v1/jobs/{id}/cancel", post(cancel))
         .route("/v1/jobs/{id}/datums", get(datums))
+        .route("/v1/jobs/{id}/stats", get(stats))
 }
 
 /// The body is the pipeline spec itself, exactly as users write it.
@@ -111,6 +112,24 @@ async fn describe(
                 running: running.into_iter().map(Into::into).collect(),
                 failed: failed.into_iter().map(Into::into).collect(),
             })
+        })
+        .await?;
+    Ok(Json(response))
+}
+
+/// A job's statistics over its attempts: phase percentiles, throughput,
+/// the slowest attempts, errors grouped, and suggested resource requests,
+/// all computed by the database (`models::stats`).
+async fn stats(
+    principal: Principal,
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<i64>,
+) -> AppResult<Json<JobStatsResponse>> {
+    principal.require_admin()?;
+    let response = state
+        .db(move |conn| {
+            Job::find(conn, id)?;
+            job_stats(conn, id)
         })
         .await?;
     Ok(Json(response))

@@ -332,11 +332,13 @@ fn settle_report(
             output,
             output_files,
             exit_code,
+            stats,
         } => {
             let report = Report {
                 output: output_tail(output),
                 exit_code: *exit_code,
                 signal: None,
+                stats: stats.as_ref(),
             };
             Datum::complete(
                 conn,
@@ -357,11 +359,13 @@ fn settle_report(
             error,
             exit_code,
             signal,
+            stats,
         } => {
             let report = Report {
                 output: output_tail(output),
                 exit_code: *exit_code,
                 signal: *signal,
+                stats: stats.as_ref(),
             };
             Datum::fail(conn, id, claim, &report, error, Clock::DB)
         }
@@ -404,6 +408,7 @@ fn settle_many_on_postgres(
                 output,
                 output_files,
                 exit_code,
+                stats,
             } if output_files.is_empty() => Some((
                 report.datum_id,
                 claim.clone(),
@@ -411,6 +416,7 @@ fn settle_many_on_postgres(
                     output: output_tail(output),
                     exit_code: *exit_code,
                     signal: None,
+                    stats: stats.as_ref(),
                 },
             )),
             _ => None,
@@ -695,6 +701,7 @@ async fn done(
         output: request.output,
         output_files: request.output_files,
         exit_code: request.exit_code,
+        stats: request.stats,
     };
     final_report(&state, &principal, id, &request.claim, outcome).await
 }
@@ -710,6 +717,7 @@ async fn error(
         error: request.error,
         exit_code: request.exit_code,
         signal: request.signal,
+        stats: request.stats,
     };
     final_report(&state, &principal, id, &request.claim, outcome).await
 }
