@@ -936,14 +936,20 @@ mod tests {
     #[test]
     fn reports_without_stats_still_parse() {
         // What a worker from before statistics sends.
-        let old = r#"{"claim":{"worker_id":"w","attempt":1},"output":"","error":"boom","exit_code":3}"#;
+        let old =
+            r#"{"claim":{"worker_id":"w","attempt":1},"output":"","error":"boom","exit_code":3}"#;
         let request: ErrorRequest = serde_json::from_str(old).unwrap();
         assert_eq!(request.stats, None);
-        let batch = r#"{"datum_id":1,"claim":{"worker_id":"w","attempt":1},"outcome":"done","output":""}"#;
+        let batch =
+            r#"{"datum_id":1,"claim":{"worker_id":"w","attempt":1},"outcome":"done","output":""}"#;
         let report: BatchReport = serde_json::from_str(batch).unwrap();
-        assert!(matches!(report.outcome, BatchOutcome::Done { stats: None, .. }));
+        assert!(matches!(
+            report.outcome,
+            BatchOutcome::Done { stats: None, .. }
+        ));
         // And a negative measurement is refused, naming its field.
-        let bad = r#"{"claim":{"worker_id":"w","attempt":1},"output":"","stats":{"command_ms":-1}}"#;
+        let bad =
+            r#"{"claim":{"worker_id":"w","attempt":1},"output":"","stats":{"command_ms":-1}}"#;
         let err = serde_path_to_error::deserialize::<_, DoneRequest>(
             &mut serde_json::Deserializer::from_str(bad),
         )
@@ -965,7 +971,10 @@ mod tests {
         let json = serde_json::to_value(stats).unwrap();
         for column in AttemptStats::COLUMNS {
             let set = json.get(column).is_some();
-            let index = AttemptStats::COLUMNS.iter().position(|c| *c == column).unwrap();
+            let index = AttemptStats::COLUMNS
+                .iter()
+                .position(|c| *c == column)
+                .unwrap();
             assert_eq!(set, stats.values()[index].is_some(), "{column}");
         }
     }

@@ -28,7 +28,8 @@ use super::{
 use crate::{
     Millis,
     api::{
-        AttemptResponse, AttemptStats, Claim, DatumSummary, InputFileResponse, NewOutputFile, OutputFileResponse,
+        AttemptResponse, AttemptStats, Claim, DatumSummary, InputFileResponse, NewOutputFile,
+        OutputFileResponse,
     },
     db::{DbConn, schema::*, with_conn},
     status::{DatumStatus, Outcome},

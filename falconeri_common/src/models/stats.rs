@@ -232,7 +232,13 @@ pub fn nearest_rank(percent: i64, n: i64) -> i64 {
 /// The nearest-rank `percent` percentile of the SQL expression `expr` over
 /// the job's attempts that have it (`n` of them), read from whichever end
 /// of the order is nearer.
-fn percentile(conn: &mut DbConn, job_id: i64, expr: &str, n: i64, percent: i64) -> ModelResult<i64> {
+fn percentile(
+    conn: &mut DbConn,
+    job_id: i64,
+    expr: &str,
+    n: i64,
+    percent: i64,
+) -> ModelResult<i64> {
     let index = nearest_rank(percent, n);
     let (direction, offset) = if index > n / 2 {
         ("DESC", n - 1 - index)
@@ -439,7 +445,10 @@ mod tests {
         };
         let sql = stats_assignments(Some(&stats));
         assert!(sql.contains(", command_ms = 5"), "{sql}");
-        assert!(sql.contains(&format!(", max_rss_bytes = {}", i64::MAX)), "{sql}");
+        assert!(
+            sql.contains(&format!(", max_rss_bytes = {}", i64::MAX)),
+            "{sql}"
+        );
         assert!(sql.contains(", upload_ms = NULL"), "{sql}");
         let array = stats_array([Some(stats), None].into_iter());
         assert_eq!(array.matches(", ").count(), 19, "{array}");
