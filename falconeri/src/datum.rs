@@ -146,6 +146,10 @@ fn render(datum: &DatumResponse, now: i64) -> String {
             ]);
         }
         out.push_str(&attempts.render());
+        if let Some(stats) = crate::stats::attempts_table(&datum.attempts) {
+            out.push_str("\nAttempt statistics:\n");
+            out.push_str(&stats.render());
+        }
     }
 
     out.push_str("\nOutput files:\n");
