@@ -190,9 +190,7 @@ fn push_indented(out: &mut String, text: &str) {
 #[cfg(test)]
 mod tests {
     use falconeri_common::{
-        api::{
-            AttemptResponse, AttemptStats, DatumSummary, InputFileResponse, OutputFileResponse,
-        },
+        api::{AttemptResponse, AttemptStats, DatumSummary, InputFileResponse, OutputFileResponse},
         status::{DatumStatus, Outcome},
     };
 
