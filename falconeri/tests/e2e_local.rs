@@ -1004,3 +1004,72 @@ fn one_failing_datum_of_a_batch_fails_alone() {
     assert_eq!(published.len(), 12, "every other output: {published:?}");
     assert!(!published.contains(&"bad.txt".to_owned()));
 }
+
+/// A spec using a `/**` glob, a name pattern, an outer join and a group,
+/// run through the CLI: each datum's command writes the list of files it
+/// was given, and the outputs are exactly the datums the guide promises.
+#[test]
+fn globs_joins_and_groups_run_end_to_end() {
+    let local = Local::new();
+    let root = local.work.path();
+    for (path, body) in [
+        ("deep/a.txt", "a"),
+        ("deep/x/b.txt", "b"),
+        ("deep/x/y/c.txt", "c"),
+        ("readings/ID1.txt", "r1"),
+        ("readings/ID2.txt", "r2"),
+        ("parts/x/part-1.csv", "p1"),
+        ("logs/2024-01-a.log", "l1"),
+        ("logs/2024-01-b.log", "l2"),
+        ("logs/2024-02-a.log", "l3"),
+        ("logs/2023-12-z.log", "l4"),
+    ] {
+        let path = root.join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, body).unwrap();
+    }
+    // The datum's files, relative to pfs, joined by `+` with `/` as `_`,
+    // name its one output file.
+    let list = "cd \"$FALCONERI_PFS\" && name=$(find . -type f ! -path './out/*' | sort \
+                | sed 's|^\\./||' | tr '/' '_' | paste -sd+ -) && touch \"out/$name\"";
+    let spec = serde_json::json!({
+        "pipeline": { "name": "keyed" },
+        "transform": { "cmd": ["sh", "-c", list], "image": "alpine" },
+        "parallelism_spec": { "constant": 2 },
+        "resource_requests": { "memory": "64Mi", "cpu": 0.1 },
+        "input": { "union": [
+            { "atom": { "URI": "file://./deep/", "repo": "deep", "glob": "/**" } },
+            { "join": [
+                { "atom": { "URI": "file://./readings/", "repo": "r", "glob": "/ID(*).txt",
+                            "join_on": "$1", "outer_join": true } },
+                { "atom": { "URI": "file://./parts/", "repo": "p", "glob": "/*/part-(*).csv",
+                            "join_on": "$1" } }
+            ] },
+            { "group": [
+                { "atom": { "URI": "file://./logs/", "repo": "logs", "glob": "/2024-(??)-*.log",
+                            "group_by": "$1" } }
+            ] }
+        ] },
+        "egress": { "URI": "file://./keyed-out/" }
+    });
+    let spec = local.write_spec("keyed.json", &spec);
+    let output = local.falconeri(&["job", "run", "--local", "--wait", spec.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", describe(&output));
+    let mut outputs: Vec<String> = std::fs::read_dir(root.join("keyed-out"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    outputs.sort();
+    assert_eq!(
+        outputs,
+        [
+            "deep_a.txt",
+            "deep_x_b.txt",
+            "deep_x_y_c.txt",
+            "logs_2024-01-a.log+logs_2024-01-b.log",
+            "logs_2024-02-a.log",
+            "p_x_part-1.csv+r_ID1.txt",
+            "r_ID2.txt",
+        ]
+    );
+}

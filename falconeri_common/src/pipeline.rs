@@ -15,6 +15,8 @@ use std::{
 };
 
 use schemars::JsonSchema;
+
+use crate::glob::{GlobMatcher, KeyTemplate};
 use serde::{
     Deserialize, Deserializer, Serialize, Serializer,
     de::{self, Visitor},
@@ -39,7 +41,12 @@ pub struct PipelineSpec {
     pub parallelism_spec: ParallelismSpec,
     pub resource_requests: ResourceRequests,
     /// How many times a datum may be attempted in all, the first included.
-    #[serde(default = "default_datum_tries")]
+    /// `null` means the default, as falconeri v2 accepted.
+    #[serde(
+        default = "default_datum_tries",
+        deserialize_with = "datum_tries_or_default"
+    )]
+    #[schemars(with = "Option<u32>")]
     pub datum_tries: u32,
     /// The longest the whole job may run, e.g. "2h 30m".
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -67,6 +74,10 @@ pub struct PipelineSpec {
 
 fn default_datum_tries() -> u32 {
     1
+}
+
+fn datum_tries_or_default<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u32, D::Error> {
+    Ok(Option::<u32>::deserialize(deserializer)?.unwrap_or_else(default_datum_tries))
 }
 
 fn default_datums_per_reservation() -> u32 {
@@ -203,6 +214,11 @@ pub enum Secret {
         name: String,
         key: String,
         env_var: String,
+        /// Start the workers even when the secret or its key is missing;
+        /// the variable is then unset (falconeri v2's field; Kubernetes'
+        /// `secretKeyRef.optional`).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        optional: bool,
     },
 }
 
@@ -223,12 +239,17 @@ struct RawSecret {
     mount_path: Option<String>,
     key: Option<String>,
     env_var: Option<String>,
+    optional: Option<bool>,
 }
 
 impl<'de> Deserialize<'de> for Secret {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let raw = RawSecret::deserialize(deserializer)?;
         match (raw.mount_path, raw.key, raw.env_var) {
+            (Some(_), None, None) if raw.optional.is_some() => Err(de::Error::custom(
+                "`optional` applies only to a secret exposed as an environment variable \
+                 (`key` and `env_var`), as in falconeri v2",
+            )),
             (Some(mount_path), None, None) => Ok(Secret::Mount {
                 name: raw.name,
                 mount_path,
@@ -237,6 +258,7 @@ impl<'de> Deserialize<'de> for Secret {
                 name: raw.name,
                 key,
                 env_var,
+                optional: raw.optional.unwrap_or(false),
             }),
             _ => Err(de::Error::custom(
                 "a secret needs either `mount_path` (to mount it as files) or both `key` and \
@@ -582,6 +604,12 @@ pub enum Input {
     Cross(Vec<Input>),
     /// The datums of every input, one after another.
     Union(Vec<Input>),
+    /// One datum per combination of datums of its atoms whose `join_on`
+    /// keys are equal (Pachyderm's join; `outer_join` keeps unmatched ones).
+    Join(Vec<Input>),
+    /// One datum per `group_by` key, holding every datum of its atoms with
+    /// that key (Pachyderm's group).
+    Group(Vec<Input>),
 }
 
 impl Input {
@@ -596,7 +624,10 @@ impl Input {
     fn collect_atoms<'a>(&'a self, atoms: &mut Vec<&'a AtomInput>) {
         match self {
             Input::Atom(atom) => atoms.push(atom),
-            Input::Cross(inputs) | Input::Union(inputs) => {
+            Input::Cross(inputs)
+            | Input::Union(inputs)
+            | Input::Join(inputs)
+            | Input::Group(inputs) => {
                 for input in inputs {
                     input.collect_atoms(atoms);
                 }
@@ -607,9 +638,10 @@ impl Input {
     fn atoms_mut(&mut self) -> Vec<&mut AtomInput> {
         match self {
             Input::Atom(atom) => vec![atom],
-            Input::Cross(inputs) | Input::Union(inputs) => {
-                inputs.iter_mut().flat_map(Input::atoms_mut).collect()
-            }
+            Input::Cross(inputs)
+            | Input::Union(inputs)
+            | Input::Join(inputs)
+            | Input::Group(inputs) => inputs.iter_mut().flat_map(Input::atoms_mut).collect(),
         }
     }
 }
@@ -641,17 +673,103 @@ pub struct AtomInput {
     /// The directory name the files appear under.
     pub repo: String,
     pub glob: Glob,
+    /// In a `join`: which capture groups of `glob` must match between the
+    /// inputs, e.g. `"$1"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub join_on: Option<String>,
+    /// In a `join`: this input's datums are kept even when another input
+    /// has nothing with the same key.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub outer_join: bool,
+    /// In a `group`: the capture groups of `glob` whose value names the
+    /// group a file goes to, e.g. `"$1"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_by: Option<String>,
 }
 
-/// How an atom's files are cut into datums.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, JsonSchema)]
+impl AtomInput {
+    /// An atom with only the fields every atom has.
+    pub fn new(uri: impl Into<String>, repo: impl Into<String>, glob: Glob) -> AtomInput {
+        AtomInput {
+            uri: uri.into(),
+            repo: repo.into(),
+            glob,
+            join_on: None,
+            outer_join: false,
+            group_by: None,
+        }
+    }
+}
+
+/// How an atom's files are cut into datums: a Pachyderm glob (see
+/// [`crate::glob`] for what each form matches). `/` and `/*` keep their own
+/// variants, since most specs use them.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Glob {
     /// `"/"`: everything in one datum.
-    #[serde(rename = "/")]
     WholeRepo,
     /// `"/*"`: one datum per top-level file or directory.
-    #[serde(rename = "/*")]
     TopLevelEntries,
+    /// Any other glob, e.g. `"/**"`, `"/*/*"`, `"/*.csv"` or `"/(*)-*.txt"`;
+    /// checked by validation.
+    Pattern(String),
+}
+
+impl Glob {
+    /// The glob as written.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Glob::WholeRepo => "/",
+            Glob::TopLevelEntries => "/*",
+            Glob::Pattern(pattern) => pattern,
+        }
+    }
+
+    /// Compiles the glob (an error says what is wrong with it).
+    pub fn matcher(&self) -> Result<GlobMatcher, String> {
+        GlobMatcher::new(self.as_str())
+    }
+}
+
+impl From<&str> for Glob {
+    fn from(text: &str) -> Self {
+        match text {
+            "/" => Glob::WholeRepo,
+            "/*" => Glob::TopLevelEntries,
+            _ => Glob::Pattern(text.to_owned()),
+        }
+    }
+}
+
+impl Serialize for Glob {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Glob {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        Ok(Glob::from(text.as_str()))
+    }
+}
+
+impl JsonSchema for Glob {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Glob".into()
+    }
+
+    fn json_schema(_generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "pattern": "^/",
+            "description": "A Pachyderm glob: \"/\" (one datum), \"/*\" (each top-level \
+                            entry), \"/*/*\", \"/**\" (each file), name patterns such as \
+                            \"/*.csv\" or \"/{a,b}*\", and (for join and group) capture \
+                            groups in parentheses.",
+            "examples": ["/", "/*", "/*/*", "/**", "/*.csv", "/(*)-*.txt"]
+        })
+    }
 }
 
 /// Where outputs are uploaded.
@@ -790,7 +908,7 @@ impl PipelineSpec {
         for (i, toleration) in self.tolerations.iter().enumerate() {
             toleration.validate(&format!("tolerations[{i}]"), &mut problems);
         }
-        validate_input(&self.input, "input", &mut problems);
+        validate_input(&self.input, "input", Parent::Other, &mut problems);
         if let Err(message) = check_uri(&self.egress.uri) {
             problems.push("egress.URI", message);
         }
@@ -990,36 +1108,48 @@ impl ResourceRequests {
     }
 }
 
+/// Which operator an input sits directly under: `join_on` and `outer_join`
+/// mean something only under `join`, `group_by` only under `group`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Parent {
+    Other,
+    Join,
+    Group,
+}
+
 /// Validates `input` at JSON path `path`, recursively.
-fn validate_input(input: &Input, path: &str, problems: &mut Problems) {
+fn validate_input(input: &Input, path: &str, parent: Parent, problems: &mut Problems) {
     match input {
-        Input::Atom(atom) => {
-            let path = format!("{path}.atom");
-            if let Err(message) = check_uri(&atom.uri) {
-                problems.push(format!("{path}.URI"), message);
-            }
-            if let Err(message) = check_repo_name(&atom.repo) {
-                problems.push(format!("{path}.repo"), message);
-            }
-        }
-        Input::Cross(inputs) | Input::Union(inputs) => {
-            let kind = if matches!(input, Input::Cross(_)) {
-                "cross"
-            } else {
-                "union"
+        Input::Atom(atom) => validate_atom(atom, &format!("{path}.atom"), parent, problems),
+        Input::Cross(inputs)
+        | Input::Union(inputs)
+        | Input::Join(inputs)
+        | Input::Group(inputs) => {
+            let (kind, child_parent) = match input {
+                Input::Cross(_) => ("cross", Parent::Other),
+                Input::Union(_) => ("union", Parent::Other),
+                Input::Join(_) => ("join", Parent::Join),
+                _ => ("group", Parent::Group),
             };
             let path = format!("{path}.{kind}");
             if inputs.is_empty() {
                 problems.push(&path, "must contain at least one input");
             }
-            // A cross puts one datum of every child into the same datum, so
-            // each repo directory must come from only one child. Union
-            // branches never meet, so they may reuse names.
+            // A cross, join or group puts datums of several children into
+            // the same datum, so each repo directory must come from only
+            // one child. Union branches never meet, so they may reuse names.
             let mut seen: BTreeMap<&str, String> = BTreeMap::new();
             for (i, child) in inputs.iter().enumerate() {
                 let child_path = format!("{path}[{i}]");
-                validate_input(child, &child_path, problems);
-                if kind != "cross" {
+                if child_parent != Parent::Other && !matches!(child, Input::Atom(_)) {
+                    problems.push(
+                        &child_path,
+                        format!("each input of a `{kind}` must be an atom (`atom` or `pfs`)"),
+                    );
+                    continue;
+                }
+                validate_input(child, &child_path, child_parent, problems);
+                if kind == "union" {
                     continue;
                 }
                 let mut repos = Vec::new();
@@ -1031,7 +1161,7 @@ fn validate_input(input: &Input, path: &str, problems: &mut Problems) {
                             repo_path,
                             format!(
                                 "repo `{repo}` also comes from {first}; inputs combined by \
-                                 `cross` need distinct repo names, since each becomes a \
+                                 `{kind}` need distinct repo names, since each becomes a \
                                  directory pfs/<repo>"
                             ),
                         ),
@@ -1041,6 +1171,74 @@ fn validate_input(input: &Input, path: &str, problems: &mut Problems) {
                 for (repo, repo_path) in new {
                     seen.entry(repo).or_insert(repo_path);
                 }
+            }
+        }
+    }
+}
+
+/// Validates one atom at JSON path `path` (ending in `.atom`).
+fn validate_atom(atom: &AtomInput, path: &str, parent: Parent, problems: &mut Problems) {
+    if let Err(message) = check_uri(&atom.uri) {
+        problems.push(format!("{path}.URI"), message);
+    }
+    if let Err(message) = check_repo_name(&atom.repo) {
+        problems.push(format!("{path}.repo"), message);
+    }
+    let matcher = match atom.glob.matcher() {
+        Ok(matcher) => Some(matcher),
+        Err(message) => {
+            problems.push(format!("{path}.glob"), message);
+            None
+        }
+    };
+    let (field, template, wanted) = match parent {
+        Parent::Join => ("join_on", &atom.join_on, true),
+        Parent::Group => ("group_by", &atom.group_by, true),
+        Parent::Other => ("", &None, false),
+    };
+    for (other, set, under) in [
+        ("join_on", atom.join_on.is_some(), Parent::Join),
+        ("outer_join", atom.outer_join, Parent::Join),
+        ("group_by", atom.group_by.is_some(), Parent::Group),
+    ] {
+        if set && parent != under {
+            let operator = if under == Parent::Join {
+                "join"
+            } else {
+                "group"
+            };
+            problems.push(
+                format!("{path}.{other}"),
+                format!("means something only for an input of a `{operator}`"),
+            );
+        }
+    }
+    if !wanted {
+        return;
+    }
+    let Some(template) = template else {
+        problems.push(
+            format!("{path}.{field}"),
+            "is required here: it names the capture groups of `glob` that make the key, \
+             e.g. \"$1\"",
+        );
+        return;
+    };
+    match KeyTemplate::parse(template) {
+        Err(message) => problems.push(format!("{path}.{field}"), message),
+        Ok(parsed) => {
+            let Some(matcher) = matcher else { return };
+            let groups = matcher.capture_groups();
+            if let Some(missing) = parsed.groups.iter().find(|g| **g == 0 || **g > groups) {
+                problems.push(
+                    format!("{path}.{field}"),
+                    format!(
+                        "refers to capture group {missing}, but glob `{}` has {groups} \
+                         (groups are numbered from 1 and written in parentheses, as in \
+                         \"/(*).csv\")",
+                        atom.glob.as_str()
+                    ),
+                );
             }
         }
     }
@@ -1058,6 +1256,16 @@ fn collect_repo_paths<'a>(input: &'a Input, path: &str, out: &mut Vec<(&'a str, 
         Input::Union(inputs) => {
             for (i, child) in inputs.iter().enumerate() {
                 collect_repo_paths(child, &format!("{path}.union[{i}]"), out);
+            }
+        }
+        Input::Join(inputs) => {
+            for (i, child) in inputs.iter().enumerate() {
+                collect_repo_paths(child, &format!("{path}.join[{i}]"), out);
+            }
+        }
+        Input::Group(inputs) => {
+            for (i, child) in inputs.iter().enumerate() {
+                collect_repo_paths(child, &format!("{path}.group[{i}]"), out);
             }
         }
     }
@@ -1377,7 +1585,180 @@ mod tests {
                 name: "s3".into(),
                 key: "AWS_ACCESS_KEY_ID".into(),
                 env_var: "AWS_ACCESS_KEY_ID".into(),
+                optional: false,
             }
+        );
+    }
+
+    // ---- Fields falconeri v1 and v2 accepted, one test each. ----
+
+    /// v2's `optional` on an environment secret; written back only when set.
+    #[test]
+    fn v2_env_secrets_may_be_optional() {
+        let spec = parse(&with(|s| {
+            s["transform"]["secrets"][1]["optional"] = json!(true);
+        }));
+        assert!(matches!(
+            spec.transform.secrets[1],
+            Secret::Env { optional: true, .. }
+        ));
+        let out = serde_json::to_value(&spec).unwrap();
+        assert_eq!(out["transform"]["secrets"][1]["optional"], json!(true));
+        let spec = parse(&with(|s| {
+            s["transform"]["secrets"][1]["optional"] = json!(false);
+        }));
+        let out = serde_json::to_value(&spec).unwrap();
+        assert!(out["transform"]["secrets"][1].get("optional").is_none());
+        check(
+            &with(|s| s["transform"]["secrets"][0]["optional"] = json!(true)),
+            &[
+                "transform.secrets[0]: `optional` applies only to a secret exposed as an environment variable",
+            ],
+        );
+        check(
+            &with(|s| s["transform"]["secrets"][1]["optional"] = json!("yes")),
+            &["transform.secrets[1].optional: invalid type: string"],
+        );
+    }
+
+    /// v2 wrote `datum_tries` as an `Option<u32>`: `null` is the default.
+    #[test]
+    fn v2_datum_tries_may_be_null() {
+        let spec = parse(&with(|s| s["datum_tries"] = json!(null)));
+        assert_eq!(spec.datum_tries, 1);
+    }
+
+    /// v1 and v2 wrote these as `Option`s, which serde reads `null` into.
+    #[test]
+    fn v1_optional_fields_may_be_null() {
+        let spec = parse(&with(|s| {
+            s["job_timeout"] = json!(null);
+            s["transform"]["image_pull_policy"] = json!(null);
+            s["transform"]["service_account"] = json!(null);
+        }));
+        assert_eq!(spec.job_timeout, None);
+        assert_eq!(spec.transform.image_pull_policy, None);
+        assert_eq!(spec.transform.service_account, None);
+    }
+
+    /// v1's `cpu` was an `f32`: fractional cores as a JSON number.
+    #[test]
+    fn v1_cpu_as_a_fractional_number() {
+        let spec = parse(&with(|s| s["resource_requests"]["cpu"] = json!(1.2)));
+        assert_eq!(spec.resource_requests.cpu_millis(), Ok(1200));
+    }
+
+    // ---- Globs, join and group. ----
+
+    #[test]
+    fn globs_parse_and_are_checked() {
+        for glob in [
+            "/",
+            "/*",
+            "/*/*",
+            "/**",
+            "/*.csv",
+            "/2024-??-*",
+            "/{a,b}*",
+            "/[a-c]x",
+        ] {
+            let spec = parse(&with(|s| {
+                s["input"]["cross"][0]["atom"]["glob"] = json!(glob)
+            }));
+            let Input::Cross(children) = &spec.input else {
+                panic!()
+            };
+            let Input::Atom(atom) = &children[0] else {
+                panic!()
+            };
+            assert_eq!(atom.glob.as_str(), glob);
+            let out = serde_json::to_value(&spec).unwrap();
+            assert_eq!(out["input"]["cross"][0]["atom"]["glob"], json!(glob));
+        }
+        check(
+            &with(|s| s["input"]["cross"][0]["atom"]["glob"] = json!("*.csv")),
+            &["input.cross[0].atom.glob: `*.csv` must start with `/`"],
+        );
+        check(
+            &with(|s| s["input"]["cross"][0]["atom"]["glob"] = json!("/[a")),
+            &["input.cross[0].atom.glob: `/[a`: unclosed character class"],
+        );
+    }
+
+    fn join_spec(kind: &str, inputs: Value) -> String {
+        with(|s| s["input"] = json!({ kind: inputs }))
+    }
+
+    #[test]
+    fn joins_and_groups_parse() {
+        let spec = parse(&join_spec(
+            "join",
+            json!([
+                { "pfs": { "URI": "s3://b/r/", "repo": "r", "glob": "/(*).txt", "join_on": "$1",
+                           "outer_join": true } },
+                { "atom": { "URI": "s3://b/p/", "repo": "p", "glob": "/*/(*).csv", "join_on": "${1}" } }
+            ]),
+        ));
+        let Input::Join(children) = &spec.input else {
+            panic!("{:?}", spec.input)
+        };
+        let Input::Atom(first) = &children[0] else {
+            panic!()
+        };
+        assert!(first.outer_join);
+        assert_eq!(first.join_on.as_deref(), Some("$1"));
+        assert_eq!(parse(&serde_json::to_string(&spec).unwrap()), spec);
+        parse(&join_spec(
+            "group",
+            json!([
+                { "atom": { "URI": "s3://b/r/", "repo": "r", "glob": "/(*)-*.txt", "group_by": "$1" } }
+            ]),
+        ));
+    }
+
+    #[test]
+    fn join_and_group_problems_name_their_paths() {
+        check(
+            &join_spec(
+                "join",
+                json!([
+                    { "atom": { "URI": "s3://b/r/", "repo": "r", "glob": "/(*).txt" } },
+                    { "atom": { "URI": "s3://b/p/", "repo": "p", "glob": "/*.csv", "join_on": "$1" } },
+                    { "atom": { "URI": "s3://b/q/", "repo": "r", "glob": "/(*)", "join_on": "$x",
+                                "group_by": "$1" } },
+                    { "cross": [] }
+                ]),
+            ),
+            &[
+                "input.join[0].atom.join_on: is required here",
+                "input.join[1].atom.join_on: refers to capture group 1, but glob `/*.csv` has 0",
+                "input.join[2].atom.group_by: means something only for an input of a `group`",
+                "input.join[2].atom.join_on: `$` must be followed by a capture group number",
+                "input.join[2].atom.repo: repo `r` also comes from input.join[0].atom.repo",
+                "input.join[3]: each input of a `join` must be an atom",
+            ],
+        );
+        check(
+            &join_spec(
+                "group",
+                json!([
+                    { "atom": { "URI": "s3://b/r/", "repo": "r", "glob": "/(*)", "join_on": "$1",
+                                "outer_join": true } }
+                ]),
+            ),
+            &[
+                "input.group[0].atom.join_on: means something only for an input of a `join`",
+                "input.group[0].atom.outer_join: means something only for an input of a `join`",
+                "input.group[0].atom.group_by: is required here",
+            ],
+        );
+        check(
+            &with(|s| s["input"]["cross"][0]["atom"]["group_by"] = json!("$1")),
+            &["input.cross[0].atom.group_by: means something only for an input of a `group`"],
+        );
+        check(
+            &join_spec("join", json!([])),
+            &["input.join: must contain at least one input"],
         );
     }
 
@@ -1388,11 +1769,7 @@ mod tests {
         }));
         assert_eq!(
             spec.input,
-            Input::Atom(AtomInput {
-                uri: "s3://b/x/".into(),
-                repo: "x".into(),
-                glob: Glob::WholeRepo,
-            })
+            Input::Atom(AtomInput::new("s3://b/x/", "x", Glob::WholeRepo))
         );
         // It is written back under its canonical name.
         let out = serde_json::to_value(&spec).unwrap();
@@ -1522,24 +1899,28 @@ mod tests {
     #[test]
     fn bad_glob_names_the_glob() {
         check(
-            &with(|s| s["input"]["cross"][0]["atom"]["glob"] = json!("/**")),
-            &["input.cross[0].atom.glob: unknown variant `/**`, expected `/` or `/*`"],
+            &with(|s| s["input"]["cross"][0]["atom"]["glob"] = json!("/a)")),
+            &["input.cross[0].atom.glob: `/a)`: `)` closes no capture group"],
+        );
+        check(
+            &with(|s| s["input"]["cross"][0]["atom"]["glob"] = json!(5)),
+            &["input.cross[0].atom.glob: invalid type: integer `5`, expected a string"],
         );
     }
 
     #[test]
     fn parse_errors_keep_the_spelling_pfs() {
         check(
-            &with(|s| s["input"]["cross"][1]["union"][1]["pfs"]["glob"] = json!("*")),
-            &["input.cross[1].union[1].pfs.glob: unknown variant `*`"],
+            &with(|s| s["input"]["cross"][1]["union"][1]["pfs"]["glob"] = json!(5)),
+            &["input.cross[1].union[1].pfs.glob: invalid type: integer"],
         );
     }
 
     #[test]
     fn unknown_input_kind_is_rejected() {
         check(
-            &with(|s| s["input"] = json!({ "join": [] })),
-            &["input: unknown variant `join`"],
+            &with(|s| s["input"] = json!({ "merge": [] })),
+            &["input: unknown variant `merge`"],
         );
     }
 
@@ -2232,6 +2613,9 @@ mod tests {
             .flat_map(|variant| variant["required"].as_array().unwrap())
             .map(|kind| kind.as_str().unwrap())
             .collect();
-        assert_eq!(input_kinds, ["atom", "cross", "union", "pfs"]);
+        assert_eq!(
+            input_kinds,
+            ["atom", "cross", "union", "join", "group", "pfs"]
+        );
     }
 }

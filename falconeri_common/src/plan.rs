@@ -1,11 +1,21 @@
 //! Expanding a spec's inputs into datums, given a listing of each atom.
 //! Pure: listing storage is the caller's job.
+//!
+//! Globs decide which files of an atom make which datum ([`crate::glob`]).
+//! `join` and `group` work on [`KeyedFile`]s: each matched file with the
+//! key its atom's `join_on` or `group_by` makes of the glob's capture
+//! groups. Sorted by key, they go through a [`KeyedCombiner`], which holds
+//! the files of one key at a time; sorting is the caller's (in memory here,
+//! on disk in falconerid when the listings are large).
 
 use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
-use crate::pipeline::{AtomInput, Glob, Input, check_repo_name};
+use crate::{
+    glob::{GlobMatch, GlobMatcher, KeyTemplate},
+    pipeline::{AtomInput, Input, check_repo_name},
+};
 
 /// One object found by listing an atom's URI.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -18,7 +28,7 @@ pub struct ObjectInfo {
 }
 
 /// One file a worker downloads before processing a datum.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct PlannedFile {
     pub uri: String,
     /// Where the file goes under the worker's `pfs` directory:
@@ -53,6 +63,8 @@ pub enum PlanError {
     DuplicateRepo { repo: String },
     #[error("the cross product has too many datums to plan")]
     TooManyDatums,
+    #[error("repo `{repo}`: {reason}")]
+    InvalidGlob { repo: String, reason: String },
     #[error(
         "{uri}: the listing is not in byte order at {relative_path:?}; falconeri plans \
          datums from sorted listings (S3 directory buckets do not list in order)"
@@ -64,11 +76,12 @@ pub enum PlanError {
 /// `input.atoms()[i]`, in any order.
 ///
 /// Glob `/` makes an atom's whole listing one datum (none if it is empty);
-/// `/*` makes one datum per top-level file or directory. `cross` combines
-/// one datum from each child, in child order, the first child varying
-/// slowest; `union` concatenates its children's datums. Within an atom,
-/// datums and files are in byte order of their paths, so the plan is
-/// deterministic.
+/// `/*` makes one datum per top-level file or directory; other globs as
+/// [`crate::glob`] says. `cross` combines one datum from each child, in
+/// child order, the first child varying slowest; `union` concatenates its
+/// children's datums; `join` and `group` are [`KeyedCombiner`]'s, in byte
+/// order of their keys. Within an atom, datums and files are in byte order
+/// of their paths, so the plan is deterministic.
 ///
 /// This holds the whole plan in memory. Job start-up streams instead: it
 /// walks [`plan_parts`], feeds each atom's listing page by page through an
@@ -100,6 +113,10 @@ pub enum PlanPart<'a> {
     /// cross needs every datum of a child once per datum of the others),
     /// but the product is drawn one datum at a time.
     Cross(&'a [Input]),
+    /// The atoms of a join or group: each listing is streamed into
+    /// [`KeyedFile`]s, which the caller sorts by key (on disk if need be)
+    /// and feeds to a [`KeyedCombiner`].
+    Keyed(KeyedKind, &'a [Input]),
 }
 
 impl PlanPart<'_> {
@@ -107,7 +124,9 @@ impl PlanPart<'_> {
     pub fn atoms(&self) -> Vec<&AtomInput> {
         match self {
             PlanPart::Atom(atom) => vec![*atom],
-            PlanPart::Cross(children) => children.iter().flat_map(Input::atoms).collect(),
+            PlanPart::Cross(children) | PlanPart::Keyed(_, children) => {
+                children.iter().flat_map(Input::atoms).collect()
+            }
         }
     }
 }
@@ -120,6 +139,8 @@ pub fn plan_parts(input: &Input) -> Vec<PlanPart<'_>> {
             Input::Atom(atom) => parts.push(PlanPart::Atom(atom)),
             Input::Union(children) => children.iter().for_each(|child| walk(child, parts)),
             Input::Cross(children) => parts.push(PlanPart::Cross(children)),
+            Input::Join(children) => parts.push(PlanPart::Keyed(KeyedKind::Join, children)),
+            Input::Group(children) => parts.push(PlanPart::Keyed(KeyedKind::Group, children)),
         }
     }
     let mut parts = Vec::new();
@@ -156,28 +177,69 @@ struct Planner<'a> {
     next: usize,
 }
 
-impl Planner<'_> {
+/// The datums of a join or group whose files all fit in memory.
+fn combine_in_memory(
+    kind: KeyedKind,
+    atoms: &[&AtomInput],
+    mut files: Vec<KeyedFile>,
+) -> Result<Vec<PlannedDatum>, PlanError> {
+    files.sort();
+    let mut combiner = KeyedCombiner::new(kind, atoms);
+    let mut datums = Vec::new();
+    for file in files {
+        combiner.push(file, &mut datums)?;
+    }
+    combiner.finish(&mut datums)?;
+    Ok(datums)
+}
+
+impl<'l> Planner<'l> {
+    /// The next atom's listing, sorted by path.
+    fn next_listing(&mut self) -> Result<Vec<&'l ObjectInfo>, PlanError> {
+        // `plan_datums` checked the count, so this only fails if the walk
+        // order ever drifts from `Input::atoms`.
+        let listing = self
+            .listings
+            .get(self.next)
+            .ok_or_else(|| PlanError::ListingCount {
+                expected: self.next + 1,
+                actual: self.listings.len(),
+            })?;
+        self.next += 1;
+        let mut sorted: Vec<&ObjectInfo> = listing.iter().collect();
+        sorted.sort_by(|a, b| a.relative_path.cmp(&b.relative_path));
+        Ok(sorted)
+    }
+
     fn plan(&mut self, input: &Input) -> Result<Vec<PlannedDatum>, PlanError> {
         match input {
             Input::Atom(atom) => {
-                // `plan_datums` checked the count, so this only fails if the
-                // walk order ever drifts from `Input::atoms`.
-                let listing =
-                    self.listings
-                        .get(self.next)
-                        .ok_or_else(|| PlanError::ListingCount {
-                            expected: self.next + 1,
-                            actual: self.listings.len(),
-                        })?;
-                self.next += 1;
-                let mut sorted: Vec<&ObjectInfo> = listing.iter().collect();
-                sorted.sort_by(|a, b| a.relative_path.cmp(&b.relative_path));
+                let sorted = self.next_listing()?;
                 let mut planner = AtomPlanner::new(atom)?;
                 let mut items = Vec::new();
                 for object in sorted {
                     planner.push(object, &mut items)?;
                 }
                 Ok(collect_datums(items))
+            }
+            Input::Join(inputs) | Input::Group(inputs) => {
+                let kind = if matches!(input, Input::Join(_)) {
+                    KeyedKind::Join
+                } else {
+                    KeyedKind::Group
+                };
+                check_distinct_repos(inputs)?;
+                let part = PlanPart::Keyed(kind, inputs);
+                let atoms = part.atoms();
+                let mut files = Vec::new();
+                for (index, atom) in atoms.iter().enumerate() {
+                    let sorted = self.next_listing()?;
+                    let mut planner = AtomPlanner::new(atom)?.keyed(index)?;
+                    for object in sorted {
+                        planner.push_keyed(object, &mut files)?;
+                    }
+                }
+                combine_in_memory(kind, &atoms, files)
             }
             Input::Union(inputs) => {
                 let mut datums = Vec::new();
@@ -262,37 +324,120 @@ impl DatumBatch {
 /// object at a time, remembering only the last path and the files that are
 /// string prefixes of it. It checks what [`plan_datums`] checks: safe
 /// paths, no path twice, no path that is both a file and a directory; and
-/// that the listing really is sorted, since grouping by top-level entry
-/// depends on it.
+/// that the listing really is sorted, since grouping files into datums
+/// depends on it (all paths under a matched directory are contiguous in
+/// byte order). Files the glob does not match are checked, then skipped.
 #[derive(Debug)]
 pub struct AtomPlanner<'a> {
     atom: &'a AtomInput,
+    matcher: GlobMatcher,
+    /// For a join or group: the atom's place among its siblings and its key
+    /// template.
+    keyed: Option<(u32, KeyTemplate)>,
     /// The last path seen, then the earlier ones that are string prefixes
     /// of it, longest last: only these can turn out to be directories of a
     /// later path (in byte order, anything after the last path that starts
     /// with such a path also starts with it as a string).
     prefix_files: Vec<String>,
-    /// The top-level entry of the open datum (`/*`), or "" once the one
-    /// datum of `/` is open.
+    /// The root of the open datum ("" once the one datum of `/` is open).
     open: Option<String>,
 }
 
 impl<'a> AtomPlanner<'a> {
-    /// A planner for `atom`, whose repo name is checked here.
+    /// A planner for `atom`, whose repo name and glob are checked here.
     pub fn new(atom: &'a AtomInput) -> Result<Self, PlanError> {
         check_repo_name(&atom.repo).map_err(|reason| PlanError::InvalidRepo {
             repo: atom.repo.clone(),
             reason,
         })?;
+        let matcher = atom
+            .glob
+            .matcher()
+            .map_err(|reason| PlanError::InvalidGlob {
+                repo: atom.repo.clone(),
+                reason,
+            })?;
         Ok(AtomPlanner {
             atom,
+            matcher,
+            keyed: None,
             prefix_files: Vec::new(),
             open: None,
         })
     }
 
+    /// Makes this the planner of the `index`th atom of a join or group,
+    /// whose files [`Self::push_keyed`] turns into [`KeyedFile`]s.
+    pub fn keyed(mut self, index: usize) -> Result<Self, PlanError> {
+        let invalid = |reason: String| PlanError::InvalidGlob {
+            repo: self.atom.repo.clone(),
+            reason,
+        };
+        let template = self
+            .atom
+            .join_on
+            .as_deref()
+            .or(self.atom.group_by.as_deref())
+            .ok_or_else(|| invalid("a join needs `join_on`, a group `group_by`".to_owned()))?;
+        let template = KeyTemplate::parse(template).map_err(invalid)?;
+        let index = u32::try_from(index).map_err(|_| PlanError::TooManyDatums)?;
+        self.keyed = Some((index, template));
+        Ok(self)
+    }
+
+    /// The part of the atom that needs listing: only paths starting with
+    /// it can match the glob.
+    pub fn list_prefix(&self) -> &str {
+        self.matcher.list_prefix()
+    }
+
     /// Plans the next object of the listing, appending to `out`.
     pub fn push(&mut self, object: &ObjectInfo, out: &mut Vec<PlanItem>) -> Result<(), PlanError> {
+        let Some(matched) = self.check(object)? else {
+            return Ok(());
+        };
+        if self.open.as_deref() != Some(matched.root) {
+            self.open = Some(matched.root.to_owned());
+            out.push(PlanItem::Datum);
+        }
+        out.push(PlanItem::File(self.planned_file(object)));
+        Ok(())
+    }
+
+    /// Plans the next object of a join's or group's atom (see
+    /// [`Self::keyed`]), appending its [`KeyedFile`] to `out`.
+    pub fn push_keyed(
+        &mut self,
+        object: &ObjectInfo,
+        out: &mut Vec<KeyedFile>,
+    ) -> Result<(), PlanError> {
+        let Some(matched) = self.check(object)? else {
+            return Ok(());
+        };
+        let Some((input, template)) = &self.keyed else {
+            return Err(PlanError::InvalidGlob {
+                repo: self.atom.repo.clone(),
+                reason: "planned as a join or group input without a key".to_owned(),
+            });
+        };
+        out.push(KeyedFile {
+            key: matched.key(template),
+            input: *input,
+            root: matched.root.to_owned(),
+            file: self.planned_file(object),
+        });
+        Ok(())
+    }
+
+    fn planned_file(&self, object: &ObjectInfo) -> PlannedFile {
+        PlannedFile {
+            uri: object.uri.clone(),
+            local_path: format!("{}/{}", self.atom.repo, object.relative_path),
+        }
+    }
+
+    /// Checks the next object and says which datum it belongs to, if any.
+    fn check<'o>(&mut self, object: &'o ObjectInfo) -> Result<Option<GlobMatch<'o>>, PlanError> {
         let path = object.relative_path.as_str();
         check_relative_path(path).map_err(|reason| PlanError::UnsafePath {
             uri: object.uri.clone(),
@@ -336,19 +481,117 @@ impl<'a> AtomPlanner<'a> {
             });
         }
         self.prefix_files.push(path.to_owned());
+        Ok(self.matcher.datum_of(path))
+    }
+}
 
-        let top = match self.atom.glob {
-            Glob::WholeRepo => "",
-            Glob::TopLevelEntries => path.split('/').next().unwrap_or(path),
-        };
-        if self.open.as_deref() != Some(top) {
-            self.open = Some(top.to_owned());
-            out.push(PlanItem::Datum);
+/// Whether a keyed part is a join or a group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyedKind {
+    Join,
+    Group,
+}
+
+/// One file of a join's or group's atom, with its key. The derived order
+/// (key, then atom, then datum root, then file) is the order a
+/// [`KeyedCombiner`] needs.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct KeyedFile {
+    /// What `join_on` or `group_by` made of the glob's capture groups.
+    pub key: Vec<u8>,
+    /// The atom's place in the join or group.
+    pub input: u32,
+    /// The glob match (datum root) the file belongs to within its atom.
+    pub root: String,
+    pub file: PlannedFile,
+}
+
+/// Turns [`KeyedFile`]s, sorted, into the datums of a join or group,
+/// holding only the files of the current key.
+///
+/// A group makes one datum per key, with every file of every atom that has
+/// that key. A join makes, per key, one datum per combination of one glob
+/// match from each atom (the first atom varying slowest), when every atom
+/// has the key; when some lack it, the atoms that have it are combined only
+/// if one of them is `outer_join`, and otherwise the key makes nothing.
+#[derive(Debug)]
+pub struct KeyedCombiner {
+    kind: KeyedKind,
+    outer: Vec<bool>,
+    key: Option<Vec<u8>>,
+    /// The current key's glob matches, per atom: (root, files).
+    matches: Vec<Vec<(String, Vec<PlannedFile>)>>,
+}
+
+impl KeyedCombiner {
+    /// A combiner for the atoms of one join or group, in order.
+    pub fn new(kind: KeyedKind, atoms: &[&AtomInput]) -> KeyedCombiner {
+        KeyedCombiner {
+            kind,
+            outer: atoms.iter().map(|atom| atom.outer_join).collect(),
+            key: None,
+            matches: vec![Vec::new(); atoms.len()],
         }
-        out.push(PlanItem::File(PlannedFile {
-            uri: object.uri.clone(),
-            local_path: format!("{}/{path}", self.atom.repo),
-        }));
+    }
+
+    /// Takes the next file in sorted order, appending the datums of the
+    /// key before it once its key changes.
+    pub fn push(&mut self, file: KeyedFile, out: &mut Vec<PlannedDatum>) -> Result<(), PlanError> {
+        if self.key.as_ref() != Some(&file.key) {
+            self.finish(out)?;
+            self.key = Some(file.key);
+        }
+        let matches = usize::try_from(file.input)
+            .ok()
+            .and_then(|index| self.matches.get_mut(index))
+            .ok_or(PlanError::ListingCount {
+                expected: self.outer.len(),
+                actual: file.input as usize + 1,
+            })?;
+        match matches.last_mut() {
+            Some((root, files)) if *root == file.root => files.push(file.file),
+            _ => matches.push((file.root, vec![file.file])),
+        }
+        Ok(())
+    }
+
+    /// Appends the datums of the last key.
+    pub fn finish(&mut self, out: &mut Vec<PlannedDatum>) -> Result<(), PlanError> {
+        if self.key.take().is_none() {
+            return Ok(());
+        }
+        let matches = std::mem::replace(&mut self.matches, vec![Vec::new(); self.outer.len()]);
+        match self.kind {
+            KeyedKind::Group => out.push(PlannedDatum {
+                files: matches
+                    .into_iter()
+                    .flatten()
+                    .flat_map(|(_, files)| files)
+                    .collect(),
+            }),
+            KeyedKind::Join => {
+                let complete = matches.iter().all(|m| !m.is_empty());
+                let outer_present = matches
+                    .iter()
+                    .zip(&self.outer)
+                    .any(|(m, outer)| *outer && !m.is_empty());
+                if !(complete || outer_present) {
+                    return Ok(());
+                }
+                let children: Vec<Vec<PlannedDatum>> = matches
+                    .into_iter()
+                    .filter(|m| !m.is_empty())
+                    .map(|m| {
+                        m.into_iter()
+                            .map(|(_, files)| PlannedDatum { files })
+                            .collect()
+                    })
+                    .collect();
+                // A key's matches are few (one per atom, in the usual
+                // join); their product is what the user asked for.
+                out.extend(CrossProduct::new(children)?);
+            }
+        }
         Ok(())
     }
 }
@@ -470,13 +713,10 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+    use crate::pipeline::Glob;
 
     fn atom(uri: &str, repo: &str, glob: Glob) -> Input {
-        Input::Atom(AtomInput {
-            uri: uri.into(),
-            repo: repo.into(),
-            glob,
-        })
+        Input::Atom(AtomInput::new(uri, repo, glob))
     }
 
     /// A listing of `base` (ending in '/') holding `paths`.
@@ -869,6 +1109,19 @@ mod tests {
                     let needed: Vec<_> = listings.by_ref().take(part.atoms().len()).collect();
                     datums.extend(plan_cross(children, &needed)?);
                 }
+                PlanPart::Keyed(kind, _) => {
+                    let atoms = part.atoms();
+                    let mut files = Vec::new();
+                    for (index, atom) in atoms.iter().enumerate() {
+                        let mut listing = listings.next().unwrap();
+                        listing.sort_by(|a, b| a.relative_path.cmp(&b.relative_path));
+                        let mut planner = AtomPlanner::new(atom)?.keyed(index)?;
+                        for object in &listing {
+                            planner.push_keyed(object, &mut files)?;
+                        }
+                    }
+                    datums.extend(combine_in_memory(kind, &atoms, files)?);
+                }
             }
         }
         Ok(datums)
@@ -912,11 +1165,281 @@ mod tests {
     }
 
     fn top_level_atom() -> AtomInput {
-        AtomInput {
-            uri: "s3://b/in/".into(),
-            repo: "in".into(),
-            glob: Glob::TopLevelEntries,
+        AtomInput::new("s3://b/in/", "in", Glob::TopLevelEntries)
+    }
+
+    /// One tree, planned with each glob: the datums, as their paths
+    /// relative to the atom.
+    #[test]
+    fn what_each_glob_makes_datums_of() {
+        let tree = [
+            "2023-12-31.log",
+            "2024-01-02.log",
+            "2024-01-x.csv",
+            "a.csv",
+            "apple/core.txt",
+            "b.txt",
+            "bee/hive/honey.csv",
+            "bee/wax.txt",
+            "cat",
+        ];
+        let table: &[(&str, &[&[&str]])] = &[
+            ("/", &[&tree]),
+            (
+                "/*",
+                &[
+                    &["2023-12-31.log"],
+                    &["2024-01-02.log"],
+                    &["2024-01-x.csv"],
+                    &["a.csv"],
+                    &["apple/core.txt"],
+                    &["b.txt"],
+                    &["bee/hive/honey.csv", "bee/wax.txt"],
+                    &["cat"],
+                ],
+            ),
+            (
+                "/*/*",
+                &[
+                    &["apple/core.txt"],
+                    &["bee/hive/honey.csv"],
+                    &["bee/wax.txt"],
+                ],
+            ),
+            (
+                "/**",
+                &[
+                    &["2023-12-31.log"],
+                    &["2024-01-02.log"],
+                    &["2024-01-x.csv"],
+                    &["a.csv"],
+                    &["apple/core.txt"],
+                    &["b.txt"],
+                    &["bee/hive/honey.csv"],
+                    &["bee/wax.txt"],
+                    &["cat"],
+                ],
+            ),
+            ("/*.csv", &[&["2024-01-x.csv"], &["a.csv"]]),
+            (
+                "/**/*.csv",
+                &[&["2024-01-x.csv"], &["a.csv"], &["bee/hive/honey.csv"]],
+            ),
+            ("/2024-??-*", &[&["2024-01-02.log"], &["2024-01-x.csv"]]),
+            (
+                "/{a,b}*",
+                &[
+                    &["a.csv"],
+                    &["apple/core.txt"],
+                    &["b.txt"],
+                    &["bee/hive/honey.csv", "bee/wax.txt"],
+                ],
+            ),
+            ("/[ab]??", &[&["bee/hive/honey.csv", "bee/wax.txt"]]),
+            (
+                "/[!0-9a]*",
+                &[&["b.txt"], &["bee/hive/honey.csv", "bee/wax.txt"], &["cat"]],
+            ),
+            ("/bee/*", &[&["bee/hive/honey.csv"], &["bee/wax.txt"]]),
+            ("/nothing*", &[]),
+        ];
+        let objects = listing("s3://b/in/", &tree);
+        for (glob, expected) in table {
+            let input = atom("s3://b/in/", "in", Glob::from(*glob));
+            let datums = plan_datums(&input, std::slice::from_ref(&objects)).unwrap();
+            let got: Vec<Vec<&str>> = datums
+                .iter()
+                .map(|d| {
+                    d.files
+                        .iter()
+                        .map(|f| f.local_path.strip_prefix("in/").unwrap())
+                        .collect()
+                })
+                .collect();
+            let expected: Vec<Vec<&str>> = expected.iter().map(|d| d.to_vec()).collect();
+            assert_eq!(got, expected, "glob {glob}");
+            // Streaming gives the same datums, page by page.
+            for page in [1, 3] {
+                assert_eq!(
+                    plan_streaming(&input, std::slice::from_ref(&objects), page).unwrap(),
+                    datums,
+                    "glob {glob}, pages of {page}"
+                );
+            }
         }
+    }
+
+    #[test]
+    fn bad_globs_are_refused_by_the_planner() {
+        let input = atom("s3://b/in/", "in", Glob::from("/(*"));
+        let err = plan_datums(&input, &[listing("s3://b/in/", &["a"])]).unwrap_err();
+        assert!(matches!(err, PlanError::InvalidGlob { .. }), "{err}");
+    }
+
+    fn keyed_atom(uri: &str, repo: &str, glob: &str, key: &str, outer: bool) -> Input {
+        let mut atom = AtomInput::new(uri, repo, Glob::from(glob));
+        atom.join_on = Some(key.to_owned());
+        atom.outer_join = outer;
+        Input::Atom(atom)
+    }
+
+    fn group_atom(uri: &str, repo: &str, glob: &str, key: &str) -> Input {
+        let mut atom = AtomInput::new(uri, repo, Glob::from(glob));
+        atom.group_by = Some(key.to_owned());
+        Input::Atom(atom)
+    }
+
+    /// Two inputs, readings and parts, joined on the number in their names.
+    fn join_of(outer: (bool, bool)) -> Vec<Vec<String>> {
+        let input = Input::Join(vec![
+            keyed_atom("s3://b/r/", "readings", "/ID(*).txt", "$1", outer.0),
+            keyed_atom("s3://b/p/", "parts", "/*/part-(*).csv", "$1", outer.1),
+        ]);
+        let listings = [
+            listing("s3://b/r/", &["ID1.txt", "ID2.txt", "ID4.txt", "other.txt"]),
+            listing(
+                "s3://b/p/",
+                &[
+                    "x/part-1.csv",
+                    "y/part-1.csv",
+                    "x/part-3.csv",
+                    "x/part-4.csv",
+                ],
+            ),
+        ];
+        let datums = plan_datums(&input, &listings).unwrap();
+        local_paths(&datums)
+            .into_iter()
+            .map(|d| d.into_iter().map(str::to_owned).collect())
+            .collect()
+    }
+
+    #[test]
+    fn inner_join_keeps_only_matches() {
+        assert_eq!(
+            join_of((false, false)),
+            vec![
+                // Key 1 matches twice in parts: one datum each.
+                vec!["readings/ID1.txt", "parts/x/part-1.csv"],
+                vec!["readings/ID1.txt", "parts/y/part-1.csv"],
+                vec!["readings/ID4.txt", "parts/x/part-4.csv"],
+            ]
+        );
+    }
+
+    #[test]
+    fn outer_join_keeps_the_outer_inputs_unmatched_datums() {
+        assert_eq!(
+            join_of((true, false)),
+            vec![
+                vec!["readings/ID1.txt", "parts/x/part-1.csv"],
+                vec!["readings/ID1.txt", "parts/y/part-1.csv"],
+                vec!["readings/ID2.txt"],
+                vec!["readings/ID4.txt", "parts/x/part-4.csv"],
+            ]
+        );
+        assert_eq!(
+            join_of((true, true)),
+            vec![
+                vec!["readings/ID1.txt", "parts/x/part-1.csv"],
+                vec!["readings/ID1.txt", "parts/y/part-1.csv"],
+                vec!["readings/ID2.txt"],
+                vec!["parts/x/part-3.csv"],
+                vec!["readings/ID4.txt", "parts/x/part-4.csv"],
+            ]
+        );
+    }
+
+    #[test]
+    fn a_join_without_matches_has_no_datums() {
+        let input = Input::Join(vec![
+            keyed_atom("s3://b/r/", "r", "/(*).txt", "$1", false),
+            keyed_atom("s3://b/p/", "p", "/(*).csv", "$1", false),
+        ]);
+        let listings = [
+            listing("s3://b/r/", &["a.txt"]),
+            listing("s3://b/p/", &["b.csv"]),
+        ];
+        assert_eq!(plan_datums(&input, &listings).unwrap(), vec![]);
+    }
+
+    #[test]
+    fn join_keys_combine_several_groups() {
+        // `$2$1` on one side matches `$1$2` on the other.
+        let input = Input::Join(vec![
+            keyed_atom("s3://b/r/", "r", "/(*)-(*).txt", "$2/$1", false),
+            keyed_atom("s3://b/p/", "p", "/(*)/(*).csv", "$1/$2", false),
+        ]);
+        let listings = [
+            listing("s3://b/r/", &["a-b.txt", "c-d.txt"]),
+            listing("s3://b/p/", &["b/a.csv", "c/d.csv"]),
+        ];
+        assert_eq!(
+            local_paths(&plan_datums(&input, &listings).unwrap()),
+            vec![vec!["r/a-b.txt", "p/b/a.csv"]]
+        );
+    }
+
+    #[test]
+    fn group_gathers_every_input_by_key() {
+        let input = Input::Group(vec![
+            group_atom("s3://b/r/", "r", "/*-(*).txt", "$1"),
+            group_atom("s3://b/p/", "p", "/(*)/*", "$1"),
+        ]);
+        let listings = [
+            listing("s3://b/r/", &["1-a.txt", "2-a.txt", "1-b.txt", "9-z.txt"]),
+            listing("s3://b/p/", &["a/x", "a/y/z", "b/x", "c/x"]),
+        ];
+        assert_eq!(
+            local_paths(&plan_datums(&input, &listings).unwrap()),
+            vec![
+                vec!["r/1-a.txt", "r/2-a.txt", "p/a/x", "p/a/y/z"],
+                vec!["r/1-b.txt", "p/b/x"],
+                vec!["p/c/x"],
+                vec!["r/9-z.txt"],
+            ]
+        );
+        // One input grouped alone.
+        let input = Input::Group(vec![group_atom("s3://b/r/", "r", "/*-(*).txt", "$1")]);
+        assert_eq!(
+            local_paths(&plan_datums(&input, &listings[..1]).unwrap()),
+            vec![
+                vec!["r/1-a.txt", "r/2-a.txt"],
+                vec!["r/1-b.txt"],
+                vec!["r/9-z.txt"]
+            ]
+        );
+    }
+
+    #[test]
+    fn joins_combine_with_cross_and_union() {
+        let input = Input::Union(vec![
+            Input::Cross(vec![
+                atom("s3://b/c/", "c", Glob::WholeRepo),
+                Input::Join(vec![
+                    keyed_atom("s3://b/r/", "r", "/(*).txt", "$1", false),
+                    keyed_atom("s3://b/p/", "p", "/(*).csv", "$1", false),
+                ]),
+            ]),
+            Input::Group(vec![group_atom("s3://b/g/", "g", "/(?)*", "$1")]),
+        ]);
+        let listings = [
+            listing("s3://b/c/", &["conf"]),
+            listing("s3://b/r/", &["a.txt", "b.txt"]),
+            listing("s3://b/p/", &["a.csv", "b.csv"]),
+            listing("s3://b/g/", &["xa", "xb", "y"]),
+        ];
+        let whole = plan_datums(&input, &listings).unwrap();
+        assert_eq!(
+            local_paths(&whole),
+            vec![
+                vec!["c/conf", "r/a.txt", "p/a.csv"],
+                vec!["c/conf", "r/b.txt", "p/b.csv"],
+                vec!["g/xa", "g/xb"],
+                vec!["g/y"],
+            ]
+        );
+        assert_eq!(plan_streaming(&input, &listings, 1).unwrap(), whole);
     }
 
     #[test]

@@ -739,6 +739,49 @@ fn a_datum_below_the_frontier_is_still_handed_out() {
     }
 }
 
+/// Stopping a job closes the attempts of all its running datums at once,
+/// however many: on SQLite the statement once nested one OR per attempt
+/// and failed past 1,000 ("Expression tree is too large").
+#[test]
+fn stopping_a_job_with_thousands_running_closes_every_attempt() {
+    use falconeri_common::models::{Frontier, ReserveWant};
+    for db in TestDb::all() {
+        let mut conn = db.pool.get().unwrap();
+        let job = create_job(&mut conn, 2_500, 1);
+        let wants: Vec<ReserveWant> = (0..3)
+            .map(|w| ReserveWant {
+                worker_id: format!("w{w}"),
+                max: 1_000,
+                resume: false,
+            })
+            .collect();
+        let reserved = Datum::reserve_many(
+            &mut conn,
+            job.id,
+            &wants,
+            &Frontier::default(),
+            Clock::DB,
+            LEASE,
+            None,
+        )
+        .unwrap();
+        assert_eq!(reserved.len(), 2_500, "{db:?}");
+        let now = db_now(&mut conn).unwrap();
+        Job::stop(&mut conn, job.id, JobStatus::Canceled, None, now).unwrap();
+        let canceled = Datum::list_filtered(
+            &mut conn,
+            job.id,
+            &DatumFilter {
+                outcome: Some(Outcome::Canceled),
+                ..DatumFilter::default()
+            },
+            10_000,
+        )
+        .unwrap();
+        assert_eq!(canceled.len(), 2_500, "{db:?}");
+    }
+}
+
 /// Replicas starting together on a fresh PostgreSQL database each migrate it;
 /// without the advisory lock, diesel's bookkeeping table creation races and
 /// some of them fail.

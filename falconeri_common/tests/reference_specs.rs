@@ -92,6 +92,7 @@ fn book_words() {
             name: "s3".into(),
             key: "AWS_SECRET_ACCESS_KEY".into(),
             env_var: "AWS_SECRET_ACCESS_KEY".into(),
+            optional: false,
         }
     );
     assert_eq!(
@@ -189,4 +190,23 @@ fn json_schema_is_an_object_schema() {
     let required = schema["required"].as_array().unwrap();
     assert!(required.iter().any(|r| r == "input"));
     assert!(!required.iter().any(|r| r == "datum_tries"));
+}
+
+/// A spec written for falconeri v2, with its optional secret key and a
+/// `null` retry count, parses; the secret stays optional.
+#[test]
+fn falconeri_v2_specs_parse() {
+    let spec = load("v2-optional-secret.json");
+    assert_eq!(spec.datum_tries, 1);
+    assert!(matches!(
+        &spec.transform.secrets[2],
+        Secret::Env { env_var, optional: true, .. } if env_var == "AWS_ENDPOINT_URL"
+    ));
+    assert!(matches!(
+        &spec.transform.secrets[0],
+        Secret::Env {
+            optional: false,
+            ..
+        }
+    ));
 }

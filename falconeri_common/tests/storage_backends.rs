@@ -20,7 +20,7 @@ use futures::{StreamExt, TryStreamExt};
 use falconeri_common::{
     api::{InputFileResponse, NewOutputFile},
     pipeline::{AtomInput, Glob, Input},
-    plan::{ObjectInfo, PlanError, plan_datums},
+    plan::{AtomPlanner, ObjectInfo, PlanError, plan_datums},
     storage::{
         FileStorage, S3Storage, Storage, attempt_staging_uri, download_inputs, publish_outputs,
         storage_for, upload_outputs,
@@ -182,11 +182,107 @@ fn both(test: impl AsyncFn(Kind)) {
 }
 
 fn atom(uri: &str, glob: Glob) -> Input {
-    Input::Atom(AtomInput {
-        uri: uri.to_owned(),
-        repo: "in".to_owned(),
-        glob,
-    })
+    Input::Atom(AtomInput::new(uri, "in", glob))
+}
+
+/// `tree` written under a temporary directory's `tree/`, and its URI.
+fn local_tree(tree: &[(&str, &[u8])]) -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    for (path, body) in tree {
+        let path = dir.path().join("tree").join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, body).unwrap();
+    }
+    let uri = format!("file://{}/tree/", dir.path().display());
+    (dir, uri)
+}
+
+/// What start-up does with one atom: list only the glob's literal prefix,
+/// then plan; the datums as local paths.
+async fn plan_from_prefix(storage: &dyn Storage, uri: &str, glob: &str) -> Vec<Vec<String>> {
+    let input = atom(uri, Glob::from(glob));
+    let Input::Atom(atom_input) = &input else {
+        unreachable!()
+    };
+    let planner = AtomPlanner::new(atom_input).unwrap();
+    let listing: Vec<ObjectInfo> = storage
+        .list_pages_from(uri, planner.list_prefix())
+        .try_concat()
+        .await
+        .unwrap();
+    plan_datums(&input, &[listing])
+        .unwrap()
+        .into_iter()
+        .map(|datum| datum.files.into_iter().map(|f| f.local_path).collect())
+        .collect()
+}
+
+/// Every glob plans the same datums on S3 and GCS as on `file://`, and a
+/// glob with a literal start lists only that prefix (checked by keys
+/// outside it that would break planning if they were listed).
+#[test]
+fn pattern_globs_list_their_prefix_on_every_backend() {
+    let tree: [(&str, &'static [u8]); 8] = [
+        ("2023-12-31.log", b"a"),
+        ("2024-01-02.log", b"b"),
+        ("2024-01-x/part-1", b"c"),
+        ("a.csv", b"d"),
+        ("bee/hive/honey.csv", b"e"),
+        ("bee/wax.txt", b"f"),
+        ("logs/2024/a.csv", b"g"),
+        ("logs/2025/b.csv", b"h"),
+    ];
+    let globs = [
+        ("/**", 8),
+        ("/*/*", 5),
+        ("/*.csv", 1),
+        ("/**/*.csv", 4),
+        ("/2024-??-*", 2),
+        ("/{a,b}*", 2),
+        ("/[0-9]*", 3),
+        ("/logs/2024/*.csv", 1),
+        ("/logs/*/*.csv", 2),
+        ("/bee/*", 2),
+        ("/zzz*", 0),
+    ];
+    let (_dir, file_uri) = local_tree(&tree);
+    let expected = run(async {
+        let mut expected = Vec::new();
+        for (glob, count) in globs {
+            let datums = plan_from_prefix(&FileStorage, &file_uri, glob).await;
+            assert_eq!(datums.len(), count, "file:// {glob}: {datums:?}");
+            expected.push(datums);
+        }
+        expected
+    });
+    both(async |kind| {
+        let bucket = Bucket::new(kind).await;
+        for (path, body) in tree {
+            bucket.put(&format!("tree/{path}"), body).await;
+        }
+        for ((glob, _), expected) in globs.iter().zip(&expected) {
+            for uri in [bucket.uri("tree/"), bucket.uri("tree")] {
+                let got = plan_from_prefix(&*bucket.storage(), &uri, glob).await;
+                assert_eq!(&got, expected, "{kind:?} {uri} {glob}");
+            }
+        }
+        // Only the prefix is listed: a key beside it is never seen.
+        let storage = bucket.storage();
+        let listed: Vec<ObjectInfo> = storage
+            .list_pages_from(&bucket.uri("tree/"), "logs/2024/")
+            .try_concat()
+            .await
+            .unwrap();
+        let paths: Vec<&str> = listed.iter().map(|o| o.relative_path.as_str()).collect();
+        assert_eq!(paths, ["logs/2024/a.csv"], "{kind:?}");
+        assert_eq!(listed[0].uri, bucket.uri("tree/logs/2024/a.csv"));
+        let none: Vec<ObjectInfo> = storage
+            .list_pages_from(&bucket.uri("tree/a.csv"), "x")
+            .try_concat()
+            .await
+            .unwrap();
+        assert!(none.is_empty(), "{kind:?}: {none:?}");
+    });
 }
 
 #[test]
@@ -317,13 +413,7 @@ fn globs_mean_the_same_on_every_backend() {
         ("f/g.txt", b""),
         ("h.txt", b"h"),
     ];
-    let dir = tempfile::tempdir().unwrap();
-    for (path, body) in tree {
-        let path = dir.path().join("tree").join(path);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(path, body).unwrap();
-    }
-    let file_uri = format!("file://{}/tree/", dir.path().display());
+    let (_dir, file_uri) = local_tree(&tree);
     let local_paths = |input: &Input, listing| {
         plan_datums(input, &[listing])
             .unwrap()
@@ -360,7 +450,7 @@ fn globs_mean_the_same_on_every_backend() {
             for uri in [bucket.uri("tree/"), bucket.uri("tree")] {
                 let listing = bucket.storage().list(&uri).await.unwrap();
                 assert_eq!(
-                    &local_paths(&atom(&uri, glob), listing),
+                    &local_paths(&atom(&uri, glob.clone()), listing),
                     expected,
                     "{kind:?} {uri} {glob:?}"
                 );

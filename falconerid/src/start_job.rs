@@ -2,9 +2,11 @@
 //! datums, insert them, ask the executor for workers.
 //!
 //! Nothing here holds a whole listing or plan. Each atom's listing arrives
-//! page by page from a task that fetches ahead, goes through an
-//! [`AtomPlanner`], and reaches the database in short batches while the
-//! next pages are fetched. The job exists from the first batch on, but
+//! page by page from a task that fetches ahead (only the part its glob's
+//! literal prefix names), goes through an [`AtomPlanner`], and reaches the
+//! database in short batches while the next pages are fetched. A `join` or
+//! `group` sorts its files by key on disk ([`KEYED_SEGMENT`] of them in
+//! memory at a time) and holds one key's files while combining them. The job exists from the first batch on, but
 //! holds a planning lease and is never started until its last datum is in;
 //! if planning fails, the client hangs up, or falconerid dies, the
 //! half-planned job is deleted (at once, or by the babysitter when the
@@ -16,13 +18,13 @@ use falconeri_common::{
     models::{DatumBatch, Job, NewJobParams, db_now},
     pipeline::{AtomInput, PipelineSpec},
     plan::{
-        AtomPlanner, ObjectInfo, PlanError, PlanItem, PlanPart, PlannedDatum, plan_cross,
-        plan_parts,
+        AtomPlanner, KeyedCombiner, KeyedFile, ObjectInfo, PlanError, PlanItem, PlanPart,
+        PlannedDatum, plan_cross, plan_parts,
     },
     status::JobStatus,
     storage::{STAGING_DIR, Storage, as_prefix, scheme, storage_for},
 };
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use tokio::sync::mpsc;
 
 use crate::{
@@ -42,6 +44,15 @@ const RETRY_PAGE: i64 = 1_000;
 
 /// Listing pages fetched ahead of the planner and the inserts.
 const PAGES_AHEAD: usize = 4;
+
+/// The files of a `join` or `group` held in memory while sorting them by
+/// key; more go to sorted runs on disk (extsort, in the system's temporary
+/// directory), merged as they are read back. At a few hundred bytes per
+/// file, some tens of MiB.
+pub const KEYED_SEGMENT: usize = 100_000;
+
+/// Sorted files read back per trip to the blocking pool.
+const KEYED_CHUNK: usize = 5_000;
 
 /// Where a new job's datums come from.
 #[derive(Debug)]
@@ -165,7 +176,8 @@ async fn fill(sink: &mut Sink<'_>, spec: &PipelineSpec, source: Source) -> AppRe
         match part {
             PlanPart::Atom(atom) => {
                 let mut planner = AtomPlanner::new(atom).map_err(plan_error)?;
-                let mut pages = list_ahead(atom_storage(atom)?, atom.uri.clone());
+                let start = planner.list_prefix().to_owned();
+                let mut pages = list_ahead(atom_storage(atom)?, atom.uri.clone(), start);
                 while let Some(page) = pages.recv().await {
                     for object in &page.map_err(|err| list_error(atom, err))? {
                         planner.push(object, &mut items).map_err(plan_error)?;
@@ -180,9 +192,16 @@ async fn fill(sink: &mut Sink<'_>, spec: &PipelineSpec, source: Source) -> AppRe
                 let mut listings = Vec::new();
                 for atom in part.atoms() {
                     let storage = atom_storage(atom)?;
+                    let start = atom.glob.matcher().map_err(|reason| {
+                        plan_error(PlanError::InvalidGlob {
+                            repo: atom.repo.clone(),
+                            reason,
+                        })
+                    })?;
                     listings.push(
                         storage
-                            .list(&atom.uri)
+                            .list_pages_from(&atom.uri, start.list_prefix())
+                            .try_concat()
                             .await
                             .map_err(|err| list_error(atom, err))?,
                     );
@@ -191,20 +210,151 @@ async fn fill(sink: &mut Sink<'_>, spec: &PipelineSpec, source: Source) -> AppRe
                     sink.push_datum(datum).await?;
                 }
             }
+            PlanPart::Keyed(kind, _) => {
+                let atoms = part.atoms();
+                let sorted = sort_keyed(&atoms, KEYED_SEGMENT).await?;
+                let mut combiner = KeyedCombiner::new(kind, &atoms);
+                let mut datums = Vec::new();
+                let mut reader = Some(sorted);
+                while let Some(sorted) = reader.take() {
+                    let (sorted, chunk) = tokio::task::spawn_blocking(move || {
+                        let mut sorted = sorted;
+                        let chunk: std::io::Result<Vec<SortedFile>> =
+                            sorted.by_ref().take(KEYED_CHUNK).collect();
+                        (sorted, chunk)
+                    })
+                    .await
+                    .map_err(|err| {
+                        AppError::Internal(anyhow::anyhow!("sort task failed: {err}"))
+                    })?;
+                    let chunk = chunk.map_err(sort_error)?;
+                    if chunk.len() == KEYED_CHUNK {
+                        reader = Some(sorted);
+                    }
+                    for file in chunk {
+                        combiner.push(file.0, &mut datums).map_err(plan_error)?;
+                        for datum in datums.drain(..) {
+                            sink.push_datum(datum).await?;
+                        }
+                    }
+                }
+                combiner.finish(&mut datums).map_err(plan_error)?;
+                for datum in datums {
+                    sink.push_datum(datum).await?;
+                }
+            }
         }
     }
     sink.flush().await
 }
 
-/// Lists `uri` page by page in a task of its own, a few pages ahead of the
-/// receiver. Dropping the receiver stops the task at its next page.
+/// A [`KeyedFile`] as extsort writes it to and reads it from its runs.
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct SortedFile(KeyedFile);
+
+impl extsort::Sortable for SortedFile {
+    fn encode<W: std::io::Write>(&self, writer: &mut W) -> std::io::Result<()> {
+        let KeyedFile {
+            key,
+            input,
+            root,
+            file,
+        } = &self.0;
+        writer.write_all(&input.to_le_bytes())?;
+        for bytes in [
+            key.as_slice(),
+            root.as_bytes(),
+            file.uri.as_bytes(),
+            file.local_path.as_bytes(),
+        ] {
+            let len = u32::try_from(bytes.len()).map_err(std::io::Error::other)?;
+            writer.write_all(&len.to_le_bytes())?;
+            writer.write_all(bytes)?;
+        }
+        Ok(())
+    }
+
+    fn decode<R: std::io::Read>(reader: &mut R) -> std::io::Result<Self> {
+        fn read_u32(reader: &mut impl std::io::Read) -> std::io::Result<u32> {
+            let mut bytes = [0; 4];
+            reader.read_exact(&mut bytes)?;
+            Ok(u32::from_le_bytes(bytes))
+        }
+        fn read_bytes(reader: &mut impl std::io::Read) -> std::io::Result<Vec<u8>> {
+            let len = usize::try_from(read_u32(reader)?).map_err(std::io::Error::other)?;
+            let mut bytes = vec![0; len];
+            reader.read_exact(&mut bytes)?;
+            Ok(bytes)
+        }
+        let text = |bytes: Vec<u8>| String::from_utf8(bytes).map_err(std::io::Error::other);
+        // extsort reads until `UnexpectedEof` on the first field.
+        let input = read_u32(reader)?;
+        let key = read_bytes(reader)?;
+        let root = text(read_bytes(reader)?)?;
+        let uri = text(read_bytes(reader)?)?;
+        let local_path = text(read_bytes(reader)?)?;
+        Ok(SortedFile(KeyedFile {
+            key,
+            input,
+            root,
+            file: falconeri_common::plan::PlannedFile { uri, local_path },
+        }))
+    }
+}
+
+/// Lists the atoms of a join or group page by page and sorts their files
+/// by key, at most `segment` of them in memory.
+async fn sort_keyed(
+    atoms: &[&AtomInput],
+    segment: usize,
+) -> AppResult<impl Iterator<Item = std::io::Result<SortedFile>> + Send + 'static> {
+    let mut sorter = extsort::ExternalSorter::new()
+        .with_segment_size(segment)
+        .pushed::<SortedFile>();
+    for (index, atom) in atoms.iter().enumerate() {
+        let mut planner = AtomPlanner::new(atom)
+            .and_then(|planner| planner.keyed(index))
+            .map_err(plan_error)?;
+        let start = planner.list_prefix().to_owned();
+        let mut pages = list_ahead(atom_storage(atom)?, atom.uri.clone(), start);
+        while let Some(page) = pages.recv().await {
+            let mut files = Vec::new();
+            for object in &page.map_err(|err| list_error(atom, err))? {
+                planner.push_keyed(object, &mut files).map_err(plan_error)?;
+            }
+            // A full segment is sorted and written out by the push that
+            // fills it: blocking work.
+            sorter = tokio::task::spawn_blocking(move || {
+                sorter.push_iter(files.into_iter().map(SortedFile))?;
+                Ok::<_, std::io::Error>(sorter)
+            })
+            .await
+            .map_err(|err| AppError::Internal(anyhow::anyhow!("sort task failed: {err}")))?
+            .map_err(sort_error)?;
+        }
+    }
+    tokio::task::spawn_blocking(move || sorter.done())
+        .await
+        .map_err(|err| AppError::Internal(anyhow::anyhow!("sort task failed: {err}")))?
+        .map_err(sort_error)
+}
+
+fn sort_error(err: std::io::Error) -> AppError {
+    AppError::Internal(anyhow::anyhow!(
+        "cannot sort the files of a join or group on disk: {err}"
+    ))
+}
+
+/// Lists `uri` from `start` page by page in a task of its own, a few pages
+/// ahead of the receiver. Dropping the receiver stops the task at its next page.
 fn list_ahead(
     storage: Arc<dyn Storage>,
     uri: String,
+    start: String,
 ) -> mpsc::Receiver<anyhow::Result<Vec<ObjectInfo>>> {
     let (tx, rx) = mpsc::channel(PAGES_AHEAD);
     tokio::spawn(async move {
-        let mut pages = storage.list_pages(&uri);
+        let mut pages = storage.list_pages_from(&uri, &start);
         while let Some(page) = pages.next().await {
             let failed = page.is_err();
             if tx.send(page).await.is_err() || failed {
@@ -441,4 +591,60 @@ fn job_suffix() -> String {
             char::from(ALPHABET[i])
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use falconeri_common::{pipeline::Glob, storage::FileStorage};
+
+    use super::*;
+
+    /// Files sorted on disk in runs of 3 come back in the order an
+    /// in-memory sort gives, every field intact.
+    #[tokio::test]
+    async fn keyed_files_sort_on_disk_in_bounded_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut atoms = Vec::new();
+        for (repo, names) in [
+            (
+                "a",
+                ["k9.x", "k1.x", "k5.x", "k2.x", "k7.x", "é3.x", "k4.x"],
+            ),
+            (
+                "b",
+                ["k2.x", "k9.x", "k0.x", "k5.x", "k1.x", "k8.x", "k3.x"],
+            ),
+        ] {
+            for name in names {
+                let path = dir.path().join(repo).join(name);
+                std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+                std::fs::write(path, name).unwrap();
+            }
+            let uri = format!("file://{}/", dir.path().join(repo).display());
+            let mut atom = AtomInput::new(uri, repo, Glob::from("/(?)*.x"));
+            atom.join_on = Some("$1".to_owned());
+            atoms.push(atom);
+        }
+        let atoms: Vec<&AtomInput> = atoms.iter().collect();
+        let on_disk: Vec<KeyedFile> = sort_keyed(&atoms, 3)
+            .await
+            .unwrap()
+            .map(|file| file.unwrap().0)
+            .collect();
+        let mut in_memory = Vec::new();
+        for (index, atom) in atoms.iter().enumerate() {
+            let listing = FileStorage.list(&atom.uri).await.unwrap();
+            let mut planner = AtomPlanner::new(atom).unwrap().keyed(index).unwrap();
+            for object in &listing {
+                planner.push_keyed(object, &mut in_memory).unwrap();
+            }
+        }
+        in_memory.sort();
+        assert_eq!(on_disk.len(), 14);
+        assert_eq!(on_disk, in_memory);
+        // A key of raw bytes (`?` took half of `é`) survives the round trip.
+        assert!(on_disk.iter().any(|file| file.key == [0xc3]));
+    }
 }

@@ -1516,3 +1516,109 @@ async fn the_babysitter_finishes_publishing_a_crash_left_behind() {
         assert_eq!(datum["output_files"].as_array().unwrap().len(), 1);
     }
 }
+
+/// Globs, a join and a group planned through the server, on both databases:
+/// each datum's files, as its worker is handed them.
+#[tokio::test]
+async fn globs_joins_and_groups_are_planned_through_the_server() {
+    let inputs = tempfile::tempdir().unwrap();
+    let root = inputs.path();
+    common::write_files(
+        &root.join("readings"),
+        &[("ID1.txt", "a"), ("ID2.txt", "b"), ("ID3.txt", "c")],
+    );
+    common::write_files(
+        &root.join("parts"),
+        &[
+            ("x/part-1.csv", "d"),
+            ("x/part-3.csv", "e"),
+            ("y/part-1.csv", "f"),
+        ],
+    );
+    common::write_files(
+        &root.join("logs"),
+        &[
+            ("2024-01-a.log", "g"),
+            ("2024-01-b.log", "h"),
+            ("2024-02-a.log", "i"),
+            ("2023-12-z.log", "j"),
+        ],
+    );
+    let uri = |dir: &str| format!("file://{}/", root.join(dir).display());
+    for server in TestServer::all() {
+        let mut spec = server.spec_with_inputs(&[], json!({}));
+        spec["input"] = json!({ "union": [
+            { "join": [
+                { "atom": { "URI": uri("readings"), "repo": "readings", "glob": "/ID(*).txt",
+                            "join_on": "$1", "outer_join": true } },
+                { "atom": { "URI": uri("parts"), "repo": "parts", "glob": "/*/part-(*).csv",
+                            "join_on": "$1" } },
+            ] },
+            { "group": [
+                { "atom": { "URI": uri("logs"), "repo": "logs", "glob": "/2024-(??)-*.log",
+                            "group_by": "$1" } },
+            ] },
+            { "atom": { "URI": uri("logs"), "repo": "all", "glob": "/2024-*" } },
+        ]});
+        let job = create(&server, spec).await;
+        let id = job["id"].as_i64().unwrap();
+        let token = worker_token(&server, id);
+        let mut datums = Vec::new();
+        for n in 0..job["datum_count"].as_i64().unwrap() {
+            let (status, reserved) = reserve(&server, id, &token, &format!("w{n}"), 0).await;
+            assert_eq!(status, StatusCode::OK, "{reserved}");
+            let files: Vec<String> = reserved["input_files"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|f| f["local_path"].as_str().unwrap().to_owned())
+                .collect();
+            datums.push(files);
+        }
+        assert_eq!(
+            datums,
+            vec![
+                vec!["readings/ID1.txt", "parts/x/part-1.csv"],
+                vec!["readings/ID1.txt", "parts/y/part-1.csv"],
+                // Outer: ID2 has no part but is kept; part-3 has no reading.
+                vec!["readings/ID2.txt"],
+                vec!["readings/ID3.txt", "parts/x/part-3.csv"],
+                vec!["logs/2024-01-a.log", "logs/2024-01-b.log"],
+                vec!["logs/2024-02-a.log"],
+                vec!["all/2024-01-a.log"],
+                vec!["all/2024-01-b.log"],
+                vec!["all/2024-02-a.log"],
+            ],
+            "{job}"
+        );
+    }
+}
+
+/// A join whose inputs match nothing is refused like any input without
+/// files, and leaves no job behind.
+#[tokio::test]
+async fn a_join_without_matches_is_refused() {
+    let inputs = tempfile::tempdir().unwrap();
+    common::write_files(&inputs.path().join("a"), &[("1.txt", "x")]);
+    common::write_files(&inputs.path().join("b"), &[("2.csv", "y")]);
+    let uri = |dir: &str| format!("file://{}/", inputs.path().join(dir).display());
+    for server in TestServer::all() {
+        let mut spec = server.spec_with_inputs(&[], json!({}));
+        spec["input"] = json!({ "join": [
+            { "atom": { "URI": uri("a"), "repo": "a", "glob": "/(*).txt", "join_on": "$1" } },
+            { "atom": { "URI": uri("b"), "repo": "b", "glob": "/(*).csv", "join_on": "$1" } },
+        ]});
+        let (status, body) = server
+            .call(Method::POST, "/v1/jobs", Some(ADMIN), Some(spec))
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("matched no files"),
+            "{body}"
+        );
+        assert_eq!(rows_of_jobs(&server).await, (0, 0, 0));
+    }
+}

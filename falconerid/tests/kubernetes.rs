@@ -146,7 +146,10 @@ fn spec_matrix() -> Vec<(&'static str, PipelineSpec)> {
                 { "name": "s3-credentials", "key": "AWS_ACCESS_KEY_ID", "env_var": "AWS_ACCESS_KEY_ID" },
                 { "name": "s3-credentials", "key": "AWS_SECRET_ACCESS_KEY", "env_var": "AWS_SECRET_ACCESS_KEY" },
                 { "name": "gcs-key", "mount_path": "/var/secrets/google" },
-                { "name": "tls.bundle", "mount_path": "/etc/tls/" }
+                { "name": "tls.bundle", "mount_path": "/etc/tls/" },
+                // falconeri v2's optional secret key.
+                { "name": "s3-credentials", "key": "AWS_ENDPOINT_URL", "env_var": "AWS_ENDPOINT_URL",
+                  "optional": true }
             ] } })),
         ),
         (
@@ -307,7 +310,8 @@ fn the_job_follows_the_spec() {
     );
 }
 
-/// Secrets become `secretKeyRef`s and read-only volumes; env values with
+/// Secrets become `secretKeyRef`s (optional ones `optional: true`) and
+/// read-only volumes; env values with
 /// YAML-looking text stay data; the spec cannot override the worker's own
 /// settings; the service account gets its token mounted.
 #[test]
@@ -324,6 +328,13 @@ fn secrets_env_and_service_accounts() {
     assert!(
         env.contains(&json!({ "name": "AWS_ACCESS_KEY_ID", "valueFrom": {
         "secretKeyRef": { "name": "s3-credentials", "key": "AWS_ACCESS_KEY_ID" } } }))
+    );
+    // An optional secret really is optional to Kubernetes: the pod starts
+    // without it (the whole matrix is also checked by kubernetes-validate).
+    assert!(
+        env.contains(&json!({ "name": "AWS_ENDPOINT_URL", "valueFrom": {
+        "secretKeyRef": { "name": "s3-credentials", "key": "AWS_ENDPOINT_URL", "optional": true } } })),
+        "{env:?}"
     );
     let volumes = pod["volumes"].as_array().unwrap();
     assert!(

@@ -1838,17 +1838,20 @@ pub(super) fn close_attempts(
         let stats = stats_assignments(stats);
         // The open attempt of a datum is the only one without an outcome,
         // so the datum ids alone find them; the numbers double-check.
+        // A list of row values, not a chain of ORs: SQLite refuses an
+        // expression nested 1,000 deep.
         let pairs: Vec<String> = chunk
             .iter()
-            .map(|(id, number)| format!("(datum_id = {id} AND number = {number})"))
+            .map(|(id, number)| format!("({id}, {number})"))
             .collect();
         stmt.push(&format!(
             "UPDATE attempts SET outcome = '{}', finished_at = {now}, error_message = {message}, \
                 exit_code = {exit_code}, signal = {signal}{stats} \
-             WHERE outcome IS NULL AND datum_id IN ({}) AND ({})",
+             WHERE outcome IS NULL AND datum_id IN ({}) \
+               AND (datum_id, number) IN (VALUES {})",
             outcome.as_str(),
             int_list(chunk.iter().map(|(id, _)| *id)),
-            pairs.join(" OR "),
+            pairs.join(", "),
         ));
         stmt.execute(conn)?;
     }

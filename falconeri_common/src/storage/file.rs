@@ -39,8 +39,12 @@ pub fn file_uri_path(uri: &str) -> Result<PathBuf> {
 
 #[async_trait]
 impl Storage for FileStorage {
-    fn list_pages<'a>(&'a self, uri: &'a str) -> BoxStream<'a, Result<Vec<ObjectInfo>>> {
-        list_pages_of(uri, PAGE_SIZE)
+    fn list_pages_from<'a>(
+        &'a self,
+        uri: &'a str,
+        start: &'a str,
+    ) -> BoxStream<'a, Result<Vec<ObjectInfo>>> {
+        list_pages_of(uri, start, PAGE_SIZE)
     }
 
     async fn download(&self, uri: &str, dest: &Path) -> Result<u64> {
@@ -466,11 +470,16 @@ const PAGE_SIZE: usize = 1_000;
 /// The listing of `uri` in pages of at most `page_size` objects. The walk
 /// runs on a blocking thread and hands pages over a channel of one page,
 /// so at most a few pages exist at once; dropping the stream stops it.
-fn list_pages_of(uri: &str, page_size: usize) -> BoxStream<'static, Result<Vec<ObjectInfo>>> {
+fn list_pages_of(
+    uri: &str,
+    start: &str,
+    page_size: usize,
+) -> BoxStream<'static, Result<Vec<ObjectInfo>>> {
     let (sender, receiver) = tokio::sync::mpsc::channel(1);
     let uri = uri.to_owned();
+    let start = start.to_owned();
     let walk = tokio::task::spawn_blocking(move || {
-        let result = walk_pages(&uri, page_size.max(1), &mut |page| {
+        let result = walk_pages(&uri, &start, page_size.max(1), &mut |page| {
             sender.blocking_send(Ok(page)).is_ok()
         });
         if let Err(err) = result {
@@ -495,15 +504,18 @@ fn list_pages_of(uri: &str, page_size: usize) -> BoxStream<'static, Result<Vec<O
 
 /// Walks the tree at `uri`, handing `each` pages of up to `page_size`
 /// objects in byte order of their relative paths, until it returns false
-/// (the reader has gone away).
+/// (the reader has gone away). With a `start`, only the directory it names
+/// is walked (`logs/2024/` walks `logs/2024`; `logs/20` walks `logs` and
+/// keeps its entries whose names start with `20`).
 fn walk_pages(
     uri: &str,
+    start: &str,
     page_size: usize,
     each: &mut dyn FnMut(Vec<ObjectInfo>) -> bool,
 ) -> Result<()> {
     let root = file_uri_path(uri)?;
     let meta = std::fs::metadata(&root).with_context(|| format!("cannot read input {uri}"))?;
-    if meta.is_file() {
+    if meta.is_file() && start.is_empty() {
         let name = root
             .file_name()
             .and_then(|name| name.to_str())
@@ -516,17 +528,33 @@ fn walk_pages(
         return Ok(());
     }
     let prefix = super::as_prefix(uri);
+    let (start_dir, start_name) = match start.rsplit_once('/') {
+        Some((dir, name)) => (dir, name),
+        None => ("", start),
+    };
+    let walk_root = root.join(start_dir);
+    // `start` is a glob's literal text: a directory named in it that is not
+    // there (or is a file) holds nothing the glob can match.
+    if !start.is_empty() && !std::fs::metadata(&walk_root).is_ok_and(|m| m.is_dir()) {
+        return Ok(());
+    }
     let mut page = Vec::with_capacity(page_size);
-    let walk = walkdir::WalkDir::new(&root)
+    let walk = walkdir::WalkDir::new(&walk_root)
         .follow_links(true)
         .sort_by(byte_order)
         .into_iter()
-        // Outputs staged by running attempts are not inputs: skip the
-        // whole folder rather than each file in it.
-        .filter_entry(|entry| entry.depth() == 0 || entry.file_name() != super::STAGING_DIR);
+        .filter_entry(|entry| {
+            let name = entry.file_name();
+            // Outputs staged by running attempts are not inputs: skip the
+            // whole folder rather than each file in it. Below `start`'s
+            // directory, only the names `start` begins.
+            entry.depth() == 0
+                || (name != super::STAGING_DIR
+                    && (entry.depth() > 1 || name.as_bytes().starts_with(start_name.as_bytes())))
+        });
     for entry in walk {
         let entry = entry.with_context(|| format!("cannot list {uri}"))?;
-        if !entry.file_type().is_file() {
+        if !entry.file_type().is_file() || entry.depth() == 0 {
             continue;
         }
         let relative = entry
@@ -602,11 +630,57 @@ mod tests {
 
     /// The pages of a listing, as relative paths.
     async fn page_paths(uri: &str, page_size: usize) -> Vec<Vec<String>> {
-        list_pages_of(uri, page_size)
+        list_pages_of(uri, "", page_size)
             .map_ok(|page| page.into_iter().map(|o| o.relative_path).collect())
             .try_collect()
             .await
             .unwrap()
+    }
+
+    /// A glob's literal prefix walks only what can match, in the same
+    /// order and with the same relative paths as the whole listing.
+    #[tokio::test]
+    async fn listing_from_a_prefix_walks_only_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = [
+            "2023-12/x",
+            "2024-01/a",
+            "2024-01/b/c",
+            "2024-02.log",
+            "2024/z",
+            "logs/2024/a.csv",
+            "logs/2025/b.csv",
+            "logs/x",
+        ];
+        tree(dir.path(), &files);
+        let uri = format!("file://{}/", dir.path().display());
+        let from = async |start: &str| -> Vec<String> {
+            list_pages_of(&uri, start, 2)
+                .map_ok(|page| {
+                    page.into_iter()
+                        .map(|o| o.relative_path)
+                        .collect::<Vec<_>>()
+                })
+                .try_concat()
+                .await
+                .unwrap()
+        };
+        assert_eq!(
+            from("2024-").await,
+            ["2024-01/a", "2024-01/b/c", "2024-02.log"]
+        );
+        assert_eq!(from("logs/2024/").await, ["logs/2024/a.csv"]);
+        assert_eq!(
+            from("logs/20").await,
+            ["logs/2024/a.csv", "logs/2025/b.csv"]
+        );
+        assert_eq!(from("").await.len(), files.len());
+        // Nothing there, or a file where a directory was named: nothing.
+        assert!(from("missing/").await.is_empty());
+        assert!(from("logs/x/").await.is_empty());
+        // The staging folder is never an input, even when asked for.
+        tree(dir.path(), &[".falconeri-staging/job-1/f"]);
+        assert!(from(".falconeri").await.is_empty());
     }
 
     #[tokio::test]

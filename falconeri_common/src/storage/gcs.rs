@@ -323,16 +323,22 @@ impl Clients {
 
 #[async_trait]
 impl Storage for GcsStorage {
-    fn list_pages<'a>(&'a self, uri: &'a str) -> BoxStream<'a, Result<Vec<ObjectInfo>>> {
+    fn list_pages_from<'a>(
+        &'a self,
+        uri: &'a str,
+        start: &'a str,
+    ) -> BoxStream<'a, Result<Vec<ObjectInfo>>> {
         let listing = async move {
             let loc = ObjectUri::parse(uri, "gs")?;
             let clients = clients().await?;
-            let pages = clients.clone().object_pages(&loc.bucket, &loc.dir_prefix());
+            let pages = clients
+                .clone()
+                .object_pages(&loc.bucket, &format!("{}{start}", loc.dir_prefix()));
             let size_of = {
                 let loc = loc.clone();
                 move || async move { clients.size_of(&loc).await }
             };
-            anyhow::Ok(object_listing(uri, &loc, pages, size_of))
+            anyhow::Ok(object_listing(uri, &loc, start, pages, size_of))
         };
         Box::pin(futures::stream::once(listing).try_flatten())
     }

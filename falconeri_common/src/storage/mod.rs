@@ -56,7 +56,21 @@ pub trait Storage: Send + Sync + fmt::Debug {
     /// No page is empty; an empty listing yields no page at all. Memory is
     /// bounded by a page (1,000 objects on every backend), however many
     /// objects the prefix holds, as long as the caller does not keep them.
-    fn list_pages<'a>(&'a self, uri: &'a str) -> BoxStream<'a, Result<Vec<ObjectInfo>>>;
+    fn list_pages<'a>(&'a self, uri: &'a str) -> BoxStream<'a, Result<Vec<ObjectInfo>>> {
+        self.list_pages_from(uri, "")
+    }
+
+    /// The part of [`Storage::list_pages`] whose relative paths start with
+    /// `start` (a glob's literal prefix, such as `2024-` or `logs/2024/`),
+    /// asking the store for that much only: a key prefix on S3 and GCS, one
+    /// directory's matching entries on `file://`. Relative paths stay
+    /// relative to `uri`, which is taken as a directory when `start` is not
+    /// empty; nothing starting with `start` is an empty listing.
+    fn list_pages_from<'a>(
+        &'a self,
+        uri: &'a str,
+        start: &'a str,
+    ) -> BoxStream<'a, Result<Vec<ObjectInfo>>>;
 
     /// Streams the object at `uri` into the new file `dest`, returning its size.
     /// `dest`'s directory exists and has been checked by the caller.

@@ -79,6 +79,7 @@ pub(crate) type KeyPage = Vec<(String, u64)>;
 pub(crate) fn object_listing<'a, P, F, Fut>(
     uri: &'a str,
     loc: &ObjectUri,
+    start: &str,
     pages: P,
     size_of: F,
 ) -> BoxStream<'a, Result<Vec<ObjectInfo>>>
@@ -95,7 +96,9 @@ where
         single: Option<(String, F)>,
         last: Option<String>,
     }
-    let names_object = !loc.key.is_empty() && !loc.key.ends_with('/');
+    // With a `start`, the URI is a directory: a glob's prefix never names
+    // the atom's own object.
+    let names_object = start.is_empty() && !loc.key.is_empty() && !loc.key.ends_with('/');
     let name = loc.key.rsplit('/').next().unwrap_or(&loc.key).to_owned();
     let state = State {
         pages: Box::pin(pages.fuse()),
@@ -473,7 +476,7 @@ mod tests {
                 .collect())
         });
         let loc = ObjectUri::parse(uri, "s3").unwrap();
-        let pages = object_listing(uri, &loc, futures::stream::iter(raw), || async {
+        let pages = object_listing(uri, &loc, "", futures::stream::iter(raw), || async {
             asked.store(true, std::sync::atomic::Ordering::SeqCst);
             Ok(single)
         })

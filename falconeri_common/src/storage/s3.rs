@@ -389,16 +389,24 @@ impl S3Storage {
 
 #[async_trait]
 impl Storage for S3Storage {
-    fn list_pages<'a>(&'a self, uri: &'a str) -> BoxStream<'a, Result<Vec<ObjectInfo>>> {
+    fn list_pages_from<'a>(
+        &'a self,
+        uri: &'a str,
+        start: &'a str,
+    ) -> BoxStream<'a, Result<Vec<ObjectInfo>>> {
         let listing = async move {
             let loc = ObjectUri::parse(uri, "s3")?;
             let client = client().await?;
-            let pages = Self::key_pages(&client, &loc.bucket, &loc.dir_prefix());
+            let pages = Self::key_pages(
+                &client,
+                &loc.bucket,
+                &format!("{}{start}", loc.dir_prefix()),
+            );
             let head = {
                 let loc = loc.clone();
                 move || async move { Self::head(&client, &loc).await }
             };
-            anyhow::Ok(object_listing(uri, &loc, pages, head))
+            anyhow::Ok(object_listing(uri, &loc, start, pages, head))
         };
         Box::pin(futures::stream::once(listing).try_flatten())
     }

@@ -365,14 +365,21 @@ fn worker_container(launch: &WorkerLaunch, mounts: Vec<VolumeMount>) -> Containe
         .map(|(name, value)| env(name, value.clone()))
         .collect();
     for secret in &spec.transform.secrets {
-        if let SpecSecret::Env { name, key, env_var } = secret {
+        if let SpecSecret::Env {
+            name,
+            key,
+            env_var,
+            optional,
+        } = secret
+        {
             env_vars.push(EnvVar {
                 name: env_var.clone(),
                 value_from: Some(EnvVarSource {
                     secret_key_ref: Some(SecretKeySelector {
                         name: name.clone(),
                         key: key.clone(),
-                        optional: None,
+                        // Left out unless asked for, as before.
+                        optional: optional.then_some(true),
                     }),
                     ..EnvVarSource::default()
                 }),
