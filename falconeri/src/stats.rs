@@ -59,6 +59,9 @@ pub fn attempts_table(attempts: &[AttemptResponse]) -> Option<Table> {
     Some(table)
 }
 
+/// How one row of the percentile table shows its values.
+type Show = dyn Fn(i64) -> String;
+
 /// The statistics section of `job describe`.
 pub fn render_job(stats: &JobStatsResponse) -> String {
     let mut out = String::new();
@@ -73,7 +76,7 @@ pub fn render_job(stats: &JobStatsResponse) -> String {
         let duration = |v: i64| ms(u64::try_from(v).ok());
         let size = |v: i64| output::size(v);
         let cores = |v: i64| format!("{:.2} CPU", v as f64 / 1000.0);
-        let rows: [(&str, Option<Percentiles>, &dyn Fn(i64) -> String); 5] = [
+        let rows: [(&str, Option<Percentiles>, &Show); 5] = [
             ("download", stats.phases.download, &duration),
             ("command", stats.phases.command, &duration),
             ("upload", stats.phases.upload, &duration),

@@ -1812,6 +1812,7 @@ fn end_attempts(
 /// Closes the open attempts `(datum id, attempt number)` with `outcome`.
 /// Runs after the statement that changed the datums, inside its
 /// transaction: datum rows are always locked before attempt rows.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn close_attempts(
     conn: &mut DbConn,
     ended: &[(i64, i32)],
