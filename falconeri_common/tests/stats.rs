@@ -142,14 +142,8 @@ fn every_report_path_stores_the_attempt_stats() {
             (e.id, e.claim().unwrap(), Report::default()),
         ];
         if conn.backend() == falconeri_common::db::Backend::Postgres {
-            for clock in [Clock::DB] {
-                assert_eq!(
-                    Datum::complete_many(&mut conn, &reports, clock)
-                        .unwrap()
-                        .len(),
-                    2
-                );
-            }
+            let done = Datum::complete_many(&mut conn, &reports, Clock::DB).unwrap();
+            assert_eq!(done.len(), 2);
         } else {
             for (id, claim, report) in &reports {
                 Datum::complete(
