@@ -728,7 +728,7 @@ impl Datum {
                 prepared_done_sql(),
                 "(ARRAY[1]::BIGINT[], ARRAY[1]::INTEGER[], ARRAY['explain']::TEXT[], \
                  ARRAY['']::TEXT[], ARRAY[0]::INTEGER[], ARRAY[NULL]::INTEGER[], \
-                 ARRAY[NULL]::BIGINT[], 'running')"
+                 ARRAY[NULL]::BIGINT[], 'running', ARRAY[1,1,1,1,1,1,1,1,1,1]::BIGINT[])"
                     .to_owned(),
             ),
         ];

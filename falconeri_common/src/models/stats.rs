@@ -76,14 +76,21 @@ pub(super) fn stats_array(stats: impl Iterator<Item = Option<AttemptStats>>) -> 
     format!("ARRAY[{}]::BIGINT[]", values.join(", "))
 }
 
-/// `download_files = {array}[(e.n - 1) * 10 + 1], …`: the assignments
+/// `download_files = ({array})[(e.n - 1) * 10 + 1], …`: the assignments
 /// that read a report's stats out of [`stats_array`] by its ordinal `n`.
 pub(super) fn stats_from_array(array: &str, ordinal: &str) -> String {
     let width = AttemptStats::COLUMNS.len();
     AttemptStats::COLUMNS
         .iter()
         .enumerate()
-        .map(|(i, column)| format!("{column} = {array}[({ordinal} - 1) * {width} + {}]", i + 1))
+        // Parenthesized: PostgreSQL subscripts a cast (`ARRAY[…]::BIGINT[]`)
+        // only inside parentheses.
+        .map(|(i, column)| {
+            format!(
+                "{column} = ({array})[({ordinal} - 1) * {width} + {}]",
+                i + 1
+            )
+        })
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -452,6 +459,6 @@ mod tests {
         assert!(sql.contains(", upload_ms = NULL"), "{sql}");
         let array = stats_array([Some(stats), None].into_iter());
         assert_eq!(array.matches(", ").count(), 19, "{array}");
-        assert!(stats_from_array("$9", "e.n").contains("upload_ms = $9[(e.n - 1) * 10 + 10]"));
+        assert!(stats_from_array("$9", "e.n").contains("upload_ms = ($9)[(e.n - 1) * 10 + 10]"));
     }
 }
