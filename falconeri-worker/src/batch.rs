@@ -33,7 +33,8 @@ use tracing::Instrument;
 use crate::{
     Worker,
     datum::{
-        Attempt, MIN_HEARTBEAT, ORPHANED_AFTER_PERIODS, Outcome, STOP_REPORT_TIMEOUT, attempt,
+        Attempt, MIN_HEARTBEAT, Measured, ORPHANED_AFTER_PERIODS, Outcome, STOP_REPORT_TIMEOUT,
+        attempt,
     },
     retry::Backoff,
 };
@@ -94,7 +95,7 @@ pub(crate) async fn process_batch(
             continue;
         }
         let span = tracing::info_span!("datum", datum_id = r.datum_id, attempt = r.claim.attempt);
-        let ran = async {
+        let (ran, measured) = async {
             tracing::info!(cmd = ?r.cmd, inputs = r.input_files.len(), "running a datum of the batch");
             attempt(worker, r, &lost).await
         }
@@ -113,16 +114,17 @@ pub(crate) async fn process_batch(
                         output,
                         output_files,
                         exit_code: Some(0),
+                        stats: measured.stats(),
                     },
                 ));
             }
             Attempt::Failed { error, output } => {
                 tracing::warn!(%error, "datum failed");
-                reports.push(report(r, failure(error, output)));
+                reports.push(report(r, failure(error, output, &measured)));
             }
             Attempt::Broken { error } => {
                 tracing::error!(%error, "the worker cannot work; releasing the rest of the batch");
-                reports.push(report(r, failure(error.clone(), String::new())));
+                reports.push(report(r, failure(error.clone(), String::new(), &measured)));
                 halt = Some(Halt::Broken(error));
             }
             Attempt::Lost => {
@@ -169,12 +171,15 @@ fn report(r: &Reservation, outcome: BatchOutcome) -> BatchReport {
     }
 }
 
-fn failure(error: String, output: String) -> BatchOutcome {
+/// A failed datum's report, with its command's exit status (when it ran)
+/// and what was measured.
+fn failure(error: String, output: String, m: &Measured) -> BatchOutcome {
     BatchOutcome::Error {
         output,
         error,
-        exit_code: None,
-        signal: None,
+        exit_code: m.exit_code,
+        signal: m.signal,
+        stats: m.stats(),
     }
 }
 

@@ -10,12 +10,14 @@ use std::{
     os::unix::process::ExitStatusExt,
     path::{Path, PathBuf},
     process::ExitStatus,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, anyhow, bail};
 use falconeri_common::{
-    api::{Claim, DoneRequest, ErrorRequest, NewOutputFile, ReleaseRequest, Reservation},
+    api::{
+        AttemptStats, Claim, DoneRequest, ErrorRequest, NewOutputFile, ReleaseRequest, Reservation,
+    },
     client::{Client, ClientError},
     storage::{download_inputs, upload_outputs},
 };
@@ -75,6 +77,42 @@ pub(crate) enum Attempt {
     },
 }
 
+/// What an attempt measured, sent with its report whatever the outcome:
+/// the statistics of the phases it reached, and how the command ended if
+/// it ran.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Measured {
+    pub stats: AttemptStats,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+}
+
+impl Measured {
+    /// The stats for a report: none when nothing was measured.
+    pub fn stats(&self) -> Option<AttemptStats> {
+        (!self.stats.is_empty()).then_some(self.stats)
+    }
+
+    /// Records how the command ended and what it used.
+    fn command(&mut self, exit: crate::usage::Exit) {
+        let usage = exit.usage;
+        self.stats.command_ms = Some(millis(usage.wall));
+        self.stats.user_cpu_ms = Some(millis(usage.user));
+        self.stats.system_cpu_ms = Some(millis(usage.system));
+        self.stats.max_rss_bytes = Some(usage.max_rss_bytes);
+        self.exit_code = exit.status.code();
+        self.signal = exit.status.signal();
+    }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn count(n: usize) -> Option<u64> {
+    u64::try_from(n).ok()
+}
+
 /// Runs one reserved datum and reports it. Errors mean the worker should exit.
 #[tracing::instrument(skip_all, fields(datum_id = r.datum_id, attempt = r.claim.attempt))]
 pub(crate) async fn process(worker: &Worker, r: &Reservation) -> Result<Outcome> {
@@ -92,7 +130,8 @@ pub(crate) async fn process(worker: &Worker, r: &Reservation) -> Result<Outcome>
     )));
 
     let budget = worker.config.retry_budget;
-    match attempt(worker, r, &lost).await {
+    let (ran, measured) = attempt(worker, r, &lost).await;
+    match ran {
         Attempt::Succeeded {
             output,
             output_files,
@@ -103,6 +142,7 @@ pub(crate) async fn process(worker: &Worker, r: &Reservation) -> Result<Outcome>
                 output,
                 output_files,
                 exit_code: Some(0),
+                stats: measured.stats(),
             };
             let result = with_retries(budget, "reporting the datum done", || {
                 report_done(&worker.client, r.datum_id, &body)
@@ -113,7 +153,7 @@ pub(crate) async fn process(worker: &Worker, r: &Reservation) -> Result<Outcome>
         }
         Attempt::Failed { error, output } => {
             tracing::warn!(%error, "datum failed");
-            let body = error_request(r, error, output);
+            let body = error_request(r, error, output, &measured);
             let result = with_retries(budget, "reporting the datum failed", || {
                 report_error(&worker.client, r.datum_id, &body)
             })
@@ -122,7 +162,7 @@ pub(crate) async fn process(worker: &Worker, r: &Reservation) -> Result<Outcome>
             Ok(Outcome::Next)
         }
         Attempt::Broken { error } => {
-            let body = error_request(r, error.clone(), String::new());
+            let body = error_request(r, error.clone(), String::new(), &measured);
             let result = with_retries(budget, "reporting the datum failed", || {
                 report_error(&worker.client, r.datum_id, &body)
             })
@@ -161,8 +201,12 @@ pub(crate) async fn process(worker: &Worker, r: &Reservation) -> Result<Outcome>
 
 /// Everything between reservation and report, with the attempt's log
 /// shipped to falconerid meanwhile and complete before this returns (so
-/// before the report).
-pub(crate) async fn attempt(worker: &Worker, r: &Reservation, lost: &CancellationToken) -> Attempt {
+/// before the report), and what the attempt measured.
+pub(crate) async fn attempt(
+    worker: &Worker,
+    r: &Reservation,
+    lost: &CancellationToken,
+) -> (Attempt, Measured) {
     let shipper = LogShipper::start(
         worker.client.clone(),
         r.datum_id,
@@ -170,7 +214,8 @@ pub(crate) async fn attempt(worker: &Worker, r: &Reservation, lost: &Cancellatio
         worker.config.retry_budget,
     );
     let log = shipper.sink();
-    let result = run_attempt(worker, r, lost, &log).await;
+    let mut measured = Measured::default();
+    let result = run_attempt(worker, r, lost, &log, &mut measured).await;
     match &result {
         Attempt::Succeeded { output_files, .. } => {
             log.worker(&format!("uploaded {} output files", output_files.len()))
@@ -189,7 +234,7 @@ pub(crate) async fn attempt(worker: &Worker, r: &Reservation, lost: &Cancellatio
         _ => worker.config.retry_budget,
     };
     shipper.finish(limit).await;
-    result
+    (result, measured)
 }
 
 async fn run_attempt(
@@ -197,6 +242,7 @@ async fn run_attempt(
     r: &Reservation,
     lost: &CancellationToken,
     log: &LogSink,
+    measured: &mut Measured,
 ) -> Attempt {
     let config = &worker.config;
     let shutdown = &worker.shutdown;
@@ -216,13 +262,17 @@ async fn run_attempt(
         r.input_files.len()
     ))
     .await;
+    let download_started = Instant::now();
     let downloaded = tokio::select! {
         result = download_inputs(&r.input_files, pfs) => result,
         () = lost.cancelled() => return Attempt::Lost,
         () = shutdown.cancelled() => return Attempt::Stopped { output: String::new() },
     };
+    measured.stats.download_ms = Some(millis(download_started.elapsed()));
     match downloaded {
         Ok(bytes) => {
+            measured.stats.download_files = count(r.input_files.len());
+            measured.stats.download_bytes = Some(bytes);
             tracing::info!(bytes, "downloaded inputs");
             log.worker(&format!("downloaded {bytes} bytes")).await;
         }
@@ -273,6 +323,10 @@ async fn run_attempt(
     }
     let timeout = r.timeout_ms.map(Duration::from_millis);
     let ending = supervise(&mut running, timeout, lost, shutdown).await;
+    // Also after a kill: a timed-out command's usage is worth knowing.
+    if let Some(exit) = running.exit() {
+        measured.command(exit);
+    }
     let output = running.finish().await;
     if let Some(path) = &config.command_pgid_file {
         let _ = std::fs::remove_file(path);
@@ -306,16 +360,27 @@ async fn run_attempt(
 
     log.worker("command succeeded; uploading outputs").await;
     let work_root = work_root(pfs, &config.scratch);
+    let upload_started = Instant::now();
     let uploaded = tokio::select! {
         result = upload_outputs(&out, &work_root, &r.staging_uri) => result,
         () = lost.cancelled() => return Attempt::Lost,
         () = shutdown.cancelled() => return Attempt::Stopped { output },
     };
+    measured.stats.upload_ms = Some(millis(upload_started.elapsed()));
     match uploaded {
-        Ok(output_files) => Attempt::Succeeded {
-            output,
-            output_files,
-        },
+        Ok(output_files) => {
+            measured.stats.upload_files = count(output_files.len());
+            measured.stats.upload_bytes = Some(
+                output_files
+                    .iter()
+                    .map(|f| u64::try_from(f.size).unwrap_or(0))
+                    .sum(),
+            );
+            Attempt::Succeeded {
+                output,
+                output_files,
+            }
+        }
         Err(err) => Attempt::Failed {
             error: format!("cannot upload outputs: {err:#}"),
             output,
@@ -443,13 +508,17 @@ fn work_root(pfs: &Path, scratch: &Path) -> PathBuf {
     }
 }
 
-fn error_request(r: &Reservation, error: String, output: String) -> ErrorRequest {
+/// The `error` report of an attempt, with the command's exit status (when
+/// it ran: a command that exited 0 but whose upload failed reports 0) and
+/// what was measured.
+fn error_request(r: &Reservation, error: String, output: String, m: &Measured) -> ErrorRequest {
     ErrorRequest {
         claim: r.claim.clone(),
         output,
         error,
-        exit_code: None,
-        signal: None,
+        exit_code: m.exit_code,
+        signal: m.signal,
+        stats: m.stats(),
     }
 }
 
@@ -627,6 +696,111 @@ mod tests {
                 (which, other) => panic!("{which}: {other:?}"),
             }
         }
+    }
+
+    fn test_worker(dir: &Path) -> Worker {
+        #[derive(clap::Parser)]
+        struct Args {
+            #[command(flatten)]
+            config: crate::Config,
+        }
+        let args = <Args as clap::Parser>::try_parse_from([
+            "worker",
+            "--server",
+            "http://127.0.0.1:9",
+            "--token",
+            "t",
+            "--job-id",
+            "1",
+            "--pfs",
+            &dir.join("pfs").display().to_string(),
+            "--scratch",
+            &dir.join("scratch").display().to_string(),
+        ])
+        .unwrap();
+        Worker {
+            client: Client::new(&args.config.server, None).unwrap(),
+            config: args.config,
+            shutdown: CancellationToken::new(),
+        }
+    }
+
+    /// A reservation of two input files (5 and 7 bytes) running `script`.
+    fn test_reservation(dir: &Path, script: &str) -> Reservation {
+        let inputs = dir.join("in");
+        std::fs::create_dir_all(&inputs).unwrap();
+        std::fs::write(inputs.join("a"), "12345").unwrap();
+        std::fs::write(inputs.join("b"), "1234567").unwrap();
+        let file = |name: &str| falconeri_common::api::InputFileResponse {
+            uri: format!("file://{}", inputs.join(name).display()),
+            local_path: format!("in/{name}"),
+        };
+        Reservation {
+            datum_id: 1,
+            job_id: 1,
+            claim: Claim {
+                worker_id: "w".into(),
+                attempt: 1,
+                scope: None,
+            },
+            lease_expires_at: 0,
+            heartbeat_interval_ms: 1000,
+            timeout_ms: None,
+            cmd: vec!["sh".into(), "-c".into(), script.into()],
+            env: BTreeMap::new(),
+            staging_uri: format!("file://{}/staging/", dir.display()),
+            input_files: vec![file("a"), file("b")],
+        }
+    }
+
+    async fn run_measured(script: &str) -> (Attempt, Measured) {
+        let dir = tempfile::tempdir().unwrap();
+        let worker = test_worker(dir.path());
+        let r = test_reservation(dir.path(), script);
+        let (log, _lines) = crate::logs::LogSink::for_test();
+        let mut measured = Measured::default();
+        let ran = run_attempt(&worker, &r, &CancellationToken::new(), &log, &mut measured).await;
+        (ran, measured)
+    }
+
+    /// Files and bytes are counted each way, and every phase is timed.
+    #[tokio::test]
+    async fn an_attempt_counts_files_and_bytes() {
+        let (ran, measured) = run_measured(
+            "cat \"$FALCONERI_PFS/in/a\" \"$FALCONERI_PFS/in/b\" > \"$FALCONERI_OUT/both\"; \
+             printf abc > \"$FALCONERI_OUT/three\"; sleep 0.2",
+        )
+        .await;
+        assert!(matches!(ran, Attempt::Succeeded { .. }), "{ran:?}");
+        let stats = measured.stats;
+        assert_eq!(stats.download_files, Some(2));
+        assert_eq!(stats.download_bytes, Some(12));
+        assert_eq!(stats.upload_files, Some(2));
+        assert_eq!(stats.upload_bytes, Some(15));
+        assert!(stats.download_ms.is_some() && stats.upload_ms.is_some());
+        assert!(stats.command_ms.unwrap() >= 200, "{stats:?}");
+        assert!(stats.max_rss_bytes.unwrap() > 0, "{stats:?}");
+        assert_eq!((measured.exit_code, measured.signal), (Some(0), None));
+    }
+
+    /// A failed command's report carries its exit status and what it
+    /// measured (it used to carry neither).
+    #[tokio::test]
+    async fn a_failed_attempt_reports_its_exit_status() {
+        let (ran, measured) = run_measured("exit 3").await;
+        let Attempt::Failed { error, output } = ran else {
+            panic!("{ran:?}");
+        };
+        let r = test_reservation(tempfile::tempdir().unwrap().path(), "");
+        let body = error_request(&r, error, output, &measured);
+        assert_eq!((body.exit_code, body.signal), (Some(3), None));
+        let stats = body.stats.unwrap();
+        assert_eq!(stats.download_bytes, Some(12));
+        assert!(stats.command_ms.is_some());
+        assert_eq!(stats.upload_ms, None);
+
+        let (_, measured) = run_measured("kill -TERM $$").await;
+        assert_eq!((measured.exit_code, measured.signal), (None, Some(15)));
     }
 
     #[test]

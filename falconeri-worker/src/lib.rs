@@ -17,6 +17,7 @@ mod datum;
 mod logs;
 mod process;
 mod retry;
+mod usage;
 
 use std::{fmt, path::PathBuf, time::Duration};
 

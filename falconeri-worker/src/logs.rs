@@ -43,6 +43,13 @@ impl LogSink {
         let _ = self.0.send(LogLine::new(stream, at, bytes)).await;
     }
 
+    /// A sink whose lines go to the returned receiver (tests).
+    #[cfg(test)]
+    pub(crate) fn for_test() -> (LogSink, mpsc::Receiver<LogLine>) {
+        let (sender, receiver) = mpsc::channel(1024);
+        (LogSink(sender), receiver)
+    }
+
     /// A line of the worker's own, with its newline.
     pub(crate) async fn worker(&self, message: &str) {
         self.line(

@@ -10,19 +10,26 @@
 //! ([`falconeri_common::process_tree`]). The worker runs one command at a
 //! time, so that is exactly what this datum left behind.
 //!
+//! The leader is reaped by [`crate::usage::Reaper`], which also measures
+//! its wall time, CPU and peak memory for the attempt's statistics.
+//!
 //! Nothing here talks to falconerid; [`crate::datum`] decides *when* to kill.
 
 use std::{
     collections::{BTreeMap, VecDeque},
     ffi::OsString,
     io,
+    os::unix::process::CommandExt,
     path::Path,
-    process::{ExitStatus, Stdio},
+    process::{Command, ExitStatus, Stdio},
     sync::{Arc, Mutex, PoisonError},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
-use crate::logs::{LineSplitter, LogSink};
+use crate::{
+    logs::{LineSplitter, LogSink},
+    usage::{Exit, Reaper},
+};
 use anyhow::{Context, Result, bail};
 use falconeri_common::{api::LogStream, process_tree};
 use nix::{
@@ -32,7 +39,7 @@ use nix::{
 };
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
-    process::{Child, Command},
+    process::{ChildStderr, ChildStdout},
     task::JoinHandle,
 };
 
@@ -159,7 +166,8 @@ pub fn command_env(
 /// A command that is running, or has just exited and not yet been collected.
 #[derive(Debug)]
 pub struct RunningCommand {
-    child: Child,
+    /// Reaps the leader and measures it.
+    reaper: Reaper,
     /// The child's pid, which is also its process group id.
     pgid: Pid,
     tail: Arc<Mutex<TailBuffer>>,
@@ -193,24 +201,43 @@ impl RunningCommand {
             // Its own group, so killing the group reaches everything the
             // command started, and a Ctrl-C at the worker's terminal reaches
             // only the worker, which then stops the command itself.
-            .process_group(0)
-            // A last resort should the worker bail out between spawn and
-            // reaping: never leave the leader running unsupervised.
-            .kill_on_drop(true);
-        // Kept out of leftover sweeps while it runs: its `Child` reaps it.
+            .process_group(0);
+        let started = Instant::now();
+        // Kept out of leftover sweeps until its reaper has reaped it.
         let mut child = process_tree::spawn_kept(|| {
             let child = command.spawn()?;
             let pid = child.id();
-            Ok((child, pid))
+            Ok((child, Some(pid)))
         })
         .with_context(|| format!("cannot start {:?}", spec.program))?;
-        let pgid = match child.id().map(i32::try_from) {
-            Some(Ok(pid)) => Pid::from_raw(pid),
-            _ => bail!("{:?} started but has no usable process id", spec.program),
+        let pgid = match i32::try_from(child.id()) {
+            Ok(pid) => Pid::from_raw(pid),
+            Err(_) => {
+                let _ = child.kill();
+                bail!("{:?} started but has no usable process id", spec.program)
+            }
+        };
+        let reaper = match Reaper::start(pgid, started) {
+            Ok(reaper) => reaper,
+            Err(err) => {
+                // Nobody would reap it: kill it and leave it to the sweep.
+                let _ = child.kill();
+                process_tree::release(pgid.as_raw());
+                return Err(err).context("cannot start a thread to wait for the command");
+            }
         };
         let tail = Arc::new(Mutex::new(TailBuffer::new(tail_bytes)));
         let mut pumps = Vec::with_capacity(2);
-        if let Some(stdout) = child.stdout.take() {
+        let stdout = child.stdout.take().map(ChildStdout::from_std).transpose();
+        let stderr = child.stderr.take().map(ChildStderr::from_std).transpose();
+        let (stdout, stderr) = match (stdout, stderr) {
+            (Ok(stdout), Ok(stderr)) => (stdout, stderr),
+            (Err(err), _) | (_, Err(err)) => {
+                reaper.signal_leader(Signal::SIGKILL);
+                return Err(err).context("cannot read the command's output");
+            }
+        };
+        if let Some(stdout) = stdout {
             pumps.push(tokio::spawn(pump(
                 stdout,
                 tokio::io::stdout(),
@@ -219,7 +246,7 @@ impl RunningCommand {
                     .map(|sink| (sink, LineSplitter::new(LogStream::Stdout))),
             )));
         }
-        if let Some(stderr) = child.stderr.take() {
+        if let Some(stderr) = stderr {
             pumps.push(tokio::spawn(pump(
                 stderr,
                 tokio::io::stderr(),
@@ -228,7 +255,7 @@ impl RunningCommand {
             )));
         }
         Ok(RunningCommand {
-            child,
+            reaper,
             pgid,
             tail,
             pumps,
@@ -243,7 +270,13 @@ impl RunningCommand {
     /// Waits for the command to exit. Cancel-safe, so it can sit in a
     /// `select!` next to timers.
     pub async fn wait(&mut self) -> io::Result<ExitStatus> {
-        self.child.wait().await
+        self.reaper.wait().await
+    }
+
+    /// How the command ended and what it used, once it has been waited
+    /// for (see [`crate::usage`] for what the numbers cover).
+    pub fn exit(&self) -> Option<Exit> {
+        self.reaper.exit()
     }
 
     /// Stops the command: SIGTERM to its group and to every other process
@@ -253,12 +286,12 @@ impl RunningCommand {
     /// reaps the rest.
     pub async fn kill_group(&mut self, grace: Duration) -> io::Result<ExitStatus> {
         self.signal_all(Signal::SIGTERM);
-        let status = match tokio::time::timeout(grace, self.child.wait()).await {
+        let status = match tokio::time::timeout(grace, self.reaper.wait()).await {
             Ok(status) => status,
             Err(_) => {
                 tracing::warn!(pgid = %self.pgid, "command ignored SIGTERM; sending SIGKILL");
                 self.signal_all(Signal::SIGKILL);
-                self.child.wait().await
+                self.reaper.wait().await
             }
         };
         // Children that outlived the leader must not outlive the datum.
@@ -279,11 +312,7 @@ impl RunningCommand {
     /// to drain, and returns the captured tail.
     pub async fn finish(mut self) -> String {
         let group_left = signal_group(self.pgid, Signal::SIGKILL);
-        // Only a reaped leader may leave the kept list: until then its pid
-        // is its `Child`'s to wait for, and cannot be reused.
-        if matches!(self.child.try_wait(), Ok(Some(_))) {
-            process_tree::release(self.pgid.as_raw());
-        }
+        // The reaper releases the leader from the kept list once reaped.
         let killed = process_tree::kill_descendants().await;
         if group_left || killed > 0 {
             tracing::warn!(pgid = %self.pgid, killed, "command left processes behind; killed them");
@@ -312,11 +341,10 @@ impl RunningCommand {
 
 impl Drop for RunningCommand {
     fn drop(&mut self) {
-        // A command dropped unfinished (an error path) is killed by
-        // `kill_on_drop`; once reaped, its pid must not stay kept, or a
-        // process that reuses it would be spared by every sweep.
-        if matches!(self.child.try_wait(), Ok(Some(_))) {
-            process_tree::release(self.pgid.as_raw());
+        // A command dropped unfinished (an error path) must not run on
+        // unsupervised; its reaper reaps and releases it once it is dead.
+        if !self.reaper.is_reaped() {
+            self.reaper.signal_leader(Signal::SIGKILL);
         }
     }
 }
@@ -551,6 +579,77 @@ mod tests {
             "{output}"
         );
         assert!(output.ends_with("\n998\n999\n1000\n"), "{output}");
+    }
+
+    /// Runs `script` to its end and returns how it ended and what it used.
+    async fn measure(script: &str) -> crate::usage::Exit {
+        let mut running = RunningCommand::spawn(&sh(script, path_env()), 1024).unwrap();
+        running.wait().await.unwrap();
+        let exit = running.exit().unwrap();
+        running.finish().await;
+        exit
+    }
+
+    const MIB: u64 = 1024 * 1024;
+
+    /// The peak memory is the command's own: 200 MiB touched by a
+    /// grandchild (python3 under sh, which waits for it) is seen, and a
+    /// small command measured afterwards in the same process is small
+    /// (`RUSAGE_CHILDREN` would still say 200 MiB).
+    #[tokio::test]
+    async fn peak_memory_is_measured_per_command() {
+        let big = measure("python3 -c 'b = b\"x\" * (200 * 1024 * 1024)'; true").await;
+        assert!(big.status.success());
+        let peak = big.usage.max_rss_bytes;
+        assert!(peak >= 200 * MIB, "peak {} MiB", peak / MIB);
+        assert!(peak < 400 * MIB, "peak {} MiB", peak / MIB);
+        let small = measure("true").await;
+        assert!(small.usage.max_rss_bytes < 50 * MIB, "{:?}", small.usage);
+        assert!(small.usage.max_rss_bytes > 0, "{:?}", small.usage);
+    }
+
+    /// A busy loop of half a second in a grandchild shows as about half a
+    /// second of CPU, most of it user time, while `sleep` uses next to none.
+    #[tokio::test]
+    async fn cpu_time_of_a_busy_loop_is_measured() {
+        let busy = measure(
+            "python3 -c 'import time\nt = time.time()\nwhile time.time() - t < 0.5: pass'; true",
+        )
+        .await;
+        let usage = busy.usage;
+        let cpu = usage.user + usage.system;
+        assert!(usage.wall >= Duration::from_millis(500), "{usage:?}");
+        // The machine may be busy: allow for time the loop did not get.
+        assert!(cpu >= Duration::from_millis(250), "{usage:?}");
+        assert!(cpu <= usage.wall + Duration::from_millis(100), "{usage:?}");
+        assert!(usage.user > usage.system, "{usage:?}");
+
+        let idle = measure("sleep 0.3").await.usage;
+        assert!(idle.wall >= Duration::from_millis(300), "{idle:?}");
+        assert!(
+            idle.user + idle.system < Duration::from_millis(100),
+            "{idle:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn exit_codes_and_signals_are_measured() {
+        let exit = measure("exit 7").await;
+        assert_eq!(exit.status.code(), Some(7));
+        let exit = measure("kill -9 $$").await;
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&exit.status),
+            Some(libc::SIGKILL)
+        );
+    }
+
+    /// A command dropped while it runs is killed, reaped and released.
+    #[tokio::test]
+    async fn a_dropped_command_is_killed_and_reaped() {
+        let running = RunningCommand::spawn(&sh("sleep 100", path_env()), 1024).unwrap();
+        let pid = running.pgid().as_raw();
+        drop(running);
+        assert!(reaped(pid).await, "{pid} survived its command");
     }
 
     #[tokio::test]

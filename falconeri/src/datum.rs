@@ -146,6 +146,10 @@ fn render(datum: &DatumResponse, now: i64) -> String {
             ]);
         }
         out.push_str(&attempts.render());
+        if let Some(stats) = crate::stats::attempts_table(&datum.attempts) {
+            out.push_str("\nAttempt statistics:\n");
+            out.push_str(&stats.render());
+        }
     }
 
     out.push_str("\nOutput files:\n");
@@ -186,7 +190,7 @@ fn push_indented(out: &mut String, text: &str) {
 #[cfg(test)]
 mod tests {
     use falconeri_common::{
-        api::{AttemptResponse, DatumSummary, InputFileResponse, OutputFileResponse},
+        api::{AttemptResponse, AttemptStats, DatumSummary, InputFileResponse, OutputFileResponse},
         status::{DatumStatus, Outcome},
     };
 
@@ -226,6 +230,7 @@ mod tests {
                     exit_code: None,
                     signal: None,
                     error_message: Some("lease expired".into()),
+                    stats: None,
                 },
                 AttemptResponse {
                     number: 2,
@@ -236,6 +241,16 @@ mod tests {
                     exit_code: Some(1),
                     signal: None,
                     error_message: Some("exit status 1\nmore".into()),
+                    stats: Some(AttemptStats {
+                        download_files: Some(1),
+                        download_bytes: Some(10),
+                        download_ms: Some(5),
+                        command_ms: Some(58_000),
+                        user_cpu_ms: Some(1_500),
+                        system_cpu_ms: Some(200),
+                        max_rss_bytes: Some(3 << 20),
+                        ..AttemptStats::default()
+                    }),
                 },
             ],
         };
@@ -258,6 +273,10 @@ mod tests {
              #  WORKER  STARTED               DURATION  OUTCOME        EXIT  ERROR\n\
              1  w-1     1970-01-01T00:00:00Z  5s        lease_expired  -     lease expired\n\
              2  w-2     1970-01-01T00:00:06Z  59s       error          1     exit status 1\n\
+             \n\
+             Attempt statistics:\n\
+             #  DOWNLOAD             COMMAND  USER CPU  SYS CPU  PEAK MEM  UPLOAD\n\
+             2  1 file, 10 B in 5ms  58s      1s        200ms    3.0 MiB   -\n\
              \n\
              Output files:\n\
              SIZE     URI\n\

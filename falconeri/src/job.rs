@@ -160,8 +160,22 @@ async fn describe(config: &Config, name: &str) -> Result<()> {
         .describe_job(job.id)
         .await
         .with_context(|| format!("cannot describe job {}", job.name))?;
+    let stats = client
+        .job_stats(job.id)
+        .await
+        .with_context(|| format!("cannot read the statistics of job {}", job.name))?;
     if config.json() {
-        return output::print_json(&described);
+        /// The describe body with the statistics beside it.
+        #[derive(serde::Serialize)]
+        struct Described<'a> {
+            #[serde(flatten)]
+            describe: &'a falconeri_common::api::JobDescribeResponse,
+            stats: &'a falconeri_common::api::JobStatsResponse,
+        }
+        return output::print_json(&Described {
+            describe: &described,
+            stats: &stats,
+        });
     }
     let now = output::now_millis();
     print!("{}", job_table(&described.job, now).render());
@@ -178,6 +192,7 @@ async fn describe(config: &Config, name: &str) -> Result<()> {
     if !described.running.is_empty() || !described.failed.is_empty() {
         println!("\nFor a datum's files, full error and output: falconeri datum describe ID");
     }
+    print!("{}", crate::stats::render_job(&stats));
     Ok(())
 }
 

@@ -15,6 +15,7 @@ mod local;
 mod logs;
 mod output;
 mod proxy;
+mod stats;
 
 use std::process::ExitCode;
 

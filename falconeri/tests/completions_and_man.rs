@@ -201,7 +201,9 @@ fn man_out_writes_a_clean_page_per_command() {
     let output = falconeri(home.path(), &["man", "--out", dir_arg]);
     let text = String::from_utf8_lossy(&output.stdout);
     // One page per visible command: as many as the directory now holds.
-    let written = std::fs::read_dir(&dir).expect("the directory exists").count();
+    let written = std::fs::read_dir(&dir)
+        .expect("the directory exists")
+        .count();
     assert!(written > 20, "{text}");
     assert!(
         text.starts_with(&format!("Wrote {written} man pages to {dir_arg}:")),

@@ -73,6 +73,9 @@ pub mod paths {
     pub fn job_logs(id: i64) -> String {
         format!("/v1/jobs/{id}/logs")
     }
+    pub fn job_stats(id: i64) -> String {
+        format!("/v1/jobs/{id}/stats")
+    }
 }
 
 /// The body of every error response.
@@ -310,6 +313,223 @@ pub struct AttemptResponse {
     /// The signal that ended the command, when one did.
     pub signal: Option<i32>,
     pub error_message: Option<String>,
+    /// What the worker measured, when it sent anything (see
+    /// [`AttemptStats`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stats: Option<AttemptStats>,
+}
+
+/// What a worker measured during one attempt, sent with its final report
+/// (`done`, `error`, or a batch report's `done`/`error`). Every field is
+/// optional: a phase the attempt never reached is left out, and a worker
+/// that sends no `stats` at all (an older one) is accepted as before.
+/// Each value is at most 2^53 - 1, the largest integer every JSON client
+/// can write exactly.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct AttemptStats {
+    /// Input files downloaded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(maximum = 9007199254740991_u64)]
+    pub download_files: Option<u64>,
+    /// Bytes of input downloaded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(maximum = 9007199254740991_u64)]
+    pub download_bytes: Option<u64>,
+    /// How long the download took, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(maximum = 9007199254740991_u64)]
+    pub download_ms: Option<u64>,
+    /// The command's wall time, from its start until it was reaped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(maximum = 9007199254740991_u64)]
+    pub command_ms: Option<u64>,
+    /// User CPU time of the command and every descendant it waited for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(maximum = 9007199254740991_u64)]
+    pub user_cpu_ms: Option<u64>,
+    /// System CPU time, likewise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(maximum = 9007199254740991_u64)]
+    pub system_cpu_ms: Option<u64>,
+    /// Peak resident memory of the largest single process among the
+    /// command and the descendants it waited for (`ru_maxrss`), in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(maximum = 9007199254740991_u64)]
+    pub max_rss_bytes: Option<u64>,
+    /// Output files uploaded to the attempt's staging area.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(maximum = 9007199254740991_u64)]
+    pub upload_files: Option<u64>,
+    /// Bytes of output uploaded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(maximum = 9007199254740991_u64)]
+    pub upload_bytes: Option<u64>,
+    /// How long the upload took, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(maximum = 9007199254740991_u64)]
+    pub upload_ms: Option<u64>,
+}
+
+impl AttemptStats {
+    /// The largest value a statistic may hold: 2^53 - 1, the largest
+    /// integer every JSON client writes exactly (the document says so).
+    pub const MAX: u64 = (1 << 53) - 1;
+
+    /// Refuses a value above [`AttemptStats::MAX`], naming its field.
+    pub fn check(&self) -> Result<(), String> {
+        for (name, value) in Self::COLUMNS.iter().zip(self.values()) {
+            if let Some(value) = value.filter(|v| *v > Self::MAX) {
+                return Err(format!("{name}: {value} is above {}", Self::MAX));
+            }
+        }
+        Ok(())
+    }
+
+    /// The statistics in the order of [`AttemptStats::COLUMNS`].
+    pub fn values(&self) -> [Option<u64>; 10] {
+        [
+            self.download_files,
+            self.download_bytes,
+            self.download_ms,
+            self.command_ms,
+            self.user_cpu_ms,
+            self.system_cpu_ms,
+            self.max_rss_bytes,
+            self.upload_files,
+            self.upload_bytes,
+            self.upload_ms,
+        ]
+    }
+
+    /// Statistics from values in the order of [`AttemptStats::COLUMNS`].
+    pub fn from_values(v: [Option<u64>; 10]) -> AttemptStats {
+        AttemptStats {
+            download_files: v[0],
+            download_bytes: v[1],
+            download_ms: v[2],
+            command_ms: v[3],
+            user_cpu_ms: v[4],
+            system_cpu_ms: v[5],
+            max_rss_bytes: v[6],
+            upload_files: v[7],
+            upload_bytes: v[8],
+            upload_ms: v[9],
+        }
+    }
+
+    /// The columns of `attempts` that hold the statistics (named as the
+    /// fields).
+    pub const COLUMNS: [&str; 10] = [
+        "download_files",
+        "download_bytes",
+        "download_ms",
+        "command_ms",
+        "user_cpu_ms",
+        "system_cpu_ms",
+        "max_rss_bytes",
+        "upload_files",
+        "upload_bytes",
+        "upload_ms",
+    ];
+
+    /// True when nothing was measured.
+    pub fn is_empty(&self) -> bool {
+        self.values().iter().all(Option::is_none)
+    }
+}
+
+/// `GET /v1/jobs/{id}/stats`: a job's statistics, computed by the
+/// database over the attempts that reported them.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct JobStatsResponse {
+    pub job_id: i64,
+    /// Attempts that reported statistics (of any outcome).
+    pub measured_attempts: i64,
+    /// Milliseconds spent in each phase, per attempt.
+    pub phases: PhaseStats,
+    /// Peak memory per attempt, in bytes (`max_rss_bytes`).
+    pub memory_bytes: Option<Percentiles>,
+    /// CPU used per attempt while its command ran, in millicores:
+    /// (user + system) × 1000 / wall time.
+    pub cpu_millicores: Option<Percentiles>,
+    pub throughput: Throughput,
+    /// The five slowest finished attempts, slowest first.
+    pub slowest: Vec<SlowAttempt>,
+    /// Datums that failed for good, grouped by error message, the largest
+    /// group first (at most 20 groups).
+    pub errors: Vec<ErrorGroup>,
+    /// Resource requests that would fit what was measured.
+    pub suggestion: Option<ResourceSuggestion>,
+}
+
+/// The durations of the three phases of an attempt, in milliseconds.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PhaseStats {
+    pub download: Option<Percentiles>,
+    pub command: Option<Percentiles>,
+    pub upload: Option<Percentiles>,
+}
+
+/// Nearest-rank percentiles of one measure over the attempts that have it:
+/// `p50` and `p95` are values some attempt really had (what PostgreSQL's
+/// `percentile_disc` answers).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Percentiles {
+    /// Attempts measured.
+    pub count: i64,
+    pub p50: i64,
+    pub p95: i64,
+    pub max: i64,
+}
+
+/// How fast the job went, over the span of its attempts (from the first
+/// start to the last finish).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Throughput {
+    pub elapsed_ms: i64,
+    pub datums_done: i64,
+    pub datums_per_second: f64,
+    pub download_bytes: i64,
+    pub upload_bytes: i64,
+    /// Bytes downloaded and uploaded, per second of the span.
+    pub bytes_per_second: f64,
+}
+
+/// One of the slowest attempts.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct SlowAttempt {
+    pub datum_id: i64,
+    pub attempt: i32,
+    pub outcome: Option<Outcome>,
+    /// From reservation to the end of the attempt.
+    pub duration_ms: i64,
+    pub download_ms: Option<i64>,
+    pub command_ms: Option<i64>,
+    pub upload_ms: Option<i64>,
+}
+
+/// Failed datums sharing one error message.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ErrorGroup {
+    pub message: String,
+    pub count: i64,
+    /// One datum of the group (the lowest id).
+    pub example_datum_id: i64,
+}
+
+/// `resource_requests` sized from the measured peaks.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ResourceSuggestion {
+    /// A Kubernetes quantity: p95 of `max_rss_bytes` × `margin`, rounded up
+    /// to a whole MiB.
+    pub memory: String,
+    /// A Kubernetes quantity: p95 of the CPU used × `margin`, rounded up to
+    /// a tenth of a CPU.
+    pub cpu: String,
+    /// The factor applied to the measured p95 (1.25: 25 % headroom).
+    pub margin: f64,
+    /// Attempts the suggestion rests on.
+    pub attempts: i64,
 }
 
 /// Body of `POST /v1/jobs/{id}/reserve`.
@@ -325,6 +545,7 @@ pub struct ReserveRequest {
     /// `datums_per_reservation`, never more than this, and answers with
     /// [`ReserveResponse::Batch`]. Unset: one datum, as `Reserved`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(maximum = 4294967295_u64)]
     pub max_datums: Option<u32>,
     /// The worker may hold datums of this job it was never told about:
     /// it has just started, or its last reservation got no answer. The
@@ -421,6 +642,9 @@ pub struct DoneRequest {
     /// The command's exit status (0), for the attempt's record.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,
+    /// What the worker measured (absent from older workers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stats: Option<AttemptStats>,
 }
 
 /// Body of `POST /v1/datums/{id}/error`.
@@ -435,6 +659,9 @@ pub struct ErrorRequest {
     /// The signal that killed the command, if one did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signal: Option<i32>,
+    /// What the worker measured (absent from older workers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stats: Option<AttemptStats>,
 }
 
 /// Body of `POST /v1/datums/{id}/release`: the worker was stopped, not
@@ -456,6 +683,8 @@ pub enum BatchOutcome {
         output_files: Vec<NewOutputFile>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         exit_code: Option<i32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stats: Option<AttemptStats>,
     },
     /// As `POST /v1/datums/{id}/error`.
     Error {
@@ -465,6 +694,8 @@ pub enum BatchOutcome {
         exit_code: Option<i32>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         signal: Option<i32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stats: Option<AttemptStats>,
     },
     /// As `POST /v1/datums/{id}/release`.
     Release { reason: String },
@@ -775,6 +1006,23 @@ impl LogEvent {
 
 #[cfg(test)]
 mod tests {
+    /// A statistic above what JSON clients write exactly is refused,
+    /// naming its field; the largest allowed one is not.
+    #[test]
+    fn attempt_stats_above_two_to_the_53_are_refused() {
+        let fine = super::AttemptStats {
+            upload_bytes: Some(super::AttemptStats::MAX),
+            ..Default::default()
+        };
+        assert_eq!(fine.check(), Ok(()));
+        let too_big = super::AttemptStats {
+            command_ms: Some(super::AttemptStats::MAX + 1),
+            ..Default::default()
+        };
+        let problem = too_big.check().unwrap_err();
+        assert!(problem.starts_with("command_ms: "), "{problem}");
+    }
+
     /// The written-out schema of a log line parses (it is not the empty
     /// fallback) and says exactly one of `text` and `base64` is set.
     #[test]
@@ -835,6 +1083,52 @@ mod tests {
             ..LogLine::new(LogStream::Worker, 1, b"x")
         };
         assert!(both.bytes().unwrap_err().contains("both"));
+    }
+
+    #[test]
+    fn reports_without_stats_still_parse() {
+        // What a worker from before statistics sends.
+        let old =
+            r#"{"claim":{"worker_id":"w","attempt":1},"output":"","error":"boom","exit_code":3}"#;
+        let request: ErrorRequest = serde_json::from_str(old).unwrap();
+        assert_eq!(request.stats, None);
+        let batch =
+            r#"{"datum_id":1,"claim":{"worker_id":"w","attempt":1},"outcome":"done","output":""}"#;
+        let report: BatchReport = serde_json::from_str(batch).unwrap();
+        assert!(matches!(
+            report.outcome,
+            BatchOutcome::Done { stats: None, .. }
+        ));
+        // And a negative measurement is refused, naming its field.
+        let bad =
+            r#"{"claim":{"worker_id":"w","attempt":1},"output":"","stats":{"command_ms":-1}}"#;
+        let err = serde_path_to_error::deserialize::<_, DoneRequest>(
+            &mut serde_json::Deserializer::from_str(bad),
+        )
+        .unwrap_err();
+        assert_eq!(err.path().to_string(), "stats.command_ms");
+    }
+
+    #[test]
+    fn stats_values_round_trip() {
+        let stats = AttemptStats {
+            download_files: Some(1),
+            max_rss_bytes: Some(7),
+            upload_ms: Some(9),
+            ..AttemptStats::default()
+        };
+        assert_eq!(AttemptStats::from_values(stats.values()), stats);
+        assert!(!stats.is_empty());
+        assert!(AttemptStats::default().is_empty());
+        let json = serde_json::to_value(stats).unwrap();
+        for column in AttemptStats::COLUMNS {
+            let set = json.get(column).is_some();
+            let index = AttemptStats::COLUMNS
+                .iter()
+                .position(|c| *c == column)
+                .unwrap();
+            assert_eq!(set, stats.values()[index].is_some(), "{column}");
+        }
     }
 
     #[test]

@@ -225,6 +225,12 @@ impl Client {
         self.get(&paths::job_describe(id)).await
     }
 
+    /// A job's statistics (phase percentiles, throughput, slowest attempts,
+    /// errors grouped, suggested resource requests).
+    pub async fn job_stats(&self, id: i64) -> Result<api::JobStatsResponse, ClientError> {
+        self.get(&paths::job_stats(id)).await
+    }
+
     /// Waits (long-poll) until the job changes after `since`, or `wait` passes.
     pub async fn job_progress(
         &self,

@@ -118,6 +118,7 @@ fn chunks_are_stored_under_the_claim_and_resends_are_ignored() {
             output: "",
             exit_code: Some(1),
             signal: None,
+            stats: None,
         };
         Datum::fail(&mut conn, datum.id, &claim, &report, "boom", Clock::DB).unwrap();
         let err = LogChunk::append(&mut conn, datum.id, &claim, 9, &worker, 1 << 20, Clock::DB)

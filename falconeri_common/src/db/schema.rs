@@ -83,6 +83,16 @@ diesel::table! {
         exit_code -> Nullable<Integer>,
         signal -> Nullable<Integer>,
         error_message -> Nullable<Text>,
+        download_files -> Nullable<BigInt>,
+        download_bytes -> Nullable<BigInt>,
+        download_ms -> Nullable<BigInt>,
+        command_ms -> Nullable<BigInt>,
+        user_cpu_ms -> Nullable<BigInt>,
+        system_cpu_ms -> Nullable<BigInt>,
+        max_rss_bytes -> Nullable<BigInt>,
+        upload_files -> Nullable<BigInt>,
+        upload_bytes -> Nullable<BigInt>,
+        upload_ms -> Nullable<BigInt>,
     }
 }
 

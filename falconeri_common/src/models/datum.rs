@@ -23,11 +23,13 @@ use diesel::{
 use super::{
     INSERT_CHUNK, ModelError, ModelResult,
     sql::{Clock, Stmt, int_list},
+    stats::{record_attempt_stats, stats_array, stats_assignments, stats_from_array},
 };
 use crate::{
     Millis,
     api::{
-        AttemptResponse, Claim, DatumSummary, InputFileResponse, NewOutputFile, OutputFileResponse,
+        AttemptResponse, AttemptStats, Claim, DatumSummary, InputFileResponse, NewOutputFile,
+        OutputFileResponse,
     },
     db::{DbConn, schema::*, with_conn},
     status::{DatumStatus, Outcome},
@@ -182,6 +184,8 @@ pub struct Report<'a> {
     pub output: &'a str,
     pub exit_code: Option<i32>,
     pub signal: Option<i32>,
+    /// What the worker measured, for the attempt's record.
+    pub stats: Option<&'a AttemptStats>,
 }
 
 /// The answer to a `done` report.
@@ -230,6 +234,8 @@ struct Ending<'a> {
     output: Option<&'a str>,
     exit_code: Option<i32>,
     signal: Option<i32>,
+    /// The attempt's statistics, when its worker reported them.
+    stats: Option<&'a AttemptStats>,
     requeue: Requeue,
 }
 
@@ -722,7 +728,7 @@ impl Datum {
                 prepared_done_sql(),
                 "(ARRAY[1]::BIGINT[], ARRAY[1]::INTEGER[], ARRAY['explain']::TEXT[], \
                  ARRAY['']::TEXT[], ARRAY[0]::INTEGER[], ARRAY[NULL]::INTEGER[], \
-                 ARRAY[NULL]::BIGINT[], 'running')"
+                 ARRAY[NULL]::BIGINT[], 'running', ARRAY[1,1,1,1,1,1,1,1,1,1]::BIGINT[])"
                     .to_owned(),
             ),
         ];
@@ -889,10 +895,14 @@ impl Datum {
                     None,
                     report.exit_code,
                     report.signal,
+                    report.stats,
                     clock,
                 )?;
                 return Ok(Some(Completed::Done(datum)));
             }
+            // The attempt stays open until its outputs are published;
+            // its stats are written now, while the report is at hand.
+            record_attempt_stats(conn, datum.id, datum.attempt, report.stats)?;
             let created_at = datum.updated_at;
             let uris: Vec<String> = files
                 .iter()
@@ -965,6 +975,7 @@ impl Datum {
                 .collect(),
         );
         let scopes = join(reports.iter().map(|(_, c, _)| int(c.scope)).collect());
+        let stats = stats_array(reports.iter().map(|(_, _, r)| r.stats.copied()));
         let outputs: Vec<String> = reports
             .iter()
             .map(|(_, _, r)| escape_nul(r.output).into_owned())
@@ -985,7 +996,7 @@ impl Datum {
                     "EXECUTE {name}(ARRAY[{ids}]::BIGINT[], ARRAY[{attempts}]::INTEGER[], \
                      ARRAY[{owners}]::TEXT[], ARRAY[{outputs}]::TEXT[], \
                      ARRAY[{exit_codes}]::INTEGER[], ARRAY[{signals}]::INTEGER[], \
-                     ARRAY[{scopes}]::BIGINT[], 'running')"
+                     ARRAY[{scopes}]::BIGINT[], 'running', {stats})"
                 );
                 return Ok(with_conn!(conn, c => diesel::sql_query(&execute).load(c))?);
             }
@@ -1008,6 +1019,7 @@ impl Datum {
             signals: &format!("ARRAY[{signals}]::INTEGER[]"),
             scopes: &format!("ARRAY[{scopes}]::BIGINT[]"),
             running: &running,
+            stats: &stats,
             now: &clock.sql(backend),
         }));
         stmt.load(conn)
@@ -1053,6 +1065,7 @@ impl Datum {
                     None,
                     exit_code,
                     None,
+                    None,
                     clock,
                 )?;
             }
@@ -1081,6 +1094,7 @@ impl Datum {
             output: None,
             exit_code: None,
             signal: None,
+            stats: None,
             requeue: Requeue::IfTriesLeft,
         };
         let claim_owned = claim.clone();
@@ -1175,6 +1189,7 @@ impl Datum {
             output: Some(report.output),
             exit_code: report.exit_code,
             signal: report.signal,
+            stats: report.stats,
             requeue: Requeue::IfTriesLeft,
         };
         Datum::end_held(conn, id, claim, &ending, clock)
@@ -1199,6 +1214,7 @@ impl Datum {
             output: None,
             exit_code: None,
             signal: None,
+            stats: None,
             requeue: Requeue::Always,
         };
         Datum::end_held(conn, id, claim, &ending, now.into())
@@ -1290,6 +1306,7 @@ impl Datum {
             output: None,
             exit_code: None,
             signal: None,
+            stats: None,
             requeue: Requeue::IfTriesLeft,
         };
         let now_sql = clock.sql(conn.backend());
@@ -1368,6 +1385,7 @@ impl Datum {
             output: None,
             exit_code: None,
             signal: None,
+            stats: None,
             requeue: Requeue::IfTriesLeft,
         };
         let mut total = 0;
@@ -1429,6 +1447,7 @@ impl Datum {
                 output: None,
                 exit_code: None,
                 signal: None,
+                stats: None,
                 requeue: Requeue::PodFailure {
                     max: max_pod_failures,
                 },
@@ -1611,10 +1630,11 @@ const PREPARED_RESERVE: (&str, &str) = (
 
 /// The prepared `done` of datums without outputs on PostgreSQL, and its
 /// parameter types: datums, attempts, owners, outputs, exit codes,
-/// signals, job scopes (one element per datum).
+/// signals, job scopes (one element per datum), `'running'`, and the
+/// attempts' statistics (ten per datum, see `stats::stats_array`).
 const PREPARED_DONE: (&str, &str) = (
     "falconeri_done_many",
-    "BIGINT[], INTEGER[], TEXT[], TEXT[], INTEGER[], INTEGER[], BIGINT[], TEXT",
+    "BIGINT[], INTEGER[], TEXT[], TEXT[], INTEGER[], INTEGER[], BIGINT[], TEXT, BIGINT[]",
 );
 
 /// Marks datums done under their claims and closes their attempts, in one
@@ -1633,8 +1653,9 @@ WITH done AS ( \
     RETURNING d.*), \
 closed AS ( \
     UPDATE attempts a SET outcome = 'done', finished_at = {now}, exit_code = e.exit_code, \
-        signal = e.signal \
-    FROM done JOIN unnest({ids}, {exit_codes}, {signals}) AS e (id, exit_code, signal) \
+        signal = e.signal, {stats_set} \
+    FROM done JOIN unnest({ids}, {exit_codes}, {signals}) WITH ORDINALITY \
+        AS e (id, exit_code, signal, n) \
         ON e.id = done.id \
     WHERE a.datum_id = done.id AND a.number = done.attempt AND a.outcome IS NULL) \
 SELECT * FROM done";
@@ -1653,6 +1674,8 @@ struct DoneManyParams<'a> {
     /// entry for every datum that ran since the last VACUUM) and goes
     /// through the primary key.
     running: &'a str,
+    /// `BIGINT[]`: ten statistics per datum, in `ids` order.
+    stats: &'a str,
     now: &'a str,
 }
 
@@ -1666,6 +1689,7 @@ fn done_many_sql(p: &DoneManyParams<'_>) -> String {
         .replace("{signals}", p.signals)
         .replace("{scopes}", p.scopes)
         .replace("{running}", p.running)
+        .replace("{stats_set}", &stats_from_array(p.stats, "e.n"))
         .replace("{now}", p.now)
 }
 
@@ -1680,6 +1704,7 @@ fn prepared_done_sql() -> String {
         signals: "$6",
         scopes: "$7",
         running: "$8",
+        stats: "$9",
         now: &Clock::DB.sql(crate::db::Backend::Postgres),
     })
 }
@@ -1778,6 +1803,7 @@ fn end_attempts(
         Some(ending.attempt_message.unwrap_or(ending.message)),
         ending.exit_code,
         ending.signal,
+        ending.stats,
         clock,
     )?;
     Ok(ended)
@@ -1786,6 +1812,7 @@ fn end_attempts(
 /// Closes the open attempts `(datum id, attempt number)` with `outcome`.
 /// Runs after the statement that changed the datums, inside its
 /// transaction: datum rows are always locked before attempt rows.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn close_attempts(
     conn: &mut DbConn,
     ended: &[(i64, i32)],
@@ -1793,6 +1820,7 @@ pub(super) fn close_attempts(
     message: Option<&str>,
     exit_code: Option<i32>,
     signal: Option<i32>,
+    stats: Option<&AttemptStats>,
     clock: Clock,
 ) -> ModelResult<()> {
     if ended.is_empty() {
@@ -1808,6 +1836,7 @@ pub(super) fn close_attempts(
         };
         let exit_code = exit_code.map_or("NULL".to_owned(), |c| c.to_string());
         let signal = signal.map_or("NULL".to_owned(), |s| s.to_string());
+        let stats = stats_assignments(stats);
         // The open attempt of a datum is the only one without an outcome,
         // so the datum ids alone find them; the numbers double-check.
         // A list of row values, not a chain of ORs: SQLite refuses an
@@ -1818,7 +1847,7 @@ pub(super) fn close_attempts(
             .collect();
         stmt.push(&format!(
             "UPDATE attempts SET outcome = '{}', finished_at = {now}, error_message = {message}, \
-                exit_code = {exit_code}, signal = {signal} \
+                exit_code = {exit_code}, signal = {signal}{stats} \
              WHERE outcome IS NULL AND datum_id IN ({}) \
                AND (datum_id, number) IN (VALUES {})",
             outcome.as_str(),
@@ -1905,6 +1934,7 @@ impl From<Attempt> for AttemptResponse {
             exit_code: attempt.exit_code,
             signal: attempt.signal,
             error_message: attempt.error_message,
+            stats: None,
         }
     }
 }

@@ -508,6 +508,7 @@ impl Job {
                     message,
                     None,
                     None,
+                    None,
                     Clock::At(now),
                 )?;
             }

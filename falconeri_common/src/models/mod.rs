@@ -9,6 +9,7 @@ mod datum;
 mod job;
 mod logs;
 pub mod sql;
+pub mod stats;
 
 use diesel::{QueryableByName, RunQueryDsl, sql_types::BigInt};
 

@@ -249,6 +249,7 @@ pub mod rest {
                 output: String::new(),
                 output_files: Vec::new(),
                 exit_code: Some(0),
+                stats: None,
             };
             let started = Instant::now();
             loop {
@@ -304,6 +305,7 @@ pub mod rest {
                             output: String::new(),
                             output_files: Vec::new(),
                             exit_code: Some(0),
+                            stats: None,
                         },
                     })
                     .collect(),

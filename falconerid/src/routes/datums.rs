@@ -1,7 +1,10 @@
 //! Datums as users see them.
 
 use axum::{Json, extract::State};
-use falconeri_common::{api::DatumResponse, models::Datum};
+use falconeri_common::{
+    api::{AttemptResponse, DatumResponse},
+    models::{Datum, stats::attempt_stats},
+};
 
 use utoipa_axum::{router::OpenApiRouter, routes};
 
@@ -16,7 +19,8 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(show))
 }
 
-/// A datum with its input and output files and its captured output.
+/// A datum with its input and output files, its captured output, and
+/// every attempt with the statistics its worker measured.
 #[utoipa::path(
     get,
     operation_id = "show_datum",
@@ -41,13 +45,25 @@ async fn show(
             let input_files = Datum::input_files(conn, id)?;
             let output_files = Datum::output_files(conn, id)?;
             let attempts = Datum::attempts(conn, id)?;
+            let mut stats = attempt_stats(conn, id)?.into_iter().peekable();
+            let attempts = attempts
+                .into_iter()
+                .map(|attempt| {
+                    let mut response = AttemptResponse::from(attempt);
+                    // Both are in attempt order.
+                    response.stats = stats
+                        .next_if(|(number, _)| *number == response.number)
+                        .map(|(_, stats)| stats);
+                    response
+                })
+                .collect();
             let output = datum.output.clone();
             Ok(DatumResponse {
                 datum: datum.into(),
                 input_files: input_files.into_iter().map(Into::into).collect(),
                 output_files: output_files.into_iter().map(Into::into).collect(),
                 output,
-                attempts: attempts.into_iter().map(Into::into).collect(),
+                attempts,
             })
         })
         .await?;

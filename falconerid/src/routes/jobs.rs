@@ -1,4 +1,4 @@
-//! Jobs: create, list, find, describe, follow, retry, cancel.
+//! Jobs: create, list, find, describe, statistics, follow, retry, cancel.
 
 use axum::{
     Json, body::Bytes, extract::State, extract::rejection::BytesRejection, http::StatusCode,
@@ -6,9 +6,9 @@ use axum::{
 use falconeri_common::{
     api::{
         DatumListQuery, DatumListResponse, JobDescribeResponse, JobListQuery, JobListResponse,
-        JobResponse, ProgressQuery, ProgressResponse,
+        JobResponse, JobStatsResponse, ProgressQuery, ProgressResponse,
     },
-    models::{Datum, DatumFilter, Job, db_now},
+    models::{Datum, DatumFilter, Job, db_now, stats::job_stats},
     pipeline::PipelineSpec,
     status::{DatumStatus, JobStatus},
 };
@@ -44,6 +44,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(retry))
         .routes(routes!(cancel))
         .routes(routes!(datums))
+        .routes(routes!(stats))
 }
 
 /// The body is the pipeline spec itself, exactly as users write it.
@@ -182,6 +183,36 @@ async fn describe(
                 running: running.into_iter().map(Into::into).collect(),
                 failed: failed.into_iter().map(Into::into).collect(),
             })
+        })
+        .await?;
+    Ok(Json(response))
+}
+
+/// A job's statistics over its attempts: phase percentiles, throughput,
+/// the slowest attempts, errors grouped, and suggested resource requests,
+/// all computed by the database (`models::stats`).
+#[utoipa::path(
+    get,
+    operation_id = "job_stats",
+    path = "/v1/jobs/{id}/stats",
+    tag = "jobs",
+    summary = "A job's statistics over its attempts",
+    params(("id" = i64, Path, description = "The job's id")),
+    responses(
+        (status = 200, description = "Phase percentiles, throughput, slowest attempts, errors and suggested requests", body = JobStatsResponse),
+        BadRequest, Unauthorized, Forbidden, NotFound, Unavailable, Internal,
+    ),
+)]
+async fn stats(
+    principal: Principal,
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<i64>,
+) -> AppResult<Json<JobStatsResponse>> {
+    principal.require_admin()?;
+    let response = state
+        .db(move |conn| {
+            Job::find(conn, id)?;
+            job_stats(conn, id)
         })
         .await?;
     Ok(Json(response))

@@ -13,7 +13,7 @@
 use axum::{Json, extract::State};
 use falconeri_common::{
     api::{
-        BatchHeartbeatRequest, BatchHeartbeatResponse, BatchOutcome, BatchReport,
+        AttemptStats, BatchHeartbeatRequest, BatchHeartbeatResponse, BatchOutcome, BatchReport,
         BatchReportRequest, BatchReportResponse, BatchReportResult, Claim, DatumSummary,
         DoneRequest, ErrorDetail, ErrorRequest, HeartbeatRequest, HeartbeatResponse, NewOutputFile,
         ReleaseRequest, Reservation, ReserveRequest, ReserveResponse,
@@ -229,6 +229,15 @@ fn reservation(state: &AppState, reserved: Reserved, info: &JobInfo) -> AppResul
     })
 }
 
+/// A report's statistics within what the document allows; the error
+/// names the field under `path`.
+fn check_stats(stats: Option<&AttemptStats>, path: &str) -> AppResult<()> {
+    match stats.map(AttemptStats::check) {
+        Some(Err(problem)) => Err(AppError::BadRequest(format!("{path}.{problem}"))),
+        _ => Ok(()),
+    }
+}
+
 fn check_worker_id(worker_id: &str) -> AppResult<()> {
     if worker_id.is_empty() || worker_id.len() > 253 {
         return Err(AppError::BadRequest(
@@ -388,11 +397,13 @@ fn settle_report(
             output,
             output_files,
             exit_code,
+            stats,
         } => {
             let report = Report {
                 output: output_tail(output),
                 exit_code: *exit_code,
                 signal: None,
+                stats: stats.as_ref(),
             };
             Datum::complete(
                 conn,
@@ -413,11 +424,13 @@ fn settle_report(
             error,
             exit_code,
             signal,
+            stats,
         } => {
             let report = Report {
                 output: output_tail(output),
                 exit_code: *exit_code,
                 signal: *signal,
+                stats: stats.as_ref(),
             };
             Datum::fail(conn, id, claim, &report, error, Clock::DB)
         }
@@ -460,6 +473,7 @@ fn settle_many_on_postgres(
                 output,
                 output_files,
                 exit_code,
+                stats,
             } if output_files.is_empty() => Some((
                 report.datum_id,
                 claim.clone(),
@@ -467,6 +481,7 @@ fn settle_many_on_postgres(
                     output: output_tail(output),
                     exit_code: *exit_code,
                     signal: None,
+                    stats: stats.as_ref(),
                 },
             )),
             _ => None,
@@ -761,10 +776,12 @@ async fn done(
     ApiPath(id): ApiPath<i64>,
     ApiJson(request): ApiJson<DoneRequest>,
 ) -> AppResult<Json<DatumSummary>> {
+    check_stats(request.stats.as_ref(), "stats")?;
     let outcome = BatchOutcome::Done {
         output: request.output,
         output_files: request.output_files,
         exit_code: request.exit_code,
+        stats: request.stats,
     };
     final_report(&state, &principal, id, &request.claim, outcome).await
 }
@@ -788,11 +805,13 @@ async fn error(
     ApiPath(id): ApiPath<i64>,
     ApiJson(request): ApiJson<ErrorRequest>,
 ) -> AppResult<Json<DatumSummary>> {
+    check_stats(request.stats.as_ref(), "stats")?;
     let outcome = BatchOutcome::Error {
         output: request.output,
         error: request.error,
         exit_code: request.exit_code,
         signal: request.signal,
+        stats: request.stats,
     };
     final_report(&state, &principal, id, &request.claim, outcome).await
 }
@@ -849,6 +868,13 @@ async fn report_batch(
         return Err(AppError::BadRequest(format!(
             "a batch report may hold at most {limit} reports"
         )));
+    }
+    for (i, report) in request.reports.iter().enumerate() {
+        let stats = match &report.outcome {
+            BatchOutcome::Done { stats, .. } | BatchOutcome::Error { stats, .. } => stats.as_ref(),
+            BatchOutcome::Release { .. } => None,
+        };
+        check_stats(stats, &format!("reports[{i}].stats"))?;
     }
     let ids: Vec<i64> = request.reports.iter().map(|r| r.datum_id).collect();
     let results = settle_batch(&state, &principal, job_id, request.reports).await?;

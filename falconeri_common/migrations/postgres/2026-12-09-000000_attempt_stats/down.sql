@@ -1,0 +1,10 @@
+ALTER TABLE attempts DROP COLUMN upload_ms;
+ALTER TABLE attempts DROP COLUMN upload_bytes;
+ALTER TABLE attempts DROP COLUMN upload_files;
+ALTER TABLE attempts DROP COLUMN max_rss_bytes;
+ALTER TABLE attempts DROP COLUMN system_cpu_ms;
+ALTER TABLE attempts DROP COLUMN user_cpu_ms;
+ALTER TABLE attempts DROP COLUMN command_ms;
+ALTER TABLE attempts DROP COLUMN download_ms;
+ALTER TABLE attempts DROP COLUMN download_bytes;
+ALTER TABLE attempts DROP COLUMN download_files;
