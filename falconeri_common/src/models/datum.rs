@@ -22,7 +22,7 @@ use diesel::{
 
 use super::{
     INSERT_CHUNK, ModelError, ModelResult,
-    sql::{Clock, Stmt, int_list},
+    sql::{Clock, Stmt, fill, int_list},
     stats::{record_attempt_stats, stats_array, stats_assignments, stats_from_array},
 };
 use crate::{
@@ -246,7 +246,7 @@ UPDATE datums SET \
     deadline_at = CASE WHEN status = 'ready' THEN {deadline} ELSE deadline_at END, \
     status = 'running', ready_order = NULL, owner = {worker}, \
     lease_expires_at = {now} + {lease}, updated_at = {now}, finished_at = NULL \
-WHERE id {in} ( \
+WHERE id IN ( \
     SELECT id FROM datums \
     WHERE {resume} AND job_id = {job} AND owner = {worker} AND status = 'running' \
     UNION ALL \
@@ -256,8 +256,8 @@ WHERE id {in} ( \
           AND NOT EXISTS (SELECT 1 FROM datums h WHERE {resume} AND h.job_id = {job} \
                           AND h.owner = {worker} AND h.status = 'running') \
           AND EXISTS (SELECT 1 FROM jobs j WHERE j.id = {job} AND j.status = 'running') \
-        ORDER BY ready_order LIMIT {max} {lock}) AS next \
-){close} AND (status = 'ready' OR (status = 'running' AND owner = {worker})) \
+        ORDER BY ready_order LIMIT {max}) AS next \
+) AND (status = 'ready' OR (status = 'running' AND owner = {worker})) \
 RETURNING *, {files} AS files";
 /// One statement that reserves for several workers at once on PostgreSQL
 /// (the server gathers the reservations that arrive while one runs; see
@@ -1557,22 +1557,23 @@ struct ReservationParams<'a> {
 
 /// One worker's reservation on SQLite (see [`Datum::reserve_many`]).
 fn reservation_sql(p: &ReservationParams<'_>) -> String {
-    RESERVE_HELD_OR_NEXT
-        .replace("{in} (", "IN (")
-        .replace("{close}", "")
-        .replace("{now}", p.now)
-        .replace("{deadline}", p.deadline)
-        .replace("{worker}", p.worker)
-        .replace("{lease}", p.lease)
-        .replace("{job}", p.job)
-        .replace("{max}", p.max)
-        .replace("{lock}", "")
-        .replace("{resume}", p.resume)
-        .replace(
-            "{files}",
-            "(SELECT json_group_array(json_array(f.uri, f.local_path) ORDER BY f.id) \
-             FROM input_files f WHERE f.datum_id = datums.id)",
-        )
+    fill(
+        RESERVE_HELD_OR_NEXT,
+        &[
+            ("now", p.now),
+            ("deadline", p.deadline),
+            ("worker", p.worker),
+            ("lease", p.lease),
+            ("job", p.job),
+            ("max", p.max),
+            ("resume", p.resume),
+            (
+                "files",
+                "(SELECT json_group_array(json_array(f.uri, f.local_path) ORDER BY f.id) \
+                 FROM input_files f WHERE f.datum_id = datums.id)",
+            ),
+        ],
+    )
 }
 
 /// The SQL expressions [`RESERVE_MANY_PG`] is built from: placeholders of
@@ -1595,15 +1596,19 @@ struct ReserveManyParams<'a> {
 
 /// The multi-worker reservation on PostgreSQL (see [`Datum::reserve_many`]).
 fn reserve_many_sql(p: &ReserveManyParams<'_>) -> String {
-    RESERVE_MANY_PG
-        .replace("{workers}", p.workers)
-        .replace("{maxes}", p.maxes)
-        .replace("{resumes}", p.resumes)
-        .replace("{timeout}", p.timeout)
-        .replace("{frontier}", p.frontier)
-        .replace("{lease}", p.lease)
-        .replace("{now}", p.now)
-        .replace("{job}", p.job)
+    fill(
+        RESERVE_MANY_PG,
+        &[
+            ("workers", p.workers),
+            ("maxes", p.maxes),
+            ("resumes", p.resumes),
+            ("timeout", p.timeout),
+            ("frontier", p.frontier),
+            ("lease", p.lease),
+            ("now", p.now),
+            ("job", p.job),
+        ],
+    )
 }
 
 /// The text of the prepared reservation, [`PREPARED_RESERVE`].
@@ -1680,17 +1685,21 @@ struct DoneManyParams<'a> {
 }
 
 fn done_many_sql(p: &DoneManyParams<'_>) -> String {
-    DONE_MANY_PG
-        .replace("{ids}", p.ids)
-        .replace("{attempts}", p.attempts)
-        .replace("{owners}", p.owners)
-        .replace("{outputs}", p.outputs)
-        .replace("{exit_codes}", p.exit_codes)
-        .replace("{signals}", p.signals)
-        .replace("{scopes}", p.scopes)
-        .replace("{running}", p.running)
-        .replace("{stats_set}", &stats_from_array(p.stats, "e.n"))
-        .replace("{now}", p.now)
+    fill(
+        DONE_MANY_PG,
+        &[
+            ("ids", p.ids),
+            ("attempts", p.attempts),
+            ("owners", p.owners),
+            ("outputs", p.outputs),
+            ("exit_codes", p.exit_codes),
+            ("signals", p.signals),
+            ("scopes", p.scopes),
+            ("running", p.running),
+            ("stats_set", &stats_from_array(p.stats, "e.n")),
+            ("now", p.now),
+        ],
+    )
 }
 
 /// The text of the prepared `done`, [`PREPARED_DONE`].

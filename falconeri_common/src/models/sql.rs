@@ -169,3 +169,13 @@ mod tests {
         );
     }
 }
+
+/// `template` with each `{name}` replaced by its SQL text, in the order
+/// given (a value may itself hold a later placeholder).
+pub(crate) fn fill(template: &str, values: &[(&str, &str)]) -> String {
+    let mut sql = template.to_owned();
+    for (name, value) in values {
+        sql = sql.replace(&format!("{{{name}}}"), value);
+    }
+    sql
+}
