@@ -140,6 +140,16 @@ pub(crate) fn int_list<I: IntoIterator<Item = i64>>(values: I) -> String {
     list
 }
 
+/// `template` with each `{name}` replaced by its SQL text, in the order
+/// given (a value may itself hold a later placeholder).
+pub(crate) fn fill(template: &str, values: &[(&str, &str)]) -> String {
+    let mut sql = template.to_owned();
+    for (name, value) in values {
+        sql = sql.replace(&format!("{{{name}}}"), value);
+    }
+    sql
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -168,14 +178,4 @@ mod tests {
                 .ends_with("+ 5)")
         );
     }
-}
-
-/// `template` with each `{name}` replaced by its SQL text, in the order
-/// given (a value may itself hold a later placeholder).
-pub(crate) fn fill(template: &str, values: &[(&str, &str)]) -> String {
-    let mut sql = template.to_owned();
-    for (name, value) in values {
-        sql = sql.replace(&format!("{{{name}}}"), value);
-    }
-    sql
 }
