@@ -5,7 +5,7 @@ use std::{
     ffi::{OsStr, OsString},
     os::{
         fd::{AsRawFd, OwnedFd},
-        unix::ffi::OsStrExt,
+        unix::ffi::{OsStrExt, OsStringExt},
     },
     path::{Component, Path, PathBuf},
 };
@@ -479,7 +479,7 @@ fn list_pages_of(
     let uri = uri.to_owned();
     let start = start.to_owned();
     let walk = tokio::task::spawn_blocking(move || {
-        let result = walk_pages(&uri, &start, page_size.max(1), &mut |page| {
+        let result = walk_pages(&uri, &start, page_size.max(1), DIR_SEGMENT, &mut |page| {
             sender.blocking_send(Ok(page)).is_ok()
         });
         if let Err(err) = result {
@@ -502,15 +502,22 @@ fn list_pages_of(
     Box::pin(pages.chain(end))
 }
 
+/// How many names of one directory the walk sorts in memory. A larger
+/// directory is sorted in runs on disk ([`crate::spill_sort`]), so a directory of millions of files costs the walk no more
+/// memory than one of this many names (a few MiB) per level of the tree.
+const DIR_SEGMENT: usize = 100_000;
+
 /// Walks the tree at `uri`, handing `each` pages of up to `page_size`
 /// objects in byte order of their relative paths, until it returns false
 /// (the reader has gone away). With a `start`, only the directory it names
 /// is walked (`logs/2024/` walks `logs/2024`; `logs/20` walks `logs` and
-/// keeps its entries whose names start with `20`).
+/// keeps its entries whose names start with `20`). Links are followed; a
+/// link to one of its own parent directories is an error, not a loop.
 fn walk_pages(
     uri: &str,
     start: &str,
     page_size: usize,
+    segment: usize,
     each: &mut dyn FnMut(Vec<ObjectInfo>) -> bool,
 ) -> Result<()> {
     let root = file_uri_path(uri)?;
@@ -535,44 +542,65 @@ fn walk_pages(
     let walk_root = root.join(start_dir);
     // `start` is a glob's literal text: a directory named in it that is not
     // there (or is a file) holds nothing the glob can match.
-    if !start.is_empty() && !std::fs::metadata(&walk_root).is_ok_and(|m| m.is_dir()) {
-        return Ok(());
-    }
+    let walk_root_meta = match std::fs::metadata(&walk_root) {
+        Ok(meta) if meta.is_dir() => meta,
+        _ if !start.is_empty() => return Ok(()),
+        Ok(_) => bail!("cannot list {uri}: not a directory"),
+        Err(err) => return Err(err).with_context(|| format!("cannot list {uri}")),
+    };
+    let listing_error = |path: &Path| format!("cannot list {uri}: {}", path.display());
+    let mut stack = vec![Level {
+        entries: sorted_entries(&walk_root, start_name.as_bytes(), segment)
+            .with_context(|| listing_error(&walk_root))?,
+        id: dir_id(&walk_root_meta),
+        dir: walk_root,
+    }];
     let mut page = Vec::with_capacity(page_size);
-    let walk = walkdir::WalkDir::new(&walk_root)
-        .follow_links(true)
-        .sort_by(byte_order)
-        .into_iter()
-        .filter_entry(|entry| {
-            let name = entry.file_name();
-            // Outputs staged by running attempts are not inputs: skip the
-            // whole folder rather than each file in it. Below `start`'s
-            // directory, only the names `start` begins.
-            entry.depth() == 0
-                || (name != super::STAGING_DIR
-                    && (entry.depth() > 1 || name.as_bytes().starts_with(start_name.as_bytes())))
-        });
-    for entry in walk {
-        let entry = entry.with_context(|| format!("cannot list {uri}"))?;
-        if !entry.file_type().is_file() || entry.depth() == 0 {
+    loop {
+        let Some(level) = stack.last_mut() else {
+            break;
+        };
+        let Some(entry) = level.entries.next() else {
+            stack.pop();
+            continue;
+        };
+        let entry = entry.with_context(|| listing_error(&level.dir))?;
+        let path = level.dir.join(entry.name());
+        // Links are followed: what counts is what they point to.
+        let meta = std::fs::metadata(&path).with_context(|| listing_error(&path))?;
+        if entry.is_dir() {
+            let id = dir_id(&meta);
+            if stack.iter().any(|level| level.id == id) {
+                bail!(
+                    "cannot list {uri}: {} links to a directory that holds it",
+                    path.display()
+                );
+            }
+            let entries = sorted_entries(&path, b"", segment).with_context(|| listing_error(&path))?;
+            stack.push(Level {
+                entries,
+                id,
+                dir: path,
+            });
             continue;
         }
-        let relative = entry
-            .path()
+        if !meta.is_file() {
+            continue;
+        }
+        let relative = path
             .strip_prefix(&root)
             .context("listing left its root")?
             .to_str()
-            .ok_or_else(|| anyhow!("{} is not UTF-8", entry.path().display()))?
+            .ok_or_else(|| anyhow!("{} is not UTF-8", path.display()))?
             .to_owned();
         // Hidden temporary files of an upload in progress are not inputs.
         if super::is_hidden(&relative) {
             continue;
         }
-        let size = entry.metadata().map(|m| m.len()).unwrap_or(0);
         page.push(ObjectInfo {
             uri: format!("{prefix}{relative}"),
             relative_path: relative,
-            size,
+            size: meta.len(),
         });
         if page.len() == page_size
             && !each(std::mem::replace(&mut page, Vec::with_capacity(page_size)))
@@ -586,17 +614,83 @@ fn walk_pages(
     Ok(())
 }
 
-/// Orders the entries of one directory so that the walk visits paths in
-/// byte order of the whole relative path, as object stores list keys. A
-/// directory sorts as its name with `/` appended, because that is how each
-/// path beneath it begins: `a-b` < `a/x` < `a0`, whereas sorting by bare
-/// name would visit `a/x` (under `a`) before `a-b`.
-fn byte_order(a: &walkdir::DirEntry, b: &walkdir::DirEntry) -> std::cmp::Ordering {
-    fn path_bytes(entry: &walkdir::DirEntry) -> impl Iterator<Item = u8> + '_ {
-        let slash = entry.file_type().is_dir().then_some(b'/');
-        entry.file_name().as_bytes().iter().copied().chain(slash)
+/// One directory being walked: the rest of its entries, in order.
+struct Level {
+    entries: crate::spill_sort::Sorted<SortKey>,
+    dir: PathBuf,
+    /// Device and inode, to notice a link back to a parent.
+    id: (u64, u64),
+}
+
+fn dir_id(meta: &std::fs::Metadata) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    (meta.dev(), meta.ino())
+}
+
+/// The entries of `dir` whose names start with `name_prefix`, sorted by
+/// [`SortKey`], at most `segment` of them in memory. Folders of
+/// outputs staged by running attempts are not inputs and are left out
+/// whole.
+fn sorted_entries(
+    dir: &Path,
+    name_prefix: &[u8],
+    segment: usize,
+) -> std::io::Result<crate::spill_sort::Sorted<SortKey>> {
+    let mut sorter = crate::spill_sort::SpillSort::new(segment);
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        if !name.as_bytes().starts_with(name_prefix) || name == super::STAGING_DIR {
+            continue;
+        }
+        let mut file_type = entry.file_type()?;
+        if file_type.is_symlink() {
+            file_type = std::fs::metadata(entry.path())?.file_type();
+        }
+        let mut key = name.into_vec();
+        if file_type.is_dir() {
+            key.push(b'/');
+        }
+        sorter.push(SortKey(key))?;
     }
-    path_bytes(a).cmp(path_bytes(b))
+    sorter.done()
+}
+
+/// An entry's name as the walk sorts it: a directory's with `/` appended,
+/// because that is how each path beneath it begins. Sorting so visits
+/// whole paths in byte order, as object stores list keys: `a-b` < `a/x` <
+/// `a0`, whereas sorting by bare name would visit `a/x` (under `a`) before
+/// `a-b`. A name never holds `/`, so a trailing one marks a directory.
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct SortKey(Vec<u8>);
+
+impl SortKey {
+    fn is_dir(&self) -> bool {
+        self.0.last() == Some(&b'/')
+    }
+
+    fn name(&self) -> &OsStr {
+        let bytes = self.0.as_slice();
+        OsStr::from_bytes(bytes.strip_suffix(b"/").unwrap_or(bytes))
+    }
+}
+
+impl extsort::Sortable for SortKey {
+    fn encode<W: std::io::Write>(&self, writer: &mut W) -> std::io::Result<()> {
+        let len = u32::try_from(self.0.len()).map_err(std::io::Error::other)?;
+        writer.write_all(&len.to_le_bytes())?;
+        writer.write_all(&self.0)
+    }
+
+    fn decode<R: std::io::Read>(reader: &mut R) -> std::io::Result<Self> {
+        let mut len = [0; 4];
+        // extsort reads until `UnexpectedEof` here.
+        reader.read_exact(&mut len)?;
+        let len = usize::try_from(u32::from_le_bytes(len)).map_err(std::io::Error::other)?;
+        let mut bytes = vec![0; len];
+        reader.read_exact(&mut bytes)?;
+        Ok(SortKey(bytes))
+    }
 }
 
 #[cfg(test)]
@@ -681,6 +775,70 @@ mod tests {
         // The staging folder is never an input, even when asked for.
         tree(dir.path(), &[".falconeri-staging/job-1/f"]);
         assert!(from(".falconeri").await.is_empty());
+    }
+
+    #[test]
+    fn a_directory_larger_than_a_segment_is_sorted_on_disk_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut files: Vec<String> = (0..40).rev().map(|i| format!("big/f{i:02}")).collect();
+        files.extend(["big-x/y", "big/sub/z", "a", "big0"].map(str::to_owned));
+        tree(dir.path(), &files.iter().map(String::as_str).collect::<Vec<_>>());
+        let mut expected = files.clone();
+        expected.sort();
+        let uri = format!("file://{}/", dir.path().display());
+        // Segments of three names: `big/` alone spills 14 runs to disk.
+        for segment in [3, DIR_SEGMENT] {
+            let mut listed = Vec::new();
+            walk_pages(&uri, "", 7, segment, &mut |page| {
+                assert!(page.len() <= 7);
+                listed.extend(page.into_iter().map(|o| o.relative_path));
+                true
+            })
+            .unwrap();
+            assert_eq!(listed, expected, "segment {segment}");
+        }
+        // From a prefix, with runs on disk too.
+        let mut listed = Vec::new();
+        walk_pages(&uri, "big/f1", 100, 3, &mut |page| {
+            listed.extend(page.into_iter().map(|o| o.relative_path));
+            true
+        })
+        .unwrap();
+        let tens: Vec<String> = (10..20).map(|i| format!("big/f{i}")).collect();
+        assert_eq!(listed, tens);
+    }
+
+    #[test]
+    fn a_link_to_a_parent_directory_is_an_error_not_a_loop() {
+        let dir = tempfile::tempdir().unwrap();
+        tree(dir.path(), &["a/b/file"]);
+        std::os::unix::fs::symlink(dir.path().join("a"), dir.path().join("a/b/up")).unwrap();
+        let uri = format!("file://{}/", dir.path().display());
+        let err = walk_pages(&uri, "", 10, 3, &mut |_| true).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("links to a directory that holds it"),
+            "{err:#}"
+        );
+    }
+
+    #[test]
+    fn links_to_files_and_directories_elsewhere_are_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        tree(dir.path(), &["in/a"]);
+        tree(elsewhere.path(), &["d/x", "f"]);
+        std::os::unix::fs::symlink(elsewhere.path().join("d"), dir.path().join("in/d")).unwrap();
+        std::os::unix::fs::symlink(elsewhere.path().join("f"), dir.path().join("in/f")).unwrap();
+        let uri = format!("file://{}/in/", dir.path().display());
+        let mut listed = Vec::new();
+        walk_pages(&uri, "", 10, 3, &mut |page| {
+            listed.extend(page.into_iter().map(|o| (o.relative_path, o.size)));
+            true
+        })
+        .unwrap();
+        // `tree` writes each path into its file: the sizes are the targets'.
+        let expected = [("a", 4), ("d/x", 3), ("f", 1)].map(|(p, n)| (p.to_owned(), n));
+        assert_eq!(listed, expected);
     }
 
     #[tokio::test]
