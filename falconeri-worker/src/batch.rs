@@ -33,8 +33,7 @@ use tracing::Instrument;
 use crate::{
     Worker,
     datum::{
-        Attempt, MIN_HEARTBEAT, Measured, ORPHANED_AFTER_PERIODS, Outcome, STOP_REPORT_TIMEOUT,
-        attempt,
+        Attempt, Lease, MIN_HEARTBEAT, Measured, Outcome, STOP_REPORT_TIMEOUT, attempt, beat_every,
     },
     retry::Backoff,
 };
@@ -414,48 +413,28 @@ impl Leases {
 /// every unsettled datum is given up.
 #[tracing::instrument(skip(client, leases))]
 async fn heartbeat_batch(client: Client, job_id: i64, leases: Leases, period: Duration) {
-    let start = tokio::time::Instant::now() + period;
-    let mut ticks = tokio::time::interval_at(start, period);
-    // After a slow request, beat once and resume the rhythm; a burst of
-    // catch-up heartbeats would only load the server.
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_success = tokio::time::Instant::now();
-    loop {
-        ticks.tick().await;
-        let claims = leases.renewing();
-        if claims.is_empty() {
-            return;
+    let beat = || {
+        let (client, leases) = (client.clone(), leases.clone());
+        async move {
+            let claims = leases.renewing();
+            if claims.is_empty() {
+                return Ok(false);
+            }
+            let asked: Vec<i64> = claims.iter().map(|c| c.datum_id).collect();
+            let answer = client
+                .heartbeat_batch(job_id, &BatchHeartbeatRequest { claims })
+                .await?;
+            leases.lose_unheld(&asked, &answer.held);
+            tracing::debug!(
+                held = answer.held.len(),
+                lease_expires_at = answer.lease_expires_at,
+                "heartbeat"
+            );
+            Ok(true)
         }
-        let asked: Vec<i64> = claims.iter().map(|c| c.datum_id).collect();
-        match client
-            .heartbeat_batch(job_id, &BatchHeartbeatRequest { claims })
-            .await
-        {
-            Ok(answer) => {
-                last_success = tokio::time::Instant::now();
-                leases.lose_unheld(&asked, &answer.held);
-                tracing::debug!(
-                    held = answer.held.len(),
-                    lease_expires_at = answer.lease_expires_at,
-                    "heartbeat"
-                );
-            }
-            // Unheard for longer than a lease and a period, the leases have
-            // run out: someone else may run these datums now.
-            Err(err) if last_success.elapsed() > period * ORPHANED_AFTER_PERIODS => {
-                tracing::warn!(error = %err, "falconerid unreachable for longer than the lease; abandoning the batch");
-                leases.lose_all();
-                return;
-            }
-            Err(err) if err.is_conflict() || err.is_not_found() => {
-                tracing::warn!(error = %err, "heartbeat refused: the batch is no longer ours");
-                leases.lose_all();
-                return;
-            }
-            // The lease outlasts several periods, so the next tick may still
-            // save it.
-            Err(err) => tracing::warn!(error = %err, "heartbeat failed; retrying at the next tick"),
-        }
+    };
+    if let Lease::Lost = beat_every(period, beat).await {
+        leases.lose_all();
     }
 }
 
@@ -695,7 +674,7 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(10), leases.token(2).cancelled())
             .await
             .unwrap();
-        assert!(started.elapsed() >= MIN_HEARTBEAT * ORPHANED_AFTER_PERIODS);
+        assert!(started.elapsed() >= MIN_HEARTBEAT * crate::datum::ORPHANED_AFTER_PERIODS);
         assert!(!leases.is_lost(1));
         beating.await.unwrap();
     }

@@ -545,6 +545,40 @@ async fn heartbeat(
     period: Duration,
     lost: CancellationToken,
 ) {
+    let beat = || {
+        let (client, claim) = (client.clone(), claim.clone());
+        async move {
+            let answer = client.heartbeat(datum_id, &claim).await?;
+            tracing::debug!(lease_expires_at = answer.lease_expires_at, "heartbeat");
+            Ok(true)
+        }
+    };
+    if let Lease::Lost = beat_every(period, beat).await {
+        lost.cancel();
+    }
+}
+
+/// How a run of heartbeats ended.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Lease {
+    /// Nothing is left to renew.
+    Settled,
+    /// The server refused a heartbeat, or was unreachable for longer than
+    /// the lease: someone else may run the datums now.
+    Lost,
+}
+
+/// Calls `beat` every `period` until it answers `Ok(false)` (nothing left to
+/// renew) or the lease is lost. The server hands out a heartbeat period of a
+/// third of the lease. Unheard for longer than a lease and a period, the
+/// lease has run out, so the caller should stop rather than keep a command
+/// running that nobody will accept; a 409 or 404 says the same at once.
+/// Other failures wait for the next tick, which the lease may still save.
+pub(crate) async fn beat_every<F, Fut>(period: Duration, mut beat: F) -> Lease
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<bool, ClientError>>,
+{
     let start = tokio::time::Instant::now() + period;
     let mut ticks = tokio::time::interval_at(start, period);
     // After a slow request, beat once and resume the rhythm; a burst of
@@ -553,27 +587,17 @@ async fn heartbeat(
     let mut last_success = tokio::time::Instant::now();
     loop {
         ticks.tick().await;
-        match client.heartbeat(datum_id, &claim).await {
-            Ok(answer) => {
-                last_success = tokio::time::Instant::now();
-                tracing::debug!(lease_expires_at = answer.lease_expires_at, "heartbeat")
-            }
-            // The server hands out a heartbeat period of a third of the
-            // lease. Unheard for longer than a lease and a period, the lease
-            // has run out: someone else may run this datum now, so stop
-            // rather than keep a command running that nobody will accept.
+        match beat().await {
+            Ok(true) => last_success = tokio::time::Instant::now(),
+            Ok(false) => return Lease::Settled,
             Err(err) if last_success.elapsed() > period * ORPHANED_AFTER_PERIODS => {
-                tracing::warn!(error = %err, "falconerid unreachable for longer than the lease; abandoning the datum");
-                lost.cancel();
-                return;
+                tracing::warn!(error = %err, "falconerid unreachable for longer than the lease; giving up");
+                return Lease::Lost;
             }
             Err(err) if err.is_conflict() || err.is_not_found() => {
-                tracing::warn!(error = %err, "heartbeat refused: the datum is no longer ours");
-                lost.cancel();
-                return;
+                tracing::warn!(error = %err, "heartbeat refused: no longer ours");
+                return Lease::Lost;
             }
-            // The lease outlasts several periods, so the next tick may still
-            // save it; if not, the server will answer 409 then.
             Err(err) => tracing::warn!(error = %err, "heartbeat failed; retrying at the next tick"),
         }
     }
