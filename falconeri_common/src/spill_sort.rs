@@ -53,7 +53,7 @@ impl<T: Sortable + Ord> SpillSort<T> {
         // items; when that was the last push, nothing is left in memory and
         // `done` would forget the runs on disk (see the module doc).
         let per_run = self.segment as u64 + 1;
-        if self.pushed > 0 && self.pushed % per_run == 0 {
+        if self.pushed > 0 && self.pushed.is_multiple_of(per_run) {
             self.sorter.push(Padded::Pad)?;
         }
         Ok(Sorted(self.sorter.done()?))
@@ -140,7 +140,11 @@ mod tests {
                 let mut sorter = SpillSort::new(segment);
                 sorter.extend((0..count).rev().map(Number)).unwrap();
                 let sorted: Vec<u32> = sorter.done().unwrap().map(|n| n.unwrap().0).collect();
-                assert_eq!(sorted, (0..count).collect::<Vec<_>>(), "segment {segment}, {count} items");
+                assert_eq!(
+                    sorted,
+                    (0..count).collect::<Vec<_>>(),
+                    "segment {segment}, {count} items"
+                );
             }
         }
     }
@@ -149,7 +153,9 @@ mod tests {
     fn extsort_alone_still_loses_an_exact_multiple() {
         // The defect this module exists for. When an extsort release fixes
         // it, this test fails: then drop the padding.
-        let mut sorter = ExternalSorter::new().with_segment_size(2).pushed::<Number>();
+        let mut sorter = ExternalSorter::new()
+            .with_segment_size(2)
+            .pushed::<Number>();
         sorter.push_iter((0..3).map(Number)).unwrap();
         assert_eq!(sorter.done().unwrap().count(), 0);
     }

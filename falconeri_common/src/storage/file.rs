@@ -556,10 +556,7 @@ fn walk_pages(
         dir: walk_root,
     }];
     let mut page = Vec::with_capacity(page_size);
-    loop {
-        let Some(level) = stack.last_mut() else {
-            break;
-        };
+    while let Some(level) = stack.last_mut() {
         let Some(entry) = level.entries.next() else {
             stack.pop();
             continue;
@@ -576,7 +573,8 @@ fn walk_pages(
                     path.display()
                 );
             }
-            let entries = sorted_entries(&path, b"", segment).with_context(|| listing_error(&path))?;
+            let entries =
+                sorted_entries(&path, b"", segment).with_context(|| listing_error(&path))?;
             stack.push(Level {
                 entries,
                 id,
@@ -782,7 +780,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut files: Vec<String> = (0..40).rev().map(|i| format!("big/f{i:02}")).collect();
         files.extend(["big-x/y", "big/sub/z", "a", "big0"].map(str::to_owned));
-        tree(dir.path(), &files.iter().map(String::as_str).collect::<Vec<_>>());
+        tree(
+            dir.path(),
+            &files.iter().map(String::as_str).collect::<Vec<_>>(),
+        );
         let mut expected = files.clone();
         expected.sort();
         let uri = format!("file://{}/", dir.path().display());
