@@ -182,12 +182,26 @@ impl JobStatus {
         )
     }
 
-    /// The final status of a job once none of its datums can run any more.
-    pub fn when_finished(any_error: bool) -> JobStatus {
-        if any_error {
-            JobStatus::Error
-        } else {
-            JobStatus::Done
+    /// The final status of a job once none of its datums can run any more,
+    /// and why when it is not plainly `done`: `failed` datums ended
+    /// `error`, `limit` is its `max_failed_datums` (None: no failure is
+    /// allowed, as before failure policies), and `canceled` datums stayed
+    /// canceled (a job reopened by `datum retry` for some of them).
+    /// Failures past the limit win: the job failed whatever else happened.
+    pub fn when_ended(failed: i64, limit: Option<i64>, canceled: i64) -> (JobStatus, Option<String>) {
+        match limit {
+            None if failed > 0 => (JobStatus::Error, Some("some datums failed".to_owned())),
+            Some(limit) if failed > limit => (
+                JobStatus::Error,
+                Some(format!(
+                    "{failed} datums failed, more than max_failed_datums allows ({limit})"
+                )),
+            ),
+            _ if canceled > 0 => (
+                JobStatus::Canceled,
+                Some(format!("{canceled} datums stayed canceled")),
+            ),
+            _ => (JobStatus::Done, None),
         }
     }
 }
@@ -301,8 +315,24 @@ mod tests {
     }
 
     #[test]
+    fn jobs_end_done_within_their_failure_limit() {
+        let ended = |failed, limit, canceled| JobStatus::when_ended(failed, limit, canceled).0;
+        assert_eq!(ended(0, None, 0), JobStatus::Done);
+        assert_eq!(ended(1, None, 0), JobStatus::Error);
+        assert_eq!(ended(3, Some(3), 0), JobStatus::Done);
+        assert_eq!(ended(4, Some(3), 0), JobStatus::Error);
+        assert_eq!(ended(1, Some(0), 0), JobStatus::Error);
+        assert_eq!(ended(0, Some(0), 2), JobStatus::Canceled);
+        assert_eq!(ended(4, Some(3), 2), JobStatus::Error);
+        assert_eq!(
+            JobStatus::when_ended(4, Some(3), 0).1.as_deref(),
+            Some("4 datums failed, more than max_failed_datums allows (3)")
+        );
+    }
+
+    #[test]
     fn job_outcome() {
-        assert_eq!(JobStatus::when_finished(false), JobStatus::Done);
-        assert_eq!(JobStatus::when_finished(true), JobStatus::Error);
+        assert_eq!(JobStatus::when_ended(0, None, 0).0, JobStatus::Done);
+        assert_eq!(JobStatus::when_ended(2, None, 0).0, JobStatus::Error);
     }
 }

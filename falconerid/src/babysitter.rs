@@ -508,6 +508,12 @@ impl Babysitter {
                 Ok((interrupted, released, has_ready))
             })
             .await?;
+        // Failures this pass (or an earlier one cut short) decided may
+        // have crossed the job's `max_failed_datums`.
+        if job.max_failed_datums.is_some() && crate::failures::enforce_limit(state, id).await? {
+            self.forget(job.id);
+            return Ok(true);
+        }
         let finished = finish_if_complete(state, &job, skew).await?;
         if interrupted > 0 {
             tracing::info!(

@@ -582,6 +582,36 @@ async fn start(
     Ok(job)
 }
 
+/// Starts `count` workers for a job that `datum retry` reopened (it is
+/// `running` again; its datum is queued). If they cannot be started the job
+/// fails with the reason, as a fresh job's start would; otherwise the
+/// babysitter keeps its pool at `parallelism` from here on.
+pub async fn restart_workers(state: &AppState, job: &Job, count: u32) -> AppResult<()> {
+    let spec = job
+        .spec()
+        .map_err(|err| AppError::Internal(err.context("stored spec is unreadable")))?;
+    let launch = WorkerLaunch {
+        job_id: job.id,
+        job_name: job.name.clone(),
+        worker_token: job.worker_token.clone(),
+        server_url: state.public_url(),
+        spec,
+    };
+    if let Err(err) = state.executor().start_workers(&launch, count).await {
+        let message = format!("cannot start workers: {err:#}");
+        let (id, stop_message) = (job.id, message.clone());
+        state
+            .db(move |conn| {
+                let now = db_now(conn)?;
+                Job::stop(conn, id, JobStatus::Error, Some(&stop_message), now)
+            })
+            .await?;
+        state.notify(Change::JobState { job_id: id });
+        return Err(AppError::Internal(anyhow::anyhow!(message)));
+    }
+    Ok(())
+}
+
 /// A short random suffix that makes job names unique (Kubernetes-safe).
 fn job_suffix() -> String {
     const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
