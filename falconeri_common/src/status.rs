@@ -11,12 +11,16 @@
 //!           └──failed, tries left / interrupted◄────────────┘
 //!                              └──failed, no tries left──────────────────► error
 //!         ready | running | publishing ──job stopped──► canceled
+//!         error | canceled ──datum retry──► ready
 //! ```
 //!
 //! Every exit from `running` or `publishing` closes the datum's open attempt
 //! with an [`Outcome`]. A failed attempt whose datum has tries left goes back
 //! to `ready`; nothing leaves a terminal state except through a retry, which
-//! makes a new job (or, for one datum, a new attempt of it).
+//! makes a new job (`job retry`) or puts one datum back in its own job's
+//! queue (`datum retry`, reopening the job if it had ended). A failure an
+//! `on_exit` rule maps to `fail_datum` or `fail_job` goes to `error` with
+//! tries left.
 
 use std::{fmt, str::FromStr};
 
