@@ -28,7 +28,12 @@ const COMMAND: &str = "f=$(ls \"$FALCONERI_PFS/in\"); echo \"$f\" >> \"$FLAGS/ru
 
 /// Writes a spec whose inputs are `files` (name → contents) and returns
 /// it with the directory of flags.
-fn write_spec(local: &Local, name: &str, files: &[(&str, &str)], extra: Value) -> (PathBuf, PathBuf) {
+fn write_spec(
+    local: &Local,
+    name: &str,
+    files: &[(&str, &str)],
+    extra: Value,
+) -> (PathBuf, PathBuf) {
     let input = local.work.path().join(format!("{name}-in"));
     let flags = local.work.path().join(format!("{name}-flags"));
     std::fs::create_dir_all(&input).unwrap();
@@ -79,7 +84,11 @@ fn datum_of(local: &Local, job: &str, file: &str) -> String {
     for datum in datums["datums"].as_array().unwrap() {
         let id = datum["id"].to_string();
         let full = local.json(&["datum", "describe", "--local", &id, "-o", "json"]);
-        if full["input_files"][0]["uri"].as_str().unwrap().ends_with(file) {
+        if full["input_files"][0]["uri"]
+            .as_str()
+            .unwrap()
+            .ends_with(file)
+        {
             return id;
         }
     }
@@ -111,7 +120,8 @@ fn a_job_within_max_failed_datums_ends_done_and_wait_exits_3() {
     assert_eq!(run.status.code(), Some(3), "{}", describe(&run));
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(
-        stderr.contains("warning: job within-") && stderr.contains("ended done with 1 failed datums"),
+        stderr.contains("warning: job within-")
+            && stderr.contains("ended done with 1 failed datums"),
         "{stderr}"
     );
 
@@ -125,13 +135,21 @@ fn a_job_within_max_failed_datums_ends_done_and_wait_exits_3() {
     assert_eq!(described["failed"].as_array().unwrap().len(), 1);
     let text = local.falconeri(&["job", "describe", "--local", &name]);
     let text = String::from_utf8_lossy(&text.stdout).into_owned();
-    assert!(text.contains("Failed datums:") && text.contains("Max failed datums:"), "{text}");
+    assert!(
+        text.contains("Failed datums:") && text.contains("Max failed datums:"),
+        "{text}"
+    );
 }
 
 #[test]
 fn a_job_over_max_failed_datums_fails() {
     let local = Local::new();
-    let files = [("a.txt", "5"), ("b.txt", "6"), ("c.txt", "0"), ("d.txt", "0")];
+    let files = [
+        ("a.txt", "5"),
+        ("b.txt", "6"),
+        ("c.txt", "0"),
+        ("d.txt", "0"),
+    ];
     let extra = json!({ "max_failed_datums": "25%", "parallelism_spec": { "constant": 1 } });
     let (spec, _) = write_spec(&local, "over", &files, extra);
     let run = local.falconeri(&["job", "run", "--local", "--wait", spec.to_str().unwrap()]);
@@ -201,9 +219,14 @@ fn datum_retry_during_and_after_a_job() {
     let retried = local.falconeri(&["datum", "retry", "--local", &id]);
     assert!(retried.status.success(), "{}", describe(&retried));
     let stdout = String::from_utf8_lossy(&retried.stdout);
-    assert!(stdout.contains(&format!("Datum {id} is ready again; job {name} runs it.")), "{stdout}");
+    assert!(
+        stdout.contains(&format!("Datum {id} is ready again; job {name} runs it.")),
+        "{stdout}"
+    );
     // The idle worker runs it again while b still blocks.
-    wait_until(&local, &name, |d| d["counts"]["done"] == 1 && d["counts"]["running"] == 1);
+    wait_until(&local, &name, |d| {
+        d["counts"]["done"] == 1 && d["counts"]["running"] == 1
+    });
     std::fs::write(flags.join("release"), "").unwrap();
     let waited = local.falconeri(&["job", "wait", "--local", &name]);
     assert_eq!(waited.status.code(), Some(0), "{}", describe(&waited));

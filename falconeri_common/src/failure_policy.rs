@@ -218,7 +218,11 @@ impl ExitRule {
 /// the default, retry. An exit status of 0 (a command that succeeded but
 /// whose outputs could not be uploaded) matches nothing either, since rules
 /// name codes 1 to 255 only.
-pub fn match_exit(rules: &[ExitRule], exit_code: Option<i32>, signal: Option<i32>) -> Option<Matched> {
+pub fn match_exit(
+    rules: &[ExitRule],
+    exit_code: Option<i32>,
+    signal: Option<i32>,
+) -> Option<Matched> {
     rules
         .iter()
         .position(|rule| rule.matches(exit_code, signal))

@@ -192,7 +192,11 @@ impl JobStatus {
     /// allowed, as before failure policies), and `canceled` datums stayed
     /// canceled (a job reopened by `datum retry` for some of them).
     /// Failures past the limit win: the job failed whatever else happened.
-    pub fn when_ended(failed: i64, limit: Option<i64>, canceled: i64) -> (JobStatus, Option<String>) {
+    pub fn when_ended(
+        failed: i64,
+        limit: Option<i64>,
+        canceled: i64,
+    ) -> (JobStatus, Option<String>) {
         match limit {
             None if failed > 0 => (JobStatus::Error, Some("some datums failed".to_owned())),
             Some(limit) if failed > limit => (

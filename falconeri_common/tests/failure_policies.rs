@@ -87,7 +87,10 @@ fn a_job_within_its_limit_ends_done_with_its_failures_counted() {
         reserve_and_fail(&mut conn, &job, 1, false);
         reserve_and_fail(&mut conn, &job, 1, false);
         let now = db_now(&mut conn).unwrap();
-        assert_eq!(Job::fail_if_over_limit(&mut conn, job.id, now).unwrap(), None);
+        assert_eq!(
+            Job::fail_if_over_limit(&mut conn, job.id, now).unwrap(),
+            None
+        );
         reserve_and_finish(&mut conn, &job);
         reserve_and_finish(&mut conn, &job);
         let ended = Job::finish_if_complete(&mut conn, job.id, now)
@@ -106,7 +109,10 @@ fn crossing_the_limit_fails_the_job_at_once() {
         let job = create_job(&mut conn, "over", 5, 1, Some(MaxFailedDatums::Count(1)));
         reserve_and_fail(&mut conn, &job, 1, false);
         let now = db_now(&mut conn).unwrap();
-        assert_eq!(Job::fail_if_over_limit(&mut conn, job.id, now).unwrap(), None);
+        assert_eq!(
+            Job::fail_if_over_limit(&mut conn, job.id, now).unwrap(),
+            None
+        );
         reserve_and_fail(&mut conn, &job, 1, false);
         let stopped = Job::fail_if_over_limit(&mut conn, job.id, now)
             .unwrap()
@@ -120,7 +126,10 @@ fn crossing_the_limit_fails_the_job_at_once() {
         let counts = Job::counts(&mut conn, job.id).unwrap();
         assert_eq!((counts.error, counts.canceled), (2, 3));
         // Once: a second look changes nothing.
-        assert_eq!(Job::fail_if_over_limit(&mut conn, job.id, now).unwrap(), None);
+        assert_eq!(
+            Job::fail_if_over_limit(&mut conn, job.id, now).unwrap(),
+            None
+        );
     }
 }
 
@@ -128,7 +137,13 @@ fn crossing_the_limit_fails_the_job_at_once() {
 fn a_percentage_becomes_a_count_once_planned() {
     for db in TestDb::all() {
         let mut conn = db.pool.get().unwrap();
-        let job = create_job(&mut conn, "pct", 150, 1, Some(MaxFailedDatums::Percent(200)));
+        let job = create_job(
+            &mut conn,
+            "pct",
+            150,
+            1,
+            Some(MaxFailedDatums::Percent(200)),
+        );
         assert_eq!(job.max_failed_datums, Some(3), "{db:?}: 2% of 150");
         let job = create_job(&mut conn, "none", 3, 1, None);
         assert_eq!(job.max_failed_datums, None);
@@ -191,7 +206,10 @@ fn a_datum_retried_after_its_job_ended_reopens_the_job() {
         assert_eq!(retried.job.finished_at, None);
         assert_eq!(retried.job.error_message, None);
         assert_eq!(retried.job.failed_datums, None);
-        assert!(retried.job.deadline_at.is_some(), "job_timeout counts again");
+        assert!(
+            retried.job.deadline_at.is_some(),
+            "job_timeout counts again"
+        );
 
         let done = reserve_and_finish(&mut conn, &job);
         assert_eq!((done.id, done.attempt), (failed.id, 2));
@@ -209,7 +227,14 @@ fn a_canceled_job_reopened_for_one_datum_ends_canceled() {
         let mut conn = db.pool.get().unwrap();
         let job = create_job(&mut conn, "retry-canceled", 3, 1, None);
         let now = db_now(&mut conn).unwrap();
-        Job::stop(&mut conn, job.id, JobStatus::Canceled, Some("canceled"), now).unwrap();
+        Job::stop(
+            &mut conn,
+            job.id,
+            JobStatus::Canceled,
+            Some("canceled"),
+            now,
+        )
+        .unwrap();
         let canceled = Datum::list(&mut conn, job.id, Some(DatumStatus::Canceled), 10).unwrap();
         assert_eq!(canceled.len(), 3, "{db:?}");
         let retried = Datum::retry(&mut conn, canceled[0].id, now).unwrap();
@@ -219,7 +244,10 @@ fn a_canceled_job_reopened_for_one_datum_ends_canceled() {
             .unwrap()
             .unwrap();
         assert_eq!(ended.status(), JobStatus::Canceled, "{db:?}");
-        assert_eq!(ended.error_message.as_deref(), Some("2 datums stayed canceled"));
+        assert_eq!(
+            ended.error_message.as_deref(),
+            Some("2 datums stayed canceled")
+        );
     }
 }
 

@@ -52,7 +52,11 @@ pub(crate) async fn fail_job(state: &AppState, job_id: i64, reason: String) -> A
         })
         .await?;
     if stopped {
-        tracing::info!(job = job.name, reason = job.error_message, "job failed by on_exit");
+        tracing::info!(
+            job = job.name,
+            reason = job.error_message,
+            "job failed by on_exit"
+        );
         ended(state, job);
     }
     Ok(())

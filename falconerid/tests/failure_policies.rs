@@ -14,12 +14,17 @@ use common::{ADMIN, TestServer};
 use serde_json::{Value, json};
 
 fn files(n: usize) -> Vec<(String, String)> {
-    (0..n).map(|i| (format!("{i}.txt"), format!("{i}"))).collect()
+    (0..n)
+        .map(|i| (format!("{i}.txt"), format!("{i}")))
+        .collect()
 }
 
 async fn create(server: &TestServer, datums: usize, extra: Value) -> (i64, String) {
     let files = files(datums);
-    let files: Vec<(&str, &str)> = files.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+    let files: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
     let spec = server.spec_with_inputs(&files, extra);
     let (status, job) = server
         .call(Method::POST, "/v1/jobs", Some(ADMIN), Some(spec))
@@ -71,7 +76,12 @@ async fn fail(server: &TestServer, token: &str, reserved: &Value, exit_code: i32
         "exit_code": exit_code,
     });
     let (status, datum) = server
-        .call(Method::POST, &format!("/v1/datums/{id}/error"), Some(token), Some(body))
+        .call(
+            Method::POST,
+            &format!("/v1/datums/{id}/error"),
+            Some(token),
+            Some(body),
+        )
         .await;
     assert_eq!(status, StatusCode::OK, "{datum}");
     datum
@@ -81,7 +91,12 @@ async fn done(server: &TestServer, token: &str, reserved: &Value) {
     let id = reserved["datum_id"].as_i64().unwrap();
     let body = json!({ "claim": reserved["claim"], "output": "" });
     let (status, datum) = server
-        .call(Method::POST, &format!("/v1/datums/{id}/done"), Some(token), Some(body))
+        .call(
+            Method::POST,
+            &format!("/v1/datums/{id}/done"),
+            Some(token),
+            Some(body),
+        )
         .await;
     assert_eq!(status, StatusCode::OK, "{datum}");
 }
@@ -94,7 +109,12 @@ async fn get(server: &TestServer, path: &str) -> Value {
 
 async fn retry_datum(server: &TestServer, id: i64, token: &str) -> (StatusCode, Value) {
     server
-        .call(Method::POST, &format!("/v1/datums/{id}/retry"), Some(token), None)
+        .call(
+            Method::POST,
+            &format!("/v1/datums/{id}/retry"),
+            Some(token),
+            None,
+        )
         .await
 }
 
@@ -132,7 +152,9 @@ async fn a_fail_job_exit_code_ends_the_job_at_once() {
         assert_eq!(job["status"], "error", "{job}");
         assert_eq!(
             job["error_message"].as_str().unwrap(),
-            format!("datum {datum_id}'s command exited with code 42, which on_exit[0] maps to fail_job")
+            format!(
+                "datum {datum_id}'s command exited with code 42, which on_exit[0] maps to fail_job"
+            )
         );
         assert_eq!(job["failed_datums"], 1);
         let described = get(&server, &format!("/v1/jobs/{id}/describe")).await;
@@ -155,7 +177,10 @@ async fn a_fail_datum_exit_code_is_not_retried_and_others_are() {
         let (id, token) = create(&server, 2, extra).await;
         let first = reserve(&server, id, &token).await.unwrap();
         let datum = fail(&server, &token, &first, 4).await;
-        assert_eq!((datum["status"].as_str(), datum["attempt"].as_i64()), (Some("error"), Some(1)));
+        assert_eq!(
+            (datum["status"].as_str(), datum["attempt"].as_i64()),
+            (Some("error"), Some(1))
+        );
         // The first matching rule decides: 3 is retried.
         let second = reserve(&server, id, &token).await.unwrap();
         let datum = fail(&server, &token, &second, 3).await;
@@ -184,7 +209,11 @@ async fn a_job_within_max_failed_datums_ends_done_and_one_over_fails() {
         assert_eq!(job["status"], "done", "{job}");
         assert_eq!(job["failed_datums"], 1);
         let described = get(&server, &format!("/v1/jobs/{id}/describe")).await;
-        assert_eq!(described["failed"].as_array().unwrap().len(), 1, "{described}");
+        assert_eq!(
+            described["failed"].as_array().unwrap().len(),
+            1,
+            "{described}"
+        );
         let stats = get(&server, &format!("/v1/jobs/{id}/stats")).await;
         assert_eq!(stats["errors"][0]["count"], 1, "{stats}");
 
@@ -215,7 +244,12 @@ async fn datum_retry_requeues_while_running_and_reopens_after() {
         let (status, body) = retry_datum(&server, datum_id, ADMIN).await;
         assert_eq!(status, StatusCode::CONFLICT, "{body}");
         assert_eq!(body["error"]["code"], "conflict", "{body}");
-        assert!(body["error"]["message"].as_str().unwrap().contains("is running"));
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("is running")
+        );
         let (status, _) = retry_datum(&server, datum_id, &token).await;
         assert_eq!(status, StatusCode::FORBIDDEN);
         let (status, body) = retry_datum(&server, 999_999, ADMIN).await;
@@ -282,6 +316,9 @@ async fn failure_policies_in_a_spec_are_checked_with_their_paths() {
             .call(Method::POST, "/v1/jobs", Some(ADMIN), Some(spec))
             .await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
-        assert_eq!(body["error"]["problems"][0]["path"], "max_failed_datums", "{body}");
+        assert_eq!(
+            body["error"]["problems"][0]["path"], "max_failed_datums",
+            "{body}"
+        );
     }
 }

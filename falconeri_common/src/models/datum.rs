@@ -1313,11 +1313,9 @@ impl Datum {
                 _ => true,
             };
             if reopened {
-                let deadline = job
-                    .spec()
-                    .ok()
-                    .and_then(|spec| spec.job_timeout)
-                    .map(|t| now.saturating_add(i64::try_from(t.0.as_millis()).unwrap_or(i64::MAX)));
+                let deadline = job.spec().ok().and_then(|spec| spec.job_timeout).map(|t| {
+                    now.saturating_add(i64::try_from(t.0.as_millis()).unwrap_or(i64::MAX))
+                });
                 with_conn!(conn, c => diesel::update(jobs::table)
                     .filter(jobs::id.eq(job_id))
                     .set((
@@ -2130,7 +2128,12 @@ mod tests {
             transition(&[Running], Requeue::IfTriesLeft.targets()).unwrap(),
             "status IN ('running')"
         );
-        for (from, to) in [(Done, Ready), (Ready, Done), (Error, Running), (Ready, Error)] {
+        for (from, to) in [
+            (Done, Ready),
+            (Ready, Done),
+            (Error, Running),
+            (Ready, Error),
+        ] {
             let err = transition(&[from], &[to]).unwrap_err().to_string();
             assert!(err.contains(&format!("{from} -> {to}")), "{err}");
         }

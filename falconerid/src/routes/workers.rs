@@ -776,9 +776,13 @@ async fn settle_batch(
     // turned into an error the worker would retry its reports for.
     let enforced = match consequence {
         Consequence::FailJob(reason) => crate::failures::fail_job(state, job_id, reason).await,
-        Consequence::CheckLimit => crate::failures::enforce_limit(state, job_id).await.map(drop),
+        Consequence::CheckLimit => crate::failures::enforce_limit(state, job_id)
+            .await
+            .map(drop),
         Consequence::None if published_failure && info.spec.max_failed_datums.is_some() => {
-            crate::failures::enforce_limit(state, job_id).await.map(drop)
+            crate::failures::enforce_limit(state, job_id)
+                .await
+                .map(drop)
         }
         Consequence::None => Ok(()),
     };
