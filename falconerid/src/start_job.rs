@@ -557,19 +557,7 @@ async fn start(
         server_url: state.public_url(),
         spec,
     };
-    if let Err(err) = state.executor().start_workers(&launch, parallelism).await {
-        let message = format!("cannot start workers: {err:#}");
-        let id = job.id;
-        let stop_message = message.clone();
-        state
-            .db(move |conn| {
-                let now = db_now(conn)?;
-                Job::stop(conn, id, JobStatus::Error, Some(&stop_message), now)
-            })
-            .await?;
-        state.notify(Change::JobState { job_id: id });
-        return Err(AppError::Internal(anyhow::anyhow!(message)));
-    }
+    start_or_fail(state, &launch, parallelism).await?;
     let id = job.id;
     let job = state
         .db(move |conn| {
@@ -590,26 +578,27 @@ pub async fn restart_workers(state: &AppState, job: &Job, count: u32) -> AppResu
     let spec = job
         .spec()
         .map_err(|err| AppError::Internal(err.context("stored spec is unreadable")))?;
-    let launch = WorkerLaunch {
-        job_id: job.id,
-        job_name: job.name.clone(),
-        worker_token: job.worker_token.clone(),
-        server_url: state.public_url(),
-        spec,
+    let launch = WorkerLaunch::for_job(job, spec, state.public_url());
+    start_or_fail(state, &launch, count).await
+}
+
+/// Starts `count` workers of `launch`'s job, or records the job `error`
+/// with why they could not be started (a job without workers would wait
+/// forever) and answers that as an internal error.
+async fn start_or_fail(state: &AppState, launch: &WorkerLaunch, count: u32) -> AppResult<()> {
+    let Err(err) = state.executor().start_workers(launch, count).await else {
+        return Ok(());
     };
-    if let Err(err) = state.executor().start_workers(&launch, count).await {
-        let message = format!("cannot start workers: {err:#}");
-        let (id, stop_message) = (job.id, message.clone());
-        state
-            .db(move |conn| {
-                let now = db_now(conn)?;
-                Job::stop(conn, id, JobStatus::Error, Some(&stop_message), now)
-            })
-            .await?;
-        state.notify(Change::JobState { job_id: id });
-        return Err(AppError::Internal(anyhow::anyhow!(message)));
-    }
-    Ok(())
+    let message = format!("cannot start workers: {err:#}");
+    let (id, stop_message) = (launch.job_id, message.clone());
+    state
+        .db(move |conn| {
+            let now = db_now(conn)?;
+            Job::stop(conn, id, JobStatus::Error, Some(&stop_message), now)
+        })
+        .await?;
+    state.notify(Change::JobState { job_id: id });
+    Err(AppError::Internal(anyhow::anyhow!(message)))
 }
 
 /// A short random suffix that makes job names unique (Kubernetes-safe).

@@ -1238,18 +1238,7 @@ impl Datum {
         error: &str,
         clock: Clock,
     ) -> ModelResult<Datum> {
-        let ending = Ending {
-            final_message: None,
-            attempt_message: None,
-            outcome: Outcome::Error,
-            message: error,
-            output: Some(report.output),
-            exit_code: report.exit_code,
-            signal: report.signal,
-            stats: report.stats,
-            requeue: Requeue::IfTriesLeft,
-        };
-        Datum::end_held(conn, id, claim, &ending, clock)
+        Datum::fail_held(conn, id, claim, report, error, clock, Requeue::IfTriesLeft)
     }
 
     /// [`Datum::fail`] without a retry, whatever tries are left: an
@@ -1262,6 +1251,19 @@ impl Datum {
         error: &str,
         clock: Clock,
     ) -> ModelResult<Datum> {
+        Datum::fail_held(conn, id, claim, report, error, clock, Requeue::Never)
+    }
+
+    /// A failed attempt reported by its worker, requeued as `requeue` says.
+    fn fail_held(
+        conn: &mut DbConn,
+        id: i64,
+        claim: &Claim,
+        report: &Report<'_>,
+        error: &str,
+        clock: Clock,
+        requeue: Requeue,
+    ) -> ModelResult<Datum> {
         let ending = Ending {
             final_message: None,
             attempt_message: None,
@@ -1271,7 +1273,7 @@ impl Datum {
             exit_code: report.exit_code,
             signal: report.signal,
             stats: report.stats,
-            requeue: Requeue::Never,
+            requeue,
         };
         Datum::end_held(conn, id, claim, &ending, clock)
     }
