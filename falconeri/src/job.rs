@@ -494,6 +494,26 @@ mod tests {
     }
 
     #[test]
+    fn done_jobs_with_failed_datums_exit_3() {
+        let mut done = job(JobStatus::Done, None);
+        done.max_failed_datums = Some(2);
+        let err = outcome(&done, &counts(8, 2, 0)).unwrap_err();
+        assert_eq!(crate::error::exit_code(&err), 3);
+        assert!(
+            err.to_string()
+                .contains("ended done with 2 failed datums, within max_failed_datums (2)")
+        );
+        // `job logs --follow` knows only the job: its recorded count decides.
+        done.failed_datums = Some(1);
+        assert_eq!(
+            crate::error::exit_code(&done_outcome(&done, 0).unwrap_err()),
+            3
+        );
+        done.failed_datums = Some(0);
+        assert!(done_outcome(&done, 0).is_ok());
+    }
+
+    #[test]
     fn failed_jobs_say_how_many_failed() {
         let err = outcome(
             &job(JobStatus::Error, Some("some datums failed")),
