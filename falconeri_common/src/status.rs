@@ -115,7 +115,8 @@ text_enum!(
         Ready = "ready",
         /// Its workers run its datums.
         Running = "running",
-        /// Every datum finished and none failed.
+        /// Every datum finished, and none failed (or no more than its
+        /// `max_failed_datums` allows).
         Done = "done",
         /// Some datum failed for good, or the job itself failed.
         Error = "error",
@@ -136,7 +137,7 @@ text_enum!(
         Publishing = "publishing",
         /// Finished successfully, outputs published.
         Done = "done",
-        /// Failed on its last try.
+        /// Failed on its last try, or at once by an `on_exit` rule.
         Error = "error",
         /// Its job was stopped before it finished.
         Canceled = "canceled",
