@@ -215,14 +215,18 @@ pub enum JobCommand {
 
     /// Wait for a job to finish, showing its progress.
     ///
-    /// Exits 0 if the job ended `done`, and 1 if it ended `error` or
-    /// `canceled`.
+    /// Exits 0 if the job ended `done` with every datum done; 3 if it ended
+    /// `done` with failed datums, as many as its `max_failed_datums` allows
+    /// (they are listed by `job describe`); and 1 if it ended `error` or
+    /// `canceled` (or cannot be followed). `job run --wait`, `job retry
+    /// --wait` and `job logs --follow` exit the same way.
     Wait {
         /// The job's name, or its numeric id.
         job: String,
     },
 
-    /// Start a new job running the failed datums of a job again.
+    /// Start a new job running the failed and canceled datums of a finished
+    /// job again.
     Retry {
         /// The job's name, or its numeric id.
         job: String,
@@ -243,7 +247,7 @@ pub enum JobCommand {
     ///
     /// With --follow, then prints the lines of its running datums as they
     /// come and exits when the job ends, as `job wait` does: 0 if it ended
-    /// `done`, 1 if not. With `-o json`, one JSON object per line of
+    /// `done`, 3 if `done` with failed datums, 1 if not. With `-o json`, one JSON object per line of
     /// output (`kind`: line, cut, job_end).
     Logs {
         /// The job's name, or its numeric id.
@@ -295,6 +299,18 @@ pub enum DatumCommand {
 
     /// Show one datum: its status, attempts, files, error and captured output.
     Describe {
+        /// The datum's id, as shown by `job describe` or `datum list`.
+        id: i64,
+    },
+
+    /// Run a datum that ended `error` or `canceled` again.
+    ///
+    /// The datum goes back to its job's queue with a fresh budget of the
+    /// spec's `datum_tries`; its earlier attempts stay on record. If the job
+    /// is still running, one of its workers picks the datum up. If the job
+    /// has ended, it is reopened (`running` again) and its workers are
+    /// started; it ends anew once its datums have. Other datums are refused.
+    Retry {
         /// The datum's id, as shown by `job describe` or `datum list`.
         id: i64,
     },

@@ -57,6 +57,24 @@ pub async fn run(config: &Config, command: DatumCommand) -> Result<()> {
             print!("{}", render(&datum, output::now_millis()));
             Ok(())
         }
+        DatumCommand::Retry { id } => {
+            let client = config.client().await?;
+            let retried = client
+                .retry_datum(id)
+                .await
+                .with_context(|| format!("cannot retry datum {id}"))?;
+            if config.json() {
+                return output::print_json(&retried);
+            }
+            let job = &retried.job.name;
+            if retried.reopened {
+                println!("Datum {id} is ready again; job {job} was reopened and runs it.");
+            } else {
+                println!("Datum {id} is ready again; job {job} runs it.");
+            }
+            println!("To follow it: falconeri job wait {job}");
+            Ok(())
+        }
         DatumCommand::Logs {
             id,
             attempt,

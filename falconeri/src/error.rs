@@ -1,7 +1,9 @@
 //! The CLI's error policy. Every failure is an [`anyhow::Error`] whose cause
 //! chain `main` prints on one line (`error: {:#}`). Exit status 1 means the
 //! command failed; 2 means the user's input was refused: clap's usage errors
-//! and [`InvalidSpec`], whether found here or by the server.
+//! and [`InvalidSpec`], whether found here or by the server; 3 means a job
+//! a command waited for ended `done` with failed datums, within its
+//! `max_failed_datums` ([`DoneWithFailedDatums`], printed as a warning).
 
 use std::fmt;
 
@@ -34,12 +36,53 @@ impl fmt::Display for InvalidSpec {
 
 impl std::error::Error for InvalidSpec {}
 
+/// The exit status of a job that ended `done` with failed datums.
+pub const DONE_WITH_FAILED_DATUMS: u8 = 3;
+
+/// A job ended `done`, but some of its datums failed (as many as its
+/// `max_failed_datums` allows): not a failure, yet not to be mistaken by a
+/// script for a job where every datum succeeded.
+#[derive(Debug)]
+pub struct DoneWithFailedDatums {
+    pub job: String,
+    pub failed: i64,
+    pub limit: Option<i64>,
+}
+
+impl fmt::Display for DoneWithFailedDatums {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "job {} ended done with {} failed datums",
+            self.job, self.failed
+        )?;
+        if let Some(limit) = self.limit {
+            write!(f, ", within max_failed_datums ({limit})")?;
+        }
+        write!(f, " (see: falconeri job describe {})", self.job)
+    }
+}
+
+impl std::error::Error for DoneWithFailedDatums {}
+
 /// The exit status for an error.
 pub fn exit_code(err: &anyhow::Error) -> u8 {
     if err.downcast_ref::<InvalidSpec>().is_some() {
         2
+    } else if err.downcast_ref::<DoneWithFailedDatums>().is_some() {
+        DONE_WITH_FAILED_DATUMS
     } else {
         1
+    }
+}
+
+/// How `main` introduces an error: a job done with failed datums within
+/// its limit is a warning, everything else an error.
+pub fn label(err: &anyhow::Error) -> &'static str {
+    if err.downcast_ref::<DoneWithFailedDatums>().is_some() {
+        "warning"
+    } else {
+        "error"
     }
 }
 
@@ -96,6 +139,24 @@ mod tests {
             .context("while starting")
             .unwrap_err();
         assert_eq!(exit_code(&wrapped), 2);
+    }
+
+    #[test]
+    fn done_with_failed_datums_exits_3_as_a_warning() {
+        let err: anyhow::Error = DoneWithFailedDatums {
+            job: "words-ab12c".into(),
+            failed: 2,
+            limit: Some(5),
+        }
+        .into();
+        assert_eq!(exit_code(&err), 3);
+        assert_eq!(label(&err), "warning");
+        assert_eq!(
+            err.to_string(),
+            "job words-ab12c ended done with 2 failed datums, within max_failed_datums (5) \
+             (see: falconeri job describe words-ab12c)"
+        );
+        assert_eq!(label(&anyhow::anyhow!("boom")), "error");
     }
 
     #[test]

@@ -19,7 +19,7 @@ use indicatif::{ProgressBar, ProgressState, ProgressStyle};
 use crate::{
     cli::JobCommand,
     config::Config,
-    error::{InvalidSpec, spec_request_error},
+    error::{DoneWithFailedDatums, InvalidSpec, spec_request_error},
     output::{self, NONE, Table},
 };
 
@@ -218,6 +218,12 @@ fn job_table(job: &JobResponse, now: i64) -> Table {
     if let Some(retry_of) = job.retry_of {
         table.row(["Retry of:", &format!("job {retry_of}")]);
     }
+    if let Some(limit) = job.max_failed_datums {
+        table.row(["Max failed datums:", &limit.to_string()]);
+    }
+    if let Some(failed) = job.failed_datums.filter(|&n| n > 0) {
+        table.row(["Failed datums:", &failed.to_string()]);
+    }
     if let Some(error) = &job.error_message {
         table.row(["Error:", error]);
     }
@@ -343,11 +349,13 @@ fn show_progress(bar: &ProgressBar, counts: &StatusCounts) {
     bar.set_position(u64::try_from(counts.finished()).unwrap_or(0));
 }
 
-/// Success only for a job that ended `done`; otherwise a one-line summary
+/// Success only for a job that ended `done` with every datum done; a job
+/// `done` with failed datums within its `max_failed_datums` is a
+/// [`DoneWithFailedDatums`] (exit status 3); otherwise a one-line summary
 /// that becomes the command's error (exit status 1).
 fn outcome(job: &JobResponse, counts: &StatusCounts) -> Result<()> {
     let (detail, explained) = match job.status {
-        JobStatus::Done => return Ok(()),
+        JobStatus::Done => return done_outcome(job, counts.error),
         JobStatus::Canceled => (
             format!("{} of {} datums canceled", counts.canceled, counts.total()),
             false,
@@ -371,6 +379,20 @@ fn outcome(job: &JobResponse, counts: &StatusCounts) -> Result<()> {
     )
 }
 
+/// The outcome of a job that ended `done` with `failed` failed datums.
+pub(crate) fn done_outcome(job: &JobResponse, failed: i64) -> Result<()> {
+    let failed = job.failed_datums.unwrap_or(failed).max(failed);
+    if failed == 0 {
+        return Ok(());
+    }
+    Err(DoneWithFailedDatums {
+        job: job.name.clone(),
+        failed,
+        limit: job.max_failed_datums,
+    }
+    .into())
+}
+
 /// `job logs`: every datum's lines, then (following) the new ones until
 /// the job ends; the exit status is the job's, as for `job wait`.
 async fn logs(config: &Config, name: &str, follow: bool, failed: bool) -> Result<()> {
@@ -384,6 +406,12 @@ async fn logs(config: &Config, name: &str, follow: bool, failed: bool) -> Result
     let ended = crate::logs::print(events, config.json(), true).await?;
     if follow {
         crate::logs::job_status(&job.name, &ended)?;
+        // Done: as `job wait`, a job done with failed datums exits 3.
+        let job = client
+            .job(job.id)
+            .await
+            .with_context(|| format!("cannot read job {}", job.name))?;
+        done_outcome(&job, 0)?;
     }
     Ok(())
 }
@@ -446,6 +474,8 @@ mod tests {
             deadline_at: None,
             error_message: error_message.map(Into::into),
             retry_of: None,
+            max_failed_datums: None,
+            failed_datums: None,
         }
     }
 
@@ -461,6 +491,26 @@ mod tests {
     #[test]
     fn done_jobs_succeed() {
         assert!(outcome(&job(JobStatus::Done, None), &counts(10, 0, 0)).is_ok());
+    }
+
+    #[test]
+    fn done_jobs_with_failed_datums_exit_3() {
+        let mut done = job(JobStatus::Done, None);
+        done.max_failed_datums = Some(2);
+        let err = outcome(&done, &counts(8, 2, 0)).unwrap_err();
+        assert_eq!(crate::error::exit_code(&err), 3);
+        assert!(
+            err.to_string()
+                .contains("ended done with 2 failed datums, within max_failed_datums (2)")
+        );
+        // `job logs --follow` knows only the job: its recorded count decides.
+        done.failed_datums = Some(1);
+        assert_eq!(
+            crate::error::exit_code(&done_outcome(&done, 0).unwrap_err()),
+            3
+        );
+        done.failed_datums = Some(0);
+        assert!(done_outcome(&done, 0).is_ok());
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The `falconeri` command line: parse, run one command, and print any
 //! error's whole cause chain on one line, exiting 1 (or 2 for input that was
-//! refused; see [`error`]).
+//! refused, 3 for a job done with failed datums; see [`error`]).
 
 mod cli;
 mod cluster;
@@ -37,7 +37,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("{}: {err:#}", error::label(&err));
             ExitCode::from(error::exit_code(&err))
         }
     }

@@ -76,6 +76,10 @@ pub mod paths {
     pub fn job_stats(id: i64) -> String {
         format!("/v1/jobs/{id}/stats")
     }
+    /// `datum retry`.
+    pub fn datum_retry(id: i64) -> String {
+        format!("/v1/datums/{id}/retry")
+    }
 }
 
 /// The body of every error response.
@@ -128,6 +132,15 @@ pub struct JobResponse {
     pub error_message: Option<String>,
     /// The job this one retries, for `job retry`.
     pub retry_of: Option<i64>,
+    /// The spec's `max_failed_datums` as a count of this job's datums
+    /// (a percentage rounded down); absent without a limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_failed_datums: Option<i64>,
+    /// How many datums had failed for good when the job ended (a `done`
+    /// job may have some, within `max_failed_datums`); absent while it
+    /// runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_datums: Option<i64>,
 }
 
 /// `GET /v1/jobs`.
@@ -295,6 +308,17 @@ pub struct DatumResponse {
     /// Every attempt, oldest first.
     #[serde(default)]
     pub attempts: Vec<AttemptResponse>,
+}
+
+/// `POST /v1/datums/{id}/retry`: the datum, ready again, and its job.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct DatumRetryResponse {
+    pub datum: DatumSummary,
+    /// The job as it is now: `running`, reopened if it had ended.
+    pub job: JobResponse,
+    /// True if the job had ended and was reopened (its workers started
+    /// again).
+    pub reopened: bool,
 }
 
 /// One attempt at a datum: who ran it, when, and how it ended.

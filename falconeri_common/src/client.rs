@@ -298,6 +298,12 @@ impl Client {
         self.get(&paths::datum(id)).await
     }
 
+    /// Runs datum `id` (ended `error` or `canceled`) again, reopening its
+    /// job if that had ended.
+    pub async fn retry_datum(&self, id: i64) -> Result<api::DatumRetryResponse, ClientError> {
+        self.post(&paths::datum_retry(id), &()).await
+    }
+
     /// Reserves the next ready datum of a job, waiting up to `wait` for one.
     /// `resume`: the worker may hold datums it was never told about (see
     /// [`api::ReserveRequest::resume`]).

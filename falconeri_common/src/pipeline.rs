@@ -70,6 +70,17 @@ pub struct PipelineSpec {
     pub tolerations: Vec<Toleration>,
     pub input: Input,
     pub egress: Egress,
+    /// How many datums may fail for good while the job still ends `done`:
+    /// a count (`5`) or a percentage of its datums (`"2%"`). Crossing it
+    /// fails the job at once. Absent: every datum runs, and one failure
+    /// makes the job end `error`. See [`crate::failure_policy`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_failed_datums: Option<crate::failure_policy::MaxFailedDatums>,
+    /// What a failed command's exit code or signal means: rules read in
+    /// order, the first match deciding (`retry`, `fail_datum`,
+    /// `fail_job`); unmatched failures are retried up to `datum_tries`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub on_exit: Vec<crate::failure_policy::ExitRule>,
 }
 
 fn default_datum_tries() -> u32 {
@@ -912,6 +923,9 @@ impl PipelineSpec {
         if let Err(message) = check_uri(&self.egress.uri) {
             problems.push("egress.URI", message);
         }
+        crate::failure_policy::validate_rules(&self.on_exit, |path, message| {
+            problems.push(path, message)
+        });
         self.validate_no_nul(&mut problems);
         problems.into_result()
     }

@@ -11,12 +11,16 @@
 //!           └──failed, tries left / interrupted◄────────────┘
 //!                              └──failed, no tries left──────────────────► error
 //!         ready | running | publishing ──job stopped──► canceled
+//!         error | canceled ──datum retry──► ready
 //! ```
 //!
 //! Every exit from `running` or `publishing` closes the datum's open attempt
 //! with an [`Outcome`]. A failed attempt whose datum has tries left goes back
 //! to `ready`; nothing leaves a terminal state except through a retry, which
-//! makes a new job (or, for one datum, a new attempt of it).
+//! makes a new job (`job retry`) or puts one datum back in its own job's
+//! queue (`datum retry`, reopening the job if it had ended). A failure an
+//! `on_exit` rule maps to `fail_datum` or `fail_job` goes to `error` with
+//! tries left.
 
 use std::{fmt, str::FromStr};
 
@@ -111,7 +115,8 @@ text_enum!(
         Ready = "ready",
         /// Its workers run its datums.
         Running = "running",
-        /// Every datum finished and none failed.
+        /// Every datum finished, and none failed (or no more than its
+        /// `max_failed_datums` allows).
         Done = "done",
         /// Some datum failed for good, or the job itself failed.
         Error = "error",
@@ -132,7 +137,7 @@ text_enum!(
         Publishing = "publishing",
         /// Finished successfully, outputs published.
         Done = "done",
-        /// Failed on its last try.
+        /// Failed on its last try, or at once by an `on_exit` rule.
         Error = "error",
         /// Its job was stopped before it finished.
         Canceled = "canceled",
@@ -182,12 +187,30 @@ impl JobStatus {
         )
     }
 
-    /// The final status of a job once none of its datums can run any more.
-    pub fn when_finished(any_error: bool) -> JobStatus {
-        if any_error {
-            JobStatus::Error
-        } else {
-            JobStatus::Done
+    /// The final status of a job once none of its datums can run any more,
+    /// and why when it is not plainly `done`: `failed` datums ended
+    /// `error`, `limit` is its `max_failed_datums` (None: no failure is
+    /// allowed, as before failure policies), and `canceled` datums stayed
+    /// canceled (a job reopened by `datum retry` for some of them).
+    /// Failures past the limit win: the job failed whatever else happened.
+    pub fn when_ended(
+        failed: i64,
+        limit: Option<i64>,
+        canceled: i64,
+    ) -> (JobStatus, Option<String>) {
+        match limit {
+            None if failed > 0 => (JobStatus::Error, Some("some datums failed".to_owned())),
+            Some(limit) if failed > limit => (
+                JobStatus::Error,
+                Some(format!(
+                    "{failed} datums failed, more than max_failed_datums allows ({limit})"
+                )),
+            ),
+            _ if canceled > 0 => (
+                JobStatus::Canceled,
+                Some(format!("{canceled} datums stayed canceled")),
+            ),
+            _ => (JobStatus::Done, None),
         }
     }
 }
@@ -301,8 +324,24 @@ mod tests {
     }
 
     #[test]
+    fn jobs_end_done_within_their_failure_limit() {
+        let ended = |failed, limit, canceled| JobStatus::when_ended(failed, limit, canceled).0;
+        assert_eq!(ended(0, None, 0), JobStatus::Done);
+        assert_eq!(ended(1, None, 0), JobStatus::Error);
+        assert_eq!(ended(3, Some(3), 0), JobStatus::Done);
+        assert_eq!(ended(4, Some(3), 0), JobStatus::Error);
+        assert_eq!(ended(1, Some(0), 0), JobStatus::Error);
+        assert_eq!(ended(0, Some(0), 2), JobStatus::Canceled);
+        assert_eq!(ended(4, Some(3), 2), JobStatus::Error);
+        assert_eq!(
+            JobStatus::when_ended(4, Some(3), 0).1.as_deref(),
+            Some("4 datums failed, more than max_failed_datums allows (3)")
+        );
+    }
+
+    #[test]
     fn job_outcome() {
-        assert_eq!(JobStatus::when_finished(false), JobStatus::Done);
-        assert_eq!(JobStatus::when_finished(true), JobStatus::Error);
+        assert_eq!(JobStatus::when_ended(0, None, 0).0, JobStatus::Done);
+        assert_eq!(JobStatus::when_ended(2, None, 0).0, JobStatus::Error);
     }
 }

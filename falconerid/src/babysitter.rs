@@ -392,13 +392,7 @@ impl Babysitter {
         );
         let started = match job.spec() {
             Ok(spec) => {
-                let launch = WorkerLaunch {
-                    job_id: job.id,
-                    job_name: job.name.clone(),
-                    worker_token: job.worker_token.clone(),
-                    server_url: state.public_url(),
-                    spec,
-                };
+                let launch = WorkerLaunch::for_job(&job, spec, state.public_url());
                 let count = u32::try_from(job.parallelism).unwrap_or(1).max(1);
                 state.executor().start_workers(&launch, count).await
             }
@@ -508,6 +502,12 @@ impl Babysitter {
                 Ok((interrupted, released, has_ready))
             })
             .await?;
+        // Failures this pass (or an earlier one cut short) decided may
+        // have crossed the job's `max_failed_datums`.
+        if job.max_failed_datums.is_some() && crate::failures::enforce_limit(state, id).await? {
+            self.forget(job.id);
+            return Ok(true);
+        }
         let finished = finish_if_complete(state, &job, skew).await?;
         if interrupted > 0 {
             tracing::info!(
@@ -589,13 +589,7 @@ impl Babysitter {
                 return Ok(changed);
             }
             let spec = job.spec()?;
-            let launch = WorkerLaunch {
-                job_id: job.id,
-                job_name: job.name.clone(),
-                worker_token: job.worker_token.clone(),
-                server_url: state.public_url(),
-                spec,
-            };
+            let launch = WorkerLaunch::for_job(&job, spec, state.public_url());
             tracing::info!(
                 job = job.name,
                 alive,

@@ -11,6 +11,7 @@ pub mod combine;
 pub mod config;
 pub mod error;
 pub mod executor;
+pub mod failures;
 #[cfg(feature = "postgres")]
 pub mod listen;
 pub mod metrics;

@@ -556,19 +556,7 @@ async fn start(
         server_url: state.public_url(),
         spec,
     };
-    if let Err(err) = state.executor().start_workers(&launch, parallelism).await {
-        let message = format!("cannot start workers: {err:#}");
-        let id = job.id;
-        let stop_message = message.clone();
-        state
-            .db(move |conn| {
-                let now = db_now(conn)?;
-                Job::stop(conn, id, JobStatus::Error, Some(&stop_message), now)
-            })
-            .await?;
-        state.notify(Change::JobState { job_id: id });
-        return Err(AppError::Internal(anyhow::anyhow!(message)));
-    }
+    start_or_fail(state, &launch, parallelism).await?;
     let id = job.id;
     let job = state
         .db(move |conn| {
@@ -579,6 +567,37 @@ async fn start(
     state.notify(Change::JobState { job_id: job.id });
     tracing::info!(job = job.name, datums = job.datum_count, "job started");
     Ok(job)
+}
+
+/// Starts `count` workers for a job that `datum retry` reopened (it is
+/// `running` again; its datum is queued). If they cannot be started the job
+/// fails with the reason, as a fresh job's start would; otherwise the
+/// babysitter keeps its pool at `parallelism` from here on.
+pub async fn restart_workers(state: &AppState, job: &Job, count: u32) -> AppResult<()> {
+    let spec = job
+        .spec()
+        .map_err(|err| AppError::Internal(err.context("stored spec is unreadable")))?;
+    let launch = WorkerLaunch::for_job(job, spec, state.public_url());
+    start_or_fail(state, &launch, count).await
+}
+
+/// Starts `count` workers of `launch`'s job, or records the job `error`
+/// with why they could not be started (a job without workers would wait
+/// forever) and answers that as an internal error.
+async fn start_or_fail(state: &AppState, launch: &WorkerLaunch, count: u32) -> AppResult<()> {
+    let Err(err) = state.executor().start_workers(launch, count).await else {
+        return Ok(());
+    };
+    let message = format!("cannot start workers: {err:#}");
+    let (id, stop_message) = (launch.job_id, message.clone());
+    state
+        .db(move |conn| {
+            let now = db_now(conn)?;
+            Job::stop(conn, id, JobStatus::Error, Some(&stop_message), now)
+        })
+        .await?;
+    state.notify(Change::JobState { job_id: id });
+    Err(AppError::Internal(anyhow::anyhow!(message)))
 }
 
 /// A short random suffix that makes job names unique (Kubernetes-safe).

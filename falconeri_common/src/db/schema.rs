@@ -21,6 +21,8 @@ diesel::table! {
         error_message -> Nullable<Text>,
         retry_of -> Nullable<BigInt>,
         planning_lease_until -> Nullable<BigInt>,
+        max_failed_datums -> Nullable<BigInt>,
+        failed_datums -> Nullable<BigInt>,
     }
 }
 

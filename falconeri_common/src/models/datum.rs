@@ -198,6 +198,18 @@ pub enum Completed {
     Publishing(Datum, Vec<OutputFile>),
 }
 
+/// What [`Datum::retry`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Retried {
+    /// The datum, ready again.
+    pub datum: Datum,
+    /// Its job, as it is now.
+    pub job: super::Job,
+    /// True if the job had ended and was reopened: its workers must be
+    /// started again.
+    pub reopened: bool,
+}
+
 /// Which datums a listing returns.
 #[derive(Debug, Clone, Default)]
 pub struct DatumFilter {
@@ -218,6 +230,43 @@ enum Requeue {
     /// The infrastructure ended the worker: like `Always`, and the datum's
     /// `pod_failures` goes up, until its `max`-th such failure fails it.
     PodFailure { max: i32 },
+    /// Never, whatever tries are left (an `on_exit` rule said so).
+    Never,
+}
+
+impl Requeue {
+    /// The states a datum whose attempt ends this way may move to.
+    fn targets(self) -> &'static [DatumStatus] {
+        match self {
+            Requeue::IfTriesLeft | Requeue::PodFailure { .. } => {
+                &[DatumStatus::Ready, DatumStatus::Error]
+            }
+            Requeue::Always => &[DatumStatus::Ready],
+            Requeue::Never => &[DatumStatus::Error],
+        }
+    }
+}
+
+/// The one gate of datum transitions outside the prepared hot path: checks
+/// that every move from a state of `from` to a state of `to` is one
+/// [`DatumStatus::can_move_to`] allows, and answers the SQL guard
+/// (`status IN (…)`) the statement must carry so that it moves only rows
+/// in `from`. A move the state machine forbids is a bug in falconeri: it is
+/// refused before any SQL runs. (The reservation and the one-statement
+/// `done` are fixed texts prepared once per connection; their moves,
+/// `ready → running` and `running → done`, are checked by a unit test.)
+pub(super) fn transition(from: &[DatumStatus], to: &[DatumStatus]) -> ModelResult<String> {
+    for &old in from {
+        for &new in to {
+            if !old.can_move_to(new) {
+                return Err(ModelError::Other(anyhow::anyhow!(
+                    "forbidden datum transition {old} -> {new}"
+                )));
+            }
+        }
+    }
+    let names: Vec<String> = from.iter().map(|s| format!("'{}'", s.as_str())).collect();
+    Ok(format!("status IN ({})", names.join(", ")))
 }
 
 /// How attempts end, for [`end_attempts`].
@@ -857,6 +906,12 @@ impl Datum {
         let clock = now.into();
         let now = clock.sql(backend);
         let output = escape_nul(report.output);
+        let target = if files.is_empty() {
+            DatumStatus::Done
+        } else {
+            DatumStatus::Publishing
+        };
+        let from = transition(&[DatumStatus::Running], &[target])?;
         let mut stmt = Stmt::new(backend);
         let guard = held_sql(&mut stmt, id, claim, "= 'running'");
         let output_param = stmt.text(Some(&output));
@@ -871,7 +926,7 @@ impl Datum {
         stmt.push(&format!(
             "UPDATE datums SET {set}, output = {output_param}, deadline_at = NULL, \
                 updated_at = {now} \
-             WHERE {guard} RETURNING *"
+             WHERE {guard} AND {from} RETURNING *"
         ));
         if backend == crate::db::Backend::Postgres && files.is_empty() {
             // One statement: the datum and its attempt change together.
@@ -1048,12 +1103,13 @@ impl Datum {
         let backend = conn.backend();
         let clock = now.into();
         let now = clock.sql(backend);
+        let from = transition(&[DatumStatus::Publishing], &[DatumStatus::Done])?;
         let mut stmt = Stmt::new(backend);
         let guard = held_sql(&mut stmt, id, claim, "= 'publishing'");
         stmt.push(&format!(
             "UPDATE datums SET status = 'done', finished_at = {now}, updated_at = {now}, \
                 lease_expires_at = NULL, error_message = NULL \
-             WHERE {guard} RETURNING *"
+             WHERE {guard} AND {from} RETURNING *"
         ));
         let done = conn.write_transaction(|conn| {
             let rows: Vec<Datum> = stmt.load(conn)?;
@@ -1101,6 +1157,7 @@ impl Datum {
         let ended = conn.write_transaction(|conn| {
             let ended = end_attempts(
                 conn,
+                DatumStatus::Publishing,
                 |stmt| held_sql(stmt, id, &claim_owned, "= 'publishing'"),
                 &ending,
                 clock,
@@ -1181,6 +1238,32 @@ impl Datum {
         error: &str,
         clock: Clock,
     ) -> ModelResult<Datum> {
+        Datum::fail_held(conn, id, claim, report, error, clock, Requeue::IfTriesLeft)
+    }
+
+    /// [`Datum::fail`] without a retry, whatever tries are left: an
+    /// `on_exit` rule (`fail_datum`, `fail_job`) matched the failure.
+    pub fn fail_now(
+        conn: &mut DbConn,
+        id: i64,
+        claim: &Claim,
+        report: &Report<'_>,
+        error: &str,
+        clock: Clock,
+    ) -> ModelResult<Datum> {
+        Datum::fail_held(conn, id, claim, report, error, clock, Requeue::Never)
+    }
+
+    /// A failed attempt reported by its worker, requeued as `requeue` says.
+    fn fail_held(
+        conn: &mut DbConn,
+        id: i64,
+        claim: &Claim,
+        report: &Report<'_>,
+        error: &str,
+        clock: Clock,
+        requeue: Requeue,
+    ) -> ModelResult<Datum> {
         let ending = Ending {
             final_message: None,
             attempt_message: None,
@@ -1190,9 +1273,86 @@ impl Datum {
             exit_code: report.exit_code,
             signal: report.signal,
             stats: report.stats,
-            requeue: Requeue::IfTriesLeft,
+            requeue,
         };
         Datum::end_held(conn, id, claim, &ending, clock)
+    }
+
+    /// `datum retry`: puts a datum that ended `error` or `canceled` back in
+    /// its job's queue with a fresh budget of the job's `datum_tries`
+    /// (its attempts stay on record; the next one numbers on). A job that
+    /// already ended is reopened (`running` again, its `job_timeout`
+    /// counted from `now`), and the answer says so: its workers must be
+    /// started again. The job row is locked first, then the datum, the
+    /// order of [`Job::stop`], so a retry and a finishing or stopping job
+    /// never pass each other: the retried datum either makes the job
+    /// unfinished or the retry sees the job ended and reopens it.
+    #[tracing::instrument(level = "debug", skip(conn))]
+    pub fn retry(conn: &mut DbConn, id: i64, now: Millis) -> ModelResult<Retried> {
+        conn.write_transaction(|conn| {
+            let datum = Datum::find(conn, id)?;
+            if !matches!(datum.status, DatumStatus::Error | DatumStatus::Canceled) {
+                return Err(ModelError::Conflict(format!(
+                    "datum {id} is {}; only datums that ended error or canceled can be retried",
+                    datum.status
+                )));
+            }
+            let job_id = datum.job_id;
+            // The lock: a no-op update of the job row.
+            let job: super::Job = with_conn!(conn, c => diesel::update(jobs::table)
+                .filter(jobs::id.eq(job_id))
+                .set(jobs::status.eq(jobs::status))
+                .returning(super::Job::as_returning())
+                .get_result(c))?;
+            let reopened = match job.status {
+                crate::status::JobStatus::Running => false,
+                crate::status::JobStatus::Ready => {
+                    return Err(ModelError::Conflict(format!(
+                        "job {} is still starting; retry datum {id} once it runs",
+                        job.name
+                    )));
+                }
+                _ => true,
+            };
+            if reopened {
+                let deadline = job.spec().ok().and_then(|spec| spec.job_timeout).map(|t| {
+                    now.saturating_add(i64::try_from(t.0.as_millis()).unwrap_or(i64::MAX))
+                });
+                with_conn!(conn, c => diesel::update(jobs::table)
+                    .filter(jobs::id.eq(job_id))
+                    .set((
+                        jobs::status.eq(crate::status::JobStatus::Running),
+                        jobs::finished_at.eq(None::<Millis>),
+                        jobs::error_message.eq(None::<String>),
+                        jobs::failed_datums.eq(None::<i64>),
+                        jobs::deadline_at.eq(deadline),
+                    ))
+                    .execute(c))?;
+            }
+            let from = transition(&[datum.status], &[DatumStatus::Ready])?;
+            let backend = conn.backend();
+            let now_sql = Clock::At(now).sql(backend);
+            let mut stmt = Stmt::new(backend);
+            stmt.push(&format!(
+                "UPDATE datums SET status = 'ready', ready_order = {order}, owner = NULL, \
+                    max_tries = attempt - interrupted + {tries}, pod_failures = 0, \
+                    finished_at = NULL, lease_expires_at = NULL, deadline_at = NULL, \
+                    updated_at = {now_sql} \
+                 WHERE id = {id} AND {from} RETURNING *",
+                order = requeue_order_sql(&now_sql),
+                tries = job.datum_tries,
+            ));
+            let rows: Vec<Datum> = stmt.load(conn)?;
+            let datum = rows.into_iter().next().ok_or_else(|| {
+                ModelError::Conflict(format!("datum {id} changed while it was being retried"))
+            })?;
+            let job = super::Job::find(conn, job_id)?;
+            Ok(Retried {
+                datum,
+                job,
+                reopened,
+            })
+        })
     }
 
     /// Gives a held datum back without using up a try: its worker was
@@ -1231,6 +1391,7 @@ impl Datum {
         let ended = conn.write_transaction(|conn| {
             end_attempts(
                 conn,
+                DatumStatus::Running,
                 |stmt| held_sql(stmt, id, claim, "= 'running'"),
                 ending,
                 clock,
@@ -1313,6 +1474,7 @@ impl Datum {
         let ended = conn.write_transaction(|conn| {
             end_attempts(
                 conn,
+                DatumStatus::Running,
                 |_| format!("status = 'running' AND {column} < {now_sql}"),
                 &ending,
                 clock,
@@ -1393,6 +1555,7 @@ impl Datum {
             let ended = conn.write_transaction(|conn| {
                 end_attempts(
                     conn,
+                    DatumStatus::Running,
                     |stmt| {
                         let list: Vec<String> = owners.iter().map(|o| stmt.text(Some(o))).collect();
                         format!(
@@ -1455,6 +1618,7 @@ impl Datum {
             let ended = conn.write_transaction(|conn| {
                 end_attempts(
                     conn,
+                    DatumStatus::Running,
                     |stmt| {
                         let owner = stmt.text(Some(&failure.worker_id));
                         format!("job_id = {job_id} AND owner = {owner} AND status = 'running'")
@@ -1761,10 +1925,12 @@ fn requeue_order_sql(now: &str) -> String {
 /// transaction. Returns the (datum, attempt) pairs ended.
 fn end_attempts(
     conn: &mut DbConn,
+    from: DatumStatus,
     filter: impl FnOnce(&mut Stmt) -> String,
     ending: &Ending<'_>,
     clock: Clock,
 ) -> ModelResult<Vec<(i64, i32)>> {
+    let guard = transition(&[from], ending.requeue.targets())?;
     let backend = conn.backend();
     let mut stmt = Stmt::new(backend);
     let now = clock.sql(backend);
@@ -1786,6 +1952,7 @@ fn end_attempts(
             "1",
             "pod_failures = pod_failures + 1, ",
         ),
+        Requeue::Never => ("1 = 0".to_owned(), "0", ""),
     };
     let requeue_order = requeue_order_sql(&now);
     // Every SET expression reads the row as it was, so `requeue` decides
@@ -1800,7 +1967,7 @@ fn end_attempts(
             error_message = CASE WHEN {requeue} THEN {message} ELSE {final_message} END, \
             output = {output}, {pod_failures}\
             updated_at = {now}, lease_expires_at = NULL, deadline_at = NULL \
-         WHERE {filter} \
+         WHERE ({filter}) AND {guard} \
          RETURNING id, attempt"
     ));
     let rows: Vec<EndedRow> = stmt.load(conn)?;
@@ -1945,5 +2112,42 @@ impl From<Attempt> for AttemptResponse {
             error_message: attempt.error_message,
             stats: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transitions_are_checked_against_the_state_machine() {
+        use DatumStatus::*;
+        assert_eq!(
+            transition(&[Error, Canceled], &[Ready]).unwrap(),
+            "status IN ('error', 'canceled')"
+        );
+        assert_eq!(
+            transition(&[Running], Requeue::IfTriesLeft.targets()).unwrap(),
+            "status IN ('running')"
+        );
+        for (from, to) in [
+            (Done, Ready),
+            (Ready, Done),
+            (Error, Running),
+            (Ready, Error),
+        ] {
+            let err = transition(&[from], &[to]).unwrap_err().to_string();
+            assert!(err.contains(&format!("{from} -> {to}")), "{err}");
+        }
+    }
+
+    /// The prepared hot-path statements are fixed texts that bypass
+    /// [`transition`]; the moves they write must be allowed too.
+    #[test]
+    fn the_hot_path_moves_are_allowed() {
+        assert!(RESERVE_MANY_PG.contains("status = 'running'"));
+        assert!(DatumStatus::Ready.can_move_to(DatumStatus::Running));
+        assert!(DONE_MANY_PG.contains("status = 'done'"));
+        assert!(DatumStatus::Running.can_move_to(DatumStatus::Done));
     }
 }

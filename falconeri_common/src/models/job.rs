@@ -8,7 +8,11 @@ use diesel::{
     select,
 };
 
-use super::{INSERT_CHUNK, ModelError, ModelResult, datum::close_attempts, sql::Clock};
+use super::{
+    INSERT_CHUNK, ModelError, ModelResult,
+    datum::{close_attempts, transition},
+    sql::Clock,
+};
 use crate::{
     Millis,
     api::{JobResponse, StatusCounts},
@@ -44,6 +48,12 @@ pub struct Job {
     /// Set while the job's datums are still being inserted (see
     /// [`Job::begin_planning`]); NULL once the plan is complete.
     pub planning_lease_until: Option<Millis>,
+    /// The spec's `max_failed_datums` as a count of datums, set once the
+    /// plan is complete; NULL without a limit.
+    pub max_failed_datums: Option<i64>,
+    /// How many datums had failed for good when the job ended; NULL while
+    /// it runs.
+    pub failed_datums: Option<i64>,
 }
 
 #[derive(Insertable)]
@@ -267,11 +277,22 @@ impl Job {
 
     /// Marks a job's plan complete, so it may start. The job is returned as
     /// it is: a job canceled while it was planned stays canceled.
+    /// A percentage `max_failed_datums` becomes a count here, now that the
+    /// datum count is known.
     pub fn finish_planning(conn: &mut DbConn, id: i64) -> ModelResult<Job> {
+        let job = Job::find(conn, id)?;
+        let max_failed = job
+            .spec()
+            .ok()
+            .and_then(|spec| spec.max_failed_datums)
+            .map(|limit| limit.limit(job.datum_count));
         let finished: Option<Job> = with_conn!(conn, c => diesel::update(jobs::table)
             .filter(jobs::id.eq(id))
             .filter(jobs::planning_lease_until.is_not_null())
-            .set(jobs::planning_lease_until.eq(None::<Millis>))
+            .set((
+                jobs::planning_lease_until.eq(None::<Millis>),
+                jobs::max_failed_datums.eq(max_failed),
+            ))
             .returning(Job::as_returning())
             .get_result(c)
             .optional())?;
@@ -486,6 +507,7 @@ impl Job {
                 ))
                 .execute(c))?;
             if n == 1 {
+                transition(&DatumStatus::UNFINISHED, &[DatumStatus::Canceled])?;
                 // Datums first, then their open attempts: the lock order of
                 // every transition.
                 let ended: Vec<(i64, i32)> = with_conn!(conn, c => diesel::update(datums::table)
@@ -511,6 +533,11 @@ impl Job {
                     None,
                     Clock::At(now),
                 )?;
+                let failed = Job::count_failed(conn, id)?;
+                with_conn!(conn, c => diesel::update(jobs::table)
+                    .filter(jobs::id.eq(id))
+                    .set(jobs::failed_datums.eq(Some(failed)))
+                    .execute(c))?;
             }
             Ok::<_, ModelError>(n == 1)
         })?;
@@ -545,20 +572,40 @@ impl Job {
             if unfinished {
                 return Ok(false);
             }
-            let any_error: bool = select(exists(
+            // Counted only when some exist: the common, clean end costs
+            // two EXISTS probes, whatever the job's size.
+            let count = |c: &mut _, status: DatumStatus| -> diesel::QueryResult<i64> {
+                let any: bool = select(exists(
+                    datums::table
+                        .filter(datums::job_id.eq(id))
+                        .filter(datums::status.eq(status)),
+                ))
+                .get_result(c)?;
+                if !any {
+                    return Ok(0);
+                }
                 datums::table
                     .filter(datums::job_id.eq(id))
-                    .filter(datums::status.eq(DatumStatus::Error)),
-            ))
-            .get_result(c)?;
-            let status = JobStatus::when_finished(any_error);
-            let message = any_error.then_some("some datums failed");
+                    .filter(datums::status.eq(status))
+                    .select(count_star())
+                    .get_result(c)
+            };
+            let failed = count(c, DatumStatus::Error)?;
+            // Canceled datums outlive their job's cancel only when a
+            // `datum retry` reopened it for some of them.
+            let canceled = count(c, DatumStatus::Canceled)?;
+            let limit: Option<i64> = jobs::table
+                .find(id)
+                .select(jobs::max_failed_datums)
+                .first(c)?;
+            let (status, message) = JobStatus::when_ended(failed, limit, canceled);
             diesel::update(jobs::table)
                 .filter(jobs::id.eq(id))
                 .set((
                     jobs::status.eq(status),
                     jobs::finished_at.eq(Some(now)),
                     jobs::error_message.eq(message),
+                    jobs::failed_datums.eq(Some(failed)),
                 ))
                 .execute(c)?;
             Ok(true)
@@ -568,6 +615,42 @@ impl Job {
         } else {
             Ok(None)
         }
+    }
+
+    /// How many of the job's datums failed for good (one indexed count).
+    pub fn count_failed(conn: &mut DbConn, id: i64) -> ModelResult<i64> {
+        Ok(with_conn!(conn, c => datums::table
+            .filter(datums::job_id.eq(id))
+            .filter(datums::status.eq(DatumStatus::Error))
+            .select(count_star())
+            .get_result(c))?)
+    }
+
+    /// Fails a running job whose failed datums went past its
+    /// `max_failed_datums`, at once and the way `job_timeout` does (its
+    /// unfinished datums are canceled): once the limit is crossed the job
+    /// cannot end `done`, so running the rest would only waste the
+    /// cluster. Returns the job if this call stopped it. A job without a
+    /// limit is left alone (it runs every datum, then ends `error`).
+    #[tracing::instrument(level = "debug", skip(conn))]
+    pub fn fail_if_over_limit(conn: &mut DbConn, id: i64, now: Millis) -> ModelResult<Option<Job>> {
+        let job = Job::find(conn, id)?;
+        let Some(limit) = job.max_failed_datums else {
+            return Ok(None);
+        };
+        if job.status != JobStatus::Running {
+            return Ok(None);
+        }
+        let failed = Job::count_failed(conn, id)?;
+        if failed <= limit {
+            return Ok(None);
+        }
+        let message = format!(
+            "{failed} datums failed, more than max_failed_datums allows ({limit}); the job was \
+             stopped"
+        );
+        let (job, stopped) = Job::stop(conn, id, JobStatus::Error, Some(&message), now)?;
+        Ok(stopped.then_some(job))
     }
 
     /// Jobs still `ready`, fully planned, that were created before
@@ -655,6 +738,8 @@ impl From<Job> for JobResponse {
             deadline_at: job.deadline_at,
             error_message: job.error_message,
             retry_of: job.retry_of,
+            max_failed_datums: job.max_failed_datums,
+            failed_datums: job.failed_datums,
         }
     }
 }

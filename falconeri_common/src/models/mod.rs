@@ -15,7 +15,7 @@ use diesel::{QueryableByName, RunQueryDsl, sql_types::BigInt};
 
 pub use datum::{
     Attempt, Completed, Datum, DatumFilter, DeadOwners, Frontier, InputFile, OutputFile,
-    PodFailure, Report, ReserveWant, Reserved,
+    PodFailure, Report, ReserveWant, Reserved, Retried,
 };
 pub use job::{Job, NewJobParams};
 pub use logs::{

@@ -24,6 +24,24 @@ pub struct WorkerLaunch {
     pub spec: PipelineSpec,
 }
 
+impl WorkerLaunch {
+    /// The launch of an existing job's workers, reaching falconerid at
+    /// `server_url`.
+    pub fn for_job(
+        job: &falconeri_common::models::Job,
+        spec: PipelineSpec,
+        server_url: String,
+    ) -> WorkerLaunch {
+        WorkerLaunch {
+            job_id: job.id,
+            job_name: job.name.clone(),
+            worker_token: job.worker_token.clone(),
+            server_url,
+            spec,
+        }
+    }
+}
+
 /// One worker as the executor sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WorkerState {

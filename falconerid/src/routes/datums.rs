@@ -1,9 +1,9 @@
-//! Datums as users see them.
+//! Datums as users see them, and `datum retry`.
 
 use axum::{Json, extract::State};
 use falconeri_common::{
-    api::{AttemptResponse, DatumResponse},
-    models::{Datum, stats::attempt_stats},
+    api::{AttemptResponse, DatumResponse, DatumRetryResponse},
+    models::{Datum, db_now, stats::attempt_stats},
 };
 
 use utoipa_axum::{router::OpenApiRouter, routes};
@@ -11,12 +11,15 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use crate::{
     auth::Principal,
     error::{ApiPath, AppResult},
-    openapi::{BadRequest, Forbidden, Internal, NotFound, Unauthorized, Unavailable},
-    state::AppState,
+    openapi::{BadRequest, Conflict, Forbidden, Internal, NotFound, Unauthorized, Unavailable},
+    start_job,
+    state::{AppState, Change},
 };
 
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(show))
+    OpenApiRouter::new()
+        .routes(routes!(show))
+        .routes(routes!(retry))
 }
 
 /// A datum with its input and output files, its captured output, and
@@ -68,4 +71,46 @@ async fn show(
         })
         .await?;
     Ok(Json(response))
+}
+
+/// Runs a datum that ended `error` or `canceled` again: it goes back to
+/// its job's queue with a fresh budget of `datum_tries` (its attempts stay
+/// on record). A job still running picks it up; a job that ended is
+/// reopened and its workers are started again, and it ends anew once the
+/// datum does. Any other datum is a 409.
+#[utoipa::path(
+    post,
+    operation_id = "retry_datum",
+    path = "/v1/datums/{id}/retry",
+    tag = "datums",
+    summary = "Run a failed or canceled datum again",
+    params(("id" = i64, Path, description = "The datum's id")),
+    responses(
+        (status = 200, description = "The datum, ready again, and its job", body = DatumRetryResponse),
+        BadRequest, Unauthorized, Forbidden, NotFound, Conflict, Unavailable, Internal,
+    ),
+)]
+async fn retry(
+    principal: Principal,
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<i64>,
+) -> AppResult<Json<DatumRetryResponse>> {
+    principal.require_admin()?;
+    let retried = state
+        .db_retrying(move |conn| {
+            let now = db_now(conn)?;
+            Datum::retry(conn, id, now)
+        })
+        .await?;
+    let job_id = retried.job.id;
+    if retried.reopened {
+        state.notify(Change::JobState { job_id });
+        start_job::restart_workers(&state, &retried.job, 1).await?;
+    }
+    state.notify(Change::DatumsReady { job_id, n: 1 });
+    Ok(Json(DatumRetryResponse {
+        datum: retried.datum.into(),
+        job: retried.job.into(),
+        reopened: retried.reopened,
+    }))
 }

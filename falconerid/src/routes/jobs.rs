@@ -269,13 +269,14 @@ async fn progress(
     }))
 }
 
-/// Starts a new job of the datums that failed in a finished job.
+/// Starts a new job of the datums that failed or were canceled in a
+/// finished job.
 #[utoipa::path(
     post,
     operation_id = "retry_job",
     path = "/v1/jobs/{id}/retry",
     tag = "jobs",
-    summary = "Retry a finished job's failed datums, as a new job",
+    summary = "Retry a finished job's failed and canceled datums, as a new job",
     params(("id" = i64, Path, description = "The job's id")),
     responses(
         (status = 201, description = "The new job", body = JobResponse),
@@ -304,7 +305,7 @@ async fn retry(
     }
     if first_failed.is_empty() {
         return Err(AppError::Conflict(format!(
-            "job {} has no failed datums to retry",
+            "job {} has no failed or canceled datums to retry",
             job.name
         )));
     }

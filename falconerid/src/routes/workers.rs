@@ -18,9 +18,10 @@ use falconeri_common::{
         DoneRequest, ErrorDetail, ErrorRequest, HeartbeatRequest, HeartbeatResponse, NewOutputFile,
         ReleaseRequest, Reservation, ReserveRequest, ReserveResponse,
     },
+    failure_policy::{ExitAction, Matched, match_exit},
     models::{Clock, Completed, Datum, Job, ModelError, Report, ReserveWant, Reserved},
     pipeline::MAX_DATUMS_PER_RESERVATION,
-    status::JobStatus,
+    status::{DatumStatus, JobStatus},
     storage::{attempt_staging_uri, publish_outputs, storage_for},
 };
 use tokio::time::Instant;
@@ -432,7 +433,18 @@ fn settle_report(
                 signal: *signal,
                 stats: stats.as_ref(),
             };
-            Datum::fail(conn, id, claim, &report, error, Clock::DB)
+            // The spec's `on_exit` rules decide whether a try is left to
+            // use; without a matching rule, the datum is retried.
+            match match_exit(&info.spec.on_exit, *exit_code, *signal) {
+                Some(Matched { rule, action }) if action != ExitAction::Retry => {
+                    let message = format!(
+                        "{error} (on_exit[{rule}]: {}, not retried)",
+                        action.as_str()
+                    );
+                    Datum::fail_now(conn, id, claim, &report, &message, Clock::DB)
+                }
+                _ => Datum::fail(conn, id, claim, &report, error, Clock::DB),
+            }
         }
         BatchOutcome::Release { reason } => Datum::release(conn, id, claim, reason, Clock::DB),
     };
@@ -701,6 +713,7 @@ async fn settle_batch(
             })
             .await?
     };
+    let consequence = failure_consequence(&info, &reports, &phase_one);
     let mut results = Vec::with_capacity(reports.len());
     for ((report, claim), settled) in reports.iter().zip(phase_one) {
         let staging =
@@ -754,7 +767,75 @@ async fn settle_batch(
         crate::metrics::report_settled(&report.outcome, &result);
         results.push(result);
     }
+    // A publish that failed for good is a failure too, seen only now.
+    let published_failure = results
+        .iter()
+        .any(|r| matches!(r, Ok(datum) if datum.status() == DatumStatus::Error));
+    // The reports are settled and their answers stand: a failure to stop
+    // the job is logged (the babysitter checks the limit again), never
+    // turned into an error the worker would retry its reports for.
+    let enforced = match consequence {
+        Consequence::FailJob(reason) => crate::failures::fail_job(state, job_id, reason).await,
+        Consequence::CheckLimit => crate::failures::enforce_limit(state, job_id)
+            .await
+            .map(drop),
+        Consequence::None if published_failure && info.spec.max_failed_datums.is_some() => {
+            crate::failures::enforce_limit(state, job_id)
+                .await
+                .map(drop)
+        }
+        Consequence::None => Ok(()),
+    };
+    if let Err(err) = enforced {
+        tracing::warn!(job_id, error = %err, "cannot apply the job's failure policy");
+    }
     Ok(results)
+}
+
+/// What a group of settled reports means for their job.
+enum Consequence {
+    None,
+    /// A `fail_job` rule matched a failure: stop the job with this reason.
+    FailJob(String),
+    /// A datum failed for good and the job has a `max_failed_datums`.
+    CheckLimit,
+}
+
+/// Looks at the reports that failed a datum for good: the first whose
+/// exit status a `fail_job` rule matches ends the job; otherwise any such
+/// failure makes the job's limit worth checking (one indexed count).
+fn failure_consequence(
+    info: &JobInfo,
+    reports: &[(BatchReport, Claim)],
+    settled: &[Settled],
+) -> Consequence {
+    let mut failed = false;
+    for ((report, _), settled) in reports.iter().zip(settled) {
+        let Settled::Accepted(datum) = settled else {
+            continue;
+        };
+        if datum.status() != DatumStatus::Error {
+            continue;
+        }
+        failed = true;
+        if let BatchOutcome::Error {
+            exit_code, signal, ..
+        } = &report.outcome
+            && let Some(Matched {
+                rule,
+                action: ExitAction::FailJob,
+            }) = match_exit(&info.spec.on_exit, *exit_code, *signal)
+        {
+            return Consequence::FailJob(crate::failures::fail_job_reason(
+                datum.id, *exit_code, *signal, rule,
+            ));
+        }
+    }
+    if failed && info.spec.max_failed_datums.is_some() {
+        Consequence::CheckLimit
+    } else {
+        Consequence::None
+    }
 }
 
 #[utoipa::path(

@@ -1,0 +1,324 @@
+//! Failure policies through the HTTP API, on SQLite and PostgreSQL:
+//! `on_exit` rules applied to failure reports, `max_failed_datums` within
+//! and over its limit, `POST /v1/datums/{id}/retry` while a job runs and
+//! after it ended, and the spec's refusals naming their JSON paths.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use axum::http::{Method, StatusCode};
+use common::{ADMIN, TestServer};
+use serde_json::{Value, json};
+
+fn files(n: usize) -> Vec<(String, String)> {
+    (0..n)
+        .map(|i| (format!("{i}.txt"), format!("{i}")))
+        .collect()
+}
+
+async fn create(server: &TestServer, datums: usize, extra: Value) -> (i64, String) {
+    let files = files(datums);
+    let files: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
+    let spec = server.spec_with_inputs(&files, extra);
+    let (status, job) = server
+        .call(Method::POST, "/v1/jobs", Some(ADMIN), Some(spec))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{job}");
+    let id = job["id"].as_i64().unwrap();
+    (id, worker_token(server, id))
+}
+
+fn worker_token(server: &TestServer, job_id: i64) -> String {
+    server
+        .executor
+        .launches
+        .lock()
+        .unwrap()
+        .iter()
+        .rev()
+        .find(|launch| launch.job_id == job_id)
+        .map(|launch| launch.worker_token.clone())
+        .expect("workers were launched")
+}
+
+fn launches(server: &TestServer, job_id: i64) -> usize {
+    let launches = server.executor.launches.lock().unwrap();
+    launches.iter().filter(|l| l.job_id == job_id).count()
+}
+
+/// Reserves one datum; None once there is nothing to reserve.
+async fn reserve(server: &TestServer, job_id: i64, token: &str) -> Option<Value> {
+    let (status, answer) = server
+        .call(
+            Method::POST,
+            &format!("/v1/jobs/{job_id}/reserve"),
+            Some(token),
+            Some(json!({ "worker_id": "w", "wait_ms": 0 })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    (answer["status"] == "reserved").then_some(answer)
+}
+
+/// Reports a reserved datum failed with `exit_code`; answers the datum.
+async fn fail(server: &TestServer, token: &str, reserved: &Value, exit_code: i32) -> Value {
+    let id = reserved["datum_id"].as_i64().unwrap();
+    let body = json!({
+        "claim": reserved["claim"],
+        "output": "",
+        "error": format!("command exited with status {exit_code}"),
+        "exit_code": exit_code,
+    });
+    let (status, datum) = server
+        .call(
+            Method::POST,
+            &format!("/v1/datums/{id}/error"),
+            Some(token),
+            Some(body),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{datum}");
+    datum
+}
+
+async fn done(server: &TestServer, token: &str, reserved: &Value) {
+    let id = reserved["datum_id"].as_i64().unwrap();
+    let body = json!({ "claim": reserved["claim"], "output": "" });
+    let (status, datum) = server
+        .call(
+            Method::POST,
+            &format!("/v1/datums/{id}/done"),
+            Some(token),
+            Some(body),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{datum}");
+}
+
+async fn get(server: &TestServer, path: &str) -> Value {
+    let (status, body) = server.call(Method::GET, path, Some(ADMIN), None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body
+}
+
+async fn retry_datum(server: &TestServer, id: i64, token: &str) -> (StatusCode, Value) {
+    server
+        .call(
+            Method::POST,
+            &format!("/v1/datums/{id}/retry"),
+            Some(token),
+            None,
+        )
+        .await
+}
+
+/// Waits (bounded) for the background wind-down to stop the job's workers.
+async fn wait_stopped(server: &TestServer, job_id: i64) {
+    for _ in 0..100 {
+        if server.executor.stopped.lock().unwrap().contains(&job_id) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the workers of job {job_id} were not stopped");
+}
+
+#[tokio::test]
+async fn a_fail_job_exit_code_ends_the_job_at_once() {
+    for server in TestServer::all() {
+        let extra = json!({
+            "datum_tries": 3,
+            "on_exit": [{ "exit_codes": [42], "action": "fail_job" }],
+        });
+        let (id, token) = create(&server, 3, extra).await;
+        let first = reserve(&server, id, &token).await.unwrap();
+        let datum_id = first["datum_id"].as_i64().unwrap();
+        let datum = fail(&server, &token, &first, 42).await;
+        assert_eq!(datum["status"], "error", "{datum}");
+        assert!(
+            datum["error_message"]
+                .as_str()
+                .unwrap()
+                .ends_with("(on_exit[0]: fail_job, not retried)"),
+            "{datum}"
+        );
+        let job = get(&server, &format!("/v1/jobs/{id}")).await;
+        assert_eq!(job["status"], "error", "{job}");
+        assert_eq!(
+            job["error_message"].as_str().unwrap(),
+            format!(
+                "datum {datum_id}'s command exited with code 42, which on_exit[0] maps to fail_job"
+            )
+        );
+        assert_eq!(job["failed_datums"], 1);
+        let described = get(&server, &format!("/v1/jobs/{id}/describe")).await;
+        assert_eq!(described["counts"]["canceled"], 2, "{described}");
+        wait_stopped(&server, id).await;
+        assert!(reserve(&server, id, &token).await.is_none());
+    }
+}
+
+#[tokio::test]
+async fn a_fail_datum_exit_code_is_not_retried_and_others_are() {
+    for server in TestServer::all() {
+        let extra = json!({
+            "datum_tries": 3,
+            "on_exit": [
+                { "exit_codes": [3], "action": "retry" },
+                { "exit_codes": [3, 4], "action": "fail_datum" },
+            ],
+        });
+        let (id, token) = create(&server, 2, extra).await;
+        let first = reserve(&server, id, &token).await.unwrap();
+        let datum = fail(&server, &token, &first, 4).await;
+        assert_eq!(
+            (datum["status"].as_str(), datum["attempt"].as_i64()),
+            (Some("error"), Some(1))
+        );
+        // The first matching rule decides: 3 is retried.
+        let second = reserve(&server, id, &token).await.unwrap();
+        let datum = fail(&server, &token, &second, 3).await;
+        assert_eq!(datum["status"], "ready", "{datum}");
+        // Unmatched codes keep the default: retried too.
+        let again = reserve(&server, id, &token).await.unwrap();
+        let datum = fail(&server, &token, &again, 1).await;
+        assert_eq!(datum["status"], "ready", "{datum}");
+        let job = get(&server, &format!("/v1/jobs/{id}")).await;
+        assert_eq!(job["status"], "running", "fail_datum does not end the job");
+    }
+}
+
+#[tokio::test]
+async fn a_job_within_max_failed_datums_ends_done_and_one_over_fails() {
+    for server in TestServer::all() {
+        let (id, token) = create(&server, 3, json!({ "max_failed_datums": "50%" })).await;
+        let job = get(&server, &format!("/v1/jobs/{id}")).await;
+        assert_eq!(job["max_failed_datums"], 1, "50% of 3, rounded down");
+        let first = reserve(&server, id, &token).await.unwrap();
+        fail(&server, &token, &first, 1).await;
+        while let Some(next) = reserve(&server, id, &token).await {
+            done(&server, &token, &next).await;
+        }
+        let job = get(&server, &format!("/v1/jobs/{id}")).await;
+        assert_eq!(job["status"], "done", "{job}");
+        assert_eq!(job["failed_datums"], 1);
+        let described = get(&server, &format!("/v1/jobs/{id}/describe")).await;
+        assert_eq!(
+            described["failed"].as_array().unwrap().len(),
+            1,
+            "{described}"
+        );
+        let stats = get(&server, &format!("/v1/jobs/{id}/stats")).await;
+        assert_eq!(stats["errors"][0]["count"], 1, "{stats}");
+
+        let (id, token) = create(&server, 4, json!({ "max_failed_datums": 1 })).await;
+        for _ in 0..2 {
+            let next = reserve(&server, id, &token).await.unwrap();
+            fail(&server, &token, &next, 1).await;
+        }
+        let job = get(&server, &format!("/v1/jobs/{id}")).await;
+        assert_eq!(job["status"], "error", "{job}");
+        assert_eq!(
+            job["error_message"],
+            "2 datums failed, more than max_failed_datums allows (1); the job was stopped"
+        );
+        let described = get(&server, &format!("/v1/jobs/{id}/describe")).await;
+        assert_eq!(described["counts"]["canceled"], 2, "{described}");
+        wait_stopped(&server, id).await;
+    }
+}
+
+#[tokio::test]
+async fn datum_retry_requeues_while_running_and_reopens_after() {
+    for server in TestServer::all() {
+        let (id, token) = create(&server, 2, json!({})).await;
+        let first = reserve(&server, id, &token).await.unwrap();
+        let datum_id = first["datum_id"].as_i64().unwrap();
+        // Not failed: 409 with a JSON body; workers may not retry; unknown: 404.
+        let (status, body) = retry_datum(&server, datum_id, ADMIN).await;
+        assert_eq!(status, StatusCode::CONFLICT, "{body}");
+        assert_eq!(body["error"]["code"], "conflict", "{body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("is running")
+        );
+        let (status, _) = retry_datum(&server, datum_id, &token).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        let (status, body) = retry_datum(&server, 999_999, ADMIN).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+
+        fail(&server, &token, &first, 1).await;
+        let (status, retried) = retry_datum(&server, datum_id, ADMIN).await;
+        assert_eq!(status, StatusCode::OK, "{retried}");
+        assert_eq!(retried["reopened"], false);
+        assert_eq!(retried["datum"]["status"], "ready");
+        assert_eq!(retried["job"]["status"], "running");
+        let again = reserve(&server, id, &token).await.unwrap();
+        assert_eq!(again["datum_id"].as_i64(), Some(datum_id), "requeued first");
+        assert_eq!(again["claim"]["attempt"], 2);
+        fail(&server, &token, &again, 1).await;
+        while let Some(next) = reserve(&server, id, &token).await {
+            done(&server, &token, &next).await;
+        }
+        let job = get(&server, &format!("/v1/jobs/{id}")).await;
+        assert_eq!(job["status"], "error", "{job}");
+
+        // After the end: the job is reopened and its workers started.
+        let before = launches(&server, id);
+        let (status, retried) = retry_datum(&server, datum_id, ADMIN).await;
+        assert_eq!(status, StatusCode::OK, "{retried}");
+        assert_eq!(retried["reopened"], true);
+        assert_eq!(retried["job"]["status"], "running");
+        assert_eq!(launches(&server, id), before + 1);
+        let third = reserve(&server, id, &token).await.unwrap();
+        assert_eq!(third["claim"]["attempt"], 3);
+        done(&server, &token, &third).await;
+        assert!(reserve(&server, id, &token).await.is_none());
+        let job = get(&server, &format!("/v1/jobs/{id}")).await;
+        assert_eq!(job["status"], "done", "{job}");
+        let datum = get(&server, &format!("/v1/datums/{datum_id}")).await;
+        assert_eq!(datum["attempts"].as_array().unwrap().len(), 3, "{datum}");
+    }
+}
+
+#[tokio::test]
+async fn failure_policies_in_a_spec_are_checked_with_their_paths() {
+    for server in TestServer::all() {
+        let extra = json!({
+            "on_exit": [
+                { "exit_codes": [0], "action": "fail_job" },
+                { "signals": ["SIGNOPE"], "action": "retry" },
+            ],
+        });
+        let spec = server.spec_with_inputs(&[("a", "a")], extra);
+        let (status, body) = server
+            .call(Method::POST, "/v1/jobs", Some(ADMIN), Some(spec))
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        let paths: Vec<&str> = body["error"]["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|p| p["path"].as_str())
+            .collect();
+        assert_eq!(paths, ["on_exit[0].exit_codes[0]", "on_exit[1].signals[0]"]);
+
+        let spec = server.spec_with_inputs(&[("a", "a")], json!({ "max_failed_datums": "5" }));
+        let (status, body) = server
+            .call(Method::POST, "/v1/jobs", Some(ADMIN), Some(spec))
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(
+            body["error"]["problems"][0]["path"], "max_failed_datums",
+            "{body}"
+        );
+    }
+}
