@@ -1747,7 +1747,7 @@ fn held_sql(stmt: &mut Stmt, id: i64, claim: &Claim, status: &str) -> String {
 /// the order they were requeued. Fresh datums never come back to the fresh
 /// part of the queue, so where a server last found fresh datums is a lower
 /// bound of the fresh part (see [`Frontier`]).
-const REQUEUED_BELOW_FRESH: i64 = 1 << 62;
+pub(super) const REQUEUED_BELOW_FRESH: i64 = 1 << 62;
 
 /// The `ready_order` of a datum requeued at `now` (SQL).
 fn requeue_order_sql(now: &str) -> String {
