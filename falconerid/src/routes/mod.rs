@@ -9,6 +9,8 @@
 //! ([`crate::openapi`]) are built. A new resource adds its module's
 //! `router()` to [`api`]; its handlers carry the attribute.
 
+mod attempts;
+mod datum_retry;
 mod datums;
 mod health;
 mod jobs;
@@ -29,6 +31,8 @@ pub fn api() -> OpenApiRouter<AppState> {
         .merge(datums::router())
         .merge(logs::router())
         .merge(workers::router())
+        .merge(attempts::router())
+        .merge(datum_retry::router())
         .routes(routes!(crate::metrics::scrape))
         .routes(routes!(crate::openapi::serve))
 }
