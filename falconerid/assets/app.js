@@ -37,6 +37,12 @@ function el(tag, attrs, ...children) {
   return node;
 }
 
+/** Replaces `node`'s children, skipping the absent ones (null, undefined, false). */
+function fill(node, ...children) {
+  node.replaceChildren(...children.flat(Infinity).filter((c) => c !== null && c !== undefined && c !== false)
+    .map((c) => (c instanceof Node ? c : document.createTextNode(String(c)))));
+}
+
 /** Calls the REST API through the gateway; throws an Error with the API's message. */
 async function api(path, options = {}) {
   const response = await fetch('/ui/api' + path, {
@@ -172,7 +178,7 @@ async function jobsPage(main) {
     selectField('f-status', 'Status', JOB_STATUSES, status, 'any'),
     el('div', {}, el('button', { type: 'submit' }, 'Filter')));
   const body = el('tbody', {});
-  main.replaceChildren(el('h1', {}, 'Jobs'), form,
+  fill(main, el('h1', {}, 'Jobs'), form,
     el('div', { class: 'table-box' }, el('table', { id: 'jobs' },
       el('thead', {}, el('tr', {},
         el('th', { scope: 'col' }, 'Name'), el('th', { scope: 'col' }, 'Status'),
@@ -209,7 +215,7 @@ async function jobsPage(main) {
     row.bar.max = all;
     row.bar.value = finished(progress.counts);
     row.text.textContent = `${finished(progress.counts)}/${total(progress.counts)}`;
-    row.badge.replaceChildren(statusBadge(progress.job.status));
+    fill(row.badge, statusBadge(progress.job.status));
   };
   // Counts once for every job, a few at a time; then the newest unfinished
   // ones (at most four, a browser's connections are few) are followed live.
@@ -256,6 +262,7 @@ async function jobPage(main) {
   const bar = el('progress', { id: 'job-progress', class: 'big-progress', max: 1, value: 0,
     'aria-label': 'datums finished' });
   const summary = el('p', { id: 'job-summary', 'aria-live': 'polite' }, '');
+  const jobError = el('p', { class: 'error', id: 'job-error' }, job.error_message || '');
   const counts = el('dl', { class: 'counts', id: 'job-counts' });
   const stats = el('section', { id: 'job-stats', 'aria-labelledby': 'stats-h' },
     el('h2', { id: 'stats-h' }, 'Statistics'), el('p', { class: 'muted' }, 'Loading…'));
@@ -265,12 +272,12 @@ async function jobPage(main) {
     el('h2', { id: 'timeline-h' }, 'Attempts by worker'));
   const datums = el('section', { id: 'job-datums', 'aria-labelledby': 'datums-h' },
     el('h2', { id: 'datums-h' }, 'Datums'));
-  main.replaceChildren(
+  fill(main,
     el('p', {}, el('a', { href: '/' }, '← Jobs')), heading,
     el('p', { class: 'muted' }, `pipeline ${job.pipeline_name} · egress `, el('code', {}, job.egress_uri)),
-    job.error_message ? el('p', { class: 'error' }, job.error_message) : null,
+    jobError,
     el('div', { class: 'actions' }, cancel, retry),
-    bar, summary, counts, stats, errors, timeline, datums);
+    bar, summary, counts, errors, stats, timeline, datums);
 
   cancel.addEventListener('click', async () => {
     if (!window.confirm(`Cancel job ${job.name}? Its running commands are stopped.`)) return;
@@ -320,9 +327,10 @@ async function jobPage(main) {
       text += rate ? ` · ETA ${duration(Math.round((left / rate) * 1000))}` : '';
     }
     summary.textContent = text;
-    counts.replaceChildren(...DATUM_STATUSES.map((s) =>
+    fill(counts, ...DATUM_STATUSES.map((s) =>
       el('div', {}, el('dt', {}, s), el('dd', { 'data-count': s }, c[s]))));
-    document.getElementById('job-status').replaceChildren(statusBadge(progress.job.status));
+    fill(document.getElementById('job-status'), statusBadge(progress.job.status));
+    jobError.textContent = progress.job.error_message || '';
     cancel.disabled = TERMINAL.has(progress.job.status);
     retry.disabled = !(TERMINAL.has(progress.job.status) && c.error + c.canceled > 0);
     if (progress.job.status !== lastStatus || !TERMINAL.has(progress.job.status)) refresh();
@@ -340,7 +348,7 @@ async function drawStats(id, section, errorsSection, meter) {
       el('td', { class: 'num' }, fmt(p.max)), el('td', { class: 'num' }, p.count)]
       : el('td', { colspan: 4, class: 'muted' }, 'not measured yet'));
   const t = s.throughput;
-  section.replaceChildren(el('h2', { id: 'stats-h' }, 'Statistics'),
+  fill(section, el('h2', { id: 'stats-h' }, 'Statistics'),
     el('p', {}, `${s.measured_attempts} attempts measured · ${t.datums_done} datums done in `,
       `${duration(t.elapsed_ms)} · ${t.datums_per_second.toFixed(2)} datums/s · `,
       `${bytes(t.download_bytes)} down, ${bytes(t.upload_bytes)} up`),
@@ -363,7 +371,7 @@ async function drawStats(id, section, errorsSection, meter) {
         el('td', { class: 'num' }, duration(a.duration_ms)),
         el('td', { class: 'num' }, duration(a.command_ms)))))] : null);
   if (meter.rate() === null && t.datums_per_second > 0) meter.fallback = t.datums_per_second;
-  errorsSection.replaceChildren(el('h2', { id: 'errors-h' }, 'Errors'),
+  fill(errorsSection, el('h2', { id: 'errors-h' }, 'Errors'),
     s.errors.length === 0 ? el('p', { class: 'muted' }, 'No datum has failed.')
       : table(['Error', { label: 'Datums', num: true }, 'Example'], s.errors.map((g) =>
         el('tr', {}, el('td', { class: 'message' }, g.message), el('td', { class: 'num' }, g.count),
@@ -375,7 +383,7 @@ async function drawTimeline(id, section) {
   const { attempts } = await api(`/v1/jobs/${id}/attempts?limit=500`);
   const heading = el('h2', { id: 'timeline-h' }, 'Attempts by worker');
   if (attempts.length === 0) {
-    section.replaceChildren(heading, el('p', { class: 'muted' }, 'No attempt yet.'));
+    fill(section, heading, el('p', { class: 'muted' }, 'No attempt yet.'));
     return;
   }
   const now = Date.now();
@@ -407,7 +415,7 @@ async function drawTimeline(id, section) {
     bar.style.left = `${bar.dataset.left}%`;
     bar.style.width = `${bar.dataset.width}%`;
   }
-  section.replaceChildren(heading,
+  fill(section, heading,
     el('p', { class: 'muted' }, `The newest ${attempts.length} attempts, from `,
       when(start), '.'),
     el('p', { class: 'legend' },
@@ -438,7 +446,7 @@ function drawDatums(id, section) {
     if (s) query.set('status', s);
     if (o) query.set('outcome', o);
     const { datums } = await api(`/v1/jobs/${id}/datums?${query}`);
-    body.replaceChildren(...(datums.length ? datums.map((d) => el('tr', { 'data-datum': d.id },
+    fill(body, ...(datums.length ? datums.map((d) => el('tr', { 'data-datum': d.id },
       el('td', {}, el('a', { href: `/datums/${d.id}` }, d.id)),
       el('td', {}, statusBadge(d.status)),
       el('td', { class: 'num' }, `${d.attempt}/${d.max_tries}`),
@@ -480,15 +488,17 @@ async function datumPage(main) {
   const heading = el('h1', {}, `Datum ${id}`);
   const back = el('p', {});
   const details = el('div', { id: 'datum-details' });
+  const summaryLine = el('div', { id: 'datum-summary' });
   const retry = el('button', { type: 'button', id: 'retry-datum' }, 'Retry this datum');
   const attemptSelect = el('select', { id: 'log-attempt' }, el('option', { value: '' }, 'every attempt'));
   const log = el('pre', { class: 'log', id: 'log', tabindex: 0, 'aria-label': 'log',
     'aria-live': 'off' });
   const logState = el('p', { class: 'muted', id: 'log-state', 'aria-live': 'polite' }, '');
-  main.replaceChildren(back, heading, el('div', { class: 'actions' }, retry), details,
+  fill(main, back, heading, summaryLine, el('div', { class: 'actions' }, retry),
     el('section', { 'aria-labelledby': 'log-h' }, el('h2', { id: 'log-h' }, 'Log'),
       el('div', { class: 'filters' }, el('div', {}, el('label', { for: 'log-attempt' }, 'Attempt'),
-        attemptSelect)), logState, log));
+        attemptSelect)), logState, log),
+    details);
 
   let datum = await drawDatum(id, heading, back, details, retry, attemptSelect);
   let stream = null;
@@ -509,7 +519,8 @@ async function datumPage(main) {
     stream.addEventListener('line', (event) => {
       const line = JSON.parse(event.data);
       const text = line.text !== undefined ? line.text : `[${line.base64.length} base64 characters of binary output]`;
-      add(el('span', { class: line.stream }, `${text}\n`));
+      // A line keeps its own newline (an unfinished one has none).
+      add(el('span', { class: line.stream }, text.endsWith('\n') ? text : `${text}\n`));
     });
     stream.addEventListener('cut', (event) => {
       const cut = JSON.parse(event.data);
@@ -557,20 +568,22 @@ async function datumPage(main) {
 async function drawDatum(id, heading, back, details, retry, attemptSelect, given) {
   const d = given || await api(`/v1/datums/${id}`);
   document.title = `Datum ${id} · falconeri`;
-  heading.replaceChildren(`Datum ${id} `, statusBadge(d.datum.status));
-  back.replaceChildren(el('a', { href: `/jobs/${d.datum.job_id}` }, `← Job ${d.datum.job_id}`));
+  fill(heading, `Datum ${id} `, statusBadge(d.datum.status));
+  fill(back, el('a', { href: `/jobs/${d.datum.job_id}` }, `← Job ${d.datum.job_id}`));
   retry.disabled = d.datum.status !== 'error';
   const chosen = attemptSelect.value;
-  attemptSelect.replaceChildren(el('option', { value: '' }, 'every attempt'),
+  fill(attemptSelect, el('option', { value: '' }, 'every attempt'),
     d.attempts.map((a) => el('option', { value: a.number, selected: String(a.number) === chosen },
       `attempt ${a.number}`)));
   const stat = (a, key, fmt) => (a.stats && a.stats[key] !== null && a.stats[key] !== undefined
     ? fmt(a.stats[key]) : '—');
-  details.replaceChildren(
+  fill(document.getElementById('datum-summary'),
     el('p', {}, `Attempt ${d.datum.attempt} of at most ${d.datum.max_tries}`,
       d.datum.interrupted ? ` (${d.datum.interrupted} interrupted)` : '',
-      d.datum.owner ? [' · held by ', el('code', {}, d.datum.owner)] : ''),
-    d.datum.error_message ? el('p', { class: 'error', id: 'datum-error' }, d.datum.error_message) : null,
+      d.datum.owner && ['running', 'publishing'].includes(d.datum.status)
+        ? [' · held by ', el('code', {}, d.datum.owner)] : ''),
+    d.datum.error_message ? el('p', { class: 'error', id: 'datum-error' }, d.datum.error_message) : null);
+  fill(details,
     el('h2', {}, 'Attempts'),
     table(['#', 'Worker', 'Started', { label: 'Took', num: true }, 'Outcome', 'Error',
       { label: 'Download', num: true }, { label: 'Command', num: true },
@@ -609,6 +622,6 @@ document.addEventListener('DOMContentLoaded', () => {
   const main = document.getElementById('main');
   const draw = PAGES[document.body.dataset.page];
   draw(main).catch((err) => {
-    main.replaceChildren(el('p', { class: 'error', role: 'alert' }, `Cannot show this page: ${err.message}`));
+    fill(main, el('p', { class: 'error', role: 'alert' }, `Cannot show this page: ${err.message}`));
   });
 });
