@@ -245,6 +245,27 @@ async fn worker_tokens_and_wrong_tokens_cannot_sign_in() {
             assert!(answer.header(header::SET_COOKIE).is_empty());
             assert!(answer.body.contains("cannot sign in"), "{}", answer.body);
         }
+        // A form without the field is a wrong token; a body that is no
+        // form is a 400 with the usual JSON error.
+        let answer = send(
+            &server,
+            Method::POST,
+            "/login",
+            &[("origin", ORIGIN)],
+            Some(""),
+        )
+        .await;
+        assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
+        let answer = send(
+            &server,
+            Method::POST,
+            "/login",
+            &[("origin", ORIGIN), ("content-type", "application/json")],
+            None,
+        )
+        .await;
+        assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{}", answer.body);
+        assert_eq!(answer.json()["error"]["code"], "bad_request");
         // Nor without an Origin naming this server.
         let form = format!("token={ADMIN}");
         let answer = send(&server, Method::POST, "/login", &[], Some(&form)).await;

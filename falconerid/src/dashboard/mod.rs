@@ -18,7 +18,7 @@ mod session;
 
 use axum::{
     Extension, Form, Router,
-    extract::{Path, State},
+    extract::{Path, State, rejection::FormRejection},
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Redirect, Response},
     routing::{any, get},
@@ -26,7 +26,10 @@ use axum::{
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
 
-use crate::{error::AppResult, state::AppState};
+use crate::{
+    error::{AppError, AppResult},
+    state::AppState,
+};
 pub use session::SESSION_COOKIE;
 
 /// The dashboard's routes; `api` is the REST API's router, which the
@@ -83,6 +86,8 @@ async fn login_page() -> Response {
 
 #[derive(Deserialize)]
 struct SignInForm {
+    /// Missing is the same as wrong: the form again, with a 401.
+    #[serde(default)]
     token: String,
 }
 
@@ -92,9 +97,10 @@ struct SignInForm {
 async fn sign_in(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Form(form): Form<SignInForm>,
+    form: Result<Form<SignInForm>, FormRejection>,
 ) -> AppResult<Response> {
     session::check_origin(&headers)?;
+    let Form(form) = form.map_err(bad_form)?;
     let admin = state.config().token.as_bytes();
     if !bool::from(form.token.trim().as_bytes().ct_eq(admin)) {
         return Ok(assets::html(
@@ -112,6 +118,7 @@ async fn sign_in(
 
 #[derive(Deserialize)]
 struct SignOutForm {
+    #[serde(default)]
     csrf: String,
 }
 
@@ -120,13 +127,20 @@ struct SignOutForm {
 async fn sign_out(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Form(form): Form<SignOutForm>,
+    form: Result<Form<SignOutForm>, FormRejection>,
 ) -> AppResult<Response> {
     let current = session::require(&state, &headers).await?;
+    let Form(form) = form.map_err(bad_form)?;
     session::check_action(&headers, &current, Some(&form.csrf))?;
     session::delete(&state, current).await?;
     let cookie = session::cookie("", 0, session::secure(&state, &headers));
     Ok(see_other("/login", cookie))
+}
+
+/// A form that is not one (wrong content type, unreadable body) is a 400
+/// with the usual JSON error, like any other bad request.
+fn bad_form(rejection: FormRejection) -> AppError {
+    AppError::BadRequest(format!("bad form: {}", rejection.body_text()))
 }
 
 /// A 303 to `to` that sets `cookie`.
