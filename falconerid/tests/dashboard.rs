@@ -366,6 +366,12 @@ async fn the_rest_api_ignores_cookies_and_the_gateway_ignores_bearer_tokens() {
         let answer = browser.get(&server, "/ui/api/v1/jobs").await;
         assert_eq!(answer.status, StatusCode::OK);
         assert!(answer.json()["jobs"].is_array());
+        // The path goes on as it was sent: an encoded `/` stays in the name.
+        let answer = browser
+            .get(&server, "/ui/api/v1/jobs/by-name/no%2Fsuch")
+            .await;
+        assert_eq!(answer.status, StatusCode::NOT_FOUND, "{}", answer.body);
+        assert!(answer.body.contains("no/such"), "{}", answer.body);
 
         // Only the dashboard's own routes pass the gateway.
         for path in [

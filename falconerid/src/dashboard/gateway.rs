@@ -10,7 +10,7 @@
 use axum::{
     Extension, Router,
     body::Body,
-    extract::{Path, Request, State},
+    extract::{Request, State},
     http::{Method, header},
     response::Response,
 };
@@ -22,6 +22,9 @@ use crate::{
     state::AppState,
 };
 
+/// Where the gateway is mounted; what follows is a REST API path.
+pub const PREFIX: &str = "/ui/api/";
+
 /// The REST router the gateway calls.
 #[derive(Clone)]
 pub struct Gateway {
@@ -32,10 +35,17 @@ pub struct Gateway {
 pub async fn forward(
     State(state): State<AppState>,
     Extension(gateway): Extension<Gateway>,
-    Path(path): Path<String>,
     request: Request,
 ) -> AppResult<Response> {
     let current = session::require(&state, request.headers()).await?;
+    // The path as sent, still percent-encoded: decoding it here would turn
+    // an encoded `/` in a job name into a path separator.
+    let path = request
+        .uri()
+        .path()
+        .strip_prefix(PREFIX)
+        .unwrap_or_default()
+        .to_owned();
     let method = request.method().clone();
     let segments: Vec<&str> = path.split('/').collect();
     match method {
