@@ -243,6 +243,12 @@ pub struct DatumListQuery {
 #[into_params(parameter_in = Query)]
 pub struct JobListQuery {
     pub limit: Option<i64>,
+    /// Only jobs in this state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<JobStatus>,
+    /// Only jobs whose name contains this text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 /// A datum without its files and output.
@@ -1026,6 +1032,35 @@ impl LogEvent {
             LogEvent::JobEnd { .. } => "job_end",
         }
     }
+}
+
+/// Query of `GET /v1/jobs/{id}/attempts`.
+#[derive(
+    Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema, utoipa::IntoParams,
+)]
+#[into_params(parameter_in = Query)]
+pub struct JobAttemptsQuery {
+    /// How many of the newest attempts (default 500, at most 5,000).
+    pub limit: Option<i64>,
+}
+
+/// One attempt of a job, for a timeline of its workers.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct JobAttempt {
+    pub datum_id: i64,
+    pub number: i32,
+    pub worker_id: String,
+    pub started_at: Millis,
+    #[schema(value_type = Option<i64>)]
+    pub finished_at: Option<Millis>,
+    /// None while the attempt runs.
+    pub outcome: Option<Outcome>,
+}
+
+/// `GET /v1/jobs/{id}/attempts`: the newest attempts first.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct JobAttemptsResponse {
+    pub attempts: Vec<JobAttempt>,
 }
 
 #[cfg(test)]

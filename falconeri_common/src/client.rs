@@ -194,7 +194,10 @@ impl Client {
 
     /// Lists the newest jobs.
     pub async fn list_jobs(&self, limit: Option<i64>) -> Result<api::JobListResponse, ClientError> {
-        let query = api::JobListQuery { limit };
+        let query = api::JobListQuery {
+            limit,
+            ..Default::default()
+        };
         self.send::<_, (), _>(Method::GET, paths::JOBS, Some(&query), None, Duration::ZERO)
             .await
     }

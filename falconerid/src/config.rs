@@ -141,6 +141,16 @@ pub struct Config {
         value_parser = clap::value_parser!(i64).range(1..)
     )]
     pub max_log_bytes: i64,
+    /// How long a dashboard sign-in lasts; after it, the browser signs in
+    /// with the admin token again.
+    #[arg(long, env = "FALCONERI_DASHBOARD_SESSION_TTL", default_value = "12h", value_parser = humantime::parse_duration)]
+    pub dashboard_session_ttl: Duration,
+    /// Mark the dashboard's session cookie `Secure` (sent over HTTPS only).
+    /// Set it when browsers reach falconerid through a proxy that
+    /// terminates TLS; a request forwarded with `X-Forwarded-Proto: https`
+    /// gets a `Secure` cookie anyway.
+    #[arg(long, env = "FALCONERI_DASHBOARD_SECURE_COOKIE")]
+    pub dashboard_secure_cookie: bool,
 }
 
 impl std::fmt::Debug for Config {
@@ -161,6 +171,8 @@ impl std::fmt::Debug for Config {
             .field("kubernetes_namespace", &self.kubernetes_namespace)
             .field("worker_image", &self.worker_image)
             .field("max_log_bytes", &self.max_log_bytes)
+            .field("dashboard_session_ttl", &self.dashboard_session_ttl)
+            .field("dashboard_secure_cookie", &self.dashboard_secure_cookie)
             .finish_non_exhaustive()
     }
 }
@@ -212,6 +224,8 @@ impl Config {
             kubernetes_max_pod_failures: 3,
             kubernetes_start_timeout: Duration::from_secs(300),
             max_log_bytes: falconeri_common::models::DEFAULT_MAX_LOG_BYTES,
+            dashboard_session_ttl: Duration::from_secs(12 * 3600),
+            dashboard_secure_cookie: false,
         }
     }
 

@@ -1,6 +1,6 @@
 //! falconerid: the only process that touches the database.
 //!
-//! It serves the REST API ([`routes`]), turns specs into datums
+//! It serves the REST API ([`routes`]) and the web [`dashboard`], turns specs into datums
 //! ([`start_job`]), starts workers through an [`executor`], and runs the
 //! [`babysitter`]. Build the HTTP app with [`app`] (tests drive it with
 //! `oneshot`, no socket) or run everything with [`serve`].
@@ -9,6 +9,7 @@ pub mod auth;
 pub mod babysitter;
 pub mod combine;
 pub mod config;
+pub mod dashboard;
 pub mod error;
 pub mod executor;
 pub mod failures;
@@ -35,7 +36,10 @@ pub use state::AppState;
 /// The HTTP application for `state`.
 pub fn app(state: AppState) -> Router {
     metrics::install();
+    // The dashboard's gateway calls the REST API in-process, as the admin.
+    let api = routes::router().with_state(state.clone());
     routes::router()
+        .merge(dashboard::router(api))
         // Inside the trace layer and the body limit, so it sees their
         // answers too, and after routing, so the route template is known.
         .layer(axum::middleware::from_fn(metrics::track_http))

@@ -111,6 +111,15 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    dashboard_sessions (id_hash) {
+        id_hash -> Text,
+        csrf_token -> Text,
+        created_at -> BigInt,
+        expires_at -> BigInt,
+    }
+}
+
 diesel::joinable!(datums -> jobs (job_id));
 diesel::joinable!(input_files -> datums (datum_id));
 diesel::joinable!(output_files -> datums (datum_id));

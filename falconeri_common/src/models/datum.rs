@@ -491,10 +491,17 @@ impl Datum {
                 query = query.filter(datums::id.gt(after));
             }
             if let Some(outcome) = filter.outcome {
-                let with_outcome = attempts::table
+                // The page's lower bound goes inside too, so the look-up
+                // starts at it in `attempts (job_id, outcome, datum_id)`
+                // instead of reading every earlier match.
+                let mut with_outcome = attempts::table
                     .filter(attempts::job_id.eq(job_id))
                     .filter(attempts::outcome.eq(outcome))
-                    .select(attempts::datum_id);
+                    .select(attempts::datum_id)
+                    .into_boxed();
+                if let Some(after) = filter.after {
+                    with_outcome = with_outcome.filter(attempts::datum_id.gt(after));
+                }
                 query = query.filter(datums::id.eq_any(with_outcome));
             }
             query.load(c)
@@ -1911,7 +1918,7 @@ fn held_sql(stmt: &mut Stmt, id: i64, claim: &Claim, status: &str) -> String {
 /// the order they were requeued. Fresh datums never come back to the fresh
 /// part of the queue, so where a server last found fresh datums is a lower
 /// bound of the fresh part (see [`Frontier`]).
-const REQUEUED_BELOW_FRESH: i64 = 1 << 62;
+pub(super) const REQUEUED_BELOW_FRESH: i64 = 1 << 62;
 
 /// The `ready_order` of a datum requeued at `now` (SQL).
 fn requeue_order_sql(now: &str) -> String {

@@ -5,9 +5,11 @@
 //! HTTP, so their rules are testable by passing a different clock. They
 //! return [`ModelError`], which falconerid maps to HTTP statuses.
 
+pub mod browse;
 mod datum;
 mod job;
 mod logs;
+pub mod session;
 pub mod sql;
 pub mod stats;
 

@@ -7,7 +7,7 @@
 //! n`, which both databases answer (SQLite has no `percentile_cont`); the
 //! offset is counted from whichever end is nearer, so a p95 sorts only the
 //! top 5 % (a bounded top-N sort) and only the median sorts half the rows.
-//! The rows are reached through `attempts_job_outcome` (by job); the stats
+//! The rows are reached through `attempts_job_outcome_datum` (by job); the stats
 //! columns have no index of their own, since every report would pay for it
 //! and these queries are run by people, not workers.
 

@@ -8,7 +8,7 @@ use falconeri_common::{
         DatumListQuery, DatumListResponse, JobDescribeResponse, JobListQuery, JobListResponse,
         JobResponse, JobStatsResponse, ProgressQuery, ProgressResponse,
     },
-    models::{Datum, DatumFilter, Job, db_now, stats::job_stats},
+    models::{Datum, DatumFilter, Job, browse::JobFilter, db_now, stats::job_stats},
     pipeline::PipelineSpec,
     status::{DatumStatus, JobStatus},
 };
@@ -78,7 +78,8 @@ async fn create(
     Ok((StatusCode::CREATED, Json(job.into())))
 }
 
-/// The newest jobs first.
+/// The newest jobs first, optionally of one state or with a name that
+/// contains some text.
 #[utoipa::path(
     get,
     operation_id = "list_jobs",
@@ -98,7 +99,13 @@ async fn list(
 ) -> AppResult<Json<JobListResponse>> {
     principal.require_admin()?;
     let limit = query.limit.unwrap_or(100).clamp(1, 10_000);
-    let jobs = state.db(move |conn| Job::list(conn, limit)).await?;
+    let filter = JobFilter {
+        status: query.status,
+        name: query.name,
+    };
+    let jobs = state
+        .db(move |conn| Job::list_matching(conn, &filter, limit))
+        .await?;
     Ok(Json(JobListResponse {
         jobs: jobs.into_iter().map(Into::into).collect(),
     }))

@@ -9,6 +9,7 @@
 //! ([`crate::openapi`]) are built. A new resource adds its module's
 //! `router()` to [`api`]; its handlers carry the attribute.
 
+mod attempts;
 mod datums;
 mod health;
 mod jobs;
@@ -29,6 +30,7 @@ pub fn api() -> OpenApiRouter<AppState> {
         .merge(datums::router())
         .merge(logs::router())
         .merge(workers::router())
+        .merge(attempts::router())
         .routes(routes!(crate::metrics::scrape))
         .routes(routes!(crate::openapi::serve))
 }
