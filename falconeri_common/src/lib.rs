@@ -15,6 +15,7 @@ pub mod process_tree;
 pub mod status;
 pub mod storage;
 pub mod text;
+pub mod workflow;
 
 #[cfg(feature = "db")]
 pub mod db;
