@@ -86,6 +86,11 @@ pub enum Command {
     #[command(subcommand)]
     Datum(DatumCommand),
 
+    /// Run several pipeline specs as a chain: each step starts once the
+    /// steps it depends on are done.
+    #[command(subcommand)]
+    Workflow(crate::cli_flow::WorkflowCommand),
+
     /// Print the JSON Schema of pipeline spec files.
     ///
     /// Point your editor at it for completion and checking while you write a

@@ -3,6 +3,7 @@
 //! refused; see [`error`]).
 
 mod cli;
+mod cli_flow;
 mod cluster;
 mod config;
 mod datum;
@@ -16,6 +17,7 @@ mod logs;
 mod output;
 mod proxy;
 mod stats;
+mod workflow;
 
 use std::process::ExitCode;
 
@@ -56,6 +58,7 @@ async fn dispatch(config: &Config, command: Command) -> Result<()> {
     match command {
         Command::Job(command) => job::run(config, command).await,
         Command::Datum(command) => datum::run(config, command).await,
+        Command::Workflow(command) => workflow::run(config, command).await,
         Command::Schema => output::print_json(&falconeri_common::pipeline::json_schema()),
         Command::Local(LocalCommand::Status) => local::status(config).await,
         Command::Local(LocalCommand::Stop) => local::stop(config).await,

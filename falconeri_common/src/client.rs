@@ -8,6 +8,8 @@ use std::time::Duration;
 use reqwest::{Method, StatusCode, Url};
 use serde::{Serialize, de::DeserializeOwned};
 
+mod workflows;
+
 use crate::{
     api::{self, paths},
     status::DatumStatus,

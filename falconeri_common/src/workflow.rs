@@ -159,11 +159,14 @@ impl WorkflowDocument {
 
     /// Parses and validates every step's spec: inline ones here, files
     /// through `load` (called with the step's index and the path as
-    /// written; its problems are reported under `steps[i].spec`). Then
-    /// checks the workflow as a whole ([`WorkflowSpec::validate`]).
+    /// written; its problems are reported under `steps[i].spec`). Each
+    /// parsed spec then goes through `adjust` (the CLI resolves relative
+    /// `file://` URIs there, before dependencies are inferred from them),
+    /// and the workflow is checked as a whole ([`WorkflowSpec::validate`]).
     pub fn resolve(
         self,
         mut load: impl FnMut(usize, &str) -> Result<PipelineSpec, SpecError>,
+        mut adjust: impl FnMut(usize, &mut PipelineSpec),
     ) -> Result<WorkflowSpec, SpecError> {
         let mut problems = Problems::default();
         let mut steps = Vec::with_capacity(self.steps.len());
@@ -180,11 +183,14 @@ impl WorkflowDocument {
                 }),
             };
             match parsed {
-                Ok(spec) => steps.push(Step {
-                    name: step.name,
-                    spec,
-                    after: step.after,
-                }),
+                Ok(mut spec) => {
+                    adjust(i, &mut spec);
+                    steps.push(Step {
+                        name: step.name,
+                        spec,
+                        after: step.after,
+                    });
+                }
                 Err(err) => {
                     for problem in err.problems {
                         let path = if problem.path == ROOT_PATH {
@@ -219,16 +225,19 @@ impl WorkflowSpec {
     /// Parses a workflow whose specs are all inline (what the server
     /// accepts: it reads no files) and validates it.
     pub fn from_json(json: &str) -> Result<WorkflowSpec, SpecError> {
-        WorkflowDocument::from_json(json)?.resolve(|_, _| {
-            Err(SpecError {
-                problems: vec![SpecProblem {
-                    path: ROOT_PATH.to_owned(),
-                    message: "must be the spec itself here: the CLI reads spec files and sends \
-                              their contents"
-                        .to_owned(),
-                }],
-            })
-        })
+        WorkflowDocument::from_json(json)?.resolve(
+            |_, _| {
+                Err(SpecError {
+                    problems: vec![SpecProblem {
+                        path: ROOT_PATH.to_owned(),
+                        message: "must be the spec itself here: the CLI reads spec files and \
+                                  sends their contents"
+                            .to_owned(),
+                    }],
+                })
+            },
+            |_, _| {},
+        )
     }
 
     /// Checks what the step specs cannot: names, `after`, and cycles.
@@ -684,6 +693,78 @@ fn cancel_reason(steps: &[StepView], status: &[StepStatus], upstream: usize) -> 
     }
 }
 
+/// A step as the API shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct WorkflowStepResponse {
+    pub name: String,
+    /// Its state, or its job's status once it has a job.
+    pub status: StepStatus,
+    /// The stored state (`started` once its job exists).
+    pub state: StepState,
+    /// The steps it waits for, and why.
+    pub upstream: Vec<StepEdge>,
+    /// Its job, once created (the newest retry, after `job retry`).
+    pub job: Option<crate::api::JobResponse>,
+    /// Why it was canceled, or why its job could not be created.
+    pub reason: Option<String>,
+}
+
+/// One step another waits for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct StepEdge {
+    /// The upstream step's name.
+    pub step: String,
+    pub kind: DependencyKind,
+}
+
+/// A workflow run as the API shows it: its steps in an order where each
+/// comes after those it waits for.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct WorkflowResponse {
+    pub id: i64,
+    /// Unique: the workflow's name plus a random suffix.
+    pub name: String,
+    pub workflow_name: String,
+    /// `running` while a step waits, starts or runs; `done` once every
+    /// step is done; else `error` (a step failed) or `canceled`.
+    pub status: JobStatus,
+    #[schema(value_type = i64)]
+    pub created_at: crate::Millis,
+    /// The schedule that started it, if one did.
+    pub schedule_id: Option<i64>,
+    pub incremental: bool,
+    pub steps: Vec<WorkflowStepResponse>,
+}
+
+/// `GET /v1/workflows`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct WorkflowListResponse {
+    pub workflows: Vec<WorkflowResponse>,
+}
+
+/// `GET /v1/workflows/{id}/progress`: the run, and the generation to pass
+/// as `since` to wait for the next change.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct WorkflowProgressResponse {
+    pub workflow: WorkflowResponse,
+    pub generation: u64,
+}
+
+/// REST paths of workflows.
+pub mod paths {
+    pub const WORKFLOWS: &str = "/v1/workflows";
+
+    pub fn workflow(id: i64) -> String {
+        format!("/v1/workflows/{id}")
+    }
+    pub fn workflow_by_name(name: &str) -> String {
+        format!("/v1/workflows/by-name/{name}")
+    }
+    pub fn workflow_progress(id: i64) -> String {
+        format!("/v1/workflows/{id}/progress")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -798,10 +879,13 @@ mod tests {
         assert_eq!(document.source(1), Some(SpecSource::Inline));
         let mut asked = Vec::new();
         let workflow = document
-            .resolve(|i, path| {
-                asked.push((i, path.to_owned()));
-                PipelineSpec::from_json(&spec("a", "s3://b/in", "s3://b/a").to_string())
-            })
+            .resolve(
+                |i, path| {
+                    asked.push((i, path.to_owned()));
+                    PipelineSpec::from_json(&spec("a", "s3://b/in", "s3://b/a").to_string())
+                },
+                |_, _| {},
+            )
             .expect("valid");
         assert_eq!(asked, vec![(0, "specs/a.json".to_owned())]);
         assert_eq!(dependencies(&workflow).len(), 1);

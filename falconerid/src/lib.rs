@@ -7,6 +7,7 @@
 
 pub mod auth;
 pub mod babysitter;
+pub mod chain;
 pub mod combine;
 pub mod config;
 pub mod error;
@@ -124,6 +125,7 @@ where
     let babysitter_cancel = CancellationToken::new();
     let babysitter = tokio::spawn(babysitter::run(state.clone(), babysitter_cancel.clone()));
     tokio::spawn(metrics::run_upkeep(babysitter_cancel.clone()));
+    tokio::spawn(chain::run(state.clone(), babysitter_cancel.clone()));
     #[cfg(feature = "postgres")]
     if state.pool().backend() == falconeri_common::db::Backend::Postgres {
         tokio::spawn(listen::run(

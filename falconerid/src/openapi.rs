@@ -50,6 +50,7 @@ use utoipa::{
         (name = "health", description = "Liveness, readiness and version."),
         (name = "metrics", description = "Prometheus metrics."),
         (name = "openapi", description = "This document."),
+        (name = "workflows", description = "Workflows: pipeline specs run as a chain."),
     )
 )]
 pub struct ApiDoc;

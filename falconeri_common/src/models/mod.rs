@@ -25,6 +25,7 @@ pub use logs::{
 pub use sql::Clock;
 pub use workflow::{
     NewWorkflowParams, StepWithJob, Upstream, Workflow, WorkflowStep, step_views,
+    workflow_response,
 };
 // Where the streamed plan meets the database; defined with the plan.
 pub use crate::plan::DatumBatch;

@@ -18,7 +18,10 @@ use crate::{
     Millis,
     db::{DbConn, schema::*, with_conn, write_tx},
     pipeline::PipelineSpec,
-    workflow::{DependencyKind, StepState, StepView, WorkflowSpec, dependencies},
+    workflow::{
+        DependencyKind, StepEdge, StepState, StepStatus, StepView, WorkflowResponse,
+        WorkflowSpec, WorkflowStepResponse, dependencies, workflow_status,
+    },
 };
 
 /// A workflow run.
@@ -459,4 +462,59 @@ impl WorkflowStep {
             ))
             .execute(c))?)
     }
+}
+
+impl StepWithJob {
+    /// The step's status as users see it.
+    pub fn status(&self) -> ModelResult<StepStatus> {
+        Ok(StepStatus::of(
+            self.step.state()?,
+            self.job.as_ref().map(|j| j.status),
+        ))
+    }
+}
+
+/// A run and its steps as the API shows them.
+pub fn workflow_response(
+    workflow: Workflow,
+    steps: Vec<StepWithJob>,
+) -> ModelResult<WorkflowResponse> {
+    let names: Vec<String> = steps.iter().map(|s| s.step.name.clone()).collect();
+    let mut statuses = Vec::with_capacity(steps.len());
+    let mut out = Vec::with_capacity(steps.len());
+    for s in steps {
+        let status = s.status()?;
+        statuses.push(status);
+        let upstream = s
+            .step
+            .upstream()?
+            .into_iter()
+            .map(|u| StepEdge {
+                step: usize::try_from(u.step)
+                    .ok()
+                    .and_then(|i| names.get(i))
+                    .cloned()
+                    .unwrap_or_default(),
+                kind: u.kind,
+            })
+            .collect();
+        out.push(WorkflowStepResponse {
+            name: s.step.name.clone(),
+            status,
+            state: s.step.state()?,
+            upstream,
+            job: s.job.map(Into::into),
+            reason: s.step.reason,
+        });
+    }
+    Ok(WorkflowResponse {
+        id: workflow.id,
+        name: workflow.name,
+        workflow_name: workflow.workflow_name,
+        status: workflow_status(&statuses),
+        created_at: workflow.created_at,
+        schedule_id: workflow.schedule_id,
+        incremental: workflow.incremental,
+        steps: out,
+    })
 }

@@ -14,6 +14,7 @@ mod health;
 mod jobs;
 mod logs;
 pub(crate) mod workers;
+pub mod workflows;
 
 use axum::Router;
 use utoipa::OpenApi;
@@ -29,6 +30,7 @@ pub fn api() -> OpenApiRouter<AppState> {
         .merge(datums::router())
         .merge(logs::router())
         .merge(workers::router())
+        .merge(workflows::router())
         .routes(routes!(crate::metrics::scrape))
         .routes(routes!(crate::openapi::serve))
 }

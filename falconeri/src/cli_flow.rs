@@ -1,0 +1,62 @@
+//! The command line of workflows and schedules: their commands, flags and
+//! help texts (apart from `cli.rs`, which names them). Nothing here does
+//! any work; `workflow.rs` and `schedule.rs` do.
+
+use std::path::PathBuf;
+
+use clap::Subcommand;
+
+#[derive(Debug, Subcommand)]
+pub enum WorkflowCommand {
+    /// Run a workflow file: several pipeline specs, each step starting once
+    /// the steps it depends on are done.
+    ///
+    /// A step depends on the steps named in its `after`, and on every step
+    /// whose egress one of its inputs lies under. A step whose upstream
+    /// fails is canceled (the reason names the upstream); `falconeri job
+    /// retry` of the failed step's job resumes the chain. Spec files named
+    /// by path are read relative to the workflow file, and relative
+    /// `file://` URIs relative to the file that holds them.
+    Run {
+        /// The workflow file (JSON).
+        file: PathBuf,
+
+        /// Wait for the run to finish, as `workflow wait` does.
+        #[arg(long)]
+        wait: bool,
+    },
+
+    /// List the newest workflow runs.
+    List {
+        /// Show at most this many runs.
+        #[arg(long, value_name = "N")]
+        limit: Option<i64>,
+    },
+
+    /// Show a workflow run: each step with its status, its job and the
+    /// steps it waits for, and why steps were canceled or failed.
+    ///
+    /// With `-o json`, the run as the REST API answers it.
+    Describe {
+        /// The run's name, or its numeric id.
+        workflow: String,
+    },
+
+    /// Wait for a workflow run to finish, printing each step's changes.
+    ///
+    /// Exits 0 if every step ended `done`, and 1 otherwise.
+    Wait {
+        /// The run's name, or its numeric id.
+        workflow: String,
+    },
+
+    /// Check a workflow file and the spec files it names without contacting
+    /// a server.
+    ///
+    /// Exits 0 if it is valid, or 2 listing every problem with its JSON
+    /// path (a cycle is named by its steps in order).
+    Validate {
+        /// The workflow file (JSON).
+        file: PathBuf,
+    },
+}
