@@ -296,14 +296,16 @@ pub fn step_views(steps: &[StepWithJob]) -> ModelResult<Vec<StepView>> {
 impl WorkflowStep {
     /// Points the run's steps whose job was retried (`job retry`) at the
     /// newest retry, as `started`: the chain resumes from there. Follows
-    /// retries of retries. Returns how many steps moved.
+    /// retries of retries. Only a fully planned retry is adopted (a
+    /// half-planned job may still be deleted). Returns how many steps moved.
     pub fn adopt_retries(conn: &mut DbConn, workflow_id: i64, now: Millis) -> ModelResult<usize> {
         let mut moved = 0;
         // Each round follows one retry; a chain of retries is short.
         for _ in 0..100 {
             let sql = "SELECT s.id AS step_id, s.job_id AS old_job, r.id AS new_job \
                  FROM workflow_steps s JOIN jobs r ON r.retry_of = s.job_id \
-                 WHERE s.workflow_id = $1 AND s.state = 'started' ORDER BY r.id";
+                 WHERE s.workflow_id = $1 AND s.state = 'started' \
+                 AND r.planning_lease_until IS NULL ORDER BY r.id";
             let sql = match conn.backend() {
                 crate::db::Backend::Sqlite => sql.replace("$1", "?"),
                 crate::db::Backend::Postgres => sql.to_owned(),
