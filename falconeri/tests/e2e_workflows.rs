@@ -212,3 +212,20 @@ fn a_cycle_is_refused_before_anything_runs() {
         assert!(stderr.contains("steps: the steps depend on each other in a cycle: a → b → a"), "{stderr}");
     }
 }
+
+#[test]
+fn the_example_workflow_is_valid_and_runs() {
+    let local = Local::new();
+    support::copy_dir(
+        &support::example_dir().join("../workflow"),
+        &local.work.path().join("example"),
+    );
+    let file = local.work.path().join("example/workflow.json");
+    let output = local.falconeri(&["workflow", "validate", file.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", describe(&output));
+    let output = local.falconeri(&["workflow", "run", "--local", "--wait", file.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", describe(&output));
+    let total =
+        std::fs::read_to_string(local.work.path().join("example/report/total.txt")).unwrap();
+    assert_eq!(total.trim(), "9");
+}
