@@ -12,6 +12,7 @@ pub mod nul_check;
 pub mod pipeline;
 pub mod plan;
 pub mod process_tree;
+pub mod schedule;
 pub mod status;
 pub mod storage;
 pub mod text;

@@ -17,6 +17,7 @@ pub mod listen;
 pub mod metrics;
 pub mod openapi;
 pub mod routes;
+pub mod scheduler;
 pub mod start_job;
 pub mod state;
 
@@ -126,6 +127,7 @@ where
     let babysitter = tokio::spawn(babysitter::run(state.clone(), babysitter_cancel.clone()));
     tokio::spawn(metrics::run_upkeep(babysitter_cancel.clone()));
     tokio::spawn(chain::run(state.clone(), babysitter_cancel.clone()));
+    tokio::spawn(scheduler::run(state.clone(), babysitter_cancel.clone()));
     #[cfg(feature = "postgres")]
     if state.pool().backend() == falconeri_common::db::Backend::Postgres {
         tokio::spawn(listen::run(

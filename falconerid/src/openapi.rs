@@ -51,6 +51,7 @@ use utoipa::{
         (name = "metrics", description = "Prometheus metrics."),
         (name = "openapi", description = "This document."),
         (name = "workflows", description = "Workflows: pipeline specs run as a chain."),
+        (name = "schedules", description = "Schedules: runs started at the ticks of a cron expression."),
     )
 )]
 pub struct ApiDoc;

@@ -10,6 +10,7 @@ mod job;
 mod logs;
 pub mod sql;
 pub mod stats;
+mod schedule;
 mod workflow;
 
 use diesel::{QueryableByName, RunQueryDsl, sql_types::BigInt};
@@ -22,6 +23,7 @@ pub use job::{Job, NewJobParams};
 pub use logs::{
     Appended, ChunkKey, DEFAULT_MAX_LOG_BYTES, LogChunk, StoredLine, decode_lines, encode_lines,
 };
+pub use schedule::{NewSchedule, Schedule};
 pub use sql::Clock;
 pub use workflow::{
     NewWorkflowParams, StepWithJob, Upstream, Workflow, WorkflowStep, step_views,

@@ -14,6 +14,7 @@ mod health;
 mod jobs;
 mod logs;
 pub(crate) mod workers;
+pub mod schedules;
 pub mod workflows;
 
 use axum::Router;
@@ -31,6 +32,7 @@ pub fn api() -> OpenApiRouter<AppState> {
         .merge(logs::router())
         .merge(workers::router())
         .merge(workflows::router())
+        .merge(schedules::router())
         .routes(routes!(crate::metrics::scrape))
         .routes(routes!(crate::openapi::serve))
 }
