@@ -60,3 +60,58 @@ pub enum WorkflowCommand {
         file: PathBuf,
     },
 }
+
+#[derive(Debug, Subcommand)]
+pub enum ScheduleCommand {
+    /// Start a pipeline spec's job, or a workflow's run, at every tick of a
+    /// cron expression.
+    ///
+    /// The expression has five fields (minute hour day-of-month month
+    /// day-of-week) or six with seconds first, or is a nickname such as
+    /// `@daily`. Ticks are computed in --timezone (UTC unless given). Each
+    /// tick starts one run, however many falconerid replicas run; a tick
+    /// missed while no falconerid ran is run once at start-up, and the
+    /// ticks missed with it are skipped.
+    Create {
+        /// The schedule's name (unique).
+        name: String,
+
+        /// The cron expression, such as "0 2 * * *" (02:00 every day).
+        #[arg(long, value_name = "EXPR")]
+        cron: String,
+
+        /// A pipeline spec or a workflow file (JSON); a file with a
+        /// top-level `workflow` is a workflow.
+        file: PathBuf,
+
+        /// Create each run's jobs incremental.
+        #[arg(long)]
+        incremental: bool,
+
+        /// The IANA time zone of the expression, such as Europe/Paris.
+        #[arg(long, value_name = "TZ", default_value = "UTC")]
+        timezone: String,
+    },
+
+    /// List schedules with their next and last runs.
+    List,
+
+    /// Delete a schedule; the runs it started are left alone.
+    Delete {
+        /// The schedule's name.
+        name: String,
+    },
+
+    /// Pause a schedule: no tick runs until it is resumed.
+    Pause {
+        /// The schedule's name.
+        name: String,
+    },
+
+    /// Resume a paused schedule from its next tick (ticks that passed while
+    /// it was paused do not run).
+    Resume {
+        /// The schedule's name.
+        name: String,
+    },
+}

@@ -16,6 +16,7 @@ mod local;
 mod logs;
 mod output;
 mod proxy;
+mod schedule;
 mod stats;
 mod workflow;
 
@@ -59,6 +60,7 @@ async fn dispatch(config: &Config, command: Command) -> Result<()> {
         Command::Job(command) => job::run(config, command).await,
         Command::Datum(command) => datum::run(config, command).await,
         Command::Workflow(command) => workflow::run(config, command).await,
+        Command::Schedule(command) => schedule::run(config, command).await,
         Command::Schema => output::print_json(&falconeri_common::pipeline::json_schema()),
         Command::Local(LocalCommand::Status) => local::status(config).await,
         Command::Local(LocalCommand::Stop) => local::stop(config).await,

@@ -224,7 +224,7 @@ async fn list(
     summary = "Delete a schedule",
     params(("name" = String, Path, description = "The schedule's name", pattern = "^[^\\u0000]*$")),
     responses(
-        (status = 204, description = "Deleted"),
+        (status = 200, description = "The deleted schedule", body = ScheduleResponse),
         BadRequest, Unauthorized, Forbidden, NotFound, Unavailable, Internal,
     ),
 )]
@@ -232,17 +232,20 @@ async fn delete(
     principal: Principal,
     State(state): State<AppState>,
     ApiPath(name): ApiPath<String>,
-) -> AppResult<StatusCode> {
+) -> AppResult<Json<ScheduleResponse>> {
     principal.require_admin()?;
     let shown = name.clone();
     let deleted = state
-        .db(move |conn| Schedule::delete(conn, &name))
+        .db(move |conn| {
+            let schedule = Schedule::find_by_name(conn, &name)?;
+            Ok(Schedule::delete(conn, &name)?.then_some(schedule))
+        })
         .await?;
-    if !deleted {
+    let Some(schedule) = deleted else {
         return Err(AppError::NotFound(format!("schedule {shown:?}")));
-    }
+    };
     state.notify(Change::Schedules);
-    Ok(StatusCode::NO_CONTENT)
+    Ok(Json(response(schedule)))
 }
 
 /// Pauses a schedule: no tick runs until it is resumed.
