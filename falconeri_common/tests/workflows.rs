@@ -173,3 +173,51 @@ fn a_retried_job_is_adopted_by_its_step_and_canceled_steps_resume() {
         );
     }
 }
+
+#[test]
+fn exactly_one_of_many_racing_replicas_takes_a_schedule_tick() {
+    use falconeri_common::models::{NewSchedule, Schedule};
+    for db in TestDb::all() {
+        let due = {
+            let mut conn = db.pool.get().unwrap();
+            let now = db_now(&mut conn).unwrap();
+            let schedule = Schedule::create(
+                &mut conn,
+                &NewSchedule {
+                    name: "tick",
+                    cron: "* * * * *",
+                    timezone: "UTC",
+                    target_kind: "job",
+                    target: "{}",
+                    incremental: false,
+                    paused: false,
+                    next_run_at: Some(now),
+                    created_at: now,
+                },
+            )
+            .unwrap();
+            (schedule.id, now)
+        };
+        let racers = 8;
+        let barrier = Arc::new(Barrier::new(racers));
+        let handles: Vec<_> = (0..racers)
+            .map(|_| {
+                let (pool, barrier) = (db.pool.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    let mut conn = pool.get().unwrap();
+                    barrier.wait();
+                    Schedule::take_tick(&mut conn, due.0, due.1, Some(due.1 + 60_000), due.1)
+                        .unwrap()
+                })
+            })
+            .collect();
+        let winners = handles
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .filter(|won| *won)
+            .count();
+        assert_eq!(winners, 1, "{}", db.backend().name());
+        let mut conn = db.pool.get().unwrap();
+        assert_eq!(Schedule::next_due(&mut conn).unwrap(), Some(due.1 + 60_000));
+    }
+}
