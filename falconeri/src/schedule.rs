@@ -95,8 +95,8 @@ async fn create(
 ) -> Result<()> {
     let text =
         fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
-    let value: serde_json::Value = serde_json::from_str(&text)
-        .with_context(|| format!("{} is not JSON", file.display()))?;
+    let value: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", file.display()))?;
     let (job, workflow) = if value.get("workflow").is_some() {
         let workflow = crate::workflow::load(file)?;
         (None, Some(serde_json::to_value(&workflow)?))
@@ -135,7 +135,13 @@ async fn list(config: &Config) -> Result<()> {
         return Ok(());
     }
     let mut table = Table::with_headers(&[
-        "NAME", "CRON", "TIMEZONE", "RUNS", "NEXT RUN", "LAST RUN", "LAST ERROR",
+        "NAME",
+        "CRON",
+        "TIMEZONE",
+        "RUNS",
+        "NEXT RUN",
+        "LAST RUN",
+        "LAST ERROR",
     ]);
     for s in &schedules.schedules {
         let kind = match s.kind {

@@ -50,10 +50,17 @@ fn a_per_second_schedule_starts_jobs_until_paused() {
         if schedule["last_run"].is_string() {
             break schedule;
         }
-        assert!(started.elapsed() < Duration::from_secs(30), "no run: {list}");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no run: {list}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     };
-    assert_eq!(schedule["last_error"], serde_json::Value::Null, "{schedule}");
+    assert_eq!(
+        schedule["last_error"],
+        serde_json::Value::Null,
+        "{schedule}"
+    );
     let job = schedule["last_run"].as_str().unwrap();
     assert!(job.starts_with("tick-"), "{schedule}");
     let described = local.json(&["job", "describe", "--local", job, "-o", "json"]);

@@ -107,7 +107,10 @@ fn a_two_step_chain_runs_the_second_step_on_the_first_ones_egress() {
     assert_eq!(run["steps"][0]["name"], "upper");
     let again = step(&run, "again");
     assert_eq!(again["status"], "done");
-    assert_eq!(again["upstream"], json!([{ "step": "upper", "kind": "egress" }]));
+    assert_eq!(
+        again["upstream"],
+        json!([{ "step": "upper", "kind": "egress" }])
+    );
     // The second job started after the first one finished.
     let upper_done = step(&run, "upper")["job"]["finished_at"].as_i64().unwrap();
     let again_created = again["job"]["created_at"].as_i64().unwrap();
@@ -209,7 +212,10 @@ fn a_cycle_is_refused_before_anything_runs() {
         let output = local.falconeri(&["workflow", command, "--local", workflow.to_str().unwrap()]);
         assert_eq!(output.status.code(), Some(2), "{}", describe(&output));
         let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(stderr.contains("steps: the steps depend on each other in a cycle: a → b → a"), "{stderr}");
+        assert!(
+            stderr.contains("steps: the steps depend on each other in a cycle: a → b → a"),
+            "{stderr}"
+        );
     }
 }
 
@@ -223,7 +229,13 @@ fn the_example_workflow_is_valid_and_runs() {
     let file = local.work.path().join("example/workflow.json");
     let output = local.falconeri(&["workflow", "validate", file.to_str().unwrap()]);
     assert!(output.status.success(), "{}", describe(&output));
-    let output = local.falconeri(&["workflow", "run", "--local", "--wait", file.to_str().unwrap()]);
+    let output = local.falconeri(&[
+        "workflow",
+        "run",
+        "--local",
+        "--wait",
+        file.to_str().unwrap(),
+    ]);
     assert!(output.status.success(), "{}", describe(&output));
     let total =
         std::fs::read_to_string(local.work.path().join("example/report/total.txt")).unwrap();

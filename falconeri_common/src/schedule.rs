@@ -221,32 +221,75 @@ mod tests {
 
     #[test]
     fn next_ticks_follow_the_time_zone() {
-        check("0 2 * * *", "UTC", "2026-12-07T04:00:00", "2026-12-08T02:00:00");
+        check(
+            "0 2 * * *",
+            "UTC",
+            "2026-12-07T04:00:00",
+            "2026-12-08T02:00:00",
+        );
         // Paris is UTC+1 in winter and UTC+2 in summer.
-        check("0 2 * * *", "Europe/Paris", "2026-12-07T04:00:00", "2026-12-08T01:00:00");
-        check("0 2 * * *", "Europe/Paris", "2026-07-07T04:00:00", "2026-07-08T00:00:00");
+        check(
+            "0 2 * * *",
+            "Europe/Paris",
+            "2026-12-07T04:00:00",
+            "2026-12-08T01:00:00",
+        );
+        check(
+            "0 2 * * *",
+            "Europe/Paris",
+            "2026-07-07T04:00:00",
+            "2026-07-08T00:00:00",
+        );
         // Strictly after: a tick at the very instant is not next.
-        check("0 2 * * *", "UTC", "2026-12-08T02:00:00", "2026-12-09T02:00:00");
+        check(
+            "0 2 * * *",
+            "UTC",
+            "2026-12-08T02:00:00",
+            "2026-12-09T02:00:00",
+        );
         // Seconds, as a sixth field first.
-        check("*/10 * * * * *", "UTC", "2026-12-07T04:00:01", "2026-12-07T04:00:10");
+        check(
+            "*/10 * * * * *",
+            "UTC",
+            "2026-12-07T04:00:01",
+            "2026-12-07T04:00:10",
+        );
     }
 
     #[test]
     fn daylight_saving_gaps_and_repeats_run_once() {
         // 2026-03-29: Paris goes from 02:00 to 03:00. 02:30 does not exist
         // that night; the tick runs at the first instant after the gap.
-        check("30 2 * * *", "Europe/Paris", "2026-03-28T23:00:00", "2026-03-29T01:00:00");
+        check(
+            "30 2 * * *",
+            "Europe/Paris",
+            "2026-03-28T23:00:00",
+            "2026-03-29T01:00:00",
+        );
         // 2026-10-25: 02:30 happens twice in Paris; it runs once, at the
         // first, and the next tick is the next day.
-        check("30 2 * * *", "Europe/Paris", "2026-10-24T23:00:00", "2026-10-25T00:30:00");
-        check("30 2 * * *", "Europe/Paris", "2026-10-25T00:30:00", "2026-10-26T01:30:00");
+        check(
+            "30 2 * * *",
+            "Europe/Paris",
+            "2026-10-24T23:00:00",
+            "2026-10-25T00:30:00",
+        );
+        check(
+            "30 2 * * *",
+            "Europe/Paris",
+            "2026-10-25T00:30:00",
+            "2026-10-26T01:30:00",
+        );
     }
 
     #[test]
     fn a_missed_tick_runs_once_and_skips_to_the_next_future_one() {
         let hourly = CronSchedule::parse("0 * * * *", "UTC").unwrap();
         let due_at = utc("2026-12-07T01:00:00");
-        assert_eq!(due(&hourly, due_at, utc("2026-12-07T00:59:00")), Due::Wait(due_at));
+        assert_eq!(
+            due(&hourly, due_at, utc("2026-12-07T00:59:00")),
+            Due::Wait(due_at)
+        );
         // Down from 01:00 to 04:30: four ticks missed, one run, next at 05:00.
         assert_eq!(
             due(&hourly, due_at, utc("2026-12-07T04:30:00")),

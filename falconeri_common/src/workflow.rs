@@ -36,7 +36,9 @@ pub struct WorkflowDocument {
 }
 
 /// The workflow's own fields.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, schemars::JsonSchema, utoipa::ToSchema)]
+#[derive(
+    Debug, Clone, Serialize, Deserialize, PartialEq, schemars::JsonSchema, utoipa::ToSchema,
+)]
 #[serde(deny_unknown_fields)]
 pub struct WorkflowInfo {
     /// Names the workflow: ASCII letters, digits, `-` and `_`, starting with
@@ -76,7 +78,15 @@ pub struct Step {
 
 /// Why one step waits for another.
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema, utoipa::ToSchema,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+    utoipa::ToSchema,
 )]
 #[serde(rename_all = "snake_case")]
 pub enum DependencyKind {
@@ -250,7 +260,10 @@ impl WorkflowSpec {
         if self.steps.len() > MAX_STEPS {
             problems.push(
                 "steps",
-                format!("may hold at most {MAX_STEPS} steps, not {}", self.steps.len()),
+                format!(
+                    "may hold at most {MAX_STEPS} steps, not {}",
+                    self.steps.len()
+                ),
             );
         }
         let mut seen: HashMap<&str, usize> = HashMap::new();
@@ -464,7 +477,10 @@ fn topological(upstream: &[Vec<usize>]) -> Vec<usize> {
     let mut order = Vec::with_capacity(upstream.len());
     loop {
         let next = (0..upstream.len()).find(|&i| {
-            !placed[i] && upstream[i].iter().all(|&u| placed.get(u).copied().unwrap_or(true))
+            !placed[i]
+                && upstream[i]
+                    .iter()
+                    .all(|&u| placed.get(u).copied().unwrap_or(true))
         });
         match next {
             Some(i) => {
@@ -478,7 +494,16 @@ fn topological(upstream: &[Vec<usize>]) -> Vec<usize> {
 
 /// Where a step of a running workflow stands, as stored.
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema, utoipa::ToSchema,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+    utoipa::ToSchema,
 )]
 #[serde(rename_all = "snake_case")]
 pub enum StepState {
@@ -538,7 +563,16 @@ impl std::str::FromStr for StepState {
 /// A step's status as users see it: its state, or its job's status once
 /// it has a job.
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema, utoipa::ToSchema,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+    utoipa::ToSchema,
 )]
 #[serde(rename_all = "snake_case")]
 pub enum StepStatus {
@@ -840,7 +874,13 @@ mod tests {
             found.iter().any(|p| p.starts_with("steps[2].spec")),
             "{found:?}"
         );
-        assert!(found.contains(&"steps[3].spec: must be a pipeline spec (an object) or the path of a spec file".to_owned()), "{found:?}");
+        assert!(
+            found.contains(
+                &"steps[3].spec: must be a pipeline spec (an object) or the path of a spec file"
+                    .to_owned()
+            ),
+            "{found:?}"
+        );
         // Spec problems come first; the workflow's own come once the specs parse.
         let json = workflow(serde_json::json!([
             {"name": "a", "spec": spec("a", "s3://b/in", "s3://b/a")},
@@ -848,9 +888,18 @@ mod tests {
             {"name": "9c", "spec": spec("c", "s3://b/in", "s3://b/c")},
         ]));
         let found = problems(&json);
-        assert!(found.contains(&"steps[1].name: \"a\" is already the name of steps[0]".to_owned()), "{found:?}");
-        assert!(found.contains(&"steps[1].after[0]: no step is named \"nope\"".to_owned()), "{found:?}");
-        assert!(found.contains(&"steps[2].name: must start with a letter".to_owned()), "{found:?}");
+        assert!(
+            found.contains(&"steps[1].name: \"a\" is already the name of steps[0]".to_owned()),
+            "{found:?}"
+        );
+        assert!(
+            found.contains(&"steps[1].after[0]: no step is named \"nope\"".to_owned()),
+            "{found:?}"
+        );
+        assert!(
+            found.contains(&"steps[2].name: must start with a letter".to_owned()),
+            "{found:?}"
+        );
         let unknown = serde_json::json!({"workflow": {"name": "w"}, "steps": [], "extra": 1});
         assert_eq!(problems(&unknown.to_string()).len(), 1);
         assert!(problems(&unknown.to_string())[0].starts_with("extra"));
@@ -865,7 +914,10 @@ mod tests {
         let json = workflow(serde_json::json!([{"name": "a", "spec": "a.json"}]));
         let found = problems(&json);
         assert_eq!(found.len(), 1);
-        assert!(found[0].starts_with("steps[0].spec: must be the spec itself"), "{found:?}");
+        assert!(
+            found[0].starts_with("steps[0].spec: must be the spec itself"),
+            "{found:?}"
+        );
     }
 
     #[test]
@@ -909,7 +961,11 @@ mod tests {
             {"name": "x", "spec": spec("x", "s3://b/in", "s3://b/x"), "after": ["y"]},
             {"name": "y", "spec": spec("y", "s3://b/in", "s3://b/y"), "after": ["x"]},
         ]));
-        assert!(problems(&json)[0].contains("x → y → x"), "{:?}", problems(&json));
+        assert!(
+            problems(&json)[0].contains("x → y → x"),
+            "{:?}",
+            problems(&json)
+        );
         // A step reading under its own egress does not wait for itself.
         let json = workflow(serde_json::json!([
             {"name": "self", "spec": spec("s", "s3://b/s/in", "s3://b/s")},

@@ -8,7 +8,10 @@
 use std::sync::{Arc, Barrier};
 
 use falconeri_common::{
-    db::{DbPool, testing::{self, TestDb}},
+    db::{
+        DbPool,
+        testing::{self, TestDb},
+    },
     models::{Job, NewJobParams, NewWorkflowParams, Workflow, WorkflowStep, db_now},
     pipeline::PipelineSpec,
     status::JobStatus,
@@ -80,7 +83,11 @@ fn steps_are_stored_in_the_order_they_run_with_their_edges() {
         let names: Vec<&str> = steps.iter().map(|s| s.step.name.as_str()).collect();
         assert_eq!(names, ["first", "second"], "{}", db.backend().name());
         assert_eq!(steps[1].step.upstream().unwrap()[0].step, 0);
-        assert!(steps.iter().all(|s| s.step.state().unwrap() == StepState::Waiting));
+        assert!(
+            steps
+                .iter()
+                .all(|s| s.step.state().unwrap() == StepState::Waiting)
+        );
         assert_eq!(Workflow::list_active(&mut conn).unwrap(), vec![run.id]);
     }
 }
@@ -125,7 +132,10 @@ fn a_lost_claim_records_nothing_and_a_stale_one_is_released() {
         let now = db_now(&mut conn).unwrap();
         assert!(WorkflowStep::claim(&mut conn, step_id, "mine", now, now + 1_000).unwrap());
         // Not yet stale.
-        assert_eq!(WorkflowStep::release_stale_claims(&mut conn, now).unwrap(), 0);
+        assert_eq!(
+            WorkflowStep::release_stale_claims(&mut conn, now).unwrap(),
+            0
+        );
         // Past the claim: released, and the old token records nothing.
         assert_eq!(
             WorkflowStep::release_stale_claims(&mut conn, now + 2_000).unwrap(),
@@ -161,8 +171,14 @@ fn a_retried_job_is_adopted_by_its_step_and_canceled_steps_resume() {
         assert!(Workflow::list_active(&mut conn).unwrap().is_empty());
         let retry = job(&db.pool, "first-2", Some(failed.id));
         assert_eq!(Workflow::list_active(&mut conn).unwrap(), vec![run.id]);
-        assert_eq!(WorkflowStep::adopt_retries(&mut conn, run.id, now).unwrap(), 1);
-        assert_eq!(WorkflowStep::adopt_retries(&mut conn, run.id, now).unwrap(), 0);
+        assert_eq!(
+            WorkflowStep::adopt_retries(&mut conn, run.id, now).unwrap(),
+            1
+        );
+        assert_eq!(
+            WorkflowStep::adopt_retries(&mut conn, run.id, now).unwrap(),
+            0
+        );
         let steps = Workflow::steps(&mut conn, run.id).unwrap();
         assert_eq!(steps[0].job.as_ref().unwrap().id, retry.id);
         assert!(WorkflowStep::resume(&mut conn, second_id, now).unwrap());

@@ -238,7 +238,11 @@ async fn start_step(state: &AppState, claimed: Claimed) {
         (Ok(false), Err(_)) => {}
         (Err(err), _) => {
             // The claim runs out and the step is started again.
-            tracing::warn!(step = name, error = format!("{err:#}"), "cannot record a step's start");
+            tracing::warn!(
+                step = name,
+                error = format!("{err:#}"),
+                "cannot record a step's start"
+            );
         }
     }
     state.notify(Change::Workflows);

@@ -104,7 +104,9 @@ pub async fn tick_at(
             continue;
         }
         let state = state.clone();
-        tasks.push(tokio::spawn(async move { start_run(&state, schedule).await }));
+        tasks.push(tokio::spawn(
+            async move { start_run(&state, schedule).await },
+        ));
     }
     let next = state.db(Schedule::next_due).await?;
     Ok((tasks, next))
@@ -135,7 +137,11 @@ async fn start_run(state: &AppState, schedule: Schedule) {
         },
     };
     if let Err(err) = &started {
-        tracing::warn!(schedule = schedule.name, error = err, "a scheduled run could not start");
+        tracing::warn!(
+            schedule = schedule.name,
+            error = err,
+            "a scheduled run could not start"
+        );
     }
     let id = schedule.id;
     let recorded = state

@@ -32,11 +32,15 @@ fn job_count(server: &TestServer) -> usize {
 
 /// A two-step chain: `second` reads the egress of `first`.
 fn chain_body(server: &TestServer) -> (Value, std::path::PathBuf) {
-    let first = server.spec_with_inputs(&[("a.txt", "a")], json!({ "pipeline": { "name": "first" } }));
+    let first = server.spec_with_inputs(
+        &[("a.txt", "a")],
+        json!({ "pipeline": { "name": "first" } }),
+    );
     let egress = server.dir.path().join("first-out");
     let mut first = first;
     first["egress"]["URI"] = format!("file://{}/", egress.display()).into();
-    let mut second = server.spec_with_inputs(&[("x", "x")], json!({ "pipeline": { "name": "second" } }));
+    let mut second =
+        server.spec_with_inputs(&[("x", "x")], json!({ "pipeline": { "name": "second" } }));
     second["input"]["atom"]["URI"] = format!("file://{}/", egress.display()).into();
     (
         json!({
@@ -109,7 +113,10 @@ async fn a_step_starts_once_its_upstream_is_done_and_once_among_replicas() {
         assert_eq!(status, StatusCode::CREATED, "{run}");
         assert_eq!(run["status"], "running");
         assert_eq!(run["steps"][0]["name"], "first");
-        assert_eq!(run["steps"][1]["upstream"], json!([{ "step": "first", "kind": "egress" }]));
+        assert_eq!(
+            run["steps"][1]["upstream"],
+            json!([{ "step": "first", "kind": "egress" }])
+        );
 
         // Two replicas apply the chain at once: one job for `first`.
         let other = replica(&server);
@@ -120,7 +127,12 @@ async fn a_step_starts_once_its_upstream_is_done_and_once_among_replicas() {
 
         let id = run["id"].as_i64().unwrap();
         let (_, run) = server
-            .call(Method::GET, &format!("/v1/workflows/{id}"), Some(ADMIN), None)
+            .call(
+                Method::GET,
+                &format!("/v1/workflows/{id}"),
+                Some(ADMIN),
+                None,
+            )
             .await;
         assert_eq!(run["steps"][0]["status"], "running", "{run}");
         assert_eq!(run["steps"][1]["status"], "waiting", "{run}");
@@ -145,7 +157,10 @@ async fn a_step_starts_once_its_upstream_is_done_and_once_among_replicas() {
                 None,
             )
             .await;
-        assert_eq!(progress["workflow"]["steps"][1]["status"], "running", "{progress}");
+        assert_eq!(
+            progress["workflow"]["steps"][1]["status"], "running",
+            "{progress}"
+        );
         let (_, list) = server
             .call(Method::GET, "/v1/workflows", Some(ADMIN), None)
             .await;
@@ -180,7 +195,12 @@ async fn a_schedule_tick_runs_once_among_replicas_and_missed_ticks_run_once() {
         assert_eq!(paths, ["cron", "timezone"], "{answer}");
 
         let (status, schedule) = server
-            .call(Method::POST, "/v1/schedules", Some(ADMIN), Some(request.clone()))
+            .call(
+                Method::POST,
+                "/v1/schedules",
+                Some(ADMIN),
+                Some(request.clone()),
+            )
             .await;
         assert_eq!(status, StatusCode::CREATED, "{schedule}");
         assert_eq!(schedule["timezone"], "UTC");
@@ -211,14 +231,27 @@ async fn a_schedule_tick_runs_once_among_replicas_and_missed_ticks_run_once() {
         // The missed ticks are skipped: the next one is after `late`.
         assert_eq!(a.1, b.1);
         assert_eq!(a.1, Some(due + 6 * 3_600_000));
-        let (_, list) = server.call(Method::GET, "/v1/schedules", Some(ADMIN), None).await;
+        let (_, list) = server
+            .call(Method::GET, "/v1/schedules", Some(ADMIN), None)
+            .await;
         let listed = &list["schedules"][0];
-        assert!(listed["last_run"].as_str().unwrap().starts_with("http-test-"), "{list}");
+        assert!(
+            listed["last_run"]
+                .as_str()
+                .unwrap()
+                .starts_with("http-test-"),
+            "{list}"
+        );
         assert_eq!(listed["last_error"], Value::Null);
 
         // Paused: no tick runs; resumed: the next tick is in the future.
         let (status, paused) = server
-            .call(Method::POST, "/v1/schedules/hourly/pause", Some(ADMIN), None)
+            .call(
+                Method::POST,
+                "/v1/schedules/hourly/pause",
+                Some(ADMIN),
+                None,
+            )
             .await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(paused["next_run_at"], Value::Null);
@@ -227,7 +260,12 @@ async fn a_schedule_tick_runs_once_among_replicas_and_missed_ticks_run_once() {
             .unwrap();
         assert!(tasks.is_empty());
         let (_, resumed) = server
-            .call(Method::POST, "/v1/schedules/hourly/resume", Some(ADMIN), None)
+            .call(
+                Method::POST,
+                "/v1/schedules/hourly/resume",
+                Some(ADMIN),
+                None,
+            )
             .await;
         assert!(resumed["next_run_at"].as_i64().is_some(), "{resumed}");
         let (status, _) = server

@@ -8,9 +8,9 @@
 mod datum;
 mod job;
 mod logs;
+mod schedule;
 pub mod sql;
 pub mod stats;
-mod schedule;
 mod workflow;
 
 use diesel::{QueryableByName, RunQueryDsl, sql_types::BigInt};
@@ -26,8 +26,7 @@ pub use logs::{
 pub use schedule::{NewSchedule, Schedule};
 pub use sql::Clock;
 pub use workflow::{
-    NewWorkflowParams, StepWithJob, Upstream, Workflow, WorkflowStep, step_views,
-    workflow_response,
+    NewWorkflowParams, StepWithJob, Upstream, Workflow, WorkflowStep, step_views, workflow_response,
 };
 // Where the streamed plan meets the database; defined with the plan.
 pub use crate::plan::DatumBatch;

@@ -19,8 +19,8 @@ use crate::{
     db::{DbConn, schema::*, with_conn, write_tx},
     pipeline::PipelineSpec,
     workflow::{
-        DependencyKind, StepEdge, StepState, StepStatus, StepView, WorkflowResponse,
-        WorkflowSpec, WorkflowStepResponse, dependencies, workflow_status,
+        DependencyKind, StepEdge, StepState, StepStatus, StepView, WorkflowResponse, WorkflowSpec,
+        WorkflowStepResponse, dependencies, workflow_status,
     },
 };
 

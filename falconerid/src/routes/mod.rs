@@ -13,8 +13,8 @@ mod datums;
 mod health;
 mod jobs;
 mod logs;
-pub(crate) mod workers;
 pub mod schedules;
+pub(crate) mod workers;
 pub mod workflows;
 
 use axum::Router;

@@ -155,8 +155,8 @@ async fn create(
     let text = std::str::from_utf8(&body)
         .map_err(|_| AppError::BadRequest("the schedule is not UTF-8".to_owned()))?;
     let mut deserializer = serde_json::Deserializer::from_str(text);
-    let request: ScheduleRequest = serde_path_to_error::deserialize(&mut deserializer)
-        .map_err(|err| {
+    let request: ScheduleRequest =
+        serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
             AppError::InvalidSpec(SpecError {
                 problems: vec![SpecProblem {
                     path: err.path().to_string(),
