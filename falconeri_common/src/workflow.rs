@@ -286,21 +286,21 @@ impl WorkflowSpec {
                 }
             }
         }
-        if problems.0.is_empty() {
-            if let Some(cycle) = find_cycle(self.steps.len(), &dependencies(self)) {
-                let names: Vec<&str> = cycle
-                    .iter()
-                    .filter_map(|&i| self.steps.get(i).map(|s| s.name.as_str()))
-                    .collect();
-                problems.push(
-                    "steps",
-                    format!(
-                        "the steps depend on each other in a cycle: {} (through `after` or an \
+        if problems.0.is_empty()
+            && let Some(cycle) = find_cycle(self.steps.len(), &dependencies(self))
+        {
+            let names: Vec<&str> = cycle
+                .iter()
+                .filter_map(|&i| self.steps.get(i).map(|s| s.name.as_str()))
+                .collect();
+            problems.push(
+                "steps",
+                format!(
+                    "the steps depend on each other in a cycle: {} (through `after` or an \
                          input under another step's egress)",
-                        names.join(" → ")
-                    ),
-                );
-            }
+                    names.join(" → ")
+                ),
+            );
         }
         problems.into_result()
     }
