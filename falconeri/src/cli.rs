@@ -86,6 +86,16 @@ pub enum Command {
     #[command(subcommand)]
     Datum(DatumCommand),
 
+    /// Run several pipeline specs as a chain: each step starts once the
+    /// steps it depends on are done.
+    #[command(subcommand)]
+    Workflow(crate::cli_flow::WorkflowCommand),
+
+    /// Start a pipeline spec or a workflow on a cron schedule, in an
+    /// explicit time zone.
+    #[command(subcommand)]
+    Schedule(crate::cli_flow::ScheduleCommand),
+
     /// Print the JSON Schema of pipeline spec files.
     ///
     /// Point your editor at it for completion and checking while you write a

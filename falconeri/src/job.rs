@@ -75,6 +75,14 @@ fn spec_dir(path: &Path) -> Result<PathBuf> {
         .ok_or_else(|| anyhow!("{} is not a file", path.display()))
 }
 
+/// Reads and validates a spec file, with relative `file://` URIs resolved
+/// against its directory: what is sent to a server.
+pub fn load_resolved_spec(path: &Path) -> Result<PipelineSpec> {
+    let mut spec = load_spec(path)?;
+    spec.resolve_relative_file_uris(&spec_dir(path)?);
+    Ok(spec)
+}
+
 /// `job run`.
 async fn run_spec(config: &Config, path: &Path, wait: bool) -> Result<()> {
     // Everything that needs no server first, so a broken spec does not

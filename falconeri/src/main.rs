@@ -3,6 +3,7 @@
 //! refused, 3 for a job done with failed datums; see [`error`]).
 
 mod cli;
+mod cli_flow;
 mod cluster;
 mod config;
 mod datum;
@@ -15,7 +16,9 @@ mod local;
 mod logs;
 mod output;
 mod proxy;
+mod schedule;
 mod stats;
+mod workflow;
 
 use std::process::ExitCode;
 
@@ -56,6 +59,8 @@ async fn dispatch(config: &Config, command: Command) -> Result<()> {
     match command {
         Command::Job(command) => job::run(config, command).await,
         Command::Datum(command) => datum::run(config, command).await,
+        Command::Workflow(command) => workflow::run(config, command).await,
+        Command::Schedule(command) => schedule::run(config, command).await,
         Command::Schema => output::print_json(&falconeri_common::pipeline::json_schema()),
         Command::Local(LocalCommand::Status) => local::status(config).await,
         Command::Local(LocalCommand::Stop) => local::stop(config).await,

@@ -94,8 +94,10 @@ fn bash_completes_commands_subcommands_and_values() {
             "man",
             "migrate",
             "proxy",
+            "schedule",
             "schema",
             "undeploy",
+            "workflow",
         ]),
         "the hidden `internal` command must not be offered"
     );

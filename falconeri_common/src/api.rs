@@ -236,6 +236,15 @@ pub struct DatumListQuery {
     pub limit: Option<i64>,
 }
 
+/// Query of `GET /v1/workflows`: the newest runs, at most `limit`.
+#[derive(
+    Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema, utoipa::IntoParams,
+)]
+#[into_params(parameter_in = Query)]
+pub struct WorkflowListQuery {
+    pub limit: Option<i64>,
+}
+
 /// Query of `GET /v1/jobs`.
 #[derive(
     Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema, utoipa::IntoParams,

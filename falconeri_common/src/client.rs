@@ -8,6 +8,9 @@ use std::time::Duration;
 use reqwest::{Method, StatusCode, Url};
 use serde::{Serialize, de::DeserializeOwned};
 
+mod schedules;
+mod workflows;
+
 use crate::{
     api::{self, paths},
     status::DatumStatus,

@@ -13,10 +13,12 @@ pub mod nul_check;
 pub mod pipeline;
 pub mod plan;
 pub mod process_tree;
+pub mod schedule;
 pub mod spill_sort;
 pub mod status;
 pub mod storage;
 pub mod text;
+pub mod workflow;
 
 #[cfg(feature = "db")]
 pub mod db;

@@ -7,6 +7,7 @@
 
 pub mod auth;
 pub mod babysitter;
+pub mod chain;
 pub mod combine;
 pub mod config;
 pub mod dashboard;
@@ -18,6 +19,7 @@ pub mod listen;
 pub mod metrics;
 pub mod openapi;
 pub mod routes;
+pub mod scheduler;
 pub mod start_job;
 pub mod state;
 
@@ -129,6 +131,8 @@ where
     let babysitter_cancel = CancellationToken::new();
     let babysitter = tokio::spawn(babysitter::run(state.clone(), babysitter_cancel.clone()));
     tokio::spawn(metrics::run_upkeep(babysitter_cancel.clone()));
+    tokio::spawn(chain::run(state.clone(), babysitter_cancel.clone()));
+    tokio::spawn(scheduler::run(state.clone(), babysitter_cancel.clone()));
     #[cfg(feature = "postgres")]
     if state.pool().backend() == falconeri_common::db::Backend::Postgres {
         tokio::spawn(listen::run(

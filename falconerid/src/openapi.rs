@@ -50,6 +50,8 @@ use utoipa::{
         (name = "health", description = "Liveness, readiness and version."),
         (name = "metrics", description = "Prometheus metrics."),
         (name = "openapi", description = "This document."),
+        (name = "workflows", description = "Workflows: pipeline specs run as a chain."),
+        (name = "schedules", description = "Schedules: runs started at the ticks of a cron expression."),
     )
 )]
 pub struct ApiDoc;

@@ -42,6 +42,10 @@ pub enum Change {
     JobState { job_id: i64 },
     /// A chunk of an attempt's log was stored: wake the job's log followers.
     Logs { job_id: i64 },
+    /// A workflow step changed state: wake the chain and workflow followers.
+    Workflows,
+    /// A schedule was created, changed or deleted: wake the scheduler.
+    Schedules,
 }
 
 impl Change {
@@ -55,6 +59,8 @@ impl Change {
                 Change::Progress { job_id } => format!("p{job_id}"),
                 Change::JobState { job_id } => format!("s{job_id}"),
                 Change::Logs { job_id } => format!("l{job_id}"),
+                Change::Workflows => "w".to_owned(),
+                Change::Schedules => "c".to_owned(),
             })
             .collect();
         parts.join(",")
@@ -85,6 +91,8 @@ impl Change {
                     "l" => Some(Change::Logs {
                         job_id: rest.parse().ok()?,
                     }),
+                    "w" if rest.is_empty() => Some(Change::Workflows),
+                    "c" if rest.is_empty() => Some(Change::Schedules),
                     _ => None,
                 }
             })
@@ -190,6 +198,12 @@ struct Inner {
     public_url: OnceLock<String>,
     /// Cancelled when the server shuts down; long-polls answer at once.
     shutdown: CancellationToken,
+    /// Bumped when any job starts or ends or a workflow step changes: the
+    /// chain (`crate::chain`) and workflow followers wait on it.
+    workflows: watch::Sender<u64>,
+    /// Bumped when a schedule changes: the scheduler wakes to re-read
+    /// when the next run is due.
+    schedules: watch::Sender<u64>,
 }
 
 impl AppState {
@@ -214,6 +228,8 @@ impl AppState {
                 server_id,
                 public_url,
                 shutdown: CancellationToken::new(),
+                workflows: watch::channel(0).0,
+                schedules: watch::channel(0).0,
             }),
         }
     }
@@ -318,8 +334,20 @@ impl AppState {
         let job_id = match change {
             Change::DatumsReady { job_id, .. }
             | Change::Progress { job_id }
-            | Change::JobState { job_id }
             | Change::Logs { job_id } => job_id,
+            Change::JobState { job_id } => {
+                // A job starting or ending may let a workflow step start.
+                self.inner.workflows.send_modify(|g| *g += 1);
+                job_id
+            }
+            Change::Workflows => {
+                self.inner.workflows.send_modify(|g| *g += 1);
+                return;
+            }
+            Change::Schedules => {
+                self.inner.schedules.send_modify(|g| *g += 1);
+                return;
+            }
         };
         let waiters = self
             .inner
@@ -344,6 +372,7 @@ impl AppState {
             Change::Logs { .. } => {
                 waiters.logs.send_modify(|generation| *generation += 1);
             }
+            Change::Workflows | Change::Schedules => {}
             Change::JobState { .. } => {
                 waiters.ready.notify_waiters();
                 // And a permit for a worker between two long-polls.
@@ -382,6 +411,8 @@ impl AppState {
         for job_id in all {
             self.wake_local(Change::JobState { job_id });
         }
+        self.wake_local(Change::Workflows);
+        self.wake_local(Change::Schedules);
     }
 
     /// The long-polls of job `job_id`. Waiters register (`notified()` +
@@ -468,6 +499,17 @@ impl AppState {
         tokens.insert(token, job_id);
     }
 
+    /// Changes of jobs' states and workflow steps (a generation counter);
+    /// subscribe before reading the database so no change is missed.
+    pub fn workflow_changes(&self) -> watch::Receiver<u64> {
+        self.inner.workflows.subscribe()
+    }
+
+    /// Changes of schedules (a generation counter).
+    pub fn schedule_changes(&self) -> watch::Receiver<u64> {
+        self.inner.schedules.subscribe()
+    }
+
     /// Tells long-polls to answer now: the server is going away.
     pub fn begin_shutdown(&self) {
         self.inner.shutdown.cancel();
@@ -539,6 +581,8 @@ mod tests {
             Change::Progress { job_id: 7 },
             Change::JobState { job_id: 12 },
             Change::Logs { job_id: 12 },
+            Change::Workflows,
+            Change::Schedules,
         ];
         assert_eq!(Change::decode(&Change::encode(&changes)), Some(changes));
         assert_eq!(Change::decode(""), None);

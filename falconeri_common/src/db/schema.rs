@@ -120,6 +120,53 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    schedules (id) {
+        id -> BigInt,
+        name -> Text,
+        cron -> Text,
+        timezone -> Text,
+        target_kind -> Text,
+        target -> Text,
+        incremental -> Bool,
+        paused -> Bool,
+        next_run_at -> Nullable<BigInt>,
+        last_run_at -> Nullable<BigInt>,
+        last_run -> Nullable<Text>,
+        last_error -> Nullable<Text>,
+        created_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    workflows (id) {
+        id -> BigInt,
+        name -> Text,
+        workflow_name -> Text,
+        spec -> Text,
+        created_at -> BigInt,
+        schedule_id -> Nullable<BigInt>,
+        incremental -> Bool,
+    }
+}
+
+diesel::table! {
+    workflow_steps (id) {
+        id -> BigInt,
+        workflow_id -> BigInt,
+        position -> Integer,
+        name -> Text,
+        spec -> Text,
+        upstream -> Text,
+        state -> Text,
+        job_id -> Nullable<BigInt>,
+        claim_token -> Nullable<Text>,
+        claim_until -> Nullable<BigInt>,
+        reason -> Nullable<Text>,
+        updated_at -> BigInt,
+    }
+}
+
 diesel::joinable!(datums -> jobs (job_id));
 diesel::joinable!(input_files -> datums (datum_id));
 diesel::joinable!(output_files -> datums (datum_id));
@@ -131,5 +178,10 @@ diesel::allow_tables_to_appear_in_same_query!(
     input_files,
     output_files,
     attempts,
-    log_chunks
+    log_chunks,
+    schedules,
+    workflows,
+    workflow_steps
 );
+diesel::joinable!(workflow_steps -> workflows (workflow_id));
+diesel::joinable!(workflow_steps -> jobs (job_id));

@@ -9,9 +9,11 @@ pub mod browse;
 mod datum;
 mod job;
 mod logs;
+mod schedule;
 pub mod session;
 pub mod sql;
 pub mod stats;
+mod workflow;
 
 use diesel::{QueryableByName, RunQueryDsl, sql_types::BigInt};
 
@@ -23,7 +25,11 @@ pub use job::{Job, NewJobParams};
 pub use logs::{
     Appended, ChunkKey, DEFAULT_MAX_LOG_BYTES, LogChunk, StoredLine, decode_lines, encode_lines,
 };
+pub use schedule::{NewSchedule, Schedule};
 pub use sql::Clock;
+pub use workflow::{
+    NewWorkflowParams, StepWithJob, Upstream, Workflow, WorkflowStep, step_views, workflow_response,
+};
 // Where the streamed plan meets the database; defined with the plan.
 pub use crate::plan::DatumBatch;
 

@@ -14,7 +14,9 @@ mod datums;
 mod health;
 mod jobs;
 mod logs;
+pub mod schedules;
 pub(crate) mod workers;
+pub mod workflows;
 
 use axum::Router;
 use utoipa::OpenApi;
@@ -31,6 +33,8 @@ pub fn api() -> OpenApiRouter<AppState> {
         .merge(logs::router())
         .merge(workers::router())
         .merge(attempts::router())
+        .merge(workflows::router())
+        .merge(schedules::router())
         .routes(routes!(crate::metrics::scrape))
         .routes(routes!(crate::openapi::serve))
 }

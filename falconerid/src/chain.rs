@@ -1,0 +1,290 @@
+//! The job chain: starts each workflow step's job once its upstream steps
+//! are done, cancels the steps below a failed one, and resumes them when
+//! the failed step's job is retried.
+//!
+//! [`run`] is a loop woken by changes, not a poll: every job that starts or
+//! ends bumps `AppState::workflow_changes` (here, or on another replica
+//! through the PostgreSQL notifications `listen.rs` relays), and so does
+//! every step transition. It also runs at the babysitter's interval, which
+//! only matters to put back steps whose claim ran out (a falconerid died
+//! while creating a step's job).
+//!
+//! Each pass ([`advance`]) reads the active runs and applies the rules of
+//! `falconeri_common::workflow::next_actions` as guarded writes. A step is
+//! started by the one replica whose `WorkflowStep::claim` moved it
+//! `waiting → starting`; that replica creates the job (listing storage,
+//! outside any transaction) in a task of its own, renewing the claim
+//! meanwhile, and records the job (`mark_started`) or the failure
+//! (`mark_failed`), both guarded by the claim's token.
+
+use std::convert::Infallible;
+
+use falconeri_common::{
+    models::{Job, Workflow, WorkflowStep, db_now, step_views},
+    pipeline::PipelineSpec,
+    workflow::StepAction,
+};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    error::AppResult,
+    start_job,
+    state::{AppState, Change},
+};
+
+/// Runs passes on every change and at the babysitter's interval until
+/// `cancel` fires.
+pub async fn run(state: AppState, cancel: CancellationToken) {
+    let mut changes = state.workflow_changes();
+    let mut interval = tokio::time::interval(state.config().babysitter_interval);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        // Marked seen before the pass reads the database, so a change made
+        // during the pass wakes the next one.
+        changes.borrow_and_update();
+        if let Err(err) = advance(&state).await {
+            tracing::warn!(error = format!("{err:#}"), "workflow pass failed");
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            changed = changes.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+            }
+            _ = interval.tick() => {}
+        }
+    }
+    tracing::debug!("workflow chain stopped");
+}
+
+/// One pass over every active run. Returns the tasks creating the jobs of
+/// the steps this server claimed (the loop lets them run on; tests await
+/// them).
+pub async fn advance(state: &AppState) -> AppResult<Vec<JoinHandle<()>>> {
+    let (released, active) = state
+        .db(|conn| {
+            let now = db_now(conn)?;
+            Ok((
+                WorkflowStep::release_stale_claims(conn, now)?,
+                Workflow::list_active(conn)?,
+            ))
+        })
+        .await?;
+    if released > 0 {
+        tracing::info!(
+            released,
+            "steps whose start was cut short will be started again"
+        );
+    }
+    let mut tasks = Vec::new();
+    for id in active {
+        tasks.extend(advance_workflow(state, id).await?);
+    }
+    Ok(tasks)
+}
+
+/// A step this server claimed, to start.
+struct Claimed {
+    step_id: i64,
+    name: String,
+    token: String,
+    spec: PipelineSpec,
+    incremental: bool,
+}
+
+/// Applies the chain rules to one run.
+async fn advance_workflow(state: &AppState, workflow_id: i64) -> AppResult<Vec<JoinHandle<()>>> {
+    let lease_ms = claim_lease_ms(state);
+    let (claimed, changed) = state
+        .db(move |conn| {
+            let now = db_now(conn)?;
+            let workflow = Workflow::find(conn, workflow_id)?;
+            let mut changed = WorkflowStep::adopt_retries(conn, workflow_id, now)? > 0;
+            let steps = Workflow::steps(conn, workflow_id)?;
+            let views = step_views(&steps)?;
+            let mut claimed = Vec::new();
+            for action in falconeri_common::workflow::next_actions(&views) {
+                match action {
+                    StepAction::Cancel(i, reason) => {
+                        if let Some(s) = steps.get(i) {
+                            changed |= WorkflowStep::cancel(conn, s.step.id, &reason, now)?;
+                        }
+                    }
+                    StepAction::Resume(i) => {
+                        if let Some(s) = steps.get(i) {
+                            changed |= WorkflowStep::resume(conn, s.step.id, now)?;
+                        }
+                    }
+                    StepAction::Start(i) => {
+                        let Some(s) = steps.get(i) else { continue };
+                        let token = hex::encode(rand::random::<[u8; 16]>());
+                        // Exactly one replica's guarded UPDATE wins.
+                        if WorkflowStep::claim(
+                            conn,
+                            s.step.id,
+                            &token,
+                            now,
+                            now.saturating_add(lease_ms),
+                        )? {
+                            changed = true;
+                            match s.step.spec() {
+                                Ok(spec) => claimed.push(Claimed {
+                                    step_id: s.step.id,
+                                    name: s.step.name.clone(),
+                                    token,
+                                    spec,
+                                    incremental: workflow.incremental,
+                                }),
+                                Err(err) => {
+                                    WorkflowStep::mark_failed(
+                                        conn,
+                                        s.step.id,
+                                        &token,
+                                        &format!("its stored spec is unreadable: {err:#}"),
+                                        now,
+                                    )?;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            Ok((claimed, changed))
+        })
+        .await?;
+    if changed {
+        state.notify(Change::Workflows);
+    }
+    Ok(claimed
+        .into_iter()
+        .map(|claimed| {
+            let state = state.clone();
+            // A task of its own: nothing may cut a claimed start short.
+            tokio::spawn(async move { start_step(&state, claimed).await })
+        })
+        .collect())
+}
+
+/// How long a claim on a step holds without renewal: one lease, renewed
+/// every third of it while the job is created.
+fn claim_lease_ms(state: &AppState) -> i64 {
+    state.config().lease_ms().saturating_mul(2)
+}
+
+/// Creates a claimed step's job and records the outcome.
+async fn start_step(state: &AppState, claimed: Claimed) {
+    let Claimed {
+        step_id,
+        name,
+        token,
+        spec,
+        incremental,
+    } = claimed;
+    tracing::info!(step = name, "starting workflow step");
+    let created = tokio::select! {
+        created = create_run_job(state, spec, incremental) => created,
+        never = renew_claim(state, step_id, token.clone()) => match never {},
+    };
+    let outcome = match &created {
+        Ok(job) => {
+            let (job_id, token) = (job.id, token.clone());
+            state
+                .db(move |conn| {
+                    let now = db_now(conn)?;
+                    WorkflowStep::mark_started(conn, step_id, &token, job_id, now)
+                })
+                .await
+        }
+        Err(err) => {
+            let reason = format!("cannot create its job: {err}");
+            let token = token.clone();
+            state
+                .db(move |conn| {
+                    let now = db_now(conn)?;
+                    WorkflowStep::mark_failed(conn, step_id, &token, &reason, now)
+                })
+                .await
+        }
+    };
+    match (outcome, created) {
+        (Ok(true), _) => {}
+        (Ok(false), Ok(job)) => {
+            // Our claim ran out while the job was planned and another
+            // replica took the step over: this job is one too many.
+            tracing::warn!(
+                step = name,
+                job = job.name,
+                "lost the claim on a workflow step while creating its job; canceling that job"
+            );
+            let id = job.id;
+            let stopped = state
+                .db_retrying(move |conn| {
+                    let now = db_now(conn)?;
+                    Job::stop(
+                        conn,
+                        id,
+                        falconeri_common::status::JobStatus::Canceled,
+                        Some("a duplicate start of a workflow step"),
+                        now,
+                    )
+                })
+                .await;
+            if let Ok((job, true)) = stopped {
+                crate::babysitter::wind_down_detached(state, job).await;
+            }
+        }
+        (Ok(false), Err(_)) => {}
+        (Err(err), _) => {
+            // The claim runs out and the step is started again.
+            tracing::warn!(
+                step = name,
+                error = format!("{err:#}"),
+                "cannot record a step's start"
+            );
+        }
+    }
+    state.notify(Change::Workflows);
+}
+
+/// Keeps the claim on a step alive while its job is created.
+async fn renew_claim(state: &AppState, step_id: i64, token: String) -> Infallible {
+    let lease_ms = claim_lease_ms(state);
+    let mut ticks = tokio::time::interval(state.config().lease / 2);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks.tick().await;
+    loop {
+        ticks.tick().await;
+        let token = token.clone();
+        let renewed = state
+            .db(move |conn| {
+                let now = db_now(conn)?;
+                WorkflowStep::renew_claim(conn, step_id, &token, now.saturating_add(lease_ms))
+            })
+            .await;
+        if let Err(err) = renewed {
+            tracing::warn!(
+                step_id,
+                error = format!("{err:#}"),
+                "cannot renew the claim on a workflow step"
+            );
+        }
+    }
+}
+
+/// Creates and starts a job of `spec` for a workflow step or a schedule.
+///
+/// INCREMENTAL: the one place a run's `incremental` flag (a schedule's
+/// `--incremental`, kept on its workflow runs) reaches job creation. The
+/// job-creation request gains `incremental` on the branch of issue 11's
+/// incremental runs; until that is merged the flag is accepted, stored and
+/// shown, and not yet applied here.
+pub async fn create_run_job(
+    state: &AppState,
+    spec: PipelineSpec,
+    incremental: bool,
+) -> AppResult<Job> {
+    let _ = incremental;
+    start_job::create(state, spec, start_job::Source::Inputs, None).await
+}

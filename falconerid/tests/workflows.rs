@@ -1,0 +1,280 @@
+//! Workflows and schedules through the HTTP app (`oneshot`) on SQLite and
+//! PostgreSQL: admin-only routes, refusals naming JSON paths, the chain
+//! starting a step once its upstream is done, and two servers on one
+//! database racing for the same step or the same schedule tick (one wins).
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use axum::http::{Method, StatusCode};
+use common::{ADMIN, TestServer, write_files};
+use falconeri_common::{
+    models::{Job, db_now},
+    status::JobStatus,
+};
+use falconerid::{AppState, chain, scheduler};
+use serde_json::{Value, json};
+
+/// A second server (replica) on the same database as `server`.
+fn replica(server: &TestServer) -> AppState {
+    AppState::new(
+        server.state.config().clone(),
+        server.db.pool.clone(),
+        server.executor.clone(),
+    )
+}
+
+fn job_count(server: &TestServer) -> usize {
+    let mut conn = server.db.pool.get().unwrap();
+    Job::list(&mut conn, 100).unwrap().len()
+}
+
+/// A two-step chain: `second` reads the egress of `first`.
+fn chain_body(server: &TestServer) -> (Value, std::path::PathBuf) {
+    let first = server.spec_with_inputs(
+        &[("a.txt", "a")],
+        json!({ "pipeline": { "name": "first" } }),
+    );
+    let egress = server.dir.path().join("first-out");
+    let mut first = first;
+    first["egress"]["URI"] = format!("file://{}/", egress.display()).into();
+    let mut second =
+        server.spec_with_inputs(&[("x", "x")], json!({ "pipeline": { "name": "second" } }));
+    second["input"]["atom"]["URI"] = format!("file://{}/", egress.display()).into();
+    (
+        json!({
+            "workflow": { "name": "chain" },
+            "steps": [
+                { "name": "second", "spec": second },
+                { "name": "first", "spec": first },
+            ]
+        }),
+        egress,
+    )
+}
+
+async fn run_chain_tasks(tasks: Vec<tokio::task::JoinHandle<()>>) {
+    for task in tasks {
+        task.await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn workflow_routes_are_admin_only_and_refusals_name_paths() {
+    for server in TestServer::all() {
+        let (body, _) = chain_body(&server);
+        let (status, _) = server
+            .call(Method::POST, "/v1/workflows", None, Some(body.clone()))
+            .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        let (status, _) = server.call(Method::GET, "/v1/workflows", None, None).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+        let mut cyclic = body.clone();
+        cyclic["steps"][1]["after"] = json!(["second"]);
+        let (status, answer) = server
+            .call(Method::POST, "/v1/workflows", Some(ADMIN), Some(cyclic))
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+        let problems = answer["error"]["problems"].as_array().unwrap();
+        assert_eq!(problems[0]["path"], "steps", "{answer}");
+        assert!(
+            problems[0]["message"]
+                .as_str()
+                .unwrap()
+                .contains("second → first → second"),
+            "{answer}"
+        );
+        let (status, answer) = server
+            .call(
+                Method::POST,
+                "/v1/workflows",
+                Some(ADMIN),
+                Some(json!({ "workflow": { "name": "w" }, "steps": [{ "name": "a", "spec": "a.json" }] })),
+            )
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(answer["error"]["problems"][0]["path"], "steps[0].spec");
+        let (status, _) = server
+            .call(Method::GET, "/v1/workflows/by-name/nope", Some(ADMIN), None)
+            .await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+    }
+}
+
+#[tokio::test]
+async fn a_step_starts_once_its_upstream_is_done_and_once_among_replicas() {
+    for server in TestServer::all() {
+        let (body, egress) = chain_body(&server);
+        let (status, run) = server
+            .call(Method::POST, "/v1/workflows", Some(ADMIN), Some(body))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{run}");
+        assert_eq!(run["status"], "running");
+        assert_eq!(run["steps"][0]["name"], "first");
+        assert_eq!(
+            run["steps"][1]["upstream"],
+            json!([{ "step": "first", "kind": "egress" }])
+        );
+
+        // Two replicas apply the chain at once: one job for `first`.
+        let other = replica(&server);
+        let (a, b) = tokio::join!(chain::advance(&server.state), chain::advance(&other));
+        run_chain_tasks(a.unwrap()).await;
+        run_chain_tasks(b.unwrap()).await;
+        assert_eq!(job_count(&server), 1, "{}", server.db.backend().name());
+
+        let id = run["id"].as_i64().unwrap();
+        let (_, run) = server
+            .call(
+                Method::GET,
+                &format!("/v1/workflows/{id}"),
+                Some(ADMIN),
+                None,
+            )
+            .await;
+        assert_eq!(run["steps"][0]["status"], "running", "{run}");
+        assert_eq!(run["steps"][1]["status"], "waiting", "{run}");
+
+        // `first` ends done (its output in place): `second` starts, once.
+        write_files(&egress, &[("a.txt", "A")]);
+        let first_job = run["steps"][0]["job"]["id"].as_i64().unwrap();
+        {
+            let mut conn = server.db.pool.get().unwrap();
+            let now = db_now(&mut conn).unwrap();
+            Job::stop(&mut conn, first_job, JobStatus::Done, None, now).unwrap();
+        }
+        let (a, b) = tokio::join!(chain::advance(&server.state), chain::advance(&other));
+        run_chain_tasks(a.unwrap()).await;
+        run_chain_tasks(b.unwrap()).await;
+        assert_eq!(job_count(&server), 2);
+        let (_, progress) = server
+            .call(
+                Method::GET,
+                &format!("/v1/workflows/{id}/progress?wait_ms=0"),
+                Some(ADMIN),
+                None,
+            )
+            .await;
+        assert_eq!(
+            progress["workflow"]["steps"][1]["status"], "running",
+            "{progress}"
+        );
+        let (_, list) = server
+            .call(Method::GET, "/v1/workflows", Some(ADMIN), None)
+            .await;
+        assert_eq!(list["workflows"].as_array().unwrap().len(), 1);
+    }
+}
+
+#[tokio::test]
+async fn a_schedule_tick_runs_once_among_replicas_and_missed_ticks_run_once() {
+    for server in TestServer::all() {
+        let spec = server.spec_with_inputs(&[("a.txt", "a")], json!({}));
+        let request = json!({ "name": "hourly", "cron": "0 * * * *", "job": spec });
+        let (status, _) = server
+            .call(Method::POST, "/v1/schedules", None, Some(request.clone()))
+            .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        let (status, answer) = server
+            .call(
+                Method::POST,
+                "/v1/schedules",
+                Some(ADMIN),
+                Some(json!({ "name": "bad", "cron": "99 * * * *", "timezone": "Nowhere/Else", "job": spec })),
+            )
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        let paths: Vec<&str> = answer["error"]["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["path"].as_str().unwrap())
+            .collect();
+        assert_eq!(paths, ["cron", "timezone"], "{answer}");
+
+        let (status, schedule) = server
+            .call(
+                Method::POST,
+                "/v1/schedules",
+                Some(ADMIN),
+                Some(request.clone()),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{schedule}");
+        assert_eq!(schedule["timezone"], "UTC");
+        let (status, _) = server
+            .call(Method::POST, "/v1/schedules", Some(ADMIN), Some(request))
+            .await;
+        assert_eq!(status, StatusCode::CONFLICT);
+        let due = schedule["next_run_at"].as_i64().unwrap();
+
+        // Before the tick: nothing.
+        let (tasks, next) = scheduler::tick_at(&server.state, due - 1).await.unwrap();
+        assert!(tasks.is_empty());
+        assert_eq!(next, Some(due));
+
+        // Two replicas wake at the tick together, five hours late: one run.
+        let other = replica(&server);
+        let late = due + 5 * 3_600_000 + 60_000;
+        let (a, b) = tokio::join!(
+            scheduler::tick_at(&server.state, late),
+            scheduler::tick_at(&other, late)
+        );
+        let (a, b) = (a.unwrap(), b.unwrap());
+        assert_eq!(a.0.len() + b.0.len(), 1, "{}", server.db.backend().name());
+        for task in a.0.into_iter().chain(b.0) {
+            task.await.unwrap();
+        }
+        assert_eq!(job_count(&server), 1);
+        // The missed ticks are skipped: the next one is after `late`.
+        assert_eq!(a.1, b.1);
+        assert_eq!(a.1, Some(due + 6 * 3_600_000));
+        let (_, list) = server
+            .call(Method::GET, "/v1/schedules", Some(ADMIN), None)
+            .await;
+        let listed = &list["schedules"][0];
+        assert!(
+            listed["last_run"]
+                .as_str()
+                .unwrap()
+                .starts_with("http-test-"),
+            "{list}"
+        );
+        assert_eq!(listed["last_error"], Value::Null);
+
+        // Paused: no tick runs; resumed: the next tick is in the future.
+        let (status, paused) = server
+            .call(
+                Method::POST,
+                "/v1/schedules/hourly/pause",
+                Some(ADMIN),
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(paused["next_run_at"], Value::Null);
+        let (tasks, _) = scheduler::tick_at(&server.state, late + 10 * 3_600_000)
+            .await
+            .unwrap();
+        assert!(tasks.is_empty());
+        let (_, resumed) = server
+            .call(
+                Method::POST,
+                "/v1/schedules/hourly/resume",
+                Some(ADMIN),
+                None,
+            )
+            .await;
+        assert!(resumed["next_run_at"].as_i64().is_some(), "{resumed}");
+        let (status, _) = server
+            .call(Method::DELETE, "/v1/schedules/hourly", Some(ADMIN), None)
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        let (status, _) = server
+            .call(Method::DELETE, "/v1/schedules/hourly", Some(ADMIN), None)
+            .await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+    }
+}
