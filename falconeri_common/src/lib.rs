@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod client;
+pub mod fingerprint;
 pub mod glob;
 pub mod migrations;
 pub mod nul_check;

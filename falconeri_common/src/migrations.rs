@@ -43,6 +43,7 @@ pub const POSTGRES: &[Migration] = postgres_migrations![
     "2026-12-06-000000_datum_lifecycle_v2",
     "2026-12-08-000000_attempt_logs",
     "2026-12-09-000000_attempt_stats",
+    "2026-12-12-000000_incremental_runs",
 ];
 
 #[cfg(test)]

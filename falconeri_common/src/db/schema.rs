@@ -21,6 +21,10 @@ diesel::table! {
         error_message -> Nullable<Text>,
         retry_of -> Nullable<BigInt>,
         planning_lease_until -> Nullable<BigInt>,
+        incremental -> Bool,
+        skipped_count -> BigInt,
+        previous_job_id -> Nullable<BigInt>,
+        vanished_count -> Nullable<BigInt>,
     }
 }
 
@@ -44,6 +48,10 @@ diesel::table! {
         updated_at -> BigInt,
         pod_failures -> Integer,
         ready_order -> Nullable<BigInt>,
+        fingerprint -> Nullable<Text>,
+        input_key -> Nullable<Text>,
+        skipped_from -> Nullable<BigInt>,
+        skipped_from_job -> Nullable<BigInt>,
     }
 }
 
