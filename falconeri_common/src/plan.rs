@@ -44,7 +44,7 @@ pub struct PlannedFile {
     /// The object's size and store identity (`<size> <identity>`), for the
     /// datum's fingerprint; empty for files read back from the database
     /// (a retry), whose datums carry their old fingerprint instead.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub identity: String,
 }
 
@@ -747,6 +747,7 @@ mod tests {
                 uri: format!("{base}{path}"),
                 relative_path: (*path).to_owned(),
                 size: 1,
+                identity: String::new(),
             })
             .collect()
     }
@@ -774,14 +775,17 @@ mod tests {
                     PlannedFile {
                         uri: "s3://b/in/a.txt".into(),
                         local_path: "in/a.txt".into(),
+                        identity: "1 ".into(),
                     },
                     PlannedFile {
                         uri: "s3://b/in/a/b.txt".into(),
                         local_path: "in/a/b.txt".into(),
+                        identity: "1 ".into(),
                     },
                     PlannedFile {
                         uri: "s3://b/in/z.txt".into(),
                         local_path: "in/z.txt".into(),
+                        identity: "1 ".into(),
                     },
                 ]
             }]
@@ -1037,6 +1041,7 @@ mod tests {
                 uri: "s3://b/in/evil".into(),
                 relative_path: path.into(),
                 size: 0,
+                identity: String::new(),
             }];
             let err = plan_datums(&input, &[objects]).unwrap_err();
             assert_eq!(
@@ -1496,6 +1501,7 @@ mod tests {
                 uri: format!("s3://b/in/{p}"),
                 relative_path: p.clone(),
                 size: 0,
+                identity: String::new(),
             })
             .collect();
         for object in &objects[..objects.len() - 1] {
@@ -1569,6 +1575,7 @@ mod tests {
             files: vec![PlannedFile {
                 uri: "s3://b/x".into(),
                 local_path: "in/x".into(),
+                identity: String::new(),
             }],
         };
         let json = serde_json::to_string(&datum).unwrap();
