@@ -117,29 +117,45 @@ pub struct NewJobParams<'a> {
 /// For each fingerprint of `$wanted` (a slice of `&str`) that has one: the
 /// newest datum that ran and succeeded (`done`, not itself skipped) in an
 /// earlier job (id below `$job`) of the pipeline `$pipeline`, as a map from
-/// fingerprint to (datum id, job id). One look-up per [`INSERT_CHUNK`]
-/// fingerprints through the partial index `datums_done_fingerprint`, each
-/// candidate's pipeline checked through the jobs primary key: nothing of
-/// the earlier jobs is read but the matching rows. A macro because it runs
-/// on the connection inside `write_tx!`, whose type differs per backend.
+/// fingerprint to (datum id, job id). Per [`INSERT_CHUNK`] fingerprints,
+/// one look-up through the partial index `datums_done_fingerprint` and one
+/// of the candidates' jobs by primary key: nothing of the earlier jobs is
+/// read but the matching rows. The statement names no other column of
+/// `datums` an index starts with (the job and pipeline are checked after),
+/// so neither database can prefer scanning an earlier job's datums. A
+/// macro because it runs on the connection inside `write_tx!`, whose type
+/// differs per backend.
 macro_rules! find_matches {
     ($c:expr, $job:expr, $pipeline:expr, $wanted:expr) => {{
         let mut found: std::collections::HashMap<String, (i64, i64)> =
             std::collections::HashMap::new();
         for chunk in $wanted.chunks(INSERT_CHUNK) {
             let rows: Vec<(Option<String>, i64, i64)> = datums::table
-                .inner_join(jobs::table)
                 .filter(datums::fingerprint.eq_any(chunk))
                 // Literal, so SQLite sees the partial index's own terms.
                 .filter(diesel::dsl::sql::<diesel::sql_types::Bool>(
                     "datums.status = 'done' AND datums.skipped_from IS NULL",
                 ))
-                .filter(datums::job_id.lt($job))
-                .filter(jobs::pipeline_name.eq($pipeline))
                 .select((datums::fingerprint, datums::id, datums::job_id))
                 .load($c)?;
+            let mut jobs: Vec<i64> = rows.iter().map(|row| row.2).filter(|job| *job < $job).collect();
+            jobs.sort_unstable();
+            jobs.dedup();
+            let same_pipeline: std::collections::HashSet<i64> = if jobs.is_empty() {
+                std::collections::HashSet::new()
+            } else {
+                jobs::table
+                    .filter(jobs::id.eq_any(&jobs))
+                    .filter(jobs::pipeline_name.eq($pipeline))
+                    .select(jobs::id)
+                    .load::<i64>($c)?
+                    .into_iter()
+                    .collect()
+            };
             for (fingerprint, datum, job) in rows {
-                if let Some(fingerprint) = fingerprint {
+                if let Some(fingerprint) = fingerprint
+                    && same_pipeline.contains(&job)
+                {
                     let newest = found.entry(fingerprint).or_insert((datum, job));
                     if datum > newest.0 {
                         *newest = (datum, job);
@@ -240,7 +256,7 @@ impl Job {
     ///
     /// For an incremental job, each datum of the batch whose fingerprint
     /// matches a datum that ran and succeeded in an earlier job of the same
-    /// pipeline is inserted as skipped (see [`Job::find_matches`]), without
+    /// pipeline is inserted as skipped (see `find_matches!`), without
     /// its input files: the datum it points to has them.
     pub fn append_datums(
         conn: &mut DbConn,
