@@ -293,7 +293,10 @@ fn vanished_section(described: &falconeri_common::api::JobDescribeResponse) -> O
         };
         table.row([
             datum.datum_id.to_string(),
-            format!("datum {} (job {})", datum.ran_as_datum_id, datum.ran_in_job_id),
+            format!(
+                "datum {} (job {})",
+                datum.ran_as_datum_id, datum.ran_in_job_id
+            ),
             first(&datum.inputs, datum.input_count),
             first(&datum.outputs, datum.output_count),
         ]);
@@ -554,12 +557,22 @@ mod tests {
             }],
         };
         let text = vanished_section(&described).unwrap();
-        assert!(text.contains("Vanished inputs: 12 datums of job 6"), "{text}");
+        assert!(
+            text.contains("Vanished inputs: 12 datums of job 6"),
+            "{text}"
+        );
         assert!(text.contains("datum 4 (job 5)"), "{text}");
         assert!(text.contains("file:///in/gone.txt"), "{text}");
         assert!(text.contains("file:///out/gone.csv (+2)"), "{text}");
-        assert!(text.contains("… and 11 more: GET /v1/jobs/7/vanished"), "{text}");
-        assert!(job_table(&described.job, 0).render().contains("previous run: job 6"));
+        assert!(
+            text.contains("… and 11 more: GET /v1/jobs/7/vanished"),
+            "{text}"
+        );
+        assert!(
+            job_table(&described.job, 0)
+                .render()
+                .contains("previous run: job 6")
+        );
         let mut none = described;
         none.job.vanished_count = Some(0);
         assert_eq!(vanished_section(&none), None);

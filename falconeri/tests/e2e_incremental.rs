@@ -68,7 +68,10 @@ fn a_second_incremental_run_runs_only_what_changed() {
     std::fs::remove_file(&log).unwrap();
     run(&["job", "run", "--local", "--incremental", "--wait", spec]);
     assert_eq!(runs(&log), ["b", "e"], "only what changed ran");
-    assert_eq!(std::fs::read_to_string(out.join("b.out")).unwrap(), "b, longer now");
+    assert_eq!(
+        std::fs::read_to_string(out.join("b.out")).unwrap(),
+        "b, longer now"
+    );
     assert_eq!(
         std::fs::read_to_string(out.join("c.out")).unwrap(),
         "c",
@@ -79,15 +82,31 @@ fn a_second_incremental_run_runs_only_what_changed() {
     let name = second["name"].as_str().unwrap();
     let described = local.json(&["job", "describe", "--local", "-o", "json", name]);
     let counts = &described["counts"];
-    assert_eq!((&counts["done"], &counts["skipped"]), (&2.into(), &2.into()), "{described}");
+    assert_eq!(
+        (&counts["done"], &counts["skipped"]),
+        (&2.into(), &2.into()),
+        "{described}"
+    );
     assert_eq!(described["job"]["incremental"], true);
     assert_eq!(described["job"]["previous_job_id"], first["id"]);
     assert_eq!(described["job"]["vanished_count"], 1, "{described}");
     let vanished = &described["vanished"][0];
-    assert!(vanished["inputs"][0].as_str().unwrap().ends_with("/in/c"), "{described}");
-    assert!(vanished["outputs"][0].as_str().unwrap().ends_with("/out/c.out"), "{described}");
+    assert!(
+        vanished["inputs"][0].as_str().unwrap().ends_with("/in/c"),
+        "{described}"
+    );
+    assert!(
+        vanished["outputs"][0]
+            .as_str()
+            .unwrap()
+            .ends_with("/out/c.out"),
+        "{described}"
+    );
     let text = run(&["job", "describe", "--local", name]);
-    assert!(text.contains("2 done, 0 error, 0 canceled, 2 skipped"), "{text}");
+    assert!(
+        text.contains("2 done, 0 error, 0 canceled, 2 skipped"),
+        "{text}"
+    );
     assert!(text.contains("Vanished inputs: 1 datums of job"), "{text}");
 
     // Each skipped datum points at the first run's datum of its file.
@@ -103,10 +122,16 @@ fn a_second_incremental_run_runs_only_what_changed() {
         let from = datum["skipped_from"].to_string();
         let ran = local.json(&["datum", "describe", "--local", "-o", "json", &from]);
         assert_eq!(ran["datum"]["status"], "done");
-        assert_eq!(shown["input_files"], ran["input_files"], "the files it stands for");
+        assert_eq!(
+            shown["input_files"], ran["input_files"],
+            "the files it stands for"
+        );
         assert_eq!(shown["fingerprint"], ran["fingerprint"]);
         let file = shown["input_files"][0]["uri"].as_str().unwrap().to_owned();
-        assert!(file.ends_with("/in/a") || file.ends_with("/in/d"), "{shown}");
+        assert!(
+            file.ends_with("/in/a") || file.ends_with("/in/d"),
+            "{shown}"
+        );
         let text = run(&["datum", "describe", "--local", &id]);
         assert!(text.contains("Skipped for:"), "{text}");
         assert!(text.contains(&format!("datum {from} of job")), "{text}");
@@ -115,7 +140,10 @@ fn a_second_incremental_run_runs_only_what_changed() {
     // Nothing new: done at once, no datum runs.
     std::fs::remove_file(&log).unwrap();
     let text = run(&["job", "run", "--local", "--incremental", spec]);
-    assert!(text.contains("all 4 datums were computed by earlier jobs"), "{text}");
+    assert!(
+        text.contains("all 4 datums were computed by earlier jobs"),
+        "{text}"
+    );
     assert!(runs(&log).is_empty());
     let third = local.json(&["job", "list", "--local", "-o", "json"])["jobs"][0].clone();
     assert_eq!(third["status"], "done", "{third}");

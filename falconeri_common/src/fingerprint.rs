@@ -191,6 +191,9 @@ mod tests {
         }
     }
 
+    /// A named change to a spec.
+    type Change = (&'static str, Box<dyn Fn(&mut PipelineSpec)>);
+
     fn keys(spec: &PipelineSpec, files: &[PlannedFile]) -> DatumKeys {
         DatumHasher::of(&TransformFingerprint::of(spec), files)
     }
@@ -204,27 +207,42 @@ mod tests {
         assert_eq!(base, keys(&spec(), &files), "stable");
         assert_eq!(base.fingerprint.len(), 64);
 
-        let changed: Vec<(&str, Box<dyn Fn(&mut PipelineSpec)>)> = vec![
+        let changed: Vec<Change> = vec![
             ("cmd", Box::new(|s| s.transform.cmd[2].push('x'))),
-            ("cmd split", Box::new(|s| s.transform.cmd = vec!["sh -c".into(), "x".into()])),
+            (
+                "cmd split",
+                Box::new(|s| s.transform.cmd = vec!["sh -c".into(), "x".into()]),
+            ),
             ("image", Box::new(|s| s.transform.image = "alpine:4".into())),
-            ("env value", Box::new(|s| {
-                s.transform.env.insert("A".into(), "9".into());
-            })),
-            ("env name", Box::new(|s| {
-                s.transform.env.insert("C".into(), "1".into());
-            })),
-            ("secret name", Box::new(|s| {
-                s.transform.secrets[0] = Secret::Mount {
-                    name: "other".into(),
-                    mount_path: "/s1".into(),
-                };
-            })),
-            ("secret variable", Box::new(|s| {
-                if let Secret::Env { env_var, .. } = &mut s.transform.secrets[1] {
-                    *env_var = "OTHER".into();
-                }
-            })),
+            (
+                "env value",
+                Box::new(|s| {
+                    s.transform.env.insert("A".into(), "9".into());
+                }),
+            ),
+            (
+                "env name",
+                Box::new(|s| {
+                    s.transform.env.insert("C".into(), "1".into());
+                }),
+            ),
+            (
+                "secret name",
+                Box::new(|s| {
+                    s.transform.secrets[0] = Secret::Mount {
+                        name: "other".into(),
+                        mount_path: "/s1".into(),
+                    };
+                }),
+            ),
+            (
+                "secret variable",
+                Box::new(|s| {
+                    if let Secret::Env { env_var, .. } = &mut s.transform.secrets[1] {
+                        *env_var = "OTHER".into();
+                    }
+                }),
+            ),
             ("egress", Box::new(|s| s.egress.uri = "s3://b/out2/".into())),
         ];
         for (what, change) in changed {
@@ -234,15 +252,18 @@ mod tests {
             assert_eq!(base.input_key, keys(&spec, &files).input_key, "{what}");
         }
 
-        let unchanged: Vec<(&str, Box<dyn Fn(&mut PipelineSpec)>)> = vec![
+        let unchanged: Vec<Change> = vec![
             ("parallelism", Box::new(|s| s.parallelism_spec.constant = 9)),
             ("tries", Box::new(|s| s.datum_tries = 5)),
             ("secret order", Box::new(|s| s.transform.secrets.reverse())),
-            ("secret optional", Box::new(|s| {
-                if let Secret::Env { optional, .. } = &mut s.transform.secrets[1] {
-                    *optional = true;
-                }
-            })),
+            (
+                "secret optional",
+                Box::new(|s| {
+                    if let Secret::Env { optional, .. } = &mut s.transform.secrets[1] {
+                        *optional = true;
+                    }
+                }),
+            ),
             ("name", Box::new(|s| s.pipeline.name = "q".into())),
         ];
         for (what, change) in unchanged {

@@ -34,7 +34,10 @@ fn file(name: &str, version: &str) -> PlannedFile {
 }
 
 /// One datum per `(name, version)`, with its keys for `spec`.
-fn datums(spec: &PipelineSpec, files: &[(&str, &str)]) -> (Vec<PlannedDatum>, Vec<Option<DatumKeys>>) {
+fn datums(
+    spec: &PipelineSpec,
+    files: &[(&str, &str)],
+) -> (Vec<PlannedDatum>, Vec<Option<DatumKeys>>) {
     let transform = TransformFingerprint::of(spec);
     files
         .iter()
@@ -157,7 +160,10 @@ fn an_incremental_job_skips_what_an_earlier_job_computed() {
         let skipped = shown(conn, &job2, DatumStatus::Skipped);
         assert_eq!(skipped.len(), 1);
         let ran = shown(conn, &job1, DatumStatus::Done);
-        let a1 = ran.iter().find(|d| d.fingerprint == skipped[0].fingerprint).unwrap();
+        let a1 = ran
+            .iter()
+            .find(|d| d.fingerprint == skipped[0].fingerprint)
+            .unwrap();
         assert_eq!(skipped[0].skipped_from, Some(a1.id));
         assert_eq!(skipped[0].skipped_from_job, Some(job1.id));
         assert_eq!(skipped[0].shown_status(), DatumStatus::Skipped);
@@ -266,7 +272,10 @@ fn matches_are_looked_up_through_the_partial_index() {
                 let rows: Vec<Row> = diesel::sql_query(format!("EXPLAIN QUERY PLAN {sql}"))
                     .load(c)
                     .unwrap();
-                rows.into_iter().map(|r| r.detail).collect::<Vec<_>>().join("\n")
+                rows.into_iter()
+                    .map(|r| r.detail)
+                    .collect::<Vec<_>>()
+                    .join("\n")
             }
             DbConn::Postgres(c) => {
                 #[derive(diesel::QueryableByName)]
@@ -277,7 +286,10 @@ fn matches_are_looked_up_through_the_partial_index() {
                 use diesel::{RunQueryDsl, connection::SimpleConnection};
                 c.batch_execute("SET enable_seqscan = off").unwrap();
                 let rows: Vec<Row> = diesel::sql_query(format!("EXPLAIN {sql}")).load(c).unwrap();
-                rows.into_iter().map(|r| r.line).collect::<Vec<_>>().join("\n")
+                rows.into_iter()
+                    .map(|r| r.line)
+                    .collect::<Vec<_>>()
+                    .join("\n")
             }
         };
         assert!(plan.contains("datums_done_fingerprint"), "{db:?}: {plan}");

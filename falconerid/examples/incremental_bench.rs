@@ -107,21 +107,31 @@ async fn run(backend: &str, files: usize) -> Result<()> {
     }
     let uri = format!("file://{}/", input.display());
     let egress = format!("file://{}/out/", dir.path().display());
-    let config = Config::local(dir.path(), "bench-admin-token-0123456789".into(), vec!["true".into()]);
+    let config = Config::local(
+        dir.path(),
+        "bench-admin-token-0123456789".into(),
+        vec!["true".into()],
+    );
     let state = AppState::new(config, db.pool.clone(), Arc::new(NoWorkers));
     state.set_public_url("http://127.0.0.1:1".to_owned());
 
     let list = list_seconds(&uri, files).await?;
 
     let started = Instant::now();
-    let first = start_job::create(&state, spec(&uri, &egress, false)?, Source::Inputs, None).await?;
+    let first =
+        start_job::create(&state, spec(&uri, &egress, false)?, Source::Inputs, None).await?;
     let first_s = started.elapsed().as_secs_f64();
-    ensure!(first.datum_count == files as i64, "first run: {} datums", first.datum_count);
+    ensure!(
+        first.datum_count == files as i64,
+        "first run: {} datums",
+        first.datum_count
+    );
     let mut conn = db.pool.get()?;
     finish_first_run(&mut conn, first.id)?;
 
     let started = Instant::now();
-    let second = start_job::create(&state, spec(&uri, &egress, true)?, Source::Inputs, None).await?;
+    let second =
+        start_job::create(&state, spec(&uri, &egress, true)?, Source::Inputs, None).await?;
     let decide = started.elapsed().as_secs_f64();
     ensure!(
         second.status() == JobStatus::Done && second.skipped_count == files as i64,

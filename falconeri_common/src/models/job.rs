@@ -138,7 +138,11 @@ macro_rules! find_matches {
                 ))
                 .select((datums::fingerprint, datums::id, datums::job_id))
                 .load($c)?;
-            let mut jobs: Vec<i64> = rows.iter().map(|row| row.2).filter(|job| *job < $job).collect();
+            let mut jobs: Vec<i64> = rows
+                .iter()
+                .map(|row| row.2)
+                .filter(|job| *job < $job)
+                .collect();
             jobs.sort_unstable();
             jobs.dedup();
             let same_pipeline: std::collections::HashSet<i64> = if jobs.is_empty() {
@@ -166,6 +170,9 @@ macro_rules! find_matches {
         found
     }};
 }
+
+/// A failed datum to run again, with its fingerprint where it has one.
+pub type RetriedDatum = (PlannedDatum, Option<DatumKeys>);
 
 /// The datums a retry runs again.
 const RETRIED: [DatumStatus; 2] = [DatumStatus::Error, DatumStatus::Canceled];
@@ -923,7 +930,7 @@ impl Job {
         id: i64,
         after: i64,
         limit: i64,
-    ) -> ModelResult<(Vec<(PlannedDatum, Option<DatumKeys>)>, Option<i64>)> {
+    ) -> ModelResult<(Vec<RetriedDatum>, Option<i64>)> {
         let found: Vec<(i64, Option<String>, Option<String>)> = with_conn!(conn, c => datums::table
             .filter(datums::job_id.eq(id))
             .filter(datums::status.eq_any(RETRIED))
@@ -937,10 +944,12 @@ impl Job {
             return Ok((Vec::new(), None));
         };
         let mut keys = found.into_iter().map(|(datum_id, fingerprint, input_key)| {
-            let keys = fingerprint.zip(input_key).map(|(fingerprint, input_key)| DatumKeys {
-                fingerprint,
-                input_key,
-            });
+            let keys = fingerprint
+                .zip(input_key)
+                .map(|(fingerprint, input_key)| DatumKeys {
+                    fingerprint,
+                    input_key,
+                });
             (datum_id, keys)
         });
         let rows: Vec<(i64, String, String)> = with_conn!(conn, c => input_files::table
