@@ -151,7 +151,7 @@ impl S3Storage {
         {
             Ok(head) => Ok(Some((
                 u64::try_from(head.content_length().unwrap_or(0)).unwrap_or(0),
-                etag_identity(head.e_tag()),
+                s3_identity(head.e_tag(), head.last_modified()),
             ))),
             // HEAD responses have no body, so a missing object is just 404.
             Err(SdkError::ServiceError(err)) if err.raw().status().as_u16() == 404 => Ok(None),
@@ -178,7 +178,7 @@ impl S3Storage {
                     .iter()
                     .filter_map(|object| {
                         let size = u64::try_from(object.size().unwrap_or(0)).unwrap_or(0);
-                        let identity = etag_identity(object.e_tag());
+                        let identity = s3_identity(object.e_tag(), object.last_modified());
                         object.key().map(|key| (key.to_owned(), size, identity))
                     })
                     .collect()
@@ -565,9 +565,16 @@ impl Storage for S3Storage {
 /// The ETag changes whenever the object's bytes do (a single-part upload's
 /// is their MD5; a multipart upload's is derived from its parts' MD5s), and
 /// ListObjectsV2 returns it for every key at no extra cost, whereas the
-/// additional checksums (CRC32C and friends) are not in a listing.
-fn etag_identity(etag: Option<&str>) -> String {
-    etag.map(|etag| format!("etag:{etag}")).unwrap_or_default()
+/// additional checksums (CRC32C and friends) are not in a listing. Some
+/// S3-compatible servers leave the ETag out of listings (s3s-fs does): the
+/// last-modified time then, to the second (HEAD gives no finer), which
+/// every overwrite changes.
+fn s3_identity(etag: Option<&str>, modified: Option<&aws_smithy_types::DateTime>) -> String {
+    match (etag.filter(|etag| !etag.is_empty()), modified) {
+        (Some(etag), _) => format!("etag:{etag}"),
+        (None, Some(modified)) => format!("modified:{}", modified.secs()),
+        (None, None) => String::new(),
+    }
 }
 
 /// The CRC32C of the local file `src` of `size` bytes, read in chunks of at
