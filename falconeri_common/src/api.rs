@@ -248,6 +248,7 @@ pub struct VanishedQuery {
     pub after: Option<i64>,
     /// At most this many (1 to 1,000; default 100).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
 }
 
