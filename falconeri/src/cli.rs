@@ -208,6 +208,14 @@ pub enum JobCommand {
         /// Wait for the job to finish, as `job wait` does.
         #[arg(long)]
         wait: bool,
+
+        /// Skip the datums an earlier job of this pipeline already computed,
+        /// as the spec's `"incremental": true` does: a datum whose
+        /// fingerprint (command, image, env, secret names, egress and each
+        /// input file's identity) matches a datum that succeeded before is
+        /// recorded as `skipped` and its outputs stay where they are.
+        #[arg(long)]
+        incremental: bool,
     },
 
     /// List the newest jobs.

@@ -111,6 +111,10 @@ fn render(datum: &DatumResponse, now: i64) -> String {
     fields.row(["Datum:", &summary.id.to_string()]);
     fields.row(["Job:", &summary.job_id.to_string()]);
     fields.row(["Status:", summary.status.as_str()]);
+    if let (Some(from), Some(job)) = (summary.skipped_from, summary.skipped_from_job) {
+        // Its files and outputs below are those of the datum that ran.
+        fields.row(["Skipped for:", &format!("datum {from} of job {job}")]);
+    }
     fields.row(["Tries:", &tries(summary)]);
     fields.row(["Owner:", summary.owner.as_deref().unwrap_or(NONE)]);
     fields.row(["Started:", &output::maybe_time(summary.started_at)]);
@@ -228,6 +232,8 @@ mod tests {
                 started_at: Some(0),
                 finished_at: Some(65_000),
                 error_message: Some("exit status 1".into()),
+                skipped_from: None,
+                skipped_from_job: None,
             },
             input_files: vec![InputFileResponse {
                 uri: "file:///data/books/a.txt".into(),
@@ -238,6 +244,7 @@ mod tests {
                 size: 2048,
             }],
             output: Some("reading a.txt\nTraceback\n".into()),
+            fingerprint: None,
             attempts: vec![
                 AttemptResponse {
                     number: 1,

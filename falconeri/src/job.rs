@@ -29,7 +29,11 @@ const ERROR_WIDTH: usize = 80;
 /// Runs one `job` subcommand.
 pub async fn run(config: &Config, command: JobCommand) -> Result<()> {
     match command {
-        JobCommand::Run { spec, wait } => run_spec(config, &spec, wait).await,
+        JobCommand::Run {
+            spec,
+            wait,
+            incremental,
+        } => run_spec(config, &spec, wait, incremental).await,
         JobCommand::List { limit } => list(config, limit).await,
         JobCommand::Describe { job } => describe(config, &job).await,
         JobCommand::Wait { job } => {
@@ -84,11 +88,13 @@ pub fn load_resolved_spec(path: &Path) -> Result<PipelineSpec> {
 }
 
 /// `job run`.
-async fn run_spec(config: &Config, path: &Path, wait: bool) -> Result<()> {
+async fn run_spec(config: &Config, path: &Path, wait: bool, incremental: bool) -> Result<()> {
     // Everything that needs no server first, so a broken spec does not
     // start the local one.
     let mut spec = load_spec(path)?;
     spec.resolve_relative_file_uris(&spec_dir(path)?);
+    // The flag turns it on; without it the spec decides.
+    spec.incremental |= incremental;
     let body = serde_json::to_value(&spec).context("cannot encode the pipeline spec")?;
 
     let client = config.client().await?;
@@ -103,8 +109,19 @@ async fn run_spec(config: &Config, path: &Path, wait: bool) -> Result<()> {
     if config.json() {
         return output::print_json(&job);
     }
+    let skipped = match job.status {
+        falconeri_common::status::JobStatus::Done if job.incremental => {
+            println!(
+                "Job {} (id {}) is done: all {} datums were computed by earlier jobs.",
+                job.name, job.id, job.datum_count
+            );
+            return Ok(());
+        }
+        _ if job.incremental => " (incremental: datums done before are skipped)",
+        _ => "",
+    };
     println!(
-        "Started job {} (id {}) with {} datums.",
+        "Started job {} (id {}) with {} datums{skipped}.",
         job.name, job.id, job.datum_count
     );
     print_follow_hint(&job.name);
@@ -200,6 +217,9 @@ async fn describe(config: &Config, name: &str) -> Result<()> {
     if !described.running.is_empty() || !described.failed.is_empty() {
         println!("\nFor a datum's files, full error and output: falconeri datum describe ID");
     }
+    if let Some(vanished) = vanished_section(&described) {
+        print!("{vanished}");
+    }
     print!("{}", crate::stats::render_job(&stats));
     Ok(())
 }
@@ -232,6 +252,13 @@ fn job_table(job: &JobResponse, now: i64) -> Table {
     if let Some(failed) = job.failed_datums.filter(|&n| n > 0) {
         table.row(["Failed datums:", &failed.to_string()]);
     }
+    if job.incremental {
+        let previous = match job.previous_job_id {
+            Some(id) => format!("yes (previous run: job {id})"),
+            None => "yes (no previous run)".to_owned(),
+        };
+        table.row(["Incremental:", &previous]);
+    }
     if let Some(error) = &job.error_message {
         table.row(["Error:", error]);
     }
@@ -239,14 +266,19 @@ fn job_table(job: &JobResponse, now: i64) -> Table {
 }
 
 /// `Datums: 10 (3 ready, 2 running, 4 done, 1 error, 0 canceled)`, with
-/// `N publishing` after running while outputs are being moved.
+/// `N publishing` after running while outputs are being moved, and `N
+/// skipped` at the end for an incremental job's datums computed before.
 fn counts_line(counts: &StatusCounts) -> String {
     let publishing = match counts.publishing {
         0 => String::new(),
         n => format!(", {n} publishing"),
     };
+    let skipped = match counts.skipped {
+        0 => String::new(),
+        n => format!(", {n} skipped"),
+    };
     format!(
-        "Datums: {} ({} ready, {} running{publishing}, {} done, {} error, {} canceled)",
+        "Datums: {} ({} ready, {} running{publishing}, {} done, {} error, {} canceled{skipped})",
         counts.total(),
         counts.ready,
         counts.running,
@@ -254,6 +286,45 @@ fn counts_line(counts: &StatusCounts) -> String {
         counts.error,
         counts.canceled
     )
+}
+
+/// The previous run's datums whose inputs are gone, for `job describe`:
+/// their count and the first few, each with its first input and output.
+fn vanished_section(described: &falconeri_common::api::JobDescribeResponse) -> Option<String> {
+    let job = &described.job;
+    let count = job.vanished_count.filter(|n| *n > 0)?;
+    let previous = job.previous_job_id?;
+    let mut text = format!(
+        "\nVanished inputs: {count} datums of job {previous} have no datum with the same \
+         input files in this job; their outputs were left in place.\n"
+    );
+    let mut table = Table::with_headers(&["DATUM", "RAN IN", "INPUTS", "OUTPUTS"]);
+    for datum in &described.vanished {
+        let first = |items: &[String], count: i64| match items.first() {
+            Some(first) if count > 1 => format!("{first} (+{})", count - 1),
+            Some(first) => first.clone(),
+            None => NONE.to_owned(),
+        };
+        table.row([
+            datum.datum_id.to_string(),
+            format!(
+                "datum {} (job {})",
+                datum.ran_as_datum_id, datum.ran_in_job_id
+            ),
+            first(&datum.inputs, datum.input_count),
+            first(&datum.outputs, datum.output_count),
+        ]);
+    }
+    text.push_str(&table.render());
+    let shown = i64::try_from(described.vanished.len()).unwrap_or(i64::MAX);
+    if count > shown {
+        text.push_str(&format!(
+            "… and {} more: GET /v1/jobs/{}/vanished pages through them all.\n",
+            count - shown,
+            job.id
+        ));
+    }
+    Some(text)
 }
 
 /// Datums as a table; shared with `datum list`.
@@ -484,7 +555,65 @@ mod tests {
             retry_of: None,
             max_failed_datums: None,
             failed_datums: None,
+            incremental: false,
+            previous_job_id: None,
+            vanished_count: None,
         }
+    }
+
+    /// `describe` counts skipped datums and lists the vanished ones, with
+    /// where to find the rest.
+    #[test]
+    fn describe_shows_skipped_and_vanished_datums() {
+        let counts = StatusCounts {
+            done: 10,
+            skipped: 99_990,
+            ..StatusCounts::default()
+        };
+        assert_eq!(
+            counts_line(&counts),
+            "Datums: 100000 (0 ready, 0 running, 10 done, 0 error, 0 canceled, 99990 skipped)"
+        );
+        let mut job = job(JobStatus::Done, None);
+        job.incremental = true;
+        job.previous_job_id = Some(6);
+        job.vanished_count = Some(12);
+        let described = falconeri_common::api::JobDescribeResponse {
+            job,
+            counts,
+            running: Vec::new(),
+            failed: Vec::new(),
+            vanished: vec![falconeri_common::api::VanishedDatum {
+                datum_id: 40,
+                job_id: 6,
+                ran_as_datum_id: 4,
+                ran_in_job_id: 5,
+                inputs: vec!["file:///in/gone.txt".into()],
+                input_count: 1,
+                outputs: vec!["file:///out/gone.csv".into(), "file:///out/x".into()],
+                output_count: 3,
+            }],
+        };
+        let text = vanished_section(&described).unwrap();
+        assert!(
+            text.contains("Vanished inputs: 12 datums of job 6"),
+            "{text}"
+        );
+        assert!(text.contains("datum 4 (job 5)"), "{text}");
+        assert!(text.contains("file:///in/gone.txt"), "{text}");
+        assert!(text.contains("file:///out/gone.csv (+2)"), "{text}");
+        assert!(
+            text.contains("… and 11 more: GET /v1/jobs/7/vanished"),
+            "{text}"
+        );
+        assert!(
+            job_table(&described.job, 0)
+                .render()
+                .contains("previous run: job 6")
+        );
+        let mut none = described;
+        none.job.vanished_count = Some(0);
+        assert_eq!(vanished_section(&none), None);
     }
 
     fn counts(done: i64, error: i64, canceled: i64) -> StatusCounts {
@@ -630,6 +759,8 @@ mod tests {
             started_at: Some(0),
             finished_at: Some(2_000),
             error_message: Some("exit status 1\nstack".into()),
+            skipped_from: None,
+            skipped_from_job: None,
         };
         assert_eq!(
             datum_table(&[datum], 0).render(),

@@ -124,7 +124,8 @@ fn bash_completes_commands_subcommands_and_values() {
             "publishing",
             "done",
             "error",
-            "canceled"
+            "canceled",
+            "skipped"
         ])
     );
     assert_eq!(

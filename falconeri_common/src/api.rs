@@ -80,6 +80,9 @@ pub mod paths {
     pub fn datum_retry(id: i64) -> String {
         format!("/v1/datums/{id}/retry")
     }
+    pub fn job_vanished(id: i64) -> String {
+        format!("/v1/jobs/{id}/vanished")
+    }
 }
 
 /// The body of every error response.
@@ -141,6 +144,20 @@ pub struct JobResponse {
     /// runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failed_datums: Option<i64>,
+    /// Whether the job skips datums an earlier job of its pipeline already
+    /// computed (the spec's `incremental`, or `job run --incremental`).
+    #[serde(default)]
+    pub incremental: bool,
+    /// For an incremental job: the earlier run of its pipeline whose
+    /// successful datums it was compared with for vanished inputs.
+    #[serde(default)]
+    pub previous_job_id: Option<i64>,
+    /// For an incremental job, once planned: how many successful datums of
+    /// `previous_job_id` have no datum with the same input files in this
+    /// job. Their outputs are left where they are; `GET
+    /// /v1/jobs/{id}/vanished` lists them.
+    #[serde(default)]
+    pub vanished_count: Option<i64>,
 }
 
 /// `GET /v1/jobs`.
@@ -160,17 +177,26 @@ pub struct StatusCounts {
     pub done: i64,
     pub error: i64,
     pub canceled: i64,
+    /// Not run by an incremental job: an earlier job computed them.
+    #[serde(default)]
+    pub skipped: i64,
 }
 
 impl StatusCounts {
     /// All datums.
     pub fn total(&self) -> i64 {
-        self.ready + self.running + self.publishing + self.done + self.error + self.canceled
+        self.ready
+            + self.running
+            + self.publishing
+            + self.done
+            + self.error
+            + self.canceled
+            + self.skipped
     }
 
     /// Datums that will not run again.
     pub fn finished(&self) -> i64 {
-        self.done + self.error + self.canceled
+        self.done + self.error + self.canceled + self.skipped
     }
 
     /// Adds `n` datums of `status`.
@@ -182,7 +208,17 @@ impl StatusCounts {
             DatumStatus::Done => self.done += n,
             DatumStatus::Error => self.error += n,
             DatumStatus::Canceled => self.canceled += n,
+            DatumStatus::Skipped => self.skipped += n,
         }
+    }
+
+    /// Moves `skipped` datums from `done` to `skipped`: the database stores
+    /// a skipped datum as a `done` row (see `models::Datum`), and the job
+    /// row counts them.
+    pub fn move_skipped(&mut self, skipped: i64) {
+        let skipped = skipped.clamp(0, self.done);
+        self.done -= skipped;
+        self.skipped += skipped;
     }
 }
 
@@ -195,6 +231,67 @@ pub struct JobDescribeResponse {
     pub running: Vec<DatumSummary>,
     /// Datums that failed for good.
     pub failed: Vec<DatumSummary>,
+    /// The first datums of the previous run whose inputs are gone (at most
+    /// 10; `job.vanished_count` says how many in all, and `GET
+    /// /v1/jobs/{id}/vanished` pages through them).
+    #[serde(default)]
+    pub vanished: Vec<VanishedDatum>,
+}
+
+/// Query of `POST /v1/jobs`.
+#[derive(
+    Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema, utoipa::IntoParams,
+)]
+#[into_params(parameter_in = Query)]
+pub struct CreateJobQuery {
+    /// Overrides the spec's `incremental` for this job (`true` is what
+    /// `falconeri job run --incremental` sends).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incremental: Option<bool>,
+}
+
+/// Query of `GET /v1/jobs/{id}/vanished`.
+#[derive(
+    Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema, utoipa::IntoParams,
+)]
+#[into_params(parameter_in = Query)]
+pub struct VanishedQuery {
+    /// Only datums of the previous job with a larger id (the next page).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<i64>,
+    /// At most this many (1 to 1,000; default 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<i64>,
+}
+
+/// A successful datum of an incremental job's previous run that has no
+/// datum with the same input files in the job: its inputs were removed (or
+/// its set of files changed). Its outputs were left where they are.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct VanishedDatum {
+    /// The datum of the previous job.
+    pub datum_id: i64,
+    pub job_id: i64,
+    /// The datum that ran and published the outputs: `datum_id` itself, or
+    /// the one it was skipped for.
+    pub ran_as_datum_id: i64,
+    pub ran_in_job_id: i64,
+    /// Its first input files (at most 5) and how many it had.
+    pub inputs: Vec<String>,
+    pub input_count: i64,
+    /// Its first outputs (at most 5) and how many it published.
+    pub outputs: Vec<String>,
+    pub output_count: i64,
+}
+
+/// `GET /v1/jobs/{id}/vanished`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct VanishedListResponse {
+    pub vanished: Vec<VanishedDatum>,
+    /// Pass as `after` for the next page; absent on the last one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_after: Option<i64>,
 }
 
 /// Query of `GET /v1/jobs/{id}/progress`, a long-poll.
@@ -280,6 +377,12 @@ pub struct DatumSummary {
     #[schema(value_type = Option<i64>)]
     pub finished_at: Option<Millis>,
     pub error_message: Option<String>,
+    /// For a `skipped` datum: the earlier datum with the same fingerprint
+    /// that ran, and its job; its outputs are this datum's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skipped_from: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skipped_from_job: Option<i64>,
 }
 
 impl DatumSummary {
@@ -323,6 +426,11 @@ pub struct DatumResponse {
     /// Every attempt, oldest first.
     #[serde(default)]
     pub attempts: Vec<AttemptResponse>,
+    /// SHA-256 (hex) of what the datum's result depends on: the transform,
+    /// the egress and its input files' identities (see the guide's chapter
+    /// on incremental runs). Absent for datums planned by older versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
 }
 
 /// `POST /v1/datums/{id}/retry`: the datum, ready again, and its job.

@@ -7,6 +7,7 @@
 pub mod api;
 pub mod client;
 pub mod failure_policy;
+pub mod fingerprint;
 pub mod glob;
 pub mod migrations;
 pub mod nul_check;

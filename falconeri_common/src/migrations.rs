@@ -45,6 +45,7 @@ pub const POSTGRES: &[Migration] = postgres_migrations![
     "2026-12-09-000000_attempt_stats",
     "2026-12-10-000000_dashboard_sessions",
     "2026-12-11-000000_failure_policies",
+    "2026-12-12-000000_incremental_runs",
     "2026-12-13-000000_workflows_schedules",
 ];
 

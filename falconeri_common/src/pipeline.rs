@@ -68,6 +68,12 @@ pub struct PipelineSpec {
     /// dedicated (say, GPU or spot) nodes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tolerations: Vec<Toleration>,
+    /// Skip each datum whose fingerprint (transform, egress and input files'
+    /// identities) matches a datum that succeeded in an earlier job of
+    /// this pipeline; its outputs from that job stay where they are.
+    /// `falconeri job run --incremental` turns it on for one run.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub incremental: bool,
     pub input: Input,
     pub egress: Egress,
     /// How many datums may fail for good while the job still ends `done`:

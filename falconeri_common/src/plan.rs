@@ -13,6 +13,7 @@ use std::collections::BTreeSet;
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    fingerprint::DatumKeys,
     glob::{GlobMatch, GlobMatcher, KeyTemplate},
     pipeline::{AtomInput, Input, check_repo_name},
 };
@@ -25,6 +26,12 @@ pub struct ObjectInfo {
     /// '/'-separated, relative to the atom URI, no leading '/'.
     pub relative_path: String,
     pub size: u64,
+    /// What the store's listing says identifies this version of the object,
+    /// besides its size (see [`crate::fingerprint`]): `etag:…` on S3,
+    /// `md5:…` or `generation:…` with `crc32c:…` on GCS, `mtime:…` (in
+    /// nanoseconds) for `file://`. Empty when the store said nothing.
+    #[serde(default)]
+    pub identity: String,
 }
 
 /// One file a worker downloads before processing a datum.
@@ -34,6 +41,11 @@ pub struct PlannedFile {
     /// Where the file goes under the worker's `pfs` directory:
     /// `<repo>/<relative_path>`.
     pub local_path: String,
+    /// The object's size and store identity (`<size> <identity>`), for the
+    /// datum's fingerprint; empty for files read back from the database
+    /// (a retry), whose datums carry their old fingerprint instead.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub identity: String,
 }
 
 /// One unit of work: the files one run of the transform sees.
@@ -299,6 +311,13 @@ pub struct DatumBatch {
     pub continued: Vec<PlannedFile>,
     /// New datums, in order. The last one may continue in the next batch.
     pub datums: Vec<PlannedDatum>,
+    /// The fingerprints of `datums`, by position, where known: a datum
+    /// whose files may continue in the next batch has none yet (nor has a
+    /// datum beyond the end of this list).
+    pub keys: Vec<Option<DatumKeys>>,
+    /// The fingerprint of the last datum of the batch before, which this
+    /// batch's `continued` files (if any) completed.
+    pub continued_keys: Option<DatumKeys>,
 }
 
 impl DatumBatch {
@@ -316,7 +335,7 @@ impl DatumBatch {
 
     /// True when the batch would add nothing.
     pub fn is_empty(&self) -> bool {
-        self.continued.is_empty() && self.datums.is_empty()
+        self.continued.is_empty() && self.datums.is_empty() && self.continued_keys.is_none()
     }
 }
 
@@ -433,6 +452,7 @@ impl<'a> AtomPlanner<'a> {
         PlannedFile {
             uri: object.uri.clone(),
             local_path: format!("{}/{}", self.atom.repo, object.relative_path),
+            identity: format!("{} {}", object.size, object.identity),
         }
     }
 
@@ -727,6 +747,7 @@ mod tests {
                 uri: format!("{base}{path}"),
                 relative_path: (*path).to_owned(),
                 size: 1,
+                identity: String::new(),
             })
             .collect()
     }
@@ -754,14 +775,17 @@ mod tests {
                     PlannedFile {
                         uri: "s3://b/in/a.txt".into(),
                         local_path: "in/a.txt".into(),
+                        identity: "1 ".into(),
                     },
                     PlannedFile {
                         uri: "s3://b/in/a/b.txt".into(),
                         local_path: "in/a/b.txt".into(),
+                        identity: "1 ".into(),
                     },
                     PlannedFile {
                         uri: "s3://b/in/z.txt".into(),
                         local_path: "in/z.txt".into(),
+                        identity: "1 ".into(),
                     },
                 ]
             }]
@@ -1017,6 +1041,7 @@ mod tests {
                 uri: "s3://b/in/evil".into(),
                 relative_path: path.into(),
                 size: 0,
+                identity: String::new(),
             }];
             let err = plan_datums(&input, &[objects]).unwrap_err();
             assert_eq!(
@@ -1476,6 +1501,7 @@ mod tests {
                 uri: format!("s3://b/in/{p}"),
                 relative_path: p.clone(),
                 size: 0,
+                identity: String::new(),
             })
             .collect();
         for object in &objects[..objects.len() - 1] {
@@ -1549,6 +1575,7 @@ mod tests {
             files: vec![PlannedFile {
                 uri: "s3://b/x".into(),
                 local_path: "in/x".into(),
+                identity: String::new(),
             }],
         };
         let json = serde_json::to_string(&datum).unwrap();

@@ -12,6 +12,7 @@
 //!                              └──failed, no tries left──────────────────► error
 //!         ready | running | publishing ──job stopped──► canceled
 //!         error | canceled ──datum retry──► ready
+//!         (planned as) skipped: an incremental job's datum that already ran
 //! ```
 //!
 //! Every exit from `running` or `publishing` closes the datum's open attempt
@@ -127,7 +128,7 @@ text_enum!(
 
 text_enum!(
     /// The state of one datum.
-    DatumStatus, "ready, running, publishing, done, error or canceled" {
+    DatumStatus, "ready, running, publishing, done, error, canceled or skipped" {
         /// Waiting in its job's queue.
         Ready = "ready",
         /// Held by a worker under a claim.
@@ -141,6 +142,11 @@ text_enum!(
         Error = "error",
         /// Its job was stopped before it finished.
         Canceled = "canceled",
+        /// Not run: an incremental job found that a datum with the same
+        /// fingerprint succeeded in an earlier job of the pipeline, whose
+        /// outputs stand. Set at planning and final. Stored as a `done` row
+        /// with `skipped_from` set (see `models::Datum::status`).
+        Skipped = "skipped",
     }
 );
 
@@ -220,7 +226,7 @@ impl DatumStatus {
     pub fn is_terminal(self) -> bool {
         matches!(
             self,
-            DatumStatus::Done | DatumStatus::Error | DatumStatus::Canceled
+            DatumStatus::Done | DatumStatus::Error | DatumStatus::Canceled | DatumStatus::Skipped
         )
     }
 
@@ -301,6 +307,7 @@ mod tests {
         assert!(DatumStatus::Done.is_terminal());
         assert!(DatumStatus::Error.is_terminal());
         assert!(DatumStatus::Canceled.is_terminal());
+        assert!(DatumStatus::Skipped.is_terminal());
         assert!(DatumStatus::Publishing.is_held());
     }
 
@@ -308,6 +315,8 @@ mod tests {
     fn nothing_leaves_done() {
         for &to in DatumStatus::ALL {
             assert!(!DatumStatus::Done.can_move_to(to), "done -> {to}");
+            assert!(!DatumStatus::Skipped.can_move_to(to), "skipped -> {to}");
+            assert!(!to.can_move_to(DatumStatus::Skipped), "{to} -> skipped");
         }
         assert!(!DatumStatus::Ready.can_move_to(DatumStatus::Done));
         assert!(!DatumStatus::Ready.can_move_to(DatumStatus::Publishing));

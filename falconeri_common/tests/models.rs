@@ -832,6 +832,7 @@ fn file(n: usize) -> PlannedFile {
     PlannedFile {
         uri: format!("file:///in/{n}"),
         local_path: format!("in/{n}"),
+        identity: String::new(),
     }
 }
 
@@ -847,6 +848,8 @@ fn plans_are_appended_in_batches() {
         assert_eq!(job.datum_count, 0);
         assert_eq!(job.planning_lease_until, Some(now + LEASE));
         let first = DatumBatch {
+            keys: Vec::new(),
+            continued_keys: None,
             continued: Vec::new(),
             datums: vec![
                 PlannedDatum {
@@ -858,6 +861,8 @@ fn plans_are_appended_in_batches() {
             ],
         };
         let second = DatumBatch {
+            keys: Vec::new(),
+            continued_keys: None,
             continued: vec![file(3), file(4)],
             datums: vec![PlannedDatum {
                 files: vec![file(5)],
@@ -931,6 +936,8 @@ fn a_canceled_plan_takes_no_more_batches() {
         let now = db_now(&mut conn).unwrap();
         let job = begin_planning(&mut conn, "canceled-while-planned", now, now + LEASE);
         let batch = DatumBatch {
+            keys: Vec::new(),
+            continued_keys: None,
             continued: Vec::new(),
             datums: vec![PlannedDatum {
                 files: vec![file(0)],
@@ -962,6 +969,8 @@ fn abandoned_plans_are_deleted_whole() {
         let alive = begin_planning(&mut conn, "live-planner", now, now + 3 * LEASE);
         let done = create_job(&mut conn, 2, 1);
         let batch = DatumBatch {
+            keys: Vec::new(),
+            continued_keys: None,
             continued: Vec::new(),
             datums: (0..1500)
                 .map(|n| PlannedDatum {

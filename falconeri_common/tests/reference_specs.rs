@@ -146,6 +146,7 @@ fn nested_inputs_plan() {
                 uri: format!("{base}{p}"),
                 relative_path: (*p).to_owned(),
                 size: 10,
+                identity: String::new(),
             })
             .collect()
     };

@@ -819,3 +819,58 @@ fn credentials_never_appear_in_errors_or_debug_output() {
         }
     });
 }
+
+/// The identity that fingerprints use comes from the store's own listing
+/// (S3's ETag, GCS's MD5 and CRC32C): the same bytes listed twice or
+/// uploaded again give the same identity, other bytes another one, and a
+/// URI naming one object gets it from the object's metadata.
+#[test]
+fn listings_carry_the_stores_identity_of_each_object() {
+    both(async |kind| {
+        let bucket = Bucket::new(kind).await;
+        bucket.put("in/a", b"alpha").await;
+        bucket.put("in/b", b"bravo").await;
+        let storage = bucket.storage();
+        let identities = async || -> Vec<String> {
+            let listing = storage.list(&bucket.uri("in/")).await.unwrap();
+            listing.into_iter().map(|object| object.identity).collect()
+        };
+        let first = identities().await;
+        assert_eq!(first, identities().await, "{kind:?}: stable");
+        match kind {
+            // s3s-fs lists no ETag: the last-modified second stands in.
+            Kind::S3 => {
+                for identity in &first {
+                    assert!(
+                        identity.starts_with("etag:") || identity.starts_with("modified:"),
+                        "{identity}"
+                    );
+                }
+                // A new second, so the fallback sees the overwrite too.
+                tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
+            }
+            Kind::Gcs => {
+                for identity in &first {
+                    assert!(identity.starts_with("md5:"), "{identity}");
+                    assert!(identity.contains(" crc32c:"), "{identity}");
+                }
+                assert_ne!(first[0], first[1], "different bytes");
+                // The same bytes again: a content identity does not change.
+                bucket.put("in/a", b"alpha").await;
+                assert_eq!(first, identities().await, "same bytes");
+            }
+        }
+        bucket.put("in/a", b"alpha, changed").await;
+        let changed = identities().await;
+        assert_ne!(first[0], changed[0], "{kind:?}: changed bytes");
+        assert_eq!(first[1], changed[1]);
+        // One object named by its URI: its identity from its metadata (on
+        // GCS the same as listed; s3s-fs's HEAD has the ETag its listing
+        // lacks, and a URI is always read the same way, so runs agree).
+        let one = storage.list(&bucket.uri("in/b")).await.unwrap();
+        match kind {
+            Kind::S3 => assert!(one[0].identity.starts_with("etag:"), "{}", one[0].identity),
+            Kind::Gcs => assert_eq!(one[0].identity, first[1]),
+        }
+    });
+}

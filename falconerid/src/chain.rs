@@ -275,16 +275,14 @@ async fn renew_claim(state: &AppState, step_id: i64, token: String) -> Infallibl
 
 /// Creates and starts a job of `spec` for a workflow step or a schedule.
 ///
-/// INCREMENTAL: the one place a run's `incremental` flag (a schedule's
-/// `--incremental`, kept on its workflow runs) reaches job creation. The
-/// job-creation request gains `incremental` on the branch of issue 11's
-/// incremental runs; until that is merged the flag is accepted, stored and
-/// shown, and not yet applied here.
+/// The one place a run's `incremental` flag (a schedule's `--incremental`,
+/// kept on its workflow runs) reaches job creation: like `job run
+/// --incremental`, it turns incremental on; without it the spec decides.
 pub async fn create_run_job(
     state: &AppState,
-    spec: PipelineSpec,
+    mut spec: PipelineSpec,
     incremental: bool,
 ) -> AppResult<Job> {
-    let _ = incremental;
+    spec.incremental |= incremental;
     start_job::create(state, spec, start_job::Source::Inputs, None).await
 }

@@ -309,6 +309,7 @@ pub async fn scrape(State(state): State<AppState>) -> Response {
                     DatumStatus::Done => job_counts.done,
                     DatumStatus::Error => job_counts.error,
                     DatumStatus::Canceled => job_counts.canceled,
+                    DatumStatus::Skipped => job_counts.skipped,
                 };
                 gauge!(DATUMS, "job" => job.clone(), "status" => status.as_str()).set(n as f64);
             }

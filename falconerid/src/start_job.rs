@@ -11,10 +11,19 @@
 //! if planning fails, the client hangs up, or falconerid dies, the
 //! half-planned job is deleted (at once, or by the babysitter when the
 //! lease runs out).
+//!
+//! Every datum gets its fingerprint here, hashed as its files stream by
+//! (`fingerprint.rs`). For an incremental job, each batch's fingerprints
+//! are matched against the earlier jobs of the pipeline by one indexed
+//! look-up inside the batch's transaction (`Job::append_datums`), so
+//! matched datums are inserted as skipped and nothing of the earlier jobs
+//! is loaded. If every datum was skipped, the job ends `done` without
+//! workers.
 
 use std::sync::Arc;
 
 use falconeri_common::{
+    fingerprint::{DatumHasher, DatumKeys, TransformFingerprint},
     models::{DatumBatch, Job, NewJobParams, db_now},
     pipeline::{AtomInput, PipelineSpec},
     plan::{
@@ -71,10 +80,15 @@ pub enum Source {
 #[tracing::instrument(level = "info", skip_all, fields(pipeline = spec.pipeline.name))]
 pub async fn create(
     state: &AppState,
-    spec: PipelineSpec,
+    mut spec: PipelineSpec,
     source: Source,
     retry_of: Option<i64>,
 ) -> AppResult<Job> {
+    if matches!(source, Source::FailedDatumsOf(_)) {
+        // A retry reruns failed datums, none of which succeeded before;
+        // its datums keep their fingerprints for later runs to match.
+        spec.incremental = false;
+    }
     if matches!(source, Source::Inputs) {
         probe_egress(&spec.egress.uri).await?;
         for atom in spec.input.atoms() {
@@ -110,6 +124,9 @@ pub async fn create(
         batch: DatumBatch::default(),
         rows: 0,
         count: 0,
+        transform: TransformFingerprint::of(&spec),
+        open: None,
+        open_in_batch: false,
     };
     // The lease is renewed by every batch, and by this timer while a
     // listing or a cross yields nothing to insert for a while.
@@ -147,6 +164,27 @@ pub async fn create(
             job.name, job.status
         )));
     }
+    if job.skipped_count > 0 {
+        tracing::info!(
+            job = job.name,
+            datums = job.datum_count,
+            skipped = job.skipped_count,
+            vanished = job.vanished_count,
+            "incremental job planned"
+        );
+    }
+    if job.skipped_count >= job.datum_count {
+        // Nothing to run: done at once, no workers.
+        let id = job.id;
+        let job = state
+            .db(move |conn| {
+                let now = db_now(conn)?;
+                Job::finish_without_workers(conn, id, now)
+            })
+            .await?;
+        state.notify(Change::JobState { job_id: job.id });
+        return Ok(job);
+    }
     start_detached(state, spec, job, worker_token).await
 }
 
@@ -159,14 +197,14 @@ async fn fill(sink: &mut Sink<'_>, spec: &PipelineSpec, source: Source) -> AppRe
             loop {
                 let (datums, next) = sink
                     .state
-                    .db(move |conn| Job::failed_datum_inputs(conn, retried, after, RETRY_PAGE))
+                    .db(move |conn| Job::failed_datums(conn, retried, after, RETRY_PAGE))
                     .await?;
-                for datum in datums {
-                    sink.push_datum(datum).await?;
+                for (datum, keys) in datums {
+                    sink.push_datum_with(datum, keys).await?;
                 }
                 match next {
                     Some(next) => after = next,
-                    None => return sink.flush().await,
+                    None => return sink.finish().await,
                 }
             }
         }
@@ -246,7 +284,7 @@ async fn fill(sink: &mut Sink<'_>, spec: &PipelineSpec, source: Source) -> AppRe
             }
         }
     }
-    sink.flush().await
+    sink.finish().await
 }
 
 /// A [`KeyedFile`] as [`SpillSort`] writes it to and reads it from its runs.
@@ -267,6 +305,7 @@ impl extsort::Sortable for SortedFile {
             root.as_bytes(),
             file.uri.as_bytes(),
             file.local_path.as_bytes(),
+            file.identity.as_bytes(),
         ] {
             let len = u32::try_from(bytes.len()).map_err(std::io::Error::other)?;
             writer.write_all(&len.to_le_bytes())?;
@@ -294,11 +333,16 @@ impl extsort::Sortable for SortedFile {
         let root = text(read_bytes(reader)?)?;
         let uri = text(read_bytes(reader)?)?;
         let local_path = text(read_bytes(reader)?)?;
+        let identity = text(read_bytes(reader)?)?;
         Ok(SortedFile(KeyedFile {
             key,
             input,
             root,
-            file: falconeri_common::plan::PlannedFile { uri, local_path },
+            file: falconeri_common::plan::PlannedFile {
+                uri,
+                local_path,
+                identity,
+            },
         }))
     }
 }
@@ -364,7 +408,8 @@ fn list_ahead(
     rx
 }
 
-/// Batches a job's plan into [`Job::append_datums`] calls.
+/// Batches a job's plan into [`Job::append_datums`] calls, fingerprinting
+/// each datum on the way.
 struct Sink<'a> {
     state: &'a AppState,
     job_id: i64,
@@ -373,17 +418,71 @@ struct Sink<'a> {
     rows: usize,
     /// Datums inserted so far.
     count: i64,
+    transform: TransformFingerprint,
+    /// The hasher of the datum a streamed atom opened last: its files may
+    /// still come.
+    open: Option<DatumHasher>,
+    /// Whether that datum is the last of `batch`; once flushed, its keys go
+    /// with the next batch as `continued_keys`.
+    open_in_batch: bool,
 }
 
 impl Sink<'_> {
     fn push_item(&mut self, item: PlanItem) {
+        match &item {
+            PlanItem::Datum => {
+                self.close_open();
+                self.open = Some(DatumHasher::new(&self.transform));
+                self.open_in_batch = true;
+            }
+            PlanItem::File(file) => {
+                if let Some(open) = &mut self.open {
+                    open.add(file);
+                }
+            }
+        }
         self.rows += 1;
         self.batch.push(item);
     }
 
+    /// Ends the open datum: its keys are now known.
+    fn close_open(&mut self) {
+        let Some(open) = self.open.take() else {
+            return;
+        };
+        let keys = open.finish();
+        match (self.open_in_batch, self.batch.datums.len().checked_sub(1)) {
+            (true, Some(last)) => self.set_keys(last, keys),
+            _ => self.batch.continued_keys = Some(keys),
+        }
+    }
+
+    fn set_keys(&mut self, index: usize, keys: DatumKeys) {
+        if self.batch.keys.len() <= index {
+            self.batch.keys.resize(index + 1, None);
+        }
+        self.batch.keys[index] = Some(keys);
+    }
+
+    /// Adds a whole datum, fingerprinting its files.
     async fn push_datum(&mut self, datum: PlannedDatum) -> AppResult<()> {
+        let keys = DatumHasher::of(&self.transform, &datum.files);
+        self.push_datum_with(datum, Some(keys)).await
+    }
+
+    /// Adds a whole datum with the keys it has (a retried datum keeps its
+    /// old ones: its files come back from the database without identities).
+    async fn push_datum_with(
+        &mut self,
+        datum: PlannedDatum,
+        keys: Option<DatumKeys>,
+    ) -> AppResult<()> {
+        self.close_open();
         self.rows += 1 + datum.files.len();
         self.batch.datums.push(datum);
+        if let Some(keys) = keys {
+            self.set_keys(self.batch.datums.len() - 1, keys);
+        }
         self.flush_if_full().await
     }
 
@@ -395,12 +494,19 @@ impl Sink<'_> {
         Ok(())
     }
 
+    /// Flushes the last batch, the open datum closed.
+    async fn finish(&mut self) -> AppResult<()> {
+        self.close_open();
+        self.flush().await
+    }
+
     async fn flush(&mut self) -> AppResult<()> {
         if self.batch.is_empty() {
             return Ok(());
         }
         let batch = std::mem::take(&mut self.batch);
         self.rows = 0;
+        self.open_in_batch = false;
         let (id, lease_ms) = (self.job_id, self.state.config().lease_ms());
         self.count = self
             .state
@@ -545,10 +651,11 @@ async fn start(
     job: Job,
     worker_token: String,
 ) -> AppResult<Job> {
+    // Skipped datums need no worker.
     let parallelism = spec
         .parallelism_spec
         .constant
-        .min(u32::try_from(job.datum_count).unwrap_or(u32::MAX));
+        .min(u32::try_from(job.datum_count - job.skipped_count).unwrap_or(u32::MAX));
     let launch = WorkerLaunch {
         job_id: job.id,
         job_name: job.name.clone(),

@@ -1026,6 +1026,7 @@ fn one_file_datum() -> falconeri_common::plan::PlannedDatum {
         files: vec![falconeri_common::plan::PlannedFile {
             uri: "file:///x".into(),
             local_path: "in/x".into(),
+            identity: String::new(),
         }],
     }
 }
@@ -1124,6 +1125,8 @@ async fn babysitter_deletes_plans_whose_lease_ran_out() {
                     now + 30_000,
                 )?;
                 let batch = DatumBatch {
+                    keys: Vec::new(),
+                    continued_keys: None,
                     continued: Vec::new(),
                     datums: vec![one_file_datum()],
                 };

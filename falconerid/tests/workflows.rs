@@ -172,7 +172,8 @@ async fn a_step_starts_once_its_upstream_is_done_and_once_among_replicas() {
 async fn a_schedule_tick_runs_once_among_replicas_and_missed_ticks_run_once() {
     for server in TestServer::all() {
         let spec = server.spec_with_inputs(&[("a.txt", "a")], json!({}));
-        let request = json!({ "name": "hourly", "cron": "0 * * * *", "job": spec });
+        let request =
+            json!({ "name": "hourly", "cron": "0 * * * *", "job": spec, "incremental": true });
         let (status, _) = server
             .call(Method::POST, "/v1/schedules", None, Some(request.clone()))
             .await;
@@ -228,6 +229,10 @@ async fn a_schedule_tick_runs_once_among_replicas_and_missed_ticks_run_once() {
             task.await.unwrap();
         }
         assert_eq!(job_count(&server), 1);
+        // `--incremental` reached the job the tick started.
+        let mut conn = server.db.pool.get().unwrap();
+        assert!(Job::list(&mut conn, 1).unwrap()[0].incremental);
+        drop(conn);
         // The missed ticks are skipped: the next one is after `late`.
         assert_eq!(a.1, b.1);
         assert_eq!(a.1, Some(due + 6 * 3_600_000));

@@ -23,6 +23,10 @@ diesel::table! {
         planning_lease_until -> Nullable<BigInt>,
         max_failed_datums -> Nullable<BigInt>,
         failed_datums -> Nullable<BigInt>,
+        incremental -> Bool,
+        skipped_count -> BigInt,
+        previous_job_id -> Nullable<BigInt>,
+        vanished_count -> Nullable<BigInt>,
     }
 }
 
@@ -46,6 +50,10 @@ diesel::table! {
         updated_at -> BigInt,
         pod_failures -> Integer,
         ready_order -> Nullable<BigInt>,
+        fingerprint -> Nullable<Text>,
+        input_key -> Nullable<Text>,
+        skipped_from -> Nullable<BigInt>,
+        skipped_from_job -> Nullable<BigInt>,
     }
 }
 

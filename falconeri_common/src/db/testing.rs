@@ -156,6 +156,7 @@ pub fn planned(datums: usize, files_per_datum: usize) -> Vec<PlannedDatum> {
                 .map(|f| PlannedFile {
                     uri: format!("file:///in/{d}/{f}.txt"),
                     local_path: format!("in/{d}/{f}.txt"),
+                    identity: String::new(),
                 })
                 .collect(),
         })

@@ -67,6 +67,15 @@ pub struct Datum {
     /// planning order, also after a requeue); NULL in every other state (a
     /// CHECK constraint keeps the two in step).
     pub ready_order: Option<i64>,
+    /// What the datum's result depends on (`fingerprint.rs`), and which
+    /// files it has; NULL for datums planned before incremental runs.
+    pub fingerprint: Option<String>,
+    pub input_key: Option<String>,
+    /// Set for a skipped datum: the earlier datum (and its job) that ran
+    /// with the same fingerprint. Such a row's `status` is `done`; the API
+    /// shows it as `skipped` ([`Datum::shown_status`]).
+    pub skipped_from: Option<i64>,
+    pub skipped_from_job: Option<i64>,
 }
 
 /// An input file row.
@@ -435,6 +444,15 @@ impl Datum {
         self.status
     }
 
+    /// The status users see: `skipped` for a skipped datum (stored as
+    /// `done` with `skipped_from` set), else the stored one.
+    pub fn shown_status(&self) -> DatumStatus {
+        match (self.status, self.skipped_from) {
+            (DatumStatus::Done, Some(_)) => DatumStatus::Skipped,
+            (status, _) => status,
+        }
+    }
+
     /// The claim of the current attempt.
     pub fn claim(&self) -> Option<Claim> {
         self.owner.as_ref().map(|owner| Claim {
@@ -484,8 +502,20 @@ impl Datum {
                 .limit(limit)
                 .select(Datum::as_select())
                 .into_boxed();
-            if let Some(status) = filter.status {
-                query = query.filter(datums::status.eq(status));
+            // Skipped datums are `done` rows with `skipped_from` set.
+            match filter.status {
+                Some(DatumStatus::Skipped) => {
+                    query = query
+                        .filter(datums::status.eq(DatumStatus::Done))
+                        .filter(datums::skipped_from.is_not_null());
+                }
+                Some(DatumStatus::Done) => {
+                    query = query
+                        .filter(datums::status.eq(DatumStatus::Done))
+                        .filter(datums::skipped_from.is_null());
+                }
+                Some(status) => query = query.filter(datums::status.eq(status)),
+                None => {}
             }
             if let Some(after) = filter.after {
                 query = query.filter(datums::id.gt(after));
@@ -2076,7 +2106,9 @@ impl From<Datum> for DatumSummary {
         DatumSummary {
             id: datum.id,
             job_id: datum.job_id,
-            status: datum.status,
+            status: datum.shown_status(),
+            skipped_from: datum.skipped_from,
+            skipped_from_job: datum.skipped_from_job,
             attempt: datum.attempt,
             interrupted: datum.interrupted,
             max_tries: datum.max_tries,

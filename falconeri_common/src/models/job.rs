@@ -15,8 +15,9 @@ use super::{
 };
 use crate::{
     Millis,
-    api::{JobResponse, StatusCounts},
+    api::{JobResponse, StatusCounts, VanishedDatum},
     db::{DbConn, schema::*, with_conn, write_tx},
+    fingerprint::DatumKeys,
     pipeline::PipelineSpec,
     plan::{DatumBatch, PlannedDatum, PlannedFile},
     status::{DatumStatus, JobStatus, Outcome},
@@ -54,6 +55,15 @@ pub struct Job {
     /// How many datums had failed for good when the job ended; NULL while
     /// it runs.
     pub failed_datums: Option<i64>,
+    /// Skips datums an earlier job of the pipeline computed.
+    pub incremental: bool,
+    /// Datums planned as skipped (stored `done` with `skipped_from`).
+    pub skipped_count: i64,
+    /// The earlier run an incremental job was compared with.
+    pub previous_job_id: Option<i64>,
+    /// Successful datums of `previous_job_id` without a datum of the same
+    /// inputs here; set when an incremental job's planning ends.
+    pub vanished_count: Option<i64>,
 }
 
 #[derive(Insertable)]
@@ -72,6 +82,7 @@ struct NewJob<'a> {
     created_at: Millis,
     retry_of: Option<i64>,
     planning_lease_until: Option<Millis>,
+    incremental: bool,
 }
 
 #[derive(Insertable)]
@@ -84,8 +95,13 @@ struct NewDatum {
     max_tries: i32,
     created_at: Millis,
     updated_at: Millis,
-    /// The queue position: planning order.
+    /// The queue position: planning order (NULL when skipped).
     ready_order: Option<i64>,
+    fingerprint: Option<String>,
+    input_key: Option<String>,
+    skipped_from: Option<i64>,
+    skipped_from_job: Option<i64>,
+    finished_at: Option<Millis>,
 }
 
 #[derive(Insertable)]
@@ -107,6 +123,66 @@ pub struct NewJobParams<'a> {
     /// The unique job name.
     pub name: &'a str,
 }
+
+/// For each fingerprint of `$wanted` (a slice of `&str`) that has one: the
+/// newest datum that ran and succeeded (`done`, not itself skipped) in an
+/// earlier job (id below `$job`) of the pipeline `$pipeline`, as a map from
+/// fingerprint to (datum id, job id). Per [`INSERT_CHUNK`] fingerprints,
+/// one look-up through the partial index `datums_done_fingerprint` and one
+/// of the candidates' jobs by primary key: nothing of the earlier jobs is
+/// read but the matching rows. The statement names no other column of
+/// `datums` an index starts with (the job and pipeline are checked after),
+/// so neither database can prefer scanning an earlier job's datums. A
+/// macro because it runs on the connection inside `write_tx!`, whose type
+/// differs per backend.
+macro_rules! find_matches {
+    ($c:expr, $job:expr, $pipeline:expr, $wanted:expr) => {{
+        let mut found: std::collections::HashMap<String, (i64, i64)> =
+            std::collections::HashMap::new();
+        for chunk in $wanted.chunks(INSERT_CHUNK) {
+            let rows: Vec<(Option<String>, i64, i64)> = datums::table
+                .filter(datums::fingerprint.eq_any(chunk))
+                // Literal, so SQLite sees the partial index's own terms.
+                .filter(diesel::dsl::sql::<diesel::sql_types::Bool>(
+                    "datums.status = 'done' AND datums.skipped_from IS NULL",
+                ))
+                .select((datums::fingerprint, datums::id, datums::job_id))
+                .load($c)?;
+            let mut jobs: Vec<i64> = rows
+                .iter()
+                .map(|row| row.2)
+                .filter(|job| *job < $job)
+                .collect();
+            jobs.sort_unstable();
+            jobs.dedup();
+            let same_pipeline: std::collections::HashSet<i64> = if jobs.is_empty() {
+                std::collections::HashSet::new()
+            } else {
+                jobs::table
+                    .filter(jobs::id.eq_any(&jobs))
+                    .filter(jobs::pipeline_name.eq($pipeline))
+                    .select(jobs::id)
+                    .load::<i64>($c)?
+                    .into_iter()
+                    .collect()
+            };
+            for (fingerprint, datum, job) in rows {
+                if let Some(fingerprint) = fingerprint
+                    && same_pipeline.contains(&job)
+                {
+                    let newest = found.entry(fingerprint).or_insert((datum, job));
+                    if datum > newest.0 {
+                        *newest = (datum, job);
+                    }
+                }
+            }
+        }
+        found
+    }};
+}
+
+/// A failed datum to run again, with its fingerprint where it has one.
+pub type RetriedDatum = (PlannedDatum, Option<DatumKeys>);
 
 /// The datums a retry runs again.
 const RETRIED: [DatumStatus; 2] = [DatumStatus::Error, DatumStatus::Canceled];
@@ -143,8 +219,8 @@ impl Job {
         let job = Job::begin_planning(conn, params, now, lease)?;
         for chunk in datums.chunks(INSERT_CHUNK) {
             let batch = DatumBatch {
-                continued: Vec::new(),
                 datums: chunk.to_vec(),
+                ..DatumBatch::default()
             };
             Job::append_datums(conn, job.id, &batch, now, lease)?;
         }
@@ -181,6 +257,7 @@ impl Job {
             created_at: now,
             retry_of: params.retry_of,
             planning_lease_until: Some(lease_until),
+            incremental: params.spec.incremental,
         };
         Ok(with_conn!(conn, c => diesel::insert_into(jobs::table)
             .values(&new_job)
@@ -193,6 +270,11 @@ impl Job {
     /// datum count so far. An empty batch only renews the lease. Fails with
     /// a conflict once the job is no longer `ready` and being planned
     /// (canceled meanwhile, or abandoned after its lease ran out).
+    ///
+    /// For an incremental job, each datum of the batch whose fingerprint
+    /// matches a datum that ran and succeeded in an earlier job of the same
+    /// pipeline is inserted as skipped (see `find_matches!`), without
+    /// its input files: the datum it points to has them.
     pub fn append_datums(
         conn: &mut DbConn,
         id: i64,
@@ -201,8 +283,9 @@ impl Job {
         lease_until: Millis,
     ) -> ModelResult<i64> {
         let added = i64::try_from(batch.datums.len()).unwrap_or(i64::MAX);
+        let key = |i: usize| batch.keys.get(i).and_then(Option::as_ref);
         write_tx!(conn, c => {
-            let renewed: Option<(i64, i32)> = diesel::update(jobs::table)
+            let renewed: Option<(i64, i32, bool, String)> = diesel::update(jobs::table)
                 .filter(jobs::id.eq(id))
                 .filter(jobs::status.eq(JobStatus::Ready))
                 .filter(jobs::planning_lease_until.is_not_null())
@@ -210,17 +293,35 @@ impl Job {
                     jobs::planning_lease_until.eq(Some(lease_until)),
                     jobs::datum_count.eq(jobs::datum_count + added),
                 ))
-                .returning((jobs::datum_count, jobs::datum_tries))
+                .returning((
+                    jobs::datum_count,
+                    jobs::datum_tries,
+                    jobs::incremental,
+                    jobs::pipeline_name,
+                ))
                 .get_result(c)
                 .optional()?;
-            let Some((count, max_tries)) = renewed else {
+            let Some((count, max_tries, incremental, pipeline)) = renewed else {
                 return Err(ModelError::Conflict(format!(
                     "job {id} is no longer being planned (canceled, or its planning lease ran out)"
                 )));
             };
+            let matches = if incremental {
+                let wanted: Vec<&str> = batch
+                    .keys
+                    .iter()
+                    .flatten()
+                    .chain(&batch.continued_keys)
+                    .map(|keys| keys.fingerprint.as_str())
+                    .collect();
+                find_matches!(c, id, &pipeline, &wanted)
+            } else {
+                std::collections::HashMap::new()
+            };
             let first_seq = count - added;
             let mut files = Vec::new();
-            if !batch.continued.is_empty() {
+            let mut skipped = 0_i64;
+            if !batch.continued.is_empty() || batch.continued_keys.is_some() {
                 let datum_id: i64 = datums::table
                     .filter(datums::job_id.eq(id))
                     .filter(datums::seq.eq(first_seq - 1))
@@ -236,30 +337,81 @@ impl Job {
                     uri: &file.uri,
                     local_path: &file.local_path,
                 }));
+                if let Some(keys) = &batch.continued_keys {
+                    // A datum whose files spanned batches: it was inserted
+                    // ready, and nothing could reserve it yet (the job is
+                    // still being planned), so it may still become skipped.
+                    let matched = matches.get(keys.fingerprint.as_str()).copied();
+                    diesel::update(datums::table.find(datum_id))
+                        .set((
+                            datums::fingerprint.eq(Some(&keys.fingerprint)),
+                            datums::input_key.eq(Some(&keys.input_key)),
+                        ))
+                        .execute(c)?;
+                    if let Some((from, from_job)) = matched {
+                        diesel::update(datums::table.find(datum_id))
+                            .set((
+                                datums::status.eq(DatumStatus::Done),
+                                datums::ready_order.eq(None::<i64>),
+                                datums::skipped_from.eq(Some(from)),
+                                datums::skipped_from_job.eq(Some(from_job)),
+                                datums::finished_at.eq(Some(now)),
+                            ))
+                            .execute(c)?;
+                        skipped += 1;
+                    }
+                }
             }
             for (chunk_index, chunk) in batch.datums.chunks(INSERT_CHUNK).enumerate() {
-                let chunk_seq = first_seq + i64::try_from(chunk_index * INSERT_CHUNK).unwrap_or(0);
+                let offset = chunk_index * INSERT_CHUNK;
+                let chunk_seq = first_seq + i64::try_from(offset).unwrap_or(0);
                 let rows: Vec<NewDatum> = (0..chunk.len())
-                    .map(|i| NewDatum {
-                        job_id: id,
-                        seq: chunk_seq + i64::try_from(i).unwrap_or(0),
-                        status: DatumStatus::Ready,
-                        attempt: 0,
-                        max_tries,
-                        created_at: now,
-                        updated_at: now,
-                        ready_order: Some(chunk_seq + i64::try_from(i).unwrap_or(0)),
+                    .map(|i| {
+                        let seq = chunk_seq + i64::try_from(i).unwrap_or(0);
+                        let keys = key(offset + i);
+                        let matched = keys
+                            .and_then(|keys| matches.get(keys.fingerprint.as_str()))
+                            .copied();
+                        NewDatum {
+                            job_id: id,
+                            seq,
+                            // A skipped datum is a `done` row pointing at
+                            // the datum that ran (see the migration).
+                            status: if matched.is_some() {
+                                DatumStatus::Done
+                            } else {
+                                DatumStatus::Ready
+                            },
+                            attempt: 0,
+                            max_tries,
+                            created_at: now,
+                            updated_at: now,
+                            ready_order: matched.is_none().then_some(seq),
+                            fingerprint: keys.map(|keys| keys.fingerprint.clone()),
+                            input_key: keys.map(|keys| keys.input_key.clone()),
+                            skipped_from: matched.map(|(from, _)| from),
+                            skipped_from_job: matched.map(|(_, job)| job),
+                            finished_at: matched.map(|_| now),
+                        }
                     })
                     .collect();
                 diesel::insert_into(datums::table).values(&rows).execute(c)?;
-                let ids: Vec<i64> = datums::table
+                if rows.iter().all(|row| row.skipped_from.is_some()) {
+                    skipped += i64::try_from(rows.len()).unwrap_or(0);
+                    continue;
+                }
+                let ids: Vec<(i64, Option<i64>)> = datums::table
                     .filter(datums::job_id.eq(id))
                     .filter(datums::seq.ge(chunk_seq))
                     .order(datums::seq)
-                    .select(datums::id)
+                    .select((datums::id, datums::skipped_from))
                     .limit(i64::try_from(chunk.len()).unwrap_or(i64::MAX))
                     .load(c)?;
-                for (datum_id, datum) in ids.into_iter().zip(chunk) {
+                for ((datum_id, skipped_from), datum) in ids.into_iter().zip(chunk) {
+                    if skipped_from.is_some() {
+                        skipped += 1;
+                        continue;
+                    }
                     files.extend(datum.files.iter().map(|file| NewInputFile {
                         job_id: id,
                         datum_id,
@@ -271,16 +423,34 @@ impl Job {
             for file_chunk in files.chunks(INSERT_CHUNK) {
                 diesel::insert_into(input_files::table).values(file_chunk).execute(c)?;
             }
+            if skipped > 0 {
+                diesel::update(jobs::table.find(id))
+                    .set(jobs::skipped_count.eq(jobs::skipped_count + skipped))
+                    .execute(c)?;
+            }
             Ok::<_, ModelError>(count)
         })
     }
 
     /// Marks a job's plan complete, so it may start. The job is returned as
-    /// it is: a job canceled while it was planned stays canceled.
-    /// A percentage `max_failed_datums` becomes a count here, now that the
+    /// it is: a job canceled while it was planned stays canceled. An
+    /// incremental job is first compared with the previous run of its
+    /// pipeline ([`Job::previous_run`]): how many of that run's successful
+    /// datums have no datum with the same inputs here (reads only, before
+    /// the one write). A percentage `max_failed_datums` becomes a count here, now that the
     /// datum count is known.
     pub fn finish_planning(conn: &mut DbConn, id: i64) -> ModelResult<Job> {
         let job = Job::find(conn, id)?;
+        let (previous, vanished) = match job.incremental {
+            true => match Job::previous_run(conn, &job)? {
+                Some(previous) => (
+                    Some(previous),
+                    Some(Job::count_vanished(conn, id, previous)?),
+                ),
+                None => (None, None),
+            },
+            false => (None, None),
+        };
         let max_failed = job
             .spec()
             .ok()
@@ -292,11 +462,142 @@ impl Job {
             .set((
                 jobs::planning_lease_until.eq(None::<Millis>),
                 jobs::max_failed_datums.eq(max_failed),
+                jobs::previous_job_id.eq(previous),
+                jobs::vanished_count.eq(vanished),
             ))
             .returning(Job::as_returning())
             .get_result(c)
             .optional())?;
         finished.ok_or_else(|| ModelError::Conflict(format!("job {id} is no longer being planned")))
+    }
+
+    /// The run of `job`'s pipeline before it that an incremental job is
+    /// compared with for vanished inputs: the newest earlier job of the
+    /// pipeline that was fully planned and is not a retry (a retry holds
+    /// only the failed datums of its job, not a whole run).
+    pub fn previous_run(conn: &mut DbConn, job: &Job) -> ModelResult<Option<i64>> {
+        Ok(with_conn!(conn, c => jobs::table
+            .filter(jobs::pipeline_name.eq(&job.pipeline_name))
+            .filter(jobs::id.lt(job.id))
+            .filter(jobs::planning_lease_until.is_null())
+            .filter(jobs::retry_of.is_null())
+            .order(jobs::id.desc())
+            .select(jobs::id)
+            .first(c)
+            .optional())?)
+    }
+
+    /// How many successful datums of `previous` (ran or skipped: both have
+    /// outputs) have no datum with the same input key in job `id`. One pass
+    /// over `previous`'s done datums (`datums_job_status`), each probing
+    /// `datums_job_input_key`.
+    pub fn count_vanished(conn: &mut DbConn, id: i64, previous: i64) -> ModelResult<i64> {
+        let current = diesel::alias!(datums as current);
+        Ok(with_conn!(conn, c => datums::table
+            .filter(datums::job_id.eq(previous))
+            .filter(datums::status.eq(DatumStatus::Done))
+            .filter(datums::input_key.is_not_null())
+            .filter(diesel::dsl::not(exists(
+                current
+                    .filter(current.field(datums::job_id).eq(id))
+                    .filter(current.field(datums::input_key).eq(datums::input_key)),
+            )))
+            .select(count_star())
+            .first(c))?)
+    }
+
+    /// A page of job `id`'s vanished datums (see [`Job::count_vanished`]):
+    /// those of its previous run with an id above `after`, at most `limit`,
+    /// each with the first few input files and outputs of the datum that
+    /// ran it, and the `after` of the next page (None on the last). Empty
+    /// for a job that is not incremental or had no previous run.
+    pub fn vanished(
+        conn: &mut DbConn,
+        id: i64,
+        after: i64,
+        limit: i64,
+    ) -> ModelResult<(Vec<VanishedDatum>, Option<i64>)> {
+        const SHOWN: i64 = 5;
+        let job = Job::find(conn, id)?;
+        let Some(previous) = job.previous_job_id else {
+            return Ok((Vec::new(), None));
+        };
+        let current = diesel::alias!(datums as current);
+        let rows: Vec<(i64, Option<i64>, Option<i64>)> = with_conn!(conn, c => datums::table
+            .filter(datums::job_id.eq(previous))
+            .filter(datums::status.eq(DatumStatus::Done))
+            .filter(datums::input_key.is_not_null())
+            .filter(datums::id.gt(after))
+            .filter(diesel::dsl::not(exists(
+                current
+                    .filter(current.field(datums::job_id).eq(id))
+                    .filter(current.field(datums::input_key).eq(datums::input_key)),
+            )))
+            .order(datums::id)
+            .limit(limit)
+            .select((datums::id, datums::skipped_from, datums::skipped_from_job))
+            .load(c))?;
+        let next = (i64::try_from(rows.len()).unwrap_or(i64::MAX) >= limit)
+            .then(|| rows.last().map(|row| row.0))
+            .flatten();
+        let mut vanished = Vec::with_capacity(rows.len());
+        for (datum_id, skipped_from, skipped_from_job) in rows {
+            let ran_as = skipped_from.unwrap_or(datum_id);
+            let (inputs, input_count, outputs, output_count) = with_conn!(conn, c => {
+                let inputs: Vec<String> = input_files::table
+                    .filter(input_files::datum_id.eq(ran_as))
+                    .order(input_files::id)
+                    .limit(SHOWN)
+                    .select(input_files::uri)
+                    .load(c)?;
+                let input_count: i64 = input_files::table
+                    .filter(input_files::datum_id.eq(ran_as))
+                    .select(count_star())
+                    .first(c)?;
+                let outputs: Vec<String> = output_files::table
+                    .filter(output_files::datum_id.eq(ran_as))
+                    .order(output_files::id)
+                    .limit(SHOWN)
+                    .select(output_files::uri)
+                    .load(c)?;
+                let output_count: i64 = output_files::table
+                    .filter(output_files::datum_id.eq(ran_as))
+                    .select(count_star())
+                    .first(c)?;
+                Ok::<_, diesel::result::Error>((inputs, input_count, outputs, output_count))
+            })?;
+            vanished.push(VanishedDatum {
+                datum_id,
+                job_id: previous,
+                ran_as_datum_id: ran_as,
+                ran_in_job_id: skipped_from_job.unwrap_or(previous),
+                inputs,
+                input_count,
+                outputs,
+                output_count,
+            });
+        }
+        Ok((vanished, next))
+    }
+
+    /// Ends a fully planned `ready` job with nothing to run (an incremental
+    /// job whose every datum was skipped) as `done`, without workers.
+    /// Returns the job as it is now (a canceled one stays canceled).
+    pub fn finish_without_workers(conn: &mut DbConn, id: i64, now: Millis) -> ModelResult<Job> {
+        let runnable = Job::has_ready_datums(conn, id)?;
+        if !runnable {
+            with_conn!(conn, c => diesel::update(jobs::table)
+                .filter(jobs::id.eq(id))
+                .filter(jobs::status.eq(JobStatus::Ready))
+                .filter(jobs::planning_lease_until.is_null())
+                .set((
+                    jobs::status.eq(JobStatus::Done),
+                    jobs::started_at.eq(Some(now)),
+                    jobs::finished_at.eq(Some(now)),
+                ))
+                .execute(c))?;
+        }
+        Job::find(conn, id)
     }
 
     /// Deletes a job that is still being planned, with its datums and
@@ -422,13 +723,13 @@ impl Job {
         conn: &mut DbConn,
         limit: i64,
     ) -> ModelResult<Vec<(String, StatusCounts)>> {
-        let jobs: Vec<(i64, String)> = with_conn!(conn, c => jobs::table
+        let jobs: Vec<(i64, String, i64)> = with_conn!(conn, c => jobs::table
             .filter(jobs::status.eq(JobStatus::Running))
             .order(jobs::id.desc())
             .limit(limit)
-            .select((jobs::id, jobs::name))
+            .select((jobs::id, jobs::name, jobs::skipped_count))
             .load(c))?;
-        let ids: Vec<i64> = jobs.iter().map(|(id, _)| *id).collect();
+        let ids: Vec<i64> = jobs.iter().map(|(id, _, _)| *id).collect();
         let rows: Vec<(i64, String, i64)> = with_conn!(conn, c => datums::table
             .filter(datums::job_id.eq_any(&ids))
             .group_by((datums::job_id, datums::status))
@@ -443,7 +744,11 @@ impl Job {
         }
         Ok(jobs
             .into_iter()
-            .map(|(id, name)| (name, counts.remove(&id).unwrap_or_default()))
+            .map(|(id, name, skipped)| {
+                let mut counts = counts.remove(&id).unwrap_or_default();
+                counts.move_skipped(skipped);
+                (name, counts)
+            })
             .collect())
     }
 
@@ -454,12 +759,19 @@ impl Job {
             .group_by(datums::status)
             .select((datums::status, count_star()))
             .load(c))?;
+        let skipped: i64 = with_conn!(conn, c => jobs::table
+            .find(id)
+            .select(jobs::skipped_count)
+            .first(c)
+            .optional())?
+        .unwrap_or(0);
         let mut counts = StatusCounts::default();
         for (status, n) in rows {
             if let Ok(status) = status.parse::<DatumStatus>() {
                 counts.add(status, n);
             }
         }
+        counts.move_skipped(skipped);
         Ok(counts)
     }
 
@@ -686,17 +998,39 @@ impl Job {
         after: i64,
         limit: i64,
     ) -> ModelResult<(Vec<PlannedDatum>, Option<i64>)> {
-        let ids: Vec<i64> = with_conn!(conn, c => datums::table
+        let (datums, next) = Job::failed_datums(conn, id, after, limit)?;
+        Ok((datums.into_iter().map(|(datum, _)| datum).collect(), next))
+    }
+
+    /// [`Job::failed_datum_inputs`] with each datum's fingerprint, which a
+    /// retry copies: the same spec and the same files make the same result.
+    pub fn failed_datums(
+        conn: &mut DbConn,
+        id: i64,
+        after: i64,
+        limit: i64,
+    ) -> ModelResult<(Vec<RetriedDatum>, Option<i64>)> {
+        let found: Vec<(i64, Option<String>, Option<String>)> = with_conn!(conn, c => datums::table
             .filter(datums::job_id.eq(id))
             .filter(datums::status.eq_any(RETRIED))
             .filter(datums::id.gt(after))
             .order(datums::id)
-            .select(datums::id)
+            .select((datums::id, datums::fingerprint, datums::input_key))
             .limit(limit)
             .load(c))?;
+        let ids: Vec<i64> = found.iter().map(|row| row.0).collect();
         let (Some(&first), Some(&last)) = (ids.first(), ids.last()) else {
             return Ok((Vec::new(), None));
         };
+        let mut keys = found.into_iter().map(|(datum_id, fingerprint, input_key)| {
+            let keys = fingerprint
+                .zip(input_key)
+                .map(|(fingerprint, input_key)| DatumKeys {
+                    fingerprint,
+                    input_key,
+                });
+            (datum_id, keys)
+        });
         let rows: Vec<(i64, String, String)> = with_conn!(conn, c => input_files::table
             .inner_join(datums::table)
             .filter(datums::job_id.eq(id))
@@ -705,15 +1039,25 @@ impl Job {
             .order((input_files::datum_id, input_files::id))
             .select((input_files::datum_id, input_files::uri, input_files::local_path))
             .load(c))?;
-        let mut planned: Vec<PlannedDatum> = Vec::new();
+        let mut planned: Vec<(PlannedDatum, Option<DatumKeys>)> = Vec::new();
         let mut current = None;
         for (datum_id, uri, local_path) in rows {
             if current != Some(datum_id) {
-                planned.push(PlannedDatum { files: Vec::new() });
+                // Both lists are in datum order; a datum without files
+                // (none is planned so) has its keys passed over.
+                let datum_keys = keys
+                    .by_ref()
+                    .find(|(id, _)| *id == datum_id)
+                    .and_then(|(_, keys)| keys);
+                planned.push((PlannedDatum { files: Vec::new() }, datum_keys));
                 current = Some(datum_id);
             }
-            if let Some(datum) = planned.last_mut() {
-                datum.files.push(PlannedFile { uri, local_path });
+            if let Some((datum, _)) = planned.last_mut() {
+                datum.files.push(PlannedFile {
+                    uri,
+                    local_path,
+                    identity: String::new(),
+                });
             }
         }
         let next = (i64::try_from(ids.len()).unwrap_or(i64::MAX) >= limit).then_some(last);
@@ -740,6 +1084,9 @@ impl From<Job> for JobResponse {
             retry_of: job.retry_of,
             max_failed_datums: job.max_failed_datums,
             failed_datums: job.failed_datums,
+            incremental: job.incremental,
+            previous_job_id: job.previous_job_id,
+            vanished_count: job.vanished_count,
         }
     }
 }

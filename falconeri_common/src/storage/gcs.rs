@@ -152,12 +152,19 @@ fn bucket_path(bucket: &str) -> String {
 /// An object as `objects.list` and `objects.get` describe it. Sizes are
 /// decimal strings in the JSON API.
 #[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct JsonObject {
     name: String,
     #[serde(default)]
     size: Option<serde_json::Value>,
     #[serde(default)]
     generation: Option<serde_json::Value>,
+    /// Base64 MD5 of the bytes; absent for composite objects.
+    #[serde(default)]
+    md5_hash: Option<String>,
+    /// Base64 CRC32C of the bytes; every object has one.
+    #[serde(default)]
+    crc32c: Option<String>,
 }
 
 impl JsonObject {
@@ -166,6 +173,20 @@ impl JsonObject {
             Some(serde_json::Value::String(s)) => s.parse().unwrap_or(0),
             Some(serde_json::Value::Number(n)) => n.as_u64().unwrap_or(0),
             _ => 0,
+        }
+    }
+
+    /// What identifies this version of the object's bytes (see
+    /// [`ObjectInfo::identity`]): its MD5 where it has one, so the same
+    /// bytes uploaded again are the same object; otherwise (composite
+    /// objects) its generation, which every overwrite changes; and its
+    /// CRC32C either way.
+    fn identity(&self) -> String {
+        let crc = self.crc32c.as_deref().unwrap_or("");
+        match (&self.md5_hash, self.generation()) {
+            (Some(md5), _) => format!("md5:{md5} crc32c:{crc}"),
+            (None, Some(generation)) => format!("generation:{generation} crc32c:{crc}"),
+            (None, None) => format!("crc32c:{crc}"),
         }
     }
 
@@ -249,9 +270,12 @@ impl Clients {
         )
     }
 
-    /// The size of an object, or `None` if there is none.
-    async fn size_of(&self, loc: &ObjectUri) -> Result<Option<u64>> {
-        Ok(self.metadata(loc).await?.map(|object| object.size()))
+    /// The size and identity of an object, or `None` if there is none.
+    async fn stat(&self, loc: &ObjectUri) -> Result<Option<(u64, String)>> {
+        Ok(self
+            .metadata(loc)
+            .await?
+            .map(|object| (object.size(), object.identity())))
     }
 
     /// An object's `objects.get` metadata, or `None` if there is none.
@@ -293,7 +317,10 @@ impl Clients {
                         let mut request = http.get(&url).query(&[
                             ("prefix", prefix.as_str()),
                             ("maxResults", "1000"),
-                            ("fields", "items(name,size),nextPageToken"),
+                            (
+                                "fields",
+                                "items(name,size,generation,md5Hash,crc32c),nextPageToken",
+                            ),
                         ]);
                         if let Some(token) = &token {
                             request = request.query(&[("pageToken", token)]);
@@ -305,8 +332,8 @@ impl Clients {
                 let page: ListPage = response.json().await.context("bad objects.list answer")?;
                 let next = page.next_page_token.filter(|t| !t.is_empty()).map(Some);
                 let keys = page.items.into_iter().map(|o| {
-                    let size = o.size();
-                    (o.name, size)
+                    let (size, identity) = (o.size(), o.identity());
+                    (o.name, size, identity)
                 });
                 Ok(Some((keys.collect(), next)))
             }
@@ -336,7 +363,7 @@ impl Storage for GcsStorage {
                 .object_pages(&loc.bucket, &format!("{}{start}", loc.dir_prefix()));
             let size_of = {
                 let loc = loc.clone();
-                move || async move { clients.size_of(&loc).await }
+                move || async move { clients.stat(&loc).await }
             };
             anyhow::Ok(object_listing(uri, &loc, start, pages, size_of))
         };
@@ -476,7 +503,7 @@ impl Storage for GcsStorage {
 
     async fn exists(&self, uri: &str) -> Result<bool> {
         let loc = ObjectUri::parse(uri, "gs")?;
-        Ok(clients().await?.size_of(&loc).await?.is_some())
+        Ok(clients().await?.stat(&loc).await?.is_some())
     }
 
     async fn delete_prefix(&self, uri: &str) -> Result<()> {
@@ -496,7 +523,7 @@ impl Storage for GcsStorage {
                 .try_next()
                 .await?
                 .unwrap_or_default();
-            let Some((first, _)) = page.first() else {
+            let Some((first, _, _)) = page.first() else {
                 return Ok(());
             };
             if previous_first.as_deref() == Some(first.as_str()) {
@@ -504,7 +531,7 @@ impl Storage for GcsStorage {
             }
             previous_first = Some(first.clone());
             futures::stream::iter(page)
-                .map(|(name, _)| {
+                .map(|(name, _, _)| {
                     let clients = clients.clone();
                     let bucket = loc.bucket.clone();
                     async move { clients.delete(&bucket, &name).await }

@@ -53,6 +53,7 @@ pub(crate) fn listed_object(
     prefix: &str,
     key: &str,
     size: u64,
+    identity: String,
 ) -> Option<ObjectInfo> {
     let relative = key.strip_prefix(prefix)?;
     if relative.is_empty() || relative.ends_with('/') || super::is_hidden(relative) {
@@ -62,18 +63,20 @@ pub(crate) fn listed_object(
         uri: format!("{}{relative}", super::as_prefix(base_uri)),
         relative_path: relative.to_owned(),
         size,
+        identity,
     })
 }
 
-/// One page of raw keys with their sizes, as an object store lists them.
-pub(crate) type KeyPage = Vec<(String, u64)>;
+/// One page of raw keys with their sizes and identities (see
+/// [`ObjectInfo::identity`]), as an object store lists them.
+pub(crate) type KeyPage = Vec<(String, u64, String)>;
 
 /// Turns the raw key pages an object store lists under `loc.dir_prefix()`
 /// into the listing of `uri`, page by page (see [`super::Storage::list_pages`]):
 /// markers and hidden keys dropped, empty pages skipped, each page sorted,
 /// and pages out of order refused. When nothing at all is under a URI
 /// without a trailing slash, `size_of` is asked whether the URI names one
-/// object, which is then the whole listing: asked only then, which spares a
+/// object (its size and identity), which is then the whole listing: asked only then, which spares a
 /// request for prefixes, and some S3 servers answer a HEAD on a
 /// "directory" with an error.
 pub(crate) fn object_listing<'a, P, F, Fut>(
@@ -86,7 +89,7 @@ pub(crate) fn object_listing<'a, P, F, Fut>(
 where
     P: Stream<Item = Result<KeyPage>> + Send + 'a,
     F: FnOnce() -> Fut + Send + 'a,
-    Fut: Future<Output = Result<Option<u64>>> + Send + 'a,
+    Fut: Future<Output = Result<Option<(u64, String)>>> + Send + 'a,
 {
     struct State<P, F> {
         pages: P,
@@ -117,7 +120,9 @@ where
             {
                 let mut page: Vec<ObjectInfo> = raw
                     .into_iter()
-                    .filter_map(|(key, size)| listed_object(uri, &state.prefix, &key, size))
+                    .filter_map(|(key, size, identity)| {
+                        listed_object(uri, &state.prefix, &key, size, identity)
+                    })
                     .collect();
                 if page.is_empty() {
                     continue;
@@ -129,12 +134,13 @@ where
                 return Ok(Some((page, state)));
             }
             if let Some((name, size_of)) = state.single.take()
-                && let Some(size) = size_of().await?
+                && let Some((size, identity)) = size_of().await?
             {
                 let one = ObjectInfo {
                     uri: uri.to_owned(),
                     relative_path: name,
                     size,
+                    identity,
                 };
                 return Ok(Some((vec![one], state)));
             }
@@ -449,16 +455,18 @@ mod tests {
     fn listings_skip_markers_and_staging() {
         let base = "s3://b/in";
         assert_eq!(
-            listed_object(base, "in/", "in/a/b.txt", 3).unwrap(),
+            listed_object(base, "in/", "in/a/b.txt", 3, "etag:\"e\"".into()).unwrap(),
             ObjectInfo {
                 uri: "s3://b/in/a/b.txt".into(),
                 relative_path: "a/b.txt".into(),
-                size: 3
+                size: 3,
+                identity: "etag:\"e\"".into(),
             }
         );
-        assert!(listed_object(base, "in/", "in/a/", 0).is_none());
-        assert!(listed_object(base, "in/", "in/", 0).is_none());
-        assert!(listed_object(base, "in/", "in/.falconeri-staging/job-1/x", 1).is_none());
+        assert!(listed_object(base, "in/", "in/a/", 0, String::new()).is_none());
+        assert!(listed_object(base, "in/", "in/", 0, String::new()).is_none());
+        let staged = "in/.falconeri-staging/job-1/x";
+        assert!(listed_object(base, "in/", staged, 1, String::new()).is_none());
     }
 
     /// The pages `object_listing` makes of `raw` pages for `uri`, with the
@@ -472,13 +480,13 @@ mod tests {
         let raw = raw.into_iter().map(|page| {
             Ok(page
                 .into_iter()
-                .map(|(key, size)| (key.to_owned(), size))
+                .map(|(key, size)| (key.to_owned(), size, String::new()))
                 .collect())
         });
         let loc = ObjectUri::parse(uri, "s3").unwrap();
         let pages = object_listing(uri, &loc, "", futures::stream::iter(raw), || async {
             asked.store(true, std::sync::atomic::Ordering::SeqCst);
-            Ok(single)
+            Ok(single.map(|size| (size, String::new())))
         })
         .map_ok(|page| page.into_iter().map(|o| o.relative_path).collect())
         .try_collect()

@@ -136,6 +136,12 @@ fn encode_key(key: &str) -> String {
 impl S3Storage {
     /// The size of the object `key`, or `None` if there is none.
     async fn head(client: &Client, loc: &ObjectUri) -> Result<Option<u64>> {
+        Ok(Self::stat(client, loc).await?.map(|(size, _)| size))
+    }
+
+    /// The size and identity (see [`ObjectInfo::identity`]) of the object
+    /// `key`, or `None` if there is none.
+    async fn stat(client: &Client, loc: &ObjectUri) -> Result<Option<(u64, String)>> {
         match client
             .head_object()
             .bucket(&loc.bucket)
@@ -143,16 +149,17 @@ impl S3Storage {
             .send()
             .await
         {
-            Ok(head) => Ok(Some(
+            Ok(head) => Ok(Some((
                 u64::try_from(head.content_length().unwrap_or(0)).unwrap_or(0),
-            )),
+                s3_identity(head.e_tag(), head.last_modified()),
+            ))),
             // HEAD responses have no body, so a missing object is just 404.
             Err(SdkError::ServiceError(err)) if err.raw().status().as_u16() == 404 => Ok(None),
             Err(err) => Err(sdk_error(err)),
         }
     }
 
-    /// Every key under `prefix` with its size, page by page as
+    /// Every key under `prefix` with its size and ETag, page by page as
     /// ListObjectsV2 returns them (1,000 keys a page, in byte order).
     fn key_pages(
         client: &Client,
@@ -171,7 +178,8 @@ impl S3Storage {
                     .iter()
                     .filter_map(|object| {
                         let size = u64::try_from(object.size().unwrap_or(0)).unwrap_or(0);
-                        object.key().map(|key| (key.to_owned(), size))
+                        let identity = s3_identity(object.e_tag(), object.last_modified());
+                        object.key().map(|key| (key.to_owned(), size, identity))
                     })
                     .collect()
             });
@@ -404,7 +412,7 @@ impl Storage for S3Storage {
             );
             let head = {
                 let loc = loc.clone();
-                move || async move { Self::head(&client, &loc).await }
+                move || async move { Self::stat(&client, &loc).await }
             };
             anyhow::Ok(object_listing(uri, &loc, start, pages, head))
         };
@@ -527,7 +535,7 @@ impl Storage for S3Storage {
             }
             let objects = batch
                 .iter()
-                .map(|(key, _)| ObjectIdentifier::builder().key(key).build())
+                .map(|(key, _, _)| ObjectIdentifier::builder().key(key).build())
                 .collect::<Result<Vec<_>, _>>()?;
             let deleted = client
                 .delete_objects()
@@ -550,6 +558,22 @@ impl Storage for S3Storage {
             }
         }
         Ok(())
+    }
+}
+
+/// An object's identity from its ETag, as the listing and HEAD give it.
+/// The ETag changes whenever the object's bytes do (a single-part upload's
+/// is their MD5; a multipart upload's is derived from its parts' MD5s), and
+/// ListObjectsV2 returns it for every key at no extra cost, whereas the
+/// additional checksums (CRC32C and friends) are not in a listing. Some
+/// S3-compatible servers leave the ETag out of listings (s3s-fs does): the
+/// last-modified time then, to the second (HEAD gives no finer), which
+/// every overwrite changes.
+fn s3_identity(etag: Option<&str>, modified: Option<&aws_smithy_types::DateTime>) -> String {
+    match (etag.filter(|etag| !etag.is_empty()), modified) {
+        (Some(etag), _) => format!("etag:{etag}"),
+        (None, Some(modified)) => format!("modified:{}", modified.secs()),
+        (None, None) => String::new(),
     }
 }
 

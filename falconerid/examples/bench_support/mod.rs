@@ -67,12 +67,15 @@ pub fn create_running_job(pool: &DbPool, name: &str, datums: usize) -> Result<Be
     for start in (0..datums).step_by(INSERT_BATCH) {
         let end = (start + INSERT_BATCH).min(datums);
         let batch = DatumBatch {
+            keys: Vec::new(),
+            continued_keys: None,
             continued: Vec::new(),
             datums: (start..end)
                 .map(|d| PlannedDatum {
                     files: vec![PlannedFile {
                         uri: format!("file:///in/{d}"),
                         local_path: format!("in/{d}"),
+                        identity: String::new(),
                     }],
                 })
                 .collect(),

@@ -45,8 +45,11 @@ async fn show(
     let response = state
         .db(move |conn| {
             let datum = Datum::find(conn, id)?;
-            let input_files = Datum::input_files(conn, id)?;
-            let output_files = Datum::output_files(conn, id)?;
+            // A skipped datum's files and outputs are those of the datum
+            // that ran in its stead.
+            let ran_as = datum.skipped_from.unwrap_or(id);
+            let input_files = Datum::input_files(conn, ran_as)?;
+            let output_files = Datum::output_files(conn, ran_as)?;
             let attempts = Datum::attempts(conn, id)?;
             let mut stats = attempt_stats(conn, id)?.into_iter().peekable();
             let attempts = attempts
@@ -61,12 +64,14 @@ async fn show(
                 })
                 .collect();
             let output = datum.output.clone();
+            let fingerprint = datum.fingerprint.clone();
             Ok(DatumResponse {
                 datum: datum.into(),
                 input_files: input_files.into_iter().map(Into::into).collect(),
                 output_files: output_files.into_iter().map(Into::into).collect(),
                 output,
                 attempts,
+                fingerprint,
             })
         })
         .await?;

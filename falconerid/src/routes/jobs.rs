@@ -5,8 +5,9 @@ use axum::{
 };
 use falconeri_common::{
     api::{
-        DatumListQuery, DatumListResponse, JobDescribeResponse, JobListQuery, JobListResponse,
-        JobResponse, JobStatsResponse, ProgressQuery, ProgressResponse,
+        CreateJobQuery, DatumListQuery, DatumListResponse, JobDescribeResponse, JobListQuery,
+        JobListResponse, JobResponse, JobStatsResponse, ProgressQuery, ProgressResponse,
+        VanishedListResponse, VanishedQuery,
     },
     models::{Datum, DatumFilter, Job, browse::JobFilter, db_now, stats::job_stats},
     pipeline::PipelineSpec,
@@ -34,6 +35,14 @@ const PROGRESS_COALESCE: std::time::Duration = std::time::Duration::from_millis(
 /// How many running and failed datums `describe` shows.
 const DESCRIBE_LIMIT: i64 = 50;
 
+/// How many vanished datums `describe` shows; the rest are paged by
+/// `GET /v1/jobs/{id}/vanished`.
+const DESCRIBE_VANISHED: i64 = 10;
+
+/// The default and largest page of `GET /v1/jobs/{id}/vanished`.
+const VANISHED_PAGE: i64 = 100;
+const VANISHED_MAX: i64 = 1_000;
+
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(create, list))
@@ -45,15 +54,18 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(cancel))
         .routes(routes!(datums))
         .routes(routes!(stats))
+        .routes(routes!(vanished))
 }
 
-/// The body is the pipeline spec itself, exactly as users write it.
+/// The body is the pipeline spec itself, exactly as users write it; the
+/// `incremental` query parameter, when given, overrides its `incremental`.
 #[utoipa::path(
     post,
     operation_id = "create_job",
     path = "/v1/jobs",
     tag = "jobs",
     summary = "Start a job",
+    params(CreateJobQuery),
     request_body(
         content = ref("#/components/schemas/PipelineSpec"),
         content_type = "application/json",
@@ -67,13 +79,17 @@ pub fn router() -> OpenApiRouter<AppState> {
 async fn create(
     principal: Principal,
     State(state): State<AppState>,
+    ApiQuery(query): ApiQuery<CreateJobQuery>,
     body: Result<Bytes, BytesRejection>,
 ) -> AppResult<(StatusCode, Json<JobResponse>)> {
     principal.require_admin()?;
     let body = body?;
     let text = std::str::from_utf8(&body)
         .map_err(|_| AppError::BadRequest("the spec is not UTF-8".to_owned()))?;
-    let spec = PipelineSpec::from_json(text).map_err(AppError::InvalidSpec)?;
+    let mut spec = PipelineSpec::from_json(text).map_err(AppError::InvalidSpec)?;
+    if let Some(incremental) = query.incremental {
+        spec.incremental = incremental;
+    }
     let job = start_job::create(&state, spec, start_job::Source::Inputs, None).await?;
     Ok((StatusCode::CREATED, Json(job.into())))
 }
@@ -184,11 +200,16 @@ async fn describe(
             let counts = Job::counts(conn, id)?;
             let running = Datum::list(conn, id, Some(DatumStatus::Running), DESCRIBE_LIMIT)?;
             let failed = Datum::list(conn, id, Some(DatumStatus::Error), DESCRIBE_LIMIT)?;
+            let vanished = match job.vanished_count {
+                Some(n) if n > 0 => Job::vanished(conn, id, 0, DESCRIBE_VANISHED)?.0,
+                _ => Vec::new(),
+            };
             Ok(JobDescribeResponse {
                 job: job.into(),
                 counts,
                 running: running.into_iter().map(Into::into).collect(),
                 failed: failed.into_iter().map(Into::into).collect(),
+                vanished,
             })
         })
         .await?;
@@ -406,5 +427,43 @@ async fn datums(
         .await?;
     Ok(Json(DatumListResponse {
         datums: datums.into_iter().map(Into::into).collect(),
+    }))
+}
+
+/// The datums of an incremental job's previous run whose inputs are gone:
+/// successful there, with no datum of the same input files in this job.
+/// Their outputs were left where they are. Paged by datum id.
+#[utoipa::path(
+    get,
+    operation_id = "job_vanished",
+    path = "/v1/jobs/{id}/vanished",
+    tag = "jobs",
+    summary = "The previous run's datums whose inputs are gone",
+    params(("id" = i64, Path, description = "The job's id"), VanishedQuery),
+    responses(
+        (status = 200, description = "A page of vanished datums", body = VanishedListResponse),
+        BadRequest, Unauthorized, Forbidden, NotFound, Unavailable, Internal,
+    ),
+)]
+async fn vanished(
+    principal: Principal,
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<i64>,
+    ApiQuery(query): ApiQuery<VanishedQuery>,
+) -> AppResult<Json<VanishedListResponse>> {
+    principal.require_admin()?;
+    let limit = query.limit.unwrap_or(VANISHED_PAGE);
+    if !(1..=VANISHED_MAX).contains(&limit) {
+        return Err(AppError::BadRequest(format!(
+            "limit: must be between 1 and {VANISHED_MAX}"
+        )));
+    }
+    let after = query.after.unwrap_or(0);
+    let (vanished, next_after) = state
+        .db(move |conn| Job::vanished(conn, id, after, limit))
+        .await?;
+    Ok(Json(VanishedListResponse {
+        vanished,
+        next_after,
     }))
 }

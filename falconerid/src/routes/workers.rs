@@ -372,6 +372,9 @@ async fn heartbeat_batch(
 }
 
 /// How a final report ended, for the staging clean-up.
+// Short-lived, one per report of a batch and moved, not copied around:
+// boxing the datum would only add an allocation per report.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Settled {
     /// Accepted; the datum as it is now.
     Accepted(Datum),

@@ -1,0 +1,11 @@
+DROP INDEX datums_job_input_key;
+DROP INDEX datums_done_fingerprint;
+ALTER TABLE datums DROP COLUMN skipped_from_job;
+ALTER TABLE datums DROP COLUMN skipped_from;
+ALTER TABLE datums DROP COLUMN input_key;
+ALTER TABLE datums DROP COLUMN fingerprint;
+DROP INDEX jobs_pipeline;
+ALTER TABLE jobs DROP COLUMN vanished_count;
+ALTER TABLE jobs DROP COLUMN previous_job_id;
+ALTER TABLE jobs DROP COLUMN skipped_count;
+ALTER TABLE jobs DROP COLUMN incremental;

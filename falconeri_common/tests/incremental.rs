@@ -1,0 +1,297 @@
+//! Incremental runs in the database, on SQLite and a real PostgreSQL: an
+//! incremental job's batches insert datums whose fingerprint matches a
+//! datum that ran and succeeded in an earlier job of the pipeline as
+//! skipped (pointing at it, without input files), including a datum whose
+//! files spanned batches; counts, the all-skipped finish, and the vanished
+//! datums of the previous run; and the match look-up reads the partial
+//! index, not the earlier jobs.
+
+#![allow(clippy::unwrap_used)]
+
+use falconeri_common::{
+    db::{DbConn, testing::TestDb},
+    fingerprint::{DatumHasher, DatumKeys, TransformFingerprint},
+    models::{Datum, DatumBatch, DatumFilter, Job, NewJobParams, db_now},
+    pipeline::PipelineSpec,
+    plan::{PlannedDatum, PlannedFile},
+    status::{DatumStatus, JobStatus},
+};
+
+const LEASE: i64 = 30_000;
+
+fn spec(name: &str, incremental: bool) -> PipelineSpec {
+    let mut spec = falconeri_common::db::testing::spec(name, 2, 1);
+    spec.incremental = incremental;
+    spec
+}
+
+fn file(name: &str, version: &str) -> PlannedFile {
+    PlannedFile {
+        uri: format!("file:///in/{name}"),
+        local_path: format!("in/{name}"),
+        identity: format!("1 mtime:{version}"),
+    }
+}
+
+/// One datum per `(name, version)`, with its keys for `spec`.
+fn datums(
+    spec: &PipelineSpec,
+    files: &[(&str, &str)],
+) -> (Vec<PlannedDatum>, Vec<Option<DatumKeys>>) {
+    let transform = TransformFingerprint::of(spec);
+    files
+        .iter()
+        .map(|(name, version)| {
+            let datum = PlannedDatum {
+                files: vec![file(name, version)],
+            };
+            let keys = DatumHasher::of(&transform, &datum.files);
+            (datum, Some(keys))
+        })
+        .unzip()
+}
+
+fn begin(conn: &mut DbConn, spec: &PipelineSpec, name: &str) -> Job {
+    let now = db_now(conn).unwrap();
+    Job::begin_planning(
+        conn,
+        NewJobParams {
+            spec,
+            retry_of: None,
+            worker_token: &format!("token-{name}"),
+            name,
+        },
+        now,
+        now + LEASE,
+    )
+    .unwrap()
+}
+
+fn append(conn: &mut DbConn, job: &Job, batch: &DatumBatch) {
+    let now = db_now(conn).unwrap();
+    Job::append_datums(conn, job.id, batch, now, now + LEASE).unwrap();
+}
+
+/// Plans `files` as one batch per `per_batch` datums, and finishes planning.
+fn plan(
+    conn: &mut DbConn,
+    spec: &PipelineSpec,
+    name: &str,
+    files: &[(&str, &str)],
+    per_batch: usize,
+) -> Job {
+    let job = begin(conn, spec, name);
+    let (all, keys) = datums(spec, files);
+    for (datums, keys) in all.chunks(per_batch).zip(keys.chunks(per_batch)) {
+        let batch = DatumBatch {
+            datums: datums.to_vec(),
+            keys: keys.to_vec(),
+            ..DatumBatch::default()
+        };
+        append(conn, &job, &batch);
+    }
+    Job::finish_planning(conn, job.id).unwrap()
+}
+
+/// Runs every ready datum of `job` to `done` (`failing` names end `error`).
+fn run_all(conn: &mut DbConn, job: &Job, failing: &[&str]) {
+    let now = db_now(conn).unwrap();
+    Job::mark_running(conn, job.id, now).unwrap();
+    while let Some(datum) = Datum::reserve_next(conn, job.id, "w", now, LEASE, None).unwrap() {
+        let claim = datum.claim().unwrap();
+        let files = Datum::input_files(conn, datum.id).unwrap();
+        if failing.iter().any(|name| files[0].uri.ends_with(name)) {
+            Datum::mark_error(conn, datum.id, &claim, "", "boom", now).unwrap();
+        } else {
+            Datum::mark_done(conn, datum.id, &claim, "", &[], now, |_| Ok(Vec::new())).unwrap();
+        }
+    }
+    Job::finish_if_complete(conn, job.id, now).unwrap();
+}
+
+fn shown(conn: &mut DbConn, job: &Job, status: DatumStatus) -> Vec<Datum> {
+    let filter = DatumFilter {
+        status: Some(status),
+        ..DatumFilter::default()
+    };
+    Datum::list_filtered(conn, job.id, &filter, 1_000).unwrap()
+}
+
+/// Names of the files of a job's datums in `status`.
+fn names(conn: &mut DbConn, job: &Job, status: DatumStatus) -> Vec<String> {
+    let mut names = Vec::new();
+    for datum in shown(conn, job, status) {
+        for file in Datum::input_files(conn, datum.id).unwrap() {
+            names.push(file.uri.trim_start_matches("file:///in/").to_owned());
+        }
+    }
+    names.sort();
+    names
+}
+
+#[test]
+fn an_incremental_job_skips_what_an_earlier_job_computed() {
+    for db in TestDb::all() {
+        let conn = &mut db.pool.get().unwrap();
+        let first = spec("incr", false);
+        let job1 = plan(
+            conn,
+            &first,
+            "incr-1",
+            &[("a", "1"), ("b", "1"), ("c", "1"), ("d", "1")],
+            3,
+        );
+        run_all(conn, &job1, &["d"]);
+        assert_eq!(Job::find(conn, job1.id).unwrap().status(), JobStatus::Error);
+
+        // Another pipeline with the same transform and inputs is not an
+        // earlier run of this one.
+        let other = plan(conn, &spec("other", true), "other-1", &[("a", "1")], 3);
+        assert_eq!(other.skipped_count, 0, "{db:?}");
+
+        // b changed, c vanished, d failed before, e is new; a is unchanged.
+        let second = spec("incr", true);
+        let files = [("a", "1"), ("b", "2"), ("d", "1"), ("e", "1")];
+        let job2 = plan(conn, &second, "incr-2", &files, 2);
+        assert_eq!(job2.skipped_count, 1, "{db:?}");
+        assert_eq!(job2.datum_count, 4);
+        assert_eq!(job2.previous_job_id, Some(job1.id));
+        assert_eq!(job2.vanished_count, Some(1), "c's datum vanished");
+        let skipped = shown(conn, &job2, DatumStatus::Skipped);
+        assert_eq!(skipped.len(), 1);
+        let ran = shown(conn, &job1, DatumStatus::Done);
+        let a1 = ran
+            .iter()
+            .find(|d| d.fingerprint == skipped[0].fingerprint)
+            .unwrap();
+        assert_eq!(skipped[0].skipped_from, Some(a1.id));
+        assert_eq!(skipped[0].skipped_from_job, Some(job1.id));
+        assert_eq!(skipped[0].shown_status(), DatumStatus::Skipped);
+        assert_eq!(skipped[0].ready_order, None);
+        // The skipped datum has no input rows of its own.
+        assert!(Datum::input_files(conn, skipped[0].id).unwrap().is_empty());
+        assert_eq!(names(conn, &job2, DatumStatus::Ready), ["b", "d", "e"]);
+        assert!(shown(conn, &job2, DatumStatus::Done).is_empty());
+        let counts = Job::counts(conn, job2.id).unwrap();
+        assert_eq!((counts.ready, counts.done, counts.skipped), (3, 0, 1));
+
+        let (vanished, next) = Job::vanished(conn, job2.id, 0, 10).unwrap();
+        assert_eq!(next, None);
+        assert_eq!(vanished.len(), 1);
+        assert_eq!(vanished[0].inputs, ["file:///in/c"]);
+        assert_eq!(vanished[0].ran_in_job_id, job1.id);
+
+        // A third run over the same files skips everything that is done,
+        // pointing at the datums that ran (not at job 2's skipped one).
+        let job2 = Job::find(conn, job2.id).unwrap();
+        run_all(conn, &job2, &[]);
+        let job3 = plan(conn, &second, "incr-3", &files, 1);
+        assert_eq!(job3.skipped_count, 4, "{db:?}");
+        for datum in shown(conn, &job3, DatumStatus::Skipped) {
+            assert!([job1.id, job2.id].contains(&datum.skipped_from_job.unwrap()));
+            let from = Datum::find(conn, datum.skipped_from.unwrap()).unwrap();
+            assert_eq!(from.status(), DatumStatus::Done);
+            assert_eq!(from.skipped_from, None);
+        }
+        assert_eq!(job3.vanished_count, Some(0));
+        let now = db_now(conn).unwrap();
+        let job3 = Job::finish_without_workers(conn, job3.id, now).unwrap();
+        assert_eq!(job3.status(), JobStatus::Done);
+        assert!(job3.started_at.is_some() && job3.finished_at.is_some());
+
+        // A job that is not incremental runs everything.
+        let job4 = plan(conn, &first, "incr-4", &files, 4);
+        assert_eq!((job4.skipped_count, job4.vanished_count), (0, None));
+        let job4 = Job::finish_without_workers(conn, job4.id, now).unwrap();
+        assert_eq!(job4.status(), JobStatus::Ready, "it has work");
+    }
+}
+
+/// A datum whose files span two batches gets its keys with the second, and
+/// is skipped then if they match.
+#[test]
+fn a_datum_spanning_batches_is_matched_when_it_closes() {
+    for db in TestDb::all() {
+        let conn = &mut db.pool.get().unwrap();
+        let spec = spec("span", true);
+        let transform = TransformFingerprint::of(&spec);
+        let whole = [file("x/1", "1"), file("x/2", "1"), file("x/3", "1")];
+        let keys = DatumHasher::of(&transform, &whole);
+        let plan_split = |conn: &mut DbConn, name: &str| {
+            let job = begin(conn, &spec, name);
+            let first = DatumBatch {
+                datums: vec![PlannedDatum {
+                    files: whole[..2].to_vec(),
+                }],
+                ..DatumBatch::default()
+            };
+            append(conn, &job, &first);
+            let second = DatumBatch {
+                continued: whole[2..].to_vec(),
+                continued_keys: Some(keys.clone()),
+                ..DatumBatch::default()
+            };
+            append(conn, &job, &second);
+            Job::finish_planning(conn, job.id).unwrap()
+        };
+        let job1 = plan_split(conn, "span-1");
+        assert_eq!(job1.skipped_count, 0);
+        let datum = &shown(conn, &job1, DatumStatus::Ready)[0];
+        assert_eq!(datum.fingerprint.as_ref(), Some(&keys.fingerprint));
+        assert_eq!(Datum::input_files(conn, datum.id).unwrap().len(), 3);
+        run_all(conn, &job1, &[]);
+
+        let job2 = plan_split(conn, "span-2");
+        assert_eq!(job2.skipped_count, 1, "{db:?}");
+        let skipped = &shown(conn, &job2, DatumStatus::Skipped)[0];
+        assert_eq!(skipped.ready_order, None);
+        assert_eq!(skipped.skipped_from_job, Some(job1.id));
+        assert!(!Job::has_ready_datums(conn, job2.id).unwrap());
+    }
+}
+
+/// The look-up of a batch's fingerprints can use the partial index
+/// `datums_done_fingerprint` (its terms are the statement's) and, on SQLite,
+/// does: no scan of an earlier job's datums.
+#[test]
+fn matches_are_looked_up_through_the_partial_index() {
+    // The statement `find_matches!` sends, values inlined.
+    let sql = "SELECT fingerprint, id, job_id FROM datums \
+               WHERE fingerprint IN ('x', 'y') \
+               AND datums.status = 'done' AND datums.skipped_from IS NULL";
+    for db in TestDb::all() {
+        let conn = &mut db.pool.get().unwrap();
+        let plan = match conn {
+            DbConn::Sqlite(c) => {
+                #[derive(diesel::QueryableByName)]
+                struct Row {
+                    #[diesel(sql_type = diesel::sql_types::Text)]
+                    detail: String,
+                }
+                use diesel::RunQueryDsl;
+                let rows: Vec<Row> = diesel::sql_query(format!("EXPLAIN QUERY PLAN {sql}"))
+                    .load(c)
+                    .unwrap();
+                rows.into_iter()
+                    .map(|r| r.detail)
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            }
+            DbConn::Postgres(c) => {
+                #[derive(diesel::QueryableByName)]
+                struct Row {
+                    #[diesel(sql_type = diesel::sql_types::Text, column_name = "QUERY PLAN")]
+                    line: String,
+                }
+                use diesel::{RunQueryDsl, connection::SimpleConnection};
+                c.batch_execute("SET enable_seqscan = off").unwrap();
+                let rows: Vec<Row> = diesel::sql_query(format!("EXPLAIN {sql}")).load(c).unwrap();
+                rows.into_iter()
+                    .map(|r| r.line)
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            }
+        };
+        assert!(plan.contains("datums_done_fingerprint"), "{db:?}: {plan}");
+    }
+}
