@@ -832,34 +832,40 @@ fn display_problems(problems: &[SpecProblem]) -> String {
 /// The path of the whole document.
 pub const ROOT_PATH: &str = "(root)";
 
+/// Parses JSON into `T` (a spec, a workflow file), naming the JSON path of
+/// a parse error and refusing trailing garbage as `serde_json::from_str`
+/// would.
+pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(json: &str) -> Result<T, SpecError> {
+    let mut deserializer = serde_json::Deserializer::from_str(json);
+    let value: T = serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
+        let path = err.path().to_string();
+        // serde_path_to_error writes the root as ".".
+        let path = if path == "." {
+            ROOT_PATH.to_owned()
+        } else {
+            path
+        };
+        SpecError {
+            problems: vec![SpecProblem {
+                path,
+                message: err.into_inner().to_string(),
+            }],
+        }
+    })?;
+    deserializer.end().map_err(|err| SpecError {
+        problems: vec![SpecProblem {
+            path: ROOT_PATH.to_owned(),
+            message: err.to_string(),
+        }],
+    })?;
+    Ok(value)
+}
+
 impl PipelineSpec {
     /// Parses and validates a spec. Parse errors name the JSON path where
     /// they occurred; validation reports every problem at once.
     pub fn from_json(json: &str) -> Result<PipelineSpec, SpecError> {
-        let mut deserializer = serde_json::Deserializer::from_str(json);
-        let spec: PipelineSpec =
-            serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
-                let path = err.path().to_string();
-                // serde_path_to_error writes the root as ".".
-                let path = if path == "." {
-                    ROOT_PATH.to_owned()
-                } else {
-                    path
-                };
-                SpecError {
-                    problems: vec![SpecProblem {
-                        path,
-                        message: err.into_inner().to_string(),
-                    }],
-                }
-            })?;
-        // Reject trailing garbage, as `serde_json::from_str` would.
-        deserializer.end().map_err(|err| SpecError {
-            problems: vec![SpecProblem {
-                path: ROOT_PATH.to_owned(),
-                message: err.to_string(),
-            }],
-        })?;
+        let spec: PipelineSpec = parse_json(json)?;
         spec.validate()?;
         Ok(spec)
     }

@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    pipeline::{PipelineSpec, ROOT_PATH, SpecError, SpecProblem},
+    pipeline::{PipelineSpec, ROOT_PATH, SpecError, SpecProblem, parse_json},
     status::JobStatus,
 };
 
@@ -124,32 +124,6 @@ impl Problems {
             Err(SpecError { problems: self.0 })
         }
     }
-}
-
-/// Parses JSON into `T`, naming the JSON path of a parse error.
-fn parse_json<T: serde::de::DeserializeOwned>(json: &str) -> Result<T, SpecError> {
-    let mut deserializer = serde_json::Deserializer::from_str(json);
-    let value: T = serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
-        let path = err.path().to_string();
-        let path = if path == "." {
-            ROOT_PATH.to_owned()
-        } else {
-            path
-        };
-        SpecError {
-            problems: vec![SpecProblem {
-                path,
-                message: err.into_inner().to_string(),
-            }],
-        }
-    })?;
-    deserializer.end().map_err(|err| SpecError {
-        problems: vec![SpecProblem {
-            path: ROOT_PATH.to_owned(),
-            message: err.to_string(),
-        }],
-    })?;
-    Ok(value)
 }
 
 /// Where a step's spec comes from.

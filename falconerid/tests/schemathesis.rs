@@ -51,6 +51,34 @@ async fn schemathesis_finds_no_server_error_and_no_answer_off_the_document() {
     assert_eq!(status, StatusCode::OK, "{reserved}");
     let datum_id = reserved["datum_id"].as_i64().unwrap();
 
+    // A schedule and a workflow run, so their routes meet real names and
+    // ids rather than only 404s.
+    let schedule_spec = server.spec_with_inputs(&[("s", "1")], json!({}));
+    let (status, schedule) = server
+        .call(
+            Method::POST,
+            "/v1/schedules",
+            Some(ADMIN),
+            Some(json!({ "name": "st-hourly", "cron": "0 * * * *", "job": schedule_spec })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{schedule}");
+    let step_spec = server.spec_with_inputs(&[("w", "1")], json!({}));
+    let (status, workflow) = server
+        .call(
+            Method::POST,
+            "/v1/workflows",
+            Some(ADMIN),
+            Some(json!({
+                "workflow": { "name": "st-flow" },
+                "steps": [{ "name": "one", "spec": step_spec }],
+            })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{workflow}");
+    let workflow_id = workflow["id"].as_i64().unwrap();
+    let workflow_name = workflow["name"].as_str().unwrap().to_owned();
+
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let app = server.app.clone();
@@ -58,7 +86,15 @@ async fn schemathesis_finds_no_server_error_and_no_answer_off_the_document() {
 
     let work = tempfile::tempdir().unwrap();
     let config = work.path().join("schemathesis.toml");
-    std::fs::write(&config, config_text(job_id, &job_name, datum_id)).unwrap();
+    let ids = Ids {
+        job_id,
+        job_name,
+        datum_id,
+        workflow_id,
+        workflow_name,
+        schedule_name: "st-hourly".to_owned(),
+    };
+    std::fs::write(&config, config_text(&ids)).unwrap();
     // The document as the server serves it, from a file: loaded from its
     // URL, schemathesis would leave out the operation that serves it.
     let (status, document) = server
@@ -113,9 +149,27 @@ async fn schemathesis_finds_no_server_error_and_no_answer_off_the_document() {
     );
 }
 
-/// Schemathesis's configuration: the real job and datum ids for the path
-/// parameters (random ids only ever meet a 404), and the one allowance.
-fn config_text(job_id: i64, job_name: &str, datum_id: i64) -> String {
+/// The real objects whose ids and names fill the path parameters.
+struct Ids {
+    job_id: i64,
+    job_name: String,
+    datum_id: i64,
+    workflow_id: i64,
+    workflow_name: String,
+    schedule_name: String,
+}
+
+/// Schemathesis's configuration: the real ids and names for the path
+/// parameters (random ones only ever meet a 404), and the allowances.
+fn config_text(ids: &Ids) -> String {
+    let Ids {
+        job_id,
+        job_name,
+        datum_id,
+        workflow_id,
+        workflow_name,
+        schedule_name,
+    } = ids;
     format!(
         r#"
 [[operations]]
@@ -146,6 +200,29 @@ parameters = {{ "path.id" = {job_id}, "query.follow" = false }}
 [[operations]]
 include-operation-id = "create_job"
 checks.positive_data_acceptance.expected-statuses = [201, 400, 401, 403]
+
+[[operations]]
+include-path-regex = "^/v1/workflows/\\{{id\\}}"
+parameters = {{ "path.id" = {workflow_id} }}
+
+[[operations]]
+include-path = "/v1/workflows/by-name/{{name}}"
+parameters = {{ "path.name" = "{workflow_name}" }}
+
+[[operations]]
+include-path-regex = "^/v1/schedules/\\{{name\\}}"
+parameters = {{ "path.name" = "{schedule_name}" }}
+
+# A workflow or a schedule is checked beyond its schema too: names, cron
+# syntax, time zones, cycles between steps, and the pipeline specs inside
+# (the workflow's body is documented as a free object: its steps' specs).
+[[operations]]
+include-operation-id = "run_workflow"
+checks.positive_data_acceptance.expected-statuses = [201, 400, 401, 403, 409]
+
+[[operations]]
+include-operation-id = "create_schedule"
+checks.positive_data_acceptance.expected-statuses = [201, 400, 401, 403, 409]
 "#
     )
 }
