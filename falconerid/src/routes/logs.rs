@@ -42,9 +42,9 @@ use crate::{
     state::{AppState, Change},
 };
 
-/// Chunks read per database call: at most this many (64 KiB each, about)
-/// are in memory per stream.
-const PAGE: i64 = 8;
+/// Chunks read per database call: at most this many (256 KiB each, about,
+/// the worker's chunk size) are in memory per stream.
+const PAGE: i64 = 2;
 
 /// Events a stream may have ready before its reader takes them.
 const BUFFERED_EVENTS: usize = 64;
