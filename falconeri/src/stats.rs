@@ -68,8 +68,12 @@ pub fn render_job(stats: &JobStatsResponse) -> String {
     if stats.measured_attempts == 0 {
         out.push_str("\nStatistics: no attempt has reported any yet.\n");
     } else {
+        let of = match stats.window {
+            Some(window) => format!(" of the newest {window}"),
+            None => String::new(),
+        };
         out.push_str(&format!(
-            "\nStatistics ({} attempts measured):\n",
+            "\nStatistics ({} attempts measured{of}):\n",
             stats.measured_attempts
         ));
         let mut table = Table::with_headers(&["", "P50", "P95", "MAX", "ATTEMPTS"]);
@@ -185,6 +189,7 @@ mod tests {
             })
         };
         let stats = JobStatsResponse {
+            window: None,
             job_id: 1,
             measured_attempts: 4,
             phases: PhaseStats {

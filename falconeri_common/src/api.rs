@@ -607,6 +607,11 @@ pub struct JobStatsResponse {
     pub errors: Vec<ErrorGroup>,
     /// Resource requests that would fit what was measured.
     pub suggestion: Option<ResourceSuggestion>,
+    /// Set when the job has more attempts than statistics read (10,000):
+    /// everything above except `errors` then covers only its newest this
+    /// many attempts, and throughput is the rate over them.
+    #[serde(default)]
+    pub window: Option<i64>,
 }
 
 /// The durations of the three phases of an attempt, in milliseconds.

@@ -1369,3 +1369,91 @@ fn batch_reservations_give_each_datum_its_own_claim() {
         );
     }
 }
+
+/// `Job::counts` reads a big job in capped rounds and derives its largest
+/// group from the datum count (`models::counts`): the answer must still
+/// be exactly what `GROUP BY status` counts, for a job big enough to take
+/// several rounds, whichever status is the largest.
+#[test]
+fn counts_in_rounds_match_a_full_count() {
+    use diesel::{QueryableByName, RunQueryDsl, sql_types::{BigInt, Text}};
+    #[derive(QueryableByName)]
+    struct Group {
+        #[diesel(sql_type = Text)]
+        status: String,
+        #[diesel(sql_type = BigInt)]
+        n: i64,
+    }
+    fn full_count(conn: &mut DbConn, job: i64) -> Vec<(String, i64)> {
+        let sql = format!(
+            "SELECT status, COUNT(*) AS n FROM datums WHERE job_id = {job} \
+             GROUP BY status ORDER BY status"
+        );
+        let rows: Vec<Group> = match conn {
+            DbConn::Sqlite(c) => diesel::sql_query(sql).load(&mut **c).unwrap(),
+            DbConn::Postgres(c) => diesel::sql_query(sql).load(&mut **c).unwrap(),
+        };
+        rows.into_iter().map(|g| (g.status, g.n)).collect()
+    }
+    fn as_rows(counts: falconeri_common::api::StatusCounts) -> Vec<(String, i64)> {
+        let mut rows: Vec<(String, i64)> = [
+            ("canceled", counts.canceled),
+            ("done", counts.done + counts.skipped),
+            ("error", counts.error),
+            ("publishing", counts.publishing),
+            ("ready", counts.ready),
+            ("running", counts.running),
+        ]
+        .into_iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(s, n)| (s.to_owned(), n))
+        .collect();
+        rows.sort();
+        rows
+    }
+    for db in TestDb::all() {
+        let mut conn = db.pool.get().unwrap();
+        let job = create_job(&mut conn, 40_000, 3);
+        // All ready: the largest group is ready.
+        assert_eq!(
+            as_rows(Job::counts(&mut conn, job.id).unwrap()),
+            full_count(&mut conn, job.id),
+            "{db:?}"
+        );
+        // Mostly done, with failures, some running and some ready: more
+        // than the first round's cap in three statuses.
+        with_raw(
+            &mut conn,
+            &format!(
+                "UPDATE datums SET status = 'done', ready_order = NULL \
+                  WHERE job_id = {id} AND seq % 8 >= 2;
+                 UPDATE datums SET status = 'error', ready_order = NULL \
+                  WHERE job_id = {id} AND seq % 8 = 0;
+                 UPDATE datums SET status = 'running', ready_order = NULL, owner = 'w' \
+                  WHERE job_id = {id} AND seq % 8 = 1 AND seq < 800;",
+                id = job.id
+            ),
+        );
+        let counts = Job::counts(&mut conn, job.id).unwrap();
+        assert_eq!(as_rows(counts), full_count(&mut conn, job.id), "{db:?}");
+        assert_eq!(
+            (counts.done, counts.error, counts.running, counts.ready),
+            (30_000, 5_000, 100, 4_900),
+            "{db:?}"
+        );
+        // Half and half: no status is the largest by far.
+        with_raw(
+            &mut conn,
+            &format!(
+                "UPDATE datums SET status = 'canceled', owner = NULL, ready_order = NULL \
+                  WHERE job_id = {id} AND seq < 20000",
+                id = job.id
+            ),
+        );
+        assert_eq!(
+            as_rows(Job::counts(&mut conn, job.id).unwrap()),
+            full_count(&mut conn, job.id),
+            "{db:?}"
+        );
+    }
+}

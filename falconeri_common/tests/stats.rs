@@ -284,3 +284,45 @@ fn job_stats_are_computed_by_the_database() {
         assert!(stats.phases.command.is_none() && stats.suggestion.is_none());
     }
 }
+
+/// A job of more attempts than `stats::WINDOW` is measured over its newest
+/// `WINDOW` only (bench/dashboard: the whole of 1,000,000 took seconds),
+/// and the answer says so; a smaller job is measured whole.
+#[test]
+fn a_big_job_is_measured_over_its_newest_attempts() {
+    use diesel::connection::SimpleConnection;
+    let window = stats::WINDOW;
+    for db in TestDb::all() {
+        let mut conn = db.pool.get().unwrap();
+        let datums = usize::try_from(window).unwrap() + 100;
+        let job = create_job(&mut conn, datums, "stats-window");
+        // One closed attempt per datum, in seq order: the oldest 100 ran
+        // 1,000 s each, the newest WINDOW 1 to 10 s.
+        let sql = format!(
+            "UPDATE datums SET status = 'done', ready_order = NULL, attempt = 1 \
+              WHERE job_id = {id};
+             INSERT INTO attempts (job_id, datum_id, number, worker_id, started_at, \
+                finished_at, outcome, command_ms) \
+             SELECT job_id, id, 1, 'w', seq, seq + {ms}, 'done', {ms} \
+               FROM datums WHERE job_id = {id} ORDER BY seq;",
+            ms = "CASE WHEN seq < 100 THEN 1000000 ELSE 1000 * (1 + seq % 10) END",
+            id = job.id
+        );
+        match &mut conn {
+            DbConn::Sqlite(c) => c.batch_execute(&sql).unwrap(),
+            DbConn::Postgres(c) => c.batch_execute(&sql).unwrap(),
+        }
+        let s = stats::job_stats(&mut conn, job.id).unwrap();
+        assert_eq!(s.window, Some(window), "{db:?}");
+        assert_eq!(s.measured_attempts, window, "{db:?}");
+        let command = s.phases.command.unwrap();
+        assert_eq!((command.count, command.max), (window, 10_000), "{db:?}");
+        assert_eq!(s.throughput.datums_done, window, "{db:?}");
+        assert!(s.slowest.iter().all(|a| a.command_ms == Some(10_000)), "{db:?}");
+
+        // At the window or below, every attempt counts and no window is set.
+        let small = create_job(&mut conn, 3, "stats-window-small");
+        let s = stats::job_stats(&mut conn, small.id).unwrap();
+        assert_eq!(s.window, None, "{db:?}");
+    }
+}

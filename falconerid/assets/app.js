@@ -349,7 +349,9 @@ async function drawStats(id, section, errorsSection, meter) {
       : el('td', { colspan: 4, class: 'muted' }, 'not measured yet'));
   const t = s.throughput;
   fill(section, el('h2', { id: 'stats-h' }, 'Statistics'),
-    el('p', {}, `${s.measured_attempts} attempts measured · ${t.datums_done} datums done in `,
+    // A big job is measured over its newest attempts only (`window`).
+    el('p', {}, `${s.measured_attempts} attempts measured`,
+      s.window ? ` (of the newest ${s.window})` : '', ` · ${t.datums_done} datums done in `,
       `${duration(t.elapsed_ms)} · ${t.datums_per_second.toFixed(2)} datums/s · `,
       `${bytes(t.download_bytes)} down, ${bytes(t.upload_bytes)} up`),
     table([' ', { label: 'p50', num: true }, { label: 'p95', num: true },

@@ -27,7 +27,6 @@
 mod bench_support;
 
 use std::{
-    net::SocketAddr,
     sync::{
         Arc, Barrier,
         atomic::{AtomicU64, Ordering},
@@ -36,18 +35,13 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use async_trait::async_trait;
-use bench_support::{ADMIN_TOKEN, BenchJob, create_running_job, percentile_ms, rest};
+use bench_support::{BenchJob, create_running_job, percentile_ms, rest, start_server};
 use diesel::{
     QueryableByName, RunQueryDsl,
     connection::{Instrumentation, InstrumentationEvent, set_default_instrumentation},
     sql_types::{BigInt, Integer, Text},
 };
-use falconeri_common::db::{Backend, DbConn, DbPool, testing::TestDb};
-use falconerid::{
-    AppState, Config,
-    executor::{Executor, WorkerLaunch, WorkerState},
-};
+use falconeri_common::db::{DbConn, DbPool, testing::TestDb};
 use tokio_util::sync::CancellationToken;
 
 /// Every statement any diesel connection of this process has sent.
@@ -61,64 +55,6 @@ fn count_statements() -> Option<Box<dyn Instrumentation>> {
             STATEMENTS.fetch_add(1, Ordering::Relaxed);
         }
     }))
-}
-
-/// An executor that starts nothing: the benchmark's tasks are the workers.
-struct NoWorkers;
-
-#[async_trait]
-impl Executor for NoWorkers {
-    fn name(&self) -> &'static str {
-        "none"
-    }
-    async fn start_workers(&self, _launch: &WorkerLaunch, _count: u32) -> Result<()> {
-        Ok(())
-    }
-    async fn stop_workers(&self, _job_id: i64) -> Result<()> {
-        Ok(())
-    }
-    async fn workers(&self, _job_id: i64) -> Result<Vec<WorkerState>> {
-        Ok(Vec::new())
-    }
-}
-
-/// falconerid serving `pool` on a free port of 127.0.0.1, as `serve` runs
-/// it (API, babysitter, PostgreSQL change listener), until `stop` fires.
-async fn start_server(
-    db: &TestDb,
-    dir: &std::path::Path,
-    stop: CancellationToken,
-) -> Result<(SocketAddr, tokio::task::JoinHandle<Result<()>>)> {
-    let mut config = Config::local(dir, ADMIN_TOKEN.to_owned(), vec!["true".into()]);
-    // falconerid's own defaults, not the embedded server's.
-    config.database_url = db.url.clone();
-    config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
-    config.listen_fallback = false;
-    config.db_pool_size = 16;
-    config.babysitter_interval = Duration::from_secs(2);
-    let state = AppState::new(config, db.pool.clone(), Arc::new(NoWorkers));
-    let listener = tokio::net::TcpListener::bind(state.config().listen).await?;
-    let addr = listener.local_addr()?;
-    state.set_public_url(format!("http://{addr}"));
-    tokio::spawn(falconerid::babysitter::run(state.clone(), stop.clone()));
-    if db.backend() == Backend::Postgres {
-        tokio::spawn(falconerid::listen::run(
-            state.clone(),
-            db.url.clone(),
-            stop.clone(),
-        ));
-    }
-    let app = falconerid::app(state.clone());
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                stop.cancelled().await;
-                state.begin_shutdown();
-            })
-            .await
-            .context("server failed")
-    });
-    Ok((addr, server))
 }
 
 /// A fresh database of `backend`.

@@ -221,6 +221,47 @@ impl DbConn {
         }
     }
 
+    /// Runs `f`, which only reads, on one snapshot of the database: a
+    /// `REPEATABLE READ READ ONLY` transaction on PostgreSQL (every
+    /// statement sees the same moment), a deferred transaction on SQLite
+    /// (a WAL reader keeps its snapshot until it ends; no write lock is
+    /// taken). Inside a transaction already, `f` runs in a savepoint of it,
+    /// on that transaction's snapshot.
+    pub fn snapshot_read<T, E>(&mut self, f: impl FnOnce(&mut DbConn) -> Result<T, E>) -> Result<T, E>
+    where
+        E: From<diesel::result::Error>,
+    {
+        use diesel::connection::{AnsiTransactionManager, TransactionManager};
+        match self {
+            DbConn::Sqlite(c) => AnsiTransactionManager::begin_transaction(&mut **c)?,
+            #[cfg(feature = "postgres")]
+            DbConn::Postgres(c) => {
+                let nested = AnsiTransactionManager::transaction_manager_status_mut(&mut **c)
+                    .transaction_depth()?
+                    .is_some();
+                if nested {
+                    AnsiTransactionManager::begin_transaction(&mut **c)?
+                } else {
+                    AnsiTransactionManager::begin_transaction_sql(
+                        &mut **c,
+                        "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+                    )?
+                }
+            }
+        }
+        let result = f(self);
+        let ended = match &mut *self {
+            DbConn::Sqlite(c) => AnsiTransactionManager::commit_transaction(&mut **c),
+            #[cfg(feature = "postgres")]
+            DbConn::Postgres(c) => AnsiTransactionManager::commit_transaction(&mut **c),
+        };
+        match (result, ended) {
+            (Ok(value), Ok(())) => Ok(value),
+            (Ok(_), Err(err)) => Err(err.into()),
+            (Err(err), _) => Err(err),
+        }
+    }
+
     /// Makes sure this PostgreSQL connection has the server-side prepared
     /// statement `name` (`PREPARE name (types) AS sql`), preparing it on
     /// first use. Returns false where that cannot be done (SQLite, or a

@@ -752,26 +752,17 @@ impl Job {
             .collect())
     }
 
-    /// How many of the job's datums are in each state (one indexed GROUP BY).
+    /// How many of the job's datums are in each state, on one snapshot.
     pub fn counts(conn: &mut DbConn, id: i64) -> ModelResult<StatusCounts> {
-        let rows: Vec<(String, i64)> = with_conn!(conn, c => datums::table
-            .filter(datums::job_id.eq(id))
-            .group_by(datums::status)
-            .select((datums::status, count_star()))
-            .load(c))?;
-        let skipped: i64 = with_conn!(conn, c => jobs::table
-            .find(id)
-            .select(jobs::skipped_count)
-            .first(c)
-            .optional())?
-        .unwrap_or(0);
+        // Counted without reading the largest group of a big job: see
+        // `models::counts`.
         let mut counts = StatusCounts::default();
-        for (status, n) in rows {
-            if let Ok(status) = status.parse::<DatumStatus>() {
-                counts.add(status, n);
+        if let Some((by_status, skipped)) = super::counts::job_counts(conn, id)? {
+            for (status, n) in super::counts::stored().iter().zip(by_status) {
+                counts.add(*status, n);
             }
+            counts.move_skipped(skipped);
         }
-        counts.move_skipped(skipped);
         Ok(counts)
     }
 

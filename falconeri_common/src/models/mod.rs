@@ -6,6 +6,7 @@
 //! return [`ModelError`], which falconerid maps to HTTP statuses.
 
 pub mod browse;
+mod counts;
 mod datum;
 mod job;
 mod logs;

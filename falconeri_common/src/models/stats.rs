@@ -10,6 +10,15 @@
 //! The rows are reached through `attempts_job_outcome_datum` (by job); the stats
 //! columns have no index of their own, since every report would pay for it
 //! and these queries are run by people, not workers.
+//!
+//! A job of more than [`WINDOW`] attempts is measured over its newest
+//! [`WINDOW`] attempts only, found by walking the primary key back from
+//! its end: at 1,000,000 attempts the full statistics took 7 s on either
+//! database (bench/dashboard), which no page can wait for, and
+//! precomputing them would add writes to every report (the hot path).
+//! The answer says so (`window`), and its throughput is the recent rate.
+//! The errors (datums failed for good, grouped) are still over the whole
+//! job.
 
 use diesel::{
     ExpressionMethods, QueryDsl, QueryableByName, RunQueryDsl,
@@ -23,7 +32,7 @@ use crate::{
         SlowAttempt, Throughput,
     },
     db::{DbConn, schema::attempts, with_conn},
-    status::Outcome,
+    status::{DatumStatus, Outcome},
 };
 
 /// The headroom a suggestion adds to the measured p95, as a fraction
@@ -35,6 +44,10 @@ const SLOWEST: i64 = 5;
 
 /// How many groups of errors a job's statistics list.
 const ERROR_GROUPS: i64 = 20;
+
+/// The most attempts a job's statistics read: a bigger job is measured
+/// over its newest this many.
+pub const WINDOW: i64 = 10_000;
 
 /// CPU used while the command ran, in millicores, as SQL over an attempt
 /// row (NULL without a measurement or a wall time).
@@ -193,6 +206,8 @@ struct Totals {
     first_start: Option<i64>,
     #[diesel(sql_type = Nullable<BigInt>)]
     last_finish: Option<i64>,
+    #[diesel(sql_type = BigInt)]
+    done_n: i64,
 }
 
 #[derive(QueryableByName, Debug)]
@@ -241,7 +256,7 @@ pub fn nearest_rank(percent: i64, n: i64) -> i64 {
 /// of the order is nearer.
 fn percentile(
     conn: &mut DbConn,
-    job_id: i64,
+    scope: &str,
     expr: &str,
     n: i64,
     percent: i64,
@@ -254,7 +269,7 @@ fn percentile(
     };
     let mut stmt = Stmt::new(conn.backend());
     stmt.push(&format!(
-        "SELECT {expr} AS v FROM attempts WHERE job_id = {job_id} AND {expr} IS NOT NULL \
+        "SELECT {expr} AS v FROM attempts WHERE {scope} AND {expr} IS NOT NULL \
          ORDER BY {expr} {direction} LIMIT 1 OFFSET {offset}"
     ));
     let rows: Vec<Value> = stmt.load(conn)?;
@@ -264,7 +279,7 @@ fn percentile(
 /// p50, p95 and max of `expr` over the `n` attempts that have it.
 fn percentiles(
     conn: &mut DbConn,
-    job_id: i64,
+    scope: &str,
     expr: &str,
     n: i64,
     max: Option<i64>,
@@ -274,8 +289,8 @@ fn percentiles(
     };
     Ok(Some(Percentiles {
         count: n,
-        p50: percentile(conn, job_id, expr, n, 50)?,
-        p95: percentile(conn, job_id, expr, n, 95)?,
+        p50: percentile(conn, scope, expr, n, 50)?,
+        p95: percentile(conn, scope, expr, n, 95)?,
         max,
     }))
 }
@@ -305,6 +320,21 @@ pub fn suggest(memory: i64, cpu: i64, attempts: i64) -> ResourceSuggestion {
 /// A job's statistics over its attempts (see the module documentation
 /// for how they are computed).
 pub fn job_stats(conn: &mut DbConn, job_id: i64) -> ModelResult<JobStatsResponse> {
+    // The id just before the newest WINDOW attempts, if there are more.
+    let mut stmt = Stmt::new(conn.backend());
+    stmt.push(&format!(
+        "SELECT id AS v FROM attempts WHERE job_id = {job_id} \
+         ORDER BY id DESC LIMIT 1 OFFSET {WINDOW}"
+    ));
+    let before: Vec<Value> = stmt.load(conn)?;
+    let before = before.into_iter().next().and_then(|row| row.v);
+    // Which attempts every query below reads. In the window, `job_id + 0`
+    // keeps the planners off the job's index (all of its attempts) and on
+    // the primary key's range (the newest WINDOW).
+    let scope = match before {
+        Some(id) => format!("id > {id} AND job_id + 0 = {job_id}"),
+        None => format!("job_id = {job_id}"),
+    };
     let any = AttemptStats::COLUMNS.join(", ");
     let mut stmt = Stmt::new(conn.backend());
     stmt.push(&format!(
@@ -317,27 +347,35 @@ pub fn job_stats(conn: &mut DbConn, job_id: i64) -> ModelResult<JobStatsResponse
             COUNT({CPU_SQL}) AS cpu_n, MAX({CPU_SQL}) AS cpu_max, \
             CAST(SUM(download_bytes) AS BIGINT) AS download_bytes, \
             CAST(SUM(upload_bytes) AS BIGINT) AS upload_bytes, \
-            MIN(started_at) AS first_start, MAX(finished_at) AS last_finish \
-         FROM attempts WHERE job_id = {job_id}"
+            MIN(started_at) AS first_start, MAX(finished_at) AS last_finish, \
+            COUNT(CASE WHEN outcome = 'done' THEN 1 END) AS done_n \
+         FROM attempts WHERE {scope}"
     ));
     let totals: Vec<Totals> = stmt.load(conn)?;
     let Some(t) = totals.into_iter().next() else {
         return Err(anyhow::anyhow!("no totals for job {job_id}").into());
     };
     let phases = PhaseStats {
-        download: percentiles(conn, job_id, "download_ms", t.download_n, t.download_max)?,
-        command: percentiles(conn, job_id, "command_ms", t.command_n, t.command_max)?,
-        upload: percentiles(conn, job_id, "upload_ms", t.upload_n, t.upload_max)?,
+        download: percentiles(conn, &scope, "download_ms", t.download_n, t.download_max)?,
+        command: percentiles(conn, &scope, "command_ms", t.command_n, t.command_max)?,
+        upload: percentiles(conn, &scope, "upload_ms", t.upload_n, t.upload_max)?,
     };
-    let memory = percentiles(conn, job_id, "max_rss_bytes", t.memory_n, t.memory_max)?;
-    let cpu = percentiles(conn, job_id, CPU_SQL, t.cpu_n, t.cpu_max)?;
+    let memory = percentiles(conn, &scope, "max_rss_bytes", t.memory_n, t.memory_max)?;
+    let cpu = percentiles(conn, &scope, CPU_SQL, t.cpu_n, t.cpu_max)?;
 
-    let mut stmt = Stmt::new(conn.backend());
-    stmt.push(&format!(
-        "SELECT COUNT(*) AS v FROM datums WHERE job_id = {job_id} AND status = 'done'"
-    ));
-    let done: Vec<Value> = stmt.load(conn)?;
-    let datums_done = done.into_iter().next().and_then(|row| row.v).unwrap_or(0);
+    let datums_done = if before.is_some() {
+        t.done_n
+    } else {
+        // Done datums, skipped ones included, counted as progress counts
+        // them (`models::counts`), without reading every done datum.
+        let done = DatumStatus::Done;
+        super::counts::job_counts(conn, job_id)?
+            .and_then(|(counts, _)| {
+                let i = super::counts::stored().iter().position(|s| *s == done)?;
+                counts.get(i).copied()
+            })
+            .unwrap_or(0)
+    };
     let elapsed_ms = match (t.first_start, t.last_finish) {
         (Some(start), Some(finish)) => (finish - start).max(0),
         _ => 0,
@@ -364,7 +402,7 @@ pub fn job_stats(conn: &mut DbConn, job_id: i64) -> ModelResult<JobStatsResponse
     stmt.push(&format!(
         "SELECT datum_id, number, outcome, finished_at - started_at AS duration_ms, \
             download_ms, command_ms, upload_ms \
-         FROM attempts WHERE job_id = {job_id} AND finished_at IS NOT NULL \
+         FROM attempts WHERE {scope} AND finished_at IS NOT NULL \
          ORDER BY finished_at - started_at DESC, id LIMIT {SLOWEST}"
     ));
     let slow: Vec<SlowRow> = stmt.load(conn)?;
@@ -411,6 +449,7 @@ pub fn job_stats(conn: &mut DbConn, job_id: i64) -> ModelResult<JobStatsResponse
         slowest,
         errors,
         suggestion,
+        window: before.map(|_| WINDOW),
     })
 }
 

@@ -1,6 +1,7 @@
-//! What `dispatch_bench` and `herd_bench` share: big jobs made straight
-//! through the models, the worker side of the REST protocol (drain, hold,
-//! idle long-poll), and percentiles.
+//! What `dispatch_bench`, `herd_bench` and `dashboard_bench` share: big
+//! jobs made straight through the models, falconerid served in-process, the
+//! worker side of the REST protocol (drain, hold, idle long-poll), and
+//! percentiles.
 //!
 //! The REST part ([`rest`]) is kept small on purpose: it is the one piece
 //! that follows the worker protocol, so a change to reservation or
@@ -8,15 +9,25 @@
 
 #![allow(dead_code)]
 
-use std::time::{Duration, Instant};
+use std::{
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context, Result};
+use async_trait::async_trait;
 use falconeri_common::{
-    db::DbPool,
+    db::{Backend, DbPool, testing::TestDb},
     models::{DatumBatch, Job, NewJobParams, db_now},
     pipeline::PipelineSpec,
     plan::{PlannedDatum, PlannedFile},
 };
+use falconerid::{
+    AppState, Config,
+    executor::{Executor, WorkerLaunch, WorkerState},
+};
+use tokio_util::sync::CancellationToken;
 
 /// The admin token of the servers the benchmarks start.
 pub const ADMIN_TOKEN: &str = "bench-admin-token-0123456789abcdef";
@@ -96,6 +107,65 @@ pub fn create_running_job(pool: &DbPool, name: &str, datums: usize) -> Result<Be
         worker_token,
         datums,
     })
+}
+
+/// An executor that starts nothing: the benchmarks' tasks are the workers.
+pub struct NoWorkers;
+
+#[async_trait]
+impl Executor for NoWorkers {
+    fn name(&self) -> &'static str {
+        "none"
+    }
+    async fn start_workers(&self, _launch: &WorkerLaunch, _count: u32) -> Result<()> {
+        Ok(())
+    }
+    async fn stop_workers(&self, _job_id: i64) -> Result<()> {
+        Ok(())
+    }
+    async fn workers(&self, _job_id: i64) -> Result<Vec<WorkerState>> {
+        Ok(Vec::new())
+    }
+}
+
+/// falconerid serving `db` on a free port of 127.0.0.1, as `serve` runs it
+/// (API, dashboard, babysitter, PostgreSQL change listener), until `stop`
+/// fires.
+pub async fn start_server(
+    db: &TestDb,
+    dir: &std::path::Path,
+    stop: CancellationToken,
+) -> Result<(SocketAddr, tokio::task::JoinHandle<Result<()>>)> {
+    let mut config = Config::local(dir, ADMIN_TOKEN.to_owned(), vec!["true".into()]);
+    // falconerid's own defaults, not the embedded server's.
+    config.database_url = db.url.clone();
+    config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    config.listen_fallback = false;
+    config.db_pool_size = 16;
+    config.babysitter_interval = Duration::from_secs(2);
+    let state = AppState::new(config, db.pool.clone(), Arc::new(NoWorkers));
+    let listener = tokio::net::TcpListener::bind(state.config().listen).await?;
+    let addr = listener.local_addr()?;
+    state.set_public_url(format!("http://{addr}"));
+    tokio::spawn(falconerid::babysitter::run(state.clone(), stop.clone()));
+    if db.backend() == Backend::Postgres {
+        tokio::spawn(falconerid::listen::run(
+            state.clone(),
+            db.url.clone(),
+            stop.clone(),
+        ));
+    }
+    let app = falconerid::app(state.clone());
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                stop.cancelled().await;
+                state.begin_shutdown();
+            })
+            .await
+            .context("server failed")
+    });
+    Ok((addr, server))
 }
 
 /// The `p`-th percentile (0 to 100) of `values` in microseconds, as
