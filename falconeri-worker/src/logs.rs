@@ -6,6 +6,7 @@
 //! them in chunks: as soon as 256 KiB are waiting, or 200 ms after the first
 //! waiting line, whichever comes first, so a line reaches followers well
 //! within a second while a chatty command costs one request per 256 KiB.
+//! One chunk is in flight while the next fills.
 //! (64 KiB chunks made a command printing 1 MiB per datum about 8 times
 //! slower than one whose output is discarded, most of it spent in the
 //! request round trips; see bench/logs.)
@@ -15,7 +16,11 @@
 //! recognized by the server. Once the server refuses the claim (409/404)
 //! the attempt is no longer ours and the rest is dropped.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::{
+    future::Future,
+    pin::Pin,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
 use falconeri_common::{
     Millis,
@@ -111,6 +116,48 @@ pub(crate) fn now_millis() -> Millis {
         .unwrap_or(0)
 }
 
+/// A chunk on its way: true once the server has it, false once the rest of
+/// the log must be dropped.
+type Sending = Pin<Box<dyn Future<Output = bool> + Send>>;
+
+/// Sends one chunk, retrying transient failures within `retry_budget`.
+fn send(client: &Client, datum_id: i64, body: LogAppendRequest, retry_budget: Duration) -> Sending {
+    let client = client.clone();
+    Box::pin(async move {
+        let sent = with_retries(retry_budget, "sending log lines", || {
+            client.append_logs(datum_id, &body)
+        })
+        .await;
+        match sent {
+            Ok(_) => true,
+            Err(err) if err.is_conflict() || err.is_not_found() => {
+                tracing::debug!(error = %err, "the attempt is over; dropping its log");
+                false
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot send log lines; dropping the rest");
+                false
+            }
+        }
+    })
+}
+
+/// What woke the shipper.
+enum Wake {
+    /// The chunk in flight is stored (true) or refused for good (false).
+    Sent(bool),
+    /// A line came; true if the batch is now big enough to go.
+    Line(bool),
+    /// The first waiting line has waited long enough.
+    Due,
+    /// Every sink is gone: the attempt's output is complete.
+    Closed,
+}
+
+/// Sends batches of lines in order, one chunk in flight at a time: the next
+/// batch fills while the previous one is sent, so the command is held back
+/// only when both are full, not for every request. (Not more than one: the
+/// server takes a chunk numbered below one it stored for a resend.)
 async fn ship(
     client: Client,
     datum_id: i64,
@@ -122,6 +169,7 @@ async fn ship(
     let mut size = 0;
     let mut due: Option<Instant> = None;
     let mut seq = 0;
+    let mut sending: Option<Sending> = None;
     loop {
         let wait = async {
             match due {
@@ -129,23 +177,45 @@ async fn ship(
                 None => std::future::pending().await,
             }
         };
-        let closed = tokio::select! {
+        let in_flight = async {
+            match sending.as_mut() {
+                Some(chunk) => chunk.await,
+                None => std::future::pending().await,
+            }
+        };
+        let wake = tokio::select! {
+            stored = in_flight => Wake::Sent(stored),
             line = receiver.recv() => match line {
                 Some(line) => {
                     size += line.text.as_ref().map_or(0, String::len)
                         + line.base64.as_ref().map_or(0, String::len);
                     batch.push(line);
                     due.get_or_insert_with(|| Instant::now() + CHUNK_DELAY);
-                    if size < CHUNK_BYTES {
-                        continue;
-                    }
-                    false
+                    Wake::Line(size >= CHUNK_BYTES)
                 }
-                None => true,
+                None => Wake::Closed,
             },
-            () = wait => false,
+            () = wait => Wake::Due,
+        };
+        let closed = match wake {
+            Wake::Sent(stored) => {
+                sending = None;
+                if !stored {
+                    return;
+                }
+                continue;
+            }
+            Wake::Line(false) => continue,
+            Wake::Line(true) | Wake::Due => false,
+            Wake::Closed => true,
         };
         if !batch.is_empty() {
+            // Chunks go in order: the one in flight first.
+            if let Some(previous) = sending.take()
+                && !previous.await
+            {
+                return;
+            }
             let body = LogAppendRequest {
                 claim: claim.clone(),
                 seq,
@@ -153,20 +223,12 @@ async fn ship(
             };
             seq += 1;
             (size, due) = (0, None);
-            let sent = with_retries(retry_budget, "sending log lines", || {
-                client.append_logs(datum_id, &body)
-            })
-            .await;
-            if let Err(err) = sent {
-                if err.is_conflict() || err.is_not_found() {
-                    tracing::debug!(error = %err, "the attempt is over; dropping its log");
-                } else {
-                    tracing::warn!(error = %err, "cannot send log lines; dropping the rest");
-                }
-                return;
-            }
+            sending = Some(send(&client, datum_id, body, retry_budget));
         }
         if closed {
+            if let Some(last) = sending.take() {
+                last.await;
+            }
             return;
         }
     }
