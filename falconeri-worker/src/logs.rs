@@ -317,6 +317,64 @@ mod tests {
         );
     }
 
+    /// While a chunk is in flight the next one fills: the command is not
+    /// held back for the request (with one chunk at a time, the 257th line
+    /// after a full chunk would wait for the answer). Chunks still arrive
+    /// in order and whole.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn the_next_chunk_fills_while_one_is_sent() {
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let held = std::sync::Mutex::new(held);
+        let (url, mut requests) =
+            crate::batch::tests::fake_server(std::sync::Arc::new(move |path: &str, body: &str| {
+                assert_eq!(path, "/v1/datums/5/logs");
+                if body.contains("\"seq\":0,") {
+                    // Holds the first chunk's answer (this fake serves each
+                    // request on a task of its own) until the test says so.
+                    let _ = held.lock().unwrap().recv_timeout(Duration::from_secs(10));
+                }
+                (200, r#"{"stored":true}"#.to_owned())
+            }))
+            .await;
+        let claim = Claim {
+            worker_id: "w-1".to_owned(),
+            attempt: 1,
+            scope: None,
+        };
+        let client = Client::new(&url, None).unwrap();
+        let shipper = LogShipper::start(client, 5, claim, Duration::from_secs(5));
+        let sink = shipper.sink();
+        let line = [b'x'; 1023]
+            .iter()
+            .chain(b"\n")
+            .copied()
+            .collect::<Vec<u8>>();
+        let first = CHUNK_BYTES / line.len();
+        let next = CHANNEL_LINES + 144;
+        tokio::time::timeout(Duration::from_secs(5), async {
+            for _ in 0..first + next {
+                sink.line(LogStream::Stdout, 1, &line).await;
+            }
+        })
+        .await
+        .expect("lines were held back while a chunk was in flight");
+        release.send(()).unwrap();
+        drop(sink);
+        shipper.finish(Duration::from_secs(10)).await;
+        let mut seqs = Vec::new();
+        let mut lines = 0;
+        while let Ok((_, body)) = requests.try_recv() {
+            let seq = body
+                .split("\"seq\":")
+                .nth(1)
+                .and_then(|rest| rest.split(',').next());
+            seqs.push(seq.unwrap().parse::<i64>().unwrap());
+            lines += body.matches("\"stream\":\"stdout\"").count();
+        }
+        assert_eq!(seqs, vec![0, 1, 2]);
+        assert_eq!(lines, first + next);
+    }
+
     #[tokio::test]
     async fn huge_lines_are_cut_into_pieces() {
         let huge = vec![b'x'; MAX_LOG_LINE_BYTES * 2 + 10];
