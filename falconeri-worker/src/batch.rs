@@ -439,7 +439,7 @@ async fn heartbeat_batch(client: Client, job_id: i64, leases: Leases, period: Du
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     #![allow(clippy::unwrap_used)]
 
     use std::{collections::BTreeMap, path::Path, sync::Arc};
@@ -456,13 +456,15 @@ mod tests {
 
     /// What the fake falconerid answers: a status and a JSON body for a
     /// request's path and body.
-    type Answer = Arc<dyn Fn(&str, &str) -> (u16, String) + Send + Sync>;
+    pub(crate) type Answer = Arc<dyn Fn(&str, &str) -> (u16, String) + Send + Sync>;
 
     /// A fake falconerid on a loopback port: answers every request with
     /// `answer` and sends each request's path and body to the returned
     /// channel. One request per connection (`Connection: close`), so the
     /// parsing stays trivial.
-    async fn fake_server(answer: Answer) -> (String, mpsc::UnboundedReceiver<(String, String)>) {
+    pub(crate) async fn fake_server(
+        answer: Answer,
+    ) -> (String, mpsc::UnboundedReceiver<(String, String)>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let (requests, received) = mpsc::unbounded_channel();

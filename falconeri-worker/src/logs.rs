@@ -6,6 +6,7 @@
 //! them in chunks: as soon as 256 KiB are waiting, or 200 ms after the first
 //! waiting line, whichever comes first, so a line reaches followers well
 //! within a second while a chatty command costs one request per 256 KiB.
+//! One chunk is in flight while the next fills.
 //! (64 KiB chunks made a command printing 1 MiB per datum about 8 times
 //! slower than one whose output is discarded, most of it spent in the
 //! request round trips; see bench/logs.)
@@ -15,7 +16,11 @@
 //! recognized by the server. Once the server refuses the claim (409/404)
 //! the attempt is no longer ours and the rest is dropped.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::{
+    future::Future,
+    pin::Pin,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
 use falconeri_common::{
     Millis,
@@ -111,6 +116,48 @@ pub(crate) fn now_millis() -> Millis {
         .unwrap_or(0)
 }
 
+/// A chunk on its way: true once the server has it, false once the rest of
+/// the log must be dropped.
+type Sending = Pin<Box<dyn Future<Output = bool> + Send>>;
+
+/// Sends one chunk, retrying transient failures within `retry_budget`.
+fn send(client: &Client, datum_id: i64, body: LogAppendRequest, retry_budget: Duration) -> Sending {
+    let client = client.clone();
+    Box::pin(async move {
+        let sent = with_retries(retry_budget, "sending log lines", || {
+            client.append_logs(datum_id, &body)
+        })
+        .await;
+        match sent {
+            Ok(_) => true,
+            Err(err) if err.is_conflict() || err.is_not_found() => {
+                tracing::debug!(error = %err, "the attempt is over; dropping its log");
+                false
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot send log lines; dropping the rest");
+                false
+            }
+        }
+    })
+}
+
+/// What woke the shipper.
+enum Wake {
+    /// The chunk in flight is stored (true) or refused for good (false).
+    Sent(bool),
+    /// A line came; true if the batch is now big enough to go.
+    Line(bool),
+    /// The first waiting line has waited long enough.
+    Due,
+    /// Every sink is gone: the attempt's output is complete.
+    Closed,
+}
+
+/// Sends batches of lines in order, one chunk in flight at a time: the next
+/// batch fills while the previous one is sent, so the command is held back
+/// only when both are full, not for every request. (Not more than one: the
+/// server takes a chunk numbered below one it stored for a resend.)
 async fn ship(
     client: Client,
     datum_id: i64,
@@ -122,6 +169,7 @@ async fn ship(
     let mut size = 0;
     let mut due: Option<Instant> = None;
     let mut seq = 0;
+    let mut sending: Option<Sending> = None;
     loop {
         let wait = async {
             match due {
@@ -129,23 +177,45 @@ async fn ship(
                 None => std::future::pending().await,
             }
         };
-        let closed = tokio::select! {
+        let in_flight = async {
+            match sending.as_mut() {
+                Some(chunk) => chunk.await,
+                None => std::future::pending().await,
+            }
+        };
+        let wake = tokio::select! {
+            stored = in_flight => Wake::Sent(stored),
             line = receiver.recv() => match line {
                 Some(line) => {
                     size += line.text.as_ref().map_or(0, String::len)
                         + line.base64.as_ref().map_or(0, String::len);
                     batch.push(line);
                     due.get_or_insert_with(|| Instant::now() + CHUNK_DELAY);
-                    if size < CHUNK_BYTES {
-                        continue;
-                    }
-                    false
+                    Wake::Line(size >= CHUNK_BYTES)
                 }
-                None => true,
+                None => Wake::Closed,
             },
-            () = wait => false,
+            () = wait => Wake::Due,
+        };
+        let closed = match wake {
+            Wake::Sent(stored) => {
+                sending = None;
+                if !stored {
+                    return;
+                }
+                continue;
+            }
+            Wake::Line(false) => continue,
+            Wake::Line(true) | Wake::Due => false,
+            Wake::Closed => true,
         };
         if !batch.is_empty() {
+            // Chunks go in order: the one in flight first.
+            if let Some(previous) = sending.take()
+                && !previous.await
+            {
+                return;
+            }
             let body = LogAppendRequest {
                 claim: claim.clone(),
                 seq,
@@ -153,20 +223,12 @@ async fn ship(
             };
             seq += 1;
             (size, due) = (0, None);
-            let sent = with_retries(retry_budget, "sending log lines", || {
-                client.append_logs(datum_id, &body)
-            })
-            .await;
-            if let Err(err) = sent {
-                if err.is_conflict() || err.is_not_found() {
-                    tracing::debug!(error = %err, "the attempt is over; dropping its log");
-                } else {
-                    tracing::warn!(error = %err, "cannot send log lines; dropping the rest");
-                }
-                return;
-            }
+            sending = Some(send(&client, datum_id, body, retry_budget));
         }
         if closed {
+            if let Some(last) = sending.take() {
+                last.await;
+            }
             return;
         }
     }
@@ -253,6 +315,64 @@ mod tests {
             bytes,
             vec![b"one\n".to_vec(), b"two\n".to_vec(), b"\0three".to_vec()]
         );
+    }
+
+    /// While a chunk is in flight the next one fills: the command is not
+    /// held back for the request (with one chunk at a time, the 257th line
+    /// after a full chunk would wait for the answer). Chunks still arrive
+    /// in order and whole.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn the_next_chunk_fills_while_one_is_sent() {
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let held = std::sync::Mutex::new(held);
+        let (url, mut requests) =
+            crate::batch::tests::fake_server(std::sync::Arc::new(move |path: &str, body: &str| {
+                assert_eq!(path, "/v1/datums/5/logs");
+                if body.contains("\"seq\":0,") {
+                    // Holds the first chunk's answer (this fake serves each
+                    // request on a task of its own) until the test says so.
+                    let _ = held.lock().unwrap().recv_timeout(Duration::from_secs(10));
+                }
+                (200, r#"{"stored":true}"#.to_owned())
+            }))
+            .await;
+        let claim = Claim {
+            worker_id: "w-1".to_owned(),
+            attempt: 1,
+            scope: None,
+        };
+        let client = Client::new(&url, None).unwrap();
+        let shipper = LogShipper::start(client, 5, claim, Duration::from_secs(5));
+        let sink = shipper.sink();
+        let line = [b'x'; 1023]
+            .iter()
+            .chain(b"\n")
+            .copied()
+            .collect::<Vec<u8>>();
+        let first = CHUNK_BYTES / line.len();
+        let next = CHANNEL_LINES + 144;
+        tokio::time::timeout(Duration::from_secs(5), async {
+            for _ in 0..first + next {
+                sink.line(LogStream::Stdout, 1, &line).await;
+            }
+        })
+        .await
+        .expect("lines were held back while a chunk was in flight");
+        release.send(()).unwrap();
+        drop(sink);
+        shipper.finish(Duration::from_secs(10)).await;
+        let mut seqs = Vec::new();
+        let mut lines = 0;
+        while let Ok((_, body)) = requests.try_recv() {
+            let seq = body
+                .split("\"seq\":")
+                .nth(1)
+                .and_then(|rest| rest.split(',').next());
+            seqs.push(seq.unwrap().parse::<i64>().unwrap());
+            lines += body.matches("\"stream\":\"stdout\"").count();
+        }
+        assert_eq!(seqs, vec![0, 1, 2]);
+        assert_eq!(lines, first + next);
     }
 
     #[tokio::test]

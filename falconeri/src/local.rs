@@ -182,8 +182,8 @@ async fn start_server(home: &Home, ready_timeout: Duration) -> Result<String> {
     // glibc gives each thread that allocates an arena of its own (up to 8
     // per core) and rarely hands their free pages back, so a server whose
     // request threads each parse log chunks keeps tens of MiB it no longer
-    // uses (bench/logs: 75 MiB peak, 52 MiB with two arenas). Two arenas
-    // cost it no measurable time. A value the user set wins; other
+    // uses (150 datums of bench/logs' job: 71 MiB peak, 52 MiB with two
+    // arenas, and no slower). A value the user set wins; other
     // allocators ignore the variable, and the worker clears its command's
     // environment, so it goes no further than falconeri's own processes.
     if std::env::var_os("MALLOC_ARENA_MAX").is_none() {

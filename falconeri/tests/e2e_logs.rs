@@ -143,3 +143,31 @@ for i in 1 2 3 4 5 6; do echo "tick $(date +%s%3N)"; sleep 0.3; done"#,
     let second = local.falconeri(&["datum", "logs", "--local", &id, "--attempt", "2", "-f"]);
     assert!(second.status.success(), "{}", describe(&second));
 }
+
+/// The local server's `MALLOC_ARENA_MAX` (see `local::start_server`): two
+/// arenas unless the user chose a number, which is kept.
+#[test]
+fn the_local_server_runs_with_two_malloc_arenas_unless_told_otherwise() {
+    for (given, expected) in [(None, "2"), (Some("4"), "4")] {
+        let local = Local::new();
+        // Any command against the local server starts it.
+        let output = falconeri_command()
+            .args(["--local", "job", "list"])
+            .env("FALCONERI_HOME", local.home.path())
+            .env_remove("MALLOC_ARENA_MAX")
+            .envs(given.map(|g| ("MALLOC_ARENA_MAX", g)))
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", describe(&output));
+        let server: Value =
+            serde_json::from_slice(&std::fs::read(local.home.path().join("server.json")).unwrap())
+                .unwrap();
+        let pid = server["pid"].as_u64().unwrap();
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+        let arenas: Vec<&[u8]> = environ
+            .split(|b| *b == 0)
+            .filter_map(|var| var.strip_prefix(b"MALLOC_ARENA_MAX="))
+            .collect();
+        assert_eq!(arenas, vec![expected.as_bytes()], "given {given:?}");
+    }
+}
