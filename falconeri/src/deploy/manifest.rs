@@ -611,6 +611,7 @@ mod tests {
                 .clone()
         };
         assert_eq!(env("FALCONERI_EXECUTOR")["value"], "kubernetes");
+        assert_eq!(env("MALLOC_ARENA_MAX")["value"], "2");
         assert_eq!(
             env("FALCONERI_PUBLIC_URL")["value"],
             "http://falconerid.ns1.svc:8089"
