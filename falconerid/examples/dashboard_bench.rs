@@ -166,7 +166,8 @@ async fn job_page(client: &reqwest::Client, base: &str, job: i64) -> Result<[f64
             get(client, base, &stats_path),
             get(client, base, &timeline_path),
         );
-        let (progress_ms, progress) = get(client, base, &format!("/v1/jobs/{job}/progress")).await?;
+        let (progress_ms, progress) =
+            get(client, base, &format!("/v1/jobs/{job}/progress")).await?;
         Ok::<_, anyhow::Error>((stats?.0, timeline?.0, progress_ms, progress))
     };
     let (datums, rest) = tokio::join!(datums, rest);
@@ -221,10 +222,19 @@ async fn measure(label: &str, base: &str, job: i64, middle: i64, repeat: usize) 
     let pages = [
         ("table: later page (`after`)", format!("after={middle}")),
         ("table: status error", "status=error".to_owned()),
-        ("table: status ready, later page", format!("status=ready&after={middle}")),
-        ("table: status done, later page", format!("status=done&after={middle}")),
+        (
+            "table: status ready, later page",
+            format!("status=ready&after={middle}"),
+        ),
+        (
+            "table: status done, later page",
+            format!("status=done&after={middle}"),
+        ),
         ("table: outcome error", "outcome=error".to_owned()),
-        ("table: outcome error, later page", format!("outcome=error&after={middle}")),
+        (
+            "table: outcome error, later page",
+            format!("outcome=error&after={middle}"),
+        ),
     ];
     for (name, query) in pages {
         let mut t = Timings::default();
@@ -256,8 +266,8 @@ async fn run(backend: &str, datums: usize, repeat: usize) -> Result<()> {
     let postgres = matches!(backend, "postgres");
     let started = Instant::now();
     let pool = db.pool.clone();
-    let job = tokio::task::spawn_blocking(move || create_running_job(&pool, "dashboard", 1))
-        .await??;
+    let job =
+        tokio::task::spawn_blocking(move || create_running_job(&pool, "dashboard", 1)).await??;
     let pool = db.pool.clone();
     let middle = tokio::task::spawn_blocking(move || -> Result<i64> {
         let mut conn = pool.get()?;
@@ -311,7 +321,9 @@ async fn run(backend: &str, datums: usize, repeat: usize) -> Result<()> {
 async fn main() -> Result<()> {
     let number = |name: &str, default: usize| -> Result<usize> {
         match std::env::var(name) {
-            Ok(v) => v.parse().with_context(|| format!("{name} must be a number")),
+            Ok(v) => v
+                .parse()
+                .with_context(|| format!("{name} must be a number")),
             Err(_) => Ok(default),
         }
     };
