@@ -17,9 +17,10 @@
 //!   under it are exact;
 //! - of the statuses that reached it, the one likely largest is not
 //!   counted but derived: `datum_count` minus all the others, which are
-//!   counted in full. The guess: `ready` if the queue's front (the
-//!   smallest `ready_order`, one probe of `datums_queue`) is in the first
-//!   half of the job, else `done`. A wrong guess only costs reading.
+//!   counted in full. The guess: `ready` if the done datums' ids span
+//!   less than half the job (two probes of the same index: the smallest
+//!   and largest done id bound how many there can be), else `done`. A
+//!   wrong guess only costs reading.
 //!
 //! A job that is mostly done (or mostly ready, at its start) is counted by
 //! reading its other datums and 4,096 of the big group; the worst case,
@@ -48,12 +49,12 @@ const FIRST_CAP: i64 = 4096;
 
 /// Counts of the [`STORED`] statuses of a job of `total` datums, given
 /// `count_capped(statuses, cap)`, which answers `min(count, cap)` for each
-/// status asked, and `ready_guess`, a guess of how many datums are ready
-/// (see [`job_counts`]). `None` if the counts cannot add up to `total`
+/// status asked, and `ready_likely`, whether the ready datums are likely
+/// the largest group (see [`job_counts`]). `None` if the counts cannot add up to `total`
 /// (the caller then counts every datum).
 pub(crate) fn count_by_rounds(
     total: i64,
-    ready_guess: i64,
+    ready_likely: bool,
     mut count_capped: impl FnMut(&[DatumStatus], i64) -> ModelResult<Vec<i64>>,
 ) -> ModelResult<Option<[i64; 6]>> {
     const READY: usize = 0;
@@ -75,7 +76,7 @@ pub(crate) fn count_by_rounds(
     let derived = match big.as_slice() {
         [] => return Ok(Some(counts)),
         [only] => *only,
-        _ if big.contains(&READY) && ready_guess >= total / 2 => READY,
+        _ if big.contains(&READY) && ready_likely => READY,
         _ if big.contains(&DONE) => DONE,
         _ => big[0],
     };
@@ -100,9 +101,11 @@ pub(crate) fn count_by_rounds(
 }
 
 #[derive(QueryableByName)]
-struct Front {
+struct Span {
     #[diesel(sql_type = diesel::sql_types::Nullable<BigInt>)]
-    front: Option<i64>,
+    first: Option<i64>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<BigInt>)]
+    last: Option<i64>,
 }
 
 #[derive(QueryableByName)]
@@ -179,20 +182,21 @@ pub(crate) fn job_counts(conn: &mut DbConn, job_id: i64) -> ModelResult<Option<(
         let Some(total) = totals.into_iter().next() else {
             return Ok(None);
         };
-        // Datums are queued in planning order (`ready_order` is their
-        // `seq`) and taken from the front: the ready ones are about those
-        // from the front to the end.
+        // Done datums lie between the smallest and the largest done id:
+        // fewer than half the job fit there early in a job, whose ready
+        // datums are then likely the most.
         let mut stmt = Stmt::new(conn.backend());
         stmt.push(&format!(
-            "SELECT MIN(ready_order) AS front FROM datums \
-             WHERE job_id = {job_id} AND ready_order IS NOT NULL"
+            "SELECT MIN(id) AS first, MAX(id) AS last FROM datums \
+             WHERE job_id = {job_id} AND status = 'done'"
         ));
-        let front: Vec<Front> = stmt.load(conn)?;
-        let ready_guess = match front.into_iter().next().and_then(|f| f.front) {
-            Some(front) => total.datum_count - front,
-            None => 0,
+        let span: Vec<Span> = stmt.load(conn)?;
+        let done_span = match span.into_iter().next().map(|s| (s.first, s.last)) {
+            Some((Some(first), Some(last))) => last - first + 1,
+            _ => 0,
         };
-        let counts = match count_by_rounds(total.datum_count, ready_guess, |statuses, cap| {
+        let ready_likely = done_span < total.datum_count / 2;
+        let counts = match count_by_rounds(total.datum_count, ready_likely, |statuses, cap| {
             capped(conn, job_id, statuses, cap)
         })? {
             Some(counts) => counts,
@@ -214,10 +218,10 @@ mod tests {
     /// Runs [`count_by_rounds`] over `truth`, answering from it; returns
     /// the counts and how many index entries the rounds read.
     fn rounds(truth: [i64; 6], total: i64) -> (Option<[i64; 6]>, i64) {
-        rounds_guessing(truth, total, truth[0])
+        rounds_guessing(truth, total, truth[0] >= total / 2)
     }
 
-    fn rounds_guessing(truth: [i64; 6], total: i64, guess: i64) -> (Option<[i64; 6]>, i64) {
+    fn rounds_guessing(truth: [i64; 6], total: i64, guess: bool) -> (Option<[i64; 6]>, i64) {
         let mut read = 0;
         let counts = count_by_rounds(total, guess, |statuses, cap| {
             Ok(statuses
@@ -254,7 +258,7 @@ mod tests {
     #[test]
     fn a_wrong_guess_costs_reading_not_exactness() {
         let truth = [900_000, 0, 0, 100_000, 0, 0];
-        let (counts, read) = rounds_guessing(truth, 1_000_000, 0);
+        let (counts, read) = rounds_guessing(truth, 1_000_000, false);
         assert_eq!(counts, Some(truth));
         assert_eq!(read, 900_000 + 2 * 4_096);
     }
