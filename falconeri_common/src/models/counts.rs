@@ -187,8 +187,11 @@ pub(crate) fn job_counts(conn: &mut DbConn, job_id: i64) -> ModelResult<Option<(
         // datums are then likely the most.
         let mut stmt = Stmt::new(conn.backend());
         stmt.push(&format!(
-            "SELECT MIN(id) AS first, MAX(id) AS last FROM datums \
-             WHERE job_id = {job_id} AND status = 'done'"
+            // Two subqueries: SQLite reads a MIN or a MAX off the index
+            // only when it is the query's sole aggregate.
+            "SELECT (SELECT MIN(id) FROM datums WHERE job_id = {job_id} AND status = 'done') \
+                AS first, \
+             (SELECT MAX(id) FROM datums WHERE job_id = {job_id} AND status = 'done') AS last"
         ));
         let span: Vec<Span> = stmt.load(conn)?;
         let done_span = match span.into_iter().next().map(|s| (s.first, s.last)) {
