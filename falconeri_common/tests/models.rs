@@ -1376,7 +1376,10 @@ fn batch_reservations_give_each_datum_its_own_claim() {
 /// several rounds, whichever status is the largest.
 #[test]
 fn counts_in_rounds_match_a_full_count() {
-    use diesel::{QueryableByName, RunQueryDsl, sql_types::{BigInt, Text}};
+    use diesel::{
+        QueryableByName, RunQueryDsl,
+        sql_types::{BigInt, Text},
+    };
     #[derive(QueryableByName)]
     struct Group {
         #[diesel(sql_type = Text)]

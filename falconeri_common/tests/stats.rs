@@ -318,7 +318,10 @@ fn a_big_job_is_measured_over_its_newest_attempts() {
         let command = s.phases.command.unwrap();
         assert_eq!((command.count, command.max), (window, 10_000), "{db:?}");
         assert_eq!(s.throughput.datums_done, window, "{db:?}");
-        assert!(s.slowest.iter().all(|a| a.command_ms == Some(10_000)), "{db:?}");
+        assert!(
+            s.slowest.iter().all(|a| a.command_ms == Some(10_000)),
+            "{db:?}"
+        );
 
         // At the window or below, every attempt counts and no window is set.
         let small = create_job(&mut conn, 3, "stats-window-small");

@@ -9,10 +9,11 @@
 //! 1. makes a running job of BENCH_DATUMS datums in bulk SQL (one datum
 //!    through the models, the rest by `INSERT … SELECT` over a generated
 //!    series, with no input file rows: no measured request reads them),
-//!    then gives it the mix of a job well under way: 94 % done with one
-//!    attempt and its statistics, 1 % failed after three attempts with
-//!    five distinct error messages, 64 running with an open attempt, the
-//!    rest ready. Bulk SQL because going through workers would take
+//!    then gives it the mix of a job well under way, taken from the
+//!    queue's front as workers take it: the first 95 % finished (99 in 100
+//!    done with one attempt and its statistics, 1 in 100 failed after
+//!    three attempts, with five distinct error messages), the next 64
+//!    running with an open attempt, the rest ready. Bulk SQL because going through workers would take
 //!    minutes per backend and measure dispatch, which `bench/dispatch`
 //!    does;
 //! 2. serves the real falconerid app in this process on 127.0.0.1 and
@@ -70,6 +71,10 @@ fn fill_sql(postgres: bool, job: i64, n: usize, now: i64) -> String {
              UNION ALL SELECT s + 1 FROM g WHERE s < {last}) SELECT s FROM g)"
         )
     };
+    // Workers take datums from the queue's front (planning order): the
+    // first 95 % have finished (1 in 100 of them failed), the next 64 run,
+    // the rest wait.
+    let front = n * 95 / 100;
     // The job ran for 2 ms a datum (16 workers at ~500 datums/s) until now.
     let t0 = now - 2 * n as i64;
     let stats_cols = "download_files, download_bytes, download_ms, command_ms, user_cpu_ms, \
@@ -89,16 +94,16 @@ fn fill_sql(postgres: bool, job: i64, n: usize, now: i64) -> String {
             owner = 'bench-worker-' || CAST(seq % 16 AS TEXT), \
             started_at = {t0} + seq * 2, finished_at = {t0} + seq * 2 + 30, \
             updated_at = {t0} + seq * 2 + 30 \
-          WHERE job_id = {job} AND seq % 100 >= 5;
+          WHERE job_id = {job} AND seq < {front} AND seq % 100 <> 0;
          UPDATE datums SET status = 'error', ready_order = NULL, attempt = 3, \
             owner = 'bench-worker-' || CAST(seq % 16 AS TEXT), \
             started_at = {t0} + seq * 2, finished_at = {t0} + seq * 2 + 30, \
             updated_at = {t0} + seq * 2 + 30, error_message = {error_message} \
-          WHERE job_id = {job} AND seq % 100 = 0;
+          WHERE job_id = {job} AND seq < {front} AND seq % 100 = 0;
          UPDATE datums SET status = 'running', ready_order = NULL, attempt = 1, \
             owner = 'bench-worker-' || CAST(seq % 16 AS TEXT), \
             lease_expires_at = {now} + 86400000, started_at = {now} - 100, updated_at = {now} \
-          WHERE job_id = {job} AND seq % 100 = 1 AND seq < 6400;
+          WHERE job_id = {job} AND seq >= {front} AND seq < {front} + 64;
          INSERT INTO attempts (job_id, datum_id, number, worker_id, started_at, finished_at, \
             outcome, exit_code, {stats_cols}) \
          SELECT job_id, id, 1, owner, started_at, finished_at, 'done', 0, {stats_vals} \
@@ -166,7 +171,8 @@ async fn job_page(client: &reqwest::Client, base: &str, job: i64) -> Result<[f64
             get(client, base, &stats_path),
             get(client, base, &timeline_path),
         );
-        let (progress_ms, progress) = get(client, base, &format!("/v1/jobs/{job}/progress")).await?;
+        let (progress_ms, progress) =
+            get(client, base, &format!("/v1/jobs/{job}/progress")).await?;
         Ok::<_, anyhow::Error>((stats?.0, timeline?.0, progress_ms, progress))
     };
     let (datums, rest) = tokio::join!(datums, rest);
@@ -221,10 +227,19 @@ async fn measure(label: &str, base: &str, job: i64, middle: i64, repeat: usize) 
     let pages = [
         ("table: later page (`after`)", format!("after={middle}")),
         ("table: status error", "status=error".to_owned()),
-        ("table: status ready, later page", format!("status=ready&after={middle}")),
-        ("table: status done, later page", format!("status=done&after={middle}")),
+        (
+            "table: status ready, later page",
+            format!("status=ready&after={middle}"),
+        ),
+        (
+            "table: status done, later page",
+            format!("status=done&after={middle}"),
+        ),
         ("table: outcome error", "outcome=error".to_owned()),
-        ("table: outcome error, later page", format!("outcome=error&after={middle}")),
+        (
+            "table: outcome error, later page",
+            format!("outcome=error&after={middle}"),
+        ),
     ];
     for (name, query) in pages {
         let mut t = Timings::default();
@@ -256,8 +271,8 @@ async fn run(backend: &str, datums: usize, repeat: usize) -> Result<()> {
     let postgres = matches!(backend, "postgres");
     let started = Instant::now();
     let pool = db.pool.clone();
-    let job = tokio::task::spawn_blocking(move || create_running_job(&pool, "dashboard", 1))
-        .await??;
+    let job =
+        tokio::task::spawn_blocking(move || create_running_job(&pool, "dashboard", 1)).await??;
     let pool = db.pool.clone();
     let middle = tokio::task::spawn_blocking(move || -> Result<i64> {
         let mut conn = pool.get()?;
@@ -311,7 +326,9 @@ async fn run(backend: &str, datums: usize, repeat: usize) -> Result<()> {
 async fn main() -> Result<()> {
     let number = |name: &str, default: usize| -> Result<usize> {
         match std::env::var(name) {
-            Ok(v) => v.parse().with_context(|| format!("{name} must be a number")),
+            Ok(v) => v
+                .parse()
+                .with_context(|| format!("{name} must be a number")),
             Err(_) => Ok(default),
         }
     };

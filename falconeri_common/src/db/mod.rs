@@ -227,7 +227,10 @@ impl DbConn {
     /// (a WAL reader keeps its snapshot until it ends; no write lock is
     /// taken). Inside a transaction already, `f` runs in a savepoint of it,
     /// on that transaction's snapshot.
-    pub fn snapshot_read<T, E>(&mut self, f: impl FnOnce(&mut DbConn) -> Result<T, E>) -> Result<T, E>
+    pub fn snapshot_read<T, E>(
+        &mut self,
+        f: impl FnOnce(&mut DbConn) -> Result<T, E>,
+    ) -> Result<T, E>
     where
         E: From<diesel::result::Error>,
     {
