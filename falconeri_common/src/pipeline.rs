@@ -832,10 +832,10 @@ fn display_problems(problems: &[SpecProblem]) -> String {
 /// The path of the whole document.
 pub const ROOT_PATH: &str = "(root)";
 
-/// Parses JSON into `T` (a spec, a workflow file), naming the JSON path of
+/// Parses JSON into `T` (a spec, a workflow file, a schedule), naming the JSON path of
 /// a parse error and refusing trailing garbage as `serde_json::from_str`
 /// would.
-pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(json: &str) -> Result<T, SpecError> {
+pub fn parse_json<T: serde::de::DeserializeOwned>(json: &str) -> Result<T, SpecError> {
     let mut deserializer = serde_json::Deserializer::from_str(json);
     let value: T = serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
         let path = err.path().to_string();

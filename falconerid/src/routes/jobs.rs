@@ -84,8 +84,7 @@ async fn create(
 ) -> AppResult<(StatusCode, Json<JobResponse>)> {
     principal.require_admin()?;
     let body = body?;
-    let text = std::str::from_utf8(&body)
-        .map_err(|_| AppError::BadRequest("the spec is not UTF-8".to_owned()))?;
+    let text = super::body_text(&body, "the spec")?;
     let mut spec = PipelineSpec::from_json(text).map_err(AppError::InvalidSpec)?;
     if let Some(incremental) = query.incremental {
         spec.incremental = incremental;

@@ -24,6 +24,12 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{error::AppError, state::AppState};
 
+/// A request body that is a document users write (a spec, a workflow, a
+/// schedule) as text: `what` names it in the 400 when it is not UTF-8.
+fn body_text<'a>(body: &'a [u8], what: &str) -> Result<&'a str, AppError> {
+    std::str::from_utf8(body).map_err(|_| AppError::BadRequest(format!("{what} is not UTF-8")))
+}
+
 /// Every route, with its OpenAPI description.
 pub fn api() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(crate::openapi::ApiDoc::openapi())

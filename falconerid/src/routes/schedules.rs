@@ -6,7 +6,7 @@ use axum::{
 };
 use falconeri_common::{
     models::{NewSchedule, Schedule, db_now},
-    pipeline::{PipelineSpec, SpecError, SpecProblem},
+    pipeline::{PipelineSpec, SpecError, SpecProblem, parse_json},
     schedule::{
         CronSchedule, DEFAULT_TIMEZONE, ScheduleKind, ScheduleListResponse, ScheduleRequest,
         ScheduleResponse,
@@ -152,18 +152,8 @@ async fn create(
 ) -> AppResult<(StatusCode, Json<ScheduleResponse>)> {
     principal.require_admin()?;
     let body = body?;
-    let text = std::str::from_utf8(&body)
-        .map_err(|_| AppError::BadRequest("the schedule is not UTF-8".to_owned()))?;
-    let mut deserializer = serde_json::Deserializer::from_str(text);
     let request: ScheduleRequest =
-        serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
-            AppError::InvalidSpec(SpecError {
-                problems: vec![SpecProblem {
-                    path: err.path().to_string(),
-                    message: err.into_inner().to_string(),
-                }],
-            })
-        })?;
+        parse_json(super::body_text(&body, "the schedule")?).map_err(AppError::InvalidSpec)?;
     let (cron, kind, target) = validate(&request).map_err(AppError::InvalidSpec)?;
     let timezone = request
         .timezone

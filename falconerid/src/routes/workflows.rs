@@ -98,8 +98,7 @@ async fn create(
 ) -> AppResult<(StatusCode, Json<WorkflowResponse>)> {
     principal.require_admin()?;
     let body = body?;
-    let text = std::str::from_utf8(&body)
-        .map_err(|_| AppError::BadRequest("the workflow is not UTF-8".to_owned()))?;
+    let text = super::body_text(&body, "the workflow")?;
     let spec = WorkflowSpec::from_json(text).map_err(AppError::InvalidSpec)?;
     let workflow = start(&state, spec, None, false).await?;
     Ok((StatusCode::CREATED, Json(workflow)))
