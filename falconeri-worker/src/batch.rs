@@ -23,9 +23,10 @@ use anyhow::{Result, anyhow, bail};
 use falconeri_common::{
     api::{
         BatchHeartbeatRequest, BatchOutcome, BatchReport, BatchReportRequest, BatchReportResponse,
-        Claim, DatumClaim, Reservation,
+        Claim, DatumClaim, Reservation, ReserveNext,
     },
     client::Client,
+    pipeline::MAX_DATUMS_PER_RESERVATION,
 };
 use tokio_util::{sync::CancellationToken, task::AbortOnDropHandle};
 use tracing::Instrument;
@@ -147,16 +148,13 @@ pub(crate) async fn process_batch(
     reports.retain(|report| !leases.is_lost(report.datum_id));
 
     match halt {
-        None => {
-            send_reports(worker, &leases, reports).await?;
-            Ok(Outcome::Next)
-        }
+        None => send_reports(worker, &leases, reports).await,
         Some(Halt::Stopped) => {
             report_on_stop(worker, reports).await;
             Ok(Outcome::Stopped)
         }
         Some(Halt::Broken(error)) => {
-            send_reports(worker, &leases, reports).await?;
+            send_reports_only(worker, &leases, reports).await?;
             bail!("{error}")
         }
     }
@@ -201,31 +199,76 @@ fn kind(outcome: &BatchOutcome) -> &'static str {
 /// unreachable or answers 5xx (for the whole request or for single reports)
 /// within the retry budget, as a single datum's report does. A report
 /// refused because the datum is no longer ours is logged and dropped.
-async fn send_reports(worker: &Worker, leases: &Leases, reports: Vec<BatchReport>) -> Result<()> {
+///
+/// The first request also asks for our next datums (`next`), saving the
+/// run loop a round trip: the answer is what comes next. Unless the worker
+/// is stopping, which takes nothing new.
+async fn send_reports(
+    worker: &Worker,
+    leases: &Leases,
+    reports: Vec<BatchReport>,
+) -> Result<Outcome> {
+    let next = (!worker.shutdown.is_cancelled()).then_some(ReserveNext {
+        max_datums: Some(MAX_DATUMS_PER_RESERVATION),
+    });
+    report_until_settled(worker, leases, reports, next).await
+}
+
+/// [`send_reports`] without asking for more: the worker is about to exit.
+async fn send_reports_only(
+    worker: &Worker,
+    leases: &Leases,
+    reports: Vec<BatchReport>,
+) -> Result<()> {
+    report_until_settled(worker, leases, reports, None)
+        .await
+        .map(drop)
+}
+
+async fn report_until_settled(
+    worker: &Worker,
+    leases: &Leases,
+    reports: Vec<BatchReport>,
+    next: Option<ReserveNext>,
+) -> Result<Outcome> {
     let budget = worker.config.retry_budget;
     let mut backoff = Backoff::new(budget);
-    let mut body = BatchReportRequest { reports };
+    let mut body = BatchReportRequest { reports, next };
+    // Whether a request that asked for `next` went unanswered: the server
+    // may have handed us datums we never heard of.
+    let mut lost_next = false;
+    let mut given = None;
     while !body.reports.is_empty() {
         let failure = match worker
             .client
             .report_batch(worker.config.job_id, &body)
             .await
         {
-            Ok(answer) => {
+            Ok(mut answer) => {
+                // The datums given are ours from now; their leases run
+                // unheartbeated while reports are retried below (rare: an
+                // expired one comes back to the queue and our later report
+                // of it is refused).
+                if body.next.take().is_some() {
+                    given = answer.next.take();
+                }
                 let retry = sort_results(body.reports, answer)?;
                 // Settled reports need no lease any more; retried ones do.
                 leases.settle_all_but(&retry);
                 if retry.is_empty() {
-                    return Ok(());
+                    break;
                 }
                 body.reports = retry;
                 format!("falconerid could not settle {} reports", body.reports.len())
             }
             Err(err) if err.is_conflict() || err.is_not_found() => {
                 tracing::warn!(error = %err, "the batch is no longer ours; our reports were refused");
-                return Ok(());
+                break;
             }
-            Err(err) if err.is_transient() => err.to_string(),
+            Err(err) if err.is_transient() => {
+                lost_next |= body.next.is_some();
+                err.to_string()
+            }
             Err(err) => return Err(anyhow!(err).context("cannot report the batch")),
         };
         let Some(delay) = backoff.next_delay() else {
@@ -237,7 +280,11 @@ async fn send_reports(worker: &Worker, leases: &Leases, reports: Vec<BatchReport
         tracing::warn!(error = %failure, ?delay, "reporting the batch failed; retrying");
         tokio::time::sleep(delay).await;
     }
-    Ok(())
+    Ok(match given {
+        Some(next) => Outcome::Given(next),
+        None if lost_next => Outcome::Resume,
+        None => Outcome::Next,
+    })
 }
 
 /// Logs how each report was settled and returns those worth sending again
@@ -287,7 +334,10 @@ async fn report_on_stop(worker: &Worker, reports: Vec<BatchReport>) {
     if reports.is_empty() {
         return;
     }
-    let body = BatchReportRequest { reports };
+    let body = BatchReportRequest {
+        reports,
+        next: None,
+    };
     let report = worker.client.report_batch(worker.config.job_id, &body);
     match tokio::time::timeout(STOP_REPORT_TIMEOUT, report).await {
         Ok(Ok(answer)) => {
@@ -444,7 +494,7 @@ pub(crate) mod tests {
 
     use std::{collections::BTreeMap, path::Path, sync::Arc};
 
-    use falconeri_common::api::{BatchReportResult, ErrorDetail};
+    use falconeri_common::api::{BatchReportResult, ErrorDetail, ReserveResponse};
     use tokio::{
         io::{AsyncReadExt, AsyncWriteExt},
         net::TcpListener,
@@ -609,6 +659,7 @@ pub(crate) mod tests {
     fn results_are_sorted_into_settled_lost_and_retried() {
         let answer = BatchReportResponse {
             results: vec![accepted(1), refused(2, "conflict"), refused(3, "internal")],
+            next: None,
         };
         let retry = sort_results(reports(&[1, 2, 3]), answer).unwrap();
         assert_eq!(retry.iter().map(|r| r.datum_id).collect::<Vec<_>>(), [3]);
@@ -616,6 +667,7 @@ pub(crate) mod tests {
         // Refused for good for another reason: an error, as for one datum.
         let answer = BatchReportResponse {
             results: vec![accepted(1), refused(2, "bad_request")],
+            next: None,
         };
         let err = sort_results(reports(&[1, 2]), answer).unwrap_err();
         assert!(format!("{err}").contains("bad_request"), "{err}");
@@ -623,6 +675,7 @@ pub(crate) mod tests {
         // A report the answer forgets is not taken as settled.
         let answer = BatchReportResponse {
             results: vec![accepted(1)],
+            next: None,
         };
         assert!(sort_results(reports(&[1, 2]), answer).is_err());
     }
@@ -801,5 +854,56 @@ pub(crate) mod tests {
             .collect();
         marks.sort();
         assert_eq!(marks, ["1", "3"]);
+    }
+
+    /// A report asks for the next datums in the same request, and the
+    /// worker runs what the answer's `next` holds without reserving again:
+    /// a job of three datums takes one reservation and three reports.
+    #[tokio::test]
+    async fn the_next_datums_come_with_the_report_of_the_last() {
+        let (url, mut requests) = fake_server(Arc::new(|path: &str, body: &str| {
+            if path.ends_with("/heartbeat") {
+                return (200, r#"{"held":[],"lease_expires_at":0}"#.to_owned());
+            }
+            let batch = |ids: &[i64]| ReserveResponse::Batch {
+                reservations: ids.iter().map(|&id| reservation(id, &["true"])).collect(),
+            };
+            if path.ends_with("/reserve") {
+                return (200, serde_json::to_string(&batch(&[1])).unwrap());
+            }
+            let ids: Vec<i64> = reported(body).iter().map(|(id, _)| *id).collect();
+            let next = match ids.last() {
+                Some(1) => batch(&[2, 3]),
+                _ => ReserveResponse::Finished,
+            };
+            let answer = BatchReportResponse {
+                results: ids.iter().map(|&id| accepted(id)).collect(),
+                next: Some(next),
+            };
+            (200, serde_json::to_string(&answer).unwrap())
+        }))
+        .await;
+        let dir = tempfile::tempdir().unwrap();
+        let config = worker(&url, dir.path()).config;
+        // A worker that ignored `next` would reserve datum 1 again and again.
+        let run = crate::run_until(config, CancellationToken::new());
+        let exit = tokio::time::timeout(Duration::from_secs(30), run)
+            .await
+            .expect("the worker ends once the job is finished")
+            .unwrap();
+        assert_eq!(exit, crate::Exit::Finished);
+        let mut paths = Vec::new();
+        let mut reports = Vec::new();
+        while let Ok((path, body)) = requests.try_recv() {
+            if path.ends_with("/report") {
+                assert!(body.contains("\"next\":{"), "asks for next: {body}");
+                reports.extend(reported(&body));
+            }
+            paths.push(path);
+        }
+        let reserves = paths.iter().filter(|p| p.ends_with("/reserve")).count();
+        assert_eq!(reserves, 1, "{paths:?}");
+        let done = |id| (id, "done".to_owned());
+        assert_eq!(reports, [done(1), done(2), done(3)]);
     }
 }

@@ -17,6 +17,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use falconeri_common::{
     api::{
         AttemptStats, Claim, DoneRequest, ErrorRequest, NewOutputFile, ReleaseRequest, Reservation,
+        ReserveResponse,
     },
     client::{Client, ClientError},
     storage::{download_inputs, upload_outputs},
@@ -45,10 +46,15 @@ pub(crate) const MIN_HEARTBEAT: Duration = Duration::from_millis(100);
 pub(crate) const STOP_REPORT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// What the run loop should do after a datum.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Outcome {
     /// Ask for the next datum.
     Next,
+    /// Ask for the next datum with `resume`: an answer that may have handed
+    /// us datums (a report's `next`) was lost.
+    Resume,
+    /// The report's answer says what comes next (its `next`).
+    Given(ReserveResponse),
     /// The worker was told to stop.
     Stopped,
 }
@@ -143,6 +149,7 @@ pub(crate) async fn process(worker: &Worker, r: &Reservation) -> Result<Outcome>
                 output_files,
                 exit_code: Some(0),
                 stats: measured.stats(),
+                next: None,
             };
             let result = with_retries(budget, "reporting the datum done", || {
                 report_done(&worker.client, r.datum_id, &body)

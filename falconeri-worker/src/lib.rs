@@ -228,17 +228,29 @@ pub async fn run_until(mut config: Config, shutdown: CancellationToken) -> Resul
     // start (a worker id may be reused), and after a reservation that got
     // no answer. Then the server looks for them first.
     let mut resume = true;
+    // What a report's answer said comes next (its `next`), if it did: then
+    // no reservation is sent.
+    let mut given: Option<ReserveResponse> = None;
     loop {
-        let answer = tokio::select! {
-            // A datum reserved by a request we drop here is retried when its
-            // lease expires; stopping promptly matters more.
-            () = worker.shutdown.cancelled() => return Ok(Exit::Stopped),
-            answer = reserve(&worker, resume) => answer,
+        let answer = match given.take() {
+            Some(answer) => Ok(answer),
+            None => {
+                let answer = tokio::select! {
+                    // A datum reserved by a request we drop here is retried
+                    // when its lease expires; stopping promptly matters more.
+                    () = worker.shutdown.cancelled() => return Ok(Exit::Stopped),
+                    answer = reserve(&worker, resume) => answer,
+                };
+                resume = answer.is_err();
+                answer
+            }
         };
-        resume = answer.is_err();
-        match answer {
+        let outcome = match answer {
             // The server already waited for us (long poll), so ask again now.
-            Ok(ReserveResponse::Wait) => backoff.reset(),
+            Ok(ReserveResponse::Wait) => {
+                backoff.reset();
+                continue;
+            }
             Ok(ReserveResponse::Finished) => {
                 tracing::info!("the job has no work left; exiting");
                 return Ok(Exit::Finished);
@@ -246,15 +258,11 @@ pub async fn run_until(mut config: Config, shutdown: CancellationToken) -> Resul
             // An older server, which knows no batches, answers this way.
             Ok(ReserveResponse::Reserved(reservation)) => {
                 backoff.reset();
-                if datum::process(&worker, &reservation).await? == Outcome::Stopped {
-                    return Ok(Exit::Stopped);
-                }
+                datum::process(&worker, &reservation).await?
             }
             Ok(ReserveResponse::Batch { reservations }) => {
                 backoff.reset();
-                if batch::process_batch(&worker, &reservations).await? == Outcome::Stopped {
-                    return Ok(Exit::Stopped);
-                }
+                batch::process_batch(&worker, &reservations).await?
             }
             Err(err) if err.is_transient() => {
                 let Some(delay) = backoff.next_delay() else {
@@ -268,8 +276,15 @@ pub async fn run_until(mut config: Config, shutdown: CancellationToken) -> Resul
                     () = worker.shutdown.cancelled() => return Ok(Exit::Stopped),
                     () = tokio::time::sleep(delay) => {}
                 }
+                continue;
             }
             Err(err) => return Err(anyhow!(err)).context("cannot reserve a datum"),
+        };
+        match outcome {
+            Outcome::Stopped => return Ok(Exit::Stopped),
+            Outcome::Next => {}
+            Outcome::Resume => resume = true,
+            Outcome::Given(next) => given = Some(next),
         }
     }
 }

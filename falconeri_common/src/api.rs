@@ -797,6 +797,34 @@ pub struct DoneRequest {
     /// What the worker measured (absent from older workers).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stats: Option<AttemptStats>,
+    /// Also reserve the worker's next datum, in the same round trip: once
+    /// the report is accepted, the answer's `next` holds what `POST
+    /// /v1/jobs/{id}/reserve` would answer this worker without waiting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<ReserveNext>,
+}
+
+/// What a report asks for next (see [`DoneRequest::next`]).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ReserveNext {
+    /// As [`ReserveRequest::max_datums`]: set, the next datums come as a
+    /// `batch`; unset, one datum as `reserved`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(maximum = 4294967295_u64)]
+    pub max_datums: Option<u32>,
+}
+
+/// Answer to `POST /v1/datums/{id}/done`: the datum, and the next
+/// reservation when one was asked for.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct DoneResponse {
+    #[serde(flatten)]
+    pub datum: DatumSummary,
+    /// The answer to `next`: `reserved` or `batch` (datums now this
+    /// worker's), `wait` (nothing ready now: long-poll `reserve`), or
+    /// `finished`. Absent when `next` was not asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<ReserveResponse>,
 }
 
 /// Body of `POST /v1/datums/{id}/error`.
@@ -868,6 +896,10 @@ pub struct BatchReport {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BatchReportRequest {
     pub reports: Vec<BatchReport>,
+    /// Also reserve the worker's next datums once the reports are settled
+    /// (see [`DoneRequest::next`]); the worker is the one the claims name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<ReserveNext>,
 }
 
 /// How one report of a batch was settled.
@@ -886,6 +918,9 @@ pub struct BatchReportResult {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BatchReportResponse {
     pub results: Vec<BatchReportResult>,
+    /// The answer to `next`, as in [`DoneResponse::next`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<ReserveResponse>,
 }
 
 /// Body of `POST /v1/jobs/{id}/heartbeat`: extend the leases of every datum

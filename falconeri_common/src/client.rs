@@ -354,7 +354,7 @@ impl Client {
         &self,
         datum_id: i64,
         body: &api::DoneRequest,
-    ) -> Result<api::DatumSummary, ClientError> {
+    ) -> Result<api::DoneResponse, ClientError> {
         self.post(&paths::datum_done(datum_id), body).await
     }
 

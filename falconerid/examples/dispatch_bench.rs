@@ -18,6 +18,12 @@
 //!    id = (SELECT … FOR UPDATE SKIP LOCKED)` on PostgreSQL) and a completion
 //!    `UPDATE` per datum, straight over diesel.
 //!
+//! Besides wall time, each drain is charged the CPU it cost: this process's
+//! (clients and server, or the floor's threads) plus the PostgreSQL
+//! cluster's (its postmaster and every backend, live or reaped), read from
+//! `/proc`. CPU per datum holds still on a machine shared with other work,
+//! where wall-clock rates do not, so the table gives both.
+//!
 //! Environment: `BENCH_SIZES` (comma-separated datum counts, default
 //! `1000,20000,100000,1000000`), `BENCH_BACKENDS` (default
 //! `postgres,sqlite`), `BENCH_WORKERS` (default 16), and
@@ -103,6 +109,7 @@ fn backend_label(db: &TestDb) -> Result<String> {
 struct Measured {
     drain: rest::Drain,
     statements: u64,
+    cpu: Duration,
 }
 
 async fn measure_rest(backend: &str, size: usize, workers: usize) -> Result<(String, Measured)> {
@@ -121,9 +128,17 @@ async fn measure_rest(backend: &str, size: usize, workers: usize) -> Result<(Str
     let done = Arc::new(AtomicU64::new(0));
     let progress =
         bench_support::report_progress(format!("{backend} {size} REST"), done.clone(), size);
+    let meter = CpuMeter::new(&db)?;
     let before = STATEMENTS.load(Ordering::Relaxed);
     let drain = rest::drain(&format!("http://{addr}"), &job, workers, done).await?;
     let statements = STATEMENTS.load(Ordering::Relaxed) - before;
+    let cpu = meter.used();
+    let (own, cluster) = meter.split();
+    eprintln!(
+        "  CPU µs/datum: this process {:.0}, PostgreSQL {:.0}",
+        own.as_secs_f64() * 1e6 / job.datums as f64,
+        cluster.as_secs_f64() * 1e6 / job.datums as f64
+    );
     progress.abort();
     stop.cancel();
     server.await??;
@@ -133,7 +148,14 @@ async fn measure_rest(backend: &str, size: usize, workers: usize) -> Result<(Str
     if drain.retried > 0 {
         eprintln!("  {backend} {size}: {} requests retried", drain.retried);
     }
-    Ok((label, Measured { drain, statements }))
+    Ok((
+        label,
+        Measured {
+            drain,
+            statements,
+            cpu,
+        },
+    ))
 }
 
 /// The floor's claim on PostgreSQL: one statement picks and takes the next
@@ -209,7 +231,7 @@ macro_rules! claim_and_complete {
 
 /// Drains `job` with the bare claim + complete pair on `workers` threads;
 /// answers the wall time and the statements sent.
-fn floor(pool: &DbPool, job: &BenchJob, workers: usize) -> Result<(Duration, u64)> {
+fn floor(pool: &DbPool, job: &BenchJob, workers: usize, meter: CpuMeter) -> Result<Floor> {
     let barrier = Arc::new(Barrier::new(workers + 1));
     let done = Arc::new(AtomicU64::new(0));
     let handles: Vec<_> = (0..workers)
@@ -248,24 +270,174 @@ fn floor(pool: &DbPool, job: &BenchJob, workers: usize) -> Result<(Duration, u64
             .map_err(|_| anyhow::anyhow!("a floor thread panicked"))??;
     }
     let elapsed = started.elapsed();
+    let cpu = meter.used();
+    let (own, cluster) = meter.split();
+    eprintln!(
+        "  CPU µs/datum: this process {:.0}, PostgreSQL {:.0}",
+        own.as_secs_f64() * 1e6 / job.datums as f64,
+        cluster.as_secs_f64() * 1e6 / job.datums as f64
+    );
     let statements = STATEMENTS.load(Ordering::Relaxed) - before;
     let completed = done.load(Ordering::Relaxed);
     if usize::try_from(completed).ok() != Some(job.datums) {
         bail!("the floor completed {completed} of {} datums", job.datums);
     }
-    Ok((elapsed, statements))
+    Ok(Floor {
+        elapsed,
+        statements,
+        cpu,
+    })
 }
 
-async fn measure_floor(backend: &str, size: usize, workers: usize) -> Result<(Duration, u64)> {
+/// What the floor's drain of one size measured.
+struct Floor {
+    elapsed: Duration,
+    statements: u64,
+    cpu: Duration,
+}
+
+async fn measure_floor(backend: &str, size: usize, workers: usize) -> Result<Floor> {
     let db = fresh_db(backend)?;
+    let postmaster = CpuMeter::postmaster(&db)?;
     let pool = DbPool::connect(&db.url, u32::try_from(workers).unwrap_or(16))?;
     let label = format!("{backend} {size}");
     tokio::task::spawn_blocking(move || {
         let job = create_running_job(&pool, "dispatch-floor", size)?;
         eprintln!("{label}: floor drain with {workers} threads");
-        floor(&pool, &job, workers)
+        floor(&pool, &job, workers, CpuMeter::start(postmaster))
     })
     .await?
+}
+
+/// CPU time used since it started by this process and, on PostgreSQL, by
+/// the cluster serving the benchmark.
+struct CpuMeter {
+    postmaster: Option<i32>,
+    start: (Duration, Duration),
+}
+
+impl CpuMeter {
+    fn new(db: &TestDb) -> Result<CpuMeter> {
+        Ok(CpuMeter::start(CpuMeter::postmaster(db)?))
+    }
+
+    fn start(postmaster: Option<i32>) -> CpuMeter {
+        CpuMeter {
+            postmaster,
+            start: CpuMeter::total(postmaster),
+        }
+    }
+
+    /// CPU used since the start: this process's plus the cluster's.
+    fn used(&self) -> Duration {
+        let (own, cluster) = self.split();
+        own + cluster
+    }
+
+    /// CPU used since the start: this process's, and the cluster's.
+    fn split(&self) -> (Duration, Duration) {
+        let (own, cluster) = CpuMeter::total(self.postmaster);
+        (
+            own.saturating_sub(self.start.0),
+            cluster.saturating_sub(self.start.1),
+        )
+    }
+
+    /// The postmaster's pid, from `postmaster.pid` in the cluster's data
+    /// directory (the cluster runs on this machine: scripts/test starts
+    /// it). `None` on SQLite, whose work is this process's own.
+    fn postmaster(db: &TestDb) -> Result<Option<i32>> {
+        #[derive(QueryableByName)]
+        struct Dir {
+            #[diesel(sql_type = Text)]
+            data_directory: String,
+        }
+        let mut conn = db.pool.get()?;
+        let DbConn::Postgres(c) = &mut conn else {
+            return Ok(None);
+        };
+        let dir = diesel::sql_query("SELECT current_setting('data_directory') AS data_directory")
+            .get_result::<Dir>(&mut **c)?
+            .data_directory;
+        let pid = std::fs::read_to_string(format!("{dir}/postmaster.pid"))
+            .with_context(|| format!("read {dir}/postmaster.pid (is PostgreSQL local?)"))?;
+        let pid = pid
+            .lines()
+            .next()
+            .and_then(|line| line.trim().parse().ok())
+            .context("postmaster.pid holds no pid")?;
+        Ok(Some(pid))
+    }
+
+    /// This process's CPU, and the postmaster's with its reaped children
+    /// and every live child's.
+    fn total(postmaster: Option<i32>) -> (Duration, Duration) {
+        let own = proc_stat("self").map_or(0, |s| s.utime + s.stime);
+        let mut ticks = 0;
+        if let Some(pm) = postmaster {
+            if let Some(s) = proc_stat(&pm.to_string()) {
+                ticks += s.utime + s.stime + s.cutime + s.cstime;
+            }
+            for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+                let name = entry.file_name();
+                let Some(name) = name.to_str() else { continue };
+                if !name.bytes().all(|b| b.is_ascii_digit()) {
+                    continue;
+                }
+                if let Some(s) = proc_stat(name)
+                    && s.ppid == pm
+                {
+                    ticks += s.utime + s.stime;
+                }
+            }
+        }
+        let time = |ticks: u64| Duration::from_micros(ticks * 1_000_000 / ticks_per_second());
+        (time(own), time(ticks))
+    }
+}
+
+/// The unit of `/proc/PID/stat`'s times (`getconf CLK_TCK`, 100 on
+/// Linux), asked once.
+fn ticks_per_second() -> u64 {
+    static TICKS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|out| String::from_utf8(out.stdout).ok())
+            .and_then(|text| text.trim().parse().ok())
+            .filter(|&n| n > 0)
+            .unwrap_or(100)
+    })
+}
+
+/// The fields of `/proc/PID/stat` the meter reads, in clock ticks.
+struct ProcStat {
+    ppid: i32,
+    utime: u64,
+    stime: u64,
+    cutime: u64,
+    cstime: u64,
+}
+
+fn proc_stat(pid: &str) -> Option<ProcStat> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses: fields start
+    // after the last ')'. Field 3 (state) is index 0 here.
+    let fields: Vec<&str> = text
+        .get(text.rfind(')')? + 1..)?
+        .split_whitespace()
+        .collect();
+    let field = |n: usize| fields.get(n - 3)?.parse::<i64>().ok();
+    let ticks = |n: usize| field(n).map(|v| u64::try_from(v).unwrap_or(0));
+    Some(ProcStat {
+        ppid: i32::try_from(field(4)?).ok()?,
+        utime: ticks(14)?,
+        stime: ticks(15)?,
+        cutime: ticks(16)?,
+        cstime: ticks(17)?,
+    })
 }
 
 fn env_list(name: &str, default: &str) -> Vec<String> {
@@ -293,31 +465,36 @@ async fn main() -> Result<()> {
 
     println!(
         "| backend | datums | datums/s | µs/datum | reserve p50 / p99 ms | done p50 / p99 ms \
-         | statements/datum | floor datums/s | floor statements/datum | × floor | size took s |"
+         | statements/datum | CPU µs/datum | floor datums/s | floor statements/datum \
+         | floor CPU µs/datum | × floor | CPU × floor | size took s |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for backend in &backends {
         for &size in &sizes {
             let size_started = Instant::now();
             eprintln!("{backend} {size}: REST drain with {workers} workers");
             let (label, mut rest) = measure_rest(backend, size, workers).await?;
-            let (floor_elapsed, floor_statements) = measure_floor(backend, size, workers).await?;
+            let floor = measure_floor(backend, size, workers).await?;
             let n = size as f64;
             let rate = n / rest.drain.elapsed.as_secs_f64();
-            let floor_rate = n / floor_elapsed.as_secs_f64();
+            let floor_rate = n / floor.elapsed.as_secs_f64();
+            let cpu_us = rest.cpu.as_secs_f64() * 1e6 / n;
+            let floor_cpu_us = floor.cpu.as_secs_f64() * 1e6 / n;
             let took = size_started.elapsed().as_secs_f64();
             eprintln!("{backend} {size}: took {took:.1} s");
             println!(
                 "| {label} | {size} | {rate:.0} | {:.0} | {:.2} / {:.2} | {:.2} / {:.2} | {:.1} \
-                 | {floor_rate:.0} | {:.1} | {:.2} | {took:.0} |",
+                 | {cpu_us:.0} | {floor_rate:.0} | {:.1} | {floor_cpu_us:.0} | {:.2} | {:.2} \
+                 | {took:.0} |",
                 1e6 / rate,
                 percentile_ms(&mut rest.drain.reserve_us, 50.0),
                 percentile_ms(&mut rest.drain.reserve_us, 99.0),
                 percentile_ms(&mut rest.drain.done_us, 50.0),
                 percentile_ms(&mut rest.drain.done_us, 99.0),
                 rest.statements as f64 / n,
-                floor_statements as f64 / n,
+                floor.statements as f64 / n,
                 rate / floor_rate,
+                floor_cpu_us / cpu_us.max(f64::MIN_POSITIVE),
             );
         }
     }

@@ -1625,3 +1625,162 @@ async fn a_join_without_matches_is_refused() {
         assert_eq!(rows_of_jobs(&server).await, (0, 0, 0));
     }
 }
+
+/// `done` with `next` reports a datum and reserves the worker's next one in
+/// one round trip: the next datum comes with its own claim, a refused
+/// report reserves nothing, and the report of the last datum answers
+/// `finished`.
+#[tokio::test]
+async fn done_with_next_hands_out_the_next_datum() {
+    for server in TestServer::all() {
+        let inputs = [("a.txt", "a"), ("b.txt", "b"), ("c.txt", "c")];
+        let job = create(&server, server.spec_with_inputs(&inputs, json!({}))).await;
+        let id = job["id"].as_i64().unwrap();
+        let token = worker_token(&server, id);
+        let (_, first) = reserve(&server, id, &token, "w", 0).await;
+        let first_id = first["datum_id"].as_i64().unwrap();
+
+        let body = json!({ "claim": first["claim"], "output": "", "next": {} });
+        let (status, answer) = post_datum(&server, &token, first_id, "done", body).await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+        assert_eq!(answer["status"], "done", "{answer}");
+        let next = &answer["next"];
+        assert_eq!(next["status"], "reserved", "{answer}");
+        let second_id = next["datum_id"].as_i64().unwrap();
+        assert_ne!(second_id, first_id);
+        assert_eq!(next["claim"]["worker_id"], "w", "{answer}");
+        assert_eq!(next["claim"]["attempt"], 1, "{answer}");
+        let datum = get_datum(&server, second_id).await;
+        assert_eq!(datum["datum"]["status"], "running", "{datum}");
+
+        // A stale report is refused and reserves nothing: the third datum
+        // is still there for another worker.
+        let body = json!({ "claim": first["claim"], "output": "", "next": {} });
+        let (status, answer) = post_datum(&server, &token, first_id, "done", body).await;
+        assert_eq!(status, StatusCode::CONFLICT, "{answer}");
+        assert!(answer.get("next").is_none(), "{answer}");
+        let (_, third) = reserve(&server, id, &token, "other", 0).await;
+        assert_eq!(third["status"], "reserved", "{third}");
+        let third_id = third["datum_id"].as_i64().unwrap();
+        assert!(third_id != first_id && third_id != second_id);
+
+        // Nothing ready while the third runs: `wait`, and the worker
+        // long-polls `reserve` as usual.
+        let body = json!({ "claim": next["claim"], "output": "", "next": {} });
+        let (status, answer) = post_datum(&server, &token, second_id, "done", body).await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+        assert_eq!(answer["next"]["status"], "wait", "{answer}");
+
+        // Asked without `next`, the answer has none.
+        let body = json!({ "claim": third["claim"], "output": "" });
+        let (status, answer) = post_datum(&server, &token, third_id, "done", body).await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+        assert!(answer.get("next").is_none(), "{answer}");
+        let (_, last) = reserve(&server, id, &token, "w", 0).await;
+        assert_eq!(last["status"], "finished", "{last}");
+        assert_eq!(get_job(&server, id).await["status"], "done");
+    }
+}
+
+/// The last report of a job, with `next`, finishes the job and answers
+/// `finished`, so the worker exits without asking again.
+#[tokio::test]
+async fn the_last_report_with_next_answers_finished() {
+    for server in TestServer::all() {
+        let job = create(
+            &server,
+            server.spec_with_inputs(&[("a.txt", "a")], json!({})),
+        )
+        .await;
+        let id = job["id"].as_i64().unwrap();
+        let token = worker_token(&server, id);
+        let (_, only) = reserve(&server, id, &token, "w", 0).await;
+        let datum_id = only["datum_id"].as_i64().unwrap();
+        let body = json!({ "claim": only["claim"], "output": "", "next": {} });
+        let (status, answer) = post_datum(&server, &token, datum_id, "done", body).await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+        assert_eq!(answer["next"]["status"], "finished", "{answer}");
+        assert_eq!(get_job(&server, id).await["status"], "done");
+    }
+}
+
+/// A batch report with `next` settles its reports, then reserves the next
+/// batch for the worker its claims name; reports naming no worker or two
+/// are refused whole (400) before anything is settled.
+#[tokio::test]
+async fn a_batch_report_with_next_reserves_the_next_batch() {
+    for server in TestServer::all() {
+        let inputs: Vec<(String, &str)> = (0..4).map(|i| (format!("f{i}.txt"), "x")).collect();
+        let inputs: Vec<(&str, &str)> = inputs.iter().map(|(p, c)| (p.as_str(), *c)).collect();
+        let job = create(
+            &server,
+            server.spec_with_inputs(&inputs, json!({ "datums_per_reservation": 2 })),
+        )
+        .await;
+        let id = job["id"].as_i64().unwrap();
+        let token = worker_token(&server, id);
+        let report_path = format!("/v1/jobs/{id}/report");
+        let (_, batch) = server
+            .call(
+                Method::POST,
+                &format!("/v1/jobs/{id}/reserve"),
+                Some(&token),
+                Some(json!({ "worker_id": "w", "wait_ms": 0, "max_datums": 2 })),
+            )
+            .await;
+        let first = batch["reservations"].as_array().unwrap().clone();
+        assert_eq!(first.len(), 2, "{batch}");
+        let done = |r: &Value, claim: &Value| json!({ "datum_id": r["datum_id"], "claim": claim, "outcome": "done", "output": "" });
+
+        // Refused whole: no reports, or claims of two workers.
+        let body = json!({ "reports": [], "next": { "max_datums": 2 } });
+        let (status, answer) = server
+            .call(Method::POST, &report_path, Some(&token), Some(body))
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+        let mut foreign = first[1]["claim"].clone();
+        foreign["worker_id"] = json!("someone-else");
+        let body = json!({
+            "reports": [done(&first[0], &first[0]["claim"]), done(&first[1], &foreign)],
+            "next": { "max_datums": 2 },
+        });
+        let (status, answer) = server
+            .call(Method::POST, &report_path, Some(&token), Some(body))
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+        assert!(
+            answer["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("next")
+        );
+        let untouched = get_datum(&server, first[0]["datum_id"].as_i64().unwrap()).await;
+        assert_eq!(untouched["datum"]["status"], "running", "{untouched}");
+
+        let reports: Vec<Value> = first.iter().map(|r| done(r, &r["claim"])).collect();
+        let body = json!({ "reports": reports, "next": { "max_datums": 2 } });
+        let (status, answer) = server
+            .call(Method::POST, &report_path, Some(&token), Some(body))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+        for result in answer["results"].as_array().unwrap() {
+            assert_eq!(result["datum"]["status"], "done", "{answer}");
+        }
+        assert_eq!(answer["next"]["status"], "batch", "{answer}");
+        let second = answer["next"]["reservations"].as_array().unwrap().clone();
+        assert_eq!(second.len(), 2, "{answer}");
+        for r in &second {
+            assert_eq!(r["claim"]["worker_id"], "w", "{answer}");
+            assert!(!first.iter().any(|f| f["datum_id"] == r["datum_id"]));
+        }
+
+        let reports: Vec<Value> = second.iter().map(|r| done(r, &r["claim"])).collect();
+        let body = json!({ "reports": reports, "next": { "max_datums": 2 } });
+        let (status, answer) = server
+            .call(Method::POST, &report_path, Some(&token), Some(body))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+        assert_eq!(answer["next"]["status"], "finished", "{answer}");
+        assert_eq!(get_job(&server, id).await["status"], "done");
+    }
+}

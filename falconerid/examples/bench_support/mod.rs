@@ -181,6 +181,13 @@ pub fn batch_size() -> u32 {
         .clamp(1, falconeri_common::pipeline::MAX_DATUMS_PER_RESERVATION)
 }
 
+/// `BENCH_NEXT`: whether each report also asks for the worker's next
+/// datums (`next`, as the worker does); `0` sends a separate reserve after
+/// every report, as older workers did. Default: ask.
+pub fn ask_next() -> bool {
+    std::env::var("BENCH_NEXT").map_or(true, |v| v != "0")
+}
+
 pub fn percentile_ms(values: &mut [u32], p: f64) -> f64 {
     if values.is_empty() {
         return f64::NAN;
@@ -232,7 +239,7 @@ pub mod rest {
 
     use anyhow::{Result, bail};
     use falconeri_common::{
-        api::{DoneRequest, ReserveResponse},
+        api::{DoneRequest, ReserveNext, ReserveResponse},
         client::Client,
     };
 
@@ -296,45 +303,65 @@ pub mod rest {
             return work_in_batches(client, job_id, worker, batch, done).await;
         }
         let mut mine = Drain::default();
+        let next = super::ask_next();
         // As the worker does: look for held datums at start and after a
         // reservation that got no answer only.
         let mut resume = true;
+        // The datum a report's `next` handed out, if any.
+        let mut pending: Option<Box<falconeri_common::api::Reservation>> = None;
         loop {
-            let started = Instant::now();
-            let answer = client
-                .reserve(job_id, worker, RESERVE_WAIT, None, resume)
-                .await;
-            resume = answer.is_err();
-            let reservation = match answer {
-                Ok(ReserveResponse::Reserved(reservation)) => reservation,
-                Ok(ReserveResponse::Batch { .. }) => bail!("a batch was not asked for"),
-                Ok(ReserveResponse::Wait) => continue,
-                Ok(ReserveResponse::Finished) => return Ok(mine),
-                Err(err) if err.is_transient() => {
-                    mine.retried += 1;
-                    continue;
+            let reservation = match pending.take() {
+                Some(reservation) => reservation,
+                None => {
+                    let started = Instant::now();
+                    let answer = client
+                        .reserve(job_id, worker, RESERVE_WAIT, None, resume)
+                        .await;
+                    resume = answer.is_err();
+                    let reservation = match answer {
+                        Ok(ReserveResponse::Reserved(reservation)) => reservation,
+                        Ok(ReserveResponse::Batch { .. }) => bail!("a batch was not asked for"),
+                        Ok(ReserveResponse::Wait) => continue,
+                        Ok(ReserveResponse::Finished) => return Ok(mine),
+                        Err(err) if err.is_transient() => {
+                            mine.retried += 1;
+                            continue;
+                        }
+                        Err(err) => return Err(err.into()),
+                    };
+                    mine.reserve_us.push(micros(started.elapsed()));
+                    reservation
                 }
-                Err(err) => return Err(err.into()),
             };
-            mine.reserve_us.push(micros(started.elapsed()));
             let body = DoneRequest {
                 claim: reservation.claim.clone(),
                 output: String::new(),
                 output_files: Vec::new(),
                 exit_code: Some(0),
                 stats: None,
+                next: next.then(ReserveNext::default),
             };
             let started = Instant::now();
-            loop {
+            let answer = loop {
                 match client.mark_done(reservation.datum_id, &body).await {
-                    Ok(_) => break,
-                    Err(err) if err.is_transient() => mine.retried += 1,
+                    Ok(answer) => break answer,
+                    Err(err) if err.is_transient() => {
+                        // The lost answer may have held our next datum.
+                        resume = true;
+                        mine.retried += 1;
+                    }
                     Err(err) => return Err(err.into()),
                 }
-            }
+            };
             mine.done_us.push(micros(started.elapsed()));
             mine.completed += 1;
             done.fetch_add(1, Ordering::Relaxed);
+            match answer.next {
+                Some(ReserveResponse::Reserved(next)) => pending = Some(next),
+                Some(ReserveResponse::Finished) => return Ok(mine),
+                Some(ReserveResponse::Batch { .. }) => bail!("a batch was not asked for"),
+                Some(ReserveResponse::Wait) | None => {}
+            }
         }
     }
 
@@ -349,25 +376,33 @@ pub mod rest {
     ) -> Result<Drain> {
         use falconeri_common::api::{BatchOutcome, BatchReport, BatchReportRequest};
         let mut mine = Drain::default();
+        let next = super::ask_next();
         let mut resume = true;
+        let mut pending: Option<Vec<falconeri_common::api::Reservation>> = None;
         loop {
-            let started = Instant::now();
-            let answer = client
-                .reserve(job_id, worker, RESERVE_WAIT, Some(batch), resume)
-                .await;
-            resume = answer.is_err();
-            let reservations = match answer {
-                Ok(ReserveResponse::Batch { reservations }) => reservations,
-                Ok(ReserveResponse::Reserved(reservation)) => vec![*reservation],
-                Ok(ReserveResponse::Wait) => continue,
-                Ok(ReserveResponse::Finished) => return Ok(mine),
-                Err(err) if err.is_transient() => {
-                    mine.retried += 1;
-                    continue;
+            let reservations = match pending.take() {
+                Some(reservations) => reservations,
+                None => {
+                    let started = Instant::now();
+                    let answer = client
+                        .reserve(job_id, worker, RESERVE_WAIT, Some(batch), resume)
+                        .await;
+                    resume = answer.is_err();
+                    let reservations = match answer {
+                        Ok(ReserveResponse::Batch { reservations }) => reservations,
+                        Ok(ReserveResponse::Reserved(reservation)) => vec![*reservation],
+                        Ok(ReserveResponse::Wait) => continue,
+                        Ok(ReserveResponse::Finished) => return Ok(mine),
+                        Err(err) if err.is_transient() => {
+                            mine.retried += 1;
+                            continue;
+                        }
+                        Err(err) => return Err(err.into()),
+                    };
+                    mine.reserve_us.push(micros(started.elapsed()));
+                    reservations
                 }
-                Err(err) => return Err(err.into()),
             };
-            mine.reserve_us.push(micros(started.elapsed()));
             let body = BatchReportRequest {
                 reports: reservations
                     .iter()
@@ -382,12 +417,18 @@ pub mod rest {
                         },
                     })
                     .collect(),
+                next: next.then_some(ReserveNext {
+                    max_datums: Some(batch),
+                }),
             };
             let started = Instant::now();
             let answer = loop {
                 match client.report_batch(job_id, &body).await {
                     Ok(answer) => break answer,
-                    Err(err) if err.is_transient() => mine.retried += 1,
+                    Err(err) if err.is_transient() => {
+                        resume = true;
+                        mine.retried += 1;
+                    }
                     Err(err) => return Err(err.into()),
                 }
             };
@@ -402,6 +443,12 @@ pub mod rest {
             }
             mine.completed += accepted;
             done.fetch_add(u64::try_from(accepted).unwrap_or(0), Ordering::Relaxed);
+            match answer.next {
+                Some(ReserveResponse::Batch { reservations }) => pending = Some(reservations),
+                Some(ReserveResponse::Reserved(one)) => pending = Some(vec![*one]),
+                Some(ReserveResponse::Finished) => return Ok(mine),
+                Some(ReserveResponse::Wait) | None => {}
+            }
         }
     }
 

@@ -15,8 +15,8 @@ use falconeri_common::{
     api::{
         AttemptStats, BatchHeartbeatRequest, BatchHeartbeatResponse, BatchOutcome, BatchReport,
         BatchReportRequest, BatchReportResponse, BatchReportResult, Claim, DatumSummary,
-        DoneRequest, ErrorDetail, ErrorRequest, HeartbeatRequest, HeartbeatResponse, NewOutputFile,
-        ReleaseRequest, Reservation, ReserveRequest, ReserveResponse,
+        DoneRequest, DoneResponse, ErrorDetail, ErrorRequest, HeartbeatRequest, HeartbeatResponse,
+        NewOutputFile, ReleaseRequest, Reservation, ReserveRequest, ReserveResponse,
     },
     failure_policy::{ExitAction, Matched, match_exit},
     models::{Clock, Completed, Datum, Job, ModelError, Report, ReserveWant, Reserved},
@@ -78,9 +78,33 @@ async fn reserve(
     principal.require_job(job_id)?;
     check_worker_id(&request.worker_id)?;
     let deadline = arrived + state.capped_wait(request.wait_ms);
+    let answer = reserve_for(
+        &state,
+        job_id,
+        &request.worker_id,
+        request.max_datums,
+        request.resume,
+        deadline,
+    )
+    .await?;
+    crate::metrics::reserve_answered(&answer, arrived.elapsed());
+    Ok(Json(answer))
+}
+
+/// What a reservation of `worker_id` in `job_id` gets, waiting until
+/// `deadline` for a datum to become ready (a deadline already past asks
+/// once: the `next` of a report).
+async fn reserve_for(
+    state: &AppState,
+    job_id: i64,
+    worker_id: &str,
+    max_datums: Option<u32>,
+    resume: bool,
+    deadline: Instant,
+) -> AppResult<ReserveResponse> {
     let lease_ms = state.config().lease_ms();
     let info = state.job_info(job_id).await?;
-    let max = match request.max_datums {
+    let max = match max_datums {
         Some(max) => max
             .min(info.spec.datums_per_reservation)
             .clamp(1, MAX_DATUMS_PER_RESERVATION),
@@ -95,9 +119,9 @@ async fn reserve(
         tokio::pin!(woken);
         woken.as_mut().enable();
         let want = ReserveWant {
-            worker_id: request.worker_id.clone(),
+            worker_id: worker_id.to_owned(),
             max,
-            resume: request.resume,
+            resume,
         };
         let (group_state, group_waiters) = (state.clone(), waiters.clone());
         let submitted = Instant::now();
@@ -120,45 +144,39 @@ async fn reserve(
             crate::metrics::dispatched(reserved.len(), submitted.elapsed());
             let mut reservations: Vec<Reservation> = reserved
                 .into_iter()
-                .map(|r| reservation(&state, r, &info))
+                .map(|r| reservation(state, r, &info))
                 .collect::<AppResult<_>>()?;
-            return answer(
-                arrived,
-                match request.max_datums {
-                    Some(_) => ReserveResponse::Batch { reservations },
-                    None => match reservations.pop() {
-                        Some(one) => ReserveResponse::Reserved(Box::new(one)),
-                        None => ReserveResponse::Wait,
-                    },
+            return Ok(match max_datums {
+                Some(_) => ReserveResponse::Batch { reservations },
+                None => match reservations.pop() {
+                    Some(one) => ReserveResponse::Reserved(Box::new(one)),
+                    None => ReserveResponse::Wait,
                 },
-            );
+            });
         }
         // Nothing to hand out: the cold path looks at the job itself.
         let job = state.db(move |conn| Job::find(conn, job_id)).await?;
         match job.status() {
-            status if status.is_terminal() => return answer(arrived, ReserveResponse::Finished),
+            status if status.is_terminal() => return Ok(ReserveResponse::Finished),
             JobStatus::Running => {
                 // Outside the transaction: finishing removes the staging
                 // area first, which is storage I/O.
-                if let Some(ended) = crate::babysitter::finish_if_complete(&state, &job, 0).await? {
-                    crate::babysitter::wind_down_detached(&state, ended).await;
-                    return answer(arrived, ReserveResponse::Finished);
+                if let Some(ended) = crate::babysitter::finish_if_complete(state, &job, 0).await? {
+                    crate::babysitter::wind_down_detached(state, ended).await;
+                    return Ok(ReserveResponse::Finished);
                 }
             }
             _ => {}
         }
+        if Instant::now() >= deadline {
+            return Ok(ReserveResponse::Wait);
+        }
         tokio::select! {
             _ = &mut woken => continue,
-            _ = tokio::time::sleep_until(deadline) => return answer(arrived, ReserveResponse::Wait),
-            _ = state.shutting_down() => return answer(arrived, ReserveResponse::Wait),
+            _ = tokio::time::sleep_until(deadline) => return Ok(ReserveResponse::Wait),
+            _ = state.shutting_down() => return Ok(ReserveResponse::Wait),
         }
     }
-}
-
-/// Answers a reservation, recording how long it waited.
-fn answer(arrived: Instant, response: ReserveResponse) -> AppResult<Json<ReserveResponse>> {
-    crate::metrics::reserve_answered(&response, arrived.elapsed());
-    Ok(Json(response))
 }
 
 /// Serves the reservations of one job gathered while the last statement
@@ -849,7 +867,7 @@ fn failure_consequence(
     params(("id" = i64, Path, description = "The datum's id")),
     request_body = DoneRequest,
     responses(
-        (status = 200, description = "The datum, done", body = DatumSummary),
+        (status = 200, description = "The datum, done (and the next reservation, if asked)", body = DoneResponse),
         BadRequest, Unauthorized, Forbidden, NotFound, Conflict, PayloadTooLarge, Unavailable,
         Internal,
     ),
@@ -859,7 +877,7 @@ async fn done(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<i64>,
     ApiJson(request): ApiJson<DoneRequest>,
-) -> AppResult<Json<DatumSummary>> {
+) -> AppResult<Json<DoneResponse>> {
     check_stats(request.stats.as_ref(), "stats")?;
     let outcome = BatchOutcome::Done {
         output: request.output,
@@ -867,7 +885,36 @@ async fn done(
         exit_code: request.exit_code,
         stats: request.stats,
     };
-    final_report(&state, &principal, id, &request.claim, outcome).await
+    let Json(datum) = final_report(&state, &principal, id, &request.claim, outcome).await?;
+    // Only once the report is accepted: a refused one answered above.
+    let next = match request.next {
+        Some(next) => Some(
+            reserve_next(
+                &state,
+                datum.job_id,
+                &request.claim.worker_id,
+                next.max_datums,
+            )
+            .await?,
+        ),
+        None => None,
+    };
+    Ok(Json(DoneResponse { datum, next }))
+}
+
+/// The `next` of a report: a reservation that does not wait, and need not
+/// look for held datums (the worker was answered until now; a worker that
+/// loses this answer asks `reserve` with `resume` next).
+async fn reserve_next(
+    state: &AppState,
+    job_id: i64,
+    worker_id: &str,
+    max_datums: Option<u32>,
+) -> AppResult<ReserveResponse> {
+    let arrived = Instant::now();
+    let answer = reserve_for(state, job_id, worker_id, max_datums, false, arrived).await?;
+    crate::metrics::reserve_answered(&answer, arrived.elapsed());
+    Ok(answer)
 }
 
 #[utoipa::path(
@@ -960,6 +1007,25 @@ async fn report_batch(
         };
         check_stats(stats, &format!("reports[{i}].stats"))?;
     }
+    // The worker the next datums go to: the one the claims name.
+    let next_for = match &request.next {
+        None => None,
+        Some(next) => {
+            let mut workers = request.reports.iter().map(|r| &r.claim.worker_id);
+            let Some(first) = workers.next() else {
+                return Err(AppError::BadRequest(
+                    "next: a report must name the worker (no reports given)".to_owned(),
+                ));
+            };
+            if workers.any(|w| w != first) {
+                return Err(AppError::BadRequest(
+                    "next: the reports' claims name more than one worker".to_owned(),
+                ));
+            }
+            check_worker_id(first)?;
+            Some((first.clone(), next.max_datums))
+        }
+    };
     let ids: Vec<i64> = request.reports.iter().map(|r| r.datum_id).collect();
     let results = settle_batch(&state, &principal, job_id, request.reports).await?;
     let results = ids
@@ -978,7 +1044,13 @@ async fn report_batch(
             },
         })
         .collect();
-    Ok(Json(BatchReportResponse { results }))
+    let next = match next_for {
+        Some((worker_id, max_datums)) => {
+            Some(reserve_next(&state, job_id, &worker_id, max_datums).await?)
+        }
+        None => None,
+    };
+    Ok(Json(BatchReportResponse { results, next }))
 }
 
 /// The error detail of a refused report, as its own route would answer.
