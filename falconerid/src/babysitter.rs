@@ -62,6 +62,19 @@ pub async fn run(state: AppState, cancel: CancellationToken) {
 /// stopped and the outputs its attempts staged but never published are
 /// removed. Failures are logged, not returned: the job's outcome stands.
 pub async fn wind_down(state: &AppState, job: &Job) {
+    let _ending = state.lock_job_ending(job.id).await;
+    // A `datum retry` may have reopened the job since it ended: then the
+    // workers and staging are the new run's, and stay.
+    let id = job.id;
+    match state.db(move |conn| Job::find(conn, id)).await {
+        Ok(now) if !now.status().is_terminal() => {
+            tracing::info!(job = job.name, "job reopened before its wind-down; skipped");
+            return;
+        }
+        Ok(_) => {}
+        // Winding down a job that ended is the safe side.
+        Err(err) => tracing::warn!(job = job.name, error = %err, "cannot re-read the job"),
+    }
     if let Err(err) = state.executor().stop_workers(job.id).await {
         tracing::warn!(
             job = job.name,

@@ -204,7 +204,15 @@ struct Inner {
     /// Bumped when a schedule changes: the scheduler wakes to re-read
     /// when the next run is due.
     schedules: watch::Sender<u64>,
+    /// Locks that serialize a job's wind-down with its reopening (see
+    /// [`AppState::lock_job_ending`]), striped by job id.
+    job_endings: Box<[tokio::sync::Mutex<()>]>,
 }
+
+/// How many locks [`AppState::lock_job_ending`] stripes jobs over: two jobs
+/// sharing one only wait for each other's wind-down, which is rare and
+/// short.
+const JOB_ENDING_STRIPES: usize = 64;
 
 impl AppState {
     /// Wraps the pieces.
@@ -230,12 +238,27 @@ impl AppState {
                 shutdown: CancellationToken::new(),
                 workflows: watch::channel(0).0,
                 schedules: watch::channel(0).0,
+                job_endings: (0..JOB_ENDING_STRIPES)
+                    .map(|_| tokio::sync::Mutex::new(()))
+                    .collect(),
             }),
         }
     }
 
     pub fn config(&self) -> &Config {
         &self.inner.config
+    }
+
+    /// Held while a job that ended is wound down (its workers stopped, its
+    /// staging removed) and while a `datum retry` reopens it and starts its
+    /// new workers. Without it, a retry right after the end could start a
+    /// worker that the end's wind-down then stops. The wind-down re-reads
+    /// the job under the lock and skips a job reopened meanwhile. This
+    /// orders the two within one falconerid; across replicas they are not
+    /// ordered (see ARCHITECTURE.md).
+    pub async fn lock_job_ending(&self, job_id: i64) -> tokio::sync::MutexGuard<'_, ()> {
+        let stripe = job_id.rem_euclid(JOB_ENDING_STRIPES as i64) as usize;
+        self.inner.job_endings[stripe].lock().await
     }
 
     pub fn pool(&self) -> &DbPool {

@@ -289,6 +289,69 @@ async fn datum_retry_requeues_while_running_and_reopens_after() {
     }
 }
 
+/// A `datum retry` right after its job ended waits for the end's
+/// wind-down, so the wind-down never stops the worker the retry started;
+/// and a wind-down that comes after a reopening leaves the job alone.
+#[tokio::test]
+async fn a_datum_retry_never_races_the_wind_down() {
+    use std::sync::atomic::Ordering::SeqCst;
+    for server in TestServer::all() {
+        let (id, token) = create(&server, 1, json!({ "datum_tries": 1 })).await;
+        let first = reserve(&server, id, &token).await.unwrap();
+        let datum_id = first["datum_id"].as_i64().unwrap();
+        fail(&server, &token, &first, 1).await;
+
+        // The reservation that finds the job over ends it and winds it
+        // down; the gate holds that wind-down in the middle.
+        let stops_before = server.executor.stops_begun.load(SeqCst);
+        let gate = server.executor.stop_gate.lock().await;
+        let (app, worker) = (server.app.clone(), token.clone());
+        let ending = tokio::spawn(async move {
+            let body = json!({ "worker_id": "w", "wait_ms": 0 });
+            let path = format!("/v1/jobs/{id}/reserve");
+            common::call(&app, Method::POST, &path, Some(&worker), Some(body)).await
+        });
+        for _ in 0..250 {
+            if server.executor.stops_begun.load(SeqCst) > stops_before {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(server.executor.stops_begun.load(SeqCst) > stops_before);
+        let app = server.app.clone();
+        let retry = tokio::spawn(async move {
+            let path = format!("/v1/datums/{datum_id}/retry");
+            common::call(&app, Method::POST, &path, Some(ADMIN), None).await
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!retry.is_finished(), "the retry waits for the wind-down");
+        drop(gate);
+        let (status, retried) = retry.await.unwrap();
+        assert_eq!(status, StatusCode::OK, "{retried}");
+        assert_eq!(retried["reopened"], true, "{retried}");
+        let (status, answer) = ending.await.unwrap();
+        assert_eq!(status, StatusCode::OK, "{answer}");
+        assert_eq!(answer["status"], "finished", "{answer}");
+        let events = server.executor.events.lock().unwrap().clone();
+        assert_eq!(
+            events.last().map(String::as_str),
+            Some(format!("start {id}").as_str()),
+            "the new worker is started after the old ones were stopped: {events:?}"
+        );
+
+        // A wind-down of the old end that comes only now (another path
+        // ended the job too) sees the job reopened and stops nothing.
+        let job = server
+            .state
+            .db(move |conn| falconeri_common::models::Job::find(conn, id))
+            .await
+            .unwrap();
+        let stops = server.executor.stopped.lock().unwrap().len();
+        falconerid::babysitter::wind_down(&server.state, &job).await;
+        assert_eq!(server.executor.stopped.lock().unwrap().len(), stops);
+    }
+}
+
 #[tokio::test]
 async fn failure_policies_in_a_spec_are_checked_with_their_paths() {
     for server in TestServer::all() {

@@ -101,17 +101,21 @@ async fn retry(
     ApiPath(id): ApiPath<i64>,
 ) -> AppResult<Json<DatumRetryResponse>> {
     principal.require_admin()?;
+    // The datum's job, to wait for its wind-down if it just ended (a retry
+    // that reopens the job must not race it; see `lock_job_ending`).
+    let job_id = state.db(move |conn| Datum::find(conn, id)).await?.job_id;
+    let ending = state.lock_job_ending(job_id).await;
     let retried = state
         .db_retrying(move |conn| {
             let now = db_now(conn)?;
             Datum::retry(conn, id, now)
         })
         .await?;
-    let job_id = retried.job.id;
     if retried.reopened {
         state.notify(Change::JobState { job_id });
         start_job::restart_workers(&state, &retried.job, 1).await?;
     }
+    drop(ending);
     state.notify(Change::DatumsReady { job_id, n: 1 });
     Ok(Json(DatumRetryResponse {
         datum: retried.datum.into(),

@@ -38,6 +38,13 @@ pub struct RecordingExecutor {
     pub workers: Mutex<HashMap<i64, Vec<WorkerState>>>,
     /// When set, starting workers fails.
     pub fail_starts: std::sync::atomic::AtomicBool,
+    /// Starts and stops in the order they happened: `start N` / `stop N`.
+    pub events: Mutex<Vec<String>>,
+    /// Stopping workers waits for this lock: a test holds it to keep a
+    /// wind-down in the middle.
+    pub stop_gate: tokio::sync::Mutex<()>,
+    /// Stops asked for so far, counted before waiting on `stop_gate`.
+    pub stops_begun: std::sync::atomic::AtomicUsize,
 }
 
 #[async_trait]
@@ -50,11 +57,17 @@ impl Executor for RecordingExecutor {
             anyhow::bail!("no room for workers");
         }
         self.started.lock().unwrap().push((launch.job_id, count));
+        let event = format!("start {}", launch.job_id);
+        self.events.lock().unwrap().push(event);
         self.launches.lock().unwrap().push(launch.clone());
         Ok(())
     }
     async fn stop_workers(&self, job_id: i64) -> Result<()> {
+        self.stops_begun
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let _gate = self.stop_gate.lock().await;
         self.stopped.lock().unwrap().push(job_id);
+        self.events.lock().unwrap().push(format!("stop {job_id}"));
         Ok(())
     }
     async fn workers(&self, job_id: i64) -> Result<Vec<WorkerState>> {
