@@ -11,7 +11,7 @@
 //! files through the callback of [`WorkflowDocument::resolve`], and falconerid
 //! applies the actions as guarded database writes.
 
-use std::collections::HashMap;
+use std::{borrow::Cow, collections::HashMap};
 
 use serde::{Deserialize, Serialize};
 
@@ -312,15 +312,33 @@ fn check_name(problems: &mut Problems, path: &str, name: &str) {
     }
 }
 
-/// A URI without trailing slashes, for prefix comparisons.
-fn trimmed(uri: &str) -> &str {
-    uri.trim_end_matches('/')
+/// A URI as compared for dependencies: without trailing slashes, and a
+/// `file://` path normalized lexically (`.`, `..` and repeated slashes
+/// resolved, as the local filesystem would read them barring symlinks).
+/// Object-store keys are compared as written: there `a/../b` and `a//b`
+/// are keys of their own.
+fn comparable(uri: &str) -> Cow<'_, str> {
+    let Some(path) = uri.strip_prefix("file://") else {
+        return Cow::Borrowed(uri.trim_end_matches('/'));
+    };
+    let mut parts: Vec<&str> = Vec::new();
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            part => parts.push(part),
+        }
+    }
+    Cow::Owned(format!("file:///{}", parts.join("/")))
 }
 
 /// True when `input` is `egress` or lies beneath it (whole path segments:
 /// `file:///data/out2` is not under `file:///data/out`).
 pub fn is_under(input: &str, egress: &str) -> bool {
-    let (input, egress) = (trimmed(input), trimmed(egress));
+    let (input, egress) = (comparable(input), comparable(egress));
+    let (input, egress) = (input.trim_end_matches('/'), egress.trim_end_matches('/'));
     input == egress
         || input
             .strip_prefix(egress)
@@ -833,6 +851,13 @@ mod tests {
         assert!(!is_under("s3://b/out2", "s3://b/out"));
         assert!(!is_under("s3://b", "s3://b/out"));
         assert!(is_under("file:///d/o/", "file:///d/o"));
+        // `file://` paths are compared once normalized; keys as written.
+        assert!(is_under("file:///a/../b/x", "file:///b"));
+        assert!(is_under("file:///b//./x/", "file:///b/"));
+        assert!(is_under("file:///b/x", "file:///b/y/.."));
+        assert!(!is_under("file:///b/../c", "file:///b"));
+        assert!(is_under("file:///x", "file:///"));
+        assert!(!is_under("s3://b/a/../out", "s3://b/out"));
     }
 
     #[test]
