@@ -184,7 +184,7 @@ async fn start_step(state: &AppState, claimed: Claimed) {
     } = claimed;
     tracing::info!(step = name, "starting workflow step");
     let created = tokio::select! {
-        created = create_run_job(state, spec, incremental) => created,
+        created = create_run_job(state, spec, incremental, None) => created,
         never = renew_claim(state, step_id, token.clone()) => match never {},
     };
     let outcome = match &created {
@@ -278,11 +278,14 @@ async fn renew_claim(state: &AppState, step_id: i64, token: String) -> Infallibl
 /// The one place a run's `incremental` flag (a schedule's `--incremental`,
 /// kept on its workflow runs) reaches job creation: like `job run
 /// --incremental`, it turns incremental on; without it the spec decides.
+///
+/// `run_key` is the job's idempotency key (a schedule's tick), if any.
 pub async fn create_run_job(
     state: &AppState,
     mut spec: PipelineSpec,
     incremental: bool,
+    run_key: Option<String>,
 ) -> AppResult<Job> {
     spec.incremental |= incremental;
-    start_job::create(state, spec, start_job::Source::Inputs, None).await
+    start_job::create_keyed(state, spec, start_job::Source::Inputs, None, run_key).await
 }

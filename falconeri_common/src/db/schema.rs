@@ -27,6 +27,7 @@ diesel::table! {
         skipped_count -> BigInt,
         previous_job_id -> Nullable<BigInt>,
         vanished_count -> Nullable<BigInt>,
+        run_key -> Nullable<Text>,
     }
 }
 
@@ -143,6 +144,9 @@ diesel::table! {
         last_run -> Nullable<Text>,
         last_error -> Nullable<Text>,
         created_at -> BigInt,
+        pending_tick -> Nullable<BigInt>,
+        pending_token -> Nullable<Text>,
+        pending_until -> Nullable<BigInt>,
     }
 }
 
@@ -155,6 +159,7 @@ diesel::table! {
         created_at -> BigInt,
         schedule_id -> Nullable<BigInt>,
         incremental -> Bool,
+        run_key -> Nullable<Text>,
     }
 }
 

@@ -77,6 +77,18 @@ impl ModelError {
     }
 }
 
+/// Turns the unique violation of an INSERT carrying the idempotency key
+/// `run_key` into a conflict naming the key: another caller made that run.
+pub(crate) fn taken_key(err: diesel::result::Error, run_key: Option<&str>) -> ModelError {
+    use diesel::result::{DatabaseErrorKind, Error};
+    match (&err, run_key) {
+        (Error::DatabaseError(DatabaseErrorKind::UniqueViolation, _), Some(key)) => {
+            ModelError::Conflict(format!("a run keyed {key:?} exists already"))
+        }
+        _ => ModelError::Database(err),
+    }
+}
+
 /// Result of a model method.
 pub type ModelResult<T> = Result<T, ModelError>;
 

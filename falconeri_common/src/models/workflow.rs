@@ -13,7 +13,7 @@ use diesel::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::{Job, ModelError, ModelResult};
+use super::{Job, ModelError, ModelResult, taken_key};
 use crate::{
     Millis,
     db::{DbConn, schema::*, with_conn, write_tx},
@@ -107,6 +107,7 @@ struct NewWorkflow<'a> {
     created_at: Millis,
     schedule_id: Option<i64>,
     incremental: bool,
+    run_key: Option<&'a str>,
 }
 
 #[derive(Insertable)]
@@ -149,6 +150,9 @@ pub struct NewWorkflowParams<'a> {
     pub name: &'a str,
     pub schedule_id: Option<i64>,
     pub incremental: bool,
+    /// An idempotency key, unique among runs (a schedule's tick): a second
+    /// run with the same key is refused with a conflict.
+    pub run_key: Option<&'a str>,
 }
 
 impl Workflow {
@@ -201,12 +205,14 @@ impl Workflow {
             created_at: now,
             schedule_id: params.schedule_id,
             incremental: params.incremental,
+            run_key: params.run_key,
         };
         write_tx!(conn, c => {
             let workflow: Workflow = diesel::insert_into(workflows::table)
                 .values(&new)
                 .returning(Workflow::as_returning())
-                .get_result(c)?;
+                .get_result(c)
+                .map_err(|err| taken_key(err, params.run_key))?;
             for row in &mut rows {
                 row.workflow_id = workflow.id;
             }
@@ -223,6 +229,15 @@ impl Workflow {
             .first(c)
             .optional())?
         .ok_or_else(|| ModelError::NotFound(format!("workflow {id}")))
+    }
+
+    /// The run carrying the idempotency key `run_key`, if one exists.
+    pub fn find_by_run_key(conn: &mut DbConn, run_key: &str) -> ModelResult<Option<Workflow>> {
+        Ok(with_conn!(conn, c => workflows::table
+            .filter(workflows::run_key.eq(run_key))
+            .select(Workflow::as_select())
+            .first(c)
+            .optional())?)
     }
 
     /// One workflow run by its unique name.

@@ -41,12 +41,14 @@ async fn load(state: &AppState, id: i64) -> AppResult<WorkflowResponse> {
 }
 
 /// Stores a workflow run with every step waiting; the chain starts the
-/// steps that wait for nothing at once.
+/// steps that wait for nothing at once. A run with the idempotency key
+/// `run_key` (a schedule's tick) is refused (409) if one exists.
 pub async fn start(
     state: &AppState,
     spec: WorkflowSpec,
     schedule_id: Option<i64>,
     incremental: bool,
+    run_key: Option<String>,
 ) -> AppResult<WorkflowResponse> {
     let name = format!(
         "{}-{}",
@@ -63,6 +65,7 @@ pub async fn start(
                     name: &name,
                     schedule_id,
                     incremental,
+                    run_key: run_key.as_deref(),
                 },
                 now,
             )
@@ -100,7 +103,7 @@ async fn create(
     let body = body?;
     let text = super::body_text(&body, "the workflow")?;
     let spec = WorkflowSpec::from_json(text).map_err(AppError::InvalidSpec)?;
-    let workflow = start(&state, spec, None, false).await?;
+    let workflow = start(&state, spec, None, false, None).await?;
     Ok((StatusCode::CREATED, Json(workflow)))
 }
 
