@@ -393,3 +393,101 @@ async fn a_tick_whose_replica_died_before_recording_its_run_runs_exactly_once() 
         assert_eq!(next, Some(due + 3_600_000), "{backend}");
     }
 }
+
+/// `POST /v1/workflows/{id}/retry` from two callers at once: one reopens
+/// the failed steps, the other is told there is nothing left to retry.
+async fn retry_twice(server: &TestServer, id: i64) -> Value {
+    let path = format!("/v1/workflows/{id}/retry");
+    let (a, b) = tokio::join!(
+        server.call(Method::POST, &path, Some(ADMIN), None),
+        server.call(Method::POST, &path, Some(ADMIN), None)
+    );
+    let mut statuses = [a.0, b.0];
+    statuses.sort();
+    assert_eq!(
+        statuses,
+        [StatusCode::OK, StatusCode::CONFLICT],
+        "{} {}",
+        a.1,
+        b.1
+    );
+    if a.0 == StatusCode::OK { a.1 } else { b.1 }
+}
+
+/// Two replicas apply the chain at once, and their tasks run to the end.
+async fn advance_on_two(server: &TestServer, other: &AppState) {
+    let (a, b) = tokio::join!(chain::advance(&server.state), chain::advance(other));
+    run_chain_tasks(a.unwrap()).await;
+    run_chain_tasks(b.unwrap()).await;
+}
+
+#[tokio::test]
+async fn workflow_retry_restarts_failed_steps_once_among_replicas() {
+    for server in TestServer::all() {
+        let backend = server.db.backend().name();
+        let other = replica(&server);
+        let (body, egress) = chain_body(&server);
+        let (_, run) = server
+            .call(Method::POST, "/v1/workflows", Some(ADMIN), Some(body))
+            .await;
+        let id = run["id"].as_i64().unwrap();
+        let show = format!("/v1/workflows/{id}");
+        let retry = format!("/v1/workflows/{id}/retry");
+        advance_on_two(&server, &other).await;
+
+        // Nothing failed yet: nothing to retry.
+        let (status, answer) = server.call(Method::POST, &retry, Some(ADMIN), None).await;
+        assert_eq!(status, StatusCode::CONFLICT, "{answer}");
+
+        // `first`'s job is canceled: `second` is canceled below it.
+        let (_, run) = server.call(Method::GET, &show, Some(ADMIN), None).await;
+        let first_job = run["steps"][0]["job"]["id"].as_i64().unwrap();
+        let (status, _) = server
+            .call(
+                Method::POST,
+                &format!("/v1/jobs/{first_job}/cancel"),
+                Some(ADMIN),
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        advance_on_two(&server, &other).await;
+        let (_, run) = server.call(Method::GET, &show, Some(ADMIN), None).await;
+        assert_eq!(run["steps"][0]["status"], "canceled", "{run}");
+        assert_eq!(run["steps"][1]["status"], "canceled", "{run}");
+
+        // Retried: `first` gets one retry of its job (of the canceled
+        // datums), made by one of the two replicas.
+        let run = retry_twice(&server, id).await;
+        assert_eq!(run["steps"][0]["status"], "waiting", "{run}");
+        advance_on_two(&server, &other).await;
+        assert_eq!(job_count(&server), 2, "{backend}");
+        let (_, run) = server.call(Method::GET, &show, Some(ADMIN), None).await;
+        assert_eq!(run["steps"][0]["job"]["retry_of"], first_job, "{run}");
+        assert_eq!(run["steps"][1]["status"], "waiting", "{run}");
+
+        // The retry ends done but wrote nothing: `second`'s job cannot be
+        // created (its input is empty), so the step fails without a job.
+        let retried = run["steps"][0]["job"]["id"].as_i64().unwrap();
+        {
+            let mut conn = server.db.pool.get().unwrap();
+            let now = db_now(&mut conn).unwrap();
+            Job::stop(&mut conn, retried, JobStatus::Done, None, now).unwrap();
+        }
+        advance_on_two(&server, &other).await;
+        let (_, run) = server.call(Method::GET, &show, Some(ADMIN), None).await;
+        assert_eq!(run["steps"][1]["state"], "failed", "{run}");
+        assert_eq!(run["steps"][1]["job"], Value::Null, "{run}");
+        assert_eq!(job_count(&server), 2, "{backend}");
+
+        // Its input is there now: retried, it starts exactly one job.
+        write_files(&egress, &[("a.txt", "A")]);
+        let run = retry_twice(&server, id).await;
+        assert_eq!(run["steps"][1]["status"], "waiting", "{run}");
+        advance_on_two(&server, &other).await;
+        assert_eq!(job_count(&server), 3, "{backend}");
+        let (_, run) = server.call(Method::GET, &show, Some(ADMIN), None).await;
+        assert_eq!(run["steps"][1]["status"], "running", "{run}");
+        assert_eq!(run["steps"][1]["reason"], Value::Null, "{run}");
+    }
+}

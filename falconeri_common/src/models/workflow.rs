@@ -465,6 +465,44 @@ impl WorkflowStep {
         Ok(n == 1)
     }
 
+    /// `workflow retry`: puts back to `waiting` every step of the run that
+    /// failed to start (`failed`: its job could not be created) and every
+    /// started step whose job ended `error` or `canceled` and was not
+    /// retried yet (it keeps that job in `job_id`: the chain then starts a
+    /// retry of its failed and canceled datums instead of a new job). Each
+    /// is a guarded UPDATE naming the state it leaves, so of several
+    /// callers racing, each step moves once; the chain's claim then starts
+    /// it once. Steps canceled for their upstream resume by the chain rules
+    /// once their upstream no longer blocks them. Returns how many moved.
+    #[tracing::instrument(level = "debug", skip(conn))]
+    pub fn reopen_failed(conn: &mut DbConn, workflow_id: i64, now: Millis) -> ModelResult<usize> {
+        let failed_jobs = "UPDATE workflow_steps SET state = 'waiting', reason = NULL, \
+             updated_at = $2 WHERE workflow_id = $1 AND state = 'started' \
+             AND job_id IN (SELECT j.id FROM jobs j \
+                 WHERE j.status IN ('error', 'canceled') \
+                 AND NOT EXISTS (SELECT 1 FROM jobs r WHERE r.retry_of = j.id))";
+        let failed_jobs = match conn.backend() {
+            crate::db::Backend::Sqlite => failed_jobs.replace("$1", "?1").replace("$2", "?2"),
+            crate::db::Backend::Postgres => failed_jobs.to_owned(),
+        };
+        write_tx!(conn, c => {
+            let not_created = diesel::update(workflow_steps::table)
+                .filter(workflow_steps::workflow_id.eq(workflow_id))
+                .filter(workflow_steps::state.eq(StepState::Failed.as_str()))
+                .set((
+                    workflow_steps::state.eq(StepState::Waiting.as_str()),
+                    workflow_steps::reason.eq(None::<String>),
+                    workflow_steps::updated_at.eq(now),
+                ))
+                .execute(c)?;
+            let ended = diesel::sql_query(&failed_jobs)
+                .bind::<BigInt, _>(workflow_id)
+                .bind::<BigInt, _>(now)
+                .execute(c)?;
+            Ok::<_, ModelError>(not_created + ended)
+        })
+    }
+
     /// Puts back to `waiting` the steps whose claim ran out before `now`
     /// (the falconerid starting them died). Returns how many.
     pub fn release_stale_claims(conn: &mut DbConn, now: Millis) -> ModelResult<usize> {
