@@ -1,5 +1,6 @@
 //! Failure policies through the HTTP API, on SQLite and PostgreSQL:
-//! `on_exit` rules applied to failure reports, `max_failed_datums` within
+//! `on_exit` rules applied to failure reports (and a `fail_job` stop cut
+//! short by a crash, finished by the babysitter), `max_failed_datums` within
 //! and over its limit, `POST /v1/datums/{id}/retry` while a job runs and
 //! after it ended, and the spec's refusals naming their JSON paths.
 
@@ -11,6 +12,16 @@ use std::time::Duration;
 
 use axum::http::{Method, StatusCode};
 use common::{ADMIN, TestServer};
+use falconeri_common::{
+    api::Claim,
+    models::{JobStopRequest, Report},
+    status::DatumStatus,
+};
+use falconerid::{
+    AppState,
+    babysitter::Babysitter,
+    failures::{fail_datum_requesting_stop, fail_job_reason},
+};
 use serde_json::{Value, json};
 
 fn files(n: usize) -> Vec<(String, String)> {
@@ -161,6 +172,71 @@ async fn a_fail_job_exit_code_ends_the_job_at_once() {
         assert_eq!(described["counts"]["canceled"], 2, "{described}");
         wait_stopped(&server, id).await;
         assert!(reserve(&server, id, &token).await.is_none());
+        // The handler stopped the job, so its stop request is spent.
+        let mut conn = server.db.pool.get().unwrap();
+        assert!(JobStopRequest::pending(&mut conn, 10).unwrap().is_empty());
+    }
+}
+
+#[tokio::test]
+async fn a_fail_job_stop_cut_short_by_a_crash_is_finished_by_the_babysitter() {
+    for server in TestServer::all() {
+        let backend = server.db.backend().name();
+        let extra = json!({
+            "datum_tries": 3,
+            "on_exit": [{ "exit_codes": [42], "action": "fail_job" }],
+        });
+        let (id, token) = create(&server, 3, extra).await;
+        let first = reserve(&server, id, &token).await.unwrap();
+        let datum_id = first["datum_id"].as_i64().unwrap();
+        let claim: Claim = serde_json::from_value(first["claim"].clone()).unwrap();
+
+        // The report's transaction commits (the datum fails, the stop is
+        // requested), then its falconerid dies before stopping the job.
+        let reason = fail_job_reason(datum_id, Some(42), None, 0);
+        {
+            let mut conn = server.db.pool.get().unwrap();
+            let report = Report {
+                output: "",
+                exit_code: Some(42),
+                signal: None,
+                stats: None,
+            };
+            let datum = fail_datum_requesting_stop(
+                &mut conn,
+                datum_id,
+                &claim,
+                &report,
+                "command exited with status 42 (on_exit[0]: fail_job, not retried)",
+                &reason,
+            )
+            .unwrap();
+            assert_eq!(datum.status(), DatumStatus::Error);
+        }
+        let job = get(&server, &format!("/v1/jobs/{id}")).await;
+        assert_eq!(job["status"], "running", "{backend}: {job}");
+
+        // Another replica's babysitter finds the request and stops the job.
+        let other = AppState::new(
+            server.state.config().clone(),
+            server.db.pool.clone(),
+            server.executor.clone(),
+        );
+        Babysitter::default().tick(&other).await.unwrap();
+        let job = get(&server, &format!("/v1/jobs/{id}")).await;
+        assert_eq!(job["status"], "error", "{backend}: {job}");
+        assert_eq!(job["error_message"].as_str(), Some(reason.as_str()));
+        let described = get(&server, &format!("/v1/jobs/{id}/describe")).await;
+        assert_eq!(described["counts"]["canceled"], 2, "{described}");
+        wait_stopped(&server, id).await;
+        let mut conn = server.db.pool.get().unwrap();
+        assert!(JobStopRequest::pending(&mut conn, 10).unwrap().is_empty());
+        drop(conn);
+
+        // A second pass has nothing left to do.
+        Babysitter::default().tick(&other).await.unwrap();
+        let job = get(&server, &format!("/v1/jobs/{id}")).await;
+        assert_eq!(job["error_message"].as_str(), Some(reason.as_str()));
     }
 }
 

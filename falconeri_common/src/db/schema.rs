@@ -183,6 +183,14 @@ diesel::table! {
 diesel::joinable!(datums -> jobs (job_id));
 diesel::joinable!(input_files -> datums (datum_id));
 diesel::joinable!(output_files -> datums (datum_id));
+diesel::table! {
+    job_stop_requests (job_id) {
+        job_id -> BigInt,
+        reason -> Text,
+        created_at -> BigInt,
+    }
+}
+
 diesel::joinable!(attempts -> datums (datum_id));
 diesel::joinable!(log_chunks -> datums (datum_id));
 diesel::allow_tables_to_appear_in_same_query!(

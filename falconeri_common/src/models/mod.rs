@@ -14,6 +14,7 @@ mod schedule;
 pub mod session;
 pub mod sql;
 pub mod stats;
+mod stop_request;
 mod workflow;
 
 use diesel::{QueryableByName, RunQueryDsl, sql_types::BigInt};
@@ -28,6 +29,7 @@ pub use logs::{
 };
 pub use schedule::{NewSchedule, Schedule};
 pub use sql::Clock;
+pub use stop_request::JobStopRequest;
 pub use workflow::{
     NewWorkflowParams, StepWithJob, Upstream, Workflow, WorkflowStep, step_views, workflow_response,
 };

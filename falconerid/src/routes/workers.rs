@@ -444,7 +444,15 @@ fn settle_report(
                         "{error} (on_exit[{rule}]: {}, not retried)",
                         action.as_str()
                     );
-                    Datum::fail_now(conn, id, claim, &report, &message, Clock::DB)
+                    if action == ExitAction::FailJob {
+                        let reason =
+                            crate::failures::fail_job_reason(id, *exit_code, *signal, rule);
+                        crate::failures::fail_datum_requesting_stop(
+                            conn, id, claim, &report, &message, &reason,
+                        )
+                    } else {
+                        Datum::fail_now(conn, id, claim, &report, &message, Clock::DB)
+                    }
                 }
                 _ => Datum::fail(conn, id, claim, &report, error, Clock::DB),
             }

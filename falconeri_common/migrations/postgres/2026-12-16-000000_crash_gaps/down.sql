@@ -1,3 +1,4 @@
+DROP TABLE job_stop_requests;
 DROP INDEX workflows_run_key;
 ALTER TABLE workflows DROP COLUMN run_key;
 DROP INDEX jobs_run_key;

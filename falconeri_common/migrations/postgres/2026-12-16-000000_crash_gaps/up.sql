@@ -18,3 +18,16 @@ ALTER TABLE jobs ADD COLUMN run_key TEXT;
 CREATE UNIQUE INDEX jobs_run_key ON jobs (run_key) WHERE run_key IS NOT NULL;
 ALTER TABLE workflows ADD COLUMN run_key TEXT;
 CREATE UNIQUE INDEX workflows_run_key ON workflows (run_key) WHERE run_key IS NOT NULL;
+
+-- A `fail_job` rule that matched a worker's report is recorded here in the
+-- report's own transaction, so its job's stop survives a crash between that
+-- transaction and the stop: the babysitter finishes every request it finds
+-- (`Job::stop` is guarded, so a job stopped already stays as it ended) and
+-- then deletes it. No foreign key and no write to the job row: the report's
+-- transaction holds datum rows, and `Job::stop` locks the job row before
+-- the datum rows; touching the job row here would be the reverse order.
+CREATE TABLE job_stop_requests (
+    job_id BIGINT PRIMARY KEY,
+    reason TEXT NOT NULL,
+    created_at BIGINT NOT NULL
+);
