@@ -177,6 +177,7 @@ fn failure(error: String, output: String, m: &Measured) -> BatchOutcome {
         exit_code: m.exit_code,
         signal: m.signal,
         stats: m.stats(),
+        killed_for: m.killed_for,
     }
 }
 

@@ -16,8 +16,8 @@ use std::{
 use anyhow::{Context, Result, anyhow, bail};
 use falconeri_common::{
     api::{
-        AttemptStats, Claim, DoneRequest, ErrorRequest, NewOutputFile, ReleaseRequest, Reservation,
-        ReserveResponse,
+        AttemptStats, Claim, DoneRequest, ErrorRequest, KilledFor, NewOutputFile, ReleaseRequest,
+        Reservation, ReserveResponse,
     },
     client::{Client, ClientError},
     storage::{download_inputs, upload_outputs},
@@ -91,6 +91,10 @@ pub(crate) struct Measured {
     pub stats: AttemptStats,
     pub exit_code: Option<i32>,
     pub signal: Option<i32>,
+    /// Set when the worker killed the command itself (its timeout), so the
+    /// server's `on_exit` rules do not take the worker's signal for the
+    /// command's own way of failing.
+    pub killed_for: Option<KilledFor>,
 }
 
 impl Measured {
@@ -353,6 +357,7 @@ async fn run_attempt(
             };
         }
         Ending::TimedOut(limit) => {
+            measured.killed_for = Some(KilledFor::DatumTimeout);
             return Attempt::Failed {
                 error: format!(
                     "datum timed out after {}",
@@ -526,6 +531,7 @@ fn error_request(r: &Reservation, error: String, output: String, m: &Measured) -
         exit_code: m.exit_code,
         signal: m.signal,
         stats: m.stats(),
+        killed_for: m.killed_for,
     }
 }
 
@@ -832,6 +838,32 @@ mod tests {
 
         let (_, measured) = run_measured("kill -TERM $$").await;
         assert_eq!((measured.exit_code, measured.signal), (None, Some(15)));
+    }
+
+    /// A command killed for its `datum_timeout` is reported with the
+    /// worker's signal and `killed_for`, so the server's `on_exit` rules do
+    /// not take it for the command's own failure; a command that kills
+    /// itself with the same signal is reported without it.
+    #[tokio::test]
+    async fn a_timed_out_attempt_says_the_worker_killed_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let worker = test_worker(dir.path());
+        let mut r = test_reservation(dir.path(), "sleep 30");
+        r.timeout_ms = Some(200);
+        let (log, _lines) = crate::logs::LogSink::for_test();
+        let mut measured = Measured::default();
+        let ran = run_attempt(&worker, &r, &CancellationToken::new(), &log, &mut measured).await;
+        let Attempt::Failed { error, output } = ran else {
+            panic!("{ran:?}");
+        };
+        let body = error_request(&r, error, output, &measured);
+        assert_eq!(body.error, "datum timed out after 200ms");
+        assert_eq!(body.signal, Some(15), "{body:?}");
+        assert_eq!(body.killed_for, Some(KilledFor::DatumTimeout));
+
+        let (_, measured) = run_measured("kill -TERM $$").await;
+        let body = error_request(&r, String::new(), String::new(), &measured);
+        assert_eq!((body.signal, body.killed_for), (Some(15), None));
     }
 
     #[test]

@@ -13,8 +13,9 @@ pub enum WorkflowCommand {
     ///
     /// A step depends on the steps named in its `after`, and on every step
     /// whose egress one of its inputs lies under. A step whose upstream
-    /// fails is canceled (the reason names the upstream); `falconeri job
-    /// retry` of the failed step's job resumes the chain. Spec files named
+    /// fails is canceled (the reason names the upstream); `falconeri
+    /// workflow retry` (or `job retry` of the failed step's job) resumes
+    /// the chain. Spec files named
     /// by path are read relative to the workflow file, and relative
     /// `file://` URIs relative to the file that holds them.
     Run {
@@ -48,6 +49,22 @@ pub enum WorkflowCommand {
     Wait {
         /// The run's name, or its numeric id.
         workflow: String,
+    },
+
+    /// Retry a workflow run's failed steps, resuming the chain.
+    ///
+    /// A step whose job could not be created (its inputs matched no files,
+    /// say) gets a new job; a step whose job ended `error` or `canceled`
+    /// gets a retry of that job's failed and canceled datums, as `job
+    /// retry` makes. Steps canceled below them wait again and start once
+    /// their upstream is done. Fails if no step failed.
+    Retry {
+        /// The run's name, or its numeric id.
+        workflow: String,
+
+        /// Wait for the run to finish, as `workflow wait` does.
+        #[arg(long)]
+        wait: bool,
     },
 
     /// Check a workflow file and the spec files it names without contacting

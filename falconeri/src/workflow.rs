@@ -1,5 +1,5 @@
-//! `falconeri workflow ...`: run workflow files, list, describe and wait for
-//! workflow runs.
+//! `falconeri workflow ...`: run workflow files, list, describe, wait for
+//! and retry workflow runs.
 //!
 //! The CLI reads the workflow file and every spec file it names (paths are
 //! relative to the workflow file), resolves relative `file://` URIs (each
@@ -54,6 +54,7 @@ pub async fn run(config: &Config, command: WorkflowCommand) -> Result<()> {
             print!("{}", render(&workflow));
             Ok(())
         }
+        WorkflowCommand::Retry { workflow, wait } => retry(config, &workflow, wait).await,
         WorkflowCommand::Wait { workflow } => {
             let client = config.client().await?;
             let workflow = find(&client, &workflow).await?;
@@ -144,6 +145,28 @@ async fn run_file(config: &Config, path: &Path, wait: bool) -> Result<()> {
         run.id,
         run.steps.len()
     );
+    println!(
+        "Follow it with:\n  falconeri workflow wait {0}\n  falconeri workflow describe {0}",
+        run.name
+    );
+    Ok(())
+}
+
+/// `workflow retry`.
+async fn retry(config: &Config, name_or_id: &str, wait: bool) -> Result<()> {
+    let client = config.client().await?;
+    let run = find(&client, name_or_id).await?;
+    let run = client
+        .retry_workflow(run.id)
+        .await
+        .with_context(|| format!("cannot retry workflow run {}", run.name))?;
+    if wait {
+        return follow(config, &client, run).await;
+    }
+    if config.json() {
+        return output::print_json(&run);
+    }
+    println!("Retrying the failed steps of workflow {}.", run.name);
     println!(
         "Follow it with:\n  falconeri workflow wait {0}\n  falconeri workflow describe {0}",
         run.name

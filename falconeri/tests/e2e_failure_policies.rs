@@ -1,8 +1,9 @@
 //! Failure policies end to end: the real CLI, a real local falconerid and
 //! real workers running commands that exit with the codes their input
 //! files hold. `max_failed_datums` within and over its limit (and `job
-//! wait`'s exit status 3), `on_exit` rules that fail the job or the datum,
-//! `datum retry` during and after a job, and `job retry` of canceled datums.
+//! wait`'s exit status 3), `on_exit` rules that fail the job or the datum
+//! (and a signal rule that leaves a timed-out datum alone), `datum retry`
+//! during and after a job, and `job retry` of canceled datums.
 
 #![allow(clippy::unwrap_used)]
 
@@ -203,6 +204,29 @@ fn a_fail_datum_exit_code_is_not_retried() {
     assert_eq!(run.status.code(), Some(1), "{}", describe(&run));
     assert_eq!(runs_of(&flags, "a.txt"), 1, "fail_datum: one try");
     assert_eq!(runs_of(&flags, "b.txt"), 3, "unmatched: every try");
+}
+
+/// A command the worker kills for its `datum_timeout` dies of the worker's
+/// SIGTERM; a rule failing the job on SIGTERM or SIGKILL is meant for the
+/// command's own crashes, so the timed-out datum uses all its tries and the
+/// job fails for that datum, not by the rule.
+#[test]
+fn a_timed_out_datum_is_not_failed_by_a_signal_rule() {
+    let local = Local::new();
+    let files = [("a.txt", "sleep")];
+    let extra = json!({
+        "datum_tries": 2,
+        "datum_timeout": "1s",
+        "on_exit": [{ "signals": ["SIGTERM", "SIGKILL"], "action": "fail_job" }],
+    });
+    let (spec, flags) = write_spec(&local, "timedout", &files, extra);
+    let run = local.falconeri(&["job", "run", "--local", "--wait", spec.to_str().unwrap()]);
+    assert_eq!(run.status.code(), Some(1), "{}", describe(&run));
+    let described = describe_job(&local, &newest_job(&local));
+    assert_eq!(described["job"]["status"], "error", "{described}");
+    let message = described["job"]["error_message"].as_str().unwrap();
+    assert!(!message.contains("on_exit"), "{message}");
+    assert_eq!(runs_of(&flags, "a.txt"), 2, "both tries ran");
 }
 
 #[test]

@@ -1,7 +1,9 @@
 //! End-to-end tests of workflows through the real CLI, its local server
 //! (SQLite) and real worker processes on `file://` storage: a chain whose
-//! second step reads the first one's egress, and a failed upstream that
-//! cancels its downstream steps until `job retry` resumes the chain.
+//! second step reads the first one's egress, a failed upstream that
+//! cancels its downstream steps until `job retry` resumes the chain, and
+//! `workflow retry` resuming a step that could not start and one that
+//! failed.
 
 #![allow(clippy::unwrap_used)]
 
@@ -191,6 +193,88 @@ fn a_failed_upstream_cancels_its_downstream_until_job_retry_resumes_the_chain() 
             .path()
             .join("last-out/one.txt.next.last")
             .exists()
+    );
+}
+
+#[test]
+fn workflow_retry_resumes_a_step_that_could_not_start_and_one_whose_job_failed() {
+    let local = Local::new();
+    write_inputs(&local);
+    // `late`'s input is empty: its job cannot be created. `flaky` fails
+    // until the flag exists. `last` waits for both.
+    std::fs::create_dir_all(local.work.path().join("late-in")).unwrap();
+    let flag = local.work.path().join("fixed");
+    let flaky_script = format!(
+        "test -e '{}' || {{ echo not fixed yet; exit 3; }}; {}",
+        flag.display(),
+        copy_script(".flaky")
+    );
+    let workflow = write_workflow(
+        &local,
+        "retry.json",
+        &json!({
+            "workflow": { "name": "retry" },
+            "steps": [
+                { "name": "late", "spec": step_spec("late", "late-in", "late-out", &copy_script(".late")) },
+                { "name": "flaky", "spec": step_spec("flaky", "raw", "flaky-out", &flaky_script) },
+                { "name": "last", "spec": step_spec("last", "flaky-out", "last-out", &copy_script(".last")), "after": ["late"] },
+            ]
+        }),
+    );
+    let output = local.falconeri(&[
+        "workflow",
+        "run",
+        "--local",
+        "--wait",
+        workflow.to_str().unwrap(),
+    ]);
+    assert_eq!(output.status.code(), Some(1), "{}", describe(&output));
+    let runs = local.json(&["workflow", "list", "--local", "-o", "json"]);
+    let name = runs["workflows"][0]["name"].as_str().unwrap().to_owned();
+    let run = local.json(&["workflow", "describe", "--local", &name, "-o", "json"]);
+    assert_eq!(step(&run, "late")["state"], "failed", "{run}");
+    assert_eq!(step(&run, "late")["job"], Value::Null, "{run}");
+    assert!(
+        step(&run, "late")["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("cannot create its job"),
+        "{run}"
+    );
+    let flaky_job = step(&run, "flaky")["job"]["name"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(step(&run, "flaky")["status"], "error", "{run}");
+    assert_eq!(step(&run, "last")["status"], "canceled", "{run}");
+
+    // Fixed: one `workflow retry` resumes the whole chain.
+    std::fs::write(local.work.path().join("late-in/one.txt"), "one").unwrap();
+    std::fs::write(&flag, "").unwrap();
+    let retry = local.falconeri(&["workflow", "retry", "--local", "--wait", &name]);
+    assert!(retry.status.success(), "{}", describe(&retry));
+    let run = local.json(&["workflow", "describe", "--local", &name, "-o", "json"]);
+    assert_eq!(run["status"], "done", "{run}");
+    assert!(step(&run, "late")["job"]["name"].is_string(), "{run}");
+    assert_eq!(step(&run, "late")["reason"], Value::Null, "{run}");
+    assert_ne!(step(&run, "flaky")["job"]["name"], flaky_job.as_str());
+    assert!(step(&run, "flaky")["job"]["retry_of"].is_i64(), "{run}");
+    assert!(local.work.path().join("late-out/one.txt.late").exists());
+    assert!(
+        local
+            .work
+            .path()
+            .join("last-out/one.txt.flaky.last")
+            .exists()
+    );
+
+    // Nothing is left to retry: a clear refusal.
+    let again = local.falconeri(&["workflow", "retry", "--local", &name]);
+    assert_eq!(again.status.code(), Some(1), "{}", describe(&again));
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("has no failed or canceled step to retry"),
+        "{}",
+        describe(&again)
     );
 }
 

@@ -842,6 +842,20 @@ pub struct ErrorRequest {
     /// What the worker measured (absent from older workers).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stats: Option<AttemptStats>,
+    /// Why the worker killed the command, if it did: its `signal` is then
+    /// the worker's, and no `on_exit` rule matches the report (it is
+    /// retried while the datum has tries left). Absent from older workers
+    /// (their reports are matched as before).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub killed_for: Option<KilledFor>,
+}
+
+/// Why a worker killed a datum's command itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum KilledFor {
+    /// It ran past the job's `datum_timeout`.
+    DatumTimeout,
 }
 
 /// Body of `POST /v1/datums/{id}/release`: the worker was stopped, not
@@ -876,6 +890,8 @@ pub enum BatchOutcome {
         signal: Option<i32>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         stats: Option<AttemptStats>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        killed_for: Option<KilledFor>,
     },
     /// As `POST /v1/datums/{id}/release`.
     Release { reason: String },

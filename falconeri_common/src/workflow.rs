@@ -789,6 +789,9 @@ pub mod paths {
     pub fn workflow_progress(id: i64) -> String {
         format!("/v1/workflows/{id}/progress")
     }
+    pub fn workflow_retry(id: i64) -> String {
+        format!("/v1/workflows/{id}/retry")
+    }
 }
 
 #[cfg(test)]

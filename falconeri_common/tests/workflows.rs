@@ -49,6 +49,7 @@ fn create_run(pool: &DbPool) -> Workflow {
             name: "chain-1",
             schedule_id: None,
             incremental: false,
+            run_key: None,
         },
         now,
     )
@@ -222,8 +223,17 @@ fn exactly_one_of_many_racing_replicas_takes_a_schedule_tick() {
                 std::thread::spawn(move || {
                     let mut conn = pool.get().unwrap();
                     barrier.wait();
-                    Schedule::take_tick(&mut conn, due.0, due.1, Some(due.1 + 60_000), due.1)
-                        .unwrap()
+                    let token = format!("{:?}", std::thread::current().id());
+                    Schedule::take_tick(
+                        &mut conn,
+                        due.0,
+                        due.1,
+                        Some(due.1 + 60_000),
+                        due.1,
+                        &token,
+                        due.1 + 30_000,
+                    )
+                    .unwrap()
                 })
             })
             .collect();
@@ -234,6 +244,126 @@ fn exactly_one_of_many_racing_replicas_takes_a_schedule_tick() {
             .count();
         assert_eq!(winners, 1, "{}", db.backend().name());
         let mut conn = db.pool.get().unwrap();
+        // The tick is pending: the scheduler looks again when its lease
+        // runs out, and takes no further tick meanwhile.
+        assert_eq!(Schedule::next_due(&mut conn).unwrap(), Some(due.1 + 30_000));
+        assert!(
+            Schedule::list_due(&mut conn, due.1 + 120_000)
+                .unwrap()
+                .is_empty()
+        );
+        assert!(
+            Schedule::list_abandoned(&mut conn, due.1 + 30_000)
+                .unwrap()
+                .is_empty()
+        );
+        drop(conn);
+
+        // Its taker died: once the lease ran out, one of many replicas
+        // takes the pending tick over.
+        let later = due.1 + 30_001;
+        {
+            let mut conn = db.pool.get().unwrap();
+            assert_eq!(Schedule::list_abandoned(&mut conn, later).unwrap().len(), 1);
+        }
+        let barrier = Arc::new(Barrier::new(racers));
+        let handles: Vec<_> = (0..racers)
+            .map(|i| {
+                let (pool, barrier) = (db.pool.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    let mut conn = pool.get().unwrap();
+                    barrier.wait();
+                    Schedule::take_over_pending(
+                        &mut conn,
+                        due.0,
+                        due.1,
+                        later,
+                        &format!("replica-{i}"),
+                        later + 30_000,
+                    )
+                    .unwrap()
+                })
+            })
+            .collect();
+        let winners = handles
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .filter(|won| *won)
+            .count();
+        assert_eq!(winners, 1, "{}", db.backend().name());
+
+        // Only the owner records an error; anyone records the run found by
+        // its key, once; then the next tick is due.
+        let mut conn = db.pool.get().unwrap();
+        assert!(!Schedule::record_error(&mut conn, due.0, due.1, "stranger", "no").unwrap());
+        assert!(Schedule::record_run(&mut conn, due.0, due.1, "job-1").unwrap());
+        assert!(!Schedule::record_run(&mut conn, due.0, due.1, "job-2").unwrap());
+        let schedule = Schedule::find_by_name(&mut conn, "tick").unwrap();
+        assert_eq!(schedule.last_run.as_deref(), Some("job-1"));
+        assert_eq!(schedule.pending_tick, None);
         assert_eq!(Schedule::next_due(&mut conn).unwrap(), Some(due.1 + 60_000));
+    }
+}
+
+#[test]
+fn a_run_key_is_taken_once_by_jobs_and_by_workflow_runs() {
+    for db in TestDb::all() {
+        let mut conn = db.pool.get().unwrap();
+        let now = db_now(&mut conn).unwrap();
+        let spec: PipelineSpec = testing::spec("keyed", 1, 1);
+        let key = "schedule:1:1000";
+        let keyed = |conn: &mut falconeri_common::db::DbConn, name: &str| {
+            Job::begin_planning_keyed(
+                conn,
+                NewJobParams {
+                    spec: &spec,
+                    retry_of: None,
+                    worker_token: name,
+                    name,
+                },
+                Some(key),
+                now,
+                now + 60_000,
+            )
+        };
+        let first = keyed(&mut conn, "keyed-1").unwrap();
+        let err = keyed(&mut conn, "keyed-2").unwrap_err();
+        assert!(
+            matches!(err, falconeri_common::models::ModelError::Conflict(_)),
+            "{err:?}"
+        );
+        assert_eq!(
+            Job::find_by_run_key(&mut conn, key).unwrap().unwrap().id,
+            first.id
+        );
+        assert!(
+            Job::find_by_run_key(&mut conn, "schedule:1:2000")
+                .unwrap()
+                .is_none()
+        );
+
+        let workflow = two_steps();
+        let params = |name: &'static str| NewWorkflowParams {
+            spec: &workflow,
+            name,
+            schedule_id: None,
+            incremental: false,
+            run_key: Some(key),
+        };
+        let run = Workflow::create(&mut conn, params("run-1"), now).unwrap();
+        let err = Workflow::create(&mut conn, params("run-2"), now).unwrap_err();
+        assert!(
+            matches!(err, falconeri_common::models::ModelError::Conflict(_)),
+            "{err:?}"
+        );
+        assert_eq!(
+            Workflow::find_by_run_key(&mut conn, key)
+                .unwrap()
+                .unwrap()
+                .id,
+            run.id
+        );
+        // The refused run left no steps behind.
+        assert_eq!(Workflow::list(&mut conn, 10).unwrap().len(), 1);
     }
 }

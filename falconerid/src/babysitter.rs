@@ -282,6 +282,10 @@ impl Babysitter {
             changed = true;
         }
 
+        // A `fail_job` rule matched a report whose falconerid died before
+        // it stopped the job: stop it now.
+        changed |= crate::failures::finish_requested_stops(state).await? > 0;
+
         // Taken before any executor is asked: a datum reserved before this
         // instant had its worker before the executor's answer.
         let (running, observed_after) = state

@@ -1,6 +1,9 @@
 //! The job chain: starts each workflow step's job once its upstream steps
 //! are done, cancels the steps below a failed one, and resumes them when
-//! the failed step's job is retried.
+//! the failed step's job is retried (`job retry`) or the run is
+//! (`workflow retry`, which puts failed steps back to `waiting`: a step
+//! whose job could not be created is started anew, one whose job failed
+//! starts a retry of that job).
 //!
 //! [`run`] is a loop woken by changes, not a poll: every job that starts or
 //! ends bumps `AppState::workflow_changes` (here, or on another replica
@@ -22,13 +25,14 @@ use std::convert::Infallible;
 use falconeri_common::{
     models::{Job, Workflow, WorkflowStep, db_now, step_views},
     pipeline::PipelineSpec,
+    status::JobStatus,
     workflow::StepAction,
 };
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    error::AppResult,
+    error::{AppError, AppResult},
     start_job,
     state::{AppState, Change},
 };
@@ -92,6 +96,9 @@ struct Claimed {
     token: String,
     spec: PipelineSpec,
     incremental: bool,
+    /// The step's failed job, for a step reopened by `workflow retry`: its
+    /// failed and canceled datums are retried instead of a new job.
+    retry_of: Option<i64>,
 }
 
 /// Applies the chain rules to one run.
@@ -136,6 +143,7 @@ async fn advance_workflow(state: &AppState, workflow_id: i64) -> AppResult<Vec<J
                                     token,
                                     spec,
                                     incremental: workflow.incremental,
+                                    retry_of: s.step.job_id,
                                 }),
                                 Err(err) => {
                                     WorkflowStep::mark_failed(
@@ -181,10 +189,11 @@ async fn start_step(state: &AppState, claimed: Claimed) {
         token,
         spec,
         incremental,
+        retry_of,
     } = claimed;
-    tracing::info!(step = name, "starting workflow step");
+    tracing::info!(step = name, retry_of, "starting workflow step");
     let created = tokio::select! {
-        created = create_run_job(state, spec, incremental) => created,
+        created = create_step_job(state, spec, incremental, retry_of) => created,
         never = renew_claim(state, step_id, token.clone()) => match never {},
     };
     let outcome = match &created {
@@ -210,7 +219,7 @@ async fn start_step(state: &AppState, claimed: Claimed) {
     };
     match (outcome, created) {
         (Ok(true), _) => {}
-        (Ok(false), Ok(job)) => {
+        (Ok(false), Ok(job)) if Some(job.id) != retry_of => {
             // Our claim ran out while the job was planned and another
             // replica took the step over: this job is one too many.
             tracing::warn!(
@@ -225,7 +234,7 @@ async fn start_step(state: &AppState, claimed: Claimed) {
                     Job::stop(
                         conn,
                         id,
-                        falconeri_common::status::JobStatus::Canceled,
+                        JobStatus::Canceled,
                         Some("a duplicate start of a workflow step"),
                         now,
                     )
@@ -235,7 +244,9 @@ async fn start_step(state: &AppState, claimed: Claimed) {
                 crate::babysitter::wind_down_detached(state, job).await;
             }
         }
-        (Ok(false), Err(_)) => {}
+        // Lost the claim, having made nothing (or found the step's old
+        // job reopened, which is not ours to cancel).
+        (Ok(false), _) => {}
         (Err(err), _) => {
             // The claim runs out and the step is started again.
             tracing::warn!(
@@ -246,6 +257,35 @@ async fn start_step(state: &AppState, claimed: Claimed) {
         }
     }
     state.notify(Change::Workflows);
+}
+
+/// Creates a claimed step's job: a new job of its spec, or for a step
+/// reopened by `workflow retry`, a retry of its failed job (the job
+/// `job retry` would make). If that job is no longer failed (a `datum
+/// retry` reopened it meanwhile), the step takes it as it is.
+async fn create_step_job(
+    state: &AppState,
+    spec: PipelineSpec,
+    incremental: bool,
+    retry_of: Option<i64>,
+) -> AppResult<Job> {
+    let Some(failed) = retry_of else {
+        return create_run_job(state, spec, incremental, None).await;
+    };
+    let job = state.db(move |conn| Job::find(conn, failed)).await?;
+    if !matches!(job.status(), JobStatus::Error | JobStatus::Canceled) {
+        return Ok(job);
+    }
+    let spec = job
+        .spec()
+        .map_err(|err| AppError::Internal(err.context("stored spec is unreadable")))?;
+    start_job::create(
+        state,
+        spec,
+        start_job::Source::FailedDatumsOf(job.id),
+        Some(job.id),
+    )
+    .await
 }
 
 /// Keeps the claim on a step alive while its job is created.
@@ -278,11 +318,14 @@ async fn renew_claim(state: &AppState, step_id: i64, token: String) -> Infallibl
 /// The one place a run's `incremental` flag (a schedule's `--incremental`,
 /// kept on its workflow runs) reaches job creation: like `job run
 /// --incremental`, it turns incremental on; without it the spec decides.
+///
+/// `run_key` is the job's idempotency key (a schedule's tick), if any.
 pub async fn create_run_job(
     state: &AppState,
     mut spec: PipelineSpec,
     incremental: bool,
+    run_key: Option<String>,
 ) -> AppResult<Job> {
     spec.incremental |= incremental;
-    start_job::create(state, spec, start_job::Source::Inputs, None).await
+    start_job::create_keyed(state, spec, start_job::Source::Inputs, None, run_key).await
 }

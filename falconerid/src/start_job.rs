@@ -77,12 +77,25 @@ pub enum Source {
 /// Creates a job from `spec` and starts it. Bad inputs (unknown schemes,
 /// unlistable or unsafe listings, an unusable egress, no files at all) are
 /// a 400 and leave no job behind.
-#[tracing::instrument(level = "info", skip_all, fields(pipeline = spec.pipeline.name))]
 pub async fn create(
+    state: &AppState,
+    spec: PipelineSpec,
+    source: Source,
+    retry_of: Option<i64>,
+) -> AppResult<Job> {
+    create_keyed(state, spec, source, retry_of, None).await
+}
+
+/// [`create`] for a job that carries the idempotency key `run_key`
+/// (`Job::begin_planning_keyed`): while a job with that key exists, a
+/// second one is refused (409) before anything is listed.
+#[tracing::instrument(level = "info", skip_all, fields(pipeline = spec.pipeline.name, run_key))]
+pub async fn create_keyed(
     state: &AppState,
     mut spec: PipelineSpec,
     source: Source,
     retry_of: Option<i64>,
+    run_key: Option<String>,
 ) -> AppResult<Job> {
     if matches!(source, Source::FailedDatumsOf(_)) {
         // A retry reruns failed datums, none of which succeeded before;
@@ -110,7 +123,13 @@ pub async fn create(
                     worker_token: &worker_token,
                     name: &name,
                 };
-                Job::begin_planning(conn, params, now, now.saturating_add(lease_ms))
+                Job::begin_planning_keyed(
+                    conn,
+                    params,
+                    run_key.as_deref(),
+                    now,
+                    now.saturating_add(lease_ms),
+                )
             })
             .await?
     };

@@ -1,5 +1,7 @@
 //! Failure policies through the HTTP API, on SQLite and PostgreSQL:
-//! `on_exit` rules applied to failure reports, `max_failed_datums` within
+//! `on_exit` rules applied to failure reports (and a `fail_job` stop cut
+//! short by a crash, finished by the babysitter; a worker's timeout kill
+//! matched by no rule), `max_failed_datums` within
 //! and over its limit, `POST /v1/datums/{id}/retry` while a job runs and
 //! after it ended, and the spec's refusals naming their JSON paths.
 
@@ -11,6 +13,16 @@ use std::time::Duration;
 
 use axum::http::{Method, StatusCode};
 use common::{ADMIN, TestServer};
+use falconeri_common::{
+    api::Claim,
+    models::{JobStopRequest, Report},
+    status::DatumStatus,
+};
+use falconerid::{
+    AppState,
+    babysitter::Babysitter,
+    failures::{fail_datum_requesting_stop, fail_job_reason},
+};
 use serde_json::{Value, json};
 
 fn files(n: usize) -> Vec<(String, String)> {
@@ -68,13 +80,21 @@ async fn reserve(server: &TestServer, job_id: i64, token: &str) -> Option<Value>
 
 /// Reports a reserved datum failed with `exit_code`; answers the datum.
 async fn fail(server: &TestServer, token: &str, reserved: &Value, exit_code: i32) -> Value {
-    let id = reserved["datum_id"].as_i64().unwrap();
-    let body = json!({
-        "claim": reserved["claim"],
-        "output": "",
+    let fields = json!({
         "error": format!("command exited with status {exit_code}"),
         "exit_code": exit_code,
     });
+    report_error(server, token, reserved, fields).await
+}
+
+/// Reports a reserved datum failed through `POST error`, with `fields`
+/// (`error`, `exit_code`, `signal`, ...) beside its claim; answers the datum.
+async fn report_error(server: &TestServer, token: &str, reserved: &Value, fields: Value) -> Value {
+    let id = reserved["datum_id"].as_i64().unwrap();
+    let mut body = json!({ "claim": reserved["claim"], "output": "" });
+    for (key, value) in fields.as_object().unwrap() {
+        body[key] = value.clone();
+    }
     let (status, datum) = server
         .call(
             Method::POST,
@@ -161,6 +181,152 @@ async fn a_fail_job_exit_code_ends_the_job_at_once() {
         assert_eq!(described["counts"]["canceled"], 2, "{described}");
         wait_stopped(&server, id).await;
         assert!(reserve(&server, id, &token).await.is_none());
+        // The handler stopped the job, so its stop request is spent.
+        let mut conn = server.db.pool.get().unwrap();
+        assert!(JobStopRequest::pending(&mut conn, 10).unwrap().is_empty());
+    }
+}
+
+#[tokio::test]
+async fn a_fail_job_stop_cut_short_by_a_crash_is_finished_by_the_babysitter() {
+    for server in TestServer::all() {
+        let backend = server.db.backend().name();
+        let extra = json!({
+            "datum_tries": 3,
+            "on_exit": [{ "exit_codes": [42], "action": "fail_job" }],
+        });
+        let (id, token) = create(&server, 3, extra).await;
+        let first = reserve(&server, id, &token).await.unwrap();
+        let datum_id = first["datum_id"].as_i64().unwrap();
+        let claim: Claim = serde_json::from_value(first["claim"].clone()).unwrap();
+
+        // The report's transaction commits (the datum fails, the stop is
+        // requested), then its falconerid dies before stopping the job.
+        let reason = fail_job_reason(datum_id, Some(42), None, 0);
+        {
+            let mut conn = server.db.pool.get().unwrap();
+            let report = Report {
+                output: "",
+                exit_code: Some(42),
+                signal: None,
+                stats: None,
+            };
+            let datum = fail_datum_requesting_stop(
+                &mut conn,
+                datum_id,
+                &claim,
+                &report,
+                "command exited with status 42 (on_exit[0]: fail_job, not retried)",
+                &reason,
+            )
+            .unwrap();
+            assert_eq!(datum.status(), DatumStatus::Error);
+        }
+        let job = get(&server, &format!("/v1/jobs/{id}")).await;
+        assert_eq!(job["status"], "running", "{backend}: {job}");
+
+        // Another replica's babysitter finds the request and stops the job.
+        let other = AppState::new(
+            server.state.config().clone(),
+            server.db.pool.clone(),
+            server.executor.clone(),
+        );
+        Babysitter::default().tick(&other).await.unwrap();
+        let job = get(&server, &format!("/v1/jobs/{id}")).await;
+        assert_eq!(job["status"], "error", "{backend}: {job}");
+        assert_eq!(job["error_message"].as_str(), Some(reason.as_str()));
+        let described = get(&server, &format!("/v1/jobs/{id}/describe")).await;
+        assert_eq!(described["counts"]["canceled"], 2, "{described}");
+        wait_stopped(&server, id).await;
+        let mut conn = server.db.pool.get().unwrap();
+        assert!(JobStopRequest::pending(&mut conn, 10).unwrap().is_empty());
+        drop(conn);
+
+        // A second pass has nothing left to do.
+        Babysitter::default().tick(&other).await.unwrap();
+        let job = get(&server, &format!("/v1/jobs/{id}")).await;
+        assert_eq!(job["error_message"].as_str(), Some(reason.as_str()));
+    }
+}
+
+/// A command the worker killed for its `datum_timeout` ends by the worker's
+/// signal, and the report says so (`killed_for`): a `signals` rule naming
+/// that signal does not take it for the command's own failure, so the datum
+/// is retried (by `POST error` and by a batch report alike), while the same
+/// signal reported without `killed_for` still fails the job.
+#[tokio::test]
+async fn a_datum_timeout_kill_is_retried_whatever_signal_rules_say() {
+    let extra = json!({
+        "datum_tries": 2,
+        "on_exit": [{ "signals": ["SIGTERM", "SIGKILL"], "action": "fail_job" }],
+    });
+    let timed_out = json!({
+        "error": "datum timed out after 1s", "signal": 15, "killed_for": "datum_timeout",
+    });
+    for server in TestServer::all() {
+        let (id, token) = create(&server, 1, extra.clone()).await;
+        let first = reserve(&server, id, &token).await.unwrap();
+        let datum_id = first["datum_id"].as_i64().unwrap();
+        let datum = report_error(&server, &token, &first, timed_out.clone()).await;
+        assert_eq!(datum["status"], "ready", "{datum}");
+        let job = get(&server, &format!("/v1/jobs/{id}")).await;
+        assert_eq!(job["status"], "running", "{job}");
+
+        // The last try, killed by SIGKILL after the grace, in a batch.
+        let second = reserve(&server, id, &token).await.unwrap();
+        let reports = json!({ "reports": [{
+            "datum_id": datum_id, "claim": second["claim"], "outcome": "error",
+            "output": "", "error": "datum timed out after 1s", "signal": 9,
+            "killed_for": "datum_timeout",
+        }]});
+        let (status, answer) = server
+            .call(
+                Method::POST,
+                &format!("/v1/jobs/{id}/report"),
+                Some(&token),
+                Some(reports),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+        let datum = &answer["results"][0]["datum"];
+        assert_eq!(datum["status"], "error", "{answer}");
+        assert_eq!(
+            datum["error_message"], "datum timed out after 1s",
+            "{answer}"
+        );
+        // Nothing is left, so the job ends, by its failed datum.
+        assert!(reserve(&server, id, &token).await.is_none());
+        let job = get(&server, &format!("/v1/jobs/{id}")).await;
+        assert_eq!(job["status"], "error", "{job}");
+        let message = job["error_message"].as_str().unwrap();
+        assert!(!message.contains("on_exit"), "{message}");
+        // The worker's signals are still on record.
+        let described = get(&server, &format!("/v1/datums/{datum_id}")).await;
+        let signals: Vec<_> = described["attempts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["signal"].as_i64())
+            .collect();
+        assert_eq!(signals, [Some(15), Some(9)], "{described}");
+
+        // Without `killed_for`, the signal is the command's: fail_job.
+        let (id, token) = create(&server, 1, extra.clone()).await;
+        let first = reserve(&server, id, &token).await.unwrap();
+        let datum = report_error(
+            &server,
+            &token,
+            &first,
+            json!({ "error": "killed", "signal": 15 }),
+        )
+        .await;
+        assert_eq!(datum["status"], "error", "{datum}");
+        let job = get(&server, &format!("/v1/jobs/{id}")).await;
+        let message = job["error_message"].as_str().unwrap();
+        assert!(
+            message.contains("which on_exit[0] maps to fail_job"),
+            "{message}"
+        );
     }
 }
 

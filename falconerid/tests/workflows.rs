@@ -233,9 +233,11 @@ async fn a_schedule_tick_runs_once_among_replicas_and_missed_ticks_run_once() {
         let mut conn = server.db.pool.get().unwrap();
         assert!(Job::list(&mut conn, 1).unwrap()[0].incremental);
         drop(conn);
-        // The missed ticks are skipped: the next one is after `late`.
-        assert_eq!(a.1, b.1);
-        assert_eq!(a.1, Some(due + 6 * 3_600_000));
+        // The missed ticks are skipped: once the run is recorded, the next
+        // tick is the one after `late`.
+        let (tasks, next) = scheduler::tick_at(&other, late).await.unwrap();
+        assert!(tasks.is_empty());
+        assert_eq!(next, Some(due + 6 * 3_600_000));
         let (_, list) = server
             .call(Method::GET, "/v1/schedules", Some(ADMIN), None)
             .await;
@@ -281,5 +283,211 @@ async fn a_schedule_tick_runs_once_among_replicas_and_missed_ticks_run_once() {
             .call(Method::DELETE, "/v1/schedules/hourly", Some(ADMIN), None)
             .await;
         assert_eq!(status, StatusCode::NOT_FOUND);
+    }
+}
+
+/// Takes schedule `name`'s due tick as a replica would, then "dies": the
+/// tick is pending under a lease that runs out at `due + 1_000`, and its
+/// run is not recorded.
+fn take_tick_and_die(server: &TestServer, name: &str) -> (i64, i64) {
+    use falconeri_common::models::Schedule;
+    let mut conn = server.db.pool.get().unwrap();
+    let schedule = Schedule::find_by_name(&mut conn, name).unwrap();
+    let due = schedule.next_run_at.unwrap();
+    assert!(
+        Schedule::take_tick(
+            &mut conn,
+            schedule.id,
+            due,
+            Some(due + 3_600_000),
+            due,
+            "a-replica-that-died",
+            due + 1_000,
+        )
+        .unwrap()
+    );
+    (schedule.id, due)
+}
+
+#[tokio::test]
+async fn a_tick_whose_replica_died_before_recording_its_run_runs_exactly_once() {
+    use falconeri_common::models::{NewWorkflowParams, Schedule, Workflow};
+    for server in TestServer::all() {
+        let backend = server.db.backend().name();
+        let spec = server.spec_with_inputs(&[("a.txt", "a")], json!({}));
+        let (workflow, _) = chain_body(&server);
+        for request in [
+            json!({ "name": "jobs", "cron": "0 * * * *", "job": spec }),
+            json!({ "name": "flows", "cron": "0 * * * *", "workflow": workflow }),
+        ] {
+            let (status, answer) = server
+                .call(Method::POST, "/v1/schedules", Some(ADMIN), Some(request))
+                .await;
+            assert_eq!(status, StatusCode::CREATED, "{answer}");
+        }
+        // One replica died after taking the job schedule's tick, before
+        // making its job; another died after making the workflow
+        // schedule's run, before recording it.
+        let (_, due) = take_tick_and_die(&server, "jobs");
+        let (flows_id, flows_due) = take_tick_and_die(&server, "flows");
+        let made_before = {
+            let mut conn = server.db.pool.get().unwrap();
+            let spec =
+                falconeri_common::workflow::WorkflowSpec::from_json(&workflow.to_string()).unwrap();
+            Workflow::create(
+                &mut conn,
+                NewWorkflowParams {
+                    spec: &spec,
+                    name: "made-before-the-crash",
+                    schedule_id: Some(flows_id),
+                    incremental: false,
+                    run_key: Some(&Schedule::run_key(flows_id, flows_due)),
+                },
+                flows_due,
+            )
+            .unwrap()
+        };
+
+        // While the lease holds, nobody re-drives; the scheduler's next
+        // look is when it runs out.
+        let (tasks, next) = scheduler::tick_at(&server.state, due + 500).await.unwrap();
+        assert!(tasks.is_empty(), "{backend}");
+        assert_eq!(next, Some(due + 1_000), "{backend}");
+
+        // Two replicas find the leases run out at once: each tick's run is
+        // made (or found) by exactly one of them.
+        let other = replica(&server);
+        let after = due + 2_000;
+        let (a, b) = tokio::join!(
+            scheduler::tick_at(&server.state, after),
+            scheduler::tick_at(&other, after)
+        );
+        let (a, b) = (a.unwrap(), b.unwrap());
+        assert_eq!(a.0.len() + b.0.len(), 2, "{backend}");
+        run_chain_tasks(a.0.into_iter().chain(b.0).collect()).await;
+
+        let mut conn = server.db.pool.get().unwrap();
+        let jobs = Job::list(&mut conn, 100).unwrap();
+        assert_eq!(jobs.len(), 1, "{backend}");
+        let jobs_id = Schedule::find_by_name(&mut conn, "jobs").unwrap().id;
+        let keyed = Job::find_by_run_key(&mut conn, &Schedule::run_key(jobs_id, due))
+            .unwrap()
+            .expect("the tick's job");
+        assert_eq!(Workflow::list(&mut conn, 10).unwrap().len(), 1, "{backend}");
+        let jobs_schedule = Schedule::find_by_name(&mut conn, "jobs").unwrap();
+        assert_eq!(jobs_schedule.pending_tick, None);
+        assert_eq!(jobs_schedule.last_run.as_deref(), Some(keyed.name.as_str()));
+        assert_eq!(jobs_schedule.last_error, None);
+        let flows_schedule = Schedule::find_by_name(&mut conn, "flows").unwrap();
+        assert_eq!(flows_schedule.pending_tick, None);
+        assert_eq!(
+            flows_schedule.last_run.as_deref(),
+            Some(made_before.name.as_str())
+        );
+        drop(conn);
+
+        // Nothing is owed any more: a later pass before the next tick
+        // makes nothing.
+        let (tasks, next) = scheduler::tick_at(&server.state, after + 1).await.unwrap();
+        assert!(tasks.is_empty(), "{backend}");
+        assert_eq!(next, Some(due + 3_600_000), "{backend}");
+    }
+}
+
+/// `POST /v1/workflows/{id}/retry` from two callers at once: one reopens
+/// the failed steps, the other is told there is nothing left to retry.
+async fn retry_twice(server: &TestServer, id: i64) -> Value {
+    let path = format!("/v1/workflows/{id}/retry");
+    let (a, b) = tokio::join!(
+        server.call(Method::POST, &path, Some(ADMIN), None),
+        server.call(Method::POST, &path, Some(ADMIN), None)
+    );
+    let mut statuses = [a.0, b.0];
+    statuses.sort();
+    assert_eq!(
+        statuses,
+        [StatusCode::OK, StatusCode::CONFLICT],
+        "{} {}",
+        a.1,
+        b.1
+    );
+    if a.0 == StatusCode::OK { a.1 } else { b.1 }
+}
+
+/// Two replicas apply the chain at once, and their tasks run to the end.
+async fn advance_on_two(server: &TestServer, other: &AppState) {
+    let (a, b) = tokio::join!(chain::advance(&server.state), chain::advance(other));
+    run_chain_tasks(a.unwrap()).await;
+    run_chain_tasks(b.unwrap()).await;
+}
+
+#[tokio::test]
+async fn workflow_retry_restarts_failed_steps_once_among_replicas() {
+    for server in TestServer::all() {
+        let backend = server.db.backend().name();
+        let other = replica(&server);
+        let (body, egress) = chain_body(&server);
+        let (_, run) = server
+            .call(Method::POST, "/v1/workflows", Some(ADMIN), Some(body))
+            .await;
+        let id = run["id"].as_i64().unwrap();
+        let show = format!("/v1/workflows/{id}");
+        let retry = format!("/v1/workflows/{id}/retry");
+        advance_on_two(&server, &other).await;
+
+        // Nothing failed yet: nothing to retry.
+        let (status, answer) = server.call(Method::POST, &retry, Some(ADMIN), None).await;
+        assert_eq!(status, StatusCode::CONFLICT, "{answer}");
+
+        // `first`'s job is canceled: `second` is canceled below it.
+        let (_, run) = server.call(Method::GET, &show, Some(ADMIN), None).await;
+        let first_job = run["steps"][0]["job"]["id"].as_i64().unwrap();
+        let (status, _) = server
+            .call(
+                Method::POST,
+                &format!("/v1/jobs/{first_job}/cancel"),
+                Some(ADMIN),
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        advance_on_two(&server, &other).await;
+        let (_, run) = server.call(Method::GET, &show, Some(ADMIN), None).await;
+        assert_eq!(run["steps"][0]["status"], "canceled", "{run}");
+        assert_eq!(run["steps"][1]["status"], "canceled", "{run}");
+
+        // Retried: `first` gets one retry of its job (of the canceled
+        // datums), made by one of the two replicas.
+        let run = retry_twice(&server, id).await;
+        assert_eq!(run["steps"][0]["status"], "waiting", "{run}");
+        advance_on_two(&server, &other).await;
+        assert_eq!(job_count(&server), 2, "{backend}");
+        let (_, run) = server.call(Method::GET, &show, Some(ADMIN), None).await;
+        assert_eq!(run["steps"][0]["job"]["retry_of"], first_job, "{run}");
+        assert_eq!(run["steps"][1]["status"], "waiting", "{run}");
+
+        // The retry ends done but wrote nothing: `second`'s job cannot be
+        // created (its input is empty), so the step fails without a job.
+        let retried = run["steps"][0]["job"]["id"].as_i64().unwrap();
+        {
+            let mut conn = server.db.pool.get().unwrap();
+            let now = db_now(&mut conn).unwrap();
+            Job::stop(&mut conn, retried, JobStatus::Done, None, now).unwrap();
+        }
+        advance_on_two(&server, &other).await;
+        let (_, run) = server.call(Method::GET, &show, Some(ADMIN), None).await;
+        assert_eq!(run["steps"][1]["state"], "failed", "{run}");
+        assert_eq!(run["steps"][1]["job"], Value::Null, "{run}");
+        assert_eq!(job_count(&server), 2, "{backend}");
+
+        // Its input is there now: retried, it starts exactly one job.
+        write_files(&egress, &[("a.txt", "A")]);
+        let run = retry_twice(&server, id).await;
+        assert_eq!(run["steps"][1]["status"], "waiting", "{run}");
+        advance_on_two(&server, &other).await;
+        assert_eq!(job_count(&server), 3, "{backend}");
+        let (_, run) = server.call(Method::GET, &show, Some(ADMIN), None).await;
+        assert_eq!(run["steps"][1]["status"], "running", "{run}");
+        assert_eq!(run["steps"][1]["reason"], Value::Null, "{run}");
     }
 }

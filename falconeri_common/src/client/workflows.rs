@@ -45,6 +45,11 @@ impl Client {
         .await
     }
 
+    /// Retries run `id`'s failed steps (`workflow retry`).
+    pub async fn retry_workflow(&self, id: i64) -> Result<WorkflowResponse, ClientError> {
+        self.post(&paths::workflow_retry(id), &()).await
+    }
+
     /// A workflow run named by a user: a name, or a number meaning an id.
     pub async fn find_workflow(&self, name_or_id: &str) -> Result<WorkflowResponse, ClientError> {
         match self

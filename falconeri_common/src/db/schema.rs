@@ -27,6 +27,7 @@ diesel::table! {
         skipped_count -> BigInt,
         previous_job_id -> Nullable<BigInt>,
         vanished_count -> Nullable<BigInt>,
+        run_key -> Nullable<Text>,
     }
 }
 
@@ -143,6 +144,9 @@ diesel::table! {
         last_run -> Nullable<Text>,
         last_error -> Nullable<Text>,
         created_at -> BigInt,
+        pending_tick -> Nullable<BigInt>,
+        pending_token -> Nullable<Text>,
+        pending_until -> Nullable<BigInt>,
     }
 }
 
@@ -155,6 +159,7 @@ diesel::table! {
         created_at -> BigInt,
         schedule_id -> Nullable<BigInt>,
         incremental -> Bool,
+        run_key -> Nullable<Text>,
     }
 }
 
@@ -178,6 +183,14 @@ diesel::table! {
 diesel::joinable!(datums -> jobs (job_id));
 diesel::joinable!(input_files -> datums (datum_id));
 diesel::joinable!(output_files -> datums (datum_id));
+diesel::table! {
+    job_stop_requests (job_id) {
+        job_id -> BigInt,
+        reason -> Text,
+        created_at -> BigInt,
+    }
+}
+
 diesel::joinable!(attempts -> datums (datum_id));
 diesel::joinable!(log_chunks -> datums (datum_id));
 diesel::allow_tables_to_appear_in_same_query!(

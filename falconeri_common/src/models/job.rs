@@ -12,6 +12,7 @@ use super::{
     INSERT_CHUNK, ModelError, ModelResult,
     datum::{close_attempts, transition},
     sql::Clock,
+    taken_key,
 };
 use crate::{
     Millis,
@@ -83,6 +84,7 @@ struct NewJob<'a> {
     retry_of: Option<i64>,
     planning_lease_until: Option<Millis>,
     incremental: bool,
+    run_key: Option<&'a str>,
 }
 
 #[derive(Insertable)]
@@ -235,10 +237,25 @@ impl Job {
     /// stall every other writer). Nothing starts the job until
     /// [`Job::finish_planning`]; if the planner dies first, the lease runs
     /// out and [`Job::delete_abandoned_plans`] removes it.
-    #[tracing::instrument(level = "debug", skip_all, fields(name = params.name))]
     pub fn begin_planning(
         conn: &mut DbConn,
         params: NewJobParams<'_>,
+        now: Millis,
+        lease_until: Millis,
+    ) -> ModelResult<Job> {
+        Job::begin_planning_keyed(conn, params, None, now, lease_until)
+    }
+
+    /// [`Job::begin_planning`] for a job that carries an idempotency key
+    /// (`run_key`, unique among jobs): a second job with the same key is
+    /// refused with a conflict at this INSERT, before anything is listed.
+    /// A schedule keys its runs by tick, so a tick's run is made once even
+    /// when a replica re-drives a tick whose taker died.
+    #[tracing::instrument(level = "debug", skip_all, fields(name = params.name, run_key))]
+    pub fn begin_planning_keyed(
+        conn: &mut DbConn,
+        params: NewJobParams<'_>,
+        run_key: Option<&str>,
         now: Millis,
         lease_until: Millis,
     ) -> ModelResult<Job> {
@@ -258,11 +275,23 @@ impl Job {
             retry_of: params.retry_of,
             planning_lease_until: Some(lease_until),
             incremental: params.spec.incremental,
+            run_key,
         };
-        Ok(with_conn!(conn, c => diesel::insert_into(jobs::table)
+        with_conn!(conn, c => diesel::insert_into(jobs::table)
             .values(&new_job)
             .returning(Job::as_returning())
-            .get_result(c))?)
+            .get_result(c))
+        .map_err(|err| taken_key(err, run_key))
+    }
+
+    /// The job carrying the idempotency key `run_key`, if one exists (it
+    /// may still be being planned: see `planning_lease_until`).
+    pub fn find_by_run_key(conn: &mut DbConn, run_key: &str) -> ModelResult<Option<Job>> {
+        Ok(with_conn!(conn, c => jobs::table
+            .filter(jobs::run_key.eq(run_key))
+            .select(Job::as_select())
+            .first(c)
+            .optional())?)
     }
 
     /// Appends the next batch of a job's plan in one short transaction,

@@ -14,6 +14,7 @@ mod schedule;
 pub mod session;
 pub mod sql;
 pub mod stats;
+mod stop_request;
 mod workflow;
 
 use diesel::{QueryableByName, RunQueryDsl, sql_types::BigInt};
@@ -28,6 +29,7 @@ pub use logs::{
 };
 pub use schedule::{NewSchedule, Schedule};
 pub use sql::Clock;
+pub use stop_request::JobStopRequest;
 pub use workflow::{
     NewWorkflowParams, StepWithJob, Upstream, Workflow, WorkflowStep, step_views, workflow_response,
 };
@@ -74,6 +76,18 @@ impl ModelError {
             }
             _ => false,
         }
+    }
+}
+
+/// Turns the unique violation of an INSERT carrying the idempotency key
+/// `run_key` into a conflict naming the key: another caller made that run.
+pub(crate) fn taken_key(err: diesel::result::Error, run_key: Option<&str>) -> ModelError {
+    use diesel::result::{DatabaseErrorKind, Error};
+    match (&err, run_key) {
+        (Error::DatabaseError(DatabaseErrorKind::UniqueViolation, _), Some(key)) => {
+            ModelError::Conflict(format!("a run keyed {key:?} exists already"))
+        }
+        _ => ModelError::Database(err),
     }
 }
 

@@ -13,7 +13,7 @@ use diesel::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::{Job, ModelError, ModelResult};
+use super::{Job, ModelError, ModelResult, taken_key};
 use crate::{
     Millis,
     db::{DbConn, schema::*, with_conn, write_tx},
@@ -107,6 +107,7 @@ struct NewWorkflow<'a> {
     created_at: Millis,
     schedule_id: Option<i64>,
     incremental: bool,
+    run_key: Option<&'a str>,
 }
 
 #[derive(Insertable)]
@@ -149,6 +150,9 @@ pub struct NewWorkflowParams<'a> {
     pub name: &'a str,
     pub schedule_id: Option<i64>,
     pub incremental: bool,
+    /// An idempotency key, unique among runs (a schedule's tick): a second
+    /// run with the same key is refused with a conflict.
+    pub run_key: Option<&'a str>,
 }
 
 impl Workflow {
@@ -201,12 +205,14 @@ impl Workflow {
             created_at: now,
             schedule_id: params.schedule_id,
             incremental: params.incremental,
+            run_key: params.run_key,
         };
         write_tx!(conn, c => {
             let workflow: Workflow = diesel::insert_into(workflows::table)
                 .values(&new)
                 .returning(Workflow::as_returning())
-                .get_result(c)?;
+                .get_result(c)
+                .map_err(|err| taken_key(err, params.run_key))?;
             for row in &mut rows {
                 row.workflow_id = workflow.id;
             }
@@ -223,6 +229,15 @@ impl Workflow {
             .first(c)
             .optional())?
         .ok_or_else(|| ModelError::NotFound(format!("workflow {id}")))
+    }
+
+    /// The run carrying the idempotency key `run_key`, if one exists.
+    pub fn find_by_run_key(conn: &mut DbConn, run_key: &str) -> ModelResult<Option<Workflow>> {
+        Ok(with_conn!(conn, c => workflows::table
+            .filter(workflows::run_key.eq(run_key))
+            .select(Workflow::as_select())
+            .first(c)
+            .optional())?)
     }
 
     /// One workflow run by its unique name.
@@ -448,6 +463,44 @@ impl WorkflowStep {
             ))
             .execute(c))?;
         Ok(n == 1)
+    }
+
+    /// `workflow retry`: puts back to `waiting` every step of the run that
+    /// failed to start (`failed`: its job could not be created) and every
+    /// started step whose job ended `error` or `canceled` and was not
+    /// retried yet (it keeps that job in `job_id`: the chain then starts a
+    /// retry of its failed and canceled datums instead of a new job). Each
+    /// is a guarded UPDATE naming the state it leaves, so of several
+    /// callers racing, each step moves once; the chain's claim then starts
+    /// it once. Steps canceled for their upstream resume by the chain rules
+    /// once their upstream no longer blocks them. Returns how many moved.
+    #[tracing::instrument(level = "debug", skip(conn))]
+    pub fn reopen_failed(conn: &mut DbConn, workflow_id: i64, now: Millis) -> ModelResult<usize> {
+        let failed_jobs = "UPDATE workflow_steps SET state = 'waiting', reason = NULL, \
+             updated_at = $2 WHERE workflow_id = $1 AND state = 'started' \
+             AND job_id IN (SELECT j.id FROM jobs j \
+                 WHERE j.status IN ('error', 'canceled') \
+                 AND NOT EXISTS (SELECT 1 FROM jobs r WHERE r.retry_of = j.id))";
+        let failed_jobs = match conn.backend() {
+            crate::db::Backend::Sqlite => failed_jobs.replace("$1", "?1").replace("$2", "?2"),
+            crate::db::Backend::Postgres => failed_jobs.to_owned(),
+        };
+        write_tx!(conn, c => {
+            let not_created = diesel::update(workflow_steps::table)
+                .filter(workflow_steps::workflow_id.eq(workflow_id))
+                .filter(workflow_steps::state.eq(StepState::Failed.as_str()))
+                .set((
+                    workflow_steps::state.eq(StepState::Waiting.as_str()),
+                    workflow_steps::reason.eq(None::<String>),
+                    workflow_steps::updated_at.eq(now),
+                ))
+                .execute(c)?;
+            let ended = diesel::sql_query(&failed_jobs)
+                .bind::<BigInt, _>(workflow_id)
+                .bind::<BigInt, _>(now)
+                .execute(c)?;
+            Ok::<_, ModelError>(not_created + ended)
+        })
     }
 
     /// Puts back to `waiting` the steps whose claim ran out before `now`

@@ -16,9 +16,9 @@ use falconeri_common::{
         AttemptStats, BatchHeartbeatRequest, BatchHeartbeatResponse, BatchOutcome, BatchReport,
         BatchReportRequest, BatchReportResponse, BatchReportResult, Claim, DatumSummary,
         DoneRequest, DoneResponse, ErrorDetail, ErrorRequest, HeartbeatRequest, HeartbeatResponse,
-        NewOutputFile, ReleaseRequest, Reservation, ReserveRequest, ReserveResponse,
+        KilledFor, NewOutputFile, ReleaseRequest, Reservation, ReserveRequest, ReserveResponse,
     },
-    failure_policy::{ExitAction, Matched, match_exit},
+    failure_policy::{ExitAction, ExitRule, Matched, match_exit},
     models::{Clock, Completed, Datum, Job, ModelError, Report, ReserveWant, Reserved},
     pipeline::MAX_DATUMS_PER_RESERVATION,
     status::{DatumStatus, JobStatus},
@@ -447,6 +447,7 @@ fn settle_report(
             exit_code,
             signal,
             stats,
+            killed_for,
         } => {
             let report = Report {
                 output: output_tail(output),
@@ -456,13 +457,21 @@ fn settle_report(
             };
             // The spec's `on_exit` rules decide whether a try is left to
             // use; without a matching rule, the datum is retried.
-            match match_exit(&info.spec.on_exit, *exit_code, *signal) {
+            match exit_rule(&info.spec.on_exit, *exit_code, *signal, *killed_for) {
                 Some(Matched { rule, action }) if action != ExitAction::Retry => {
                     let message = format!(
                         "{error} (on_exit[{rule}]: {}, not retried)",
                         action.as_str()
                     );
-                    Datum::fail_now(conn, id, claim, &report, &message, Clock::DB)
+                    if action == ExitAction::FailJob {
+                        let reason =
+                            crate::failures::fail_job_reason(id, *exit_code, *signal, rule);
+                        crate::failures::fail_datum_requesting_stop(
+                            conn, id, claim, &report, &message, &reason,
+                        )
+                    } else {
+                        Datum::fail_now(conn, id, claim, &report, &message, Clock::DB)
+                    }
                 }
                 _ => Datum::fail(conn, id, claim, &report, error, Clock::DB),
             }
@@ -813,6 +822,23 @@ async fn settle_batch(
     Ok(results)
 }
 
+/// The `on_exit` rule that decides a failure report, if any. None when the
+/// worker killed the command itself (its `datum_timeout`): the signal is
+/// then the worker's, and an exit status the command's answer to it, not
+/// how the command failed, so the failure is retried like any other. An
+/// older worker sends no `killed_for`, and its report is matched as before.
+fn exit_rule(
+    rules: &[ExitRule],
+    exit_code: Option<i32>,
+    signal: Option<i32>,
+    killed_for: Option<KilledFor>,
+) -> Option<Matched> {
+    match killed_for {
+        Some(KilledFor::DatumTimeout) => None,
+        None => match_exit(rules, exit_code, signal),
+    }
+}
+
 /// What a group of settled reports means for their job.
 enum Consequence {
     None,
@@ -840,12 +866,15 @@ fn failure_consequence(
         }
         failed = true;
         if let BatchOutcome::Error {
-            exit_code, signal, ..
+            exit_code,
+            signal,
+            killed_for,
+            ..
         } = &report.outcome
             && let Some(Matched {
                 rule,
                 action: ExitAction::FailJob,
-            }) = match_exit(&info.spec.on_exit, *exit_code, *signal)
+            }) = exit_rule(&info.spec.on_exit, *exit_code, *signal, *killed_for)
         {
             return Consequence::FailJob(crate::failures::fail_job_reason(
                 datum.id, *exit_code, *signal, rule,
@@ -943,6 +972,7 @@ async fn error(
         exit_code: request.exit_code,
         signal: request.signal,
         stats: request.stats,
+        killed_for: request.killed_for,
     };
     final_report(&state, &principal, id, &request.claim, outcome).await
 }
@@ -1071,5 +1101,33 @@ mod tests {
         assert!(tail.len() <= MAX_OUTPUT_BYTES);
         assert!(tail.ends_with('b'));
         assert_eq!(output_tail("short"), "short");
+    }
+
+    /// The worker's own kill (its `datum_timeout`) is not the command's way
+    /// of failing: no rule matches it, neither by the signal the worker sent
+    /// nor by the status a command that caught it exited with, while the
+    /// same ending without `killed_for` (another sender, or an older worker)
+    /// still matches.
+    #[test]
+    fn a_timeout_kill_matches_no_rule() {
+        let rules: Vec<ExitRule> = serde_json::from_value(serde_json::json!([
+            { "exit_codes": [143], "action": "fail_datum" },
+            { "signals": ["SIGTERM", "SIGKILL"], "action": "fail_job" },
+        ]))
+        .unwrap();
+        let action = |exit_code, signal, killed_for| {
+            exit_rule(&rules, exit_code, signal, killed_for).map(|m| m.action)
+        };
+        let timeout = Some(KilledFor::DatumTimeout);
+        for signal in [15, 9] {
+            assert_eq!(action(None, Some(signal), timeout), None, "{signal}");
+            assert_eq!(
+                action(None, Some(signal), None),
+                Some(ExitAction::FailJob),
+                "{signal}"
+            );
+        }
+        assert_eq!(action(Some(143), None, timeout), None);
+        assert_eq!(action(Some(143), None, None), Some(ExitAction::FailDatum));
     }
 }

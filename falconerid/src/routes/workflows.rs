@@ -1,12 +1,12 @@
 //! Workflows: run one (its steps start as the chain allows), list, show,
-//! follow. Admin only. The chain itself is `crate::chain`.
+//! follow, retry. Admin only. The chain itself is `crate::chain`.
 
 use axum::{
     Json, body::Bytes, extract::State, extract::rejection::BytesRejection, http::StatusCode,
 };
 use falconeri_common::{
     api::{ProgressQuery, WorkflowListQuery},
-    models::{NewWorkflowParams, Workflow, db_now, workflow_response},
+    models::{NewWorkflowParams, Workflow, WorkflowStep, db_now, workflow_response},
     workflow::{WorkflowListResponse, WorkflowProgressResponse, WorkflowResponse, WorkflowSpec},
 };
 use utoipa_axum::{router::OpenApiRouter, routes};
@@ -27,6 +27,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(show))
         .routes(routes!(show_by_name))
         .routes(routes!(progress))
+        .routes(routes!(retry))
 }
 
 /// Reads a run and its steps as the API shows them.
@@ -41,12 +42,14 @@ async fn load(state: &AppState, id: i64) -> AppResult<WorkflowResponse> {
 }
 
 /// Stores a workflow run with every step waiting; the chain starts the
-/// steps that wait for nothing at once.
+/// steps that wait for nothing at once. A run with the idempotency key
+/// `run_key` (a schedule's tick) is refused (409) if one exists.
 pub async fn start(
     state: &AppState,
     spec: WorkflowSpec,
     schedule_id: Option<i64>,
     incremental: bool,
+    run_key: Option<String>,
 ) -> AppResult<WorkflowResponse> {
     let name = format!(
         "{}-{}",
@@ -63,6 +66,7 @@ pub async fn start(
                     name: &name,
                     schedule_id,
                     incremental,
+                    run_key: run_key.as_deref(),
                 },
                 now,
             )
@@ -100,7 +104,7 @@ async fn create(
     let body = body?;
     let text = super::body_text(&body, "the workflow")?;
     let spec = WorkflowSpec::from_json(text).map_err(AppError::InvalidSpec)?;
-    let workflow = start(&state, spec, None, false).await?;
+    let workflow = start(&state, spec, None, false, None).await?;
     Ok((StatusCode::CREATED, Json(workflow)))
 }
 
@@ -227,4 +231,46 @@ async fn progress(
         workflow,
         generation,
     }))
+}
+
+/// Retries a run's failed steps: each step whose job could not be created
+/// waits again (the chain creates its job anew), and each whose job ended
+/// `error` or `canceled` waits again to start a retry of that job's failed
+/// and canceled datums (as `job retry` makes). The steps canceled below
+/// them resume. Each step is reopened by one guarded UPDATE and started by
+/// the one replica whose claim wins, so racing retries start it once.
+#[utoipa::path(
+    post,
+    operation_id = "retry_workflow",
+    path = "/v1/workflows/{id}/retry",
+    tag = "workflows",
+    summary = "Retry a workflow run's failed steps",
+    params(("id" = i64, Path, description = "The run's id")),
+    responses(
+        (status = 200, description = "The run, its retried steps waiting or starting", body = WorkflowResponse),
+        BadRequest, Unauthorized, Forbidden, NotFound, Conflict, Unavailable, Internal,
+    ),
+)]
+async fn retry(
+    principal: Principal,
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<i64>,
+) -> AppResult<Json<WorkflowResponse>> {
+    principal.require_admin()?;
+    let (name, reopened) = state
+        .db(move |conn| {
+            let workflow = Workflow::find(conn, id)?;
+            let now = db_now(conn)?;
+            Ok((workflow.name, WorkflowStep::reopen_failed(conn, id, now)?))
+        })
+        .await?;
+    if reopened == 0 {
+        return Err(AppError::Conflict(format!(
+            "workflow run {name} has no failed or canceled step to retry \
+             (a step canceled for its upstream resumes when that one is retried)"
+        )));
+    }
+    tracing::info!(workflow = name, steps = reopened, "workflow run retried");
+    state.notify(Change::Workflows);
+    Ok(Json(load(&state, id).await?))
 }
