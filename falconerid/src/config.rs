@@ -76,6 +76,14 @@ pub struct Config {
     #[arg(long, env = "FALCONERI_DB_WAIT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub db_wait: Duration,
 
+    /// How long, on PostgreSQL, the server gathers its changes before it
+    /// tells the other replicas of them, in one NOTIFY: a NOTIFY is a
+    /// commit, so a busy server sends at most one per this interval instead
+    /// of one per change. Other replicas' long-polls hear of a change that
+    /// much later; this server's own are woken at once.
+    #[arg(long, env = "FALCONERI_NOTIFY_LINGER", default_value = "10ms", value_parser = humantime::parse_duration)]
+    pub notify_linger: Duration,
+
     /// If `listen`'s port is taken, listen on any free port instead (the
     /// embedded default prefers its previous port, so workers that outlived
     /// a crashed server find the new one; any port will do otherwise).
@@ -215,6 +223,7 @@ impl Config {
             babysitter_interval: Duration::from_secs(1),
             db_pool_size: 8,
             db_wait: falconeri_common::db::DEFAULT_WAIT,
+            notify_linger: Duration::from_millis(10),
             listen_fallback: true,
             worker_restarts: 3,
             kubernetes_namespace: None,

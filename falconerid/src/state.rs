@@ -222,8 +222,10 @@ impl AppState {
             let _ = public_url.set(url.trim_end_matches('/').to_owned());
         }
         let server_id = format!("{:016x}", rand::random::<u64>());
-        let outbox = (pool.backend() == falconeri_common::db::Backend::Postgres)
-            .then(|| Mutex::new(spawn_notifier(pool.clone(), server_id.clone())));
+        let outbox = (pool.backend() == falconeri_common::db::Backend::Postgres).then(|| {
+            let linger = config.notify_linger;
+            Mutex::new(spawn_notifier(pool.clone(), server_id.clone(), linger))
+        });
         AppState {
             inner: Arc::new(Inner {
                 config,
@@ -555,15 +557,13 @@ impl AppState {
 /// whatever else piled up meanwhile, so a burst of changes costs one
 /// `pg_notify` per job and kind, not one per change. It ends when the state
 /// (the channel's sender) is dropped.
-fn spawn_notifier(pool: DbPool, server_id: String) -> mpsc::Sender<Change> {
+fn spawn_notifier(pool: DbPool, server_id: String, linger: Duration) -> mpsc::Sender<Change> {
     let (sender, receiver) = mpsc::channel::<Change>();
     let spawned = std::thread::Builder::new()
         .name("falconerid-notify".to_owned())
         .spawn(move || {
             while let Ok(first) = receiver.recv() {
-                let mut burst = vec![first];
-                burst.extend(receiver.try_iter());
-                let changes = Change::coalesce(burst);
+                let changes = Change::coalesce(gather(&receiver, first, linger));
                 let mut payloads = Vec::new();
                 let mut current: Vec<Change> = Vec::new();
                 for change in changes {
@@ -593,9 +593,63 @@ fn spawn_notifier(pool: DbPool, server_id: String) -> mpsc::Sender<Change> {
     sender
 }
 
+/// `first` and whatever else changes within `linger` of it (and whatever
+/// piled up before): they go out together, in one NOTIFY, one commit.
+fn gather(receiver: &mpsc::Receiver<Change>, first: Change, linger: Duration) -> Vec<Change> {
+    let mut burst = vec![first];
+    let until = std::time::Instant::now() + linger;
+    while let Some(left) = until.checked_duration_since(std::time::Instant::now()) {
+        match receiver.recv_timeout(left) {
+            Ok(change) => burst.push(change),
+            Err(_) => break,
+        }
+    }
+    burst.extend(receiver.try_iter());
+    burst
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Changes that come within the linger of the first are sent with it;
+    /// one that comes after is left for the next NOTIFY.
+    #[test]
+    fn changes_within_the_linger_go_out_together() {
+        let (sender, receiver) = mpsc::channel();
+        let late = sender.clone();
+        std::thread::spawn(move || {
+            for n in 0..3 {
+                std::thread::sleep(Duration::from_millis(20));
+                let _ = late.send(Change::DatumsReady { job_id: 1, n });
+            }
+        });
+        let burst = gather(
+            &receiver,
+            Change::Progress { job_id: 1 },
+            Duration::from_secs(1),
+        );
+        assert_eq!(burst.len(), 4, "{burst:?}");
+
+        let (sender, receiver) = mpsc::channel();
+        let _ = sender.send(Change::Progress { job_id: 2 });
+        let later = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            let _ = sender.send(Change::Progress { job_id: 3 });
+        });
+        let burst = gather(
+            &receiver,
+            Change::Progress { job_id: 1 },
+            Duration::from_millis(50),
+        );
+        assert_eq!(
+            burst.len(),
+            2,
+            "what piled up goes too, the late one not: {burst:?}"
+        );
+        later.join().unwrap();
+        assert_eq!(receiver.try_iter().count(), 1);
+    }
 
     #[test]
     fn changes_round_trip_through_payloads() {

@@ -143,6 +143,11 @@ pub async fn start_server(
     config.listen_fallback = false;
     config.db_pool_size = 16;
     config.babysitter_interval = Duration::from_secs(2);
+    // To compare notifier settings: BENCH_NOTIFY_LINGER_MS (default: the
+    // server's own, `--notify-linger`).
+    if let Ok(ms) = std::env::var("BENCH_NOTIFY_LINGER_MS") {
+        config.notify_linger = Duration::from_millis(ms.parse()?);
+    }
     let state = AppState::new(config, db.pool.clone(), Arc::new(NoWorkers));
     let listener = tokio::net::TcpListener::bind(state.config().listen).await?;
     let addr = listener.local_addr()?;
