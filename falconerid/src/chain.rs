@@ -23,7 +23,9 @@
 use std::convert::Infallible;
 
 use falconeri_common::{
-    models::{Job, Workflow, WorkflowStep, db_now, step_views},
+    Millis,
+    db::DbConn,
+    models::{Job, ModelResult, Workflow, WorkflowStep, db_now, step_views},
     pipeline::PipelineSpec,
     status::JobStatus,
     workflow::StepAction,
@@ -177,7 +179,7 @@ async fn advance_workflow(state: &AppState, workflow_id: i64) -> AppResult<Vec<J
 
 /// How long a claim on a step holds without renewal: one lease, renewed
 /// every third of it while the job is created.
-fn claim_lease_ms(state: &AppState) -> i64 {
+pub(crate) fn claim_lease_ms(state: &AppState) -> i64 {
     state.config().lease_ms().saturating_mul(2)
 }
 
@@ -290,24 +292,38 @@ async fn create_step_job(
 
 /// Keeps the claim on a step alive while its job is created.
 async fn renew_claim(state: &AppState, step_id: i64, token: String) -> Infallible {
+    let what = format!("workflow step {step_id}");
+    keep_renewing(state, what, move |conn, until| {
+        WorkflowStep::renew_claim(conn, step_id, &token, until)
+    })
+    .await
+}
+
+/// Renews a claim (a workflow step's, a scheduled tick's) every half lease,
+/// to `claim_lease_ms` from the database's clock, until the caller drops
+/// it; a failed renewal is logged and tried again at the next tick.
+pub(crate) async fn keep_renewing<F>(state: &AppState, what: String, renew: F) -> Infallible
+where
+    F: Fn(&mut DbConn, Millis) -> ModelResult<bool> + Clone + Send + 'static,
+{
     let lease_ms = claim_lease_ms(state);
     let mut ticks = tokio::time::interval(state.config().lease / 2);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticks.tick().await;
     loop {
         ticks.tick().await;
-        let token = token.clone();
+        let renew = renew.clone();
         let renewed = state
             .db(move |conn| {
                 let now = db_now(conn)?;
-                WorkflowStep::renew_claim(conn, step_id, &token, now.saturating_add(lease_ms))
+                renew(conn, now.saturating_add(lease_ms))
             })
             .await;
         if let Err(err) = renewed {
             tracing::warn!(
-                step_id,
+                claim = what,
                 error = format!("{err:#}"),
-                "cannot renew the claim on a workflow step"
+                "cannot renew a claim"
             );
         }
     }

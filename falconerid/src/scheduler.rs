@@ -172,10 +172,11 @@ fn new_token() -> String {
     hex::encode(rand::random::<[u8; 16]>())
 }
 
-/// How long a pending tick stays its taker's without renewal: two leases,
-/// renewed every half lease while the run is made.
+/// How long a pending tick stays its taker's without renewal: as a
+/// workflow step's claim, two leases, renewed every half lease while the
+/// run is made.
 fn pending_lease_ms(state: &AppState) -> i64 {
-    state.config().lease_ms().saturating_mul(2)
+    crate::chain::claim_lease_ms(state)
 }
 
 /// Makes the run of a tick this server owns, in a task of its own: nothing
@@ -297,25 +298,9 @@ async fn make_run(state: &AppState, schedule: &Schedule, key: String) -> Result<
 
 /// Keeps this server's lease on a pending tick while its run is made.
 async fn renew_pending(state: &AppState, id: i64, token: String) -> Infallible {
-    let lease_ms = pending_lease_ms(state);
-    let mut ticks = tokio::time::interval(state.config().lease / 2);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    ticks.tick().await;
-    loop {
-        ticks.tick().await;
-        let token = token.clone();
-        let renewed = state
-            .db(move |conn| {
-                let now = db_now(conn)?;
-                Schedule::renew_pending(conn, id, &token, now.saturating_add(lease_ms))
-            })
-            .await;
-        if let Err(err) = renewed {
-            tracing::warn!(
-                schedule_id = id,
-                error = format!("{err:#}"),
-                "cannot renew the lease on a pending scheduled run"
-            );
-        }
-    }
+    let what = format!("pending run of schedule {id}");
+    crate::chain::keep_renewing(state, what, move |conn, until| {
+        Schedule::renew_pending(conn, id, &token, until)
+    })
+    .await
 }

@@ -317,26 +317,15 @@ pub mod rest {
         loop {
             let reservation = match pending.take() {
                 Some(reservation) => reservation,
-                None => {
-                    let started = Instant::now();
-                    let answer = client
-                        .reserve(job_id, worker, RESERVE_WAIT, None, resume)
-                        .await;
-                    resume = answer.is_err();
-                    let reservation = match answer {
-                        Ok(ReserveResponse::Reserved(reservation)) => reservation,
-                        Ok(ReserveResponse::Batch { .. }) => bail!("a batch was not asked for"),
-                        Ok(ReserveResponse::Wait) => continue,
-                        Ok(ReserveResponse::Finished) => return Ok(mine),
-                        Err(err) if err.is_transient() => {
-                            mine.retried += 1;
-                            continue;
-                        }
-                        Err(err) => return Err(err.into()),
-                    };
-                    mine.reserve_us.push(micros(started.elapsed()));
-                    reservation
-                }
+                None => match reserve_timed(client, job_id, worker, None, &mut resume, &mut mine)
+                    .await?
+                {
+                    Some(mut given) => match given.pop() {
+                        Some(one) => Box::new(one),
+                        None => continue,
+                    },
+                    None => return Ok(mine),
+                },
             };
             let body = DoneRequest {
                 claim: reservation.claim.clone(),
@@ -370,6 +359,37 @@ pub mod rest {
         }
     }
 
+    /// One timed reservation request, as the worker sends it: the datums it
+    /// handed out (none on `wait`, or on a transient error, which is
+    /// counted), or None once the job is finished.
+    async fn reserve_timed(
+        client: &Client,
+        job_id: i64,
+        worker: &str,
+        max: Option<u32>,
+        resume: &mut bool,
+        mine: &mut Drain,
+    ) -> Result<Option<Vec<falconeri_common::api::Reservation>>> {
+        let started = Instant::now();
+        let answer = client
+            .reserve(job_id, worker, RESERVE_WAIT, max, *resume)
+            .await;
+        *resume = answer.is_err();
+        let given = match answer {
+            Ok(ReserveResponse::Batch { reservations }) => reservations,
+            Ok(ReserveResponse::Reserved(reservation)) => vec![*reservation],
+            Ok(ReserveResponse::Wait) => return Ok(Some(Vec::new())),
+            Ok(ReserveResponse::Finished) => return Ok(None),
+            Err(err) if err.is_transient() => {
+                mine.retried += 1;
+                return Ok(Some(Vec::new()));
+            }
+            Err(err) => return Err(err.into()),
+        };
+        mine.reserve_us.push(micros(started.elapsed()));
+        Ok(Some(given))
+    }
+
     /// [`work`] with batches: reserve up to `batch` datums, report them all
     /// done in one request. Latencies are per request.
     async fn work_in_batches(
@@ -388,24 +408,13 @@ pub mod rest {
             let reservations = match pending.take() {
                 Some(reservations) => reservations,
                 None => {
-                    let started = Instant::now();
-                    let answer = client
-                        .reserve(job_id, worker, RESERVE_WAIT, Some(batch), resume)
-                        .await;
-                    resume = answer.is_err();
-                    let reservations = match answer {
-                        Ok(ReserveResponse::Batch { reservations }) => reservations,
-                        Ok(ReserveResponse::Reserved(reservation)) => vec![*reservation],
-                        Ok(ReserveResponse::Wait) => continue,
-                        Ok(ReserveResponse::Finished) => return Ok(mine),
-                        Err(err) if err.is_transient() => {
-                            mine.retried += 1;
-                            continue;
-                        }
-                        Err(err) => return Err(err.into()),
-                    };
-                    mine.reserve_us.push(micros(started.elapsed()));
-                    reservations
+                    let max = Some(batch);
+                    match reserve_timed(client, job_id, worker, max, &mut resume, &mut mine).await?
+                    {
+                        Some(given) if given.is_empty() => continue,
+                        Some(given) => given,
+                        None => return Ok(mine),
+                    }
                 }
             };
             let body = BatchReportRequest {
