@@ -6,13 +6,13 @@
 //! [`falconeri_common::log_frame`]): all the lines of one read of a pipe
 //! make one message on a bounded channel to one task per attempt, which
 //! sends them in chunks, each the body of one `PUT` as it is: as soon as
-//! 256 KiB are waiting, or 200 ms after the first waiting line, whichever
+//! 1 MiB is waiting, or 200 ms after the first waiting line, whichever
 //! comes first, so a line reaches followers well within a second while a
-//! chatty command costs one request per 256 KiB. One chunk is in flight
-//! while the next fills. (64 KiB chunks made a command printing 1 MiB per
-//! datum about 8 times slower than one whose output is discarded, most of
-//! it spent in the request round trips; a JSON object per line cost more
-//! again; see bench/logs.)
+//! chatty command costs one request (and one database transaction) per
+//! MiB. One chunk is in flight while the next fills. (64 KiB chunks made a
+//! command printing 1 MiB per datum about 8 times slower than one whose
+//! output is discarded, most of it spent in the request round trips; a
+//! JSON object per line cost more again; see bench/logs.)
 //! A full channel holds the pumps back (and, through its pipe, the command)
 //! rather than dropping lines or growing without bound. Every chunk carries
 //! the attempt's claim and a number; a resend after a lost answer is
@@ -37,7 +37,7 @@ use tokio::{sync::mpsc, task::JoinHandle, time::Instant};
 use crate::retry::with_retries;
 
 /// Bytes of lines that make a chunk go at once.
-pub(crate) const CHUNK_BYTES: usize = 256 * 1024;
+pub(crate) const CHUNK_BYTES: usize = 1024 * 1024;
 
 /// How long the first waiting line may wait for others.
 pub(crate) const CHUNK_DELAY: Duration = Duration::from_millis(200);

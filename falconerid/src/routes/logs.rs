@@ -48,7 +48,7 @@ use crate::{
     state::{AppState, Change},
 };
 
-/// Chunks read per database call: at most this many (256 KiB each, about,
+/// Chunks read per database call: at most this many (1 MiB each, about,
 /// the worker's chunk size) are in memory per stream.
 const PAGE: i64 = 2;
 
