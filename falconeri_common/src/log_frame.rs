@@ -248,7 +248,9 @@ mod tests {
         let short = check(&data[..data.len() - 1]).unwrap_err();
         assert_eq!((short.line, short.offset), (1, first));
         assert!(
-            short.to_string().contains("says it has 5 bytes, 4 are left"),
+            short
+                .to_string()
+                .contains("says it has 5 bytes, 4 are left"),
             "{short}"
         );
 
@@ -258,7 +260,12 @@ mod tests {
         let mut bad_stream = data.clone();
         bad_stream[first] = 9;
         let err = check(&bad_stream).unwrap_err();
-        assert_eq!(err.to_string(), format!("line 1 (at byte {first}): stream byte 9 is none of 0 (stdout), 1 (stderr), 2 (worker)"));
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "line 1 (at byte {first}): stream byte 9 is none of 0 (stdout), 1 (stderr), 2 (worker)"
+            )
+        );
         // The walk stops at the first error.
         assert_eq!(lines(&bad_stream).count(), 2);
     }

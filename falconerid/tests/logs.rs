@@ -343,7 +343,10 @@ async fn put_chunk(
     let response = server.app.clone().oneshot(request).await.unwrap();
     let status = response.status();
     let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
 }
 
 #[tokio::test]
@@ -371,7 +374,11 @@ async fn framed_chunks_are_stored_as_sent_and_damaged_ones_refused() {
         log_frame::push_line(&mut chunk, LogStream::Worker, 12, b"downloaded\n");
         let sent = Instant::now();
         let (status, body) = put_chunk(&server, &token, datum_id, &claim, 0, OCTETS, chunk).await;
-        assert_eq!((status, &body["stored"]), (StatusCode::OK, &json!(true)), "{body}");
+        assert_eq!(
+            (status, &body["stored"]),
+            (StatusCode::OK, &json!(true)),
+            "{body}"
+        );
         let first = follower.next().await.unwrap();
         assert!(sent.elapsed() < Duration::from_secs(1));
         assert_eq!(
@@ -403,9 +410,16 @@ async fn framed_chunks_are_stored_as_sent_and_damaged_ones_refused() {
             "{message}"
         );
         // So is JSON sent to the framed route.
-        let (status, body) =
-            put_chunk(&server, &token, datum_id, &claim, 1, "application/json", b"[]".to_vec())
-                .await;
+        let (status, body) = put_chunk(
+            &server,
+            &token,
+            datum_id,
+            &claim,
+            1,
+            "application/json",
+            b"[]".to_vec(),
+        )
+        .await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
         // A stale claim changes nothing.
         let mut stale = claim.clone();

@@ -76,9 +76,8 @@ pub struct Appended {
 /// The lines of a stored chunk; an error if the data is not in
 /// [`crate::log_frame`]'s format (a damaged row), never a panic.
 pub fn decode_lines(data: &[u8]) -> ModelResult<Vec<StoredLine>> {
-    crate::log_frame::decode_lines(data).map_err(|err| {
-        ModelError::Other(anyhow::anyhow!("a stored log chunk is damaged: {err}"))
-    })
+    crate::log_frame::decode_lines(data)
+        .map_err(|err| ModelError::Other(anyhow::anyhow!("a stored log chunk is damaged: {err}")))
 }
 
 #[derive(QueryableByName)]

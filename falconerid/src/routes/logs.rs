@@ -199,7 +199,8 @@ async fn put_chunk(
         )));
     }
     let data = body?;
-    let summary = log_frame::check(&data).map_err(|err| AppError::BadRequest(format!("body: {err}")))?;
+    let summary =
+        log_frame::check(&data).map_err(|err| AppError::BadRequest(format!("body: {err}")))?;
     let claim = Claim {
         worker_id: query.worker_id,
         attempt,
