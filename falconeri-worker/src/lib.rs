@@ -98,8 +98,10 @@ pub struct Config {
     pub retry_budget: Duration,
 
     /// How much of the command's stdout and stderr (the last bytes) to send
-    /// to falconerid with the datum's report.
-    #[arg(long, env = "FALCONERI_OUTPUT_TAIL_BYTES", default_value_t = 1024 * 1024)]
+    /// to falconerid with the datum's report. The attempt's log keeps all of
+    /// it; this tail is the summary `datum describe` shows, and a larger one
+    /// is one more copy of the output to send and store per datum.
+    #[arg(long, env = "FALCONERI_OUTPUT_TAIL_BYTES", default_value_t = 64 * 1024)]
     pub output_tail_bytes: usize,
 
     /// A file where the worker records the process group of the command it
@@ -346,7 +348,7 @@ mod tests {
         assert_eq!(config.scratch, PathBuf::from("/scratch"));
         assert_eq!(config.reserve_wait, Duration::from_secs(30));
         assert_eq!(config.retry_budget, Duration::from_secs(300));
-        assert_eq!(config.output_tail_bytes, 1 << 20);
+        assert_eq!(config.output_tail_bytes, 64 << 10);
         let debug = format!("{config:?}");
         assert!(!debug.contains("s3cret-token"), "{debug}");
         assert!(debug.contains("http://127.0.0.1:8089"), "{debug}");

@@ -2,14 +2,17 @@
 //! stdout and stderr, line by line, and the worker's own lines about the
 //! attempt (downloads, the command's end, uploads).
 //!
-//! Lines go through a bounded channel to one task per attempt, which sends
-//! them in chunks: as soon as 256 KiB are waiting, or 200 ms after the first
-//! waiting line, whichever comes first, so a line reaches followers well
-//! within a second while a chatty command costs one request per 256 KiB.
-//! One chunk is in flight while the next fills.
-//! (64 KiB chunks made a command printing 1 MiB per datum about 8 times
-//! slower than one whose output is discarded, most of it spent in the
-//! request round trips; see bench/logs.)
+//! Lines are framed as they are split (the framing the server stores, see
+//! [`falconeri_common::log_frame`]): all the lines of one read of a pipe
+//! make one message on a bounded channel to one task per attempt, which
+//! sends them in chunks, each the body of one `PUT` as it is: as soon as
+//! 1 MiB is waiting, or 200 ms after the first waiting line, whichever
+//! comes first, so a line reaches followers well within a second while a
+//! chatty command costs one request (and one database transaction) per
+//! MiB. One chunk is in flight while the next fills. (64 KiB chunks made a
+//! command printing 1 MiB per datum about 8 times slower than one whose
+//! output is discarded, most of it spent in the request round trips; a
+//! JSON object per line cost more again; see bench/logs.)
 //! A full channel holds the pumps back (and, through its pipe, the command)
 //! rather than dropping lines or growing without bound. Every chunk carries
 //! the attempt's claim and a number; a resend after a lost answer is
@@ -22,38 +25,53 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
+use bytes::Bytes;
 use falconeri_common::{
     Millis,
-    api::{Claim, LogAppendRequest, LogLine, LogStream, MAX_LOG_LINE_BYTES},
+    api::{Claim, LogStream, MAX_LOG_LINE_BYTES},
     client::Client,
+    log_frame,
 };
 use tokio::{sync::mpsc, task::JoinHandle, time::Instant};
 
 use crate::retry::with_retries;
 
 /// Bytes of lines that make a chunk go at once.
-pub(crate) const CHUNK_BYTES: usize = 256 * 1024;
+pub(crate) const CHUNK_BYTES: usize = 1024 * 1024;
 
 /// How long the first waiting line may wait for others.
 pub(crate) const CHUNK_DELAY: Duration = Duration::from_millis(200);
 
-/// Lines in flight between the pumps and the sender.
-const CHANNEL_LINES: usize = 256;
+/// Messages (each the framed lines of one read of a pipe, at most the
+/// pump's buffer plus a line piece, or one worker line) in flight between
+/// the pumps and the sender.
+const CHANNEL_MESSAGES: usize = 64;
 
-/// Where the pumps and the worker write an attempt's lines.
+/// Where the pumps and the worker write an attempt's lines: framed lines,
+/// one or more per message.
 #[derive(Clone, Debug)]
-pub(crate) struct LogSink(mpsc::Sender<LogLine>);
+pub(crate) struct LogSink(mpsc::Sender<Vec<u8>>);
 
 impl LogSink {
     /// Queues one line (or piece of one) of `stream`, read at `at`.
     pub(crate) async fn line(&self, stream: LogStream, at: Millis, bytes: &[u8]) {
+        let mut framed = Vec::new();
+        log_frame::push_line(&mut framed, stream, at, bytes);
+        self.framed(framed).await;
+    }
+
+    /// Queues lines framed already.
+    pub(crate) async fn framed(&self, framed: Vec<u8>) {
+        if framed.is_empty() {
+            return;
+        }
         // Closed only when the shipper gave up (the attempt is not ours).
-        let _ = self.0.send(LogLine::new(stream, at, bytes)).await;
+        let _ = self.0.send(framed).await;
     }
 
     /// A sink whose lines go to the returned receiver (tests).
     #[cfg(test)]
-    pub(crate) fn for_test() -> (LogSink, mpsc::Receiver<LogLine>) {
+    pub(crate) fn for_test() -> (LogSink, mpsc::Receiver<Vec<u8>>) {
         let (sender, receiver) = mpsc::channel(1024);
         (LogSink(sender), receiver)
     }
@@ -84,7 +102,7 @@ impl LogShipper {
         claim: Claim,
         retry_budget: Duration,
     ) -> LogShipper {
-        let (sender, receiver) = mpsc::channel(CHANNEL_LINES);
+        let (sender, receiver) = mpsc::channel(CHANNEL_MESSAGES);
         let task = tokio::spawn(ship(client, datum_id, claim, retry_budget, receiver));
         LogShipper {
             sink: LogSink(sender),
@@ -120,12 +138,20 @@ pub(crate) fn now_millis() -> Millis {
 /// the log must be dropped.
 type Sending = Pin<Box<dyn Future<Output = bool> + Send>>;
 
-/// Sends one chunk, retrying transient failures within `retry_budget`.
-fn send(client: &Client, datum_id: i64, body: LogAppendRequest, retry_budget: Duration) -> Sending {
+/// Sends chunk `seq`, retrying transient failures within `retry_budget`.
+fn send(
+    client: &Client,
+    datum_id: i64,
+    claim: Claim,
+    seq: i64,
+    body: Bytes,
+    retry_budget: Duration,
+) -> Sending {
     let client = client.clone();
     Box::pin(async move {
         let sent = with_retries(retry_budget, "sending log lines", || {
-            client.append_logs(datum_id, &body)
+            // A clone of `Bytes` shares the buffer: a retry copies nothing.
+            client.put_log_chunk(datum_id, &claim, seq, body.clone())
         })
         .await;
         match sent {
@@ -163,10 +189,9 @@ async fn ship(
     datum_id: i64,
     claim: Claim,
     retry_budget: Duration,
-    mut receiver: mpsc::Receiver<LogLine>,
+    mut receiver: mpsc::Receiver<Vec<u8>>,
 ) {
-    let mut batch: Vec<LogLine> = Vec::new();
-    let mut size = 0;
+    let mut batch: Vec<u8> = Vec::new();
     let mut due: Option<Instant> = None;
     let mut seq = 0;
     let mut sending: Option<Sending> = None;
@@ -186,12 +211,14 @@ async fn ship(
         let wake = tokio::select! {
             stored = in_flight => Wake::Sent(stored),
             line = receiver.recv() => match line {
-                Some(line) => {
-                    size += line.text.as_ref().map_or(0, String::len)
-                        + line.base64.as_ref().map_or(0, String::len);
-                    batch.push(line);
+                Some(framed) => {
+                    if batch.is_empty() {
+                        // Most chunks fill up: spare the regrowing.
+                        batch.reserve(CHUNK_BYTES + framed.len());
+                    }
+                    batch.extend_from_slice(&framed);
                     due.get_or_insert_with(|| Instant::now() + CHUNK_DELAY);
-                    Wake::Line(size >= CHUNK_BYTES)
+                    Wake::Line(batch.len() >= CHUNK_BYTES)
                 }
                 None => Wake::Closed,
             },
@@ -216,14 +243,17 @@ async fn ship(
             {
                 return;
             }
-            let body = LogAppendRequest {
-                claim: claim.clone(),
+            let body = Bytes::from(std::mem::take(&mut batch));
+            sending = Some(send(
+                &client,
+                datum_id,
+                claim.clone(),
                 seq,
-                lines: std::mem::take(&mut batch),
-            };
+                body,
+                retry_budget,
+            ));
             seq += 1;
-            (size, due) = (0, None);
-            sending = Some(send(&client, datum_id, body, retry_budget));
+            due = None;
         }
         if closed {
             if let Some(last) = sending.take() {
@@ -254,23 +284,46 @@ impl LineSplitter {
         }
     }
 
-    /// Takes newly read bytes; sends every finished line.
+    /// Takes newly read bytes; sends every finished line, all of them in
+    /// one message. Lines that start in this read were read at one moment,
+    /// so they share one timestamp (one clock read per read, not per line).
     pub(crate) async fn push(&mut self, sink: &LogSink, mut data: &[u8]) {
+        let mut framed = Vec::new();
+        let mut now = None;
         while !data.is_empty() {
-            if self.started.is_none() {
-                self.started = Some((now_millis(), Instant::now()));
-            }
             let room = MAX_LOG_LINE_BYTES - self.partial.len();
-            let (take, ends) = match data.iter().take(room).position(|b| *b == b'\n') {
+            let (take, ends) = match memchr::memchr(b'\n', &data[..data.len().min(room)]) {
                 Some(newline) => (newline + 1, true),
                 None => (data.len().min(room), data.len() >= room),
             };
-            self.partial.extend_from_slice(&data[..take]);
+            let line = &data[..take];
             data = &data[take..];
-            if ends {
-                self.flush(sink).await;
+            let started = match self.started {
+                Some((at, _)) => at,
+                None => {
+                    let (at, instant) = *now.get_or_insert_with(|| (now_millis(), Instant::now()));
+                    if !ends {
+                        self.started = Some((at, instant));
+                    }
+                    at
+                }
+            };
+            if !ends {
+                self.partial.extend_from_slice(line);
+            } else if self.partial.is_empty() {
+                // A whole line in this read: framed straight from the buffer.
+                if framed.is_empty() {
+                    framed.reserve(data.len() + take + 16 * log_frame::LINE_HEADER);
+                }
+                log_frame::push_line(&mut framed, self.stream, started, line);
+            } else {
+                self.partial.extend_from_slice(line);
+                log_frame::push_line(&mut framed, self.stream, started, &self.partial);
+                self.partial.clear();
+                self.started = None;
             }
         }
+        sink.framed(framed).await;
     }
 
     /// When the partial line must go even without its newline.
@@ -285,13 +338,19 @@ impl LineSplitter {
             self.partial.clear();
         }
     }
+
+    /// The partial line, for tests.
+    #[cfg(test)]
+    fn waiting(&self) -> &[u8] {
+        &self.partial
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    async fn split(chunks: &[&[u8]]) -> Vec<LogLine> {
+    async fn split(chunks: &[&[u8]]) -> Vec<log_frame::StoredLine> {
         let (sender, mut receiver) = mpsc::channel(1024);
         let sink = LogSink(sender);
         let mut splitter = LineSplitter::new(LogStream::Stdout);
@@ -301,20 +360,49 @@ mod tests {
         splitter.flush(&sink).await;
         drop(sink);
         let mut lines = Vec::new();
-        while let Some(line) = receiver.recv().await {
-            lines.push(line);
+        while let Some(framed) = receiver.recv().await {
+            lines.extend(log_frame::decode_lines(&framed).unwrap());
         }
         lines
     }
 
     #[tokio::test]
     async fn lines_are_split_at_newlines_and_kept_whole() {
-        let lines = split(&[b"one\ntw", b"o\n\0three"]).await;
-        let bytes: Vec<Vec<u8>> = lines.iter().map(|l| l.bytes().unwrap()).collect();
+        let lines = split(&[b"one\ntw", b"o\n\0three\xff\n", b"\n"]).await;
+        let bytes: Vec<Vec<u8>> = lines.iter().map(|l| l.bytes.clone()).collect();
         assert_eq!(
             bytes,
-            vec![b"one\n".to_vec(), b"two\n".to_vec(), b"\0three".to_vec()]
+            vec![
+                b"one\n".to_vec(),
+                b"two\n".to_vec(),
+                b"\0three\xff\n".to_vec(),
+                b"\n".to_vec()
+            ]
         );
+        assert!(lines.iter().all(|l| l.stream == LogStream::Stdout));
+        // A line keeps the time its first byte was read: "two" was started
+        // in the first read, at or before the second read's "\0three".
+        assert!(lines[1].at <= lines[2].at);
+    }
+
+    /// All the whole lines of one read travel as one message, and a piece
+    /// of a line waits for the rest.
+    #[tokio::test]
+    async fn one_read_makes_one_message() {
+        let (sink, mut receiver) = LogSink::for_test();
+        let mut splitter = LineSplitter::new(LogStream::Stderr);
+        splitter.push(&sink, b"a\nb\nc\npartial").await;
+        let framed = receiver.try_recv().unwrap();
+        let lines = log_frame::decode_lines(&framed).unwrap();
+        assert_eq!(lines.len(), 3);
+        assert!(lines.iter().all(|l| l.stream == LogStream::Stderr));
+        assert!(receiver.try_recv().is_err());
+        assert_eq!(splitter.waiting(), b"partial");
+        assert!(splitter.due().is_some());
+        splitter.push(&sink, b" line\n").await;
+        let lines = log_frame::decode_lines(&receiver.try_recv().unwrap()).unwrap();
+        assert_eq!(lines[0].bytes, b"partial line\n");
+        assert!(splitter.due().is_none());
     }
 
     /// While a chunk is in flight the next one fills: the command is not
@@ -327,8 +415,13 @@ mod tests {
         let held = std::sync::Mutex::new(held);
         let (url, mut requests) =
             crate::batch::tests::fake_server(std::sync::Arc::new(move |path: &str, body: &str| {
-                assert_eq!(path, "/v1/datums/5/logs");
-                if body.contains("\"seq\":0,") {
+                assert!(
+                    path.starts_with("/v1/datums/5/attempts/1/logs/")
+                        && path.ends_with("?worker_id=w-1"),
+                    "{path}"
+                );
+                let _ = body;
+                if path.contains("/logs/0?") {
                     // Holds the first chunk's answer (this fake serves each
                     // request on a task of its own) until the test says so.
                     let _ = held.lock().unwrap().recv_timeout(Duration::from_secs(10));
@@ -349,8 +442,11 @@ mod tests {
             .chain(b"\n")
             .copied()
             .collect::<Vec<u8>>();
-        let first = CHUNK_BYTES / line.len();
-        let next = CHANNEL_LINES + 144;
+        // The lines that fill a chunk, framed.
+        let framed = line.len() + log_frame::LINE_HEADER;
+        let first = CHUNK_BYTES.div_ceil(framed);
+        // More than the channel holds, as messages of one line each.
+        let next = CHANNEL_MESSAGES + 144;
         tokio::time::timeout(Duration::from_secs(5), async {
             for _ in 0..first + next {
                 sink.line(LogStream::Stdout, 1, &line).await;
@@ -363,15 +459,18 @@ mod tests {
         shipper.finish(Duration::from_secs(10)).await;
         let mut seqs = Vec::new();
         let mut lines = 0;
-        while let Ok((_, body)) = requests.try_recv() {
-            let seq = body
-                .split("\"seq\":")
+        while let Ok((path, body)) = requests.try_recv() {
+            let seq = path
+                .split("/logs/")
                 .nth(1)
-                .and_then(|rest| rest.split(',').next());
+                .and_then(|rest| rest.split('?').next());
             seqs.push(seq.unwrap().parse::<i64>().unwrap());
-            lines += body.matches("\"stream\":\"stdout\"").count();
+            // Every line is 1024 bytes of ASCII plus its 13-byte header.
+            assert_eq!(body.len() % framed, 0);
+            lines += body.len() / framed;
         }
-        assert_eq!(seqs, vec![0, 1, 2]);
+        let chunks = (first + next).div_ceil(first) as i64;
+        assert_eq!(seqs, (0..chunks).collect::<Vec<_>>());
         assert_eq!(lines, first + next);
     }
 
@@ -379,7 +478,7 @@ mod tests {
     async fn huge_lines_are_cut_into_pieces() {
         let huge = vec![b'x'; MAX_LOG_LINE_BYTES * 2 + 10];
         let lines = split(&[&huge]).await;
-        let sizes: Vec<usize> = lines.iter().map(|l| l.bytes().unwrap().len()).collect();
+        let sizes: Vec<usize> = lines.iter().map(|l| l.bytes.len()).collect();
         assert_eq!(sizes, vec![MAX_LOG_LINE_BYTES, MAX_LOG_LINE_BYTES, 10]);
     }
 }

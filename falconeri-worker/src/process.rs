@@ -371,7 +371,11 @@ async fn pump(
     tail: Arc<Mutex<TailBuffer>>,
     mut log: Option<(LogSink, LineSplitter)>,
 ) {
-    let mut chunk = vec![0u8; 8 * 1024];
+    // As large as a Linux pipe's default buffer: a chatty command fills it
+    // between reads, and each read is one pass of this loop (a channel
+    // message, a write through, a wake-up), so 8 KiB reads cost the log path
+    // eight times the turns (see bench/logs).
+    let mut chunk = vec![0u8; 64 * 1024];
     let mut sink_ok = true;
     loop {
         let due = log.as_ref().and_then(|(_, splitter)| splitter.due());

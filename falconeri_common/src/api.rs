@@ -73,6 +73,10 @@ pub mod paths {
     pub fn job_logs(id: i64) -> String {
         format!("/v1/jobs/{id}/logs")
     }
+    /// Chunk `seq` of the log of attempt `attempt` (framed lines).
+    pub fn datum_log_chunk(id: i64, attempt: i32, seq: i64) -> String {
+        format!("/v1/datums/{id}/attempts/{attempt}/logs/{seq}")
+    }
     pub fn job_stats(id: i64) -> String {
         format!("/v1/jobs/{id}/stats")
     }
@@ -1114,7 +1118,16 @@ pub struct LogAppendRequest {
     pub lines: Vec<LogLine>,
 }
 
-/// Answer to `POST /v1/datums/{id}/logs`.
+/// Query of `PUT /v1/datums/{id}/attempts/{attempt}/logs/{seq}`: the rest
+/// of the claim (the attempt is in the path).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct LogChunkQuery {
+    /// The worker holding the attempt.
+    pub worker_id: String,
+}
+
+/// Answer to `POST /v1/datums/{id}/logs` and `PUT /v1/datums/{id}/attempts/{attempt}/logs/{seq}`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LogAppendResponse {
     /// False for a resent chunk (already stored).

@@ -415,7 +415,45 @@ fn encode_segment(segment: &str) -> String {
 }
 
 impl Client {
-    /// Sends the next chunk of an attempt's log (worker).
+    /// Sends chunk `seq` of the claimed attempt's log (worker): `data` is
+    /// lines in [`crate::log_frame`]'s framing, sent as they are.
+    pub async fn put_log_chunk(
+        &self,
+        datum_id: i64,
+        claim: &api::Claim,
+        seq: i64,
+        data: bytes::Bytes,
+    ) -> Result<api::LogAppendResponse, ClientError> {
+        let path = paths::datum_log_chunk(datum_id, claim.attempt, seq);
+        let url = self
+            .base
+            .join(&path)
+            .map_err(|_| ClientError::BadUrl(format!("{}{path}", self.base)))?;
+        let mut request = self
+            .http
+            .put(url.clone())
+            .timeout(REQUEST_TIMEOUT)
+            .query(&api::LogChunkQuery {
+                worker_id: claim.worker_id.clone(),
+            })
+            .header(reqwest::header::CONTENT_TYPE, crate::log_frame::MEDIA_TYPE)
+            .body(data);
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|source| ClientError::Transport {
+                url: url.to_string(),
+                source,
+            })?;
+        decode(url, response).await
+    }
+
+    /// Sends the next chunk of an attempt's log as JSON, a line per object:
+    /// the body workers sent before [`Client::put_log_chunk`], still
+    /// accepted.
     pub async fn append_logs(
         &self,
         datum_id: i64,

@@ -9,6 +9,7 @@ pub mod client;
 pub mod failure_policy;
 pub mod fingerprint;
 pub mod glob;
+pub mod log_frame;
 pub mod migrations;
 pub mod nul_check;
 pub mod pipeline;

@@ -317,3 +317,134 @@ async fn other_jobs_workers_can_neither_write_nor_read() {
         assert!(events.is_empty(), "{events:?}");
     }
 }
+
+/// `PUT`s chunk `seq` of the claimed attempt's log as framed bytes.
+async fn put_chunk(
+    server: &TestServer,
+    token: &str,
+    datum_id: i64,
+    claim: &Value,
+    seq: i64,
+    content_type: &str,
+    body: Vec<u8>,
+) -> (StatusCode, Value) {
+    let path = format!(
+        "/v1/datums/{datum_id}/attempts/{}/logs/{seq}?worker_id={}",
+        claim["attempt"],
+        claim["worker_id"].as_str().unwrap()
+    );
+    let request = Request::builder()
+        .method(Method::PUT)
+        .uri(path)
+        .header(header::AUTHORIZATION, format!("Bearer {token}"))
+        .header(header::CONTENT_TYPE, content_type)
+        .body(Body::from(body))
+        .unwrap();
+    let response = server.app.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+#[tokio::test]
+async fn framed_chunks_are_stored_as_sent_and_damaged_ones_refused() {
+    use falconeri_common::{api::LogStream, log_frame};
+    const OCTETS: &str = "application/octet-stream";
+    for server in TestServer::all() {
+        let job_id = create(&server, &[("a.txt", "a")]).await;
+        let token = worker_token(&server, job_id);
+        let reserved = reserve(&server, job_id, &token).await;
+        let datum_id = reserved["datum_id"].as_i64().unwrap();
+        let claim = reserved["claim"].clone();
+
+        let mut follower = Events::open(
+            &server,
+            &format!("/v1/datums/{datum_id}/logs?follow=true"),
+            ADMIN,
+        )
+        .await
+        .unwrap();
+        let mut chunk = Vec::new();
+        log_frame::push_line(&mut chunk, LogStream::Stdout, 10, b"hello\n");
+        // NUL, invalid UTF-8 and a newline: kept as bytes on both databases.
+        log_frame::push_line(&mut chunk, LogStream::Stderr, 11, b"\xff\0\n");
+        log_frame::push_line(&mut chunk, LogStream::Worker, 12, b"downloaded\n");
+        let sent = Instant::now();
+        let (status, body) = put_chunk(&server, &token, datum_id, &claim, 0, OCTETS, chunk).await;
+        assert_eq!(
+            (status, &body["stored"]),
+            (StatusCode::OK, &json!(true)),
+            "{body}"
+        );
+        let first = follower.next().await.unwrap();
+        assert!(sent.elapsed() < Duration::from_secs(1));
+        assert_eq!(
+            (&first["stream"], &first["text"], &first["at"]),
+            (&json!("stdout"), &json!("hello\n"), &json!(10))
+        );
+        let second = follower.next().await.unwrap();
+        assert_eq!(
+            (&second["stream"], &second["base64"]),
+            (&json!("stderr"), &json!("/wAK"))
+        );
+        let third = follower.next().await.unwrap();
+        assert_eq!(third["stream"], "worker");
+
+        // A resend is taken and not stored again.
+        let (status, body) = put_chunk(&server, &token, datum_id, &claim, 0, OCTETS, vec![]).await;
+        assert_eq!((status, &body["stored"]), (StatusCode::OK, &json!(false)));
+        // A damaged chunk is refused, naming the line and the byte.
+        let mut damaged = Vec::new();
+        log_frame::push_line(&mut damaged, LogStream::Stdout, 13, b"whole\n");
+        let second_line = damaged.len();
+        log_frame::push_line(&mut damaged, LogStream::Stdout, 14, b"cut short\n");
+        damaged.truncate(damaged.len() - 3);
+        let (status, body) = put_chunk(&server, &token, datum_id, &claim, 1, OCTETS, damaged).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(
+            message.starts_with(&format!("body: line 1 (at byte {second_line})")),
+            "{message}"
+        );
+        // So is JSON sent to the framed route.
+        let (status, body) = put_chunk(
+            &server,
+            &token,
+            datum_id,
+            &claim,
+            1,
+            "application/json",
+            b"[]".to_vec(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        // A stale claim changes nothing.
+        let mut stale = claim.clone();
+        stale["attempt"] = json!(7);
+        let (status, _) = put_chunk(&server, &token, datum_id, &stale, 1, OCTETS, vec![]).await;
+        assert_eq!(status, StatusCode::CONFLICT);
+        // Another job's worker cannot write here.
+        let other = create(&server, &[("b.txt", "b")]).await;
+        let other_token = worker_token(&server, other);
+        let (status, _) =
+            put_chunk(&server, &other_token, datum_id, &claim, 1, OCTETS, vec![]).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+
+        // Read back, not following: the three lines as they were sent.
+        let events = Events::open(&server, &format!("/v1/datums/{datum_id}/logs"), ADMIN)
+            .await
+            .unwrap();
+        drop(follower);
+        let lines: Vec<Value> = events
+            .all()
+            .await
+            .into_iter()
+            .filter(|e| e["kind"] == "line")
+            .collect();
+        assert_eq!(lines.len(), 3, "{lines:?}");
+        assert_eq!(lines[1]["base64"], "/wAK");
+    }
+}

@@ -223,6 +223,13 @@ checks.positive_data_acceptance.expected-statuses = [201, 400, 401, 403, 409]
 [[operations]]
 include-operation-id = "create_schedule"
 checks.positive_data_acceptance.expected-statuses = [201, 400, 401, 403, 409]
+
+# A log chunk is any bytes as far as a schema can say (`format: binary`);
+# the framing of lines inside it is checked by the server, and bytes that
+# are not framed lines are refused with 400.
+[[operations]]
+include-operation-id = "put_datum_log_chunk"
+checks.positive_data_acceptance.expected-statuses = [200, 400, 401, 403, 404, 409]
 "#
     )
 }

@@ -2,11 +2,12 @@
 //! the chunks the worker sends, under a per-attempt cap.
 //!
 //! A chunk is one row of `log_chunks`, keyed by (datum, attempt, the
-//! worker's chunk number). Its `data` is the chunk's lines in a small binary
-//! framing ([`encode_lines`]): raw bytes in a BLOB/BYTEA, so a NUL or invalid
-//! UTF-8 is kept exactly on both databases, which TEXT could not do
-//! (PostgreSQL refuses NUL in text). Readers page through chunks a few at a
-//! time, so no one ever holds a whole log.
+//! worker's chunk number). Its `data` is the chunk's lines in the small
+//! binary framing of [`crate::log_frame`], exactly as the worker sent them:
+//! raw bytes in a BLOB/BYTEA, so a NUL or invalid UTF-8 is kept exactly on
+//! both databases, which TEXT could not do (PostgreSQL refuses NUL in text).
+//! Readers page through chunks a few at a time, so no one ever holds a
+//! whole log.
 //!
 //! The cap: `start_offset`/`end_offset` count the attempt's output bytes
 //! before and after each chunk. Chunks that end within the first half of the
@@ -29,7 +30,7 @@ use super::{
 };
 use crate::{
     Millis,
-    api::{Claim, LogStream},
+    api::Claim,
     db::{Backend, DbConn, schema::*, with_conn},
     models::Datum,
     status::DatumStatus,
@@ -62,13 +63,7 @@ pub struct ChunkKey {
     pub created_at: Millis,
 }
 
-/// One line of a chunk: which stream, when the worker read it, its bytes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredLine {
-    pub stream: LogStream,
-    pub at: Millis,
-    pub bytes: Vec<u8>,
-}
+pub use crate::log_frame::{StoredLine, encode_lines};
 
 /// What an append did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,64 +73,11 @@ pub struct Appended {
     pub job_id: i64,
 }
 
-/// Bytes of framing per line: stream (1), time (8), length (4).
-const LINE_HEADER: usize = 13;
-
-/// The chunk format: per line, the stream (0 stdout, 1 stderr, 2 worker),
-/// the time as a little-endian i64, the length as a little-endian u32, the
-/// bytes.
-pub fn encode_lines(lines: &[StoredLine]) -> Vec<u8> {
-    let size = lines.iter().map(|l| LINE_HEADER + l.bytes.len()).sum();
-    let mut data = Vec::with_capacity(size);
-    for line in lines {
-        data.push(match line.stream {
-            LogStream::Stdout => 0,
-            LogStream::Stderr => 1,
-            LogStream::Worker => 2,
-        });
-        data.extend_from_slice(&line.at.to_le_bytes());
-        // Lines are at most a request body long, far below 4 GiB.
-        let len = u32::try_from(line.bytes.len()).unwrap_or(u32::MAX);
-        data.extend_from_slice(&len.to_le_bytes());
-        data.extend_from_slice(&line.bytes[..len as usize]);
-    }
-    data
-}
-
-/// The lines of a chunk; an error if the data is not in [`encode_lines`]'s
-/// format (a damaged row), never a panic.
-pub fn decode_lines(mut data: &[u8]) -> ModelResult<Vec<StoredLine>> {
-    let damaged = || ModelError::Other(anyhow::anyhow!("a stored log chunk is damaged"));
-    let mut lines = Vec::new();
-    while !data.is_empty() {
-        let (header, rest) = data.split_at_checked(LINE_HEADER).ok_or_else(damaged)?;
-        let stream = match header[0] {
-            0 => LogStream::Stdout,
-            1 => LogStream::Stderr,
-            2 => LogStream::Worker,
-            _ => return Err(damaged()),
-        };
-        let at = Millis::from_le_bytes(header[1..9].try_into().map_err(|_| damaged())?);
-        let len = u32::from_le_bytes(header[9..13].try_into().map_err(|_| damaged())?);
-        let (bytes, rest) = rest
-            .split_at_checked(usize::try_from(len).map_err(|_| damaged())?)
-            .ok_or_else(damaged)?;
-        lines.push(StoredLine {
-            stream,
-            at,
-            bytes: bytes.to_vec(),
-        });
-        data = rest;
-    }
-    Ok(lines)
-}
-
-/// Output bytes of some lines, as the cap counts them.
-fn output_bytes(lines: &[StoredLine]) -> i64 {
-    lines
-        .iter()
-        .map(|l| i64::try_from(l.bytes.len()).unwrap_or(i64::MAX))
-        .sum()
+/// The lines of a stored chunk; an error if the data is not in
+/// [`crate::log_frame`]'s format (a damaged row), never a panic.
+pub fn decode_lines(data: &[u8]) -> ModelResult<Vec<StoredLine>> {
+    crate::log_frame::decode_lines(data)
+        .map_err(|err| ModelError::Other(anyhow::anyhow!("a stored log chunk is damaged: {err}")))
 }
 
 #[derive(QueryableByName)]
@@ -145,12 +87,8 @@ struct JobRow {
 }
 
 impl LogChunk {
-    /// Appends chunk `seq` of the claimed attempt of datum `datum_id`, then
-    /// cuts the middle of the attempt's log down to `max_bytes` (head and
-    /// tail kept). A guarded write: the claim must name the datum's open
-    /// attempt (and, for a worker, a datum of its job), else nothing changes
-    /// and the answer is [`ModelError::Conflict`] (or NotFound). Appends of
-    /// one attempt are serialized by locking its attempt row.
+    /// Appends chunk `seq` of the claimed attempt of datum `datum_id`: see
+    /// [`LogChunk::append_framed`], which this calls with the lines framed.
     #[tracing::instrument(level = "debug", skip(conn, lines, now))]
     pub fn append(
         conn: &mut DbConn,
@@ -161,10 +99,37 @@ impl LogChunk {
         max_bytes: i64,
         now: impl Into<Clock>,
     ) -> ModelResult<Appended> {
+        let data = encode_lines(lines);
+        let size = lines
+            .iter()
+            .map(|l| i64::try_from(l.bytes.len()).unwrap_or(i64::MAX))
+            .fold(0i64, i64::saturating_add);
+        LogChunk::append_framed(conn, datum_id, claim, seq, &data, size, max_bytes, now)
+    }
+
+    /// Appends chunk `seq` of the claimed attempt of datum `datum_id`, whose
+    /// `data` is lines in [`crate::log_frame`]'s framing holding `size`
+    /// output bytes (checked by the caller: [`crate::log_frame::check`]),
+    /// stored as it is; then cuts the middle of the attempt's log down to
+    /// `max_bytes` (head and tail kept). A guarded write: the claim must
+    /// name the datum's open attempt (and, for a worker, a datum of its
+    /// job), else nothing changes and the answer is [`ModelError::Conflict`]
+    /// (or NotFound). Appends of one attempt are serialized by locking its
+    /// attempt row.
+    #[allow(clippy::too_many_arguments)]
+    #[tracing::instrument(level = "debug", skip(conn, data, now))]
+    pub fn append_framed(
+        conn: &mut DbConn,
+        datum_id: i64,
+        claim: &Claim,
+        seq: i64,
+        data: &[u8],
+        size: i64,
+        max_bytes: i64,
+        now: impl Into<Clock>,
+    ) -> ModelResult<Appended> {
         let now = now.into();
         let attempt = claim.attempt;
-        let data = encode_lines(lines);
-        let size = output_bytes(lines);
         conn.write_transaction(|conn| {
             let backend = conn.backend();
             let mut guard = Stmt::new(backend);
@@ -210,7 +175,7 @@ impl LogChunk {
                     log_chunks::start_offset.eq(start),
                     log_chunks::end_offset.eq(end),
                     log_chunks::created_at.eq(diesel::dsl::sql::<BigInt>(&now_sql)),
-                    log_chunks::data.eq(&data),
+                    log_chunks::data.eq(data),
                 ))
                 .execute(c))?;
             if end > max_bytes {
@@ -345,39 +310,5 @@ impl LogChunk {
             .first(c)
             .optional())?
         .ok_or_else(|| ModelError::NotFound(format!("attempt {number} of datum {datum_id}")))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn line(stream: LogStream, at: Millis, bytes: &[u8]) -> StoredLine {
-        StoredLine {
-            stream,
-            at,
-            bytes: bytes.to_vec(),
-        }
-    }
-
-    #[test]
-    fn chunks_round_trip_any_bytes() {
-        let lines = vec![
-            line(LogStream::Stdout, 1, b"hello\n"),
-            line(LogStream::Stderr, -5, b"\0\xff\xfe"),
-            line(LogStream::Worker, i64::MAX, b""),
-        ];
-        assert_eq!(decode_lines(&encode_lines(&lines)).unwrap(), lines);
-        assert_eq!(decode_lines(&[]).unwrap(), vec![]);
-    }
-
-    #[test]
-    fn damaged_chunks_are_errors() {
-        let data = encode_lines(&[line(LogStream::Stdout, 1, b"hello")]);
-        assert!(decode_lines(&data[..data.len() - 1]).is_err());
-        assert!(decode_lines(&data[..5]).is_err());
-        let mut bad_stream = data.clone();
-        bad_stream[0] = 9;
-        assert!(decode_lines(&bad_stream).is_err());
     }
 }

@@ -1,5 +1,8 @@
-//! Attempt logs. The worker appends chunks of its attempt's log under its
-//! claim (`POST /v1/datums/{id}/logs`); people read a datum's or a job's
+//! Attempt logs. The worker stores chunks of its attempt's log under its
+//! claim (`PUT /v1/datums/{id}/attempts/{attempt}/logs/{seq}`, the lines in
+//! the framing the database keeps, see [`falconeri_common::log_frame`];
+//! older workers' JSON body, a line per object, is still taken at
+//! `POST /v1/datums/{id}/logs`); people read a datum's or a job's
 //! logs (`GET /v1/datums/{id}/logs`, `GET /v1/jobs/{id}/logs`) as
 //! server-sent events, one [`LogEvent`] per event, optionally following them
 //! until the attempt or the job ends.
@@ -17,15 +20,18 @@ use std::{collections::HashMap, convert::Infallible, time::Duration};
 use axum::response::IntoResponse as _;
 use axum::{
     Json,
+    body::Bytes,
     extract::State,
+    http::{HeaderMap, header},
     response::sse::{Event, KeepAlive, Sse},
 };
 use falconeri_common::{
     Millis,
     api::{
         Claim, DatumLogsQuery, ErrorBody, JobLogsQuery, LogAppendRequest, LogAppendResponse,
-        LogEvent, LogLine,
+        LogChunkQuery, LogEvent, LogLine,
     },
+    log_frame,
     models::{Clock, Datum, Job, LogChunk, StoredLine, db_now, decode_lines},
 };
 use futures::StreamExt as _;
@@ -42,7 +48,7 @@ use crate::{
     state::{AppState, Change},
 };
 
-/// Chunks read per database call: at most this many (256 KiB each, about,
+/// Chunks read per database call: at most this many (1 MiB each, about,
 /// the worker's chunk size) are in memory per stream.
 const PAGE: i64 = 2;
 
@@ -58,6 +64,7 @@ const COMMIT_MARGIN_MS: Millis = 2_000;
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(append, datum_logs))
+        .routes(routes!(put_chunk))
         .routes(routes!(job_logs))
 }
 
@@ -117,6 +124,126 @@ async fn append(
     Ok(Json(LogAppendResponse {
         stored: appended.stored,
     }))
+}
+
+/// The body of `PUT /v1/datums/{id}/attempts/{attempt}/logs/{seq}`, for
+/// the document only: bytes in [`log_frame`]'s framing.
+pub struct FramedLines;
+
+impl utoipa::PartialSchema for FramedLines {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        let schema = serde_json::json!({
+            "type": "string",
+            "format": "binary",
+            "description": "The chunk's lines, one after another, each framed as: the \
+                stream (1 byte: 0 stdout, 1 stderr, 2 worker), the time the worker read \
+                the line's first byte (milliseconds since the Unix epoch, little-endian \
+                64-bit signed), the length of its bytes (little-endian 32-bit unsigned), \
+                then that many bytes, as printed (with its newline if it had one). An \
+                empty body is a chunk of no lines.",
+        });
+        serde_json::from_value(schema).unwrap_or_else(|_| {
+            utoipa::openapi::RefOr::T(utoipa::openapi::schema::Schema::Object(
+                utoipa::openapi::schema::Object::new(),
+            ))
+        })
+    }
+}
+
+impl utoipa::ToSchema for FramedLines {}
+
+/// Stores chunk `seq` of the claimed attempt's log, the lines in the
+/// framing the database keeps: the server walks their headers once to check
+/// them and count the output, and stores the body as it came. A worker may
+/// write only to datums of its own job; a stale claim gets 409 and changes
+/// nothing.
+#[utoipa::path(
+    put,
+    operation_id = "put_datum_log_chunk",
+    path = "/v1/datums/{id}/attempts/{attempt}/logs/{seq}",
+    tag = "workers",
+    summary = "Store a chunk of the claimed attempt's log, as framed lines",
+    description = "The worker's way to ship an attempt's log (the JSON body of `POST \
+        /v1/datums/{id}/logs` is the older one). Chunks are numbered from 0 within the \
+        attempt; a chunk whose number was taken already is a resend and is not stored \
+        again. A body that is not a whole number of framed lines is refused with 400, \
+        naming the line and the byte where it goes wrong.",
+    params(
+        ("id" = i64, Path, description = "The datum's id"),
+        ("attempt" = i32, Path, description = "The claimed attempt's number"),
+        ("seq" = i64, Path, minimum = 0, description = "The worker's number for this chunk, from 0"),
+        LogChunkQuery,
+    ),
+    request_body(content = FramedLines, content_type = "application/octet-stream"),
+    responses(
+        (status = 200, description = "Stored, or recognised as a resend", body = LogAppendResponse),
+        BadRequest, Unauthorized, Forbidden, NotFound, Conflict, PayloadTooLarge, Unavailable,
+        Internal,
+    ),
+)]
+async fn put_chunk(
+    principal: Principal,
+    State(state): State<AppState>,
+    ApiPath((id, attempt, seq)): ApiPath<(i64, i32, i64)>,
+    ApiQuery(query): ApiQuery<LogChunkQuery>,
+    headers: HeaderMap,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> AppResult<Json<LogAppendResponse>> {
+    if seq < 0 {
+        return Err(AppError::BadRequest("seq: must be 0 or more".to_owned()));
+    }
+    if !is_octet_stream(&headers) {
+        return Err(AppError::BadRequest(format!(
+            "body: expected `Content-Type: {}` (lines in the log framing)",
+            log_frame::MEDIA_TYPE
+        )));
+    }
+    let data = body?;
+    let summary =
+        log_frame::check(&data).map_err(|err| AppError::BadRequest(format!("body: {err}")))?;
+    let claim = Claim {
+        worker_id: query.worker_id,
+        attempt,
+        scope: match principal {
+            Principal::Admin => None,
+            Principal::Worker { job_id } => Some(job_id),
+        },
+    };
+    let max = state.config().max_log_bytes;
+    let notifier = state.clone();
+    let appended = state
+        .db(move |conn| {
+            let appended = LogChunk::append_framed(
+                conn,
+                id,
+                &claim,
+                seq,
+                &data,
+                summary.output_bytes,
+                max,
+                Clock::DB,
+            )?;
+            // Committed: a follower woken now finds the chunk.
+            if appended.stored {
+                notifier.notify(Change::Logs {
+                    job_id: appended.job_id,
+                });
+            }
+            Ok(appended)
+        })
+        .await?;
+    Ok(Json(LogAppendResponse {
+        stored: appended.stored,
+    }))
+}
+
+/// Whether the request says its body is `application/octet-stream`.
+fn is_octet_stream(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split(';').next())
+        .is_some_and(|essence| essence.trim().eq_ignore_ascii_case(log_frame::MEDIA_TYPE))
 }
 
 /// A line of a request as stored; the error names the field.

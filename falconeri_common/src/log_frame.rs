@@ -1,0 +1,272 @@
+//! The framing of an attempt's log lines, shared by the worker that writes
+//! it, the wire (`PUT /v1/datums/{id}/attempts/{attempt}/logs/{seq}`, an
+//! `application/octet-stream` body) and the database (`log_chunks.data`).
+//!
+//! Per line: the stream (one byte: 0 stdout, 1 stderr, 2 worker), the time
+//! the worker read it (milliseconds, little-endian i64), the length of its
+//! bytes (little-endian u32), then the bytes themselves, whatever they are
+//! (NUL, invalid UTF-8, no newline). One framing from the command's pipe to
+//! the table means the server stores a chunk as it came: it walks the
+//! headers once to check them and count the output bytes, and never
+//! decodes, re-encodes or copies line by line (a JSON object per line cost
+//! more than the rest of the log path together; see bench/logs).
+
+use std::fmt;
+
+use crate::{Millis, api::LogStream};
+
+/// The media type of a chunk of framed lines on the wire.
+pub const MEDIA_TYPE: &str = "application/octet-stream";
+
+/// Bytes of framing per line: stream (1), time (8), length (4).
+pub const LINE_HEADER: usize = 13;
+
+/// One line of a chunk: which stream, when the worker read it, its bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredLine {
+    pub stream: LogStream,
+    pub at: Millis,
+    pub bytes: Vec<u8>,
+}
+
+/// A line as framed, borrowing its bytes from the chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FramedLine<'a> {
+    pub stream: LogStream,
+    pub at: Millis,
+    pub bytes: &'a [u8],
+}
+
+impl FramedLine<'_> {
+    pub fn to_owned_line(self) -> StoredLine {
+        StoredLine {
+            stream: self.stream,
+            at: self.at,
+            bytes: self.bytes.to_vec(),
+        }
+    }
+}
+
+/// Why a chunk is not in this framing: which line, where it starts and what
+/// is wrong, so a 400 can say exactly that.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FrameError {
+    /// The line's index in the chunk, from 0.
+    pub line: usize,
+    /// The byte of the chunk where that line's header starts.
+    pub offset: usize,
+    pub problem: String,
+}
+
+impl fmt::Display for FrameError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "line {} (at byte {}): {}",
+            self.line, self.offset, self.problem
+        )
+    }
+}
+
+impl std::error::Error for FrameError {}
+
+fn stream_byte(stream: LogStream) -> u8 {
+    match stream {
+        LogStream::Stdout => 0,
+        LogStream::Stderr => 1,
+        LogStream::Worker => 2,
+    }
+}
+
+/// Appends one line to a chunk. A line longer than 4 GiB (which no request
+/// body can carry) keeps its first 4 GiB.
+pub fn push_line(out: &mut Vec<u8>, stream: LogStream, at: Millis, bytes: &[u8]) {
+    let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
+    out.reserve(LINE_HEADER + len as usize);
+    out.push(stream_byte(stream));
+    out.extend_from_slice(&at.to_le_bytes());
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(&bytes[..len as usize]);
+}
+
+/// The framing of some lines.
+pub fn encode_lines(lines: &[StoredLine]) -> Vec<u8> {
+    let mut data = Vec::with_capacity(lines.iter().map(|l| LINE_HEADER + l.bytes.len()).sum());
+    for line in lines {
+        push_line(&mut data, line.stream, line.at, &line.bytes);
+    }
+    data
+}
+
+/// The lines of a chunk, in order, each borrowing its bytes; the first
+/// framing error ends the walk.
+pub fn lines(data: &[u8]) -> Lines<'_> {
+    Lines {
+        data,
+        offset: 0,
+        line: 0,
+        failed: false,
+    }
+}
+
+/// See [`lines`].
+#[derive(Debug, Clone)]
+pub struct Lines<'a> {
+    data: &'a [u8],
+    offset: usize,
+    line: usize,
+    failed: bool,
+}
+
+impl<'a> Iterator for Lines<'a> {
+    type Item = Result<FramedLine<'a>, FrameError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed || self.offset >= self.data.len() {
+            return None;
+        }
+        let rest = &self.data[self.offset..];
+        let error = |problem: String| FrameError {
+            line: self.line,
+            offset: self.offset,
+            problem,
+        };
+        let parsed = (|| {
+            let Some((header, rest)) = rest.split_first_chunk::<LINE_HEADER>() else {
+                return Err(error(format!(
+                    "the header needs {LINE_HEADER} bytes, {} are left",
+                    rest.len()
+                )));
+            };
+            let stream = match header[0] {
+                0 => LogStream::Stdout,
+                1 => LogStream::Stderr,
+                2 => LogStream::Worker,
+                other => {
+                    return Err(error(format!(
+                        "stream byte {other} is none of 0 (stdout), 1 (stderr), 2 (worker)"
+                    )));
+                }
+            };
+            let mut at = [0u8; 8];
+            at.copy_from_slice(&header[1..9]);
+            let mut len = [0u8; 4];
+            len.copy_from_slice(&header[9..13]);
+            let len = u32::from_le_bytes(len);
+            let Some(bytes) = usize::try_from(len).ok().and_then(|len| rest.get(..len)) else {
+                return Err(error(format!(
+                    "the line says it has {len} bytes, {} are left",
+                    rest.len()
+                )));
+            };
+            Ok(FramedLine {
+                stream,
+                at: Millis::from_le_bytes(at),
+                bytes,
+            })
+        })();
+        match &parsed {
+            Ok(line) => {
+                self.offset += LINE_HEADER + line.bytes.len();
+                self.line += 1;
+            }
+            Err(_) => self.failed = true,
+        }
+        Some(parsed)
+    }
+}
+
+/// What [`check`] found in a well-framed chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Summary {
+    pub lines: usize,
+    /// The lines' bytes, without the framing: what the per-attempt cap
+    /// counts.
+    pub output_bytes: i64,
+}
+
+/// Checks that `data` is a whole number of well-framed lines, without
+/// copying any: the server's one pass over a chunk it stores.
+pub fn check(data: &[u8]) -> Result<Summary, FrameError> {
+    let mut summary = Summary::default();
+    for line in lines(data) {
+        let line = line?;
+        summary.lines += 1;
+        summary.output_bytes = summary
+            .output_bytes
+            .saturating_add(i64::try_from(line.bytes.len()).unwrap_or(i64::MAX));
+    }
+    Ok(summary)
+}
+
+/// The lines of a chunk, copied out.
+pub fn decode_lines(data: &[u8]) -> Result<Vec<StoredLine>, FrameError> {
+    lines(data)
+        .map(|line| line.map(FramedLine::to_owned_line))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(stream: LogStream, at: Millis, bytes: &[u8]) -> StoredLine {
+        StoredLine {
+            stream,
+            at,
+            bytes: bytes.to_vec(),
+        }
+    }
+
+    #[test]
+    fn chunks_round_trip_any_bytes() {
+        let lines = vec![
+            line(LogStream::Stdout, 1, b"hello\n"),
+            line(LogStream::Stderr, -5, b"\0\xff\xfe"),
+            line(LogStream::Worker, i64::MAX, b""),
+            line(LogStream::Stdout, 7, &vec![b'x'; 200_000]),
+        ];
+        let data = encode_lines(&lines);
+        assert_eq!(decode_lines(&data).unwrap(), lines);
+        assert_eq!(
+            check(&data).unwrap(),
+            Summary {
+                lines: 4,
+                output_bytes: 6 + 3 + 200_000,
+            }
+        );
+        assert_eq!(decode_lines(&[]).unwrap(), vec![]);
+        assert_eq!(check(&[]).unwrap(), Summary::default());
+    }
+
+    #[test]
+    fn damaged_chunks_are_errors_naming_the_line() {
+        let mut data = encode_lines(&[line(LogStream::Stdout, 1, b"hello")]);
+        let first = data.len();
+        push_line(&mut data, LogStream::Stderr, 2, b"world");
+
+        let short = check(&data[..data.len() - 1]).unwrap_err();
+        assert_eq!((short.line, short.offset), (1, first));
+        assert!(
+            short
+                .to_string()
+                .contains("says it has 5 bytes, 4 are left"),
+            "{short}"
+        );
+
+        let header = check(&data[..first + 5]).unwrap_err();
+        assert!(header.problem.contains("needs 13 bytes, 5"), "{header}");
+
+        let mut bad_stream = data.clone();
+        bad_stream[first] = 9;
+        let err = check(&bad_stream).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "line 1 (at byte {first}): stream byte 9 is none of 0 (stdout), 1 (stderr), 2 (worker)"
+            )
+        );
+        // The walk stops at the first error.
+        assert_eq!(lines(&bad_stream).count(), 2);
+    }
+}
