@@ -35,7 +35,8 @@ use diesel::{QueryableByName, sql_types::BigInt};
 use super::{ModelResult, sql::Stmt};
 use crate::{db::DbConn, status::DatumStatus};
 
-/// The statuses stored in `datums.status` (skipped datums are `done` rows).
+/// The statuses stored in `datums.status`. Skipped datums have no row
+/// (they are runs in `skipped_runs`); [`job_counts`] adds them to `done`.
 const STORED: [DatumStatus; 6] = [
     DatumStatus::Ready,
     DatumStatus::Running,
@@ -199,13 +200,18 @@ pub(crate) fn job_counts(conn: &mut DbConn, job_id: i64) -> ModelResult<Option<(
             Some((Some(first), Some(last))) => last - first + 1,
             _ => 0,
         };
-        let ready_likely = done_span < total.datum_count / 2;
-        let counts = match count_by_rounds(total.datum_count, ready_likely, |statuses, cap| {
+        // Skipped datums have no row: the rows are the rest.
+        let rows = total.datum_count - total.skipped_count;
+        let ready_likely = done_span < rows / 2;
+        let mut counts = match count_by_rounds(rows, ready_likely, |statuses, cap| {
             capped(conn, job_id, statuses, cap)
         })? {
             Some(counts) => counts,
             None => grouped(conn, job_id)?,
         };
+        // Reported as `done` rows were before, for the callers to move
+        // (`StatusCounts::move_skipped`).
+        counts[3] += total.skipped_count;
         Ok(Some((counts, total.skipped_count)))
     })
 }

@@ -12,6 +12,7 @@ mod job;
 mod logs;
 mod schedule;
 pub mod session;
+mod skipped;
 pub mod sql;
 pub mod stats;
 mod workflow;
@@ -27,6 +28,7 @@ pub use logs::{
     Appended, ChunkKey, DEFAULT_MAX_LOG_BYTES, LogChunk, StoredLine, decode_lines, encode_lines,
 };
 pub use schedule::{NewSchedule, Schedule};
+pub use skipped::{SkippedDatum, SkippedRun};
 pub use sql::Clock;
 pub use workflow::{
     NewWorkflowParams, StepWithJob, Upstream, Workflow, WorkflowStep, step_views, workflow_response,
