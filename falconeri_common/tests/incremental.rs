@@ -11,7 +11,7 @@
 use falconeri_common::{
     db::{DbConn, testing::TestDb},
     fingerprint::{DatumHasher, DatumKeys, TransformFingerprint},
-    models::{Datum, DatumBatch, DatumFilter, Job, NewJobParams, db_now},
+    models::{Datum, DatumBatch, DatumFilter, Job, NewJobParams, SkippedRun, db_now},
     pipeline::PipelineSpec,
     plan::{PlannedDatum, PlannedFile},
     status::{DatumStatus, JobStatus},
@@ -293,5 +293,98 @@ fn matches_are_looked_up_through_the_partial_index() {
             }
         };
         assert!(plan.contains("datums_done_fingerprint"), "{db:?}: {plan}");
+    }
+}
+
+/// Skipped datums are stored as runs: an unchanged rerun over several
+/// batches is one row of `skipped_runs`, whatever its size, and each of
+/// its datums still has an id of its own that `Datum::find` and the
+/// listings answer, pointing at the datum that ran. A run chains: a later
+/// job over a job that skipped everything points at the first job's
+/// datums, and a file removed then is vanished with the datum it ran as.
+#[test]
+fn skipped_datums_are_runs_and_still_datums() {
+    for db in TestDb::all() {
+        let conn = &mut db.pool.get().unwrap();
+        let spec = spec("runs", true);
+        let names: Vec<String> = (0..30).map(|i| format!("f{i:02}")).collect();
+        let files: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "1")).collect();
+        let job1 = plan(conn, &spec, "runs-1", &files, 7);
+        run_all(conn, &job1, &[]);
+        let ran = shown(conn, &job1, DatumStatus::Done);
+        assert_eq!(ran.len(), 30);
+
+        // Unchanged, in five batches: one run.
+        let job2 = plan(conn, &spec, "runs-2", &files, 7);
+        assert_eq!(job2.skipped_count, 30, "{db:?}");
+        assert_eq!(SkippedRun::count(conn, job2.id).unwrap(), 1, "{db:?}");
+        assert!(!Job::has_ready_datums(conn, job2.id).unwrap());
+        let counts = Job::counts(conn, job2.id).unwrap();
+        assert_eq!((counts.done, counts.skipped), (0, 30), "{db:?}");
+        let skipped = shown(conn, &job2, DatumStatus::Skipped);
+        assert_eq!(skipped.len(), 30);
+        for (datum, from) in skipped.iter().zip(&ran) {
+            assert_eq!(datum.job_id, job2.id);
+            assert_eq!(datum.skipped_from, Some(from.id), "{db:?}");
+            assert_eq!(datum.skipped_from_job, Some(job1.id));
+            assert_eq!(datum.fingerprint, from.fingerprint);
+            assert_eq!(datum.shown_status(), DatumStatus::Skipped);
+            // Its own id: no row of `datums` has it, `find` answers it.
+            assert!(ran.iter().all(|r| r.id != datum.id));
+            assert_eq!(&Datum::find(conn, datum.id).unwrap(), datum);
+        }
+        // Paged listing: ids ascending, no datum twice.
+        let filter = DatumFilter {
+            after: Some(skipped[9].id),
+            ..DatumFilter::default()
+        };
+        let page = Datum::list_filtered(conn, job2.id, &filter, 5).unwrap();
+        let ids: Vec<i64> = page.iter().map(|d| d.id).collect();
+        let want: Vec<i64> = skipped[10..15].iter().map(|d| d.id).collect();
+        assert_eq!(ids, want, "{db:?}");
+        assert!(shown(conn, &job2, DatumStatus::Done).is_empty());
+
+        // New datums planned after the reserved ids never take one.
+        let mut more = files.clone();
+        more.push(("g", "1"));
+        let job3 = plan(conn, &spec, "runs-3", &more, 7);
+        assert_eq!(job3.skipped_count, 30);
+        let fresh = shown(conn, &job3, DatumStatus::Ready);
+        assert_eq!(fresh.len(), 1);
+        assert!(skipped.iter().all(|d| d.id != fresh[0].id));
+        assert_eq!(Datum::find(conn, fresh[0].id).unwrap().id, fresh[0].id);
+        // All of job 3's datums, rows and runs together, in id order.
+        let all = Datum::list(conn, job3.id, None, 1_000).unwrap();
+        assert_eq!(all.len(), 31);
+        assert!(all.windows(2).all(|w| w[0].id < w[1].id));
+
+        // Job 4 drops f05 and f06 against job 3 (whose datums were
+        // skipped for job 1's): they are vanished, ran in job 1.
+        let fewer: Vec<(&str, &str)> = more
+            .iter()
+            .copied()
+            .filter(|(n, _)| *n != "f05" && *n != "f06")
+            .collect();
+        run_all(conn, &job3, &[]);
+        let job4 = plan(conn, &spec, "runs-4", &fewer, 7);
+        assert_eq!(job4.previous_job_id, Some(job3.id));
+        assert_eq!(job4.vanished_count, Some(2), "{db:?}");
+        assert_eq!(job4.skipped_count, 29);
+        // Three runs now: before and after the gap of f05 and f06, and g (ran in job 3).
+        assert_eq!(SkippedRun::count(conn, job4.id).unwrap(), 3, "{db:?}");
+        let (vanished, next) = Job::vanished(conn, job4.id, 0, 10).unwrap();
+        assert_eq!(next, None);
+        let got: Vec<(i64, i64)> = vanished
+            .iter()
+            .map(|v| (v.ran_as_datum_id, v.ran_in_job_id))
+            .collect();
+        assert_eq!(
+            got,
+            vec![(ran[5].id, job1.id), (ran[6].id, job1.id)],
+            "{db:?}"
+        );
+        let skipped3 = shown(conn, &job3, DatumStatus::Skipped);
+        assert_eq!(vanished[0].datum_id, skipped3[5].id);
+        assert_eq!(vanished[0].inputs, vec!["file:///in/f05".to_owned()]);
     }
 }

@@ -9,9 +9,11 @@
 //! tuned for dispatch throughput (issue 9). So the counts are read, but
 //! cleverly:
 //!
-//! - the datums of a job always number `jobs.datum_count` (planning adds
-//!   datums and that count in one transaction; only deleting the whole
-//!   job removes them), and at most one status can hold more than half;
+//! - the rows of a job's datums always number `jobs.datum_count` minus
+//!   `jobs.skipped_count` (skipped datums are runs in `skipped_runs`, not
+//!   rows; planning adds datums and both counts in one transaction; only
+//!   deleting the whole job removes them), and at most one status can
+//!   hold more than half;
 //! - each status is counted through `datums_job_status_id` with a cap
 //!   (`LIMIT 4096` inside the count: a bounded index range); the ones
 //!   under it are exact;
@@ -211,7 +213,9 @@ pub(crate) fn job_counts(conn: &mut DbConn, job_id: i64) -> ModelResult<Option<(
         };
         // Reported as `done` rows were before, for the callers to move
         // (`StatusCounts::move_skipped`).
-        counts[3] += total.skipped_count;
+        if let Some(done) = STORED.iter().position(|s| *s == DatumStatus::Done) {
+            counts[done] += total.skipped_count;
+        }
         Ok(Some((counts, total.skipped_count)))
     })
 }

@@ -307,11 +307,7 @@ impl SkippedDatum {
     /// The datum as [`Datum`] shows it: `done` with `skipped_from` set (the
     /// API calls it `skipped`), and the fingerprint and input key of the
     /// datum it reuses, which are its own.
-    pub fn to_datum(
-        self,
-        max_tries: i32,
-        keys: Option<(Option<String>, Option<String>)>,
-    ) -> Datum {
+    pub fn to_datum(self, max_tries: i32, keys: Option<(Option<String>, Option<String>)>) -> Datum {
         let (fingerprint, input_key) = keys.unwrap_or((None, None));
         Datum {
             id: self.id,
@@ -359,8 +355,7 @@ pub(crate) fn skipped_datums(
             j += 1;
         }
         let (from, to) = (skipped[i].from, skipped[j - 1].from);
-        let keys: Vec<(i64, Option<String>, Option<String>)> =
-            with_conn!(conn, c => datums::table
+        let keys: Vec<(i64, Option<String>, Option<String>)> = with_conn!(conn, c => datums::table
                 .filter(datums::id.ge(from).and(datums::id.le(to)))
                 .order(datums::id)
                 .select((datums::id, datums::fingerprint, datums::input_key))
@@ -421,7 +416,14 @@ pub(crate) fn vanished(
 ) -> ModelResult<Vec<Vanished>> {
     let pipeline_jobs = earlier_jobs(conn, job)?;
     let mut rows = vanished_rows(conn, job, previous, after, limit, &pipeline_jobs)?;
-    rows.extend(vanished_skipped(conn, job, previous, after, limit, &pipeline_jobs)?);
+    rows.extend(vanished_skipped(
+        conn,
+        job,
+        previous,
+        after,
+        limit,
+        &pipeline_jobs,
+    )?);
     rows.sort_unstable_by_key(|v| v.id);
     rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
     Ok(rows)
@@ -621,4 +623,69 @@ fn vanished_skipped(
         cursor = next_cursor;
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn skip(seq: i64, id: i64, from: i64, from_job: i64) -> SkippedDatum {
+        SkippedDatum {
+            id,
+            job_id: 9,
+            seq,
+            from,
+            from_job,
+            skipped_at: 5,
+        }
+    }
+
+    #[test]
+    fn consecutive_skips_are_one_run_and_extend_the_last() {
+        let skips: Vec<SkippedDatum> = (0..4).map(|i| skip(10 + i, 100 + i, 50 + i, 1)).collect();
+        let (grown, fresh) = fold_runs(None, &skips);
+        assert_eq!(grown, None);
+        assert_eq!(fresh.len(), 1);
+        assert_eq!(
+            (fresh[0].first_seq, fresh[0].first_id, fresh[0].len),
+            (10, 100, 4)
+        );
+        assert_eq!(fresh[0].datum(3), skips[3]);
+        // The next batch continues it: no new row, a longer one.
+        let next: Vec<SkippedDatum> = (4..6).map(|i| skip(10 + i, 100 + i, 50 + i, 1)).collect();
+        let (grown, fresh2) = fold_runs(Some(&fresh[0]), &next);
+        assert_eq!((grown, fresh2.len()), (Some(6), 0));
+    }
+
+    #[test]
+    fn a_break_in_seq_id_pointer_or_job_starts_a_run() {
+        let skips = [
+            skip(0, 100, 50, 1),
+            skip(1, 101, 51, 1),
+            skip(3, 102, 52, 1), // seq gap: a datum ran between
+            skip(4, 104, 53, 1), // id gap: another planner took 103
+            skip(5, 105, 60, 1), // pointer jump
+            skip(6, 106, 61, 2), // other job
+        ];
+        let (grown, fresh) = fold_runs(None, &skips);
+        assert_eq!(grown, None);
+        let lens: Vec<i64> = fresh.iter().map(|r| r.len).collect();
+        assert_eq!(lens, vec![2, 1, 1, 1, 1]);
+        let last = &fresh[0];
+        let (grown, more) = fold_runs(Some(last), &[skip(7, 200, 0, 1)]);
+        assert_eq!((grown, more.len()), (None, 1));
+    }
+
+    #[test]
+    fn datums_between_clips_to_the_run() {
+        let run = fold_runs(
+            None,
+            &[skip(0, 10, 1, 1), skip(1, 11, 2, 1), skip(2, 12, 3, 1)],
+        )
+        .1
+        .remove(0);
+        let ids: Vec<i64> = run.datums_between(11, i64::MAX).map(|d| d.id).collect();
+        assert_eq!(ids, vec![11, 12]);
+        assert_eq!(run.datums_between(0, 10).count(), 1);
+    }
 }
