@@ -4,7 +4,8 @@
 //! skipped (pointing at it, without input files), including a datum whose
 //! files spanned batches; counts, the all-skipped finish, and the vanished
 //! datums of the previous run; and the match look-up reads the partial
-//! index, not the earlier jobs.
+//! index, not the earlier jobs; one batch whose skips make two runs keeps
+//! both.
 
 #![allow(clippy::unwrap_used)]
 
@@ -386,5 +387,40 @@ fn skipped_datums_are_runs_and_still_datums() {
         let skipped3 = shown(conn, &job3, DatumStatus::Skipped);
         assert_eq!(vanished[0].datum_id, skipped3[5].id);
         assert_eq!(vanished[0].inputs, vec!["file:///in/f05".to_owned()]);
+    }
+}
+
+/// One batch whose skipped datums make two runs (a datum runs between
+/// them): both are stored, both are counted and listed as skipped, and
+/// neither is vanished. The end-to-end test's second run, in the database.
+#[test]
+fn one_batch_with_two_runs_keeps_both() {
+    for db in TestDb::all() {
+        let conn = &mut db.pool.get().unwrap();
+        let spec = spec("two-runs", true);
+        let job1 = plan(
+            conn,
+            &spec,
+            "two-runs-1",
+            &[("a", "1"), ("b", "1"), ("c", "1"), ("d", "1")],
+            4,
+        );
+        run_all(conn, &job1, &[]);
+        // b changed, c removed, e added: a and d are skipped, in two runs.
+        let files = [("a", "1"), ("b", "2"), ("d", "1"), ("e", "1")];
+        let job2 = plan(conn, &spec, "two-runs-2", &files, 4);
+        assert_eq!(job2.skipped_count, 2, "{db:?}");
+        assert_eq!(SkippedRun::count(conn, job2.id).unwrap(), 2, "{db:?}");
+        let skipped = shown(conn, &job2, DatumStatus::Skipped);
+        let from: Vec<i64> = skipped.iter().map(|d| d.skipped_from.unwrap()).collect();
+        let ran = shown(conn, &job1, DatumStatus::Done);
+        assert_eq!(from, vec![ran[0].id, ran[3].id], "{db:?}");
+        assert_eq!(names(conn, &job2, DatumStatus::Ready), ["b", "e"]);
+        let counts = Job::counts(conn, job2.id).unwrap();
+        assert_eq!((counts.ready, counts.skipped), (2, 2), "{db:?}");
+        assert_eq!(job2.vanished_count, Some(1), "only c vanished: {db:?}");
+        let (vanished, _) = Job::vanished(conn, job2.id, 0, 10).unwrap();
+        assert_eq!(vanished.len(), 1);
+        assert_eq!(vanished[0].inputs, ["file:///in/c"]);
     }
 }

@@ -377,16 +377,20 @@ impl Job {
                 .reserve_datum_ids(i64::try_from(skipped_here).unwrap_or(0))?
                 .into_iter();
             for (i, m) in matched.iter().enumerate() {
-                if let (Some((from, from_job)), Some(datum_id)) = (m, ids.next()) {
-                    skips.push(SkippedDatum {
-                        id: datum_id,
-                        job_id: id,
-                        seq: first_seq + i64::try_from(i).unwrap_or(0),
-                        from: *from,
-                        from_job: *from_job,
-                        skipped_at: now,
-                    });
-                }
+                // An id is taken only for a matched datum (taking one for
+                // every datum lost the skips after the first that ran).
+                let Some((from, from_job)) = m else { continue };
+                let datum_id = ids.next().ok_or_else(|| {
+                    ModelError::Conflict(format!("job {id}: fewer datum ids than skips"))
+                })?;
+                skips.push(SkippedDatum {
+                    id: datum_id,
+                    job_id: id,
+                    seq: first_seq + i64::try_from(i).unwrap_or(0),
+                    from: *from,
+                    from_job: *from_job,
+                    skipped_at: now,
+                });
             }
             for (chunk_index, chunk) in batch.datums.chunks(INSERT_CHUNK).enumerate() {
                 let offset = chunk_index * INSERT_CHUNK;
