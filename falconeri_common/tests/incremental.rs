@@ -5,14 +5,15 @@
 //! files spanned batches; counts, the all-skipped finish, and the vanished
 //! datums of the previous run; and the match look-up reads the partial
 //! index, not the earlier jobs; one batch whose skips make two runs keeps
-//! both.
+//! both; and the previous run read in order (`PreviousRun`) matches what
+//! the index would, chained runs included.
 
 #![allow(clippy::unwrap_used)]
 
 use falconeri_common::{
     db::{DbConn, testing::TestDb},
     fingerprint::{DatumHasher, DatumKeys, TransformFingerprint},
-    models::{Datum, DatumBatch, DatumFilter, Job, NewJobParams, SkippedRun, db_now},
+    models::{Datum, DatumBatch, DatumFilter, Job, NewJobParams, PreviousRun, SkippedRun, db_now},
     pipeline::PipelineSpec,
     plan::{PlannedDatum, PlannedFile},
     status::{DatumStatus, JobStatus},
@@ -422,5 +423,90 @@ fn one_batch_with_two_runs_keeps_both() {
         let (vanished, _) = Job::vanished(conn, job2.id, 0, 10).unwrap();
         assert_eq!(vanished.len(), 1);
         assert_eq!(vanished[0].inputs, ["file:///in/c"]);
+    }
+}
+
+/// Plans `files` like [`plan`], but as the server does: each batch first
+/// matched against the previous run read in order (`PreviousRun`), the
+/// index asked only for the rest.
+fn plan_in_order(
+    conn: &mut DbConn,
+    spec: &PipelineSpec,
+    name: &str,
+    files: &[(&str, &str)],
+    per_batch: usize,
+) -> (Job, usize) {
+    let job = begin(conn, spec, name);
+    let mut previous = PreviousRun::open(conn, &job).unwrap();
+    let (all, keys) = datums(spec, files);
+    let (mut first_seq, mut known) = (0, 0);
+    for (datums, keys) in all.chunks(per_batch).zip(keys.chunks(per_batch)) {
+        let mut batch = DatumBatch {
+            datums: datums.to_vec(),
+            keys: keys.to_vec(),
+            ..DatumBatch::default()
+        };
+        if let Some(previous) = &mut previous {
+            previous.fill(conn, first_seq, &mut batch).unwrap();
+        }
+        known += batch.known.len();
+        append(conn, &job, &batch);
+        first_seq += i64::try_from(datums.len()).unwrap();
+    }
+    (Job::finish_planning(conn, job.id).unwrap(), known)
+}
+
+/// The previous run read in order matches the unchanged datums without
+/// the index, pointing where the index would (at the datum that ran, also
+/// through a run of skipped datums), and leaves changed and new ones to the
+/// index; a removal shifts the rest, which is still matched.
+#[test]
+fn the_previous_run_read_in_order_matches_like_the_index() {
+    for db in TestDb::all() {
+        let conn = &mut db.pool.get().unwrap();
+        let spec = spec("order", true);
+        let file_names: Vec<String> = (0..40).map(|i| format!("f{i:02}")).collect();
+        let files: Vec<(&str, &str)> = file_names.iter().map(|n| (n.as_str(), "1")).collect();
+        let (job1, known) = plan_in_order(conn, &spec, "order-1", &files, 7);
+        assert_eq!((job1.skipped_count, known), (0, 0), "no previous run");
+        run_all(conn, &job1, &["f03"]);
+        let ran = shown(conn, &job1, DatumStatus::Done);
+
+        // f03 failed before, f10 changed, f20 removed, g is new.
+        let mut second: Vec<(&str, &str)> = files
+            .iter()
+            .copied()
+            .filter(|(n, _)| *n != "f20")
+            .map(|(n, v)| if n == "f10" { (n, "2") } else { (n, v) })
+            .collect();
+        second.push(("g", "1"));
+        let (job2, known) = plan_in_order(conn, &spec, "order-2", &second, 7);
+        assert_eq!(
+            known, 37,
+            "{db:?}: all but f03, f10 and g from the previous run"
+        );
+        assert_eq!(job2.skipped_count, 37, "{db:?}");
+        assert_eq!(names(conn, &job2, DatumStatus::Ready), ["f03", "f10", "g"]);
+        assert_eq!(job2.vanished_count, Some(1), "{db:?}");
+        for datum in shown(conn, &job2, DatumStatus::Skipped) {
+            let from = ran.iter().find(|r| r.fingerprint == datum.fingerprint);
+            assert_eq!(datum.skipped_from, from.map(|r| r.id), "{db:?}");
+            assert_eq!(datum.skipped_from_job, Some(job1.id));
+        }
+
+        // Job 3 over job 2 (mostly runs): matched through the runs, at
+        // the datums that ran in job 1, and f03, f10 and g in job 2.
+        let job2 = Job::find(conn, job2.id).unwrap();
+        run_all(conn, &job2, &[]);
+        let (job3, known) = plan_in_order(conn, &spec, "order-3", &second, 5);
+        assert_eq!((job3.skipped_count, known), (40, 40), "{db:?}");
+        assert_eq!(job3.vanished_count, Some(0), "{db:?}");
+        for datum in shown(conn, &job3, DatumStatus::Skipped) {
+            let from = Datum::find(conn, datum.skipped_from.unwrap()).unwrap();
+            assert_eq!(from.status(), DatumStatus::Done, "{db:?}");
+            assert_eq!(from.skipped_from, None, "it ran");
+            assert_eq!(from.fingerprint, datum.fingerprint);
+            assert_eq!(Some(from.job_id), datum.skipped_from_job);
+        }
     }
 }

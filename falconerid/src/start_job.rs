@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 use falconeri_common::{
     fingerprint::{DatumHasher, DatumKeys, TransformFingerprint},
-    models::{DatumBatch, Job, NewJobParams, db_now},
+    models::{DatumBatch, Job, ModelError, NewJobParams, PreviousRun, db_now},
     pipeline::{AtomInput, PipelineSpec},
     plan::{
         AtomPlanner, KeyedCombiner, KeyedFile, ObjectInfo, PlanError, PlanItem, PlanPart,
@@ -118,7 +118,12 @@ pub async fn create(
         state: Some(state.clone()),
         job_id: job.id,
     };
+    let previous = {
+        let job = job.clone();
+        state.db(move |conn| PreviousRun::open(conn, &job)).await?
+    };
     let mut sink = Sink {
+        previous,
         state,
         job_id: job.id,
         batch: DatumBatch::default(),
@@ -425,6 +430,10 @@ struct Sink<'a> {
     /// Whether that datum is the last of `batch`; once flushed, its keys go
     /// with the next batch as `continued_keys`.
     open_in_batch: bool,
+    /// An incremental job's previous run, read in order beside the plan
+    /// so most matches need no index look-up (`PreviousRun`); `None` for
+    /// other jobs. Taken while a batch is in the database.
+    previous: Option<PreviousRun>,
 }
 
 impl Sink<'_> {
@@ -504,17 +513,26 @@ impl Sink<'_> {
         if self.batch.is_empty() {
             return Ok(());
         }
-        let batch = std::mem::take(&mut self.batch);
+        let mut batch = std::mem::take(&mut self.batch);
         self.rows = 0;
         self.open_in_batch = false;
         let (id, lease_ms) = (self.job_id, self.state.config().lease_ms());
-        self.count = self
+        let (first_seq, mut previous) = (self.count, self.previous.take());
+        let (count, previous) = self
             .state
             .db(move |conn| {
+                // Read before the write transaction, which stays short.
+                if let Some(previous) = &mut previous {
+                    previous.fill(conn, first_seq, &mut batch)?;
+                }
                 let now = db_now(conn)?;
-                Job::append_datums(conn, id, &batch, now, now.saturating_add(lease_ms))
+                let count =
+                    Job::append_datums(conn, id, &batch, now, now.saturating_add(lease_ms))?;
+                Ok::<_, ModelError>((count, previous))
             })
             .await?;
+        self.count = count;
+        self.previous = previous;
         Ok(())
     }
 }

@@ -305,14 +305,19 @@ impl Job {
                 )));
             };
             let matches = if incremental {
+                // What the planner matched from the previous run needs no
+                // look-up; the rest goes to the index.
                 let wanted: Vec<&str> = batch
                     .keys
                     .iter()
                     .flatten()
                     .chain(&batch.continued_keys)
                     .map(|keys| keys.fingerprint.as_str())
+                    .filter(|fingerprint| !batch.known.contains_key(*fingerprint))
                     .collect();
-                find_matches!(c, id, &pipeline, &wanted)
+                let mut matches = find_matches!(c, id, &pipeline, &wanted);
+                matches.extend(batch.known.iter().map(|(k, v)| (k.clone(), *v)));
+                matches
             } else {
                 std::collections::HashMap::new()
             };

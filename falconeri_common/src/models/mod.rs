@@ -10,6 +10,7 @@ mod counts;
 mod datum;
 mod job;
 mod logs;
+mod previous;
 mod schedule;
 pub mod session;
 mod skipped;
@@ -27,6 +28,7 @@ pub use job::{Job, NewJobParams};
 pub use logs::{
     Appended, ChunkKey, DEFAULT_MAX_LOG_BYTES, LogChunk, StoredLine, decode_lines, encode_lines,
 };
+pub use previous::PreviousRun;
 pub use schedule::{NewSchedule, Schedule};
 pub use skipped::{SkippedDatum, SkippedRun};
 pub use sql::Clock;
