@@ -124,6 +124,8 @@ pub async fn create(
     };
     let mut sink = Sink {
         previous,
+        pending: None,
+        sent: 0,
         state,
         job_id: job.id,
         batch: DatumBatch::default(),
@@ -434,6 +436,11 @@ struct Sink<'a> {
     /// so most matches need no index look-up (`PreviousRun`); `None` for
     /// other jobs. Taken while a batch is in the database.
     previous: Option<PreviousRun>,
+    /// The batch being written while the next one is listed and hashed:
+    /// it gives back the job's datum count and the previous run.
+    pending: Option<tokio::task::JoinHandle<AppResult<(i64, Option<PreviousRun>)>>>,
+    /// Datums handed to the database so far (the next batch's first seq).
+    sent: i64,
 }
 
 impl Sink<'_> {
@@ -503,36 +510,54 @@ impl Sink<'_> {
         Ok(())
     }
 
-    /// Flushes the last batch, the open datum closed.
+    /// Flushes the last batch, the open datum closed, and waits for it.
     async fn finish(&mut self) -> AppResult<()> {
         self.close_open();
-        self.flush().await
+        self.flush().await?;
+        self.settle().await
     }
 
+    /// Waits for the batch in the database, if any.
+    async fn settle(&mut self) -> AppResult<()> {
+        if let Some(pending) = self.pending.take() {
+            let (count, previous) = pending.await.map_err(|err| {
+                AppError::Internal(anyhow::anyhow!("planning batch task failed: {err}"))
+            })??;
+            self.count = count;
+            self.previous = previous;
+        }
+        Ok(())
+    }
+
+    /// Hands the batch to the database in a task of its own, once the one
+    /// before is written: the next batch is listed and hashed meanwhile
+    /// (one batch in flight, so memory stays two batches).
     async fn flush(&mut self) -> AppResult<()> {
         if self.batch.is_empty() {
             return Ok(());
         }
+        self.settle().await?;
         let mut batch = std::mem::take(&mut self.batch);
         self.rows = 0;
         self.open_in_batch = false;
         let (id, lease_ms) = (self.job_id, self.state.config().lease_ms());
-        let (first_seq, mut previous) = (self.count, self.previous.take());
-        let (count, previous) = self
-            .state
-            .db(move |conn| {
-                // Read before the write transaction, which stays short.
-                if let Some(previous) = &mut previous {
-                    previous.fill(conn, first_seq, &mut batch)?;
-                }
-                let now = db_now(conn)?;
-                let count =
-                    Job::append_datums(conn, id, &batch, now, now.saturating_add(lease_ms))?;
-                Ok::<_, ModelError>((count, previous))
-            })
-            .await?;
-        self.count = count;
-        self.previous = previous;
+        let (first_seq, mut previous) = (self.sent, self.previous.take());
+        self.sent += i64::try_from(batch.datums.len()).unwrap_or(0);
+        let state = self.state.clone();
+        self.pending = Some(tokio::spawn(async move {
+            state
+                .db(move |conn| {
+                    // Read before the write transaction, which stays short.
+                    if let Some(previous) = &mut previous {
+                        previous.fill(conn, first_seq, &mut batch)?;
+                    }
+                    let now = db_now(conn)?;
+                    let count =
+                        Job::append_datums(conn, id, &batch, now, now.saturating_add(lease_ms))?;
+                    Ok::<_, ModelError>((count, previous))
+                })
+                .await
+        }));
         Ok(())
     }
 }

@@ -397,6 +397,10 @@ pub(crate) struct Vanished {
 /// Runs read per query while scanning.
 const RUN_PAGE: i64 = 1_000;
 
+/// Ids of ran datums whose input keys are read per query (a run's
+/// datums point at consecutive ids, so a page is one index range).
+const KEY_PAGE: i64 = 10_000;
+
 /// Finds the vanished datums of job `job` against its previous run
 /// `previous` (see `Job::count_vanished`), with ids above `after`, in id
 /// order, at most `limit`. A datum of `previous` is vanished when `job`
@@ -597,21 +601,28 @@ fn vanished_skipped(
             }
             let (lo, hi) = (run.from_first_id + skip, run.from_first_id + run.len - 1);
             for (from, to) in uncovered(conn, job, lo, hi)? {
-                let keys: Vec<(i64, Option<String>)> = with_conn!(conn, c => datums::table
-                    .filter(datums::id.ge(from).and(datums::id.le(to)))
-                    .order(datums::id)
-                    .select((datums::id, datums::input_key))
-                    .load(c))?;
-                for (ran, key) in keys {
-                    let Some(key) = key else { continue };
-                    if !has_key(conn, job, &key, pipeline_jobs)? {
-                        out.push(Vanished {
-                            id: run.first_id + (ran - run.from_first_id),
-                            ran_as: ran,
-                            ran_in: run.from_job_id,
-                        });
-                        if i64::try_from(out.len()).unwrap_or(i64::MAX) >= limit {
-                            return Ok(out);
+                // A page of keys at a time: an uncovered stretch may be
+                // the whole previous run (every input renamed).
+                let mut next = from;
+                while next <= to {
+                    let last = to.min(next + KEY_PAGE - 1);
+                    let keys: Vec<(i64, Option<String>)> = with_conn!(conn, c => datums::table
+                        .filter(datums::id.ge(next).and(datums::id.le(last)))
+                        .order(datums::id)
+                        .select((datums::id, datums::input_key))
+                        .load(c))?;
+                    next = last + 1;
+                    for (ran, key) in keys {
+                        let Some(key) = key else { continue };
+                        if !has_key(conn, job, &key, pipeline_jobs)? {
+                            out.push(Vanished {
+                                id: run.first_id + (ran - run.from_first_id),
+                                ran_as: ran,
+                                ran_in: run.from_job_id,
+                            });
+                            if i64::try_from(out.len()).unwrap_or(i64::MAX) >= limit {
+                                return Ok(out);
+                            }
                         }
                     }
                 }
