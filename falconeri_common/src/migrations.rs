@@ -47,6 +47,7 @@ pub const POSTGRES: &[Migration] = postgres_migrations![
     "2026-12-11-000000_failure_policies",
     "2026-12-12-000000_incremental_runs",
     "2026-12-13-000000_workflows_schedules",
+    "2026-12-14-000000_skipped_runs",
 ];
 
 #[cfg(test)]

@@ -318,6 +318,11 @@ pub struct DatumBatch {
     /// The fingerprint of the last datum of the batch before, which this
     /// batch's `continued` files (if any) completed.
     pub continued_keys: Option<DatumKeys>,
+    /// Fingerprints the planner already matched (an incremental job's
+    /// previous run, read in order: `models::PreviousRun`) to the datum
+    /// that ran with it and its job; `Job::append_datums` looks up only the
+    /// others.
+    pub known: std::collections::HashMap<String, (i64, i64)>,
 }
 
 impl DatumBatch {

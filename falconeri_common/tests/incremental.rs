@@ -4,14 +4,16 @@
 //! skipped (pointing at it, without input files), including a datum whose
 //! files spanned batches; counts, the all-skipped finish, and the vanished
 //! datums of the previous run; and the match look-up reads the partial
-//! index, not the earlier jobs.
+//! index, not the earlier jobs; one batch whose skips make two runs keeps
+//! both; and the previous run read in order (`PreviousRun`) matches what
+//! the index would, chained runs included.
 
 #![allow(clippy::unwrap_used)]
 
 use falconeri_common::{
     db::{DbConn, testing::TestDb},
     fingerprint::{DatumHasher, DatumKeys, TransformFingerprint},
-    models::{Datum, DatumBatch, DatumFilter, Job, NewJobParams, db_now},
+    models::{Datum, DatumBatch, DatumFilter, Job, NewJobParams, PreviousRun, SkippedRun, db_now},
     pipeline::PipelineSpec,
     plan::{PlannedDatum, PlannedFile},
     status::{DatumStatus, JobStatus},
@@ -293,5 +295,218 @@ fn matches_are_looked_up_through_the_partial_index() {
             }
         };
         assert!(plan.contains("datums_done_fingerprint"), "{db:?}: {plan}");
+    }
+}
+
+/// Skipped datums are stored as runs: an unchanged rerun over several
+/// batches is one row of `skipped_runs`, whatever its size, and each of
+/// its datums still has an id of its own that `Datum::find` and the
+/// listings answer, pointing at the datum that ran. A run chains: a later
+/// job over a job that skipped everything points at the first job's
+/// datums, and a file removed then is vanished with the datum it ran as.
+#[test]
+fn skipped_datums_are_runs_and_still_datums() {
+    for db in TestDb::all() {
+        let conn = &mut db.pool.get().unwrap();
+        let spec = spec("runs", true);
+        let names: Vec<String> = (0..30).map(|i| format!("f{i:02}")).collect();
+        let files: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "1")).collect();
+        let job1 = plan(conn, &spec, "runs-1", &files, 7);
+        run_all(conn, &job1, &[]);
+        let ran = shown(conn, &job1, DatumStatus::Done);
+        assert_eq!(ran.len(), 30);
+
+        // Unchanged, in five batches: one run.
+        let job2 = plan(conn, &spec, "runs-2", &files, 7);
+        assert_eq!(job2.skipped_count, 30, "{db:?}");
+        assert_eq!(SkippedRun::count(conn, job2.id).unwrap(), 1, "{db:?}");
+        assert!(!Job::has_ready_datums(conn, job2.id).unwrap());
+        let counts = Job::counts(conn, job2.id).unwrap();
+        assert_eq!((counts.done, counts.skipped), (0, 30), "{db:?}");
+        let skipped = shown(conn, &job2, DatumStatus::Skipped);
+        assert_eq!(skipped.len(), 30);
+        for (datum, from) in skipped.iter().zip(&ran) {
+            assert_eq!(datum.job_id, job2.id);
+            assert_eq!(datum.skipped_from, Some(from.id), "{db:?}");
+            assert_eq!(datum.skipped_from_job, Some(job1.id));
+            assert_eq!(datum.fingerprint, from.fingerprint);
+            assert_eq!(datum.shown_status(), DatumStatus::Skipped);
+            // Its own id: no row of `datums` has it, `find` answers it.
+            assert!(ran.iter().all(|r| r.id != datum.id));
+            assert_eq!(&Datum::find(conn, datum.id).unwrap(), datum);
+        }
+        // Paged listing: ids ascending, no datum twice.
+        let filter = DatumFilter {
+            after: Some(skipped[9].id),
+            ..DatumFilter::default()
+        };
+        let page = Datum::list_filtered(conn, job2.id, &filter, 5).unwrap();
+        let ids: Vec<i64> = page.iter().map(|d| d.id).collect();
+        let want: Vec<i64> = skipped[10..15].iter().map(|d| d.id).collect();
+        assert_eq!(ids, want, "{db:?}");
+        assert!(shown(conn, &job2, DatumStatus::Done).is_empty());
+
+        // New datums planned after the reserved ids never take one.
+        let mut more = files.clone();
+        more.push(("g", "1"));
+        let job3 = plan(conn, &spec, "runs-3", &more, 7);
+        assert_eq!(job3.skipped_count, 30);
+        let fresh = shown(conn, &job3, DatumStatus::Ready);
+        assert_eq!(fresh.len(), 1);
+        assert!(skipped.iter().all(|d| d.id != fresh[0].id));
+        assert_eq!(Datum::find(conn, fresh[0].id).unwrap().id, fresh[0].id);
+        // All of job 3's datums, rows and runs together, in id order.
+        let all = Datum::list(conn, job3.id, None, 1_000).unwrap();
+        assert_eq!(all.len(), 31);
+        assert!(all.windows(2).all(|w| w[0].id < w[1].id));
+
+        // Job 4 drops f05 and f06 against job 3 (whose datums were
+        // skipped for job 1's): they are vanished, ran in job 1.
+        let fewer: Vec<(&str, &str)> = more
+            .iter()
+            .copied()
+            .filter(|(n, _)| *n != "f05" && *n != "f06")
+            .collect();
+        run_all(conn, &job3, &[]);
+        let job4 = plan(conn, &spec, "runs-4", &fewer, 7);
+        assert_eq!(job4.previous_job_id, Some(job3.id));
+        assert_eq!(job4.vanished_count, Some(2), "{db:?}");
+        assert_eq!(job4.skipped_count, 29);
+        // Three runs now: before and after the gap of f05 and f06, and g (ran in job 3).
+        assert_eq!(SkippedRun::count(conn, job4.id).unwrap(), 3, "{db:?}");
+        let (vanished, next) = Job::vanished(conn, job4.id, 0, 10).unwrap();
+        assert_eq!(next, None);
+        let got: Vec<(i64, i64)> = vanished
+            .iter()
+            .map(|v| (v.ran_as_datum_id, v.ran_in_job_id))
+            .collect();
+        assert_eq!(
+            got,
+            vec![(ran[5].id, job1.id), (ran[6].id, job1.id)],
+            "{db:?}"
+        );
+        let skipped3 = shown(conn, &job3, DatumStatus::Skipped);
+        assert_eq!(vanished[0].datum_id, skipped3[5].id);
+        assert_eq!(vanished[0].inputs, vec!["file:///in/f05".to_owned()]);
+    }
+}
+
+/// One batch whose skipped datums make two runs (a datum runs between
+/// them): both are stored, both are counted and listed as skipped, and
+/// neither is vanished. The end-to-end test's second run, in the database.
+#[test]
+fn one_batch_with_two_runs_keeps_both() {
+    for db in TestDb::all() {
+        let conn = &mut db.pool.get().unwrap();
+        let spec = spec("two-runs", true);
+        let job1 = plan(
+            conn,
+            &spec,
+            "two-runs-1",
+            &[("a", "1"), ("b", "1"), ("c", "1"), ("d", "1")],
+            4,
+        );
+        run_all(conn, &job1, &[]);
+        // b changed, c removed, e added: a and d are skipped, in two runs.
+        let files = [("a", "1"), ("b", "2"), ("d", "1"), ("e", "1")];
+        let job2 = plan(conn, &spec, "two-runs-2", &files, 4);
+        assert_eq!(job2.skipped_count, 2, "{db:?}");
+        assert_eq!(SkippedRun::count(conn, job2.id).unwrap(), 2, "{db:?}");
+        let skipped = shown(conn, &job2, DatumStatus::Skipped);
+        let from: Vec<i64> = skipped.iter().map(|d| d.skipped_from.unwrap()).collect();
+        let ran = shown(conn, &job1, DatumStatus::Done);
+        assert_eq!(from, vec![ran[0].id, ran[3].id], "{db:?}");
+        assert_eq!(names(conn, &job2, DatumStatus::Ready), ["b", "e"]);
+        let counts = Job::counts(conn, job2.id).unwrap();
+        assert_eq!((counts.ready, counts.skipped), (2, 2), "{db:?}");
+        assert_eq!(job2.vanished_count, Some(1), "only c vanished: {db:?}");
+        let (vanished, _) = Job::vanished(conn, job2.id, 0, 10).unwrap();
+        assert_eq!(vanished.len(), 1);
+        assert_eq!(vanished[0].inputs, ["file:///in/c"]);
+    }
+}
+
+/// Plans `files` like [`plan`], but as the server does: each batch first
+/// matched against the previous run read in order (`PreviousRun`), the
+/// index asked only for the rest.
+fn plan_in_order(
+    conn: &mut DbConn,
+    spec: &PipelineSpec,
+    name: &str,
+    files: &[(&str, &str)],
+    per_batch: usize,
+) -> (Job, usize) {
+    let job = begin(conn, spec, name);
+    let mut previous = PreviousRun::open(conn, &job).unwrap();
+    let (all, keys) = datums(spec, files);
+    let (mut first_seq, mut known) = (0, 0);
+    for (datums, keys) in all.chunks(per_batch).zip(keys.chunks(per_batch)) {
+        let mut batch = DatumBatch {
+            datums: datums.to_vec(),
+            keys: keys.to_vec(),
+            ..DatumBatch::default()
+        };
+        if let Some(previous) = &mut previous {
+            previous.fill(conn, first_seq, &mut batch).unwrap();
+        }
+        known += batch.known.len();
+        append(conn, &job, &batch);
+        first_seq += i64::try_from(datums.len()).unwrap();
+    }
+    (Job::finish_planning(conn, job.id).unwrap(), known)
+}
+
+/// The previous run read in order matches the unchanged datums without
+/// the index, pointing where the index would (at the datum that ran, also
+/// through a run of skipped datums), and leaves changed and new ones to the
+/// index; a removal shifts the rest, which is still matched.
+#[test]
+fn the_previous_run_read_in_order_matches_like_the_index() {
+    for db in TestDb::all() {
+        let conn = &mut db.pool.get().unwrap();
+        let spec = spec("order", true);
+        let file_names: Vec<String> = (0..40).map(|i| format!("f{i:02}")).collect();
+        let files: Vec<(&str, &str)> = file_names.iter().map(|n| (n.as_str(), "1")).collect();
+        let (job1, known) = plan_in_order(conn, &spec, "order-1", &files, 7);
+        assert_eq!((job1.skipped_count, known), (0, 0), "no previous run");
+        run_all(conn, &job1, &["f03"]);
+        let ran = shown(conn, &job1, DatumStatus::Done);
+
+        // f03 failed before, f10 changed, f20 removed, g is new.
+        let mut second: Vec<(&str, &str)> = files
+            .iter()
+            .copied()
+            .filter(|(n, _)| *n != "f20")
+            .map(|(n, v)| if n == "f10" { (n, "2") } else { (n, v) })
+            .collect();
+        second.push(("g", "1"));
+        let (job2, known) = plan_in_order(conn, &spec, "order-2", &second, 7);
+        assert_eq!(
+            known, 37,
+            "{db:?}: all but f03, f10 and g from the previous run"
+        );
+        assert_eq!(job2.skipped_count, 37, "{db:?}");
+        assert_eq!(names(conn, &job2, DatumStatus::Ready), ["f03", "f10", "g"]);
+        assert_eq!(job2.vanished_count, Some(1), "{db:?}");
+        for datum in shown(conn, &job2, DatumStatus::Skipped) {
+            let from = ran.iter().find(|r| r.fingerprint == datum.fingerprint);
+            assert_eq!(datum.skipped_from, from.map(|r| r.id), "{db:?}");
+            assert_eq!(datum.skipped_from_job, Some(job1.id));
+        }
+
+        // Job 3 over job 2 (mostly runs): matched through the runs, at
+        // the datums that ran in job 1, and f03, f10 and g in job 2.
+        let job2 = Job::find(conn, job2.id).unwrap();
+        run_all(conn, &job2, &[]);
+        let (job3, known) = plan_in_order(conn, &spec, "order-3", &second, 5);
+        assert_eq!((job3.skipped_count, known), (40, 40), "{db:?}");
+        assert_eq!(job3.vanished_count, Some(0), "{db:?}");
+        for datum in shown(conn, &job3, DatumStatus::Skipped) {
+            let from = Datum::find(conn, datum.skipped_from.unwrap()).unwrap();
+            assert_eq!(from.status(), DatumStatus::Done, "{db:?}");
+            assert_eq!(from.skipped_from, None, "it ran");
+            assert_eq!(from.fingerprint, datum.fingerprint);
+            assert_eq!(Some(from.job_id), datum.skipped_from_job);
+        }
     }
 }

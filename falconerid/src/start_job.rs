@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 use falconeri_common::{
     fingerprint::{DatumHasher, DatumKeys, TransformFingerprint},
-    models::{DatumBatch, Job, NewJobParams, db_now},
+    models::{DatumBatch, Job, ModelError, NewJobParams, PreviousRun, db_now},
     pipeline::{AtomInput, PipelineSpec},
     plan::{
         AtomPlanner, KeyedCombiner, KeyedFile, ObjectInfo, PlanError, PlanItem, PlanPart,
@@ -137,7 +137,14 @@ pub async fn create_keyed(
         state: Some(state.clone()),
         job_id: job.id,
     };
+    let previous = {
+        let job = job.clone();
+        state.db(move |conn| PreviousRun::open(conn, &job)).await?
+    };
     let mut sink = Sink {
+        previous,
+        pending: None,
+        sent: 0,
         state,
         job_id: job.id,
         batch: DatumBatch::default(),
@@ -444,6 +451,15 @@ struct Sink<'a> {
     /// Whether that datum is the last of `batch`; once flushed, its keys go
     /// with the next batch as `continued_keys`.
     open_in_batch: bool,
+    /// An incremental job's previous run, read in order beside the plan
+    /// so most matches need no index look-up (`PreviousRun`); `None` for
+    /// other jobs. Taken while a batch is in the database.
+    previous: Option<PreviousRun>,
+    /// The batch being written while the next one is listed and hashed:
+    /// it gives back the job's datum count and the previous run.
+    pending: Option<tokio::task::JoinHandle<AppResult<(i64, Option<PreviousRun>)>>>,
+    /// Datums handed to the database so far (the next batch's first seq).
+    sent: i64,
 }
 
 impl Sink<'_> {
@@ -513,27 +529,54 @@ impl Sink<'_> {
         Ok(())
     }
 
-    /// Flushes the last batch, the open datum closed.
+    /// Flushes the last batch, the open datum closed, and waits for it.
     async fn finish(&mut self) -> AppResult<()> {
         self.close_open();
-        self.flush().await
+        self.flush().await?;
+        self.settle().await
     }
 
+    /// Waits for the batch in the database, if any.
+    async fn settle(&mut self) -> AppResult<()> {
+        if let Some(pending) = self.pending.take() {
+            let (count, previous) = pending.await.map_err(|err| {
+                AppError::Internal(anyhow::anyhow!("planning batch task failed: {err}"))
+            })??;
+            self.count = count;
+            self.previous = previous;
+        }
+        Ok(())
+    }
+
+    /// Hands the batch to the database in a task of its own, once the one
+    /// before is written: the next batch is listed and hashed meanwhile
+    /// (one batch in flight, so memory stays two batches).
     async fn flush(&mut self) -> AppResult<()> {
         if self.batch.is_empty() {
             return Ok(());
         }
-        let batch = std::mem::take(&mut self.batch);
+        self.settle().await?;
+        let mut batch = std::mem::take(&mut self.batch);
         self.rows = 0;
         self.open_in_batch = false;
         let (id, lease_ms) = (self.job_id, self.state.config().lease_ms());
-        self.count = self
-            .state
-            .db(move |conn| {
-                let now = db_now(conn)?;
-                Job::append_datums(conn, id, &batch, now, now.saturating_add(lease_ms))
-            })
-            .await?;
+        let (first_seq, mut previous) = (self.sent, self.previous.take());
+        self.sent += i64::try_from(batch.datums.len()).unwrap_or(0);
+        let state = self.state.clone();
+        self.pending = Some(tokio::spawn(async move {
+            state
+                .db(move |conn| {
+                    // Read before the write transaction, which stays short.
+                    if let Some(previous) = &mut previous {
+                        previous.fill(conn, first_seq, &mut batch)?;
+                    }
+                    let now = db_now(conn)?;
+                    let count =
+                        Job::append_datums(conn, id, &batch, now, now.saturating_add(lease_ms))?;
+                    Ok::<_, ModelError>((count, previous))
+                })
+                .await
+        }));
         Ok(())
     }
 }

@@ -59,6 +59,19 @@ diesel::table! {
 }
 
 diesel::table! {
+    skipped_runs (id) {
+        id -> BigInt,
+        job_id -> BigInt,
+        first_seq -> BigInt,
+        first_id -> BigInt,
+        len -> BigInt,
+        from_job_id -> BigInt,
+        from_first_id -> BigInt,
+        skipped_at -> BigInt,
+    }
+}
+
+diesel::table! {
     input_files (id) {
         id -> BigInt,
         job_id -> BigInt,

@@ -9,9 +9,11 @@
 //! tuned for dispatch throughput (issue 9). So the counts are read, but
 //! cleverly:
 //!
-//! - the datums of a job always number `jobs.datum_count` (planning adds
-//!   datums and that count in one transaction; only deleting the whole
-//!   job removes them), and at most one status can hold more than half;
+//! - the rows of a job's datums always number `jobs.datum_count` minus
+//!   `jobs.skipped_count` (skipped datums are runs in `skipped_runs`, not
+//!   rows; planning adds datums and both counts in one transaction; only
+//!   deleting the whole job removes them), and at most one status can
+//!   hold more than half;
 //! - each status is counted through `datums_job_status_id` with a cap
 //!   (`LIMIT 4096` inside the count: a bounded index range); the ones
 //!   under it are exact;
@@ -35,7 +37,8 @@ use diesel::{QueryableByName, sql_types::BigInt};
 use super::{ModelResult, sql::Stmt};
 use crate::{db::DbConn, status::DatumStatus};
 
-/// The statuses stored in `datums.status` (skipped datums are `done` rows).
+/// The statuses stored in `datums.status`. Skipped datums have no row
+/// (they are runs in `skipped_runs`); [`job_counts`] adds them to `done`.
 const STORED: [DatumStatus; 6] = [
     DatumStatus::Ready,
     DatumStatus::Running,
@@ -199,13 +202,20 @@ pub(crate) fn job_counts(conn: &mut DbConn, job_id: i64) -> ModelResult<Option<(
             Some((Some(first), Some(last))) => last - first + 1,
             _ => 0,
         };
-        let ready_likely = done_span < total.datum_count / 2;
-        let counts = match count_by_rounds(total.datum_count, ready_likely, |statuses, cap| {
+        // Skipped datums have no row: the rows are the rest.
+        let rows = total.datum_count - total.skipped_count;
+        let ready_likely = done_span < rows / 2;
+        let mut counts = match count_by_rounds(rows, ready_likely, |statuses, cap| {
             capped(conn, job_id, statuses, cap)
         })? {
             Some(counts) => counts,
             None => grouped(conn, job_id)?,
         };
+        // Reported as `done` rows were before, for the callers to move
+        // (`StatusCounts::move_skipped`).
+        if let Some(done) = STORED.iter().position(|s| *s == DatumStatus::Done) {
+            counts[done] += total.skipped_count;
+        }
         Ok(Some((counts, total.skipped_count)))
     })
 }

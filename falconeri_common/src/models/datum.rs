@@ -462,14 +462,22 @@ impl Datum {
         })
     }
 
-    /// One datum by id.
+    /// One datum by id: a row, or a skipped datum of a run.
     pub fn find(conn: &mut DbConn, id: i64) -> ModelResult<Datum> {
-        with_conn!(conn, c => datums::table
+        let row = with_conn!(conn, c => datums::table
             .find(id)
             .select(Datum::as_select())
             .first(c)
-            .optional())?
-        .ok_or_else(|| ModelError::NotFound(format!("datum {id}")))
+            .optional())?;
+        if let Some(row) = row {
+            return Ok(row);
+        }
+        let run = super::SkippedRun::holding(conn, id)?
+            .ok_or_else(|| ModelError::NotFound(format!("datum {id}")))?;
+        let skipped = run.datum(id - run.first_id);
+        super::skipped::skipped_datums(conn, &[skipped])?
+            .pop()
+            .ok_or_else(|| ModelError::NotFound(format!("datum {id}")))
     }
 
     /// Datums of a job in id order, optionally of one status.
@@ -495,27 +503,35 @@ impl Datum {
         filter: &DatumFilter,
         limit: i64,
     ) -> ModelResult<Vec<Datum>> {
-        Ok(with_conn!(conn, c => {
+        // Skipped datums are runs (`skipped_runs`): a page of them joins
+        // the page of rows, in id order.
+        let skipped = match (filter.status, filter.outcome) {
+            // A skipped datum never ran, so it has no attempt outcome.
+            (Some(DatumStatus::Skipped) | None, None) => {
+                let after = filter.after.unwrap_or(0);
+                let runs = super::SkippedRun::page_by_id(conn, job_id, after, limit)?;
+                let cap = usize::try_from(limit).unwrap_or(usize::MAX);
+                let page: Vec<super::SkippedDatum> = runs
+                    .iter()
+                    .flat_map(|run| run.datums_between(after + 1, i64::MAX))
+                    .take(cap)
+                    .collect();
+                super::skipped::skipped_datums(conn, &page)?
+            }
+            _ => Vec::new(),
+        };
+        if filter.status == Some(DatumStatus::Skipped) {
+            return Ok(skipped);
+        }
+        let rows: Vec<Datum> = with_conn!(conn, c => {
             let mut query = datums::table
                 .filter(datums::job_id.eq(job_id))
                 .order(datums::id)
                 .limit(limit)
                 .select(Datum::as_select())
                 .into_boxed();
-            // Skipped datums are `done` rows with `skipped_from` set.
-            match filter.status {
-                Some(DatumStatus::Skipped) => {
-                    query = query
-                        .filter(datums::status.eq(DatumStatus::Done))
-                        .filter(datums::skipped_from.is_not_null());
-                }
-                Some(DatumStatus::Done) => {
-                    query = query
-                        .filter(datums::status.eq(DatumStatus::Done))
-                        .filter(datums::skipped_from.is_null());
-                }
-                Some(status) => query = query.filter(datums::status.eq(status)),
-                None => {}
+            if let Some(status) = filter.status {
+                query = query.filter(datums::status.eq(status));
             }
             if let Some(after) = filter.after {
                 query = query.filter(datums::id.gt(after));
@@ -535,7 +551,15 @@ impl Datum {
                 query = query.filter(datums::id.eq_any(with_outcome));
             }
             query.load(c)
-        })?)
+        })?;
+        if skipped.is_empty() {
+            return Ok(rows);
+        }
+        let mut all = rows;
+        all.extend(skipped);
+        all.sort_unstable_by_key(|datum| datum.id);
+        all.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+        Ok(all)
     }
 
     /// Reserves work for `worker_id`: the datums the worker still holds

@@ -11,6 +11,7 @@ use diesel::{
 use super::{
     INSERT_CHUNK, ModelError, ModelResult,
     datum::{close_attempts, transition},
+    skipped::{DatumIds, SkippedDatum, SkippedRun, fold_runs},
     sql::Clock,
     taken_key,
 };
@@ -97,13 +98,10 @@ struct NewDatum {
     max_tries: i32,
     created_at: Millis,
     updated_at: Millis,
-    /// The queue position: planning order (NULL when skipped).
+    /// The queue position: planning order.
     ready_order: Option<i64>,
     fingerprint: Option<String>,
     input_key: Option<String>,
-    skipped_from: Option<i64>,
-    skipped_from_job: Option<i64>,
-    finished_at: Option<Millis>,
 }
 
 #[derive(Insertable)]
@@ -336,20 +334,26 @@ impl Job {
                 )));
             };
             let matches = if incremental {
+                // What the planner matched from the previous run needs no
+                // look-up; the rest goes to the index.
                 let wanted: Vec<&str> = batch
                     .keys
                     .iter()
                     .flatten()
                     .chain(&batch.continued_keys)
                     .map(|keys| keys.fingerprint.as_str())
+                    .filter(|fingerprint| !batch.known.contains_key(*fingerprint))
                     .collect();
-                find_matches!(c, id, &pipeline, &wanted)
+                let mut matches = find_matches!(c, id, &pipeline, &wanted);
+                matches.extend(batch.known.iter().map(|(k, v)| (k.clone(), *v)));
+                matches
             } else {
                 std::collections::HashMap::new()
             };
             let first_seq = count - added;
             let mut files = Vec::new();
-            let mut skipped = 0_i64;
+            // This batch's skipped datums, in seq order; they become runs.
+            let mut skips: Vec<SkippedDatum> = Vec::new();
             if !batch.continued.is_empty() || batch.continued_keys.is_some() {
                 let datum_id: i64 = datums::table
                     .filter(datums::job_id.eq(id))
@@ -360,93 +364,133 @@ impl Job {
                     .ok_or_else(|| {
                         ModelError::Conflict(format!("job {id} has no datum to continue"))
                     })?;
-                files.extend(batch.continued.iter().map(|file| NewInputFile {
-                    job_id: id,
-                    datum_id,
-                    uri: &file.uri,
-                    local_path: &file.local_path,
-                }));
-                if let Some(keys) = &batch.continued_keys {
+                let matched = batch
+                    .continued_keys
+                    .as_ref()
+                    .and_then(|keys| matches.get(keys.fingerprint.as_str()).copied());
+                if let Some((from, from_job)) = matched {
                     // A datum whose files spanned batches: it was inserted
                     // ready, and nothing could reserve it yet (the job is
-                    // still being planned), so it may still become skipped.
-                    let matched = matches.get(keys.fingerprint.as_str()).copied();
-                    diesel::update(datums::table.find(datum_id))
-                        .set((
-                            datums::fingerprint.eq(Some(&keys.fingerprint)),
-                            datums::input_key.eq(Some(&keys.input_key)),
-                        ))
+                    // still being planned), so it becomes skipped: its row
+                    // and files go, its id moves to a run.
+                    diesel::delete(input_files::table.filter(input_files::datum_id.eq(datum_id)))
                         .execute(c)?;
-                    if let Some((from, from_job)) = matched {
+                    diesel::delete(datums::table.find(datum_id)).execute(c)?;
+                    skips.push(SkippedDatum {
+                        id: datum_id,
+                        job_id: id,
+                        seq: first_seq - 1,
+                        from,
+                        from_job,
+                        skipped_at: now,
+                    });
+                } else {
+                    files.extend(batch.continued.iter().map(|file| NewInputFile {
+                        job_id: id,
+                        datum_id,
+                        uri: &file.uri,
+                        local_path: &file.local_path,
+                    }));
+                    if let Some(keys) = &batch.continued_keys {
                         diesel::update(datums::table.find(datum_id))
                             .set((
-                                datums::status.eq(DatumStatus::Done),
-                                datums::ready_order.eq(None::<i64>),
-                                datums::skipped_from.eq(Some(from)),
-                                datums::skipped_from_job.eq(Some(from_job)),
-                                datums::finished_at.eq(Some(now)),
+                                datums::fingerprint.eq(Some(&keys.fingerprint)),
+                                datums::input_key.eq(Some(&keys.input_key)),
                             ))
                             .execute(c)?;
-                        skipped += 1;
                     }
                 }
+            }
+            let matched: Vec<Option<(i64, i64)>> = (0..batch.datums.len())
+                .map(|i| key(i).and_then(|keys| matches.get(keys.fingerprint.as_str()).copied()))
+                .collect();
+            // Ids for the skipped ones first, so an unchanged rerun's
+            // blocks follow each other and its runs join across batches.
+            let skipped_here = matched.iter().filter(|m| m.is_some()).count();
+            let mut ids = c
+                .reserve_datum_ids(i64::try_from(skipped_here).unwrap_or(0))?
+                .into_iter();
+            for (i, m) in matched.iter().enumerate() {
+                // An id is taken only for a matched datum (taking one for
+                // every datum lost the skips after the first that ran).
+                let Some((from, from_job)) = m else { continue };
+                let datum_id = ids.next().ok_or_else(|| {
+                    ModelError::Conflict(format!("job {id}: fewer datum ids than skips"))
+                })?;
+                skips.push(SkippedDatum {
+                    id: datum_id,
+                    job_id: id,
+                    seq: first_seq + i64::try_from(i).unwrap_or(0),
+                    from: *from,
+                    from_job: *from_job,
+                    skipped_at: now,
+                });
             }
             for (chunk_index, chunk) in batch.datums.chunks(INSERT_CHUNK).enumerate() {
                 let offset = chunk_index * INSERT_CHUNK;
                 let chunk_seq = first_seq + i64::try_from(offset).unwrap_or(0);
-                let rows: Vec<NewDatum> = (0..chunk.len())
-                    .map(|i| {
+                let ran: Vec<(usize, &PlannedDatum)> = chunk
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| matched[offset + i].is_none())
+                    .collect();
+                if ran.is_empty() {
+                    continue;
+                }
+                let rows: Vec<NewDatum> = ran
+                    .iter()
+                    .map(|&(i, _)| {
                         let seq = chunk_seq + i64::try_from(i).unwrap_or(0);
                         let keys = key(offset + i);
-                        let matched = keys
-                            .and_then(|keys| matches.get(keys.fingerprint.as_str()))
-                            .copied();
                         NewDatum {
                             job_id: id,
                             seq,
-                            // A skipped datum is a `done` row pointing at
-                            // the datum that ran (see the migration).
-                            status: if matched.is_some() {
-                                DatumStatus::Done
-                            } else {
-                                DatumStatus::Ready
-                            },
+                            status: DatumStatus::Ready,
                             attempt: 0,
                             max_tries,
                             created_at: now,
                             updated_at: now,
-                            ready_order: matched.is_none().then_some(seq),
+                            ready_order: Some(seq),
                             fingerprint: keys.map(|keys| keys.fingerprint.clone()),
                             input_key: keys.map(|keys| keys.input_key.clone()),
-                            skipped_from: matched.map(|(from, _)| from),
-                            skipped_from_job: matched.map(|(_, job)| job),
-                            finished_at: matched.map(|_| now),
                         }
                     })
                     .collect();
                 diesel::insert_into(datums::table).values(&rows).execute(c)?;
-                if rows.iter().all(|row| row.skipped_from.is_some()) {
-                    skipped += i64::try_from(rows.len()).unwrap_or(0);
-                    continue;
-                }
-                let ids: Vec<(i64, Option<i64>)> = datums::table
+                let chunk_end = chunk_seq + i64::try_from(chunk.len()).unwrap_or(0);
+                let ids: Vec<i64> = datums::table
                     .filter(datums::job_id.eq(id))
-                    .filter(datums::seq.ge(chunk_seq))
+                    .filter(datums::seq.ge(chunk_seq).and(datums::seq.lt(chunk_end)))
                     .order(datums::seq)
-                    .select((datums::id, datums::skipped_from))
-                    .limit(i64::try_from(chunk.len()).unwrap_or(i64::MAX))
+                    .select(datums::id)
                     .load(c)?;
-                for ((datum_id, skipped_from), datum) in ids.into_iter().zip(chunk) {
-                    if skipped_from.is_some() {
-                        skipped += 1;
-                        continue;
-                    }
+                for (datum_id, (_, datum)) in ids.into_iter().zip(&ran) {
                     files.extend(datum.files.iter().map(|file| NewInputFile {
                         job_id: id,
                         datum_id,
                         uri: &file.uri,
                         local_path: &file.local_path,
                     }));
+                }
+            }
+            let skipped = i64::try_from(skips.len()).unwrap_or(0);
+            if !skips.is_empty() {
+                // One row per run of skipped datums, the job's last run
+                // extended where this batch continues it.
+                let last: Option<SkippedRun> = skipped_runs::table
+                    .filter(skipped_runs::job_id.eq(id))
+                    .order(skipped_runs::first_seq.desc())
+                    .select(SkippedRun::as_select())
+                    .first(c)
+                    .optional()?;
+                let (grown, fresh) = fold_runs(last.as_ref(), &skips);
+                if let (Some(len), Some(last)) = (grown, &last) {
+                    diesel::update(skipped_runs::table.find(last.id))
+                        .set(skipped_runs::len.eq(len))
+                        .execute(c)?;
+                }
+                for chunk in fresh.chunks(INSERT_CHUNK) {
+                    diesel::insert_into(skipped_runs::table).values(chunk).execute(c)?;
                 }
             }
             for file_chunk in files.chunks(INSERT_CHUNK) {
@@ -517,22 +561,22 @@ impl Job {
     }
 
     /// How many successful datums of `previous` (ran or skipped: both have
-    /// outputs) have no datum with the same input key in job `id`. One pass
-    /// over `previous`'s done datums (`datums_job_status`), each probing
-    /// `datums_job_input_key`.
+    /// outputs) have no datum with the same input key in job `id`. The
+    /// stretches of `previous` that `id`'s runs of skipped datums point at
+    /// are passed over whole; only the rest is read (see
+    /// `skipped::vanished`), so an unchanged rerun costs a few statements.
     pub fn count_vanished(conn: &mut DbConn, id: i64, previous: i64) -> ModelResult<i64> {
-        let current = diesel::alias!(datums as current);
-        Ok(with_conn!(conn, c => datums::table
-            .filter(datums::job_id.eq(previous))
-            .filter(datums::status.eq(DatumStatus::Done))
-            .filter(datums::input_key.is_not_null())
-            .filter(diesel::dsl::not(exists(
-                current
-                    .filter(current.field(datums::job_id).eq(id))
-                    .filter(current.field(datums::input_key).eq(datums::input_key)),
-            )))
-            .select(count_star())
-            .first(c))?)
+        const PAGE: i64 = 10_000;
+        let mut count = 0;
+        let mut after = 0;
+        loop {
+            let page = super::skipped::vanished(conn, id, previous, after, PAGE)?;
+            count += i64::try_from(page.len()).unwrap_or(0);
+            match page.last() {
+                Some(last) if i64::try_from(page.len()).unwrap_or(0) >= PAGE => after = last.id,
+                _ => return Ok(count),
+            }
+        }
     }
 
     /// A page of job `id`'s vanished datums (see [`Job::count_vanished`]):
@@ -551,27 +595,13 @@ impl Job {
         let Some(previous) = job.previous_job_id else {
             return Ok((Vec::new(), None));
         };
-        let current = diesel::alias!(datums as current);
-        let rows: Vec<(i64, Option<i64>, Option<i64>)> = with_conn!(conn, c => datums::table
-            .filter(datums::job_id.eq(previous))
-            .filter(datums::status.eq(DatumStatus::Done))
-            .filter(datums::input_key.is_not_null())
-            .filter(datums::id.gt(after))
-            .filter(diesel::dsl::not(exists(
-                current
-                    .filter(current.field(datums::job_id).eq(id))
-                    .filter(current.field(datums::input_key).eq(datums::input_key)),
-            )))
-            .order(datums::id)
-            .limit(limit)
-            .select((datums::id, datums::skipped_from, datums::skipped_from_job))
-            .load(c))?;
+        let rows = super::skipped::vanished(conn, id, previous, after, limit)?;
         let next = (i64::try_from(rows.len()).unwrap_or(i64::MAX) >= limit)
-            .then(|| rows.last().map(|row| row.0))
+            .then(|| rows.last().map(|row| row.id))
             .flatten();
         let mut vanished = Vec::with_capacity(rows.len());
-        for (datum_id, skipped_from, skipped_from_job) in rows {
-            let ran_as = skipped_from.unwrap_or(datum_id);
+        for row in rows {
+            let (datum_id, ran_as) = (row.id, row.ran_as);
             let (inputs, input_count, outputs, output_count) = with_conn!(conn, c => {
                 let inputs: Vec<String> = input_files::table
                     .filter(input_files::datum_id.eq(ran_as))
@@ -599,7 +629,7 @@ impl Job {
                 datum_id,
                 job_id: previous,
                 ran_as_datum_id: ran_as,
-                ran_in_job_id: skipped_from_job.unwrap_or(previous),
+                ran_in_job_id: row.ran_in,
                 inputs,
                 input_count,
                 outputs,
@@ -646,6 +676,8 @@ impl Job {
                 diesel::delete(input_files::table.filter(input_files::datum_id.eq_any(datum_ids)))
                     .execute(c)?;
                 diesel::delete(datums::table.filter(datums::job_id.eq(id))).execute(c)?;
+                diesel::delete(skipped_runs::table.filter(skipped_runs::job_id.eq(id)))
+                    .execute(c)?;
                 diesel::delete(jobs::table.filter(jobs::id.eq(id))).execute(c)?;
             }
             Ok::<_, ModelError>(planning)

@@ -10,8 +10,10 @@ mod counts;
 mod datum;
 mod job;
 mod logs;
+mod previous;
 mod schedule;
 pub mod session;
+mod skipped;
 pub mod sql;
 pub mod stats;
 mod stop_request;
@@ -27,7 +29,9 @@ pub use job::{Job, NewJobParams};
 pub use logs::{
     Appended, ChunkKey, DEFAULT_MAX_LOG_BYTES, LogChunk, StoredLine, decode_lines, encode_lines,
 };
+pub use previous::PreviousRun;
 pub use schedule::{NewSchedule, Schedule};
+pub use skipped::{SkippedDatum, SkippedRun};
 pub use sql::Clock;
 pub use stop_request::JobStopRequest;
 pub use workflow::{
