@@ -851,6 +851,7 @@ fn plans_are_appended_in_batches() {
             keys: Vec::new(),
             continued_keys: None,
             continued: Vec::new(),
+            known: Default::default(),
             datums: vec![
                 PlannedDatum {
                     files: vec![file(0)],
@@ -864,6 +865,7 @@ fn plans_are_appended_in_batches() {
             keys: Vec::new(),
             continued_keys: None,
             continued: vec![file(3), file(4)],
+            known: Default::default(),
             datums: vec![PlannedDatum {
                 files: vec![file(5)],
             }],
@@ -939,6 +941,7 @@ fn a_canceled_plan_takes_no_more_batches() {
             keys: Vec::new(),
             continued_keys: None,
             continued: Vec::new(),
+            known: Default::default(),
             datums: vec![PlannedDatum {
                 files: vec![file(0)],
             }],
@@ -972,6 +975,7 @@ fn abandoned_plans_are_deleted_whole() {
             keys: Vec::new(),
             continued_keys: None,
             continued: Vec::new(),
+            known: Default::default(),
             datums: (0..1500)
                 .map(|n| PlannedDatum {
                     files: vec![file(n), file(n + 1)],

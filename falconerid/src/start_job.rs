@@ -457,10 +457,14 @@ struct Sink<'a> {
     previous: Option<PreviousRun>,
     /// The batch being written while the next one is listed and hashed:
     /// it gives back the job's datum count and the previous run.
-    pending: Option<tokio::task::JoinHandle<AppResult<(i64, Option<PreviousRun>)>>>,
+    pending: Option<PendingBatch>,
     /// Datums handed to the database so far (the next batch's first seq).
     sent: i64,
 }
+
+/// A batch being written: the job's datum count after it, and the
+/// previous run handed back.
+type PendingBatch = tokio::task::JoinHandle<AppResult<(i64, Option<PreviousRun>)>>;
 
 impl Sink<'_> {
     fn push_item(&mut self, item: PlanItem) {

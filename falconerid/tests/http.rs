@@ -1128,6 +1128,7 @@ async fn babysitter_deletes_plans_whose_lease_ran_out() {
                     keys: Vec::new(),
                     continued_keys: None,
                     continued: Vec::new(),
+                    known: Default::default(),
                     datums: vec![one_file_datum()],
                 };
                 Job::append_datums(conn, job.id, &batch, now, now + 30_000)?;

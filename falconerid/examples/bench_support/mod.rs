@@ -81,6 +81,7 @@ pub fn create_running_job(pool: &DbPool, name: &str, datums: usize) -> Result<Be
             keys: Vec::new(),
             continued_keys: None,
             continued: Vec::new(),
+            known: Default::default(),
             datums: (start..end)
                 .map(|d| PlannedDatum {
                     files: vec![PlannedFile {
