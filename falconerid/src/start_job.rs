@@ -166,6 +166,7 @@ pub async fn create_keyed(
             state.db(move |conn| Job::finish_planning(conn, id)).await?
         }
         Ok(()) => {
+            let _ = sink.settle().await;
             guard.abandon().await;
             return Err(AppError::BadRequest(
                 "the inputs matched no files, so the job would have no datums".to_owned(),
@@ -179,6 +180,8 @@ pub async fn create_keyed(
             return Err(AppError::Conflict(why));
         }
         Err(err) => {
+            // A batch still being written would land after the clean-up.
+            let _ = sink.settle().await;
             guard.abandon().await;
             return Err(err);
         }
