@@ -918,6 +918,7 @@ pub struct BatchReportRequest {
     pub reports: Vec<BatchReport>,
     /// Also reserve the worker's next datums once the reports are settled
     /// (see [`DoneRequest::next`]); the worker is the one the claims name.
+    /// Reports naming no worker or several get no `next` in the answer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next: Option<ReserveNext>,
 }

@@ -1707,7 +1707,7 @@ async fn the_last_report_with_next_answers_finished() {
 
 /// A batch report with `next` settles its reports, then reserves the next
 /// batch for the worker its claims name; reports naming no worker or two
-/// are refused whole (400) before anything is settled.
+/// are settled and get no `next`.
 #[tokio::test]
 async fn a_batch_report_with_next_reserves_the_next_batch() {
     for server in TestServer::all() {
@@ -1733,12 +1733,14 @@ async fn a_batch_report_with_next_reserves_the_next_batch() {
         assert_eq!(first.len(), 2, "{batch}");
         let done = |r: &Value, claim: &Value| json!({ "datum_id": r["datum_id"], "claim": claim, "outcome": "done", "output": "" });
 
-        // Refused whole: no reports, or claims of two workers.
+        // No worker to reserve for: no reports, or claims of two workers.
+        // The reports are settled; `next` is left out of the answer.
         let body = json!({ "reports": [], "next": { "max_datums": 2 } });
         let (status, answer) = server
             .call(Method::POST, &report_path, Some(&token), Some(body))
             .await;
-        assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+        assert_eq!(status, StatusCode::OK, "{answer}");
+        assert!(answer.get("next").is_none(), "{answer}");
         let mut foreign = first[1]["claim"].clone();
         foreign["worker_id"] = json!("someone-else");
         let body = json!({
@@ -1748,15 +1750,16 @@ async fn a_batch_report_with_next_reserves_the_next_batch() {
         let (status, answer) = server
             .call(Method::POST, &report_path, Some(&token), Some(body))
             .await;
-        assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
-        assert!(
-            answer["error"]["message"]
-                .as_str()
-                .unwrap()
-                .contains("next")
+        assert_eq!(status, StatusCode::OK, "{answer}");
+        assert!(answer.get("next").is_none(), "{answer}");
+        assert_eq!(answer["results"][0]["datum"]["status"], "done", "{answer}");
+        assert_eq!(
+            answer["results"][1]["error"]["code"], "conflict",
+            "{answer}"
         );
-        let untouched = get_datum(&server, first[0]["datum_id"].as_i64().unwrap()).await;
-        assert_eq!(untouched["datum"]["status"], "running", "{untouched}");
+        let reserved = get_datum(&server, first[1]["datum_id"].as_i64().unwrap()).await;
+        assert_eq!(reserved["datum"]["status"], "running", "{reserved}");
+        let first = vec![first[1].clone()];
 
         let reports: Vec<Value> = first.iter().map(|r| done(r, &r["claim"])).collect();
         let body = json!({ "reports": reports, "next": { "max_datums": 2 } });

@@ -1037,25 +1037,15 @@ async fn report_batch(
         };
         check_stats(stats, &format!("reports[{i}].stats"))?;
     }
-    // The worker the next datums go to: the one the claims name.
-    let next_for = match &request.next {
-        None => None,
-        Some(next) => {
-            let mut workers = request.reports.iter().map(|r| &r.claim.worker_id);
-            let Some(first) = workers.next() else {
-                return Err(AppError::BadRequest(
-                    "next: a report must name the worker (no reports given)".to_owned(),
-                ));
-            };
-            if workers.any(|w| w != first) {
-                return Err(AppError::BadRequest(
-                    "next: the reports' claims name more than one worker".to_owned(),
-                ));
-            }
-            check_worker_id(first)?;
-            Some((first.clone(), next.max_datums))
-        }
-    };
+    // The worker the next datums go to: the one the claims name. Reports
+    // naming no worker or several (never a worker's own) get no `next`: the
+    // answer leaves it out, and the caller reserves as usual.
+    let next_for = request.next.as_ref().and_then(|next| {
+        let mut workers = request.reports.iter().map(|r| &r.claim.worker_id);
+        let first = workers.next()?;
+        let one = workers.all(|w| w == first) && check_worker_id(first).is_ok();
+        one.then(|| (first.clone(), next.max_datums))
+    });
     let ids: Vec<i64> = request.reports.iter().map(|r| r.datum_id).collect();
     let results = settle_batch(&state, &principal, job_id, request.reports).await?;
     let results = ids
