@@ -1759,7 +1759,7 @@ async fn a_batch_report_with_next_reserves_the_next_batch() {
         );
         let reserved = get_datum(&server, first[1]["datum_id"].as_i64().unwrap()).await;
         assert_eq!(reserved["datum"]["status"], "running", "{reserved}");
-        let first = vec![first[1].clone()];
+        let first = [first[1].clone()];
 
         let reports: Vec<Value> = first.iter().map(|r| done(r, &r["claim"])).collect();
         let body = json!({ "reports": reports, "next": { "max_datums": 2 } });
