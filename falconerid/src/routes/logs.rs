@@ -31,8 +31,11 @@ use falconeri_common::{
         Claim, DatumLogsQuery, ErrorBody, JobLogsQuery, LogAppendRequest, LogAppendResponse,
         LogChunkQuery, LogEvent, LogLine,
     },
+    db::DbConn,
     log_frame,
-    models::{Clock, Datum, Job, LogChunk, StoredLine, db_now, decode_lines},
+    models::{
+        Appended, Clock, Datum, Job, LogChunk, ModelResult, StoredLine, db_now, decode_lines,
+    },
 };
 use futures::StreamExt as _;
 use tokio::sync::mpsc;
@@ -108,19 +111,25 @@ async fn append(
         ..request.claim
     };
     let (seq, max) = (request.seq, state.config().max_log_bytes);
-    let notifier = state.clone();
-    let appended = state
-        .db(move |conn| {
-            let appended = LogChunk::append(conn, id, &claim, seq, &lines, max, Clock::DB)?;
-            // Committed: a follower woken now finds the chunk.
-            if appended.stored {
-                notifier.notify(Change::Logs {
-                    job_id: appended.job_id,
-                });
-            }
-            Ok(appended)
-        })
-        .await?;
+    store_chunk(&state, move |conn| {
+        LogChunk::append(conn, id, &claim, seq, &lines, max, Clock::DB)
+    })
+    .await
+}
+
+/// Stores a chunk with `append` and, once it is committed, wakes the job's
+/// log followers (a resend stores nothing and wakes no one).
+async fn store_chunk<F>(state: &AppState, append: F) -> AppResult<Json<LogAppendResponse>>
+where
+    F: FnOnce(&mut DbConn) -> ModelResult<Appended> + Send + 'static,
+{
+    let appended = state.db(append).await?;
+    // Committed: a follower woken now finds the chunk.
+    if appended.stored {
+        state.notify(Change::Logs {
+            job_id: appended.job_id,
+        });
+    }
     Ok(Json(LogAppendResponse {
         stored: appended.stored,
     }))
@@ -210,31 +219,11 @@ async fn put_chunk(
         },
     };
     let max = state.config().max_log_bytes;
-    let notifier = state.clone();
-    let appended = state
-        .db(move |conn| {
-            let appended = LogChunk::append_framed(
-                conn,
-                id,
-                &claim,
-                seq,
-                &data,
-                summary.output_bytes,
-                max,
-                Clock::DB,
-            )?;
-            // Committed: a follower woken now finds the chunk.
-            if appended.stored {
-                notifier.notify(Change::Logs {
-                    job_id: appended.job_id,
-                });
-            }
-            Ok(appended)
-        })
-        .await?;
-    Ok(Json(LogAppendResponse {
-        stored: appended.stored,
-    }))
+    store_chunk(&state, move |conn| {
+        let output_bytes = summary.output_bytes;
+        LogChunk::append_framed(conn, id, &claim, seq, &data, output_bytes, max, Clock::DB)
+    })
+    .await
 }
 
 /// Whether the request says its body is `application/octet-stream`.
