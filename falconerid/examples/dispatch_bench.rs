@@ -132,13 +132,7 @@ async fn measure_rest(backend: &str, size: usize, workers: usize) -> Result<(Str
     let before = STATEMENTS.load(Ordering::Relaxed);
     let drain = rest::drain(&format!("http://{addr}"), &job, workers, done).await?;
     let statements = STATEMENTS.load(Ordering::Relaxed) - before;
-    let cpu = meter.used();
-    let (own, cluster) = meter.split();
-    eprintln!(
-        "  CPU µs/datum: this process {:.0}, PostgreSQL {:.0}",
-        own.as_secs_f64() * 1e6 / job.datums as f64,
-        cluster.as_secs_f64() * 1e6 / job.datums as f64
-    );
+    let cpu = meter.report(job.datums);
     progress.abort();
     stop.cancel();
     server.await??;
@@ -270,13 +264,7 @@ fn floor(pool: &DbPool, job: &BenchJob, workers: usize, meter: CpuMeter) -> Resu
             .map_err(|_| anyhow::anyhow!("a floor thread panicked"))??;
     }
     let elapsed = started.elapsed();
-    let cpu = meter.used();
-    let (own, cluster) = meter.split();
-    eprintln!(
-        "  CPU µs/datum: this process {:.0}, PostgreSQL {:.0}",
-        own.as_secs_f64() * 1e6 / job.datums as f64,
-        cluster.as_secs_f64() * 1e6 / job.datums as f64
-    );
+    let cpu = meter.report(job.datums);
     let statements = STATEMENTS.load(Ordering::Relaxed) - before;
     let completed = done.load(Ordering::Relaxed);
     if usize::try_from(completed).ok() != Some(job.datums) {
@@ -328,9 +316,16 @@ impl CpuMeter {
         }
     }
 
-    /// CPU used since the start: this process's plus the cluster's.
-    fn used(&self) -> Duration {
+    /// CPU used since the start, this process's plus the cluster's; the
+    /// split per datum goes to stderr.
+    fn report(&self, datums: usize) -> Duration {
         let (own, cluster) = self.split();
+        let per_datum = |cpu: Duration| cpu.as_secs_f64() * 1e6 / datums as f64;
+        eprintln!(
+            "  CPU µs/datum: this process {:.0}, PostgreSQL {:.0}",
+            per_datum(own),
+            per_datum(cluster)
+        );
         own + cluster
     }
 
