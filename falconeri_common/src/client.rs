@@ -135,31 +135,33 @@ impl Client {
         body: Option<&B>,
         extra_wait: Duration,
     ) -> Result<T, ClientError> {
-        let url = self
-            .base
-            .join(path)
-            .map_err(|_| ClientError::BadUrl(format!("{}{path}", self.base)))?;
-        let mut request = self
-            .http
-            .request(method, url.clone())
-            .timeout(REQUEST_TIMEOUT + extra_wait);
-        if let Some(token) = &self.token {
-            request = request.bearer_auth(token);
-        }
+        let (url, mut request) = self.request(method, path)?;
+        request = request.timeout(REQUEST_TIMEOUT + extra_wait);
         if let Some(query) = query {
             request = request.query(query);
         }
         if let Some(body) = body {
             request = request.json(body);
         }
-        let response = request
-            .send()
-            .await
-            .map_err(|source| ClientError::Transport {
-                url: url.to_string(),
-                source,
-            })?;
+        let response = transmit(&url, request).await?;
         decode(url, response).await
+    }
+
+    /// A request to `path` on the server, with the token, and its URL.
+    fn request(
+        &self,
+        method: Method,
+        path: &str,
+    ) -> Result<(Url, reqwest::RequestBuilder), ClientError> {
+        let url = self
+            .base
+            .join(path)
+            .map_err(|_| ClientError::BadUrl(format!("{}{path}", self.base)))?;
+        let mut request = self.http.request(method, url.clone());
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        Ok((url, request))
     }
 
     async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
@@ -425,29 +427,15 @@ impl Client {
         data: bytes::Bytes,
     ) -> Result<api::LogAppendResponse, ClientError> {
         let path = paths::datum_log_chunk(datum_id, claim.attempt, seq);
-        let url = self
-            .base
-            .join(&path)
-            .map_err(|_| ClientError::BadUrl(format!("{}{path}", self.base)))?;
-        let mut request = self
-            .http
-            .put(url.clone())
+        let (url, request) = self.request(Method::PUT, &path)?;
+        let request = request
             .timeout(REQUEST_TIMEOUT)
             .query(&api::LogChunkQuery {
                 worker_id: claim.worker_id.clone(),
             })
             .header(reqwest::header::CONTENT_TYPE, crate::log_frame::MEDIA_TYPE)
             .body(data);
-        if let Some(token) = &self.token {
-            request = request.bearer_auth(token);
-        }
-        let response = request
-            .send()
-            .await
-            .map_err(|source| ClientError::Transport {
-                url: url.to_string(),
-                source,
-            })?;
+        let response = transmit(&url, request).await?;
         decode(url, response).await
     }
 
@@ -487,25 +475,11 @@ impl Client {
         path: &str,
         query: &Q,
     ) -> Result<LogEvents, ClientError> {
-        let url = self
-            .base
-            .join(path)
-            .map_err(|_| ClientError::BadUrl(format!("{}{path}", self.base)))?;
-        let mut request = self
-            .http
-            .get(url.clone())
+        let (url, request) = self.request(Method::GET, path)?;
+        let request = request
             .query(query)
             .header(reqwest::header::ACCEPT, "text/event-stream");
-        if let Some(token) = &self.token {
-            request = request.bearer_auth(token);
-        }
-        let response = request
-            .send()
-            .await
-            .map_err(|source| ClientError::Transport {
-                url: url.to_string(),
-                source,
-            })?;
+        let response = transmit(&url, request).await?;
         let status = response.status();
         if !status.is_success() {
             let text = response.text().await.unwrap_or_default();
@@ -517,6 +491,21 @@ impl Client {
             buffer: Vec::new(),
         })
     }
+}
+
+/// Sends `request` to `url`; a failure to reach the server is a transport
+/// error (retried by callers that retry), naming the URL.
+async fn transmit(
+    url: &Url,
+    request: reqwest::RequestBuilder,
+) -> Result<reqwest::Response, ClientError> {
+    request
+        .send()
+        .await
+        .map_err(|source| ClientError::Transport {
+            url: url.to_string(),
+            source,
+        })
 }
 
 async fn decode<T: DeserializeOwned>(
