@@ -17,7 +17,6 @@ use std::{
 };
 
 use falconeri_common::{
-    api::{BatchReport, Claim},
     db::{DbConn, DbPool},
     models::{Frontier, Job, ModelResult, ReserveWant, Reserved},
     pipeline::{MAX_DATUMS_PER_RESERVATION, PipelineSpec},
@@ -26,8 +25,11 @@ use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    combine::Combiner, config::Config, error::AppResult, executor::Executor,
-    routes::workers::Settled,
+    combine::Combiner,
+    config::Config,
+    error::AppResult,
+    executor::Executor,
+    routes::workers::{ReportItem, SettledItem},
 };
 
 /// Something that changed, for the long-polls it concerns.
@@ -139,7 +141,7 @@ pub struct JobWaiters {
     /// Reservations gathered into one statement each.
     pub(crate) reserving: Arc<Combiner<ReserveWant, Vec<Reserved>>>,
     /// The first phase of final reports, gathered into one transaction each.
-    pub(crate) reporting: Arc<Combiner<(BatchReport, Claim), Settled>>,
+    pub(crate) reporting: Arc<Combiner<ReportItem, SettledItem>>,
 }
 
 /// Workers served by one reservation statement at most: the statement's

@@ -1683,6 +1683,64 @@ async fn done_with_next_hands_out_the_next_datum() {
     }
 }
 
+/// Many workers reporting with `next` at once: reports that arrive
+/// together are settled in one group and their `next` reservations made in
+/// one statement with them, and each worker still gets datums of its own,
+/// under its own claim. Every datum runs exactly once.
+#[tokio::test]
+async fn concurrent_reports_with_next_each_get_their_own_datum() {
+    for server in TestServer::all() {
+        let inputs: Vec<(String, &str)> = (0..48).map(|i| (format!("f{i}.txt"), "x")).collect();
+        let inputs: Vec<(&str, &str)> = inputs.iter().map(|(p, c)| (p.as_str(), *c)).collect();
+        let job = create(&server, server.spec_with_inputs(&inputs, json!({}))).await;
+        let id = job["id"].as_i64().unwrap();
+        let token = worker_token(&server, id);
+        let workers = (0..8).map(|w| {
+            let (server, token) = (&server, token.clone());
+            async move {
+                let worker = format!("w{w}");
+                let mut ran = Vec::new();
+                let (_, mut current) = reserve(server, id, &token, &worker, 0).await;
+                while current["status"] == "reserved" {
+                    assert_eq!(current["claim"]["worker_id"], worker.as_str(), "{current}");
+                    let datum_id = current["datum_id"].as_i64().unwrap();
+                    ran.push(datum_id);
+                    let body = json!({ "claim": current["claim"], "output": "", "next": {} });
+                    let (status, answer) = post_datum(server, &token, datum_id, "done", body).await;
+                    assert_eq!(status, StatusCode::OK, "{answer}");
+                    current = answer["next"].clone();
+                }
+                assert!(
+                    matches!(current["status"].as_str(), Some("finished" | "wait")),
+                    "{current}"
+                );
+                ran
+            }
+        });
+        let mut ran: Vec<i64> = futures::future::join_all(workers)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
+        ran.sort_unstable();
+        let before = ran.len();
+        ran.dedup();
+        assert_eq!(before, ran.len(), "a datum was handed out twice");
+        assert_eq!(ran.len(), 48);
+        for datum_id in ran {
+            let datum = get_datum(&server, datum_id).await;
+            assert_eq!(datum["datum"]["status"], "done", "{datum}");
+            assert_eq!(
+                datum["attempts"].as_array().map(Vec::len),
+                Some(1),
+                "{datum}"
+            );
+        }
+        let (_, last) = reserve(&server, id, &token, "w0", 0).await;
+        assert_eq!(last["status"], "finished", "{last}");
+    }
+}
+
 /// The last report of a job, with `next`, finishes the job and answers
 /// `finished`, so the worker exits without asking again.
 #[tokio::test]

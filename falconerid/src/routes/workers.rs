@@ -104,12 +104,7 @@ async fn reserve_for(
 ) -> AppResult<ReserveResponse> {
     let lease_ms = state.config().lease_ms();
     let info = state.job_info(job_id).await?;
-    let max = match max_datums {
-        Some(max) => max
-            .min(info.spec.datums_per_reservation)
-            .clamp(1, MAX_DATUMS_PER_RESERVATION),
-        None => 1,
-    };
+    let max = reservation_size(&info, max_datums);
     let waiters = state.waiters(job_id);
     let timeout_ms = info.datum_timeout_ms;
     loop {
@@ -142,17 +137,7 @@ async fn reserve_for(
             .unwrap_or_default();
         if !reserved.is_empty() {
             crate::metrics::dispatched(reserved.len(), submitted.elapsed());
-            let mut reservations: Vec<Reservation> = reserved
-                .into_iter()
-                .map(|r| reservation(state, r, &info))
-                .collect::<AppResult<_>>()?;
-            return Ok(match max_datums {
-                Some(_) => ReserveResponse::Batch { reservations },
-                None => match reservations.pop() {
-                    Some(one) => ReserveResponse::Reserved(Box::new(one)),
-                    None => ReserveResponse::Wait,
-                },
-            });
+            return reserve_answer(state, &info, reserved, max_datums.is_some());
         }
         // Nothing to hand out: the cold path looks at the job itself.
         let job = state.db(move |conn| Job::find(conn, job_id)).await?;
@@ -179,6 +164,85 @@ async fn reserve_for(
     }
 }
 
+/// How many datums one reservation hands out: what the worker asks for
+/// (one when it asks for no batch), within the spec's and the server's
+/// limits.
+fn reservation_size(info: &JobInfo, max_datums: Option<u32>) -> u32 {
+    match max_datums {
+        Some(max) => max
+            .min(info.spec.datums_per_reservation)
+            .clamp(1, MAX_DATUMS_PER_RESERVATION),
+        None => 1,
+    }
+}
+
+/// The answer to a reservation that got `reserved` (not empty): a batch
+/// when the worker asked for one, else its one datum.
+fn reserve_answer(
+    state: &AppState,
+    info: &JobInfo,
+    reserved: Vec<Reserved>,
+    batch: bool,
+) -> AppResult<ReserveResponse> {
+    let mut reservations: Vec<Reservation> = reserved
+        .into_iter()
+        .map(|r| reservation(state, r, info))
+        .collect::<AppResult<_>>()?;
+    Ok(if batch {
+        ReserveResponse::Batch { reservations }
+    } else {
+        match reservations.pop() {
+            Some(one) => ReserveResponse::Reserved(Box::new(one)),
+            None => ReserveResponse::Wait,
+        }
+    })
+}
+
+/// Claims datums of `job_id` for `wants` on the database thread, and once
+/// that has committed, tells the job's followers. Used by a group of
+/// reservations and by a group of reports that asked for their `next`.
+fn reserve_on(
+    conn: &mut falconeri_common::db::DbConn,
+    state: &AppState,
+    waiters: &JobWaiters,
+    job_id: i64,
+    wants: &[ReserveWant],
+    lease_ms: i64,
+    timeout_ms: Option<i64>,
+) -> Result<Vec<Reserved>, ModelError> {
+    let reserved = Datum::reserve_many(
+        conn,
+        job_id,
+        wants,
+        &waiters.frontier,
+        Clock::DB,
+        lease_ms,
+        timeout_ms,
+    )?;
+    // The statement has committed: a follower woken now sees it.
+    if !reserved.is_empty() {
+        state.notify(Change::Progress { job_id });
+    }
+    Ok(reserved)
+}
+
+/// The datums each of `workers` got from one reservation statement, in
+/// `workers` order. A worker named twice in one group (a retried request)
+/// gets the same answer twice: the datums it holds.
+fn by_worker(workers: &[&str], reserved: Vec<Reserved>) -> Vec<Vec<Reserved>> {
+    let mut held: std::collections::HashMap<String, Vec<Reserved>> =
+        std::collections::HashMap::new();
+    for r in reserved {
+        if let Some(owner) = r.datum.owner.clone() {
+            held.entry(owner).or_default().push(r);
+        }
+    }
+    workers
+        .iter()
+        .map(|w| held.get(*w).cloned().unwrap_or_default())
+        .collect()
+}
+
 /// Serves the reservations of one job gathered while the last statement
 /// ran (see [`crate::combine`]): one statement for all of them, then each
 /// worker gets the datums it now holds.
@@ -191,38 +255,12 @@ async fn reserve_group(
     timeout_ms: Option<i64>,
 ) -> AppResult<Vec<Vec<Reserved>>> {
     let workers: Vec<String> = wants.iter().map(|w| w.worker_id.clone()).collect();
-    let notifier = state.clone();
     let reserved = state
-        .db(move |conn| {
-            let reserved = Datum::reserve_many(
-                conn,
-                job_id,
-                &wants,
-                &waiters.frontier,
-                Clock::DB,
-                lease_ms,
-                timeout_ms,
-            )?;
-            // The statement has committed: a follower woken now sees it.
-            if !reserved.is_empty() {
-                notifier.notify(Change::Progress { job_id });
-            }
-            Ok(reserved)
-        })
+        .clone()
+        .db(move |conn| reserve_on(conn, &state, &waiters, job_id, &wants, lease_ms, timeout_ms))
         .await?;
-    let mut by_worker: std::collections::HashMap<String, Vec<Reserved>> =
-        std::collections::HashMap::new();
-    for r in reserved {
-        if let Some(owner) = r.datum.owner.clone() {
-            by_worker.entry(owner).or_default().push(r);
-        }
-    }
-    // A worker named twice in one group (a retried request) gets the same
-    // answer twice: the datums it holds.
-    Ok(workers
-        .iter()
-        .map(|w| by_worker.get(w).cloned().unwrap_or_default())
-        .collect())
+    let workers: Vec<&str> = workers.iter().map(String::as_str).collect();
+    Ok(by_worker(&workers, reserved))
 }
 
 fn reservation(state: &AppState, reserved: Reserved, info: &JobInfo) -> AppResult<Reservation> {
@@ -631,14 +669,17 @@ async fn publish_detached(
         .map_err(|err| anyhow::anyhow!("publishing task failed: {err}"))?
 }
 
-/// A final report of one datum, through the same path as a batch.
+/// A final report of one datum, through the same path as a batch, and
+/// what its `next` reserved in the same database task (empty when it asked
+/// for none or none could be had there; see [`ReportItem::next`]).
 async fn final_report(
     state: &AppState,
     principal: &Principal,
     id: i64,
     claim: &Claim,
     outcome: BatchOutcome,
-) -> AppResult<Json<DatumSummary>> {
+    next: Option<&NextAsk>,
+) -> AppResult<(DatumSummary, Vec<Reserved>)> {
     let job_id = match principal {
         Principal::Worker { job_id } => *job_id,
         Principal::Admin => {
@@ -652,27 +693,57 @@ async fn final_report(
         claim: claim.clone(),
         outcome,
     };
-    let mut results = settle_batch(state, principal, job_id, vec![report]).await?;
+    let (mut results, reserved) =
+        settle_batch(state, principal, job_id, vec![report], next).await?;
     match results.pop() {
-        Some(Ok(datum)) => Ok(Json(datum.into())),
+        Some(Ok(datum)) => Ok((datum.into(), reserved)),
         Some(Err(err)) => Err(err),
         None => Err(AppError::Internal(anyhow::anyhow!("a report went missing"))),
     }
 }
 
+/// One final report as the reporting combiner gathers it.
+#[derive(Debug, Clone)]
+pub(crate) struct ReportItem {
+    report: BatchReport,
+    /// The claim as the models check it (scoped to the worker's job).
+    claim: Claim,
+    /// The reporting worker's next reservation, made in the same database
+    /// task once the report is accepted and final (not `publishing`): one
+    /// hop to the database thread and one group for both, where a
+    /// reservation after the report took a second of each. Without a
+    /// result there (nothing ready, the report refused or publishing, the
+    /// reservation failed) the handler reserves through the usual path,
+    /// which also tells a finished job from an empty queue.
+    next: Option<ReserveWant>,
+}
+
+/// A settled report, and the datums its `next` reserved.
+pub(crate) struct SettledItem {
+    settled: Settled,
+    next: Vec<Reserved>,
+}
+
 /// The first phase of a group of reports of one job, in one transaction,
 /// so a group of K reports costs one commit, not K; each report is still
 /// its own guarded writes (a savepoint on SQLite), and a refusal is an
-/// answer, not an error that would undo the others.
+/// answer, not an error that would undo the others. Then the `next`
+/// reservations of the accepted ones, in one statement (see
+/// [`ReportItem::next`]).
 async fn settle_group(
     state: AppState,
     info: std::sync::Arc<JobInfo>,
-    reports: Vec<(BatchReport, Claim)>,
-    publish_lease_ms: i64,
-) -> AppResult<Vec<Settled>> {
+    items: Vec<ReportItem>,
+    lease_ms: i64,
+) -> AppResult<Vec<SettledItem>> {
+    let waiters = state.waiters(info.id);
     state
         .clone()
         .db(move |conn| {
+            let reports: Vec<(BatchReport, Claim)> = items
+                .iter()
+                .map(|item| (item.report.clone(), item.claim.clone()))
+                .collect();
             let settle_all = |conn: &mut falconeri_common::db::DbConn,
                               reports: &[(BatchReport, Claim)]| {
                 reports
@@ -684,7 +755,7 @@ async fn settle_group(
                             report.datum_id,
                             claim,
                             &report.outcome,
-                            publish_lease_ms,
+                            lease_ms,
                         )
                     })
                     .collect::<Result<Vec<_>, ModelError>>()
@@ -705,7 +776,50 @@ async fn settle_group(
                     notify_ended(&state, datum);
                 }
             }
-            Ok(settled)
+            let asks: Vec<Option<&ReserveWant>> = items
+                .iter()
+                .zip(&settled)
+                .map(|(item, settled)| match (settled, &item.next) {
+                    (Settled::Accepted(datum), Some(want))
+                        if datum.status() != DatumStatus::Publishing =>
+                    {
+                        Some(want)
+                    }
+                    _ => None,
+                })
+                .collect();
+            let wants: Vec<ReserveWant> = asks.iter().flatten().map(|w| (*w).clone()).collect();
+            let workers: Vec<&str> = wants.iter().map(|w| w.worker_id.as_str()).collect();
+            let reserved = if wants.is_empty() {
+                Vec::new()
+            } else {
+                // The reports stand whatever happens here: a failed
+                // reservation leaves it to the handlers' usual path.
+                reserve_on(
+                    conn,
+                    &state,
+                    &waiters,
+                    info.id,
+                    &wants,
+                    lease_ms,
+                    info.datum_timeout_ms,
+                )
+                .unwrap_or_else(|err| {
+                    tracing::warn!(job_id = info.id, error = %err, "cannot reserve the next datums with their reports");
+                    Vec::new()
+                })
+            };
+            let mut reserved = by_worker(&workers, reserved).into_iter();
+            Ok(settled
+                .into_iter()
+                .zip(asks)
+                .map(|(settled, ask)| SettledItem {
+                    settled,
+                    next: ask
+                        .and_then(|_| reserved.next())
+                        .unwrap_or_default(),
+                })
+                .collect())
         })
         .await
 }
@@ -719,30 +833,57 @@ async fn settle_batch(
     principal: &Principal,
     job_id: i64,
     reports: Vec<BatchReport>,
-) -> AppResult<Vec<AppResult<Datum>>> {
+    next: Option<&NextAsk>,
+) -> AppResult<(Vec<AppResult<Datum>>, Vec<Reserved>)> {
     principal.require_job(job_id)?;
     let info = state.job_info(job_id).await?;
-    let publish_lease_ms = state.config().lease_ms();
-    let reports: Vec<(BatchReport, Claim)> = reports
+    let lease_ms = state.config().lease_ms();
+    let next = next.map(|ask| ReserveWant {
+        worker_id: ask.worker_id.clone(),
+        max: reservation_size(&info, ask.max_datums),
+        resume: false,
+    });
+    let last = reports.len().saturating_sub(1);
+    let items: Vec<ReportItem> = reports
         .into_iter()
-        .map(|r| {
-            let claim = scoped(&Principal::Worker { job_id }, &r.claim);
-            (r, claim)
+        .enumerate()
+        .map(|(i, report)| {
+            let claim = scoped(&Principal::Worker { job_id }, &report.claim);
+            ReportItem {
+                report,
+                claim,
+                // The batch's one reservation goes with its last report.
+                next: if i == last { next.clone() } else { None },
+            }
         })
         .collect();
     // The first phase of the reports of this job that arrive while one
     // group is being settled runs in the next group, together (see
     // `crate::combine`).
-    let phase_one = {
+    let submitted = Instant::now();
+    let settled_items = {
         let (group_state, info) = (state.clone(), info.clone());
         state
             .waiters(job_id)
             .reporting
-            .submit(reports.clone(), move |reports| {
-                settle_group(group_state.clone(), info.clone(), reports, publish_lease_ms)
+            .submit(items.clone(), move |items| {
+                settle_group(group_state.clone(), info.clone(), items, lease_ms)
             })
             .await?
     };
+    let mut reserved = Vec::new();
+    let mut phase_one = Vec::with_capacity(settled_items.len());
+    for item in settled_items {
+        reserved.extend(item.next);
+        phase_one.push(item.settled);
+    }
+    if !reserved.is_empty() {
+        crate::metrics::dispatched(reserved.len(), submitted.elapsed());
+    }
+    let reports: Vec<(BatchReport, Claim)> = items
+        .into_iter()
+        .map(|item| (item.report, item.claim))
+        .collect();
     let consequence = failure_consequence(&info, &reports, &phase_one);
     let mut results = Vec::with_capacity(reports.len());
     for ((report, claim), settled) in reports.iter().zip(phase_one) {
@@ -819,7 +960,7 @@ async fn settle_batch(
     if let Err(err) = enforced {
         tracing::warn!(job_id, error = %err, "cannot apply the job's failure policy");
     }
-    Ok(results)
+    Ok((results, reserved))
 }
 
 /// The `on_exit` rule that decides a failure report, if any. None when the
@@ -914,21 +1055,52 @@ async fn done(
         exit_code: request.exit_code,
         stats: request.stats,
     };
-    let Json(datum) = final_report(&state, &principal, id, &request.claim, outcome).await?;
+    let arrived = Instant::now();
+    let ask = request.next.map(|next| NextAsk {
+        worker_id: request.claim.worker_id.clone(),
+        max_datums: next.max_datums,
+    });
+    let (datum, reserved) = final_report(
+        &state,
+        &principal,
+        id,
+        &request.claim,
+        outcome,
+        ask.as_ref(),
+    )
+    .await?;
     // Only once the report is accepted: a refused one answered above.
-    let next = match request.next {
-        Some(next) => Some(
-            reserve_next(
-                &state,
-                datum.job_id,
-                &request.claim.worker_id,
-                next.max_datums,
-            )
-            .await?,
-        ),
+    let next = match ask {
+        Some(ask) => Some(next_answer(&state, datum.job_id, &ask, reserved, arrived).await?),
         None => None,
     };
     Ok(Json(DoneResponse { datum, next }))
+}
+
+/// Who asked for the `next` of a report, and for how many datums.
+#[derive(Debug)]
+struct NextAsk {
+    worker_id: String,
+    max_datums: Option<u32>,
+}
+
+/// The `next` of an accepted report: the datums reserved with it, or,
+/// when none were, a reservation through the usual path (which tells a
+/// finished job from an empty queue).
+async fn next_answer(
+    state: &AppState,
+    job_id: i64,
+    ask: &NextAsk,
+    reserved: Vec<Reserved>,
+    arrived: Instant,
+) -> AppResult<ReserveResponse> {
+    if reserved.is_empty() {
+        return reserve_next(state, job_id, &ask.worker_id, ask.max_datums).await;
+    }
+    let info = state.job_info(job_id).await?;
+    let answer = reserve_answer(state, &info, reserved, ask.max_datums.is_some())?;
+    crate::metrics::reserve_answered(&answer, arrived.elapsed());
+    Ok(answer)
 }
 
 /// The `next` of a report: a reservation that does not wait, and need not
@@ -974,7 +1146,8 @@ async fn error(
         stats: request.stats,
         killed_for: request.killed_for,
     };
-    final_report(&state, &principal, id, &request.claim, outcome).await
+    let (datum, _) = final_report(&state, &principal, id, &request.claim, outcome, None).await?;
+    Ok(Json(datum))
 }
 
 /// The worker is being stopped (not failing): the datum goes back to the
@@ -1001,7 +1174,8 @@ async fn release(
     let outcome = BatchOutcome::Release {
         reason: request.reason,
     };
-    final_report(&state, &principal, id, &request.claim, outcome).await
+    let (datum, _) = final_report(&state, &principal, id, &request.claim, outcome, None).await?;
+    Ok(Json(datum))
 }
 
 /// The final reports of several datums of one job, in one request.
@@ -1040,14 +1214,19 @@ async fn report_batch(
     // The worker the next datums go to: the one the claims name. Reports
     // naming no worker or several (never a worker's own) get no `next`: the
     // answer leaves it out, and the caller reserves as usual.
-    let next_for = request.next.as_ref().and_then(|next| {
+    let arrived = Instant::now();
+    let ask = request.next.as_ref().and_then(|next| {
         let mut workers = request.reports.iter().map(|r| &r.claim.worker_id);
         let first = workers.next()?;
         let one = workers.all(|w| w == first) && check_worker_id(first).is_ok();
-        one.then(|| (first.clone(), next.max_datums))
+        one.then(|| NextAsk {
+            worker_id: first.clone(),
+            max_datums: next.max_datums,
+        })
     });
     let ids: Vec<i64> = request.reports.iter().map(|r| r.datum_id).collect();
-    let results = settle_batch(&state, &principal, job_id, request.reports).await?;
+    let (results, reserved) =
+        settle_batch(&state, &principal, job_id, request.reports, ask.as_ref()).await?;
     let results = ids
         .into_iter()
         .zip(results)
@@ -1064,10 +1243,8 @@ async fn report_batch(
             },
         })
         .collect();
-    let next = match next_for {
-        Some((worker_id, max_datums)) => {
-            Some(reserve_next(&state, job_id, &worker_id, max_datums).await?)
-        }
+    let next = match ask {
+        Some(ask) => Some(next_answer(&state, job_id, &ask, reserved, arrived).await?),
         None => None,
     };
     Ok(Json(BatchReportResponse { results, next }))
