@@ -467,31 +467,149 @@ async fn main() -> Result<()> {
     for backend in &backends {
         for &size in &sizes {
             let size_started = Instant::now();
-            eprintln!("{backend} {size}: REST drain with {workers} workers");
-            let (label, mut rest) = measure_rest(backend, size, workers).await?;
-            let floor = measure_floor(backend, size, workers).await?;
-            let n = size as f64;
-            let rate = n / rest.drain.elapsed.as_secs_f64();
-            let floor_rate = n / floor.elapsed.as_secs_f64();
-            let cpu_us = rest.cpu.as_secs_f64() * 1e6 / n;
-            let floor_cpu_us = floor.cpu.as_secs_f64() * 1e6 / n;
+            let repeat = repeats(size)?;
+            let mut rows = Vec::with_capacity(repeat);
+            let mut label = String::new();
+            for round in 1..=repeat {
+                eprintln!("{backend} {size} ({round}/{repeat}): REST drain with {workers} workers");
+                let (rest_label, mut rest) = measure_rest(backend, size, workers).await?;
+                label = rest_label;
+                let floor = measure_floor(backend, size, workers).await?;
+                let row = Row::new(&mut rest, &floor, size);
+                if repeat > 1 {
+                    row.print(&format!("{label}, run {round} of {repeat}"), size, None);
+                }
+                rows.push(row);
+            }
             let took = size_started.elapsed().as_secs_f64();
             eprintln!("{backend} {size}: took {took:.1} s");
-            println!(
-                "| {label} | {size} | {rate:.0} | {:.0} | {:.2} / {:.2} | {:.2} / {:.2} | {:.1} \
-                 | {cpu_us:.0} | {floor_rate:.0} | {:.1} | {floor_cpu_us:.0} | {:.2} | {:.2} \
-                 | {took:.0} |",
-                1e6 / rate,
-                percentile_ms(&mut rest.drain.reserve_us, 50.0),
-                percentile_ms(&mut rest.drain.reserve_us, 99.0),
-                percentile_ms(&mut rest.drain.done_us, 50.0),
-                percentile_ms(&mut rest.drain.done_us, 99.0),
-                rest.statements as f64 / n,
-                floor.statements as f64 / n,
-                rate / floor_rate,
-                floor_cpu_us / cpu_us.max(f64::MIN_POSITIVE),
-            );
+            if repeat > 1 {
+                label.push_str(&format!(", median of {repeat}"));
+            }
+            Row::median(&rows).print(&label, size, Some(took));
         }
     }
     Ok(())
+}
+
+/// How many REST drains and floors to run at `size`, alternating:
+/// `BENCH_REPEAT`, or by default three at 20,000 datums and fewer (a
+/// drain of 1,000 datums lasts well under a second, so one burst of other
+/// work on the machine moves a single pair's ratio by a third) and one
+/// above. The table shows each pair and, last, the median of each column.
+fn repeats(size: usize) -> Result<usize> {
+    match std::env::var("BENCH_REPEAT") {
+        Ok(n) => Ok(n
+            .parse::<usize>()
+            .context("BENCH_REPEAT must be a number")?
+            .max(1)),
+        Err(_) => Ok(if size <= 20_000 { 3 } else { 1 }),
+    }
+}
+
+/// One line of the table: a REST drain and the floor after it.
+#[derive(Clone, Copy)]
+struct Row {
+    rate: f64,
+    reserve_p50: f64,
+    reserve_p99: f64,
+    done_p50: f64,
+    done_p99: f64,
+    statements: f64,
+    cpu_us: f64,
+    floor_rate: f64,
+    floor_statements: f64,
+    floor_cpu_us: f64,
+}
+
+impl Row {
+    fn new(rest: &mut Measured, floor: &Floor, size: usize) -> Row {
+        let n = size as f64;
+        Row {
+            rate: n / rest.drain.elapsed.as_secs_f64(),
+            reserve_p50: percentile_ms(&mut rest.drain.reserve_us, 50.0),
+            reserve_p99: percentile_ms(&mut rest.drain.reserve_us, 99.0),
+            done_p50: percentile_ms(&mut rest.drain.done_us, 50.0),
+            done_p99: percentile_ms(&mut rest.drain.done_us, 99.0),
+            statements: rest.statements as f64 / n,
+            cpu_us: rest.cpu.as_secs_f64() * 1e6 / n,
+            floor_rate: n / floor.elapsed.as_secs_f64(),
+            floor_statements: floor.statements as f64 / n,
+            floor_cpu_us: floor.cpu.as_secs_f64() * 1e6 / n,
+        }
+    }
+
+    fn ratio(&self) -> f64 {
+        self.rate / self.floor_rate
+    }
+
+    fn cpu_ratio(&self) -> f64 {
+        self.floor_cpu_us / self.cpu_us.max(f64::MIN_POSITIVE)
+    }
+
+    /// Each column's median over `rows` (the ratios too, each its own
+    /// median, not a ratio of medians).
+    fn median(rows: &[Row]) -> MedianRow {
+        let of = |f: fn(&Row) -> f64| {
+            let mut values: Vec<f64> = rows.iter().map(f).collect();
+            values.sort_by(f64::total_cmp);
+            values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
+        };
+        MedianRow {
+            row: Row {
+                rate: of(|r| r.rate),
+                reserve_p50: of(|r| r.reserve_p50),
+                reserve_p99: of(|r| r.reserve_p99),
+                done_p50: of(|r| r.done_p50),
+                done_p99: of(|r| r.done_p99),
+                statements: of(|r| r.statements),
+                cpu_us: of(|r| r.cpu_us),
+                floor_rate: of(|r| r.floor_rate),
+                floor_statements: of(|r| r.floor_statements),
+                floor_cpu_us: of(|r| r.floor_cpu_us),
+            },
+            ratio: of(Row::ratio),
+            cpu_ratio: of(Row::cpu_ratio),
+        }
+    }
+
+    fn print(&self, label: &str, size: usize, took: Option<f64>) {
+        MedianRow {
+            row: *self,
+            ratio: self.ratio(),
+            cpu_ratio: self.cpu_ratio(),
+        }
+        .print(label, size, took)
+    }
+}
+
+/// A row whose ratios are given rather than derived (a median's).
+struct MedianRow {
+    row: Row,
+    ratio: f64,
+    cpu_ratio: f64,
+}
+
+impl MedianRow {
+    fn print(&self, label: &str, size: usize, took: Option<f64>) {
+        let r = &self.row;
+        let took = took.map_or_else(String::new, |t| format!("{t:.0}"));
+        println!(
+            "| {label} | {size} | {:.0} | {:.0} | {:.2} / {:.2} | {:.2} / {:.2} | {:.1} \
+             | {:.0} | {:.0} | {:.1} | {:.0} | {:.2} | {:.2} | {took} |",
+            r.rate,
+            1e6 / r.rate,
+            r.reserve_p50,
+            r.reserve_p99,
+            r.done_p50,
+            r.done_p99,
+            r.statements,
+            r.cpu_us,
+            r.floor_rate,
+            r.floor_statements,
+            r.floor_cpu_us,
+            self.ratio,
+            self.cpu_ratio,
+        );
+    }
 }
