@@ -2,14 +2,25 @@
 //! it, the wire (`PUT /v1/datums/{id}/attempts/{attempt}/logs/{seq}`, an
 //! `application/octet-stream` body) and the database (`log_chunks.data`).
 //!
-//! Per line: the stream (one byte: 0 stdout, 1 stderr, 2 worker), the time
-//! the worker read it (milliseconds, little-endian i64), the length of its
-//! bytes (little-endian u32), then the bytes themselves, whatever they are
-//! (NUL, invalid UTF-8, no newline). One framing from the command's pipe to
-//! the table means the server stores a chunk as it came: it walks the
-//! headers once to check them and count the output bytes, and never
-//! decodes, re-encodes or copies line by line (a JSON object per line cost
-//! more than the rest of the log path together; see bench/logs).
+//! A chunk is a run of records. Per record: the stream (one byte: 0 stdout,
+//! 1 stderr, 2 worker), the time the worker read it (milliseconds,
+//! little-endian i64), the length of its bytes (little-endian u32), then the
+//! bytes themselves, whatever they are (NUL, invalid UTF-8, no newline). One
+//! framing from the command's pipe to the store means the server keeps a
+//! chunk as it came: it walks the headers once to check them and count the
+//! output bytes, and never decodes, re-encodes or copies line by line (a
+//! JSON object per line cost more than the rest of the log path together;
+//! see bench/logs).
+//!
+//! A record holds one or more whole lines (each with its newline), or a
+//! piece of a line without its newline (a line cut at
+//! [`crate::api::MAX_LOG_LINE_BYTES`], or flushed unfinished after a
+//! while). The worker makes one record of all the whole lines of one read
+//! of a pipe, so they share the read's timestamp: one 13-byte header per
+//! read rather than per line, which for 100-byte lines was an eighth of the
+//! bytes and most of the worker's per-line work. Readers split a record into
+//! lines only to show it ([`split_lines`]). Records from older workers, one
+//! line each, are the same thing with one line.
 
 use std::fmt;
 
@@ -199,7 +210,22 @@ pub fn check(data: &[u8]) -> Result<Summary, FrameError> {
     Ok(summary)
 }
 
-/// The lines of a chunk, copied out.
+/// The lines of a record's bytes, each with its newline; a last piece
+/// without one comes last as it is. No bytes, no lines.
+pub fn split_lines(bytes: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = bytes;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let end = memchr::memchr(b'\n', rest).map_or(rest.len(), |newline| newline + 1);
+        let (line, after) = rest.split_at(end);
+        rest = after;
+        Some(line)
+    })
+}
+
+/// The records of a chunk, copied out.
 pub fn decode_lines(data: &[u8]) -> Result<Vec<StoredLine>, FrameError> {
     lines(data)
         .map(|line| line.map(FramedLine::to_owned_line))
@@ -237,6 +263,17 @@ mod tests {
         );
         assert_eq!(decode_lines(&[]).unwrap(), vec![]);
         assert_eq!(check(&[]).unwrap(), Summary::default());
+    }
+
+    #[test]
+    fn records_split_into_lines_for_display() {
+        let split = |bytes: &[u8]| split_lines(bytes).collect::<Vec<_>>();
+        assert_eq!(split(b""), Vec::<&[u8]>::new());
+        assert_eq!(split(b"a\n"), vec![&b"a\n"[..]]);
+        assert_eq!(
+            split(b"a\n\nb\0\xff\npiece"),
+            vec![&b"a\n"[..], b"\n", b"b\0\xff\n", b"piece"]
+        );
     }
 
     #[test]

@@ -31,11 +31,8 @@ use falconeri_common::{
         Claim, DatumLogsQuery, ErrorBody, JobLogsQuery, LogAppendRequest, LogAppendResponse,
         LogChunkQuery, LogEvent, LogLine,
     },
-    db::DbConn,
     log_frame,
-    models::{
-        Appended, Clock, Datum, Job, LogChunk, ModelResult, StoredLine, db_now, decode_lines,
-    },
+    models::{ChunkBody, Clock, Datum, Job, LogChunk, StoredLine, db_now, encode_lines},
 };
 use futures::StreamExt as _;
 use tokio::sync::mpsc;
@@ -44,6 +41,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use crate::{
     auth::Principal,
     error::{ApiJson, ApiPath, ApiQuery, AppError, AppResult},
+    log_store::LogStore,
     openapi::{
         BadRequest, Conflict, Forbidden, Internal, NotFound, PayloadTooLarge, Unauthorized,
         Unavailable,
@@ -110,25 +108,75 @@ async fn append(
         },
         ..request.claim
     };
-    let (seq, max) = (request.seq, state.config().max_log_bytes);
-    store_chunk(&state, move |conn| {
-        LogChunk::append(conn, id, &claim, seq, &lines, max, Clock::DB)
-    })
-    .await
+    let size = lines
+        .iter()
+        .map(|l| i64::try_from(l.bytes.len()).unwrap_or(i64::MAX))
+        .fold(0i64, i64::saturating_add);
+    let data = Bytes::from(encode_lines(&lines));
+    store_chunk(&state, id, claim, request.seq, data, size).await
 }
 
-/// Stores a chunk with `append` and, once it is committed, wakes the job's
-/// log followers (a resend stores nothing and wakes no one).
-async fn store_chunk<F>(state: &AppState, append: F) -> AppResult<Json<LogAppendResponse>>
-where
-    F: FnOnce(&mut DbConn) -> ModelResult<Appended> + Send + 'static,
-{
-    let appended = state.db(append).await?;
+/// Stores chunk `seq` (records holding `size` output bytes, checked) of
+/// the claimed attempt of datum `id`: its file first when the logs
+/// location is a directory, then its row; then deletes the file again if
+/// no row names it (a resend, a refused claim, a failed write), and the
+/// files of the chunks the cap cut. Once the row is committed it wakes the
+/// job's log followers (a resend stores nothing and wakes no one). No file
+/// is touched inside the transaction.
+async fn store_chunk(
+    state: &AppState,
+    id: i64,
+    claim: Claim,
+    seq: i64,
+    data: Bytes,
+    size: i64,
+) -> AppResult<Json<LogAppendResponse>> {
+    let store = state.config().log_store()?;
+    let attempt = claim.attempt;
+    let object = store.write(id, attempt, seq, data.clone()).await?;
+    let max = state.config().max_log_bytes;
+    let name = object.clone();
+    let appended = state
+        .db(move |conn| {
+            let body = match &name {
+                Some(name) => ChunkBody::Object(name),
+                None => ChunkBody::Inline(&data),
+            };
+            LogChunk::append_framed(conn, id, &claim, seq, body, size, max, Clock::DB)
+        })
+        .await;
+    let appended = match appended {
+        Ok(appended) => appended,
+        Err(err) => {
+            store.delete(object.into_iter().collect()).await;
+            return Err(err);
+        }
+    };
+    if !appended.stored {
+        store.delete(object.into_iter().collect()).await;
+    }
     // Committed: a follower woken now finds the chunk.
     if appended.stored {
         state.notify(Change::Logs {
             job_id: appended.job_id,
         });
+    }
+    if !appended.cut.is_empty() {
+        let bytes: i64 = appended
+            .cut
+            .iter()
+            .map(|chunk| chunk.end_offset - chunk.start_offset)
+            .sum();
+        tracing::info!(
+            datum_id = id,
+            attempt,
+            chunks = appended.cut.len(),
+            bytes,
+            "cut the middle of an attempt's log to --max-log-bytes"
+        );
+        store
+            .delete(appended.cut.into_iter().filter_map(|c| c.object).collect())
+            .await;
     }
     Ok(Json(LogAppendResponse {
         stored: appended.stored,
@@ -218,12 +266,7 @@ async fn put_chunk(
             Principal::Worker { job_id } => Some(job_id),
         },
     };
-    let max = state.config().max_log_bytes;
-    store_chunk(&state, move |conn| {
-        let output_bytes = summary.output_bytes;
-        LogChunk::append_framed(conn, id, &claim, seq, &data, output_bytes, max, Clock::DB)
-    })
-    .await
+    store_chunk(&state, id, claim, seq, data, summary.output_bytes).await
 }
 
 /// Whether the request says its body is `application/octet-stream`.
@@ -288,6 +331,7 @@ async fn datum_logs(
             for (i, attempt) in attempts.into_iter().enumerate() {
                 let reader = AttemptReader {
                     state: &state,
+                    store: state.config().log_store()?,
                     events: &events,
                     job_id: datum.job_id,
                     datum_id: datum.id,
@@ -305,6 +349,7 @@ async fn datum_logs(
 /// Reads one attempt's log into a stream.
 struct AttemptReader<'a> {
     state: &'a AppState,
+    store: LogStore,
     events: &'a mpsc::Sender<LogEvent>,
     job_id: i64,
     datum_id: i64,
@@ -343,7 +388,7 @@ impl AttemptReader<'_> {
                     .await?;
                 let full = page.len() as i64 == PAGE;
                 for chunk in page {
-                    if !send_chunk(self.events, &mut cursor, chunk).await? {
+                    if !send_chunk(&self.store, self.events, &mut cursor, chunk).await? {
                         return Ok(false);
                     }
                 }
@@ -399,13 +444,33 @@ impl Default for Cursor {
 }
 
 /// Sends a chunk's lines, after a `cut` event if bytes before it were cut.
-/// False when the reader hung up.
+/// The chunk's bytes come from its row or its file (read whole: a chunk is
+/// at most the worker's chunk size, about 1 MiB); a file gone since the
+/// row was read was cut meanwhile (or lost), and the next chunk's offset
+/// tells the reader how much is missing. Each record is split into lines
+/// here, for display. False when the reader hung up.
 async fn send_chunk(
+    store: &LogStore,
     events: &mpsc::Sender<LogEvent>,
     cursor: &mut Cursor,
     chunk: LogChunk,
 ) -> AppResult<bool> {
     let (datum_id, attempt) = (chunk.datum_id, chunk.attempt);
+    let data = match &chunk.object {
+        Some(object) => store.read(object).await?,
+        None => Some(chunk.data),
+    };
+    let Some(data) = data else {
+        tracing::warn!(
+            datum_id,
+            attempt,
+            seq = chunk.seq,
+            "a log chunk's file is gone"
+        );
+        cursor.seq = chunk.seq;
+        cursor.created_at = chunk.created_at;
+        return Ok(true);
+    };
     if chunk.start_offset > cursor.offset {
         let cut = LogEvent::Cut {
             datum_id,
@@ -421,14 +486,19 @@ async fn send_chunk(
         offset: chunk.end_offset,
         created_at: chunk.created_at,
     };
-    for line in decode_lines(&chunk.data).map_err(AppError::from)? {
-        let line = LogLine::new(line.stream, line.at, &line.bytes);
-        if events
-            .send(LogEvent::line(datum_id, attempt, line))
-            .await
-            .is_err()
-        {
-            return Ok(false);
+    for record in log_frame::lines(&data) {
+        let record = record.map_err(|err| {
+            AppError::Internal(anyhow::anyhow!("a stored log chunk is damaged: {err}"))
+        })?;
+        for bytes in log_frame::split_lines(record.bytes) {
+            let line = LogLine::new(record.stream, record.at, bytes);
+            if events
+                .send(LogEvent::line(datum_id, attempt, line))
+                .await
+                .is_err()
+            {
+                return Ok(false);
+            }
         }
     }
     Ok(true)
@@ -463,6 +533,7 @@ async fn job_logs(
         move |state, events| async move {
             let mut reader = JobReader {
                 state: &state,
+                store: state.config().log_store()?,
                 events: &events,
                 job_id: job.id,
                 seen: HashMap::new(),
@@ -475,6 +546,7 @@ async fn job_logs(
 /// Reads a job's logs into a stream.
 struct JobReader<'a> {
     state: &'a AppState,
+    store: LogStore,
     events: &'a mpsc::Sender<LogEvent>,
     job_id: i64,
     /// Following: where each recently active attempt is.
@@ -504,7 +576,7 @@ impl JobReader<'_> {
                 failed_sent.insert(chunk.datum_id);
                 let key = (chunk.datum_id, chunk.attempt);
                 let mut cursor = self.seen.get(&key).copied().unwrap_or_default();
-                if !send_chunk(self.events, &mut cursor, chunk).await? {
+                if !send_chunk(&self.store, self.events, &mut cursor, chunk).await? {
                     return Ok(());
                 }
                 self.seen.insert(key, cursor);
@@ -585,7 +657,7 @@ impl JobReader<'_> {
                     .await?;
                 let full = page.len() as i64 == PAGE;
                 for chunk in page {
-                    if !send_chunk(self.events, &mut cursor, chunk).await? {
+                    if !send_chunk(&self.store, self.events, &mut cursor, chunk).await? {
                         return Ok(false);
                     }
                 }
@@ -620,6 +692,7 @@ impl JobReader<'_> {
             for attempt in attempts {
                 let reader = AttemptReader {
                     state: self.state,
+                    store: self.store.clone(),
                     events: self.events,
                     job_id,
                     datum_id,
