@@ -264,9 +264,14 @@ async fn ship(
     }
 }
 
-/// Splits a stream's output into lines as it is read: whole lines go at
-/// once; a line still being written goes after [`CHUNK_DELAY`] or at
-/// [`MAX_LOG_LINE_BYTES`], as a piece without its newline.
+/// Frames a stream's output as it is read: all the whole lines of one read
+/// go at once as one record (one header, the read's timestamp); a line
+/// still being written waits for the rest and goes as a record of its own,
+/// stamped when its first byte was read, once finished, after
+/// [`CHUNK_DELAY`], or at [`MAX_LOG_LINE_BYTES`] (as a piece without its
+/// newline). Finding a read's whole lines takes one search for its last
+/// newline, not one per line: the worker never splits lines; readers do,
+/// to show them (see [`falconeri_common::log_frame`]).
 #[derive(Debug)]
 pub(crate) struct LineSplitter {
     stream: LogStream,
@@ -284,46 +289,67 @@ impl LineSplitter {
         }
     }
 
-    /// Takes newly read bytes; sends every finished line, all of them in
-    /// one message. Lines that start in this read were read at one moment,
-    /// so they share one timestamp (one clock read per read, not per line).
-    pub(crate) async fn push(&mut self, sink: &LogSink, mut data: &[u8]) {
+    /// Takes newly read bytes and sends every finished line, all of them in
+    /// one message: the line that was waiting (finished by this read) as a
+    /// record stamped with its start, the read's other whole lines as one
+    /// record stamped with this read's time.
+    pub(crate) async fn push(&mut self, sink: &LogSink, data: &[u8]) {
         let mut framed = Vec::new();
         let mut now = None;
-        while !data.is_empty() {
-            let room = MAX_LOG_LINE_BYTES - self.partial.len();
-            let (take, ends) = match memchr::memchr(b'\n', &data[..data.len().min(room)]) {
-                Some(newline) => (newline + 1, true),
-                None => (data.len().min(room), data.len() >= room),
-            };
-            let line = &data[..take];
-            data = &data[take..];
-            let started = match self.started {
-                Some((at, _)) => at,
-                None => {
-                    let (at, instant) = *now.get_or_insert_with(|| (now_millis(), Instant::now()));
-                    if !ends {
-                        self.started = Some((at, instant));
-                    }
-                    at
-                }
-            };
-            if !ends {
-                self.partial.extend_from_slice(line);
-            } else if self.partial.is_empty() {
-                // A whole line in this read: framed straight from the buffer.
-                if framed.is_empty() {
-                    framed.reserve(data.len() + take + 16 * log_frame::LINE_HEADER);
-                }
-                log_frame::push_line(&mut framed, self.stream, started, line);
-            } else {
-                self.partial.extend_from_slice(line);
-                log_frame::push_line(&mut framed, self.stream, started, &self.partial);
-                self.partial.clear();
-                self.started = None;
-            }
+        // Pieces of at most the longest line: no line inside a piece can
+        // be longer, so only the line waiting across reads needs cutting.
+        for piece in data.chunks(MAX_LOG_LINE_BYTES) {
+            self.push_piece(&mut framed, &mut now, piece);
         }
         sink.framed(framed).await;
+    }
+
+    fn push_piece(
+        &mut self,
+        framed: &mut Vec<u8>,
+        now: &mut Option<(Millis, Instant)>,
+        mut data: &[u8],
+    ) {
+        let mut read_at = || *now.get_or_insert_with(|| (now_millis(), Instant::now()));
+        if let Some((started, _)) = self.started {
+            let room = MAX_LOG_LINE_BYTES - self.partial.len();
+            let window = &data[..data.len().min(room)];
+            let take = match memchr::memchr(b'\n', window) {
+                Some(newline) => newline + 1,
+                // Not finished here, and too long to wait for more: cut.
+                None if data.len() >= room => room,
+                None => {
+                    self.partial.extend_from_slice(data);
+                    return;
+                }
+            };
+            self.partial.extend_from_slice(&data[..take]);
+            log_frame::push_line(framed, self.stream, started, &self.partial);
+            self.partial.clear();
+            self.started = None;
+            data = &data[take..];
+        }
+        let rest = match memchr::memrchr(b'\n', data) {
+            Some(last) => {
+                let (at, _) = read_at();
+                if framed.is_empty() {
+                    framed.reserve(log_frame::LINE_HEADER + last + 1);
+                }
+                log_frame::push_line(framed, self.stream, at, &data[..=last]);
+                &data[last + 1..]
+            }
+            None => data,
+        };
+        if rest.is_empty() {
+            return;
+        }
+        let (at, instant) = read_at();
+        if rest.len() >= MAX_LOG_LINE_BYTES {
+            log_frame::push_line(framed, self.stream, at, rest);
+        } else {
+            self.partial.extend_from_slice(rest);
+            self.started = Some((at, instant));
+        }
     }
 
     /// When the partial line must go even without its newline.
@@ -350,6 +376,7 @@ impl LineSplitter {
 mod tests {
     use super::*;
 
+    /// The lines `chunks` make, each with its record's stream and time.
     async fn split(chunks: &[&[u8]]) -> Vec<log_frame::StoredLine> {
         let (sender, mut receiver) = mpsc::channel(1024);
         let sink = LogSink(sender);
@@ -361,7 +388,14 @@ mod tests {
         drop(sink);
         let mut lines = Vec::new();
         while let Some(framed) = receiver.recv().await {
-            lines.extend(log_frame::decode_lines(&framed).unwrap());
+            for record in log_frame::decode_lines(&framed).unwrap() {
+                lines.extend(log_frame::split_lines(&record.bytes).map(|bytes| {
+                    log_frame::StoredLine {
+                        bytes: bytes.to_vec(),
+                        ..record.clone()
+                    }
+                }));
+            }
         }
         lines
     }
@@ -385,24 +419,35 @@ mod tests {
         assert!(lines[1].at <= lines[2].at);
     }
 
-    /// All the whole lines of one read travel as one message, and a piece
-    /// of a line waits for the rest.
+    /// All the whole lines of one read travel as one record (one header),
+    /// and a piece of a line waits for the rest, then goes as a record of
+    /// its own with its first byte's time, ahead of the read's other lines.
     #[tokio::test]
-    async fn one_read_makes_one_message() {
+    async fn one_read_makes_one_record() {
         let (sink, mut receiver) = LogSink::for_test();
         let mut splitter = LineSplitter::new(LogStream::Stderr);
         splitter.push(&sink, b"a\nb\nc\npartial").await;
         let framed = receiver.try_recv().unwrap();
-        let lines = log_frame::decode_lines(&framed).unwrap();
-        assert_eq!(lines.len(), 3);
-        assert!(lines.iter().all(|l| l.stream == LogStream::Stderr));
+        let records = log_frame::decode_lines(&framed).unwrap();
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0].bytes, b"a\nb\nc\n");
+        assert_eq!(records[0].stream, LogStream::Stderr);
+        assert_eq!(framed.len(), log_frame::LINE_HEADER + 6);
         assert!(receiver.try_recv().is_err());
         assert_eq!(splitter.waiting(), b"partial");
         assert!(splitter.due().is_some());
-        splitter.push(&sink, b" line\n").await;
-        let lines = log_frame::decode_lines(&receiver.try_recv().unwrap()).unwrap();
-        assert_eq!(lines[0].bytes, b"partial line\n");
-        assert!(splitter.due().is_none());
+        splitter.push(&sink, b" line\nd\ne\nf").await;
+        let records = log_frame::decode_lines(&receiver.try_recv().unwrap()).unwrap();
+        let bytes: Vec<&[u8]> = records.iter().map(|r| &r.bytes[..]).collect();
+        assert_eq!(bytes, vec![&b"partial line\n"[..], b"d\ne\n"]);
+        assert!(records[0].at <= records[1].at);
+        assert_eq!(splitter.waiting(), b"f");
+        // A read of no newline at all only adds to the waiting line.
+        splitter.push(&sink, b"gh").await;
+        assert!(receiver.try_recv().is_err());
+        splitter.flush(&sink).await;
+        let records = log_frame::decode_lines(&receiver.try_recv().unwrap()).unwrap();
+        assert_eq!(records[0].bytes, b"fgh");
     }
 
     /// While a chunk is in flight the next one fills: the command is not
@@ -480,5 +525,13 @@ mod tests {
         let lines = split(&[&huge]).await;
         let sizes: Vec<usize> = lines.iter().map(|l| l.bytes.len()).collect();
         assert_eq!(sizes, vec![MAX_LOG_LINE_BYTES, MAX_LOG_LINE_BYTES, 10]);
+        // Also when the line grows over several reads, after whole lines.
+        let mut long = b"short\n".to_vec();
+        long.extend(vec![b'y'; MAX_LOG_LINE_BYTES - 100]);
+        let more = vec![b'y'; 300];
+        let lines = split(&[&long, &more, b"z\n"]).await;
+        let sizes: Vec<usize> = lines.iter().map(|l| l.bytes.len()).collect();
+        assert_eq!(sizes, vec![6, MAX_LOG_LINE_BYTES, 202]);
+        assert!(lines[2].bytes.ends_with(b"yz\n"));
     }
 }
