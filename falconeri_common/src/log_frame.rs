@@ -1,6 +1,7 @@
 //! The framing of an attempt's log lines, shared by the worker that writes
 //! it, the wire (`PUT /v1/datums/{id}/attempts/{attempt}/logs/{seq}`, an
-//! `application/octet-stream` body) and the database (`log_chunks.data`).
+//! `application/octet-stream` body) and the store (a file under the logs
+//! location, or `log_chunks.data`).
 //!
 //! A chunk is a run of records. Per record: the stream (one byte: 0 stdout,
 //! 1 stderr, 2 worker), the time the worker read it (milliseconds,

@@ -1,6 +1,7 @@
 //! Attempt logs. The worker stores chunks of its attempt's log under its
-//! claim (`PUT /v1/datums/{id}/attempts/{attempt}/logs/{seq}`, the lines in
-//! the framing the database keeps, see [`falconeri_common::log_frame`];
+//! claim (`PUT /v1/datums/{id}/attempts/{attempt}/logs/{seq}`, records in
+//! the framing the store keeps, see [`falconeri_common::log_frame`] and
+//! [`crate::log_store`];
 //! older workers' JSON body, a line per object, is still taken at
 //! `POST /v1/datums/{id}/logs`); people read a datum's or a job's
 //! logs (`GET /v1/datums/{id}/logs`, `GET /v1/jobs/{id}/logs`) as
@@ -192,12 +193,14 @@ impl utoipa::PartialSchema for FramedLines {
         let schema = serde_json::json!({
             "type": "string",
             "format": "binary",
-            "description": "The chunk's lines, one after another, each framed as: the \
+            "description": "The chunk's records, one after another, each framed as: the \
                 stream (1 byte: 0 stdout, 1 stderr, 2 worker), the time the worker read \
-                the line's first byte (milliseconds since the Unix epoch, little-endian \
+                the record's first byte (milliseconds since the Unix epoch, little-endian \
                 64-bit signed), the length of its bytes (little-endian 32-bit unsigned), \
-                then that many bytes, as printed (with its newline if it had one). An \
-                empty body is a chunk of no lines.",
+                then that many bytes, as printed: one or more whole lines, each with its \
+                newline (the worker sends all the whole lines of one read of a pipe as one \
+                record), or a piece of a line without one. Readers split records into \
+                lines. An empty body is a chunk of no records.",
         });
         serde_json::from_value(schema).unwrap_or_else(|_| {
             utoipa::openapi::RefOr::T(utoipa::openapi::schema::Schema::Object(
@@ -209,8 +212,8 @@ impl utoipa::PartialSchema for FramedLines {
 
 impl utoipa::ToSchema for FramedLines {}
 
-/// Stores chunk `seq` of the claimed attempt's log, the lines in the
-/// framing the database keeps: the server walks their headers once to check
+/// Stores chunk `seq` of the claimed attempt's log, records in the
+/// framing the store keeps: the server walks their headers once to check
 /// them and count the output, and stores the body as it came. A worker may
 /// write only to datums of its own job; a stale claim gets 409 and changes
 /// nothing.
@@ -223,8 +226,9 @@ impl utoipa::ToSchema for FramedLines {}
     description = "The worker's way to ship an attempt's log (the JSON body of `POST \
         /v1/datums/{id}/logs` is the older one). Chunks are numbered from 0 within the \
         attempt; a chunk whose number was taken already is a resend and is not stored \
-        again. A body that is not a whole number of framed lines is refused with 400, \
-        naming the line and the byte where it goes wrong.",
+        again. A body that is not a whole number of framed records is refused with 400, \
+        naming the record (`line N`) and the byte where it goes wrong. The server keeps \
+        the body as it came, as a file under its logs location or in the database.",
     params(
         ("id" = i64, Path, description = "The datum's id"),
         ("attempt" = i32, Path, description = "The claimed attempt's number"),
