@@ -268,7 +268,9 @@ mod tests {
 
     #[test]
     fn records_split_into_lines_for_display() {
-        let split = |bytes: &[u8]| split_lines(bytes).collect::<Vec<_>>();
+        fn split(bytes: &[u8]) -> Vec<&[u8]> {
+            split_lines(bytes).collect()
+        }
         assert_eq!(split(b""), Vec::<&[u8]>::new());
         assert_eq!(split(b"a\n"), vec![&b"a\n"[..]]);
         assert_eq!(
