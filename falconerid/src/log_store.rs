@@ -98,29 +98,49 @@ impl LogStore {
         seq: i64,
         data: Bytes,
     ) -> Result<Option<String>> {
+        let Some(mut writer) = self.create(datum_id, attempt, seq).await? else {
+            return Ok(None);
+        };
+        writer.push(data);
+        match writer.flush().await {
+            Ok(()) => Ok(Some(writer.name)),
+            Err(err) => {
+                self.delete(vec![writer.name]).await;
+                Err(err)
+            }
+        }
+    }
+
+    /// A new, empty file for a chunk, to be written piece by piece as its
+    /// request body arrives; None when the database keeps the bytes.
+    pub async fn create(
+        &self,
+        datum_id: i64,
+        attempt: i32,
+        seq: i64,
+    ) -> Result<Option<ChunkWriter>> {
         let LogStore::Directory(root) = self else {
             return Ok(None);
         };
         // Datums grouped by the thousand, one directory per group, so no
         // directory holds millions and a new datum costs no directory of
         // its own (an inode more per chunk of a short log: creating inodes
-        // was most of what files cost the server in bench/logs).
+        // was a good part of what files cost the server in bench/logs).
         let name = format!(
             "{}/{datum_id}.{attempt}.{seq}.{:016x}",
             datum_id / 1000,
             rand::random::<u64>()
         );
         let path = root.join(&name);
-        // One blocking hop for the create and the write; the group's
-        // directory is made only when it is missing.
-        tokio::task::spawn_blocking(move || -> Result<()> {
+        // The group's directory is made only when it is missing.
+        let file = tokio::task::spawn_blocking(move || -> Result<std::fs::File> {
             let create = || {
                 std::fs::OpenOptions::new()
                     .write(true)
                     .create_new(true)
                     .open(&path)
             };
-            let mut file = match create() {
+            match create() {
                 Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
                     if let Some(parent) = path.parent() {
                         std::fs::create_dir_all(parent)
@@ -130,13 +150,16 @@ impl LogStore {
                 }
                 other => other,
             }
-            .with_context(|| format!("cannot create {}", path.display()))?;
-            file.write_all(&data)
-                .with_context(|| format!("cannot write {}", path.display()))
+            .with_context(|| format!("cannot create {}", path.display()))
         })
         .await
         .context("the log writer stopped")??;
-        Ok(Some(name))
+        Ok(Some(ChunkWriter {
+            name,
+            file: Some(file),
+            pending: Vec::new(),
+            pending_bytes: 0,
+        }))
     }
 
     /// A chunk's bytes, or None if its file is gone (the cap cut it after
@@ -191,6 +214,53 @@ impl LogStore {
         let relative = falconeri_common::storage::checked_relative(object)
             .with_context(|| format!("log chunk {object:?} has a bad name"))?;
         Ok(root.join(relative))
+    }
+}
+
+/// A chunk's file being written: pieces gather and go to the file a few
+/// hundred KiB at a time, each batch in one blocking call, and are dropped
+/// once written, so the server holds a few pieces of a chunk rather than
+/// the whole of it, and copies it once (into the file).
+#[derive(Debug)]
+pub struct ChunkWriter {
+    /// The object's name under the logs location.
+    pub name: String,
+    file: Option<std::fs::File>,
+    pending: Vec<Bytes>,
+    pending_bytes: usize,
+}
+
+/// How much a [`ChunkWriter`] gathers before it writes.
+const WRITE_BATCH: usize = 256 * 1024;
+
+impl ChunkWriter {
+    /// Takes the next piece; true when enough waits to be worth a write
+    /// ([`ChunkWriter::flush`]).
+    pub fn push(&mut self, piece: Bytes) -> bool {
+        self.pending_bytes += piece.len();
+        self.pending.push(piece);
+        self.pending_bytes >= WRITE_BATCH
+    }
+
+    /// Writes what waits.
+    pub async fn flush(&mut self) -> Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let Some(mut file) = self.file.take() else {
+            bail!("log chunk {:?}: an earlier write failed", self.name);
+        };
+        let pending = std::mem::take(&mut self.pending);
+        self.pending_bytes = 0;
+        let (file, written) = tokio::task::spawn_blocking(move || {
+            let written = pending.iter().try_for_each(|piece| file.write_all(piece));
+            (file, written)
+        })
+        .await
+        .context("the log writer stopped")?;
+        written.with_context(|| format!("cannot write log chunk {:?}", self.name))?;
+        self.file = Some(file);
+        Ok(())
     }
 }
 

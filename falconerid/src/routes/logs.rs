@@ -42,7 +42,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use crate::{
     auth::Principal,
     error::{ApiJson, ApiPath, ApiQuery, AppError, AppResult},
-    log_store::LogStore,
+    log_store::{ChunkWriter, LogStore},
     openapi::{
         BadRequest, Conflict, Forbidden, Internal, NotFound, PayloadTooLarge, Unauthorized,
         Unavailable,
@@ -114,34 +114,44 @@ async fn append(
         .map(|l| i64::try_from(l.bytes.len()).unwrap_or(i64::MAX))
         .fold(0i64, i64::saturating_add);
     let data = Bytes::from(encode_lines(&lines));
-    store_chunk(&state, id, claim, request.seq, data, size).await
+    let store = state.config().log_store()?;
+    let bytes = match store
+        .write(id, claim.attempt, request.seq, data.clone())
+        .await?
+    {
+        Some(name) => ChunkBytes::Written(name),
+        None => ChunkBytes::Inline(data),
+    };
+    store_chunk(&state, &store, id, claim, request.seq, bytes, size).await
 }
 
 /// Stores chunk `seq` (records holding `size` output bytes, checked) of
-/// the claimed attempt of datum `id`: its file first when the logs
-/// location is a directory, then its row; then deletes the file again if
+/// the claimed attempt of datum `id`, whose file the caller wrote first
+/// when the logs location is a directory: its row; then deletes the file if
 /// no row names it (a resend, a refused claim, a failed write), and the
 /// files of the chunks the cap cut. Once the row is committed it wakes the
 /// job's log followers (a resend stores nothing and wakes no one). No file
 /// is touched inside the transaction.
 async fn store_chunk(
     state: &AppState,
+    store: &LogStore,
     id: i64,
     claim: Claim,
     seq: i64,
-    data: Bytes,
+    bytes: ChunkBytes,
     size: i64,
 ) -> AppResult<Json<LogAppendResponse>> {
-    let store = state.config().log_store()?;
     let attempt = claim.attempt;
-    let object = store.write(id, attempt, seq, data.clone()).await?;
     let max = state.config().max_log_bytes;
-    let name = object.clone();
+    let object = match &bytes {
+        ChunkBytes::Written(name) => Some(name.clone()),
+        ChunkBytes::Inline(_) => None,
+    };
     let appended = state
         .db(move |conn| {
-            let body = match &name {
-                Some(name) => ChunkBody::Object(name),
-                None => ChunkBody::Inline(&data),
+            let body = match &bytes {
+                ChunkBytes::Written(name) => ChunkBody::Object(name),
+                ChunkBytes::Inline(data) => ChunkBody::Inline(data),
             };
             LogChunk::append_framed(conn, id, &claim, seq, body, size, max, Clock::DB)
         })
@@ -248,7 +258,7 @@ async fn put_chunk(
     ApiPath((id, attempt, seq)): ApiPath<(i64, i32, i64)>,
     ApiQuery(query): ApiQuery<LogChunkQuery>,
     headers: HeaderMap,
-    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+    body: axum::body::Body,
 ) -> AppResult<Json<LogAppendResponse>> {
     if seq < 0 {
         return Err(AppError::BadRequest("seq: must be 0 or more".to_owned()));
@@ -259,9 +269,30 @@ async fn put_chunk(
             log_frame::MEDIA_TYPE
         )));
     }
-    let data = body?;
-    let summary =
-        log_frame::check(&data).map_err(|err| AppError::BadRequest(format!("body: {err}")))?;
+    let store = state.config().log_store()?;
+    // To a file, the body is checked and written as it arrives (never
+    // whole in memory); for the database it is gathered first.
+    let mut body = BodyReader {
+        stream: body.into_data_stream(),
+        total: 0,
+    };
+    let (bytes, summary) = match store.create(id, attempt, seq).await? {
+        Some(mut writer) => match stream_into(&mut writer, &mut body).await {
+            Ok(summary) => (ChunkBytes::Written(writer.name), summary),
+            Err(err) => {
+                store.delete(vec![writer.name]).await;
+                return Err(err);
+            }
+        },
+        None => {
+            let mut data = Vec::new();
+            while let Some(piece) = body.next().await? {
+                data.extend_from_slice(&piece);
+            }
+            let summary = log_frame::check(&data).map_err(bad_body)?;
+            (ChunkBytes::Inline(Bytes::from(data)), summary)
+        }
+    };
     let claim = Claim {
         worker_id: query.worker_id,
         attempt,
@@ -270,7 +301,55 @@ async fn put_chunk(
             Principal::Worker { job_id } => Some(job_id),
         },
     };
-    store_chunk(&state, id, claim, seq, data, summary.output_bytes).await
+    store_chunk(&state, &store, id, claim, seq, bytes, summary.output_bytes).await
+}
+
+/// A framing error as the 400 it is.
+fn bad_body(err: log_frame::FrameError) -> AppError {
+    AppError::BadRequest(format!("body: {err}"))
+}
+
+/// A request body, piece by piece, within the server's body limit.
+struct BodyReader {
+    stream: axum::body::BodyDataStream,
+    total: usize,
+}
+
+impl BodyReader {
+    async fn next(&mut self) -> AppResult<Option<Bytes>> {
+        let Some(piece) = self.stream.next().await else {
+            return Ok(None);
+        };
+        let piece = piece.map_err(|err| AppError::BadRequest(format!("body: {err}")))?;
+        self.total = self.total.saturating_add(piece.len());
+        if self.total > crate::MAX_BODY_BYTES {
+            return Err(AppError::PayloadTooLarge);
+        }
+        Ok(Some(piece))
+    }
+}
+
+/// Checks and writes a chunk's body into its file as it arrives.
+async fn stream_into(
+    writer: &mut ChunkWriter,
+    body: &mut BodyReader,
+) -> AppResult<log_frame::Summary> {
+    let mut checker = log_frame::Checker::default();
+    while let Some(piece) = body.next().await? {
+        checker.feed(&piece).map_err(bad_body)?;
+        if writer.push(piece) {
+            writer.flush().await?;
+        }
+    }
+    let summary = checker.finish().map_err(bad_body)?;
+    writer.flush().await?;
+    Ok(summary)
+}
+
+/// A chunk's bytes on their way to its row: in it, or in a file written.
+enum ChunkBytes {
+    Inline(Bytes),
+    Written(String),
 }
 
 /// Whether the request says its body is `application/octet-stream`.
