@@ -594,6 +594,7 @@ pub(crate) mod tests {
                 reserve_wait: Duration::from_secs(1),
                 retry_budget: Duration::from_secs(10),
                 output_tail_bytes: 1024,
+                pass_output: true,
                 command_pgid_file: None,
             },
             shutdown: CancellationToken::new(),

@@ -316,16 +316,20 @@ async fn run_attempt(
         ),
     };
     log.worker(&format!("running {:?}", r.cmd)).await;
-    let mut running =
-        match RunningCommand::spawn_logged(&spec, config.output_tail_bytes, Some(log.clone())) {
-            Ok(running) => running,
-            Err(err) => {
-                return Attempt::Failed {
-                    error: format!("{err:#}"),
-                    output: String::new(),
-                };
-            }
-        };
+    let mut running = match RunningCommand::spawn_logged(
+        &spec,
+        config.output_tail_bytes,
+        config.pass_output,
+        Some(log.clone()),
+    ) {
+        Ok(running) => running,
+        Err(err) => {
+            return Attempt::Failed {
+                error: format!("{err:#}"),
+                output: String::new(),
+            };
+        }
+    };
     if let Some(path) = &config.command_pgid_file {
         // Best effort: it only matters if this worker dies unexpectedly.
         if let Err(err) = std::fs::write(path, running.pgid().to_string()) {

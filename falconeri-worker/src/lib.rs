@@ -104,6 +104,20 @@ pub struct Config {
     #[arg(long, env = "FALCONERI_OUTPUT_TAIL_BYTES", default_value_t = 64 * 1024)]
     pub output_tail_bytes: usize,
 
+    /// Whether the command's stdout and stderr are also copied to the
+    /// worker's own stdout and stderr. In a pod that copy is what `kubectl
+    /// logs` shows, so it is on by default; the local executor turns it off
+    /// (`FALCONERI_PASS_OUTPUT=false`): falconerid keeps every byte in the
+    /// attempt's log already, and a second copy into the worker's log file
+    /// cost a chatty command a write (and a thread hand-off) per read.
+    #[arg(
+        long,
+        env = "FALCONERI_PASS_OUTPUT",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    pub pass_output: bool,
+
     /// A file where the worker records the process group of the command it
     /// is running, so a supervisor can kill the command should the worker
     /// itself die. The local executor sets it; in a container the command
@@ -125,6 +139,7 @@ impl fmt::Debug for Config {
             .field("reserve_wait", &self.reserve_wait)
             .field("retry_budget", &self.retry_budget)
             .field("output_tail_bytes", &self.output_tail_bytes)
+            .field("pass_output", &self.pass_output)
             .field("command_pgid_file", &self.command_pgid_file)
             .finish()
     }
@@ -349,6 +364,7 @@ mod tests {
         assert_eq!(config.reserve_wait, Duration::from_secs(30));
         assert_eq!(config.retry_budget, Duration::from_secs(300));
         assert_eq!(config.output_tail_bytes, 64 << 10);
+        assert!(config.pass_output);
         let debug = format!("{config:?}");
         assert!(!debug.contains("s3cret-token"), "{debug}");
         assert!(debug.contains("http://127.0.0.1:8089"), "{debug}");

@@ -180,14 +180,16 @@ impl RunningCommand {
     /// tail of `tail_bytes` bytes.
     #[cfg(test)]
     pub fn spawn(spec: &CommandSpec, tail_bytes: usize) -> Result<RunningCommand> {
-        RunningCommand::spawn_logged(spec, tail_bytes, None)
+        RunningCommand::spawn_logged(spec, tail_bytes, true, None)
     }
 
     /// [`RunningCommand::spawn`], also sending every line of stdout and
-    /// stderr to `log` as it is read (the attempt's stored log).
+    /// stderr to `log` as it is read (the attempt's stored log), and
+    /// passing it through to the worker's own only if `pass_output`.
     pub fn spawn_logged(
         spec: &CommandSpec,
         tail_bytes: usize,
+        pass_output: bool,
         log: Option<LogSink>,
     ) -> Result<RunningCommand> {
         let mut command = Command::new(&spec.program);
@@ -240,7 +242,7 @@ impl RunningCommand {
         if let Some(stdout) = stdout {
             pumps.push(tokio::spawn(pump(
                 stdout,
-                tokio::io::stdout(),
+                pass_output.then(tokio::io::stdout),
                 tail.clone(),
                 log.clone()
                     .map(|sink| (sink, LineSplitter::new(LogStream::Stdout))),
@@ -249,7 +251,7 @@ impl RunningCommand {
         if let Some(stderr) = stderr {
             pumps.push(tokio::spawn(pump(
                 stderr,
-                tokio::io::stderr(),
+                pass_output.then(tokio::io::stderr),
                 tail.clone(),
                 log.map(|sink| (sink, LineSplitter::new(LogStream::Stderr))),
             )));
@@ -362,12 +364,12 @@ fn signal_group(pgid: Pid, signal: Signal) -> bool {
     }
 }
 
-/// Copies `source` to `sink` as it arrives, keeping a copy in `tail` and
-/// sending its lines to the attempt's log, if any. A line still being
+/// Copies `source` to `sink` (if any) as it arrives, keeping a copy in
+/// `tail` and sending its lines to the attempt's log, if any. A line still being
 /// written goes to the log when it is due (see [`LineSplitter`]).
 async fn pump(
     mut source: impl AsyncRead + Unpin,
-    mut sink: impl AsyncWrite + Unpin,
+    mut sink: Option<impl AsyncWrite + Unpin>,
     tail: Arc<Mutex<TailBuffer>>,
     mut log: Option<(LogSink, LineSplitter)>,
 ) {
@@ -412,7 +414,7 @@ async fn pump(
             .push(data);
         // Our own stdout may be closed (a detached worker); keep capturing
         // for the report even so, and complain only once.
-        if sink_ok {
+        if let Some(sink) = sink.as_mut().filter(|_| sink_ok) {
             let written = async {
                 sink.write_all(data).await?;
                 sink.flush().await

@@ -1,15 +1,27 @@
 //! The framing of an attempt's log lines, shared by the worker that writes
 //! it, the wire (`PUT /v1/datums/{id}/attempts/{attempt}/logs/{seq}`, an
-//! `application/octet-stream` body) and the database (`log_chunks.data`).
+//! `application/octet-stream` body) and the store (a file under the logs
+//! location, or `log_chunks.data`).
 //!
-//! Per line: the stream (one byte: 0 stdout, 1 stderr, 2 worker), the time
-//! the worker read it (milliseconds, little-endian i64), the length of its
-//! bytes (little-endian u32), then the bytes themselves, whatever they are
-//! (NUL, invalid UTF-8, no newline). One framing from the command's pipe to
-//! the table means the server stores a chunk as it came: it walks the
-//! headers once to check them and count the output bytes, and never
-//! decodes, re-encodes or copies line by line (a JSON object per line cost
-//! more than the rest of the log path together; see bench/logs).
+//! A chunk is a run of records. Per record: the stream (one byte: 0 stdout,
+//! 1 stderr, 2 worker), the time the worker read it (milliseconds,
+//! little-endian i64), the length of its bytes (little-endian u32), then the
+//! bytes themselves, whatever they are (NUL, invalid UTF-8, no newline). One
+//! framing from the command's pipe to the store means the server keeps a
+//! chunk as it came: it walks the headers once to check them and count the
+//! output bytes, and never decodes, re-encodes or copies line by line (a
+//! JSON object per line cost more than the rest of the log path together;
+//! see bench/logs).
+//!
+//! A record holds one or more whole lines (each with its newline), or a
+//! piece of a line without its newline (a line cut at
+//! [`crate::api::MAX_LOG_LINE_BYTES`], or flushed unfinished after a
+//! while). The worker makes one record of all the whole lines of one read
+//! of a pipe, so they share the read's timestamp: one 13-byte header per
+//! read rather than per line, which for 100-byte lines was an eighth of the
+//! bytes and most of the worker's per-line work. Readers split a record into
+//! lines only to show it ([`split_lines`]). Records from older workers, one
+//! line each, are the same thing with one line.
 
 use std::fmt;
 
@@ -185,21 +197,127 @@ pub struct Summary {
     pub output_bytes: i64,
 }
 
-/// Checks that `data` is a whole number of well-framed lines, without
+/// Checks that `data` is a whole number of well-framed records, without
 /// copying any: the server's one pass over a chunk it stores.
 pub fn check(data: &[u8]) -> Result<Summary, FrameError> {
-    let mut summary = Summary::default();
-    for line in lines(data) {
-        let line = line?;
-        summary.lines += 1;
-        summary.output_bytes = summary
-            .output_bytes
-            .saturating_add(i64::try_from(line.bytes.len()).unwrap_or(i64::MAX));
-    }
-    Ok(summary)
+    let mut checker = Checker::default();
+    checker.feed(data)?;
+    checker.finish()
 }
 
-/// The lines of a chunk, copied out.
+/// [`check`] for a chunk that arrives in pieces (a request body streamed
+/// to a file): the same checks and errors, one piece at a time, so the
+/// server never needs the whole chunk in memory.
+#[derive(Debug, Clone, Default)]
+pub struct Checker {
+    /// The header read so far of the record being read.
+    header: [u8; LINE_HEADER],
+    have: usize,
+    /// The record's length, and how many of its bytes are still to come.
+    length: u32,
+    remaining: u64,
+    /// Where the record being read starts, and its index.
+    start: usize,
+    line: usize,
+    offset: usize,
+    summary: Summary,
+}
+
+impl Checker {
+    fn error(&self, problem: String) -> FrameError {
+        FrameError {
+            line: self.line,
+            offset: self.start,
+            problem,
+        }
+    }
+
+    /// Takes the next piece of the chunk.
+    pub fn feed(&mut self, mut data: &[u8]) -> Result<(), FrameError> {
+        while !data.is_empty() {
+            if self.remaining > 0 {
+                let n = data
+                    .len()
+                    .min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
+                self.remaining -= n as u64;
+                self.offset += n;
+                data = &data[n..];
+                if self.remaining == 0 {
+                    self.next_record();
+                }
+                continue;
+            }
+            let n = data.len().min(LINE_HEADER - self.have);
+            self.header[self.have..self.have + n].copy_from_slice(&data[..n]);
+            self.have += n;
+            self.offset += n;
+            data = &data[n..];
+            if self.have < LINE_HEADER {
+                continue;
+            }
+            if self.header[0] > 2 {
+                return Err(self.error(format!(
+                    "stream byte {} is none of 0 (stdout), 1 (stderr), 2 (worker)",
+                    self.header[0]
+                )));
+            }
+            let mut length = [0u8; 4];
+            length.copy_from_slice(&self.header[9..13]);
+            self.length = u32::from_le_bytes(length);
+            self.remaining = u64::from(self.length);
+            self.summary.lines += 1;
+            self.summary.output_bytes = self
+                .summary
+                .output_bytes
+                .saturating_add(i64::from(self.length));
+            if self.remaining == 0 {
+                self.next_record();
+            }
+        }
+        Ok(())
+    }
+
+    fn next_record(&mut self) {
+        self.have = 0;
+        self.line += 1;
+        self.start = self.offset;
+    }
+
+    /// The chunk's summary, or what is wrong with its end.
+    pub fn finish(self) -> Result<Summary, FrameError> {
+        if self.remaining > 0 {
+            let left = u64::from(self.length) - self.remaining;
+            return Err(self.error(format!(
+                "the line says it has {} bytes, {left} are left",
+                self.length
+            )));
+        }
+        if self.have > 0 {
+            return Err(self.error(format!(
+                "the header needs {LINE_HEADER} bytes, {} are left",
+                self.have
+            )));
+        }
+        Ok(self.summary)
+    }
+}
+
+/// The lines of a record's bytes, each with its newline; a last piece
+/// without one comes last as it is. No bytes, no lines.
+pub fn split_lines(bytes: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = bytes;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let end = memchr::memchr(b'\n', rest).map_or(rest.len(), |newline| newline + 1);
+        let (line, after) = rest.split_at(end);
+        rest = after;
+        Some(line)
+    })
+}
+
+/// The records of a chunk, copied out.
 pub fn decode_lines(data: &[u8]) -> Result<Vec<StoredLine>, FrameError> {
     lines(data)
         .map(|line| line.map(FramedLine::to_owned_line))
@@ -237,6 +355,49 @@ mod tests {
         );
         assert_eq!(decode_lines(&[]).unwrap(), vec![]);
         assert_eq!(check(&[]).unwrap(), Summary::default());
+    }
+
+    /// Fed in pieces of any size, the checker finds what `check` finds.
+    #[test]
+    fn a_chunk_checked_in_pieces_is_checked_alike() {
+        let mut data = encode_lines(&[
+            line(LogStream::Stdout, 1, b"one\ntwo\n"),
+            line(LogStream::Worker, 2, b""),
+            line(LogStream::Stderr, 3, &[b'x'; 300]),
+        ]);
+        let whole = check(&data);
+        assert_eq!(whole.clone().unwrap().output_bytes, 308);
+        let mut variants = vec![
+            data.clone(),
+            data[..data.len() - 1].to_vec(),
+            data[..20].to_vec(),
+        ];
+        data[LINE_HEADER + 8] = 7;
+        variants.push(data);
+        for variant in variants {
+            let expected = check(&variant);
+            for piece in [1, 2, 5, 13, 64] {
+                let mut checker = Checker::default();
+                let fed = variant
+                    .chunks(piece)
+                    .try_for_each(|chunk| checker.feed(chunk));
+                let got = fed.and_then(|()| checker.finish());
+                assert_eq!(got, expected, "pieces of {piece}");
+            }
+        }
+    }
+
+    #[test]
+    fn records_split_into_lines_for_display() {
+        fn split(bytes: &[u8]) -> Vec<&[u8]> {
+            split_lines(bytes).collect()
+        }
+        assert_eq!(split(b""), Vec::<&[u8]>::new());
+        assert_eq!(split(b"a\n"), vec![&b"a\n"[..]]);
+        assert_eq!(
+            split(b"a\n\nb\0\xff\npiece"),
+            vec![&b"a\n"[..], b"\n", b"b\0\xff\n", b"piece"]
+        );
     }
 
     #[test]

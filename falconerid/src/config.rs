@@ -149,6 +149,13 @@ pub struct Config {
         value_parser = clap::value_parser!(i64).range(1..)
     )]
     pub max_log_bytes: i64,
+    /// Where the bytes of attempt logs are kept: a directory (a path or a
+    /// `file://` URL), one file per chunk the worker sent, or `database` (in
+    /// the `log_chunks` table). [default: a directory `attempt-logs` beside
+    /// a SQLite database; `database` with PostgreSQL, whose replicas share
+    /// no disk]
+    #[arg(long, env = "FALCONERI_LOGS_LOCATION")]
+    pub logs_location: Option<String>,
     /// How long a dashboard sign-in lasts; after it, the browser signs in
     /// with the admin token again.
     #[arg(long, env = "FALCONERI_DASHBOARD_SESSION_TTL", default_value = "12h", value_parser = humantime::parse_duration)]
@@ -179,6 +186,7 @@ impl std::fmt::Debug for Config {
             .field("kubernetes_namespace", &self.kubernetes_namespace)
             .field("worker_image", &self.worker_image)
             .field("max_log_bytes", &self.max_log_bytes)
+            .field("logs_location", &self.logs_location)
             .field("dashboard_session_ttl", &self.dashboard_session_ttl)
             .field("dashboard_secure_cookie", &self.dashboard_secure_cookie)
             .finish_non_exhaustive()
@@ -233,6 +241,8 @@ impl Config {
             kubernetes_max_pod_failures: 3,
             kubernetes_start_timeout: Duration::from_secs(300),
             max_log_bytes: falconeri_common::models::DEFAULT_MAX_LOG_BYTES,
+            // Beside the database, in `home` (see `log_store`).
+            logs_location: None,
             dashboard_session_ttl: Duration::from_secs(12 * 3600),
             dashboard_secure_cookie: false,
         }
@@ -249,6 +259,7 @@ impl Config {
         if self.db_wait.is_zero() {
             bail!("--db-wait must be longer than zero");
         }
+        self.log_store()?;
         if self.executor == ExecutorKind::Kubernetes {
             match &self.worker_image {
                 Some(image) if !image.trim().is_empty() => {}
@@ -287,6 +298,11 @@ impl Config {
             worker_restarts: self.worker_restarts,
             start_timeout: self.kubernetes_start_timeout,
         }
+    }
+
+    /// Where attempt logs' bytes go (`--logs-location`, or its default).
+    pub fn log_store(&self) -> Result<crate::log_store::LogStore> {
+        crate::log_store::LogStore::new(self.logs_location.as_deref(), &self.database_url)
     }
 
     /// The lease in milliseconds.

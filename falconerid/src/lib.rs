@@ -16,6 +16,7 @@ pub mod executor;
 pub mod failures;
 #[cfg(feature = "postgres")]
 pub mod listen;
+pub mod log_store;
 pub mod metrics;
 pub mod openapi;
 pub mod routes;

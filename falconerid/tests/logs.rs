@@ -448,3 +448,269 @@ async fn framed_chunks_are_stored_as_sent_and_damaged_ones_refused() {
         assert_eq!(lines[1]["base64"], "/wAK");
     }
 }
+
+/// Every file under `dir`, with its bytes, by path.
+fn files_under(dir: &std::path::Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let mut files = std::collections::BTreeMap::new();
+    let mut dirs = vec![dir.to_owned()];
+    while let Some(next) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&next) else {
+            continue;
+        };
+        for entry in entries {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                let name = path.strip_prefix(dir).unwrap().display().to_string();
+                files.insert(name, std::fs::read(&path).unwrap());
+            }
+        }
+    }
+    files
+}
+
+/// The servers the file store is tried on: SQLite with its default (a
+/// directory beside the database), PostgreSQL with a directory named, and
+/// SQLite keeping the bytes in the database (`database`), with the
+/// directory each keeps files in (None for the database).
+fn log_store_servers(
+    configure: impl Fn(&mut falconerid::config::Config) + Copy,
+) -> Vec<(TestServer, Option<std::path::PathBuf>)> {
+    use falconeri_common::db::testing::TestDb;
+    use falconerid::log_store::LogStore;
+    let mut servers = Vec::new();
+    for db in TestDb::all() {
+        let postgres = db.url.starts_with("postgres");
+        let pool = db.pool.clone();
+        let server = TestServer::configured(db, pool, |config, dir| {
+            configure(config);
+            if postgres {
+                config.logs_location = Some(format!("file://{}", dir.join("chunks").display()));
+            }
+        });
+        let dir = match server.state.config().log_store().unwrap() {
+            LogStore::Directory(dir) => dir,
+            LogStore::Database => panic!("{} keeps logs in the database", server.db.url),
+        };
+        if !postgres {
+            // The default: beside the SQLite database.
+            let db_path = server.db.url.trim_start_matches("sqlite://");
+            let beside = std::path::Path::new(db_path).parent().unwrap();
+            assert_eq!(dir, beside.join("attempt-logs"));
+        }
+        servers.push((server, Some(dir)));
+    }
+    let db = falconeri_common::db::testing::TestDb::sqlite();
+    let pool = db.pool.clone();
+    let server = TestServer::configured(db, pool, |config, _| {
+        configure(config);
+        config.logs_location = Some("database".to_owned());
+    });
+    servers.push((server, None));
+    servers
+}
+
+/// The rows of an attempt's chunks: (seq, data, object).
+async fn chunk_rows(server: &TestServer, datum_id: i64) -> Vec<(i64, Vec<u8>, Option<String>)> {
+    use falconeri_common::models::LogChunk;
+    server
+        .state
+        .db(move |conn| LogChunk::page(conn, datum_id, 1, -1, 100))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|chunk| (chunk.seq, chunk.data, chunk.object))
+        .collect()
+}
+
+/// A chunk's bytes go to a file under the logs location, written once; the
+/// row names it and holds no bytes. A record of several lines (what the
+/// worker sends per read) reaches a follower as its lines within a second,
+/// NUL and invalid UTF-8 kept; a resend, a stale claim and a damaged body
+/// leave no file behind. With `database` the row keeps the bytes.
+#[tokio::test]
+async fn chunk_bytes_are_files_under_the_logs_location_not_in_the_database() {
+    use falconeri_common::{api::LogStream, log_frame};
+    const OCTETS: &str = "application/octet-stream";
+    for (server, dir) in log_store_servers(|_| {}) {
+        let job_id = create(&server, &[("a.txt", "a")]).await;
+        let token = worker_token(&server, job_id);
+        let reserved = reserve(&server, job_id, &token).await;
+        let datum_id = reserved["datum_id"].as_i64().unwrap();
+        let claim = reserved["claim"].clone();
+        let mut follower = Events::open(
+            &server,
+            &format!("/v1/datums/{datum_id}/logs?follow=true"),
+            ADMIN,
+        )
+        .await
+        .unwrap();
+
+        let mut chunk = Vec::new();
+        log_frame::push_line(
+            &mut chunk,
+            LogStream::Stdout,
+            10,
+            b"one\ntwo\n\xff\0three\n",
+        );
+        log_frame::push_line(&mut chunk, LogStream::Worker, 11, b"uploaded\n");
+        let sent = Instant::now();
+        let (status, body) =
+            put_chunk(&server, &token, datum_id, &claim, 0, OCTETS, chunk.clone()).await;
+        assert_eq!((status, &body["stored"]), (StatusCode::OK, &json!(true)));
+        let mut lines = Vec::new();
+        for _ in 0..4 {
+            lines.push(follower.next().await.unwrap());
+        }
+        assert!(
+            sent.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            sent.elapsed()
+        );
+        let shown: Vec<(&Value, &Value, &Value)> = lines
+            .iter()
+            .map(|l| {
+                (
+                    &l["stream"],
+                    &l["at"],
+                    l.get("text").unwrap_or(&l["base64"]),
+                )
+            })
+            .collect();
+        assert_eq!(
+            shown,
+            vec![
+                (&json!("stdout"), &json!(10), &json!("one\n")),
+                (&json!("stdout"), &json!(10), &json!("two\n")),
+                // "\xff\0three\n"
+                (&json!("stdout"), &json!(10), &json!("/wB0aHJlZQo=")),
+                (&json!("worker"), &json!(11), &json!("uploaded\n")),
+            ]
+        );
+
+        let rows = chunk_rows(&server, datum_id).await;
+        assert_eq!(rows.len(), 1);
+        match &dir {
+            Some(dir) => {
+                let files = files_under(dir);
+                assert_eq!(files.len(), 1, "{files:?}");
+                let (name, bytes) = files.iter().next().unwrap();
+                assert_eq!(bytes, &chunk);
+                assert_eq!(rows[0].1, b"", "the row holds bytes");
+                assert_eq!(rows[0].2.as_deref(), Some(name.as_str()));
+            }
+            None => assert_eq!(rows[0], (0, chunk.clone(), None)),
+        }
+
+        // A resend of the same chunk, a stale claim and a damaged body are
+        // answered and leave the store as it was.
+        let (status, body) =
+            put_chunk(&server, &token, datum_id, &claim, 0, OCTETS, chunk.clone()).await;
+        assert_eq!((status, &body["stored"]), (StatusCode::OK, &json!(false)));
+        let mut stale = claim.clone();
+        stale["attempt"] = json!(7);
+        let (status, _) =
+            put_chunk(&server, &token, datum_id, &stale, 1, OCTETS, chunk.clone()).await;
+        assert_eq!(status, StatusCode::CONFLICT);
+        let mut damaged = chunk.clone();
+        damaged.pop();
+        let (status, body) = put_chunk(&server, &token, datum_id, &claim, 1, OCTETS, damaged).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("body: line 1 (at byte "),
+            "{body}"
+        );
+        assert_eq!(chunk_rows(&server, datum_id).await.len(), 1);
+        if let Some(dir) = &dir {
+            assert_eq!(files_under(dir).len(), 1, "an orphan file was left");
+        }
+
+        // Read back, not following: the same lines.
+        drop(follower);
+        let events = Events::open(&server, &format!("/v1/datums/{datum_id}/logs"), ADMIN)
+            .await
+            .unwrap();
+        let again: Vec<Value> = events
+            .all()
+            .await
+            .into_iter()
+            .filter(|e| e["kind"] == "line")
+            .collect();
+        assert_eq!(again, lines);
+    }
+}
+
+/// Past the cap, the chunks cut out of the middle lose their rows and then
+/// their files; a reader is told how many bytes went.
+#[tokio::test]
+async fn cutting_an_over_cap_log_deletes_its_files_and_says_what_was_cut() {
+    use falconeri_common::{api::LogStream, log_frame};
+    const OCTETS: &str = "application/octet-stream";
+    for (server, dir) in log_store_servers(|config| config.max_log_bytes = 1_000) {
+        let job_id = create(&server, &[("a.txt", "a")]).await;
+        let token = worker_token(&server, job_id);
+        let reserved = reserve(&server, job_id, &token).await;
+        let datum_id = reserved["datum_id"].as_i64().unwrap();
+        let claim = reserved["claim"].clone();
+        // Six chunks of 300 output bytes: with a cap of 1,000 the head
+        // (chunk 0, ending within the first 500) and the tail (chunks 4 and
+        // 5, the last 500 and the one crossing into them) stay.
+        for seq in 0..6u8 {
+            let mut line = vec![b'a' + seq; 299];
+            line.push(b'\n');
+            let mut chunk = Vec::new();
+            log_frame::push_line(&mut chunk, LogStream::Stdout, 1, &line);
+            let (status, body) =
+                put_chunk(&server, &token, datum_id, &claim, seq.into(), OCTETS, chunk).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+        }
+        let rows = chunk_rows(&server, datum_id).await;
+        let seqs: Vec<i64> = rows.iter().map(|row| row.0).collect();
+        assert_eq!(seqs, vec![0, 4, 5]);
+        if let Some(dir) = &dir {
+            let files: Vec<String> = files_under(dir).into_keys().collect();
+            let named: Vec<String> = rows.iter().map(|row| row.2.clone().unwrap()).collect();
+            let mut named_sorted = named.clone();
+            named_sorted.sort();
+            assert_eq!(files, named_sorted, "the cut chunks' files are still there");
+        }
+        let events = Events::open(&server, &format!("/v1/datums/{datum_id}/logs"), ADMIN)
+            .await
+            .unwrap()
+            .all()
+            .await;
+        let kinds: Vec<String> = events
+            .iter()
+            .map(|e| match e["kind"].as_str().unwrap() {
+                "line" => e["text"].as_str().unwrap()[..1].to_owned(),
+                "cut" => format!("cut {}", e["bytes"]),
+                other => other.to_owned(),
+            })
+            .collect();
+        assert_eq!(kinds, vec!["a", "cut 900", "e", "f"]);
+
+        // A file gone under a row (cut meanwhile, or lost) reads as cut.
+        if let Some(dir) = &dir {
+            let object = rows[1].2.clone().unwrap();
+            std::fs::remove_file(dir.join(object)).unwrap();
+            let events = Events::open(&server, &format!("/v1/datums/{datum_id}/logs"), ADMIN)
+                .await
+                .unwrap()
+                .all()
+                .await;
+            let kinds: Vec<String> = events
+                .iter()
+                .map(|e| match e["kind"].as_str().unwrap() {
+                    "line" => e["text"].as_str().unwrap()[..1].to_owned(),
+                    "cut" => format!("cut {}", e["bytes"]),
+                    other => other.to_owned(),
+                })
+                .collect();
+            assert_eq!(kinds, vec!["a", "cut 1200", "f"]);
+        }
+    }
+}

@@ -130,6 +130,7 @@ diesel::table! {
         end_offset -> BigInt,
         created_at -> BigInt,
         data -> Binary,
+        object -> Nullable<Text>,
     }
 }
 

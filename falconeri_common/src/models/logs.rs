@@ -2,12 +2,20 @@
 //! the chunks the worker sends, under a per-attempt cap.
 //!
 //! A chunk is one row of `log_chunks`, keyed by (datum, attempt, the
-//! worker's chunk number). Its `data` is the chunk's lines in the small
-//! binary framing of [`crate::log_frame`], exactly as the worker sent them:
-//! raw bytes in a BLOB/BYTEA, so a NUL or invalid UTF-8 is kept exactly on
-//! both databases, which TEXT could not do (PostgreSQL refuses NUL in text).
-//! Readers page through chunks a few at a time, so no one ever holds a
-//! whole log.
+//! worker's chunk number). Its bytes are the chunk's records in the small
+//! binary framing of [`crate::log_frame`], exactly as the worker sent them,
+//! kept in one of two places ([`ChunkBody`]): a file (object) under
+//! falconerid's logs location, named by the row's `object`, or the row's
+//! own `data` (a BLOB/BYTEA, so a NUL or invalid UTF-8 is kept exactly on
+//! both databases, which TEXT could not do). Files are the default where
+//! falconerid has a disk of its own: every byte stored in SQLite is written
+//! twice (its write-ahead log, then the database file at a checkpoint, with
+//! an fsync), which made a chatty job twice as slow as a quiet one (see
+//! bench/logs). Either way the row keeps what readers, followers and the cap
+//! need (the offsets), and models never touch the files: the caller writes
+//! a chunk's file before [`LogChunk::append_framed`] and deletes the files
+//! it reports cut after it commits. Readers page through chunks a few at a
+//! time, so no one ever holds a whole log.
 //!
 //! The cap: `start_offset`/`end_offset` count the attempt's output bytes
 //! before and after each chunk. Chunks that end within the first half of the
@@ -51,7 +59,19 @@ pub struct LogChunk {
     pub start_offset: i64,
     pub end_offset: i64,
     pub created_at: Millis,
+    /// The bytes, when kept in the database (else empty).
     pub data: Vec<u8>,
+    /// The bytes' object under the logs location, when kept there.
+    pub object: Option<String>,
+}
+
+/// Where an appended chunk's bytes are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChunkBody<'a> {
+    /// In the row itself (`data`).
+    Inline(&'a [u8]),
+    /// In the object of this name under the logs location, written already.
+    Object(&'a str),
 }
 
 /// Where a chunk is, without its data (the follow's first look).
@@ -66,11 +86,23 @@ pub struct ChunkKey {
 pub use crate::log_frame::{StoredLine, encode_lines};
 
 /// What an append did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Appended {
     /// False when a chunk of that number was stored already (a resend).
     pub stored: bool,
     pub job_id: i64,
+    /// The chunks the cap cut out of the middle by this append.
+    pub cut: Vec<CutChunk>,
+}
+
+/// A chunk the cap removed: its output bytes, and its object, which the
+/// caller deletes once the removal is committed.
+#[derive(Debug, Clone, PartialEq, Eq, Queryable)]
+pub struct CutChunk {
+    pub seq: i64,
+    pub start_offset: i64,
+    pub end_offset: i64,
+    pub object: Option<String>,
 }
 
 /// The lines of a stored chunk; an error if the data is not in
@@ -104,26 +136,37 @@ impl LogChunk {
             .iter()
             .map(|l| i64::try_from(l.bytes.len()).unwrap_or(i64::MAX))
             .fold(0i64, i64::saturating_add);
-        LogChunk::append_framed(conn, datum_id, claim, seq, &data, size, max_bytes, now)
+        LogChunk::append_framed(
+            conn,
+            datum_id,
+            claim,
+            seq,
+            ChunkBody::Inline(&data),
+            size,
+            max_bytes,
+            now,
+        )
     }
 
     /// Appends chunk `seq` of the claimed attempt of datum `datum_id`, whose
-    /// `data` is lines in [`crate::log_frame`]'s framing holding `size`
+    /// `body` is records in [`crate::log_frame`]'s framing holding `size`
     /// output bytes (checked by the caller: [`crate::log_frame::check`]),
-    /// stored as it is; then cuts the middle of the attempt's log down to
-    /// `max_bytes` (head and tail kept). A guarded write: the claim must
+    /// stored as it is (or, for an object, named); then cuts the middle of
+    /// the attempt's log down to `max_bytes` (head and tail kept) and
+    /// returns the chunks it cut, whose objects the caller deletes. A
+    /// resend (`stored` false) leaves `body`'s object unnamed by any row. A guarded write: the claim must
     /// name the datum's open attempt (and, for a worker, a datum of its
     /// job), else nothing changes and the answer is [`ModelError::Conflict`]
     /// (or NotFound). Appends of one attempt are serialized by locking its
     /// attempt row.
     #[allow(clippy::too_many_arguments)]
-    #[tracing::instrument(level = "debug", skip(conn, data, now))]
+    #[tracing::instrument(level = "debug", skip(conn, body, now))]
     pub fn append_framed(
         conn: &mut DbConn,
         datum_id: i64,
         claim: &Claim,
         seq: i64,
-        data: &[u8],
+        body: ChunkBody<'_>,
         size: i64,
         max_bytes: i64,
         now: impl Into<Clock>,
@@ -162,8 +205,13 @@ impl LogChunk {
                 return Ok(Appended {
                     stored: false,
                     job_id,
+                    cut: Vec::new(),
                 });
             }
+            let (data, object): (&[u8], Option<&str>) = match body {
+                ChunkBody::Inline(data) => (data, None),
+                ChunkBody::Object(name) => (&[], Some(name)),
+            };
             let start = last.map_or(0, |(_, end)| end);
             let end = start.saturating_add(size);
             with_conn!(conn, c => diesel::insert_into(log_chunks::table)
@@ -176,25 +224,45 @@ impl LogChunk {
                     log_chunks::end_offset.eq(end),
                     log_chunks::created_at.eq(diesel::dsl::sql::<BigInt>(&now_sql)),
                     log_chunks::data.eq(data),
+                    log_chunks::object.eq(object),
                 ))
                 .execute(c))?;
+            let mut cut = Vec::new();
             if end > max_bytes {
                 let head = max_bytes / 2;
                 let tail = max_bytes - head;
-                // Whatever ends after the head and before the tail.
-                with_conn!(conn, c => diesel::delete(
-                    log_chunks::table
-                        .filter(log_chunks::datum_id.eq(datum_id))
-                        .filter(log_chunks::attempt.eq(attempt))
-                        .filter(log_chunks::end_offset.gt(head))
-                        .filter(log_chunks::end_offset.le(end - tail))
-                        .filter(log_chunks::seq.ne(seq)),
-                )
-                .execute(c))?;
+                // Whatever ends after the head and before the tail: read
+                // first (their objects go once this commits), then deleted,
+                // by the same filter inside the same write transaction.
+                cut = with_conn!(conn, c => log_chunks::table
+                    .filter(log_chunks::datum_id.eq(datum_id))
+                    .filter(log_chunks::attempt.eq(attempt))
+                    .filter(log_chunks::end_offset.gt(head))
+                    .filter(log_chunks::end_offset.le(end - tail))
+                    .filter(log_chunks::seq.ne(seq))
+                    .order(log_chunks::seq)
+                    .select((
+                        log_chunks::seq,
+                        log_chunks::start_offset,
+                        log_chunks::end_offset,
+                        log_chunks::object,
+                    ))
+                    .load::<CutChunk>(c))?;
+                if !cut.is_empty() {
+                    let seqs: Vec<i64> = cut.iter().map(|chunk| chunk.seq).collect();
+                    with_conn!(conn, c => diesel::delete(
+                        log_chunks::table
+                            .filter(log_chunks::datum_id.eq(datum_id))
+                            .filter(log_chunks::attempt.eq(attempt))
+                            .filter(log_chunks::seq.eq_any(&seqs)),
+                    )
+                    .execute(c))?;
+                }
             }
             Ok(Appended {
                 stored: true,
                 job_id,
+                cut,
             })
         })
     }

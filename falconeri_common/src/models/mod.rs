@@ -27,7 +27,8 @@ pub use datum::{
 };
 pub use job::{Job, NewJobParams};
 pub use logs::{
-    Appended, ChunkKey, DEFAULT_MAX_LOG_BYTES, LogChunk, StoredLine, decode_lines, encode_lines,
+    Appended, ChunkBody, ChunkKey, CutChunk, DEFAULT_MAX_LOG_BYTES, LogChunk, StoredLine,
+    decode_lines, encode_lines,
 };
 pub use previous::PreviousRun;
 pub use schedule::{NewSchedule, Schedule};

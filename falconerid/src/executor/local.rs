@@ -501,6 +501,10 @@ impl Executor for LocalExecutor {
                 .env("FALCONERI_PFS", &pfs)
                 .env("FALCONERI_SCRATCH", &scratch)
                 .env("FALCONERI_COMMAND_PGID_FILE", &pgid_file)
+                // The command's output is kept in the attempt's log (this
+                // server has it); a second copy in the worker's log file
+                // only slowed chatty commands (bench/logs).
+                .env("FALCONERI_PASS_OUTPUT", "false")
                 .current_dir(&dir)
                 .stdin(Stdio::null())
                 .stdout(log)

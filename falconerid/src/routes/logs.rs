@@ -1,6 +1,7 @@
 //! Attempt logs. The worker stores chunks of its attempt's log under its
-//! claim (`PUT /v1/datums/{id}/attempts/{attempt}/logs/{seq}`, the lines in
-//! the framing the database keeps, see [`falconeri_common::log_frame`];
+//! claim (`PUT /v1/datums/{id}/attempts/{attempt}/logs/{seq}`, records in
+//! the framing the store keeps, see [`falconeri_common::log_frame`] and
+//! [`crate::log_store`];
 //! older workers' JSON body, a line per object, is still taken at
 //! `POST /v1/datums/{id}/logs`); people read a datum's or a job's
 //! logs (`GET /v1/datums/{id}/logs`, `GET /v1/jobs/{id}/logs`) as
@@ -31,11 +32,8 @@ use falconeri_common::{
         Claim, DatumLogsQuery, ErrorBody, JobLogsQuery, LogAppendRequest, LogAppendResponse,
         LogChunkQuery, LogEvent, LogLine,
     },
-    db::DbConn,
     log_frame,
-    models::{
-        Appended, Clock, Datum, Job, LogChunk, ModelResult, StoredLine, db_now, decode_lines,
-    },
+    models::{ChunkBody, Clock, Datum, Job, LogChunk, StoredLine, db_now, encode_lines},
 };
 use futures::StreamExt as _;
 use tokio::sync::mpsc;
@@ -44,6 +42,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use crate::{
     auth::Principal,
     error::{ApiJson, ApiPath, ApiQuery, AppError, AppResult},
+    log_store::{ChunkWriter, LogStore},
     openapi::{
         BadRequest, Conflict, Forbidden, Internal, NotFound, PayloadTooLarge, Unauthorized,
         Unavailable,
@@ -110,25 +109,85 @@ async fn append(
         },
         ..request.claim
     };
-    let (seq, max) = (request.seq, state.config().max_log_bytes);
-    store_chunk(&state, move |conn| {
-        LogChunk::append(conn, id, &claim, seq, &lines, max, Clock::DB)
-    })
-    .await
+    let size = lines
+        .iter()
+        .map(|l| i64::try_from(l.bytes.len()).unwrap_or(i64::MAX))
+        .fold(0i64, i64::saturating_add);
+    let data = Bytes::from(encode_lines(&lines));
+    let store = state.config().log_store()?;
+    let bytes = match store
+        .write(id, claim.attempt, request.seq, data.clone())
+        .await?
+    {
+        Some(name) => ChunkBytes::Written(name),
+        None => ChunkBytes::Inline(data),
+    };
+    store_chunk(&state, &store, id, claim, request.seq, bytes, size).await
 }
 
-/// Stores a chunk with `append` and, once it is committed, wakes the job's
-/// log followers (a resend stores nothing and wakes no one).
-async fn store_chunk<F>(state: &AppState, append: F) -> AppResult<Json<LogAppendResponse>>
-where
-    F: FnOnce(&mut DbConn) -> ModelResult<Appended> + Send + 'static,
-{
-    let appended = state.db(append).await?;
+/// Stores chunk `seq` (records holding `size` output bytes, checked) of
+/// the claimed attempt of datum `id`, whose file the caller wrote first
+/// when the logs location is a directory: its row; then deletes the file if
+/// no row names it (a resend, a refused claim, a failed write), and the
+/// files of the chunks the cap cut. Once the row is committed it wakes the
+/// job's log followers (a resend stores nothing and wakes no one). No file
+/// is touched inside the transaction.
+async fn store_chunk(
+    state: &AppState,
+    store: &LogStore,
+    id: i64,
+    claim: Claim,
+    seq: i64,
+    bytes: ChunkBytes,
+    size: i64,
+) -> AppResult<Json<LogAppendResponse>> {
+    let attempt = claim.attempt;
+    let max = state.config().max_log_bytes;
+    let object = match &bytes {
+        ChunkBytes::Written(name) => Some(name.clone()),
+        ChunkBytes::Inline(_) => None,
+    };
+    let appended = state
+        .db(move |conn| {
+            let body = match &bytes {
+                ChunkBytes::Written(name) => ChunkBody::Object(name),
+                ChunkBytes::Inline(data) => ChunkBody::Inline(data),
+            };
+            LogChunk::append_framed(conn, id, &claim, seq, body, size, max, Clock::DB)
+        })
+        .await;
+    let appended = match appended {
+        Ok(appended) => appended,
+        Err(err) => {
+            store.delete(object.into_iter().collect()).await;
+            return Err(err);
+        }
+    };
+    if !appended.stored {
+        store.delete(object.into_iter().collect()).await;
+    }
     // Committed: a follower woken now finds the chunk.
     if appended.stored {
         state.notify(Change::Logs {
             job_id: appended.job_id,
         });
+    }
+    if !appended.cut.is_empty() {
+        let bytes: i64 = appended
+            .cut
+            .iter()
+            .map(|chunk| chunk.end_offset - chunk.start_offset)
+            .sum();
+        tracing::info!(
+            datum_id = id,
+            attempt,
+            chunks = appended.cut.len(),
+            bytes,
+            "cut the middle of an attempt's log to --max-log-bytes"
+        );
+        store
+            .delete(appended.cut.into_iter().filter_map(|c| c.object).collect())
+            .await;
     }
     Ok(Json(LogAppendResponse {
         stored: appended.stored,
@@ -144,12 +203,14 @@ impl utoipa::PartialSchema for FramedLines {
         let schema = serde_json::json!({
             "type": "string",
             "format": "binary",
-            "description": "The chunk's lines, one after another, each framed as: the \
+            "description": "The chunk's records, one after another, each framed as: the \
                 stream (1 byte: 0 stdout, 1 stderr, 2 worker), the time the worker read \
-                the line's first byte (milliseconds since the Unix epoch, little-endian \
+                the record's first byte (milliseconds since the Unix epoch, little-endian \
                 64-bit signed), the length of its bytes (little-endian 32-bit unsigned), \
-                then that many bytes, as printed (with its newline if it had one). An \
-                empty body is a chunk of no lines.",
+                then that many bytes, as printed: one or more whole lines, each with its \
+                newline (the worker sends all the whole lines of one read of a pipe as one \
+                record), or a piece of a line without one. Readers split records into \
+                lines. An empty body is a chunk of no records.",
         });
         serde_json::from_value(schema).unwrap_or_else(|_| {
             utoipa::openapi::RefOr::T(utoipa::openapi::schema::Schema::Object(
@@ -161,8 +222,8 @@ impl utoipa::PartialSchema for FramedLines {
 
 impl utoipa::ToSchema for FramedLines {}
 
-/// Stores chunk `seq` of the claimed attempt's log, the lines in the
-/// framing the database keeps: the server walks their headers once to check
+/// Stores chunk `seq` of the claimed attempt's log, records in the
+/// framing the store keeps: the server walks their headers once to check
 /// them and count the output, and stores the body as it came. A worker may
 /// write only to datums of its own job; a stale claim gets 409 and changes
 /// nothing.
@@ -175,8 +236,9 @@ impl utoipa::ToSchema for FramedLines {}
     description = "The worker's way to ship an attempt's log (the JSON body of `POST \
         /v1/datums/{id}/logs` is the older one). Chunks are numbered from 0 within the \
         attempt; a chunk whose number was taken already is a resend and is not stored \
-        again. A body that is not a whole number of framed lines is refused with 400, \
-        naming the line and the byte where it goes wrong.",
+        again. A body that is not a whole number of framed records is refused with 400, \
+        naming the record (`line N`) and the byte where it goes wrong. The server keeps \
+        the body as it came, as a file under its logs location or in the database.",
     params(
         ("id" = i64, Path, description = "The datum's id"),
         ("attempt" = i32, Path, description = "The claimed attempt's number"),
@@ -196,7 +258,7 @@ async fn put_chunk(
     ApiPath((id, attempt, seq)): ApiPath<(i64, i32, i64)>,
     ApiQuery(query): ApiQuery<LogChunkQuery>,
     headers: HeaderMap,
-    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+    body: axum::body::Body,
 ) -> AppResult<Json<LogAppendResponse>> {
     if seq < 0 {
         return Err(AppError::BadRequest("seq: must be 0 or more".to_owned()));
@@ -207,9 +269,30 @@ async fn put_chunk(
             log_frame::MEDIA_TYPE
         )));
     }
-    let data = body?;
-    let summary =
-        log_frame::check(&data).map_err(|err| AppError::BadRequest(format!("body: {err}")))?;
+    let store = state.config().log_store()?;
+    // To a file, the body is checked and written as it arrives (never
+    // whole in memory); for the database it is gathered first.
+    let mut body = BodyReader {
+        stream: body.into_data_stream(),
+        total: 0,
+    };
+    let (bytes, summary) = match store.create(id, attempt, seq).await? {
+        Some(mut writer) => match stream_into(&mut writer, &mut body).await {
+            Ok(summary) => (ChunkBytes::Written(writer.name), summary),
+            Err(err) => {
+                store.delete(vec![writer.name]).await;
+                return Err(err);
+            }
+        },
+        None => {
+            let mut data = Vec::new();
+            while let Some(piece) = body.next().await? {
+                data.extend_from_slice(&piece);
+            }
+            let summary = log_frame::check(&data).map_err(bad_body)?;
+            (ChunkBytes::Inline(Bytes::from(data)), summary)
+        }
+    };
     let claim = Claim {
         worker_id: query.worker_id,
         attempt,
@@ -218,12 +301,55 @@ async fn put_chunk(
             Principal::Worker { job_id } => Some(job_id),
         },
     };
-    let max = state.config().max_log_bytes;
-    store_chunk(&state, move |conn| {
-        let output_bytes = summary.output_bytes;
-        LogChunk::append_framed(conn, id, &claim, seq, &data, output_bytes, max, Clock::DB)
-    })
-    .await
+    store_chunk(&state, &store, id, claim, seq, bytes, summary.output_bytes).await
+}
+
+/// A framing error as the 400 it is.
+fn bad_body(err: log_frame::FrameError) -> AppError {
+    AppError::BadRequest(format!("body: {err}"))
+}
+
+/// A request body, piece by piece, within the server's body limit.
+struct BodyReader {
+    stream: axum::body::BodyDataStream,
+    total: usize,
+}
+
+impl BodyReader {
+    async fn next(&mut self) -> AppResult<Option<Bytes>> {
+        let Some(piece) = self.stream.next().await else {
+            return Ok(None);
+        };
+        let piece = piece.map_err(|err| AppError::BadRequest(format!("body: {err}")))?;
+        self.total = self.total.saturating_add(piece.len());
+        if self.total > crate::MAX_BODY_BYTES {
+            return Err(AppError::PayloadTooLarge);
+        }
+        Ok(Some(piece))
+    }
+}
+
+/// Checks and writes a chunk's body into its file as it arrives.
+async fn stream_into(
+    writer: &mut ChunkWriter,
+    body: &mut BodyReader,
+) -> AppResult<log_frame::Summary> {
+    let mut checker = log_frame::Checker::default();
+    while let Some(piece) = body.next().await? {
+        checker.feed(&piece).map_err(bad_body)?;
+        if writer.push(piece) {
+            writer.flush().await?;
+        }
+    }
+    let summary = checker.finish().map_err(bad_body)?;
+    writer.flush().await?;
+    Ok(summary)
+}
+
+/// A chunk's bytes on their way to its row: in it, or in a file written.
+enum ChunkBytes {
+    Inline(Bytes),
+    Written(String),
 }
 
 /// Whether the request says its body is `application/octet-stream`.
@@ -288,6 +414,7 @@ async fn datum_logs(
             for (i, attempt) in attempts.into_iter().enumerate() {
                 let reader = AttemptReader {
                     state: &state,
+                    store: state.config().log_store()?,
                     events: &events,
                     job_id: datum.job_id,
                     datum_id: datum.id,
@@ -305,6 +432,7 @@ async fn datum_logs(
 /// Reads one attempt's log into a stream.
 struct AttemptReader<'a> {
     state: &'a AppState,
+    store: LogStore,
     events: &'a mpsc::Sender<LogEvent>,
     job_id: i64,
     datum_id: i64,
@@ -343,7 +471,7 @@ impl AttemptReader<'_> {
                     .await?;
                 let full = page.len() as i64 == PAGE;
                 for chunk in page {
-                    if !send_chunk(self.events, &mut cursor, chunk).await? {
+                    if !send_chunk(&self.store, self.events, &mut cursor, chunk).await? {
                         return Ok(false);
                     }
                 }
@@ -399,13 +527,33 @@ impl Default for Cursor {
 }
 
 /// Sends a chunk's lines, after a `cut` event if bytes before it were cut.
-/// False when the reader hung up.
+/// The chunk's bytes come from its row or its file (read whole: a chunk is
+/// at most the worker's chunk size, about 1 MiB); a file gone since the
+/// row was read was cut meanwhile (or lost), and the next chunk's offset
+/// tells the reader how much is missing. Each record is split into lines
+/// here, for display. False when the reader hung up.
 async fn send_chunk(
+    store: &LogStore,
     events: &mpsc::Sender<LogEvent>,
     cursor: &mut Cursor,
     chunk: LogChunk,
 ) -> AppResult<bool> {
     let (datum_id, attempt) = (chunk.datum_id, chunk.attempt);
+    let data = match &chunk.object {
+        Some(object) => store.read(object).await?,
+        None => Some(chunk.data),
+    };
+    let Some(data) = data else {
+        tracing::warn!(
+            datum_id,
+            attempt,
+            seq = chunk.seq,
+            "a log chunk's file is gone"
+        );
+        cursor.seq = chunk.seq;
+        cursor.created_at = chunk.created_at;
+        return Ok(true);
+    };
     if chunk.start_offset > cursor.offset {
         let cut = LogEvent::Cut {
             datum_id,
@@ -421,14 +569,19 @@ async fn send_chunk(
         offset: chunk.end_offset,
         created_at: chunk.created_at,
     };
-    for line in decode_lines(&chunk.data).map_err(AppError::from)? {
-        let line = LogLine::new(line.stream, line.at, &line.bytes);
-        if events
-            .send(LogEvent::line(datum_id, attempt, line))
-            .await
-            .is_err()
-        {
-            return Ok(false);
+    for record in log_frame::lines(&data) {
+        let record = record.map_err(|err| {
+            AppError::Internal(anyhow::anyhow!("a stored log chunk is damaged: {err}"))
+        })?;
+        for bytes in log_frame::split_lines(record.bytes) {
+            let line = LogLine::new(record.stream, record.at, bytes);
+            if events
+                .send(LogEvent::line(datum_id, attempt, line))
+                .await
+                .is_err()
+            {
+                return Ok(false);
+            }
         }
     }
     Ok(true)
@@ -463,6 +616,7 @@ async fn job_logs(
         move |state, events| async move {
             let mut reader = JobReader {
                 state: &state,
+                store: state.config().log_store()?,
                 events: &events,
                 job_id: job.id,
                 seen: HashMap::new(),
@@ -475,6 +629,7 @@ async fn job_logs(
 /// Reads a job's logs into a stream.
 struct JobReader<'a> {
     state: &'a AppState,
+    store: LogStore,
     events: &'a mpsc::Sender<LogEvent>,
     job_id: i64,
     /// Following: where each recently active attempt is.
@@ -504,7 +659,7 @@ impl JobReader<'_> {
                 failed_sent.insert(chunk.datum_id);
                 let key = (chunk.datum_id, chunk.attempt);
                 let mut cursor = self.seen.get(&key).copied().unwrap_or_default();
-                if !send_chunk(self.events, &mut cursor, chunk).await? {
+                if !send_chunk(&self.store, self.events, &mut cursor, chunk).await? {
                     return Ok(());
                 }
                 self.seen.insert(key, cursor);
@@ -585,7 +740,7 @@ impl JobReader<'_> {
                     .await?;
                 let full = page.len() as i64 == PAGE;
                 for chunk in page {
-                    if !send_chunk(self.events, &mut cursor, chunk).await? {
+                    if !send_chunk(&self.store, self.events, &mut cursor, chunk).await? {
                         return Ok(false);
                     }
                 }
@@ -620,6 +775,7 @@ impl JobReader<'_> {
             for attempt in attempts {
                 let reader = AttemptReader {
                     state: self.state,
+                    store: self.store.clone(),
                     events: self.events,
                     job_id,
                     datum_id,

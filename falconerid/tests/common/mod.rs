@@ -99,10 +99,21 @@ impl TestServer {
     /// A server on `db` that reaches it through `pool` (a pool of its own
     /// settings, or over another route).
     pub fn with_pool(db: TestDb, pool: falconeri_common::db::DbPool) -> TestServer {
+        TestServer::configured(db, pool, |_, _| {})
+    }
+
+    /// A server on `db` whose settings `configure` changes (it gets them
+    /// and the server's own temporary directory).
+    pub fn configured(
+        db: TestDb,
+        pool: falconeri_common::db::DbPool,
+        configure: impl FnOnce(&mut Config, &Path),
+    ) -> TestServer {
         let dir = tempfile::tempdir().unwrap();
         let mut config = Config::local(dir.path(), ADMIN.to_owned(), vec!["unused".into()]);
         config.database_url = db.url.clone();
         config.max_wait = std::time::Duration::from_secs(5);
+        configure(&mut config, dir.path());
         let executor = Arc::new(RecordingExecutor::default());
         let state = AppState::new(config, pool, executor.clone());
         let app = app(state.clone());
