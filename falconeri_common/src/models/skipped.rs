@@ -525,8 +525,14 @@ fn vanished_rows(
     limit: i64,
     pipeline_jobs: &[i64],
 ) -> ModelResult<Vec<Vanished>> {
+    // Done rows only, as the pages below: that makes it two probes of
+    // `datums_job_status_id`. Without the status, PostgreSQL may answer
+    // min and max by walking the primary key until it meets the job, all
+    // of the table when the job has no rows (a previous run that skipped
+    // everything: 0.25 s at 100,000 datums).
     let span: (Option<i64>, Option<i64>) = with_conn!(conn, c => datums::table
         .filter(datums::job_id.eq(previous))
+        .filter(datums::status.eq(DatumStatus::Done))
         .select((diesel::dsl::min(datums::id), diesel::dsl::max(datums::id)))
         .first(c))?;
     let (Some(lo), Some(hi)) = span else {
