@@ -50,6 +50,7 @@ pub const POSTGRES: &[Migration] = postgres_migrations![
     "2026-12-14-000000_skipped_runs",
     "2026-12-16-000000_crash_gaps",
     "2026-12-17-000000_log_objects",
+    "2026-12-18-000000_skipped_datum_ids",
 ];
 
 #[cfg(test)]

@@ -6,14 +6,20 @@
 //! datums of the previous run; and the match look-up reads the partial
 //! index, not the earlier jobs; one batch whose skips make two runs keeps
 //! both; and the previous run read in order (`PreviousRun`) matches what
-//! the index would, chained runs included.
+//! the index would, chained runs included; skipped datums take ids from a
+//! range of their own, distinct under two planners at once; and the
+//! previous run read in pages, in line or ahead, matches across the pages'
+//! edges.
 
 #![allow(clippy::unwrap_used)]
 
 use falconeri_common::{
     db::{DbConn, testing::TestDb},
     fingerprint::{DatumHasher, DatumKeys, TransformFingerprint},
-    models::{Datum, DatumBatch, DatumFilter, Job, NewJobParams, PreviousRun, SkippedRun, db_now},
+    models::{
+        Datum, DatumBatch, DatumFilter, FIRST_SKIPPED_ID, Job, NewJobParams, PreviousRun,
+        SKIPPED_ID_END, SkippedRun, db_now,
+    },
     pipeline::PipelineSpec,
     plan::{PlannedDatum, PlannedFile},
     status::{DatumStatus, JobStatus},
@@ -507,6 +513,249 @@ fn the_previous_run_read_in_order_matches_like_the_index() {
             assert_eq!(from.skipped_from, None, "it ran");
             assert_eq!(from.fingerprint, datum.fingerprint);
             assert_eq!(Some(from.job_id), datum.skipped_from_job);
+        }
+    }
+}
+
+/// Skipped datums take their ids from a range of their own, 2^52 up
+/// (`FIRST_SKIPPED_ID`), in one block per batch, not from the `datums`
+/// sequence: the ids are there, below 2^53, consecutive over an unchanged
+/// rerun of several batches, and still answered by `Datum::find` and the
+/// listing; a datum planned after them gets an ordinary row id.
+#[test]
+fn skipped_datums_take_ids_from_their_own_range() {
+    for db in TestDb::all() {
+        let conn = &mut db.pool.get().unwrap();
+        let spec = spec("id-range", true);
+        let names: Vec<String> = (0..12).map(|i| format!("f{i:02}")).collect();
+        let files: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "1")).collect();
+        let job1 = plan(conn, &spec, "id-range-1", &files, 5);
+        run_all(conn, &job1, &[]);
+        let mut more = files.clone();
+        more.push(("new", "1"));
+        let job2 = plan(conn, &spec, "id-range-2", &more, 5);
+        let skipped = shown(conn, &job2, DatumStatus::Skipped);
+        assert_eq!(skipped.len(), 12, "{db:?}");
+        let ids: Vec<i64> = skipped.iter().map(|d| d.id).collect();
+        let want: Vec<i64> = (FIRST_SKIPPED_ID..FIRST_SKIPPED_ID + 12).collect();
+        assert_eq!(ids, want, "{db:?}: one block per batch, the first ones");
+        assert!(ids.iter().all(|id| *id < SKIPPED_ID_END));
+        assert_eq!(SkippedRun::count(conn, job2.id).unwrap(), 1, "{db:?}");
+        for datum in &skipped {
+            assert_eq!(&Datum::find(conn, datum.id).unwrap(), datum, "{db:?}");
+        }
+        let fresh = shown(conn, &job2, DatumStatus::Ready);
+        assert_eq!(fresh.len(), 1);
+        assert!(fresh[0].id < 1_000, "{db:?}: a row id from the sequence");
+        // Rows first, then the skipped datums, in id order.
+        let all = Datum::list(conn, job2.id, None, 100).unwrap();
+        assert_eq!(all.len(), 13);
+        assert_eq!(all[0].id, fresh[0].id);
+        assert!(all.windows(2).all(|w| w[0].id < w[1].id));
+        // The next job's block follows.
+        let job3 = plan(conn, &spec, "id-range-3", &files, 100);
+        let skipped3 = shown(conn, &job3, DatumStatus::Skipped);
+        assert_eq!(skipped3[0].id, FIRST_SKIPPED_ID + 12, "{db:?}");
+    }
+}
+
+/// Two incremental jobs planned at the same time on two connections (as
+/// two requests, or two falconerid replicas on one database, would), their
+/// batches interleaved one by one: every skipped datum gets an id no other
+/// datum has, each id finds its own datum, and each job's runs hold
+/// exactly its skipped datums.
+#[test]
+fn concurrent_planners_take_distinct_skipped_ids() {
+    use std::sync::{Arc, Barrier};
+
+    const FILES: usize = 60;
+    const PER_BATCH: usize = 3;
+    for db in TestDb::all() {
+        let names: Vec<String> = (0..FILES).map(|i| format!("f{i:02}")).collect();
+        let files: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "1")).collect();
+        let specs = [spec("side-a", true), spec("side-b", true)];
+        {
+            let conn = &mut db.pool.get().unwrap();
+            for spec in &specs {
+                let name = format!("{}-1", spec.pipeline.name);
+                let job = plan(conn, spec, &name, &files, 25);
+                run_all(conn, &job, &[]);
+            }
+        }
+        let barrier = Arc::new(Barrier::new(2));
+        let jobs: Vec<Job> = std::thread::scope(|scope| {
+            let handles: Vec<_> = specs
+                .iter()
+                .map(|spec| {
+                    let (pool, barrier, files) = (&db.pool, barrier.clone(), &files);
+                    scope.spawn(move || {
+                        let conn = &mut pool.get().unwrap();
+                        let job = begin(conn, spec, &format!("{}-2", spec.pipeline.name));
+                        let (all, keys) = datums(spec, files);
+                        for (datums, keys) in all.chunks(PER_BATCH).zip(keys.chunks(PER_BATCH)) {
+                            let batch = DatumBatch {
+                                datums: datums.to_vec(),
+                                keys: keys.to_vec(),
+                                ..DatumBatch::default()
+                            };
+                            // Both planners write a batch at the same moment.
+                            barrier.wait();
+                            append(conn, &job, &batch);
+                        }
+                        Job::finish_planning(conn, job.id).unwrap()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let conn = &mut db.pool.get().unwrap();
+        let mut seen = std::collections::HashSet::new();
+        for job in &jobs {
+            assert_eq!(job.skipped_count, FILES as i64, "{db:?}");
+            let skipped = shown(conn, job, DatumStatus::Skipped);
+            assert_eq!(skipped.len(), FILES, "{db:?}");
+            for (seq, datum) in skipped.iter().enumerate() {
+                assert!(seen.insert(datum.id), "{db:?}: id {} twice", datum.id);
+                assert!((FIRST_SKIPPED_ID..SKIPPED_ID_END).contains(&datum.id));
+                let found = Datum::find(conn, datum.id).unwrap();
+                assert_eq!((found.job_id, found.seq), (job.id, seq as i64), "{db:?}");
+            }
+        }
+    }
+}
+
+/// How [`plan_paged`] feeds the previous run's pages.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Feed {
+    /// Read in line with each batch.
+    InLine,
+    /// Read ahead on another connection, in another thread (as falconerid
+    /// does), the channel closing after this many pages (`usize::MAX`:
+    /// all of them).
+    Ahead(usize),
+}
+
+/// Plans `files` like [`plan_in_order`], with the previous run read in
+/// pages of `page` seqs, fed as `feed` says. Returns the job and how many
+/// datums the previous run matched without the index.
+fn plan_paged(
+    db: &TestDb,
+    spec: &PipelineSpec,
+    name: &str,
+    files: &[(&str, &str)],
+    (per_batch, page, feed): (usize, i64, Feed),
+) -> (Job, usize) {
+    let conn = &mut db.pool.get().unwrap();
+    let job = begin(conn, spec, name);
+    let mut previous = PreviousRun::open_paged(conn, &job, page).unwrap();
+    let reader = match (&mut previous, feed) {
+        (Some(previous), Feed::Ahead(pages)) => {
+            let (mut reader, tx) = previous.read_ahead(2);
+            let pool = db.pool.clone();
+            Some(std::thread::spawn(move || {
+                let conn = &mut pool.get().unwrap();
+                for _ in 0..pages {
+                    let Some(page) = reader.next_page(conn).unwrap() else {
+                        break;
+                    };
+                    if tx.blocking_send(Ok(page)).is_err() {
+                        break;
+                    }
+                }
+            }))
+        }
+        _ => None,
+    };
+    let (all, keys) = datums(spec, files);
+    let (mut first_seq, mut known) = (0, 0);
+    for (datums, keys) in all.chunks(per_batch).zip(keys.chunks(per_batch)) {
+        let mut batch = DatumBatch {
+            datums: datums.to_vec(),
+            keys: keys.to_vec(),
+            ..DatumBatch::default()
+        };
+        if let Some(previous) = &mut previous {
+            previous.fill(conn, first_seq, &mut batch).unwrap();
+        }
+        known += batch.known.len();
+        append(conn, &job, &batch);
+        first_seq += i64::try_from(datums.len()).unwrap();
+    }
+    drop(previous);
+    if let Some(reader) = reader {
+        reader.join().unwrap();
+    }
+    (Job::finish_planning(conn, job.id).unwrap(), known)
+}
+
+/// The previous run read a page at a time, larger than a page, changed
+/// at the pages' edges (pages of 4: f03 ends page 0 and f04 starts page 1,
+/// f08 starts page 2 and is removed, a new file comes between f11 and f12,
+/// and f20 ..= f28 are removed, a gap wider than the window reaches), read
+/// in line, read ahead, and read ahead by a reader that stops after two
+/// pages (the rest is read in line): every time the same datums are
+/// skipped, each pointing at the datum that ran with its fingerprint; and
+/// the first files again, against that run, are all skipped.
+#[test]
+fn the_previous_run_in_pages_matches_across_page_edges() {
+    // All 28 unchanged but f29, just past the removed stretch: wider than
+    // the window reaches, so f29 goes to the index, and f30 on are found
+    // again from where it matched.
+    const KNOWN_CHANGED: usize = 27;
+    for db in TestDb::all() {
+        let spec = spec("pages", true);
+        let file_names: Vec<String> = (0..40).map(|i| format!("f{i:02}")).collect();
+        let files: Vec<(&str, &str)> = file_names.iter().map(|n| (n.as_str(), "1")).collect();
+        let (job1, _) = plan_paged(&db, &spec, "pages-1", &files, (6, 4, Feed::InLine));
+        let conn = &mut db.pool.get().unwrap();
+        run_all(conn, &job1, &[]);
+        let ran = shown(conn, &job1, DatumStatus::Done);
+        let mut changed: Vec<(&str, &str)> = Vec::new();
+        for (name, version) in &files {
+            match *name {
+                "f03" | "f04" => changed.push((name, "2")),
+                "f08" => {}
+                n if ("f20"..="f28").contains(&n) => {}
+                "f12" => {
+                    changed.push(("f11b", "1"));
+                    changed.push((name, version));
+                }
+                _ => changed.push((name, version)),
+            }
+        }
+        for (i, feed) in [Feed::InLine, Feed::Ahead(usize::MAX), Feed::Ahead(2)]
+            .into_iter()
+            .enumerate()
+        {
+            let name = format!("pages-changed-{i}");
+            let (job, known) = plan_paged(&db, &spec, &name, &changed, (5, 4, feed));
+            assert_eq!(job.skipped_count, 28, "{db:?} {feed:?}");
+            // In line, what the pages match is fixed; read ahead, pages
+            // past the one a batch waits for may not be there yet, and
+            // what they would have matched goes to the index instead.
+            if feed == Feed::InLine {
+                assert_eq!(known, KNOWN_CHANGED, "{db:?}: from the pages");
+            }
+            assert_eq!(
+                names(conn, &job, DatumStatus::Ready),
+                ["f03", "f04", "f11b"],
+                "{db:?} {feed:?}"
+            );
+            assert_eq!(job.vanished_count, Some(10), "{db:?} {feed:?}");
+            for datum in shown(conn, &job, DatumStatus::Skipped) {
+                let from = ran.iter().find(|r| r.fingerprint == datum.fingerprint);
+                assert_eq!(datum.skipped_from, from.map(|r| r.id), "{db:?} {feed:?}");
+            }
+            // The first files again, against that run (which skipped
+            // most, so its pages are mostly runs): all skipped, those it
+            // lacks or had changed through the index.
+            let name = format!("pages-same-{i}");
+            let (job, known) = plan_paged(&db, &spec, &name, &files, (7, 4, feed));
+            assert_eq!(job.skipped_count, 40, "{db:?} {feed:?}");
+            assert_eq!(job.vanished_count, Some(0), "{db:?} {feed:?}");
+            if feed == Feed::InLine {
+                assert_eq!(known, 17, "{db:?}: from the pages");
+            }
         }
     }
 }

@@ -137,10 +137,14 @@ pub async fn create_keyed(
         state: Some(state.clone()),
         job_id: job.id,
     };
-    let previous = {
+    let mut previous = {
         let job = job.clone();
         state.db(move |conn| PreviousRun::open(conn, &job)).await?
     };
+    // Its pages are read beside the listing and the batches' writes.
+    let _reader = previous
+        .as_mut()
+        .map(|previous| read_previous(state, previous));
     let mut sink = Sink {
         previous,
         pending: None,
@@ -555,6 +559,28 @@ impl Sink<'_> {
         Ok(())
     }
 
+    /// Takes the open datum (its files may still come) off the end of the
+    /// batch about to be flushed, to start the next batch with, unless it
+    /// is all the batch has (a datum with more files than a batch).
+    ///
+    /// Sent, it would be inserted without its keys and completed by the
+    /// next batch (`continued_keys`); in an unchanged incremental rerun of
+    /// one file per datum that happened at every batch: a row inserted,
+    /// then deleted when it matched, its row id starting a run of its own,
+    /// so the runs split at every batch (guide, "Incremental runs").
+    fn hold_back_open(&mut self) -> Option<PlannedDatum> {
+        let batch = &mut self.batch;
+        let alone =
+            batch.datums.len() == 1 && batch.continued.is_empty() && batch.continued_keys.is_none();
+        if self.open.is_none() || !self.open_in_batch || alone {
+            return None;
+        }
+        let last = batch.datums.len().checked_sub(1)?;
+        // An open datum has no keys yet, so `keys` ends before it.
+        batch.keys.truncate(last);
+        batch.datums.pop()
+    }
+
     /// Hands the batch to the database in a task of its own, once the one
     /// before is written: the next batch is listed and hashed meanwhile
     /// (one batch in flight, so memory stays two batches).
@@ -563,9 +589,15 @@ impl Sink<'_> {
             return Ok(());
         }
         self.settle().await?;
+        let held = self.hold_back_open();
         let mut batch = std::mem::take(&mut self.batch);
         self.rows = 0;
         self.open_in_batch = false;
+        if let Some(datum) = held {
+            self.rows = 1 + datum.files.len();
+            self.batch.datums.push(datum);
+            self.open_in_batch = true;
+        }
         let (id, lease_ms) = (self.job_id, self.state.config().lease_ms());
         let (first_seq, mut previous) = (self.sent, self.previous.take());
         self.sent += i64::try_from(batch.datums.len()).unwrap_or(0);
@@ -586,6 +618,45 @@ impl Sink<'_> {
         }));
         Ok(())
     }
+}
+
+/// Pages of the previous run waiting to be matched, beyond the one being
+/// read ([`PreviousRun::read_ahead`]; the module doc of
+/// `models::previous` gives the memory this bounds).
+const PREVIOUS_PAGES_AHEAD: usize = 2;
+
+/// Reads an incremental job's previous run ahead of its plan, a page at a
+/// time on a connection of its own, into `previous`'s channel; stops at
+/// the run's end, at the first error (sent on, for the planner to fail
+/// with), or when planning drops the handle or the channel. Without a
+/// connection it just stops: the planner reads the rest itself.
+fn read_previous(
+    state: &AppState,
+    previous: &mut PreviousRun,
+) -> tokio_util::task::AbortOnDropHandle<()> {
+    let (mut reader, tx) = previous.read_ahead(PREVIOUS_PAGES_AHEAD);
+    let state = state.clone();
+    tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
+        loop {
+            let read = state
+                .db(move |conn| {
+                    let page = reader.next_page(conn);
+                    Ok((reader, page))
+                })
+                .await;
+            let Ok((next, page)) = read else { return };
+            reader = next;
+            let page = match page {
+                Ok(Some(page)) => Ok(page),
+                Ok(None) => return,
+                Err(err) => Err(err),
+            };
+            let failed = page.is_err();
+            if tx.send(page).await.is_err() || failed {
+                return;
+            }
+        }
+    }))
 }
 
 /// Renews a job's planning lease every third of a lease until dropped.

@@ -220,3 +220,11 @@ diesel::allow_tables_to_appear_in_same_query!(
 );
 diesel::joinable!(workflow_steps -> workflows (workflow_id));
 diesel::joinable!(workflow_steps -> jobs (job_id));
+
+diesel::table! {
+    /// The counter skipped datums' id blocks come from (one row).
+    skipped_datum_ids (id) {
+        id -> Integer,
+        next_id -> BigInt,
+    }
+}

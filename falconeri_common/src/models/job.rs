@@ -11,7 +11,7 @@ use diesel::{
 use super::{
     INSERT_CHUNK, ModelError, ModelResult,
     datum::{close_attempts, transition},
-    skipped::{DatumIds, SkippedDatum, SkippedRun, fold_runs},
+    skipped::{SkippedDatum, SkippedRun, fold_runs, reserve_skipped_ids},
     sql::Clock,
     taken_key,
 };
@@ -404,12 +404,17 @@ impl Job {
             let matched: Vec<Option<(i64, i64)>> = (0..batch.datums.len())
                 .map(|i| key(i).and_then(|keys| matches.get(keys.fingerprint.as_str()).copied()))
                 .collect();
-            // Ids for the skipped ones first, so an unchanged rerun's
-            // blocks follow each other and its runs join across batches.
+            // Ids for the skipped ones in one block, so an unchanged
+            // rerun's blocks follow each other and its runs join across
+            // batches (unless another planner took a block in between,
+            // which only splits a run).
             let skipped_here = matched.iter().filter(|m| m.is_some()).count();
-            let mut ids = c
-                .reserve_datum_ids(i64::try_from(skipped_here).unwrap_or(0))?
-                .into_iter();
+            let skipped_here = i64::try_from(skipped_here).unwrap_or(0);
+            let first_id = match skipped_here {
+                0 => 0,
+                n => reserve_skipped_ids!(c, n)?,
+            };
+            let mut ids = first_id..first_id + skipped_here;
             for (i, m) in matched.iter().enumerate() {
                 // An id is taken only for a matched datum (taking one for
                 // every datum lost the skips after the first that ran).

@@ -32,7 +32,7 @@ pub use logs::{
 };
 pub use previous::PreviousRun;
 pub use schedule::{NewSchedule, Schedule};
-pub use skipped::{SkippedDatum, SkippedRun};
+pub use skipped::{FIRST_SKIPPED_ID, SKIPPED_ID_END, SkippedDatum, SkippedRun};
 pub use sql::Clock;
 pub use stop_request::JobStopRequest;
 pub use workflow::{

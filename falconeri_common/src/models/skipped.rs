@@ -9,9 +9,9 @@
 //! is what made deciding that nothing must run cost 13–15 times the
 //! listing (guide, "Incremental runs").
 //!
-//! A skipped datum keeps a datum id: each run takes a block of ids from the
-//! `datums` id sequence, so no row of `datums` will ever have one of them,
-//! and `datum describe ID`, `datum list` and the dashboard find it here
+//! A skipped datum keeps a datum id: each planning batch takes a block of
+//! ids from a range of their own (2^52 up, [`reserve_skipped_ids!`]), so no
+//! row of `datums` will ever have one of them, and `datum describe ID`, `datum list` and the dashboard find it here
 //! ([`Datum::find`] falls back to [`SkippedRun::holding`]). Everything is
 //! read a run at a time, so a page of skipped datums costs the same at a
 //! million datums as at ten.
@@ -58,69 +58,58 @@ pub struct SkippedDatum {
     pub skipped_at: Millis,
 }
 
-/// Datum ids for skipped datums, taken from the `datums` id sequence so no
-/// row of `datums` ever gets one. Implemented per backend because each
-/// keeps its sequence differently; called inside the planning batch's
-/// write transaction.
-pub(crate) trait DatumIds {
-    /// `n` fresh datum ids, ascending. Consecutive unless another planner
-    /// took ids meanwhile (PostgreSQL only); a gap only splits a run.
-    fn reserve_datum_ids(&mut self, n: i64) -> diesel::QueryResult<Vec<i64>>;
-}
+/// The first id skipped datums get (2^52): far above any id the `datums`
+/// sequence will reach, so no row ever has one of them.
+pub const FIRST_SKIPPED_ID: i64 = 1 << 52;
 
-#[derive(diesel::QueryableByName)]
-struct SeqValue {
-    #[diesel(sql_type = diesel::sql_types::BigInt)]
-    v: i64,
-}
+/// The end of that range (2^53, excluded): ids up to it are exact as
+/// JavaScript numbers, which is how the dashboard reads them.
+pub const SKIPPED_ID_END: i64 = 1 << 53;
 
-impl DatumIds for diesel::sqlite::SqliteConnection {
-    fn reserve_datum_ids(&mut self, n: i64) -> diesel::QueryResult<Vec<i64>> {
-        use diesel::sql_types::BigInt;
-        if n <= 0 {
-            return Ok(Vec::new());
-        }
-        // `datums.id` is AUTOINCREMENT: SQLite hands out one more than the
-        // larger of `sqlite_sequence` and the largest id, so raising the
-        // former reserves the block. The planning batch's IMMEDIATE
-        // transaction keeps every other writer out meanwhile.
-        let top: Vec<SeqValue> = diesel::sql_query(
-            "SELECT MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'datums'), 0),              COALESCE((SELECT MAX(id) FROM datums), 0)) AS v",
+/// Takes a block of `$n` (an `i64` above zero) consecutive datum ids for
+/// skipped datums on the connection `$c` of a write transaction: one
+/// `UPDATE … RETURNING` of the counter `skipped_datum_ids`, whatever `$n`.
+/// Evaluates to `Result<i64, ModelError>`, the block's first id.
+///
+/// Why a counter of its own and not the `datums` sequence, which skipped
+/// datums took their ids from before: a block from the sequence was one
+/// `nextval` per id (about 8 µs on PostgreSQL: the sequence's lock and a
+/// WAL record every 32 values), 0.8 s of deciding an unchanged rerun of
+/// 100,000 files, most of what kept PostgreSQL above issue 11's target.
+/// `CACHE n` on the sequence would have made `nextval` cheap but handed
+/// each connection its own stretch, so row ids would no longer follow
+/// insertion order and a batch's ids would rarely be consecutive (runs
+/// split at every batch). The counter's row lock, held until the batch
+/// commits, keeps two planners' blocks apart (several falconerid replicas
+/// on one database included); SQLite's IMMEDIATE transaction does the
+/// same there. A block taken by a batch that rolls back is lost, which
+/// costs nothing but ids.
+macro_rules! reserve_skipped_ids {
+    ($c:expr, $n:expr) => {{
+        let n: i64 = $n;
+        let end: Option<i64> = ::diesel::update(
+            $crate::db::schema::skipped_datum_ids::table
+                .filter($crate::db::schema::skipped_datum_ids::id.eq(1))
+                .filter(
+                    $crate::db::schema::skipped_datum_ids::next_id
+                        .le($crate::models::skipped::SKIPPED_ID_END - n),
+                ),
         )
-        .load(self)?;
-        let base = top.first().map_or(0, |t| t.v);
-        let updated = diesel::sql_query("UPDATE sqlite_sequence SET seq = ? WHERE name = 'datums'")
-            .bind::<BigInt, _>(base + n)
-            .execute(self)?;
-        if updated == 0 {
-            diesel::sql_query("INSERT INTO sqlite_sequence (name, seq) VALUES ('datums', ?)")
-                .bind::<BigInt, _>(base + n)
-                .execute(self)?;
-        }
-        Ok((base + 1..=base + n).collect())
-    }
-}
-
-#[cfg(feature = "postgres")]
-impl DatumIds for diesel::pg::PgConnection {
-    fn reserve_datum_ids(&mut self, n: i64) -> diesel::QueryResult<Vec<i64>> {
-        use diesel::sql_types::BigInt;
-        if n <= 0 {
-            return Ok(Vec::new());
-        }
-        // One statement: the values are consecutive unless another session
-        // calls nextval at the same moment, which only splits a run.
-        let rows: Vec<SeqValue> = diesel::sql_query(
-            "SELECT nextval(pg_get_serial_sequence('datums', 'id')) AS v \
-             FROM generate_series(1, $1)",
+        .set(
+            $crate::db::schema::skipped_datum_ids::next_id
+                .eq($crate::db::schema::skipped_datum_ids::next_id + n),
         )
-        .bind::<BigInt, _>(n)
-        .load(self)?;
-        let mut ids: Vec<i64> = rows.into_iter().map(|r| r.v).collect();
-        ids.sort_unstable();
-        Ok(ids)
-    }
+        .returning($crate::db::schema::skipped_datum_ids::next_id)
+        .get_result::<i64>($c)
+        .optional()?;
+        end.map(|end| end - n).ok_or_else(|| {
+            $crate::models::ModelError::Conflict(format!(
+                "no {n} datum ids left for skipped datums below 2^53"
+            ))
+        })
+    }};
 }
+pub(crate) use reserve_skipped_ids;
 
 /// Folds `skipped` (one job's skipped datums, in seq order, each with its
 /// id) into runs: `last`, the job's last run so far, is extended where
@@ -536,8 +525,14 @@ fn vanished_rows(
     limit: i64,
     pipeline_jobs: &[i64],
 ) -> ModelResult<Vec<Vanished>> {
+    // Done rows only, as the pages below: that makes it two probes of
+    // `datums_job_status_id`. Without the status, PostgreSQL may answer
+    // min and max by walking the primary key until it meets the job, all
+    // of the table when the job has no rows (a previous run that skipped
+    // everything: 0.25 s at 100,000 datums).
     let span: (Option<i64>, Option<i64>) = with_conn!(conn, c => datums::table
         .filter(datums::job_id.eq(previous))
+        .filter(datums::status.eq(DatumStatus::Done))
         .select((diesel::dsl::min(datums::id), diesel::dsl::max(datums::id)))
         .first(c))?;
     let (Some(lo), Some(hi)) = span else {
