@@ -27,6 +27,31 @@ async fn create(server: &TestServer, files: &[(&str, &str)]) -> i64 {
     job["id"].as_i64().unwrap()
 }
 
+/// A job of one datum, reserved by its worker: what the log routes need.
+struct Running {
+    job_id: i64,
+    token: String,
+    datum_id: i64,
+    claim: Value,
+}
+
+async fn one_running_datum(server: &TestServer) -> Running {
+    let job_id = create(server, &[("a.txt", "a")]).await;
+    let token = worker_token(server, job_id);
+    let reserved = reserve(server, job_id, &token).await;
+    Running {
+        job_id,
+        datum_id: reserved["datum_id"].as_i64().unwrap(),
+        claim: reserved["claim"].clone(),
+        token,
+    }
+}
+
+/// Follows a log stream as the admin.
+async fn follow(server: &TestServer, path: &str) -> Events {
+    Events::open(server, path, ADMIN).await.unwrap()
+}
+
 fn worker_token(server: &TestServer, job_id: i64) -> String {
     server
         .executor
@@ -133,19 +158,15 @@ impl Events {
 #[tokio::test]
 async fn a_follower_gets_lines_within_a_second_and_ends_with_the_attempt() {
     for server in TestServer::all() {
-        let job_id = create(&server, &[("a.txt", "a")]).await;
-        let token = worker_token(&server, job_id);
-        let reserved = reserve(&server, job_id, &token).await;
-        let datum_id = reserved["datum_id"].as_i64().unwrap();
-        let claim = reserved["claim"].clone();
+        let Running {
+            job_id,
+            token,
+            datum_id,
+            claim,
+        } = one_running_datum(&server).await;
 
-        let mut follower = Events::open(
-            &server,
-            &format!("/v1/datums/{datum_id}/logs?follow=true"),
-            ADMIN,
-        )
-        .await
-        .unwrap();
+        let mut follower =
+            follow(&server, &format!("/v1/datums/{datum_id}/logs?follow=true")).await;
         let sent = Instant::now();
         let (status, body) = append(
             &server,
@@ -236,18 +257,13 @@ async fn a_follower_gets_lines_within_a_second_and_ends_with_the_attempt() {
 #[tokio::test]
 async fn following_a_job_ends_with_the_job() {
     for server in TestServer::all() {
-        let job_id = create(&server, &[("a.txt", "a")]).await;
-        let token = worker_token(&server, job_id);
-        let reserved = reserve(&server, job_id, &token).await;
-        let datum_id = reserved["datum_id"].as_i64().unwrap();
-        let claim = reserved["claim"].clone();
-        let mut follower = Events::open(
-            &server,
-            &format!("/v1/jobs/{job_id}/logs?follow=true"),
-            ADMIN,
-        )
-        .await
-        .unwrap();
+        let Running {
+            job_id,
+            token,
+            datum_id,
+            claim,
+        } = one_running_datum(&server).await;
+        let mut follower = follow(&server, &format!("/v1/jobs/{job_id}/logs?follow=true")).await;
         let sent = Instant::now();
         let line = json!([{ "stream": "stdout", "at": 1, "text": "live\n" }]);
         append(&server, &token, datum_id, &claim, 0, line).await;
@@ -354,19 +370,15 @@ async fn framed_chunks_are_stored_as_sent_and_damaged_ones_refused() {
     use falconeri_common::{api::LogStream, log_frame};
     const OCTETS: &str = "application/octet-stream";
     for server in TestServer::all() {
-        let job_id = create(&server, &[("a.txt", "a")]).await;
-        let token = worker_token(&server, job_id);
-        let reserved = reserve(&server, job_id, &token).await;
-        let datum_id = reserved["datum_id"].as_i64().unwrap();
-        let claim = reserved["claim"].clone();
+        let Running {
+            job_id: _,
+            token,
+            datum_id,
+            claim,
+        } = one_running_datum(&server).await;
 
-        let mut follower = Events::open(
-            &server,
-            &format!("/v1/datums/{datum_id}/logs?follow=true"),
-            ADMIN,
-        )
-        .await
-        .unwrap();
+        let mut follower =
+            follow(&server, &format!("/v1/datums/{datum_id}/logs?follow=true")).await;
         let mut chunk = Vec::new();
         log_frame::push_line(&mut chunk, LogStream::Stdout, 10, b"hello\n");
         // NUL, invalid UTF-8 and a newline: kept as bytes on both databases.
@@ -534,18 +546,14 @@ async fn chunk_bytes_are_files_under_the_logs_location_not_in_the_database() {
     use falconeri_common::{api::LogStream, log_frame};
     const OCTETS: &str = "application/octet-stream";
     for (server, dir) in log_store_servers(|_| {}) {
-        let job_id = create(&server, &[("a.txt", "a")]).await;
-        let token = worker_token(&server, job_id);
-        let reserved = reserve(&server, job_id, &token).await;
-        let datum_id = reserved["datum_id"].as_i64().unwrap();
-        let claim = reserved["claim"].clone();
-        let mut follower = Events::open(
-            &server,
-            &format!("/v1/datums/{datum_id}/logs?follow=true"),
-            ADMIN,
-        )
-        .await
-        .unwrap();
+        let Running {
+            job_id: _,
+            token,
+            datum_id,
+            claim,
+        } = one_running_datum(&server).await;
+        let mut follower =
+            follow(&server, &format!("/v1/datums/{datum_id}/logs?follow=true")).await;
 
         let mut chunk = Vec::new();
         log_frame::push_line(
@@ -651,11 +659,12 @@ async fn cutting_an_over_cap_log_deletes_its_files_and_says_what_was_cut() {
     use falconeri_common::{api::LogStream, log_frame};
     const OCTETS: &str = "application/octet-stream";
     for (server, dir) in log_store_servers(|config| config.max_log_bytes = 1_000) {
-        let job_id = create(&server, &[("a.txt", "a")]).await;
-        let token = worker_token(&server, job_id);
-        let reserved = reserve(&server, job_id, &token).await;
-        let datum_id = reserved["datum_id"].as_i64().unwrap();
-        let claim = reserved["claim"].clone();
+        let Running {
+            job_id: _,
+            token,
+            datum_id,
+            claim,
+        } = one_running_datum(&server).await;
         // Six chunks of 300 output bytes: with a cap of 1,000 the head
         // (chunk 0, ending within the first 500) and the tail (chunks 4 and
         // 5, the last 500 and the one crossing into them) stay.
