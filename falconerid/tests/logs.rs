@@ -47,9 +47,26 @@ async fn one_running_datum(server: &TestServer) -> Running {
     }
 }
 
-/// Follows a log stream as the admin.
+/// Opens a log stream as the admin (following it if `path` asks).
 async fn follow(server: &TestServer, path: &str) -> Events {
     Events::open(server, path, ADMIN).await.unwrap()
+}
+
+/// A datum's whole log in short: each line's first character, and each
+/// cut as `cut BYTES`.
+async fn log_outline(server: &TestServer, datum_id: i64) -> Vec<String> {
+    let events = follow(server, &format!("/v1/datums/{datum_id}/logs"))
+        .await
+        .all()
+        .await;
+    events
+        .iter()
+        .map(|e| match e["kind"].as_str().unwrap() {
+            "line" => e["text"].as_str().unwrap()[..1].to_owned(),
+            "cut" => format!("cut {}", e["bytes"]),
+            other => other.to_owned(),
+        })
+        .collect()
 }
 
 fn worker_token(server: &TestServer, job_id: i64) -> String {
@@ -687,39 +704,19 @@ async fn cutting_an_over_cap_log_deletes_its_files_and_says_what_was_cut() {
             named_sorted.sort();
             assert_eq!(files, named_sorted, "the cut chunks' files are still there");
         }
-        let events = Events::open(&server, &format!("/v1/datums/{datum_id}/logs"), ADMIN)
-            .await
-            .unwrap()
-            .all()
-            .await;
-        let kinds: Vec<String> = events
-            .iter()
-            .map(|e| match e["kind"].as_str().unwrap() {
-                "line" => e["text"].as_str().unwrap()[..1].to_owned(),
-                "cut" => format!("cut {}", e["bytes"]),
-                other => other.to_owned(),
-            })
-            .collect();
-        assert_eq!(kinds, vec!["a", "cut 900", "e", "f"]);
+        assert_eq!(
+            log_outline(&server, datum_id).await,
+            vec!["a", "cut 900", "e", "f"]
+        );
 
         // A file gone under a row (cut meanwhile, or lost) reads as cut.
         if let Some(dir) = &dir {
             let object = rows[1].2.clone().unwrap();
             std::fs::remove_file(dir.join(object)).unwrap();
-            let events = Events::open(&server, &format!("/v1/datums/{datum_id}/logs"), ADMIN)
-                .await
-                .unwrap()
-                .all()
-                .await;
-            let kinds: Vec<String> = events
-                .iter()
-                .map(|e| match e["kind"].as_str().unwrap() {
-                    "line" => e["text"].as_str().unwrap()[..1].to_owned(),
-                    "cut" => format!("cut {}", e["bytes"]),
-                    other => other.to_owned(),
-                })
-                .collect();
-            assert_eq!(kinds, vec!["a", "cut 1200", "f"]);
+            assert_eq!(
+                log_outline(&server, datum_id).await,
+                vec!["a", "cut 1200", "f"]
+            );
         }
     }
 }
