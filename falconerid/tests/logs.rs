@@ -14,6 +14,7 @@ use axum::{
     http::{Method, Request, StatusCode, header},
 };
 use common::{ADMIN, TestServer};
+use falconeri_common::{api::LogStream, log_frame};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use tower::ServiceExt;
@@ -26,6 +27,9 @@ async fn create(server: &TestServer, files: &[(&str, &str)]) -> i64 {
     assert_eq!(status, StatusCode::CREATED, "{job}");
     job["id"].as_i64().unwrap()
 }
+
+/// The content type of a framed log chunk.
+const OCTETS: &str = "application/octet-stream";
 
 /// A job of one datum, reserved by its worker: what the log routes need.
 struct Running {
@@ -384,8 +388,6 @@ async fn put_chunk(
 
 #[tokio::test]
 async fn framed_chunks_are_stored_as_sent_and_damaged_ones_refused() {
-    use falconeri_common::{api::LogStream, log_frame};
-    const OCTETS: &str = "application/octet-stream";
     for server in TestServer::all() {
         let Running {
             job_id: _,
@@ -560,8 +562,6 @@ async fn chunk_rows(server: &TestServer, datum_id: i64) -> Vec<(i64, Vec<u8>, Op
 /// leave no file behind. With `database` the row keeps the bytes.
 #[tokio::test]
 async fn chunk_bytes_are_files_under_the_logs_location_not_in_the_database() {
-    use falconeri_common::{api::LogStream, log_frame};
-    const OCTETS: &str = "application/octet-stream";
     for (server, dir) in log_store_servers(|_| {}) {
         let Running {
             job_id: _,
@@ -673,8 +673,6 @@ async fn chunk_bytes_are_files_under_the_logs_location_not_in_the_database() {
 /// their files; a reader is told how many bytes went.
 #[tokio::test]
 async fn cutting_an_over_cap_log_deletes_its_files_and_says_what_was_cut() {
-    use falconeri_common::{api::LogStream, log_frame};
-    const OCTETS: &str = "application/octet-stream";
     for (server, dir) in log_store_servers(|config| config.max_log_bytes = 1_000) {
         let Running {
             job_id: _,
