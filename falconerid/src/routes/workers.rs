@@ -198,34 +198,6 @@ fn reserve_answer(
     })
 }
 
-/// Claims datums of `job_id` for `wants` on the database thread, and once
-/// that has committed, tells the job's followers. Used by a group of
-/// reservations and by a group of reports that asked for their `next`.
-fn reserve_on(
-    conn: &mut falconeri_common::db::DbConn,
-    state: &AppState,
-    waiters: &JobWaiters,
-    job_id: i64,
-    wants: &[ReserveWant],
-    lease_ms: i64,
-    timeout_ms: Option<i64>,
-) -> Result<Vec<Reserved>, ModelError> {
-    let reserved = Datum::reserve_many(
-        conn,
-        job_id,
-        wants,
-        &waiters.frontier,
-        Clock::DB,
-        lease_ms,
-        timeout_ms,
-    )?;
-    // The statement has committed: a follower woken now sees it.
-    if !reserved.is_empty() {
-        state.notify(Change::Progress { job_id });
-    }
-    Ok(reserved)
-}
-
 /// The datums each of `workers` got from one reservation statement, in
 /// `workers` order. A worker named twice in one group (a retried request)
 /// gets the same answer twice: the datums it holds.
@@ -257,7 +229,22 @@ async fn reserve_group(
     let workers: Vec<String> = wants.iter().map(|w| w.worker_id.clone()).collect();
     let reserved = state
         .clone()
-        .db(move |conn| reserve_on(conn, &state, &waiters, job_id, &wants, lease_ms, timeout_ms))
+        .db(move |conn| {
+            let reserved = Datum::reserve_many(
+                conn,
+                job_id,
+                &wants,
+                &waiters.frontier,
+                Clock::DB,
+                lease_ms,
+                timeout_ms,
+            )?;
+            // The statement has committed: a follower woken now sees it.
+            if !reserved.is_empty() {
+                state.notify(Change::Progress { job_id });
+            }
+            Ok(reserved)
+        })
         .await?;
     let workers: Vec<&str> = workers.iter().map(String::as_str).collect();
     Ok(by_worker(&workers, reserved))
