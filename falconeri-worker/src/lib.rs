@@ -185,6 +185,20 @@ impl Exit {
     }
 }
 
+/// The runtime a worker runs on: one thread for its tasks (the command's
+/// pumps, the log shipper, lease renewal, transfers) plus tokio's pool for
+/// blocking file work. A worker does one datum at a time and its tasks
+/// mostly hand bytes to each other: on one thread a hand-off is a queue
+/// push, where across a multi-threaded runtime's threads it was a futex
+/// wake-up and a cache miss, which made up much of what keeping a chatty
+/// command's log cost the worker (see bench/logs).
+pub fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
 /// Works on the job until it has no work left ([`Exit::Finished`]), SIGTERM
 /// or SIGINT arrives ([`Exit::Stopped`], after reporting the datum in hand as
 /// stopped), or falconerid stays unreachable past the retry budget (Err).

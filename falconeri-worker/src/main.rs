@@ -16,6 +16,7 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
+    falconeri_common::malloc::keep_large_buffers();
     let cli = Cli::parse();
     // Logs go to stderr, so stdout carries only the commands' own output.
     tracing_subscriber::fmt()
@@ -27,8 +28,7 @@ fn main() -> ExitCode {
         // writes our stderr to a log file.
         .with_ansi(falconeri_common::log_colors())
         .init();
-    let result = tokio::runtime::Runtime::new()
-        .map_err(anyhow::Error::from)
+    let result = falconeri_worker::runtime()
         .and_then(|runtime| runtime.block_on(falconeri_worker::run(cli.config)));
     match result {
         Ok(exit) => ExitCode::from(exit.status()),

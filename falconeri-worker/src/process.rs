@@ -375,11 +375,12 @@ async fn pump(
     tail: Arc<Mutex<TailBuffer>>,
     mut log: Option<(LogSink, LineSplitter)>,
 ) {
-    // As large as a Linux pipe's default buffer: a chatty command fills it
-    // between reads, and each read is one pass of this loop (a channel
-    // message, a write through, a wake-up), so 8 KiB reads cost the log path
-    // eight times the turns (see bench/logs).
-    let mut chunk = vec![0u8; 64 * 1024];
+    // A quarter of the pipe (PIPE_BYTES): a chatty command fills the pipe
+    // between reads, and each read is one pass of this loop (a record
+    // appended, a write through, a wake-up), so small reads cost the log
+    // path turns: 8 KiB reads took eight times those of 64 KiB, and 256 KiB
+    // take a quarter (see bench/logs).
+    let mut chunk = vec![0u8; 256 * 1024];
     let mut sink_ok = true;
     loop {
         let due = log.as_ref().and_then(|(_, splitter)| splitter.due());

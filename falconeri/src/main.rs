@@ -31,6 +31,7 @@ use crate::{
 };
 
 fn main() -> ExitCode {
+    falconeri_common::malloc::keep_large_buffers();
     let args: Vec<_> = std::env::args_os().collect();
     let result = if cli::is_internal_worker(&args) {
         run_worker(cli::parse_worker(args))
@@ -79,7 +80,7 @@ fn run_worker(cli: cli::WorkerCli) -> Result<()> {
     init_tracing("info");
     // The local executor does not read a worker's exit status (it decides
     // by the database), so a stopped worker exits 0 here.
-    runtime()?
+    falconeri_worker::runtime()?
         .block_on(falconeri_worker::run(cli.config))
         .map(|_exit| ())
 }

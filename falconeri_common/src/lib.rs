@@ -10,6 +10,7 @@ pub mod failure_policy;
 pub mod fingerprint;
 pub mod glob;
 pub mod log_frame;
+pub mod malloc;
 pub mod migrations;
 pub mod nul_check;
 pub mod pipeline;

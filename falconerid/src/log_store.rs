@@ -231,7 +231,7 @@ pub struct ChunkWriter {
 }
 
 /// How much a [`ChunkWriter`] gathers before it writes.
-const WRITE_BATCH: usize = 256 * 1024;
+const WRITE_BATCH: usize = 1024 * 1024;
 
 impl ChunkWriter {
     /// Takes the next piece; true when enough waits to be worth a write

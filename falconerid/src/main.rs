@@ -11,8 +11,19 @@ struct Cli {
     config: falconerid::Config,
 }
 
-#[tokio::main]
-async fn main() {
+fn main() {
+    falconeri_common::malloc::keep_large_buffers();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            std::process::exit(1);
+        }
+    };
+    runtime.block_on(serve());
+}
+
+async fn serve() {
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
