@@ -585,6 +585,7 @@ pub(crate) mod tests {
             client: Client::new(url, Some("t".into())).unwrap(),
             config: Config {
                 server: url.to_owned(),
+                server_socket: None,
                 token: Some("t".into()),
                 token_file: None,
                 job_id: 7,

@@ -37,6 +37,12 @@ pub struct Config {
     #[arg(long, env = "FALCONERI_SERVER")]
     pub server: String,
 
+    /// A Unix socket to reach falconerid through instead of --server's host
+    /// and port (which still gives the scheme). The local executor sets it
+    /// to falconerid's `--worker-socket`.
+    #[arg(long, env = "FALCONERI_SERVER_SOCKET")]
+    pub server_socket: Option<PathBuf>,
+
     /// The job's worker token.
     #[arg(
         long,
@@ -131,6 +137,7 @@ impl fmt::Debug for Config {
         // Written out by hand so the token never reaches a log.
         f.debug_struct("Config")
             .field("server", &self.server)
+            .field("server_socket", &self.server_socket)
             .field("token", &"<redacted>")
             .field("job_id", &self.job_id)
             .field("worker_id", &self.worker_id)
@@ -245,7 +252,7 @@ pub async fn run_until(mut config: Config, shutdown: CancellationToken) -> Resul
             anyhow::bail!("no worker token: set FALCONERI_TOKEN_FILE or FALCONERI_TOKEN")
         }
     };
-    let client = Client::new(&config.server, Some(token))
+    let client = Client::through(&config.server, config.server_socket.as_deref(), Some(token))
         .with_context(|| format!("cannot use falconerid at {:?}", config.server))?;
     tracing::info!(?config, "worker starting");
     let worker = Worker {

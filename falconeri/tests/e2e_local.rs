@@ -92,6 +92,23 @@ fn word_frequencies_example_runs_end_to_end() {
     let text = local.falconeri(&["job", "describe", "--local", name]);
     assert!(text.status.success(), "{}", describe(&text));
     assert!(String::from_utf8_lossy(&text.stdout).contains("done"));
+
+    // The workers reached the server through its Unix socket in the home
+    // (each logs its settings as it starts).
+    let socket = local.home.path().join("falconerid.sock");
+    let logs = local.home.path().join("logs").join(name);
+    let started: Vec<String> = std::fs::read_dir(&logs)
+        .unwrap_or_else(|err| panic!("{}: {err}", logs.display()))
+        .flatten()
+        .map(|entry| std::fs::read_to_string(entry.path()).unwrap())
+        .collect();
+    assert!(!started.is_empty());
+    for log in &started {
+        assert!(
+            log.contains(&format!("server_socket: Some({:?})", socket)),
+            "{log}"
+        );
+    }
 }
 
 #[test]

@@ -108,17 +108,30 @@ impl Client {
     /// A client for the server at `base` (such as `http://127.0.0.1:8089`),
     /// sending `token` as a bearer token.
     pub fn new(base: &str, token: Option<String>) -> Result<Client, ClientError> {
+        Client::through(base, None, token)
+    }
+
+    /// A client for the server at `base` that connects through the Unix
+    /// socket `socket` when there is one (a local worker beside its
+    /// falconerid: cheaper per byte than TCP), else to `base`'s host and
+    /// port. `base` still gives the scheme and the path.
+    pub fn through(
+        base: &str,
+        socket: Option<&std::path::Path>,
+        token: Option<String>,
+    ) -> Result<Client, ClientError> {
         let base = Url::parse(base).map_err(|_| ClientError::BadUrl(base.to_owned()))?;
         if !matches!(base.scheme(), "http" | "https") {
             return Err(ClientError::BadUrl(base.to_string()));
         }
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .build()
-            .map_err(|source| ClientError::Transport {
-                url: base.to_string(),
-                source,
-            })?;
+        let mut builder = reqwest::Client::builder().connect_timeout(Duration::from_secs(10));
+        if let Some(socket) = socket {
+            builder = builder.unix_socket(socket);
+        }
+        let http = builder.build().map_err(|source| ClientError::Transport {
+            url: base.to_string(),
+            source,
+        })?;
         Ok(Client { base, token, http })
     }
 

@@ -409,7 +409,7 @@ impl Babysitter {
         );
         let started = match job.spec() {
             Ok(spec) => {
-                let launch = WorkerLaunch::for_job(&job, spec, state.public_url());
+                let launch = WorkerLaunch::for_job(&job, spec, state.worker_endpoint());
                 let count = u32::try_from(job.parallelism).unwrap_or(1).max(1);
                 state.executor().start_workers(&launch, count).await
             }
@@ -606,7 +606,7 @@ impl Babysitter {
                 return Ok(changed);
             }
             let spec = job.spec()?;
-            let launch = WorkerLaunch::for_job(&job, spec, state.public_url());
+            let launch = WorkerLaunch::for_job(&job, spec, state.worker_endpoint());
             tracing::info!(
                 job = job.name,
                 alive,

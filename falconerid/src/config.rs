@@ -44,6 +44,14 @@ pub struct Config {
     #[arg(long, env = "FALCONERI_EXECUTOR", value_enum, default_value = "local")]
     pub executor: ExecutorKind,
 
+    /// A Unix socket to serve the API on as well, for local workers: the
+    /// local executor points its workers at it rather than at the TCP
+    /// address, which costs less per byte of their logs. Only the owner may
+    /// connect (mode 0600), and requests still need a token. [default: none;
+    /// the embedded default uses `falconerid.sock` in its home]
+    #[arg(long, env = "FALCONERI_WORKER_SOCKET")]
+    pub worker_socket: Option<PathBuf>,
+
     /// Directory for local workers' work directories and logs.
     #[arg(long, env = "FALCONERI_STATE_DIR", default_value = "falconeri-state")]
     pub state_dir: PathBuf,
@@ -176,6 +184,7 @@ impl std::fmt::Debug for Config {
             .field("token", &"<redacted>")
             .field("public_url", &self.public_url)
             .field("executor", &self.executor)
+            .field("worker_socket", &self.worker_socket)
             .field("state_dir", &self.state_dir)
             .field("worker_command", &self.worker_command)
             .field("lease", &self.lease)
@@ -208,6 +217,9 @@ fn redact_url(url: &str) -> String {
 /// Where the embedded default records the port it listened on.
 pub const LAST_PORT_FILE: &str = "last-port";
 
+/// The embedded default's Unix socket for its workers, in its home.
+pub const WORKER_SOCKET_FILE: &str = "falconerid.sock";
+
 impl Config {
     /// The embedded default: SQLite under `home`, listening on loopback (on
     /// the port recorded in `home/last-port` if it is free, so workers that
@@ -224,6 +236,7 @@ impl Config {
             token,
             public_url: None,
             executor: ExecutorKind::Local,
+            worker_socket: Some(home.join(WORKER_SOCKET_FILE)),
             state_dir: home.to_owned(),
             worker_command,
             lease: Duration::from_secs(30),

@@ -24,7 +24,11 @@ pub mod scheduler;
 pub mod start_job;
 pub mod state;
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
 use anyhow::{Context, Result};
 use axum::Router;
@@ -128,6 +132,16 @@ where
     };
     state.set_public_url(format!("http://{host}:{}", addr.port()));
     tracing::info!(%addr, public_url = state.public_url(), "listening");
+    let socket = match &state.config().worker_socket {
+        Some(path) if state.config().executor == ExecutorKind::Local => {
+            bind_worker_socket(path).await
+        }
+        _ => None,
+    };
+    if let Some((_, path)) = &socket {
+        tracing::info!(path = %path.display(), "listening for local workers");
+        state.set_worker_socket(path.clone());
+    }
 
     let babysitter_cancel = CancellationToken::new();
     let babysitter = tokio::spawn(babysitter::run(state.clone(), babysitter_cancel.clone()));
@@ -147,8 +161,11 @@ where
     // The order matters: stop the babysitter (so it starts no workers), then
     // stop local workers while the API still answers (so they can give their
     // datums back), then wake long-polls so shutdown doesn't wait them out.
+    // The workers' socket closes with the TCP listener, after all that.
+    let stopped = CancellationToken::new();
     let stopping = {
         let state = state.clone();
+        let stopped = stopped.clone();
         async move {
             shutdown_signal().await;
             tracing::info!("shutting down");
@@ -156,12 +173,50 @@ where
             let _ = babysitter.await;
             state.executor().shutdown().await;
             state.begin_shutdown();
+            stopped.cancel();
         }
     };
-    axum::serve(listener, app(state))
-        .with_graceful_shutdown(stopping)
-        .await
-        .context("server failed")
+    let router = app(state);
+    let tcp = axum::serve(listener, router.clone()).with_graceful_shutdown(stopping);
+    match socket {
+        Some((unix, path)) => {
+            let local = axum::serve(unix, router).with_graceful_shutdown(stopped.cancelled_owned());
+            let served = tokio::try_join!(tcp.into_future(), local.into_future());
+            let _ = std::fs::remove_file(&path);
+            served.map(|_| ()).context("server failed")
+        }
+        None => tcp.await.context("server failed"),
+    }
+}
+
+/// Listens on the Unix socket at `path` for local workers, replacing a
+/// socket a previous server left behind; None (logged) if it cannot, and
+/// workers then use TCP. Never replaces a file that is not a socket.
+async fn bind_worker_socket(path: &Path) -> Option<(tokio::net::UnixListener, PathBuf)> {
+    use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
+    let bound = async {
+        match tokio::fs::symlink_metadata(path).await {
+            Ok(meta) if meta.file_type().is_socket() => tokio::fs::remove_file(path).await?,
+            Ok(_) => anyhow::bail!("{} exists and is not a socket", path.display()),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => return Err(err.into()),
+        }
+        let listener = tokio::net::UnixListener::bind(path)?;
+        // Only our own user may connect (requests still need a token).
+        tokio::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).await?;
+        anyhow::Ok(listener)
+    };
+    match bound.await {
+        Ok(listener) => Some((listener, path.to_owned())),
+        Err(err) => {
+            tracing::warn!(
+                path = %path.display(),
+                error = %err,
+                "cannot listen on the workers' Unix socket; local workers use TCP"
+            );
+            None
+        }
+    }
 }
 
 /// Resolves on SIGTERM or Ctrl-C (also used by the CLI's long-running

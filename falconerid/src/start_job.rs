@@ -800,7 +800,7 @@ async fn start(
         job_id: job.id,
         job_name: job.name.clone(),
         worker_token,
-        server_url: state.public_url(),
+        server: state.worker_endpoint(),
         spec,
     };
     start_or_fail(state, &launch, parallelism).await?;
@@ -824,7 +824,7 @@ pub async fn restart_workers(state: &AppState, job: &Job, count: u32) -> AppResu
     let spec = job
         .spec()
         .map_err(|err| AppError::Internal(err.context("stored spec is unreadable")))?;
-    let launch = WorkerLaunch::for_job(job, spec, state.public_url());
+    let launch = WorkerLaunch::for_job(job, spec, state.worker_endpoint());
     start_or_fail(state, &launch, count).await
 }
 

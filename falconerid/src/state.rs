@@ -12,6 +12,7 @@
 
 use std::{
     collections::HashMap,
+    path::PathBuf,
     sync::{Arc, Mutex, OnceLock, mpsc},
     time::Duration,
 };
@@ -28,7 +29,7 @@ use crate::{
     combine::Combiner,
     config::Config,
     error::AppResult,
-    executor::Executor,
+    executor::{Executor, ServerEndpoint},
     routes::workers::{ReportItem, SettledItem},
 };
 
@@ -198,6 +199,8 @@ struct Inner {
     server_id: String,
     /// The URL workers reach us at, known once the listener is bound.
     public_url: OnceLock<String>,
+    /// The Unix socket local workers reach us through, once it is bound.
+    worker_socket: OnceLock<PathBuf>,
     /// Cancelled when the server shuts down; long-polls answer at once.
     shutdown: CancellationToken,
     /// Bumped when any job starts or ends or a workflow step changes: the
@@ -239,6 +242,7 @@ impl AppState {
                 outbox,
                 server_id,
                 public_url,
+                worker_socket: OnceLock::new(),
                 shutdown: CancellationToken::new(),
                 workflows: watch::channel(0).0,
                 schedules: watch::channel(0).0,
@@ -285,6 +289,20 @@ impl AppState {
             .get()
             .cloned()
             .unwrap_or_else(|| "http://127.0.0.1:8089".to_owned())
+    }
+
+    /// Records the Unix socket local workers should use, once it listens.
+    pub fn set_worker_socket(&self, path: PathBuf) {
+        let _ = self.inner.worker_socket.set(path);
+    }
+
+    /// How workers reach us: the public URL, and the Unix socket when one
+    /// listens (local workers only).
+    pub fn worker_endpoint(&self) -> ServerEndpoint {
+        ServerEndpoint {
+            url: self.public_url(),
+            socket: self.inner.worker_socket.get().cloned(),
+        }
     }
 
     /// Runs a model call on a blocking thread with a pooled connection.

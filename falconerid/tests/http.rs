@@ -1846,3 +1846,33 @@ async fn a_batch_report_with_next_reserves_the_next_batch() {
         assert_eq!(get_job(&server, id).await["status"], "done");
     }
 }
+
+/// Local workers reach falconerid through its Unix socket
+/// (`--worker-socket`): the same API, the same tokens, no TCP. The URL's
+/// port is closed, so only the socket can answer.
+#[tokio::test]
+async fn a_client_reaches_the_api_through_a_unix_socket() {
+    for server in TestServer::all() {
+        let path = server.dir.path().join("falconerid.sock");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let serving = tokio::spawn(axum::serve(listener, server.app.clone()).into_future());
+        let closed_port = "http://127.0.0.1:1";
+        let client = falconeri_common::client::Client::through(
+            closed_port,
+            Some(&path),
+            Some(ADMIN.to_owned()),
+        )
+        .unwrap();
+        let jobs = client.list_jobs(None).await.unwrap();
+        assert!(jobs.jobs.is_empty(), "{jobs:?}");
+        // Without the socket the same URL reaches nothing.
+        let tcp =
+            falconeri_common::client::Client::new(closed_port, Some(ADMIN.to_owned())).unwrap();
+        assert!(tcp.list_jobs(None).await.is_err());
+        // And a token is still needed.
+        let anonymous =
+            falconeri_common::client::Client::through(closed_port, Some(&path), None).unwrap();
+        assert!(anonymous.list_jobs(None).await.is_err());
+        serving.abort();
+    }
+}

@@ -24,7 +24,7 @@ use falconerid::{
     AppState, Config, app,
     babysitter::Babysitter,
     executor::{
-        Executor, KubernetesExecutor, KubernetesSettings, PoolState, WorkerLaunch,
+        Executor, KubernetesExecutor, KubernetesSettings, PoolState, ServerEndpoint, WorkerLaunch,
         kubernetes::objects,
     },
 };
@@ -113,7 +113,11 @@ fn launch(id: i64, spec: PipelineSpec) -> WorkerLaunch {
         job_id: id,
         job_name: format!("{}-a1b2c", spec.kubernetes_name()),
         worker_token: "0123456789abcdef-secret-token".to_owned(),
-        server_url: "http://falconerid.batch.svc:8089".to_owned(),
+        server: ServerEndpoint {
+            url: "http://falconerid.batch.svc:8089".to_owned(),
+            // The Kubernetes executor never passes a socket to its pods.
+            socket: Some("/var/run/falconerid.sock".into()),
+        },
         spec,
     }
 }

@@ -20,23 +20,32 @@ pub struct WorkerLaunch {
     /// The job's worker token (secret).
     pub worker_token: String,
     /// How workers reach falconerid.
-    pub server_url: String,
+    pub server: ServerEndpoint,
     pub spec: PipelineSpec,
+}
+
+/// How workers reach falconerid: its URL, and on this machine a Unix
+/// socket that local workers connect to instead of the URL's host and
+/// port, when falconerid serves one (`--worker-socket`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerEndpoint {
+    pub url: String,
+    pub socket: Option<std::path::PathBuf>,
 }
 
 impl WorkerLaunch {
     /// The launch of an existing job's workers, reaching falconerid at
-    /// `server_url`.
+    /// `server`.
     pub fn for_job(
         job: &falconeri_common::models::Job,
         spec: PipelineSpec,
-        server_url: String,
+        server: ServerEndpoint,
     ) -> WorkerLaunch {
         WorkerLaunch {
             job_id: job.id,
             job_name: job.name.clone(),
             worker_token: job.worker_token.clone(),
-            server_url,
+            server,
             spec,
         }
     }

@@ -388,7 +388,7 @@ fn worker_container(launch: &WorkerLaunch, mounts: Vec<VolumeMount>) -> Containe
         }
     }
     env_vars.extend([
-        env("FALCONERI_SERVER", launch.server_url.clone()),
+        env("FALCONERI_SERVER", launch.server.url.clone()),
         env("FALCONERI_JOB_ID", launch.job_id.to_string()),
         EnvVar {
             name: "FALCONERI_WORKER_ID".to_owned(),
