@@ -106,8 +106,10 @@ pub struct Config {
     /// How much of the command's stdout and stderr (the last bytes) to send
     /// to falconerid with the datum's report. The attempt's log keeps all of
     /// it; this tail is the summary `datum describe` shows, and a larger one
-    /// is one more copy of the output to send and store per datum.
-    #[arg(long, env = "FALCONERI_OUTPUT_TAIL_BYTES", default_value_t = 64 * 1024)]
+    /// is one more copy of the output to send and store per datum, in the
+    /// datum's own row (64 KiB, the default until the log kept everything,
+    /// came to 64 GB in `datums` for a million chatty datums).
+    #[arg(long, env = "FALCONERI_OUTPUT_TAIL_BYTES", default_value_t = 4 * 1024)]
     pub output_tail_bytes: usize,
 
     /// Whether the command's stdout and stderr are also copied to the
@@ -384,7 +386,7 @@ mod tests {
         assert_eq!(config.scratch, PathBuf::from("/scratch"));
         assert_eq!(config.reserve_wait, Duration::from_secs(30));
         assert_eq!(config.retry_budget, Duration::from_secs(300));
-        assert_eq!(config.output_tail_bytes, 64 << 10);
+        assert_eq!(config.output_tail_bytes, 4 << 10);
         assert!(config.pass_output);
         let debug = format!("{config:?}");
         assert!(!debug.contains("s3cret-token"), "{debug}");
