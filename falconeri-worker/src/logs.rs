@@ -44,7 +44,7 @@ use tokio::{
 use crate::retry::with_retries;
 
 /// Bytes of records that make a chunk go at once.
-pub(crate) const CHUNK_BYTES: usize = 2 * 1024 * 1024;
+pub(crate) const CHUNK_BYTES: usize = log_frame::CHUNK_BYTES;
 
 /// How long the first waiting record may wait for others.
 pub(crate) const CHUNK_DELAY: Duration = Duration::from_millis(200);

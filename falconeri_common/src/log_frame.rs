@@ -33,6 +33,12 @@ pub const MEDIA_TYPE: &str = "application/octet-stream";
 /// Bytes of framing per line: stream (1), time (8), length (4).
 pub const LINE_HEADER: usize = 13;
 
+/// A chunk goes once this many bytes of records wait (falconeri-worker),
+/// so a chunk of its is at most this and one more record of at most
+/// [`crate::api::MAX_LOG_LINE_BYTES`]. 1 MiB made two requests, two files
+/// and two transactions of a datum printing just over 1 MiB (bench/logs).
+pub const CHUNK_BYTES: usize = 2 * 1024 * 1024;
+
 /// One line of a chunk: which stream, when the worker read it, its bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredLine {

@@ -111,8 +111,9 @@ impl LogStore {
         }
     }
 
-    /// A new, empty file for a chunk, to be written piece by piece as its
-    /// request body arrives; None when the database keeps the bytes.
+    /// A new chunk file, to be written piece by piece as its request body
+    /// arrives; None when the database keeps the bytes. The file itself is
+    /// made by the first write, in the same blocking call.
     pub async fn create(
         &self,
         datum_id: i64,
@@ -132,31 +133,9 @@ impl LogStore {
             rand::random::<u64>()
         );
         let path = root.join(&name);
-        // The group's directory is made only when it is missing.
-        let file = tokio::task::spawn_blocking(move || -> Result<std::fs::File> {
-            let create = || {
-                std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .open(&path)
-            };
-            match create() {
-                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-                    if let Some(parent) = path.parent() {
-                        std::fs::create_dir_all(parent)
-                            .with_context(|| format!("cannot create {}", parent.display()))?;
-                    }
-                    create()
-                }
-                other => other,
-            }
-            .with_context(|| format!("cannot create {}", path.display()))
-        })
-        .await
-        .context("the log writer stopped")??;
         Ok(Some(ChunkWriter {
             name,
-            file: Some(file),
+            file: ChunkFile::NotYet(path),
             pending: Vec::new(),
             pending_bytes: 0,
         }))
@@ -217,21 +196,34 @@ impl LogStore {
     }
 }
 
-/// A chunk's file being written: pieces gather and go to the file a few
-/// hundred KiB at a time, each batch in one blocking call, and are dropped
-/// once written, so the server holds a few pieces of a chunk rather than
-/// the whole of it, and copies it once (into the file).
+/// A chunk's file being written: pieces gather and go to the file a
+/// whole chunk of falconeri-worker's at a time, in one blocking call that
+/// also creates the file (one hand-off to a blocking thread per chunk, not
+/// one to create it and more to write it), and are dropped once written;
+/// so the server holds at most about one chunk per request, as it does
+/// when the database keeps the bytes, and copies it once (into the file).
 #[derive(Debug)]
 pub struct ChunkWriter {
     /// The object's name under the logs location.
     pub name: String,
-    file: Option<std::fs::File>,
+    file: ChunkFile,
     pending: Vec<Bytes>,
     pending_bytes: usize,
 }
 
-/// How much a [`ChunkWriter`] gathers before it writes.
-const WRITE_BATCH: usize = 1024 * 1024;
+#[derive(Debug)]
+enum ChunkFile {
+    /// Not made yet: made by the first write.
+    NotYet(PathBuf),
+    Open(std::fs::File),
+    /// A write failed; the file is deleted by the caller.
+    Failed,
+}
+
+/// How much a [`ChunkWriter`] gathers before it writes: a whole chunk as
+/// falconeri-worker sends them (see [`log_frame::CHUNK_BYTES`]).
+const WRITE_BATCH: usize =
+    falconeri_common::log_frame::CHUNK_BYTES + falconeri_common::api::MAX_LOG_LINE_BYTES;
 
 impl ChunkWriter {
     /// Takes the next piece; true when enough waits to be worth a write
@@ -242,26 +234,54 @@ impl ChunkWriter {
         self.pending_bytes >= WRITE_BATCH
     }
 
-    /// Writes what waits.
+    /// Writes what waits, making the file first if it is not made yet
+    /// (even with nothing to write: an empty chunk is an empty file).
     pub async fn flush(&mut self) -> Result<()> {
-        if self.pending.is_empty() {
+        if self.pending.is_empty() && matches!(self.file, ChunkFile::Open(_)) {
             return Ok(());
         }
-        let Some(mut file) = self.file.take() else {
-            bail!("log chunk {:?}: an earlier write failed", self.name);
-        };
+        let file = std::mem::replace(&mut self.file, ChunkFile::Failed);
         let pending = std::mem::take(&mut self.pending);
         self.pending_bytes = 0;
-        let (file, written) = tokio::task::spawn_blocking(move || {
-            let written = pending.iter().try_for_each(|piece| file.write_all(piece));
-            (file, written)
+        let written = tokio::task::spawn_blocking(move || -> Result<std::fs::File> {
+            let mut file = match file {
+                ChunkFile::Open(file) => file,
+                ChunkFile::NotYet(path) => create_new(&path)?,
+                ChunkFile::Failed => bail!("an earlier write failed"),
+            };
+            for piece in &pending {
+                file.write_all(piece)?;
+            }
+            Ok(file)
         })
         .await
-        .context("the log writer stopped")?;
-        written.with_context(|| format!("cannot write log chunk {:?}", self.name))?;
-        self.file = Some(file);
+        .context("the log writer stopped")?
+        .with_context(|| format!("cannot write log chunk {:?}", self.name))?;
+        self.file = ChunkFile::Open(written);
         Ok(())
     }
+}
+
+/// Creates the file at `path` (which must not exist), and its group's
+/// directory when that is missing.
+fn create_new(path: &Path) -> Result<std::fs::File> {
+    let create = || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(path)
+    };
+    match create() {
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)
+                    .with_context(|| format!("cannot create {}", parent.display()))?;
+            }
+            create()
+        }
+        other => other,
+    }
+    .with_context(|| format!("cannot create {}", path.display()))
 }
 
 #[cfg(test)]
@@ -293,6 +313,33 @@ mod tests {
         );
         let err = store(Some("s3://bucket/logs"), "postgres://db").unwrap_err();
         assert!(err.to_string().contains("not in an object store"), "{err}");
+    }
+
+    /// A chunk's file is made by its first write, with everything that
+    /// waited, so a whole chunk is one blocking call; an empty chunk is an
+    /// empty file, not a missing one (which readers take for a cut).
+    #[tokio::test]
+    async fn a_chunk_file_is_made_by_its_first_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LogStore::Directory(dir.path().to_owned());
+        let mut writer = store.create(7, 1, 0).await.unwrap().unwrap();
+        let path = dir.path().join(&writer.name);
+        assert!(!writer.push(Bytes::from_static(b"ab")));
+        assert!(!writer.push(Bytes::from_static(b"cd")));
+        assert!(!path.exists());
+        writer.flush().await.unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"abcd");
+        // A whole chunk of the worker's waits before a write.
+        assert!(writer.push(Bytes::from(vec![b'x'; WRITE_BATCH])));
+        writer.flush().await.unwrap();
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().len(),
+            4 + WRITE_BATCH as u64
+        );
+
+        let mut empty = store.create(7, 1, 1).await.unwrap().unwrap();
+        empty.flush().await.unwrap();
+        assert_eq!(store.read(&empty.name).await.unwrap().unwrap(), b"");
     }
 
     #[tokio::test]
