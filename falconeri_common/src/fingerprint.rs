@@ -103,7 +103,7 @@ fn lower_hex(digest: &[u8]) -> String {
         return hex::encode(digest);
     };
     match hex::encode_to_slice(digest, out) {
-        Ok(()) => String::from_utf8_lossy(out).into_owned(),
+        Ok(()) => String::from_utf8(out.to_vec()).unwrap_or_else(|_| hex::encode(digest)),
         Err(_) => hex::encode(digest),
     }
 }

@@ -34,10 +34,10 @@
 //! datum stays `done` (a retry takes only failed and canceled datums), so
 //! a match read a moment earlier is still one.
 //!
-//! The window holds each fingerprint as its 32 bytes, decoded straight
-//! from the row's text ([`StoredFingerprint`]), in a map with a fast
-//! non-cryptographic hash (`rustc_hash`; the keys are SHA-256 digests, so
-//! nobody can aim collisions at it). With a `String` per fingerprint and
+//! The window holds each fingerprint as its 64 hex digits in a fixed-size
+//! array, copied straight from the row's text ([`StoredFingerprint`]), in
+//! a map with a fast non-cryptographic hash (`rustc_hash`; the keys are
+//! SHA-256 digests, so nobody can aim collisions at it). With a `String` per fingerprint and
 //! the standard SipHash, the window's and the batch's maps were the
 //! planner's largest cost per datum after the listing itself (issue 11's
 //! benchmark, guide: "Incremental runs").
@@ -67,23 +67,23 @@ const AHEAD: i64 = 2 * PAGE;
 /// How far before it the window keeps what it read.
 const BEHIND: i64 = PAGE;
 
-/// A fingerprint as its 32 bytes: what [`DatumKeys::fingerprint`] spells
-/// in hex.
+/// A fingerprint as the text of [`DatumKeys::fingerprint`] (64 hex
+/// digits), without a heap allocation. Compared as that text, exactly as
+/// the strings were: decoding the hex cost more than it saved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-struct Fingerprint([u8; 32]);
+struct Fingerprint([u8; 64]);
 
 impl Fingerprint {
-    /// The fingerprint spelled by `hex`, or `None` if it spells none (no
-    /// planned datum has such a fingerprint, so nothing matches it).
-    fn from_hex(hex: &[u8]) -> Option<Fingerprint> {
-        let mut bytes = [0; 32];
-        hex::decode_to_slice(hex, &mut bytes).ok()?;
-        Some(Fingerprint(bytes))
+    /// The fingerprint spelled `text`, or `None` for text of another
+    /// length (no planned datum has such a fingerprint, so nothing could
+    /// match it).
+    fn of_text(text: &[u8]) -> Option<Fingerprint> {
+        text.try_into().ok().map(Fingerprint)
     }
 }
 
-/// A stored fingerprint decoded from the row's text into its bytes, with
-/// no `String` per row; `None` for text that spells no fingerprint.
+/// A stored fingerprint copied from the row's text, with no `String` per
+/// row; `None` for text that cannot be a fingerprint.
 #[derive(Debug, diesel::deserialize::FromSqlRow)]
 struct StoredFingerprint(Option<Fingerprint>);
 
@@ -93,7 +93,7 @@ impl diesel::deserialize::FromSql<diesel::sql_types::Text, diesel::sqlite::Sqlit
     fn from_sql(
         mut value: diesel::sqlite::SqliteValue<'_, '_, '_>,
     ) -> diesel::deserialize::Result<Self> {
-        Ok(StoredFingerprint(Fingerprint::from_hex(
+        Ok(StoredFingerprint(Fingerprint::of_text(
             value.read_text().as_bytes(),
         )))
     }
@@ -102,7 +102,7 @@ impl diesel::deserialize::FromSql<diesel::sql_types::Text, diesel::sqlite::Sqlit
 #[cfg(feature = "postgres")]
 impl diesel::deserialize::FromSql<diesel::sql_types::Text, diesel::pg::Pg> for StoredFingerprint {
     fn from_sql(value: diesel::pg::PgValue<'_>) -> diesel::deserialize::Result<Self> {
-        Ok(StoredFingerprint(Fingerprint::from_hex(value.as_bytes())))
+        Ok(StoredFingerprint(Fingerprint::of_text(value.as_bytes())))
     }
 }
 
@@ -261,7 +261,7 @@ impl PreviousRun {
             let seq = first_seq + i64::try_from(i).unwrap_or(0);
             self.advance(conn, seq)?;
             let found = keys
-                .and_then(|keys| Fingerprint::from_hex(keys.fingerprint.as_bytes()))
+                .and_then(|keys| Fingerprint::of_text(keys.fingerprint.as_bytes()))
                 .and_then(|fingerprint| self.window.get(&fingerprint).copied());
             out.push(found.map(|(at, ran, ran_in)| {
                 self.position = self.position.max(at);
