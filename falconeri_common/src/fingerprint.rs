@@ -95,8 +95,9 @@ pub struct DatumKeys {
 }
 
 /// `digest` in lower-case hex, as `hex::encode` spells it, but through a
-/// buffer on the stack instead of a `char` at a time (planning hashes two
-/// digests per datum, and that was a tenth of the planner's own time).
+/// buffer on the stack instead of a `char` at a time (planning spells two
+/// digests per datum; that was a fifth of the planner thread's samples in
+/// `bench/incremental`).
 fn lower_hex(digest: &[u8]) -> String {
     let mut buf = [0; 64];
     let Some(out) = buf.get_mut(..digest.len() * 2) else {

@@ -346,7 +346,12 @@ impl Job {
                     .enumerate()
                     .filter(|(i, _)| known(*i).is_none())
                     .filter_map(|(_, keys)| keys.as_ref())
-                    .chain(batch.continued_keys.iter().filter(|_| batch.continued_known.is_none()))
+                    .chain(
+                        batch
+                            .continued_keys
+                            .iter()
+                            .filter(|_| batch.continued_known.is_none()),
+                    )
                     .map(|keys| keys.fingerprint.as_str())
                     .collect();
                 find_matches!(c, id, &pipeline, &wanted)
@@ -355,7 +360,9 @@ impl Job {
             };
             // A datum's match: the planner's, else the index's.
             let matched_at = |i: usize| {
-                known(i).or_else(|| key(i).and_then(|keys| matches.get(keys.fingerprint.as_str()).copied()))
+                known(i).or_else(|| {
+                    key(i).and_then(|keys| matches.get(keys.fingerprint.as_str()).copied())
+                })
             };
             let first_seq = count - added;
             let mut files = Vec::new();
@@ -410,7 +417,8 @@ impl Job {
                     }
                 }
             }
-            let matched: Vec<Option<(i64, i64)>> = (0..batch.datums.len()).map(matched_at).collect();
+            let matched: Vec<Option<(i64, i64)>> =
+                (0..batch.datums.len()).map(matched_at).collect();
             // Ids for the skipped ones in one block, so an unchanged
             // rerun's blocks follow each other and its runs join across
             // batches (unless another planner took a block in between,

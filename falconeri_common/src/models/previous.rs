@@ -20,9 +20,11 @@
 //! falconerid reads them in a task of its own, on a connection of its own,
 //! while the listing and the batches' writes go on). Read in line with each
 //! batch, the 10 pages of an unchanged rerun of 100,000 files cost about
-//! 40 ms each on PostgreSQL, one after another with the batches' writes:
-//! about half of deciding that nothing must run. Read ahead, a batch waits
-//! only for the page holding its own position, which is usually there.
+//! 40 ms each on PostgreSQL (then read through the wrong index, see
+//! `read_page`; 5–10 ms each since), one after another with the batches'
+//! writes: about half of deciding that nothing must run. Read ahead, a
+//! batch waits only for the page holding its own position, which is
+//! usually there.
 //!
 //! Memory is the window: at most [`AHEAD`] seqs past and [`BEHIND`] seqs
 //! before the position, one fingerprint each, whatever the job's size;
