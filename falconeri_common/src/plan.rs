@@ -318,11 +318,15 @@ pub struct DatumBatch {
     /// The fingerprint of the last datum of the batch before, which this
     /// batch's `continued` files (if any) completed.
     pub continued_keys: Option<DatumKeys>,
-    /// Fingerprints the planner already matched (an incremental job's
-    /// previous run, read in order: `models::PreviousRun`) to the datum
-    /// that ran with it and its job; `Job::append_datums` looks up only the
-    /// others.
-    pub known: std::collections::HashMap<String, (i64, i64)>,
+    /// What the planner already matched (an incremental job's previous
+    /// run, read in order: `models::PreviousRun`): for `datums`, by
+    /// position like `keys`, the datum that ran with the same fingerprint
+    /// and its job; `Job::append_datums` looks up only the others. By
+    /// position rather than by fingerprint, so a matched datum costs no
+    /// copy of its fingerprint and no hashing of it.
+    pub known: Vec<Option<(i64, i64)>>,
+    /// The same for `continued_keys`.
+    pub continued_known: Option<(i64, i64)>,
 }
 
 impl DatumBatch {

@@ -455,7 +455,8 @@ fn plan_in_order(
         if let Some(previous) = &mut previous {
             previous.fill(conn, first_seq, &mut batch).unwrap();
         }
-        known += batch.known.len();
+        known +=
+            batch.known.iter().flatten().count() + usize::from(batch.continued_known.is_some());
         append(conn, &job, &batch);
         first_seq += i64::try_from(datums.len()).unwrap();
     }
@@ -677,7 +678,8 @@ fn plan_paged(
         if let Some(previous) = &mut previous {
             previous.fill(conn, first_seq, &mut batch).unwrap();
         }
-        known += batch.known.len();
+        known +=
+            batch.known.iter().flatten().count() + usize::from(batch.continued_known.is_some());
         append(conn, &job, &batch);
         first_seq += i64::try_from(datums.len()).unwrap();
     }

@@ -852,6 +852,7 @@ fn plans_are_appended_in_batches() {
             continued_keys: None,
             continued: Vec::new(),
             known: Default::default(),
+            continued_known: None,
             datums: vec![
                 PlannedDatum {
                     files: vec![file(0)],
@@ -866,6 +867,7 @@ fn plans_are_appended_in_batches() {
             continued_keys: None,
             continued: vec![file(3), file(4)],
             known: Default::default(),
+            continued_known: None,
             datums: vec![PlannedDatum {
                 files: vec![file(5)],
             }],
@@ -942,6 +944,7 @@ fn a_canceled_plan_takes_no_more_batches() {
             continued_keys: None,
             continued: Vec::new(),
             known: Default::default(),
+            continued_known: None,
             datums: vec![PlannedDatum {
                 files: vec![file(0)],
             }],
@@ -976,6 +979,7 @@ fn abandoned_plans_are_deleted_whole() {
             continued_keys: None,
             continued: Vec::new(),
             known: Default::default(),
+            continued_known: None,
             datums: (0..1500)
                 .map(|n| PlannedDatum {
                     files: vec![file(n), file(n + 1)],

@@ -93,6 +93,21 @@ fn finish_first_run(conn: &mut DbConn, job: i64) -> Result<()> {
     Ok(())
 }
 
+/// Sends `cmd` (`enable`, `disable`) to `perf record --control
+/// fifo:PATH` when BENCH_PERF_CTL names that fifo, so a profile started
+/// with `-D -1` covers the unchanged run's decision only, not the files'
+/// creation or the first run. perf reads the fifo on its own time, so
+/// this waits a moment (outside the timed part) for it to act.
+fn perf_ctl(cmd: &str) {
+    if let Ok(path) = std::env::var("BENCH_PERF_CTL") {
+        use std::io::Write;
+        if let Ok(mut fifo) = std::fs::OpenOptions::new().write(true).open(&path) {
+            let _ = writeln!(fifo, "{cmd}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
 async fn run(backend: &str, files: usize) -> Result<()> {
     let db = match backend {
         "sqlite" => TestDb::sqlite(),
@@ -129,10 +144,12 @@ async fn run(backend: &str, files: usize) -> Result<()> {
     let mut conn = db.pool.get()?;
     finish_first_run(&mut conn, first.id)?;
 
+    perf_ctl("enable");
     let started = Instant::now();
     let second =
         start_job::create(&state, spec(&uri, &egress, true)?, Source::Inputs, None).await?;
     let decide = started.elapsed().as_secs_f64();
+    perf_ctl("disable");
     ensure!(
         second.status() == JobStatus::Done && second.skipped_count == files as i64,
         "the unchanged run must end done with every datum skipped: {second:?}"

@@ -1129,6 +1129,7 @@ async fn babysitter_deletes_plans_whose_lease_ran_out() {
                     continued_keys: None,
                     continued: Vec::new(),
                     known: Default::default(),
+                    continued_known: None,
                     datums: vec![one_file_datum()],
                 };
                 Job::append_datums(conn, job.id, &batch, now, now + 30_000)?;

@@ -333,22 +333,36 @@ impl Job {
                     "job {id} is no longer being planned (canceled, or its planning lease ran out)"
                 )));
             };
+            let known = |i: usize| match incremental {
+                true => batch.known.get(i).copied().flatten(),
+                false => None,
+            };
             let matches = if incremental {
                 // What the planner matched from the previous run needs no
                 // look-up; the rest goes to the index.
                 let wanted: Vec<&str> = batch
                     .keys
                     .iter()
-                    .flatten()
-                    .chain(&batch.continued_keys)
+                    .enumerate()
+                    .filter(|(i, _)| known(*i).is_none())
+                    .filter_map(|(_, keys)| keys.as_ref())
+                    .chain(
+                        batch
+                            .continued_keys
+                            .iter()
+                            .filter(|_| batch.continued_known.is_none()),
+                    )
                     .map(|keys| keys.fingerprint.as_str())
-                    .filter(|fingerprint| !batch.known.contains_key(*fingerprint))
                     .collect();
-                let mut matches = find_matches!(c, id, &pipeline, &wanted);
-                matches.extend(batch.known.iter().map(|(k, v)| (k.clone(), *v)));
-                matches
+                find_matches!(c, id, &pipeline, &wanted)
             } else {
                 std::collections::HashMap::new()
+            };
+            // A datum's match: the planner's, else the index's.
+            let matched_at = |i: usize| {
+                known(i).or_else(|| {
+                    key(i).and_then(|keys| matches.get(keys.fingerprint.as_str()).copied())
+                })
             };
             let first_seq = count - added;
             let mut files = Vec::new();
@@ -364,10 +378,12 @@ impl Job {
                     .ok_or_else(|| {
                         ModelError::Conflict(format!("job {id} has no datum to continue"))
                     })?;
-                let matched = batch
-                    .continued_keys
-                    .as_ref()
-                    .and_then(|keys| matches.get(keys.fingerprint.as_str()).copied());
+                let matched = batch.continued_known.filter(|_| incremental).or_else(|| {
+                    batch
+                        .continued_keys
+                        .as_ref()
+                        .and_then(|keys| matches.get(keys.fingerprint.as_str()).copied())
+                });
                 if let Some((from, from_job)) = matched {
                     // A datum whose files spanned batches: it was inserted
                     // ready, and nothing could reserve it yet (the job is
@@ -401,9 +417,8 @@ impl Job {
                     }
                 }
             }
-            let matched: Vec<Option<(i64, i64)>> = (0..batch.datums.len())
-                .map(|i| key(i).and_then(|keys| matches.get(keys.fingerprint.as_str()).copied()))
-                .collect();
+            let matched: Vec<Option<(i64, i64)>> =
+                (0..batch.datums.len()).map(matched_at).collect();
             // Ids for the skipped ones in one block, so an unchanged
             // rerun's blocks follow each other and its runs join across
             // batches (unless another planner took a block in between,

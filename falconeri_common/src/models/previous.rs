@@ -20,9 +20,11 @@
 //! falconerid reads them in a task of its own, on a connection of its own,
 //! while the listing and the batches' writes go on). Read in line with each
 //! batch, the 10 pages of an unchanged rerun of 100,000 files cost about
-//! 40 ms each on PostgreSQL, one after another with the batches' writes:
-//! about half of deciding that nothing must run. Read ahead, a batch waits
-//! only for the page holding its own position, which is usually there.
+//! 40 ms each on PostgreSQL (then read through the wrong index, see
+//! `read_page`; 5–10 ms each since), one after another with the batches'
+//! writes: about half of deciding that nothing must run. Read ahead, a
+//! batch waits only for the page holding its own position, which is
+//! usually there.
 //!
 //! Memory is the window: at most [`AHEAD`] seqs past and [`BEHIND`] seqs
 //! before the position, one fingerprint each, whatever the job's size;
@@ -33,8 +35,16 @@
 //! The window is read outside the batch's write transaction: a `done`
 //! datum stays `done` (a retry takes only failed and canceled datums), so
 //! a match read a moment earlier is still one.
+//!
+//! The window holds each fingerprint as its 64 hex digits in a fixed-size
+//! array, copied straight from the row's text ([`StoredFingerprint`]), in
+//! a map with a fast non-cryptographic hash (`rustc_hash`; the keys are
+//! SHA-256 digests, so nobody can aim collisions at it). With a `String` per fingerprint and
+//! the standard SipHash, the window's and the batch's maps were the
+//! planner's largest cost per datum after the listing itself (issue 11's
+//! benchmark, guide: "Incremental runs").
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 
 use diesel::{
     BoolExpressionMethods, ExpressionMethods, OptionalExtension, QueryDsl, RunQueryDsl,
@@ -59,13 +69,52 @@ const AHEAD: i64 = 2 * PAGE;
 /// How far before it the window keeps what it read.
 const BEHIND: i64 = PAGE;
 
+/// A fingerprint as the text of [`DatumKeys::fingerprint`] (64 hex
+/// digits), without a heap allocation. Compared as that text, exactly as
+/// the strings were: decoding the hex cost more than it saved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Fingerprint([u8; 64]);
+
+impl Fingerprint {
+    /// The fingerprint spelled `text`, or `None` for text of another
+    /// length (no planned datum has such a fingerprint, so nothing could
+    /// match it).
+    fn of_text(text: &[u8]) -> Option<Fingerprint> {
+        text.try_into().ok().map(Fingerprint)
+    }
+}
+
+/// A stored fingerprint copied from the row's text, with no `String` per
+/// row; `None` for text that cannot be a fingerprint.
+#[derive(Debug, diesel::deserialize::FromSqlRow)]
+struct StoredFingerprint(Option<Fingerprint>);
+
+impl diesel::deserialize::FromSql<diesel::sql_types::Text, diesel::sqlite::Sqlite>
+    for StoredFingerprint
+{
+    fn from_sql(
+        mut value: diesel::sqlite::SqliteValue<'_, '_, '_>,
+    ) -> diesel::deserialize::Result<Self> {
+        Ok(StoredFingerprint(Fingerprint::of_text(
+            value.read_text().as_bytes(),
+        )))
+    }
+}
+
+#[cfg(feature = "postgres")]
+impl diesel::deserialize::FromSql<diesel::sql_types::Text, diesel::pg::Pg> for StoredFingerprint {
+    fn from_sql(value: diesel::pg::PgValue<'_>) -> diesel::deserialize::Result<Self> {
+        Ok(StoredFingerprint(Fingerprint::of_text(value.as_bytes())))
+    }
+}
+
 /// One page of the previous run: its successful datums with seqs below
 /// `to` (and at or above the page before's), in seq order, each as (seq
 /// there, fingerprint, datum that ran, its job).
 #[derive(Debug)]
 pub struct PreviousPage {
     to: i64,
-    entries: Vec<(i64, String, i64, i64)>,
+    entries: Vec<(i64, Fingerprint, i64, i64)>,
 }
 
 /// Reads the previous run's pages in seq order, [`PAGE`] seqs each (the
@@ -121,9 +170,9 @@ pub struct PreviousRun {
     /// The furthest seq of the previous run matched so far.
     position: i64,
     /// Fingerprint to (seq there, datum that ran, its job).
-    window: HashMap<String, (i64, i64, i64)>,
+    window: rustc_hash::FxHashMap<Fingerprint, (i64, i64, i64)>,
     /// The window's fingerprints in seq order, to drop the oldest.
-    order: VecDeque<(i64, String)>,
+    order: VecDeque<(i64, Fingerprint)>,
 }
 
 impl PreviousRun {
@@ -156,7 +205,7 @@ impl PreviousRun {
             end,
             read_to: 0,
             position: 0,
-            window: HashMap::new(),
+            window: rustc_hash::FxHashMap::default(),
             order: VecDeque::new(),
         }))
     }
@@ -183,26 +232,19 @@ impl PreviousRun {
     }
 
     /// Matches what it can of `batch`, whose first datum has seq
-    /// `first_seq`, into `batch.known`.
+    /// `first_seq`, into `batch.known` (by position) and
+    /// `batch.continued_known`.
     pub fn fill(
         &mut self,
         conn: &mut DbConn,
         first_seq: i64,
         batch: &mut DatumBatch,
     ) -> ModelResult<()> {
-        if let Some(keys) = &batch.continued_keys
-            && let Some(found) = self.resolve(conn, first_seq - 1, &[Some(keys)])?[0]
-        {
-            batch.known.insert(keys.fingerprint.clone(), found);
+        if let Some(keys) = &batch.continued_keys {
+            batch.continued_known = self.resolve(conn, first_seq - 1, &[Some(keys)])?[0];
         }
         let keys: Vec<Option<&DatumKeys>> = batch.keys.iter().map(Option::as_ref).collect();
-        let found = self.resolve(conn, first_seq, &keys)?;
-        let known: Vec<(String, (i64, i64))> = keys
-            .iter()
-            .zip(found)
-            .filter_map(|(keys, found)| Some((keys.as_ref()?.fingerprint.clone(), found?)))
-            .collect();
-        batch.known.extend(known);
+        batch.known = self.resolve(conn, first_seq, &keys)?;
         Ok(())
     }
 
@@ -220,7 +262,9 @@ impl PreviousRun {
         for (i, keys) in keys.iter().enumerate() {
             let seq = first_seq + i64::try_from(i).unwrap_or(0);
             self.advance(conn, seq)?;
-            let found = keys.and_then(|keys| self.window.get(keys.fingerprint.as_str()).copied());
+            let found = keys
+                .and_then(|keys| Fingerprint::of_text(keys.fingerprint.as_bytes()))
+                .and_then(|fingerprint| self.window.get(&fingerprint).copied());
             out.push(found.map(|(at, ran, ran_in)| {
                 self.position = self.position.max(at);
                 (ran, ran_in)
@@ -265,8 +309,9 @@ impl PreviousRun {
             };
             let Some(page) = page else { break };
             self.read_to = page.to;
+            self.window.reserve(page.entries.len());
             for (seq, fingerprint, ran, ran_in) in page.entries {
-                self.order.push_back((seq, fingerprint.clone()));
+                self.order.push_back((seq, fingerprint));
                 self.window.insert(fingerprint, (seq, ran, ran_in));
             }
         }
@@ -291,20 +336,31 @@ fn read_page(
     job: i64,
     from: i64,
     to: i64,
-) -> ModelResult<Vec<(i64, String, i64, i64)>> {
-    let mut page: Vec<(i64, String, i64, i64)> = Vec::new();
-    // Datums that ran there.
-    let rows: Vec<(i64, Option<String>, i64)> = with_conn!(conn, c => datums::table
+) -> ModelResult<Vec<(i64, Fingerprint, i64, i64)>> {
+    // Datums that ran there: the job's rows in the seq range, through
+    // `datums_job_seq`, the fingerprint only for those that ran and
+    // succeeded. The condition is in the select list, not the filter, so
+    // that the range is the only filter: with `status = 'done'` there,
+    // PostgreSQL planned with the statistics of a table that had just
+    // grown (no ANALYZE yet, a few rows per job estimated) and chose
+    // `datums_job_status_id`, reading every done datum of the job for
+    // each page (100,000 rows per page of 10,000, 30–60 ms each).
+    let rows: Vec<(i64, Option<StoredFingerprint>, i64)> = with_conn!(conn, c => datums::table
         .filter(datums::job_id.eq(job))
         .filter(datums::seq.ge(from).and(datums::seq.lt(to)))
-        .filter(datums::status.eq(DatumStatus::Done))
-        .filter(datums::skipped_from.is_null())
-        .select((datums::seq, datums::fingerprint, datums::id))
+        .select((
+            datums::seq,
+            diesel::dsl::sql::<diesel::sql_types::Nullable<diesel::sql_types::Text>>(
+                "CASE WHEN datums.status = 'done' AND datums.skipped_from IS NULL \
+                 THEN datums.fingerprint END",
+            ),
+            datums::id,
+        ))
         .load(c))?;
-    page.extend(
-        rows.into_iter()
-            .filter_map(|(seq, fp, id)| fp.map(|fp| (seq, fp, id, job))),
-    );
+    let mut page: Vec<(i64, Fingerprint, i64, i64)> = rows
+        .into_iter()
+        .filter_map(|(seq, fp, id)| Some((seq, fp?.0?, id, job)))
+        .collect();
     // Datums it skipped: the run holding `from`, and those starting
     // after it below `to`; each one range read of the datums it points
     // at (which ran, and keep the fingerprint).
@@ -329,20 +385,18 @@ fn read_page(
             continue;
         }
         let (first, last) = (run.from_first_id + lo, run.from_first_id + hi - 1);
-        let ran: Vec<(i64, Option<String>)> = with_conn!(conn, c => datums::table
+        let ran: Vec<(i64, Option<StoredFingerprint>)> = with_conn!(conn, c => datums::table
             .filter(datums::id.ge(first).and(datums::id.le(last)))
             .filter(datums::status.eq(DatumStatus::Done))
             .select((datums::id, datums::fingerprint))
             .load(c))?;
         page.extend(ran.into_iter().filter_map(|(id, fp)| {
-            fp.map(|fp| {
-                (
-                    run.first_seq + (id - run.from_first_id),
-                    fp,
-                    id,
-                    run.from_job_id,
-                )
-            })
+            Some((
+                run.first_seq + (id - run.from_first_id),
+                fp?.0?,
+                id,
+                run.from_job_id,
+            ))
         }));
     }
     page.sort_unstable_by_key(|entry| entry.0);

@@ -82,6 +82,7 @@ pub fn create_running_job(pool: &DbPool, name: &str, datums: usize) -> Result<Be
             continued_keys: None,
             continued: Vec::new(),
             known: Default::default(),
+            continued_known: None,
             datums: (start..end)
                 .map(|d| PlannedDatum {
                     files: vec![PlannedFile {
