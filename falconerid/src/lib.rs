@@ -191,12 +191,18 @@ where
 
 /// Listens on the Unix socket at `path` for local workers, replacing a
 /// socket a previous server left behind; None (logged) if it cannot, and
-/// workers then use TCP. Never replaces a file that is not a socket.
+/// workers then use TCP. Never replaces a file that is not a socket, nor
+/// a socket another server still answers on.
 async fn bind_worker_socket(path: &Path) -> Option<(tokio::net::UnixListener, PathBuf)> {
     use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
     let bound = async {
         match tokio::fs::symlink_metadata(path).await {
-            Ok(meta) if meta.file_type().is_socket() => tokio::fs::remove_file(path).await?,
+            Ok(meta) if meta.file_type().is_socket() => {
+                if tokio::net::UnixStream::connect(path).await.is_ok() {
+                    anyhow::bail!("another server listens on {}", path.display());
+                }
+                tokio::fs::remove_file(path).await?;
+            }
             Ok(_) => anyhow::bail!("{} exists and is not a socket", path.display()),
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
             Err(err) => return Err(err.into()),
@@ -238,5 +244,40 @@ pub async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => {}
         _ = terminate => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The workers' socket replaces one a dead server left, but neither a
+    /// socket another server answers on nor a file that is not a socket.
+    #[tokio::test]
+    async fn the_worker_socket_replaces_only_a_dead_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("falconerid.sock");
+
+        // Left behind: bound, then its server gone.
+        drop(tokio::net::UnixListener::bind(&path).unwrap());
+        let (live, bound) = bind_worker_socket(&path).await.unwrap();
+        assert_eq!(bound, path);
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&path).unwrap().permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600);
+
+        // Still answered: left alone, and still answering.
+        assert!(bind_worker_socket(&path).await.is_none());
+        let client = tokio::net::UnixStream::connect(&path);
+        let (accepted, connected) = tokio::join!(live.accept(), client);
+        accepted.unwrap();
+        connected.unwrap();
+
+        // Not a socket: left alone.
+        let file = dir.path().join("notes");
+        std::fs::write(&file, b"mine").unwrap();
+        assert!(bind_worker_socket(&file).await.is_none());
+        assert_eq!(std::fs::read(&file).unwrap(), b"mine");
     }
 }
