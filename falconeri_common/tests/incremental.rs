@@ -444,6 +444,21 @@ fn plan_in_order(
 ) -> (Job, usize) {
     let job = begin(conn, spec, name);
     let mut previous = PreviousRun::open(conn, &job).unwrap();
+    let known = append_matched(conn, &job, spec, files, per_batch, previous.as_mut());
+    (Job::finish_planning(conn, job.id).unwrap(), known)
+}
+
+/// Appends `files`' datums to `job` in batches of `per_batch`, each first
+/// matched against `previous` when there is one (as the server does), and
+/// answers how many datums it matched.
+fn append_matched(
+    conn: &mut DbConn,
+    job: &Job,
+    spec: &PipelineSpec,
+    files: &[(&str, &str)],
+    per_batch: usize,
+    mut previous: Option<&mut PreviousRun>,
+) -> usize {
     let (all, keys) = datums(spec, files);
     let (mut first_seq, mut known) = (0, 0);
     for (datums, keys) in all.chunks(per_batch).zip(keys.chunks(per_batch)) {
@@ -452,15 +467,15 @@ fn plan_in_order(
             keys: keys.to_vec(),
             ..DatumBatch::default()
         };
-        if let Some(previous) = &mut previous {
+        if let Some(previous) = previous.as_deref_mut() {
             previous.fill(conn, first_seq, &mut batch).unwrap();
         }
         known +=
             batch.known.iter().flatten().count() + usize::from(batch.continued_known.is_some());
-        append(conn, &job, &batch);
+        append(conn, job, &batch);
         first_seq += i64::try_from(datums.len()).unwrap();
     }
-    (Job::finish_planning(conn, job.id).unwrap(), known)
+    known
 }
 
 /// The previous run read in order matches the unchanged datums without
@@ -667,22 +682,7 @@ fn plan_paged(
         }
         _ => None,
     };
-    let (all, keys) = datums(spec, files);
-    let (mut first_seq, mut known) = (0, 0);
-    for (datums, keys) in all.chunks(per_batch).zip(keys.chunks(per_batch)) {
-        let mut batch = DatumBatch {
-            datums: datums.to_vec(),
-            keys: keys.to_vec(),
-            ..DatumBatch::default()
-        };
-        if let Some(previous) = &mut previous {
-            previous.fill(conn, first_seq, &mut batch).unwrap();
-        }
-        known +=
-            batch.known.iter().flatten().count() + usize::from(batch.continued_known.is_some());
-        append(conn, &job, &batch);
-        first_seq += i64::try_from(datums.len()).unwrap();
-    }
+    let known = append_matched(conn, &job, spec, files, per_batch, previous.as_mut());
     drop(previous);
     if let Some(reader) = reader {
         reader.join().unwrap();
