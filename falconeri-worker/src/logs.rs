@@ -43,8 +43,9 @@ use tokio::{
 
 use crate::retry::with_retries;
 
-/// Bytes of records that make a chunk go at once.
-pub(crate) const CHUNK_BYTES: usize = log_frame::CHUNK_BYTES;
+// Bytes of records that make a chunk go at once (falconerid's log store
+// writes a whole chunk at a time by the same number).
+use falconeri_common::log_frame::CHUNK_BYTES;
 
 /// How long the first waiting record may wait for others.
 pub(crate) const CHUNK_DELAY: Duration = Duration::from_millis(200);

@@ -98,7 +98,7 @@ impl LogStore {
         seq: i64,
         data: Bytes,
     ) -> Result<Option<String>> {
-        let Some(mut writer) = self.create(datum_id, attempt, seq).await? else {
+        let Some(mut writer) = self.create(datum_id, attempt, seq) else {
             return Ok(None);
         };
         writer.push(data);
@@ -114,14 +114,9 @@ impl LogStore {
     /// A new chunk file, to be written piece by piece as its request body
     /// arrives; None when the database keeps the bytes. The file itself is
     /// made by the first write, in the same blocking call.
-    pub async fn create(
-        &self,
-        datum_id: i64,
-        attempt: i32,
-        seq: i64,
-    ) -> Result<Option<ChunkWriter>> {
+    pub fn create(&self, datum_id: i64, attempt: i32, seq: i64) -> Option<ChunkWriter> {
         let LogStore::Directory(root) = self else {
-            return Ok(None);
+            return None;
         };
         // Datums grouped by the thousand, one directory per group, so no
         // directory holds millions and a new datum costs no directory of
@@ -133,12 +128,12 @@ impl LogStore {
             rand::random::<u64>()
         );
         let path = root.join(&name);
-        Ok(Some(ChunkWriter {
+        Some(ChunkWriter {
             name,
             file: ChunkFile::NotYet(path),
             pending: Vec::new(),
             pending_bytes: 0,
-        }))
+        })
     }
 
     /// A chunk's bytes, or None if its file is gone (the cap cut it after
@@ -322,7 +317,7 @@ mod tests {
     async fn a_chunk_file_is_made_by_its_first_write() {
         let dir = tempfile::tempdir().unwrap();
         let store = LogStore::Directory(dir.path().to_owned());
-        let mut writer = store.create(7, 1, 0).await.unwrap().unwrap();
+        let mut writer = store.create(7, 1, 0).unwrap();
         let path = dir.path().join(&writer.name);
         assert!(!writer.push(Bytes::from_static(b"ab")));
         assert!(!writer.push(Bytes::from_static(b"cd")));
@@ -337,7 +332,7 @@ mod tests {
             4 + WRITE_BATCH as u64
         );
 
-        let mut empty = store.create(7, 1, 1).await.unwrap().unwrap();
+        let mut empty = store.create(7, 1, 1).unwrap();
         empty.flush().await.unwrap();
         assert_eq!(store.read(&empty.name).await.unwrap().unwrap(), b"");
     }

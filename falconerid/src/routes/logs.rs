@@ -276,7 +276,7 @@ async fn put_chunk(
         stream: body.into_data_stream(),
         total: 0,
     };
-    let (bytes, summary) = match store.create(id, attempt, seq).await? {
+    let (bytes, summary) = match store.create(id, attempt, seq) {
         Some(mut writer) => match stream_into(&mut writer, &mut body).await {
             Ok(summary) => (ChunkBytes::Written(writer.name), summary),
             Err(err) => {
