@@ -17,10 +17,10 @@
 
 use std::{
     collections::{BTreeMap, VecDeque},
-    ffi::OsString,
+    ffi::{OsStr, OsString},
     io,
     os::unix::process::CommandExt,
-    path::Path,
+    path::{Path, PathBuf},
     process::{Command, ExitStatus, Stdio},
     sync::{Arc, Mutex, PoisonError},
     time::{Duration, Instant},
@@ -192,22 +192,37 @@ impl RunningCommand {
         pass_output: bool,
         log: Option<LogSink>,
     ) -> Result<RunningCommand> {
-        let mut command = Command::new(&spec.program);
-        command
-            .args(&spec.args)
-            .env_clear()
-            .envs(&spec.env)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            // Its own group, so killing the group reaches everything the
-            // command started, and a Ctrl-C at the worker's terminal reaches
-            // only the worker, which then stops the command itself.
-            .process_group(0);
+        let command = |program: &OsStr| {
+            let mut command = Command::new(program);
+            command
+                .arg0(&spec.program)
+                .args(&spec.args)
+                .env_clear()
+                .envs(&spec.env)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                // Its own group, so killing the group reaches everything the
+                // command started, and a Ctrl-C at the worker's terminal
+                // reaches only the worker, which then stops the command
+                // itself.
+                .process_group(0);
+            command
+        };
         let started = Instant::now();
         // Kept out of leftover sweeps until its reaper has reaped it.
         let mut child = process_tree::spawn_kept(|| {
-            let child = command.spawn()?;
+            let child = match program_path(spec) {
+                Some(path) => match command(path.as_os_str()).spawn() {
+                    // Not a binary nor a script with `#!`: execvp runs
+                    // such a file with /bin/sh, posix_spawn refuses it.
+                    Err(err) if err.raw_os_error() == Some(libc::ENOEXEC) => {
+                        command(spec.program.as_ref()).spawn()?
+                    }
+                    spawned => spawned?,
+                },
+                None => command(spec.program.as_ref()).spawn()?,
+            };
             let pid = child.id();
             Ok((child, Some(pid)))
         })
@@ -432,6 +447,34 @@ async fn pump(
         splitter.flush(log).await;
     }
 }
+
+/// Where the command's own `PATH` (or, without one, execvp's default)
+/// finds `spec.program`, when it is a bare name; None for a name with a
+/// `/` (already a path) or one nothing on that `PATH` holds, which
+/// `Command` then looks up itself, failing with the error execvp gives.
+///
+/// Started by its path, the command is spawned with posix_spawn (the
+/// parent's memory shared until the exec, as vfork does). Given a bare
+/// name and an environment of its own, std would fork instead, copying
+/// the worker's page tables for every datum and faulting pages back in
+/// afterwards: most of what starting a command cost the worker, more so
+/// with an attempt's log buffers (see guide/src/performance.md, "Logs").
+/// `arg0` keeps the name the spec gave as the command's `$0`.
+fn program_path(spec: &CommandSpec) -> Option<PathBuf> {
+    if spec.program.contains('/') {
+        return None;
+    }
+    let path = spec
+        .env
+        .get(OsStr::new("PATH"))
+        .map_or(OsStr::new(DEFAULT_PATH), OsString::as_os_str);
+    let cwd = std::env::current_dir().ok()?;
+    which::which_in(&spec.program, Some(path), cwd).ok()
+}
+
+/// glibc's search path for execvp when the environment has no `PATH`
+/// (`confstr(_CS_PATH)`).
+const DEFAULT_PATH: &str = "/bin:/usr/bin";
 
 /// How large the command's output pipes are made.
 const PIPE_BYTES: i32 = 1024 * 1024;
@@ -716,6 +759,90 @@ mod tests {
             format!("{err:#}").contains("no-such-program-falconeri"),
             "{err:#}"
         );
+    }
+
+    /// A directory holding an executable `name` with `content`.
+    fn program_dir(name: &str, content: &str) -> tempfile::TempDir {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join(name);
+        std::fs::write(&file, content).unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o755)).unwrap();
+        dir
+    }
+
+    fn spec_with_path(program: &str, path: impl Into<OsString>) -> CommandSpec {
+        CommandSpec {
+            program: program.to_owned(),
+            args: Vec::new(),
+            env: [(OsString::from("PATH"), path.into())].into(),
+        }
+    }
+
+    #[test]
+    fn programs_are_found_on_the_commands_own_path() {
+        let dir = program_dir("falconeri-test-tool", "#!/bin/sh\n");
+        let spec = spec_with_path("falconeri-test-tool", dir.path());
+        assert_eq!(
+            program_path(&spec),
+            Some(dir.path().join("falconeri-test-tool"))
+        );
+        // Not on the worker's own PATH: the command's is searched.
+        assert_eq!(
+            program_path(&CommandSpec {
+                env: path_env(),
+                ..spec.clone()
+            }),
+            None
+        );
+        // A name with a slash is a path already; a missing program is
+        // left to `Command`, whose error names it.
+        assert_eq!(
+            program_path(&spec_with_path("./falconeri-test-tool", dir.path())),
+            None
+        );
+        assert_eq!(
+            program_path(&spec_with_path("no-such-program-falconeri", dir.path())),
+            None
+        );
+        // Without a PATH, execvp's default.
+        let bare = CommandSpec {
+            env: BTreeMap::new(),
+            ..spec_with_path("sh", "")
+        };
+        let found = program_path(&bare).unwrap();
+        assert!(
+            found == Path::new("/bin/sh") || found == Path::new("/usr/bin/sh"),
+            "{found:?}"
+        );
+    }
+
+    /// Started by the path found, the command still sees the name the spec
+    /// gave as its `argv[0]`.
+    #[tokio::test]
+    async fn the_command_keeps_its_name_as_argv0() {
+        let mut spec = spec_with_path("cat", std::env::var_os("PATH").unwrap());
+        spec.args = vec!["/proc/self/cmdline".to_owned()];
+        let mut running = RunningCommand::spawn(&spec, 1024).unwrap();
+        assert!(running.wait().await.unwrap().success());
+        assert_eq!(running.finish().await, "cat\u{0}/proc/self/cmdline\u{0}");
+    }
+
+    /// An executable file without `#!` runs with /bin/sh, as execvp runs it
+    /// (posix_spawn alone refuses it).
+    #[tokio::test]
+    async fn a_script_without_a_shebang_still_runs() {
+        let dir = program_dir("falconeri-test-script", "echo ran as a script\n");
+        let path = std::env::join_paths(
+            [dir.path().to_owned()]
+                .into_iter()
+                .chain(std::env::split_paths(&std::env::var_os("PATH").unwrap())),
+        )
+        .unwrap();
+        let spec = spec_with_path("falconeri-test-script", path);
+        let mut running = RunningCommand::spawn(&spec, 1024).unwrap();
+        assert!(running.wait().await.unwrap().success());
+        assert_eq!(running.finish().await, "ran as a script\n");
     }
 
     /// True once no process has `pid`, polling for up to five seconds.
