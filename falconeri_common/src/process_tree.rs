@@ -24,6 +24,7 @@
 use std::{
     collections::{HashMap, HashSet},
     io::{self, Read},
+    path::Path,
     sync::{Mutex, MutexGuard, PoisonError},
     time::Duration,
 };
@@ -111,17 +112,43 @@ pub struct Process {
     pub zombie: bool,
 }
 
-/// How much of a `/proc/<pid>/stat` line is read: the fields used come
-/// right after the command name, which is at most 64 bytes.
-const STAT_PREFIX: usize = 512;
+/// How much of a `/proc/<pid>/stat` line is read: the fields used (up to
+/// the 22nd, the start time) end within it even with the longest command
+/// name (64 bytes) and every number before them at its widest.
+const STAT_PREFIX: usize = 1024;
+
+/// The fields of `/proc/<pid>/stat` falconeri uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stat {
+    /// `R`, `S`, `Z`…
+    pub state: u8,
+    pub ppid: i32,
+    /// The process group.
+    pub pgrp: i32,
+    /// Clock ticks after boot.
+    pub start_time: u64,
+}
+
+/// Reads `/proc/<pid>/stat` (Linux); None if the process is gone or the
+/// line is not as expected. See [`read_stat_in`].
+pub fn read_stat(pid: u32) -> Option<Stat> {
+    read_stat_in(Path::new(&format!("/proc/{pid}")), &mut [0; STAT_PREFIX])
+}
+
+/// Reads the `stat` file of the process directory `dir` with one `read` of
+/// its start into `buf`. A sweep runs after every datum and reads every
+/// process on the machine, and `read_to_string` spent six calls on each
+/// (a size query, then reads of 32, 32, 64 and 128 bytes and one at the
+/// end): most of a sweep's time.
+fn read_stat_in(dir: &Path, buf: &mut [u8; STAT_PREFIX]) -> Option<Stat> {
+    let mut file = std::fs::File::open(dir.join("stat")).ok()?;
+    // procfs renders the whole line and hands back its start.
+    let n = file.read(buf).ok()?;
+    parse_stat(buf.get(..n)?)
+}
 
 /// Every process on the machine (Linux); empty elsewhere. Processes that
 /// exit during the walk are skipped.
-///
-/// Each `stat` file is read with one `read` of its start into one buffer:
-/// a sweep runs after every datum and reads every process on the machine,
-/// and `read_to_string` spent six calls on each (a size query, then reads
-/// of 32, 32, 64 and 128 bytes and one at the end), most of a sweep's time.
 pub fn all_processes() -> Vec<Process> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
@@ -131,31 +158,64 @@ pub fn all_processes() -> Vec<Process> {
         .flatten()
         .filter_map(|entry| {
             let pid = entry.file_name().to_str()?.parse::<i32>().ok()?;
-            let mut file = std::fs::File::open(entry.path().join("stat")).ok()?;
-            // procfs renders the whole line and hands back its start.
-            let n = file.read(&mut buf).ok()?;
-            parse_stat(pid, buf.get(..n)?)
+            let stat = read_stat_in(&entry.path(), &mut buf)?;
+            Some(Process {
+                pid,
+                ppid: stat.ppid,
+                zombie: stat.state == b'Z',
+            })
         })
         .collect()
 }
 
-/// Reads the state and parent from (the start of) a `/proc/<pid>/stat`
-/// line. The command name comes first in parentheses and may itself hold
-/// `)`, spaces or bytes that are not UTF-8 (a process must not escape a
-/// sweep by its name), so the fields are counted from the last `)`.
-fn parse_stat(pid: i32, stat: &[u8]) -> Option<Process> {
+/// Every live process of process group `pgrp` (Linux), with its `stat`.
+pub fn group_members(pgrp: i32) -> Vec<Stat> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut buf = [0u8; STAT_PREFIX];
+    entries
+        .flatten()
+        .filter(|entry| {
+            entry
+                .file_name()
+                .to_str()
+                .is_some_and(|name| name.parse::<i32>().is_ok())
+        })
+        .filter_map(|entry| read_stat_in(&entry.path(), &mut buf))
+        .filter(|stat| stat.pgrp == pgrp && stat.state != b'Z')
+        .collect()
+}
+
+/// Parses (the start of) a `/proc/<pid>/stat` line. The command name comes
+/// second, in parentheses, and may itself hold `)`, spaces or bytes that
+/// are not UTF-8 (a process must not escape a sweep by its name), so the
+/// fields are counted from the last `)`.
+fn parse_stat(stat: &[u8]) -> Option<Stat> {
     let end_of_name = stat.iter().rposition(|&b| b == b')')?;
+    // From field 3 (the state) on.
     let mut fields = stat
         .get(end_of_name + 1..)?
         .split(u8::is_ascii_whitespace)
         .filter(|field| !field.is_empty());
-    let state = fields.next()?;
-    let ppid = std::str::from_utf8(fields.next()?).ok()?.parse().ok()?;
-    Some(Process {
-        pid,
+    let state = match fields.next()? {
+        [state] => *state,
+        _ => return None,
+    };
+    let ppid = number(fields.next())?;
+    let pgrp = number(fields.next())?;
+    let start_time = number(fields.nth(16))?;
+    Some(Stat {
+        state,
         ppid,
-        zombie: state == b"Z",
+        pgrp,
+        start_time,
     })
+}
+
+/// A decimal field of a `stat` line.
+fn number<T: std::str::FromStr>(field: Option<&[u8]>) -> Option<T> {
+    std::str::from_utf8(field?).ok()?.parse().ok()
 }
 
 /// The processes below `root` in `processes`, parents before children,
@@ -268,8 +328,6 @@ fn send(pid: i32, signal: Signal) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
-
     use super::*;
 
     fn process(pid: i32, ppid: i32) -> Process {
@@ -282,30 +340,38 @@ mod tests {
 
     #[test]
     fn stat_lines_are_read_past_odd_command_names() {
+        let tail = b"S 7 40 40 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 123456 1000 10";
+        let line = [b"42 (a) b (c)) ".as_slice(), tail].concat();
         assert_eq!(
-            parse_stat(42, b"42 (a) b (c)) S 7 42 42 0 -1"),
-            Some(process(42, 7))
-        );
-        assert_eq!(
-            parse_stat(9, b"9 (sleep) Z 1 9 9"),
-            Some(Process {
-                pid: 9,
-                ppid: 1,
-                zombie: true
+            parse_stat(&line),
+            Some(Stat {
+                state: b'S',
+                ppid: 7,
+                pgrp: 40,
+                start_time: 123456
             })
         );
-        assert_eq!(parse_stat(5, b"5 (\xff\xfe x) S 3 5"), Some(process(5, 3)));
-        assert_eq!(parse_stat(9, b"9 (sleep"), None);
-        assert_eq!(parse_stat(9, b"9 (sleep) S"), None);
+        let line = [b"5 (\xff\xfe x) ".as_slice(), tail].concat();
+        assert_eq!(parse_stat(&line).map(|stat| stat.ppid), Some(7));
+        assert_eq!(parse_stat(b"9 (sleep"), None);
+        assert_eq!(parse_stat(b"9 (sleep) S 1 9"), None);
+        assert_eq!(parse_stat(b"garbage"), None);
+        let own = read_stat(std::process::id()).unwrap();
+        assert_eq!(own.ppid, nix::unistd::getppid().as_raw());
+        assert_ne!(own.state, b'Z');
     }
 
-    /// A process whose name is not UTF-8 is found all the same (it was
-    /// skipped while stat lines were read as strings, so it outlived the
-    /// sweep).
+    /// A process whose name is not UTF-8 is found all the same, by the
+    /// sweep and by a look for its group (it was skipped while stat lines
+    /// were read as strings, so it outlived the sweep, and falconerid took
+    /// a dead worker's command group for gone).
     #[cfg(target_os = "linux")]
     #[test]
     fn a_process_named_in_bytes_that_are_not_utf8_is_found() {
-        use std::{ffi::OsStr, os::unix::ffi::OsStrExt};
+        use std::{
+            ffi::OsStr,
+            os::unix::{ffi::OsStrExt, process::CommandExt},
+        };
         let dir = tempfile::tempdir().unwrap();
         let sleep = ["/bin/sleep", "/usr/bin/sleep"]
             .into_iter()
@@ -314,14 +380,20 @@ mod tests {
         // The kernel names a process after the file it executes.
         let link = dir.path().join(OsStr::from_bytes(b"sl\xffep"));
         std::os::unix::fs::symlink(sleep, &link).unwrap();
-        let mut child = std::process::Command::new(&link).arg("30").spawn().unwrap();
+        let mut child = std::process::Command::new(&link)
+            .arg("30")
+            .process_group(0)
+            .spawn()
+            .unwrap();
         let pid = i32::try_from(child.id()).unwrap();
         let comm = std::fs::read(format!("/proc/{pid}/comm")).unwrap();
         let found = descendants(&all_processes(), this_pid(), &[]);
+        let group = group_members(pid);
         child.kill().unwrap();
         child.wait().unwrap();
         assert_eq!(comm, b"sl\xffep\n");
         assert!(found.iter().any(|p| p.pid == pid), "{found:?}");
+        assert_eq!(group.len(), 1, "{group:?}");
     }
 
     #[test]

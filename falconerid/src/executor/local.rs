@@ -365,43 +365,15 @@ async fn kill_orphaned_command_started_after(pgid_file: &Path, worker_start: u64
 
 /// Whether a live process of group `pgid` started at or after `start`.
 fn group_started_after(pgid: i32, start: u64) -> bool {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return false;
-    };
-    entries.flatten().any(|entry| {
-        std::fs::read_to_string(entry.path().join("stat"))
-            .ok()
-            .and_then(|stat| parse_stat(&stat))
-            .is_some_and(|stat| stat.pgrp == pgid && stat.state != 'Z' && stat.start_time >= start)
-    })
-}
-
-/// The fields of `/proc/<pid>/stat` falconerid needs.
-#[derive(Debug, PartialEq, Eq)]
-struct ProcStat {
-    state: char,
-    pgrp: i32,
-    start_time: u64,
-}
-
-/// Parses `/proc/<pid>/stat`. The command name (field 2) may hold spaces
-/// and parentheses, so the fields are counted from the last `)`.
-fn parse_stat(stat: &str) -> Option<ProcStat> {
-    let (_, rest) = stat.rsplit_once(')')?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // `rest` starts at field 3 (state); pgrp is field 5, starttime 22.
-    Some(ProcStat {
-        state: fields.first()?.chars().next()?,
-        pgrp: fields.get(2)?.parse().ok()?,
-        start_time: fields.get(19)?.parse().ok()?,
-    })
+    process_tree::group_members(pgid)
+        .iter()
+        .any(|stat| stat.start_time >= start)
 }
 
 /// The start time of process `pid`, if it exists.
 fn process_start_time(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    parse_stat(&stat)
-        .filter(|stat| stat.state != 'Z')
+    process_tree::read_stat(pid)
+        .filter(|stat| stat.state != b'Z')
         .map(|stat| stat.start_time)
 }
 
@@ -815,17 +787,7 @@ mod tests {
     }
 
     #[test]
-    fn stat_lines_parse_past_odd_command_names() {
-        let line = "42 (a) b (c) S 1 42 42 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 123456 1000 10";
-        assert_eq!(
-            parse_stat(line),
-            Some(ProcStat {
-                state: 'S',
-                pgrp: 42,
-                start_time: 123456
-            })
-        );
-        assert_eq!(parse_stat("garbage"), None);
+    fn a_pidfd_is_opened_only_for_the_same_process() {
         let own = process_start_time(std::process::id()).unwrap();
         assert!(open_if_same_process(std::process::id(), own).is_some());
         assert!(open_if_same_process(std::process::id(), own + 1).is_none());
