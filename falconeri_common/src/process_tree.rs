@@ -147,44 +147,49 @@ fn read_stat_in(dir: &Path, buf: &mut [u8; STAT_PREFIX]) -> Option<Stat> {
     parse_stat(buf.get(..n)?)
 }
 
-/// Every process on the machine (Linux); empty elsewhere. Processes that
-/// exit during the walk are skipped.
-pub fn all_processes() -> Vec<Process> {
+/// Calls `each` with the pid and `stat` of every process on the machine
+/// (Linux; none elsewhere), skipping those that exit during the walk.
+fn for_each_process(mut each: impl FnMut(i32, Stat)) {
     let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
+        return;
     };
     let mut buf = [0u8; STAT_PREFIX];
-    entries
-        .flatten()
-        .filter_map(|entry| {
-            let pid = entry.file_name().to_str()?.parse::<i32>().ok()?;
-            let stat = read_stat_in(&entry.path(), &mut buf)?;
-            Some(Process {
-                pid,
-                ppid: stat.ppid,
-                zombie: stat.state == b'Z',
-            })
-        })
-        .collect()
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|name| name.parse().ok())
+        else {
+            continue;
+        };
+        if let Some(stat) = read_stat_in(&entry.path(), &mut buf) {
+            each(pid, stat);
+        }
+    }
+}
+
+/// Every process on the machine (Linux); empty elsewhere.
+pub fn all_processes() -> Vec<Process> {
+    let mut all = Vec::new();
+    for_each_process(|pid, stat| {
+        all.push(Process {
+            pid,
+            ppid: stat.ppid,
+            zombie: stat.state == b'Z',
+        });
+    });
+    all
 }
 
 /// Every live process of process group `pgrp` (Linux), with its `stat`.
 pub fn group_members(pgrp: i32) -> Vec<Stat> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    let mut buf = [0u8; STAT_PREFIX];
-    entries
-        .flatten()
-        .filter(|entry| {
-            entry
-                .file_name()
-                .to_str()
-                .is_some_and(|name| name.parse::<i32>().is_ok())
-        })
-        .filter_map(|entry| read_stat_in(&entry.path(), &mut buf))
-        .filter(|stat| stat.pgrp == pgrp && stat.state != b'Z')
-        .collect()
+    let mut members = Vec::new();
+    for_each_process(|_, stat| {
+        if stat.pgrp == pgrp && stat.state != b'Z' {
+            members.push(stat);
+        }
+    });
+    members
 }
 
 /// Parses (the start of) a `/proc/<pid>/stat` line. The command name comes
