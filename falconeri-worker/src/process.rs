@@ -457,8 +457,9 @@ async fn pump(
 /// parent's memory shared until the exec, as vfork does). Given a bare
 /// name and an environment of its own, std would fork instead, copying
 /// the worker's page tables for every datum and faulting pages back in
-/// afterwards: most of what starting a command cost the worker, more so
-/// with an attempt's log buffers (see guide/src/performance.md, "Logs").
+/// afterwards: a sixth of the CPU of the workers and their commands on
+/// tiny datums, more with an attempt's log buffers (see
+/// guide/src/performance.md, "Logs").
 /// `arg0` keeps the name the spec gave as the command's `$0`.
 fn program_path(spec: &CommandSpec) -> Option<PathBuf> {
     if spec.program.contains('/') {
