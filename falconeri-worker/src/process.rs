@@ -862,14 +862,10 @@ mod tests {
 
     /// True if `pid` has exited but not been reaped (Linux `/proc` only).
     fn is_zombie(pid: i32) -> bool {
-        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        u32::try_from(pid)
             .ok()
-            .and_then(|stat| {
-                // The state follows the command name, which is in parentheses.
-                let (_, rest) = stat.rsplit_once(')')?;
-                rest.split_whitespace().next().map(|state| state == "Z")
-            })
-            .unwrap_or(false)
+            .and_then(process_tree::read_stat)
+            .is_some_and(|stat| stat.state == b'Z')
     }
 
     #[tokio::test]
