@@ -5,10 +5,11 @@
 //! The output is framed as it is read (the framing the server stores, see
 //! [`falconeri_common::log_frame`]; one record per read of a pipe) straight
 //! into the batch of the chunk being filled, which one task per attempt
-//! sends, each chunk the body of one `PUT` as it is: as soon as 1 MiB is
-//! waiting, or 200 ms after the first waiting record, whichever comes
-//! first, so a line reaches followers well within a second while a chatty
-//! command costs one request (and one chunk stored) per MiB. One chunk is in
+//! sends, each chunk the body of one `PUT` as it is: as soon as
+//! [`CHUNK_BYTES`] (2 MiB) are waiting, or 200 ms after the first waiting
+//! record, whichever comes first, so a line reaches followers well within
+//! a second while a chatty command costs one request (and one chunk
+//! stored) per 2 MiB. One chunk is in
 //! flight while the next fills; when both are full the writers wait (and,
 //! through its pipe, so does the command) rather than dropping lines or
 //! growing without bound. Writers append under a lock and wake the sender
@@ -33,7 +34,7 @@ use falconeri_common::{
     Millis,
     api::{Claim, LogStream, MAX_LOG_LINE_BYTES},
     client::Client,
-    log_frame,
+    log_frame::{self, CHUNK_BYTES},
 };
 use tokio::{
     sync::{Notify, mpsc},
@@ -42,10 +43,6 @@ use tokio::{
 };
 
 use crate::retry::with_retries;
-
-// Bytes of records that make a chunk go at once (falconerid's log store
-// writes a whole chunk at a time by the same number).
-use falconeri_common::log_frame::CHUNK_BYTES;
 
 /// How long the first waiting record may wait for others.
 pub(crate) const CHUNK_DELAY: Duration = Duration::from_millis(200);

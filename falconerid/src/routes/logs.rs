@@ -50,8 +50,9 @@ use crate::{
     state::{AppState, Change},
 };
 
-/// Chunks read per database call: at most this many (1 MiB each, about,
-/// the worker's chunk size) are in memory per stream.
+/// Chunks read per database call: at most this many (each at most the
+/// worker's chunk size, `log_frame::CHUNK_BYTES` and one line) are in
+/// memory per stream.
 const PAGE: i64 = 2;
 
 /// Events a stream may have ready before its reader takes them.
@@ -528,7 +529,7 @@ impl Default for Cursor {
 
 /// Sends a chunk's lines, after a `cut` event if bytes before it were cut.
 /// The chunk's bytes come from its row or its file (read whole: a chunk is
-/// at most the worker's chunk size, about 1 MiB); a file gone since the
+/// at most the worker's chunk size, 2 MiB and one line); a file gone since the
 /// row was read was cut meanwhile (or lost), and the next chunk's offset
 /// tells the reader how much is missing. Each record is split into lines
 /// here, for display. False when the reader hung up.
